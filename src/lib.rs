@@ -4,8 +4,27 @@
 //! See `docs/ARCHITECTURE.md` for the codemap and the invariants.
 //!
 //! # Layout
-//! - [`protocol`]: wire framing around the `kafka-protocol` crate and the RecordBatch v2 view.
+//! - [`server`]: start-up, shards, shutdown.
+//! - [`net`]: listeners, connections (framing, limits, backpressure), sendfile.
+//! - [`protocol`]: framing around the `kafka-protocol` crate, the RecordBatch v2 view, the
+//!   zero-copy Fetch response encoder.
+//! - [`handlers`]: one module per Kafka API.
+//! - [`shard`]: per-core state, partition placement, the cross-core job mesh, producer state.
 //! - [`storage`]: partition logs: segments, indexes, O_DIRECT appends, recovery, retention.
+//! - [`coordination`]: the ZooKeeper role: broker registry, topic assignment, metadata log.
+//! - [`config`], [`metrics`], [`alloc`].
 
+pub mod alloc;
+pub mod config;
+pub mod coordination;
+pub mod handlers;
+pub mod metrics;
+pub mod net;
 pub mod protocol;
+pub mod server;
+pub mod shard;
 pub mod storage;
+
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: alloc::GuardedAllocator = alloc::GuardedAllocator;

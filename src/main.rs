@@ -1,1 +1,94 @@
-fn main() {}
+//! `broker`: a Kafka-compatible streaming broker. See the README for how to run it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use broker::config::{resolve, BrokerConfig};
+use clap::Parser;
+
+#[global_allocator]
+static ALLOCATOR: broker::alloc::GuardedAllocator = broker::alloc::GuardedAllocator;
+
+/// A Kafka-compatible broker: thread-per-core on io_uring, one binary, no ZooKeeper.
+#[derive(Parser, Debug)]
+#[command(name = "broker", version)]
+struct Args {
+    /// Kafka-style properties file (broker.id, listeners, log.dirs, ...). Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Shards (glommio executors). Pinned to CPUs when not more than the online CPUs.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// broker.id
+    #[arg(long)]
+    node_id: Option<i32>,
+    /// Where clients connect, HOST:PORT (port 0 picks a free one). Default 0.0.0.0:9092.
+    #[arg(long)]
+    listen: Option<String>,
+    /// HOST:PORT told to clients in Metadata. Default: the listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Data directory (log.dirs). Default ./data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Admin console and metrics address (not served yet).
+    #[arg(long)]
+    http: Option<String>,
+}
+
+fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> {
+    let mut config = match &args.config {
+        Some(path) => BrokerConfig::from_properties_file(path)?,
+        None => BrokerConfig::default(),
+    };
+    if let Some(cores) = args.cores {
+        config.cores = cores;
+    }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if let Some(listen) = &args.listen {
+        config.listen = resolve(listen)?;
+    }
+    if let Some(advertise) = &args.advertise {
+        let (host, port) = advertise
+            .rsplit_once(':')
+            .ok_or("--advertise expects HOST:PORT")?;
+        config.advertise = Some((host.to_string(), port.parse()?));
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(http) = &args.http {
+        let addr: SocketAddr = resolve(http)?;
+        config.http = Some(addr);
+        tracing::warn!(%addr, "--http is accepted but the console is not implemented yet");
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match build_config(Args::parse()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match broker::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("broker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -61,7 +61,10 @@ pub enum BatchError {
     /// Stored and computed CRC-32C differ.
     CrcMismatch { stored: u32, computed: u32 },
     /// `record_count` is not positive or disagrees with `last_offset_delta`.
-    BadRecordCount { record_count: i32, last_offset_delta: i32 },
+    BadRecordCount {
+        record_count: i32,
+        last_offset_delta: i32,
+    },
 }
 
 impl fmt::Display for BatchError {
@@ -71,9 +74,15 @@ impl fmt::Display for BatchError {
             BatchError::BadLength(len) => write!(f, "invalid batch length {len}"),
             BatchError::BadMagic(m) => write!(f, "unsupported magic {m}"),
             BatchError::CrcMismatch { stored, computed } => {
-                write!(f, "crc mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "crc mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
-            BatchError::BadRecordCount { record_count, last_offset_delta } => write!(
+            BatchError::BadRecordCount {
+                record_count,
+                last_offset_delta,
+            } => write!(
                 f,
                 "record count {record_count} disagrees with last offset delta {last_offset_delta}"
             ),
@@ -213,14 +222,20 @@ pub fn validate(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Bat
     }
     let computed = compute_crc(batch);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
     }
     Ok(header)
 }
 
 /// Rewrites the two header fields the leader owns. Neither is covered by the CRC.
 pub fn assign(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
-    assert!(batch.len() >= HEADER_LEN, "assign on a buffer shorter than a batch header");
+    assert!(
+        batch.len() >= HEADER_LEN,
+        "assign on a buffer shorter than a batch header"
+    );
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
     batch[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_be_bytes());
 }
@@ -239,7 +254,12 @@ pub struct Batches<'a> {
 
 impl<'a> Batches<'a> {
     pub fn new(buf: &'a [u8], max_batch_bytes: usize) -> Self {
-        Batches { buf, position: 0, max_batch_bytes, failed: false }
+        Batches {
+            buf,
+            position: 0,
+            max_batch_bytes,
+            failed: false,
+        }
     }
 
     /// Bytes consumed by the batches yielded so far.
@@ -322,9 +342,15 @@ pub mod tests {
         let mut b = make_batch(2, -1, -1);
         let last = b.len() - 1;
         b[last] ^= 0xff;
-        assert!(matches!(validate(&b, 1 << 20), Err(BatchError::CrcMismatch { .. })));
+        assert!(matches!(
+            validate(&b, 1 << 20),
+            Err(BatchError::CrcMismatch { .. })
+        ));
         let b = make_batch(2, -1, -1);
-        assert_eq!(validate(&b[..b.len() - 1], 1 << 20), Err(BatchError::Truncated));
+        assert_eq!(
+            validate(&b[..b.len() - 1], 1 << 20),
+            Err(BatchError::Truncated)
+        );
         let mut b = make_batch(2, -1, -1);
         b[MAGIC] = 1;
         assert_eq!(validate(&b, 1 << 20), Err(BatchError::BadMagic(1)));
@@ -351,7 +377,11 @@ pub mod tests {
 
     #[test]
     fn sequences_wrap() {
-        let h = BatchHeader { base_sequence: i32::MAX, last_offset_delta: 1, ..header0() };
+        let h = BatchHeader {
+            base_sequence: i32::MAX,
+            last_offset_delta: 1,
+            ..header0()
+        };
         assert_eq!(h.last_sequence(), 0);
     }
 

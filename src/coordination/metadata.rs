@@ -1,0 +1,112 @@
+//! The cluster metadata snapshot every shard reads.
+//!
+//! The coordinator builds a new immutable snapshot on every change and pushes it to every shard;
+//! shards swap their pointer. A snapshot is never mutated after it is built, which is what makes
+//! sharing it across cores (behind an `Arc`) safe without a lock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+/// A broker known to the cluster, as advertised to clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub node_id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// Replica placement and leadership of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMetadata {
+    pub leader: i32,
+    /// Increases on every leadership change; stamped into appended batches.
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+/// A topic as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub id: Uuid,
+    pub partitions: Vec<PartitionMetadata>,
+    /// Per-topic overrides of broker log settings (`retention.ms`, `segment.bytes`, ...).
+    pub configs: BTreeMap<String, String>,
+}
+
+/// An immutable view of the cluster at one version.
+#[derive(Debug, Clone)]
+pub struct ClusterMetadata {
+    /// Strictly increases with every change the coordinator publishes.
+    pub version: u64,
+    pub cluster_id: String,
+    pub controller_id: i32,
+    pub brokers: Vec<BrokerInfo>,
+    pub topics: BTreeMap<String, Arc<TopicMetadata>>,
+}
+
+impl ClusterMetadata {
+    /// The snapshot a shard holds before the coordinator's first push.
+    pub fn empty() -> ClusterMetadata {
+        ClusterMetadata {
+            version: 0,
+            cluster_id: String::new(),
+            controller_id: -1,
+            brokers: Vec::new(),
+            topics: BTreeMap::new(),
+        }
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&Arc<TopicMetadata>> {
+        self.topics.get(name)
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.topics.values().map(|t| t.partitions.len()).sum()
+    }
+}
+
+/// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, and not `.` or `..`.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("topic name {name:?} is not allowed"));
+    }
+    if name.len() > 249 {
+        return Err(format!(
+            "topic name is {} characters long, the limit is 249",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {c:?}: only [a-zA-Z0-9._-] are allowed"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafka_rules() {
+        assert!(validate_topic_name("orders.v1_eu-west").is_ok());
+        assert!(validate_topic_name("").is_err());
+        assert!(validate_topic_name("..").is_err());
+        assert!(validate_topic_name("a/b").is_err());
+        assert!(validate_topic_name("späti").is_err());
+        assert!(validate_topic_name(&"x".repeat(250)).is_err());
+        assert!(validate_topic_name(&"x".repeat(249)).is_ok());
+    }
+}

@@ -1,0 +1,290 @@
+//! Fetch (key 1), v4-12: long polling with `max_wait_ms` and `min_bytes`, `max_bytes` and
+//! per-partition limits, record bytes sent from the segment files with sendfile.
+//!
+//! Fetch sessions (KIP-227) are not implemented: every response carries session id 0, which
+//! tells clients to keep sending full fetch requests, as Kafka does when its session cache is
+//! full.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::future::{join_all, select, select_all, Either};
+use kafka_protocol::messages::FetchRequest;
+use kafka_protocol::ResponseError;
+
+use super::{decode, Dispatched};
+use crate::protocol::fetch_response::{self, FetchedPartition, FetchedTopic};
+use crate::protocol::{RequestFrame, ResponseFrame};
+use crate::shard::partition::storage_error;
+use crate::shard::Shard;
+use crate::storage::ReadSlice;
+
+/// Longest a fetch may be parked, whatever the client asks: bounds the memory of waiters.
+const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
+
+/// One partition to read, routed to its owner shard.
+#[derive(Clone)]
+struct ReadRequest {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+}
+
+/// A partition read, as the owner shard saw it.
+struct ReadResult {
+    error_code: i16,
+    high_watermark: i64,
+    log_start_offset: i64,
+    records: Option<ReadSlice>,
+}
+
+impl ReadResult {
+    fn error(code: ResponseError) -> ReadResult {
+        ReadResult {
+            error_code: code.code(),
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.records.as_ref().map_or(0, |r| r.len)
+    }
+}
+
+pub fn dispatch(shard: &Rc<Shard>, request: &mut RequestFrame) -> Dispatched {
+    let body: FetchRequest = match decode(shard, request) {
+        Ok(body) => body,
+        Err(e) => return Dispatched::Close(e),
+    };
+    let (version, correlation_id) = (request.version, request.header.correlation_id);
+    let shard = shard.clone();
+    Dispatched::Respond(Box::pin(async move {
+        handle(shard, version, correlation_id, body).await
+    }))
+}
+
+/// Where each requested partition sits in the response, and which shard reads it.
+enum Slot {
+    Failed(ResponseError),
+    Read { shard: usize, index: usize },
+}
+
+async fn handle(
+    shard: Rc<Shard>,
+    version: i16,
+    correlation_id: i32,
+    body: FetchRequest,
+) -> ResponseFrame {
+    if version >= 7 && (body.session_id != 0 || body.session_epoch > 0) {
+        return fetch_response::encode(
+            version,
+            correlation_id,
+            ResponseError::FetchSessionIdNotFound.code(),
+            0,
+            Vec::new(),
+        );
+    }
+    let snapshot = shard.metadata();
+    let mut per_shard: Vec<Vec<ReadRequest>> = (0..shard.nr_shards).map(|_| Vec::new()).collect();
+    let mut layout: Vec<(String, Vec<(i32, Slot)>)> = Vec::with_capacity(body.topics.len());
+    for topic in body.topics {
+        let name = topic.topic.0.to_string();
+        let known = snapshot.topic(&name);
+        let slots = topic
+            .partitions
+            .into_iter()
+            .map(|p| {
+                let index = p.partition;
+                let slot = match known {
+                    Some(t) if index >= 0 && (index as usize) < t.partitions.len() => {
+                        let owner = shard.owner_of(&name, index);
+                        per_shard[owner].push(ReadRequest {
+                            topic: name.clone(),
+                            partition: index,
+                            offset: p.fetch_offset,
+                            max_bytes: p.partition_max_bytes.max(0) as usize,
+                        });
+                        Slot::Read {
+                            shard: owner,
+                            index: per_shard[owner].len() - 1,
+                        }
+                    }
+                    _ => Slot::Failed(ResponseError::UnknownTopicOrPartition),
+                };
+                (index, slot)
+            })
+            .collect();
+        layout.push((name, slots));
+    }
+    let min_bytes = body.min_bytes.max(0) as usize;
+    let max_wait = Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let deadline = Instant::now() + max_wait;
+    let mut results = read_all(&shard, &per_shard).await;
+    loop {
+        let total: usize = results.iter().flatten().map(ReadResult::len).sum();
+        let any_error = results.iter().flatten().any(|r| r.error_code != 0);
+        let now = Instant::now();
+        if total >= min_bytes.max(1)
+            || any_error
+            || now >= deadline
+            || per_shard.iter().all(Vec::is_empty)
+        {
+            break;
+        }
+        wait_for_data(&shard, &per_shard, deadline).await;
+        results = read_all(&shard, &per_shard).await;
+    }
+
+    // Apply the response-wide max_bytes: the first non-empty partition is always whole
+    // (KIP-74), later ones are cut to what is left (clients drop a partial trailing batch).
+    let mut budget = body.max_bytes.max(0) as usize;
+    let mut first = true;
+    let mut slot_results: Vec<Vec<Option<ReadResult>>> = results
+        .into_iter()
+        .map(|r| r.into_iter().map(Some).collect())
+        .collect();
+    let topics = layout
+        .into_iter()
+        .map(|(name, slots)| FetchedTopic {
+            name,
+            partitions: slots
+                .into_iter()
+                .map(|(index, slot)| {
+                    let mut result = match slot {
+                        Slot::Failed(code) => ReadResult::error(code),
+                        Slot::Read { shard, index } => {
+                            slot_results[shard][index].take().unwrap_or_else(|| {
+                                ReadResult::error(ResponseError::UnknownServerError)
+                            })
+                        }
+                    };
+                    if let Some(records) = result.records.as_mut() {
+                        if first {
+                            first = false;
+                            budget = budget.saturating_sub(records.len);
+                        } else {
+                            records.len = records.len.min(budget);
+                            budget -= records.len;
+                        }
+                    }
+                    if result.records.as_ref().is_some_and(|r| r.len == 0) {
+                        result.records = None;
+                    }
+                    FetchedPartition {
+                        partition: index,
+                        error_code: result.error_code,
+                        high_watermark: result.high_watermark,
+                        last_stable_offset: result.high_watermark,
+                        log_start_offset: result.log_start_offset,
+                        records: result.records,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    fetch_response::encode(version, correlation_id, 0, 0, topics)
+}
+
+/// Reads every partition on its owner shard, all shards in parallel.
+async fn read_all(shard: &Rc<Shard>, per_shard: &[Vec<ReadRequest>]) -> Vec<Vec<ReadResult>> {
+    let reads = per_shard.iter().enumerate().map(|(target, requests)| {
+        let requests = requests.clone();
+        let shard = shard.clone();
+        async move {
+            if requests.is_empty() {
+                return Vec::new();
+            }
+            shard
+                .invoke_on(
+                    target,
+                    move |owner| async move { read_local(&owner, &requests) },
+                )
+                .await
+        }
+    });
+    join_all(reads).await
+}
+
+fn read_local(owner: &Shard, requests: &[ReadRequest]) -> Vec<ReadResult> {
+    requests
+        .iter()
+        .map(|r| {
+            let Some(partition) = owner.partition(&r.topic, r.partition) else {
+                return ReadResult::error(ResponseError::NotLeaderOrFollower);
+            };
+            let log = &partition.log;
+            let records = match log.read(r.offset, r.max_bytes, true) {
+                Ok(records) => records,
+                Err(e) => {
+                    let code = storage_error(e).code;
+                    return ReadResult {
+                        error_code: code.code(),
+                        high_watermark: log.high_watermark(),
+                        log_start_offset: log.log_start_offset(),
+                        records: None,
+                    };
+                }
+            };
+            ReadResult {
+                error_code: 0,
+                high_watermark: log.high_watermark(),
+                log_start_offset: log.log_start_offset(),
+                records,
+            }
+        })
+        .collect()
+}
+
+/// Resolves when any requested partition has data past its fetch offset, or at the deadline.
+async fn wait_for_data(shard: &Rc<Shard>, per_shard: &[Vec<ReadRequest>], deadline: Instant) {
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
+    for (target, requests) in per_shard.iter().enumerate() {
+        if requests.is_empty() {
+            continue;
+        }
+        let requests = requests.clone();
+        let shard = shard.clone();
+        waits.push(Box::pin(async move {
+            shard
+                .invoke_on(target, move |owner| async move {
+                    // Bounded by the deadline on the owner too, so a remote waiter never
+                    // outlives the fetch that asked for it by more than the wait itself.
+                    wait_local(&owner, &requests, deadline).await
+                })
+                .await
+        }));
+    }
+    if waits.is_empty() {
+        return;
+    }
+    select_all(waits).await;
+}
+
+async fn wait_local(owner: &Shard, requests: &[ReadRequest], deadline: Instant) {
+    let waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = requests
+        .iter()
+        .filter_map(|r| {
+            let partition = owner.partition(&r.topic, r.partition)?;
+            let offset = r.offset;
+            let wait = async move { partition.log.wait_for_data(offset).await };
+            Some(Box::pin(wait) as Pin<Box<dyn Future<Output = ()>>>)
+        })
+        .collect();
+    if waits.is_empty() {
+        return;
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match select(
+        select_all(waits),
+        Box::pin(glommio::timer::sleep(remaining)),
+    )
+    .await
+    {
+        Either::Left(_) | Either::Right(_) => {}
+    }
+}

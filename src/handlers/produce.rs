@@ -1,0 +1,300 @@
+//! Produce (key 0), v3-9: validate RecordBatch v2 batches, append them on the partitions'
+//! shards, answer once written (acks=1) or written and fdatasync'd (acks=all).
+//!
+//! Batches are appended before [`dispatch`] returns, in the order requests arrive on the
+//! connection; that is what keeps an idempotent producer's pipelined requests in sequence. The
+//! wait for the disk happens in the response future, so many requests share one write and one
+//! fdatasync (group commit).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::future::join_all;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::{decode, Dispatched};
+use crate::metrics::BrokerStats;
+use crate::protocol::{self, ApiError, RequestFrame};
+use crate::shard::partition::{storage_error, Partition};
+use crate::shard::Shard;
+
+/// What the client asked for in `acks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    None,
+    Leader,
+    All,
+}
+
+/// The outcome for one partition.
+#[derive(Debug, Clone)]
+pub struct PartitionResult {
+    pub error: Option<ApiError>,
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+impl PartitionResult {
+    fn failed(error: ApiError) -> PartitionResult {
+        PartitionResult {
+            error: Some(error),
+            base_offset: -1,
+            log_start_offset: -1,
+        }
+    }
+}
+
+/// Batches for one partition, sent to its owner shard.
+struct PartitionInput {
+    topic: String,
+    partition: i32,
+    records: Bytes,
+}
+
+enum Slot {
+    Done(PartitionResult),
+    /// Index into the results of the job sent to a shard.
+    Pending {
+        shard: usize,
+        index: usize,
+    },
+}
+
+pub async fn dispatch(shard: &Rc<Shard>, request: &mut RequestFrame) -> Dispatched {
+    let body: ProduceRequest = match decode(shard, request) {
+        Ok(body) => body,
+        Err(e) => return Dispatched::Close(e),
+    };
+    let (version, correlation_id) = (request.version, request.header.correlation_id);
+    let acks =
+        match body.acks {
+            0 => Acks::None,
+            1 => Acks::Leader,
+            -1 => Acks::All,
+            _ => {
+                let response = error_response(
+                    &body,
+                    ApiError::new(
+                        ResponseError::InvalidRequiredAcks,
+                        "acks must be -1, 0 or 1",
+                    ),
+                );
+                return Dispatched::Respond(Box::pin(std::future::ready(
+                    protocol::encode_response(ApiKey::Produce, version, correlation_id, &response),
+                )));
+            }
+        };
+    let snapshot = shard.metadata();
+    let transactional = body.transactional_id.is_some();
+    let mut per_shard: Vec<Vec<PartitionInput>> =
+        (0..shard.nr_shards).map(|_| Vec::new()).collect();
+    let mut layout: Vec<(TopicName, Vec<(i32, Slot)>)> = Vec::with_capacity(body.topic_data.len());
+    for topic in body.topic_data {
+        let name = topic.name.0.to_string();
+        let known = snapshot.topic(&name).cloned();
+        let mut slots = Vec::with_capacity(topic.partition_data.len());
+        for data in topic.partition_data {
+            let index = data.index;
+            let slot = match (&known, data.records) {
+                _ if transactional => Slot::Done(PartitionResult::failed(ApiError::new(
+                    ResponseError::TransactionalIdAuthorizationFailed,
+                    "transactions are not supported by this broker",
+                ))),
+                (Some(t), Some(records)) if index >= 0 && (index as usize) < t.partitions.len() => {
+                    BrokerStats::add(&shard.stats.produced_bytes, records.len() as u64);
+                    let owner = shard.owner_of(&name, index);
+                    per_shard[owner].push(PartitionInput {
+                        topic: name.clone(),
+                        partition: index,
+                        records,
+                    });
+                    Slot::Pending {
+                        shard: owner,
+                        index: per_shard[owner].len() - 1,
+                    }
+                }
+                (Some(_), None) => Slot::Done(PartitionResult::failed(ApiError::new(
+                    ResponseError::CorruptMessage,
+                    "no records",
+                ))),
+                _ => Slot::Done(PartitionResult::failed(ApiError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    "This server does not host this topic-partition.",
+                ))),
+            };
+            slots.push((index, slot));
+        }
+        layout.push((topic.name, slots));
+    }
+    // Append now, in request order: locally inline, remotely by sending the job (the owner
+    // appends when it runs the job, in the order jobs were sent).
+    let mut waits: Vec<(usize, ShardWait)> = Vec::new();
+    for (target, inputs) in per_shard.into_iter().enumerate() {
+        if inputs.is_empty() {
+            continue;
+        }
+        let wait: ShardWait = if target == shard.id {
+            let accepted = append_all(shard, &inputs);
+            Box::pin(wait_all(accepted, acks))
+        } else {
+            let rx = shard
+                .submit_on(target, move |owner| async move {
+                    let accepted = append_all(&owner, &inputs);
+                    wait_all(accepted, acks).await
+                })
+                .await;
+            // A dropped reply means the owner shard went away: reported per partition below.
+            Box::pin(async move { rx.await.unwrap_or_default() })
+        };
+        waits.push((target, wait));
+    }
+    if acks == Acks::None {
+        return Dispatched::NoResponse;
+    }
+    let nr_shards = shard.nr_shards;
+    Dispatched::Respond(Box::pin(async move {
+        let mut by_shard: Vec<Vec<PartitionResult>> = vec![Vec::new(); nr_shards];
+        let (targets, futures): (Vec<usize>, Vec<ShardWait>) = waits.into_iter().unzip();
+        for (target, results) in targets.into_iter().zip(join_all(futures).await) {
+            by_shard[target] = results;
+        }
+        let mut response = ProduceResponse::default();
+        response.responses = layout
+            .into_iter()
+            .map(|(name, slots)| {
+                let mut topic = TopicProduceResponse::default();
+                topic.name = name;
+                topic.partition_responses = slots
+                    .into_iter()
+                    .map(|(index, slot)| {
+                        let result = match slot {
+                            Slot::Done(result) => result,
+                            Slot::Pending { shard, index } => {
+                                by_shard[shard].get(index).cloned().unwrap_or_else(|| {
+                                    PartitionResult::failed(ApiError::new(
+                                        ResponseError::UnknownServerError,
+                                        "the partition's shard did not answer",
+                                    ))
+                                })
+                            }
+                        };
+                        partition_response(version, index, result)
+                    })
+                    .collect();
+                topic
+            })
+            .collect();
+        protocol::encode_response(ApiKey::Produce, version, correlation_id, &response)
+    }))
+}
+
+type ShardWait = Pin<Box<dyn Future<Output = Vec<PartitionResult>>>>;
+
+/// A partition's batches, appended and waiting for the disk.
+struct Accepted {
+    partition: Rc<Partition>,
+    base_offset: i64,
+    end_offset: i64,
+}
+
+/// Appends every input on the owner shard, synchronously, in order.
+fn append_all(owner: &Rc<Shard>, inputs: &[PartitionInput]) -> Vec<Result<Accepted, ApiError>> {
+    let snapshot = owner.metadata();
+    inputs
+        .iter()
+        .map(|input| {
+            let partition = owner
+                .partition(&input.topic, input.partition)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ResponseError::NotLeaderOrFollower,
+                        "partition is not hosted here",
+                    )
+                })?;
+            let max_batch_bytes = snapshot
+                .topic(&input.topic)
+                .map_or(owner.config.message_max_bytes, |t| {
+                    owner.max_batch_bytes_for(t)
+                });
+            let appended = partition.append(&input.records, max_batch_bytes)?;
+            Ok(Accepted {
+                partition,
+                base_offset: appended.base_offset,
+                end_offset: appended.end_offset,
+            })
+        })
+        .collect()
+}
+
+/// Waits until every accepted append is written (acks=1) or durable (acks=all). The partitions'
+/// writer tasks coalesce concurrent waits into shared writes and syncs.
+async fn wait_all(accepted: Vec<Result<Accepted, ApiError>>, acks: Acks) -> Vec<PartitionResult> {
+    let waits = accepted.into_iter().map(|result| async move {
+        let accepted = match result {
+            Ok(accepted) => accepted,
+            Err(error) => return PartitionResult::failed(error),
+        };
+        if acks != Acks::None {
+            let durable = acks == Acks::All;
+            if let Err(e) = accepted
+                .partition
+                .log
+                .wait_written(accepted.end_offset, durable)
+                .await
+            {
+                return PartitionResult::failed(storage_error(e));
+            }
+        }
+        PartitionResult {
+            error: None,
+            base_offset: accepted.base_offset,
+            log_start_offset: accepted.partition.log.log_start_offset(),
+        }
+    });
+    join_all(waits).await
+}
+
+fn partition_response(
+    version: i16,
+    index: i32,
+    result: PartitionResult,
+) -> PartitionProduceResponse {
+    let mut out = PartitionProduceResponse::default();
+    out.index = index;
+    out.base_offset = result.base_offset;
+    out.log_append_time_ms = -1;
+    if version >= 5 {
+        out.log_start_offset = result.log_start_offset;
+    }
+    if let Some(error) = result.error {
+        out.error_code = error.code.code();
+        if version >= 8 {
+            out.error_message = Some(StrBytes::from_string(error.message));
+        }
+    }
+    out
+}
+
+fn error_response(body: &ProduceRequest, error: ApiError) -> ProduceResponse {
+    let mut response = ProduceResponse::default();
+    response.responses = body
+        .topic_data
+        .iter()
+        .map(|t| {
+            let mut topic = TopicProduceResponse::default();
+            topic.name = t.name.clone();
+            topic.partition_responses = t
+                .partition_data
+                .iter()
+                .map(|p| partition_response(3, p.index, PartitionResult::failed(error.clone())))
+                .collect();
+            topic
+        })
+        .collect();
+    response
+}

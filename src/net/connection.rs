@@ -1,0 +1,150 @@
+//! One client connection: a reader that frames and dispatches requests, and a writer that
+//! sends responses in request order (the protocol requires it).
+//!
+//! Limits: a frame larger than `socket.request.max.bytes` (or with a negative length) closes
+//! the connection before anything is allocated for it; at most
+//! `max.inflight.requests.per.connection` requests are read ahead of their responses, after
+//! which the reader stops reading (TCP backpressure, not an error).
+//!
+//! The reader and writer use two glommio streams over dup'ed fds of the same socket, so that
+//! each has its own readiness state and neither needs a lock.
+
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+
+use super::sendfile;
+use crate::handlers::{self, Dispatched, PendingResponse};
+use crate::metrics::BrokerStats;
+use crate::protocol::{Chunk, ResponseFrame};
+use crate::shard::Shard;
+
+/// Bytes read from the socket per call when no larger frame is pending.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "?".into());
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    // SAFETY: dup of an fd we own; the new fd is owned by the writer stream below.
+    let write_fd = unsafe { libc::dup(fd) };
+    if write_fd < 0 || sendfile::set_nonblocking(fd).is_err() {
+        tracing::warn!(%peer, "cannot prepare connection; closing");
+        if write_fd >= 0 {
+            unsafe { libc::close(write_fd) };
+        }
+        return;
+    }
+    // SAFETY: write_fd is a fresh fd of this socket, owned by nobody else.
+    let writer_stream = unsafe { TcpStream::from_raw_fd(write_fd) };
+    let (tx, rx) = local_channel::new_bounded(shard.config.max_inflight_requests_per_connection);
+    let writer = glommio::spawn_local(write_loop(shard.clone(), writer_stream, rx));
+    tracing::debug!(%peer, shard = shard.id, "connection opened");
+    if let Err(reason) = read_loop(&shard, stream, tx).await {
+        tracing::info!(%peer, %reason, "closing connection");
+    }
+    writer.await;
+    tracing::debug!(%peer, "connection closed");
+}
+
+/// Reads frames until EOF or a protocol violation (returned as the reason to log).
+async fn read_loop(
+    shard: &Rc<Shard>,
+    mut stream: TcpStream,
+    tx: LocalSender<PendingResponse>,
+) -> Result<(), String> {
+    let max_frame = shard.config.socket_request_max_bytes;
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    loop {
+        if !fill(&mut stream, &mut buf, 4).await? {
+            return Ok(());
+        }
+        let len = i32::from_be_bytes(buf[0..4].try_into().expect("4 bytes"));
+        if len < 0 || len as usize > max_frame {
+            BrokerStats::add(&shard.stats.malformed_requests, 1);
+            return Err(format!(
+                "request size {len} outside 0..={max_frame} (socket.request.max.bytes)"
+            ));
+        }
+        let frame_end = 4 + len as usize;
+        if !fill(&mut stream, &mut buf, frame_end).await? {
+            return Err("connection closed inside a request frame".into());
+        }
+        let frame = buf.split_to(frame_end).freeze().slice(4..);
+        BrokerStats::add(&shard.stats.requests, 1);
+        match handlers::dispatch(shard, frame).await {
+            Dispatched::Respond(pending) => {
+                // Waits here when the in-flight limit is reached: backpressure.
+                if tx.send(pending).await.is_err() {
+                    return Err("response writer stopped".into());
+                }
+            }
+            Dispatched::NoResponse => {}
+            Dispatched::Close(error) => {
+                BrokerStats::add(&shard.stats.malformed_requests, 1);
+                return Err(error.to_string());
+            }
+        }
+    }
+}
+
+/// Reads until `buf` holds at least `want` bytes. Returns false on EOF before any byte of a new
+/// frame; errors on EOF in the middle of one.
+async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, want: usize) -> Result<bool, String> {
+    while buf.len() < want {
+        let start = buf.len();
+        // Never read more than the frame needs plus one chunk: a frame's length is checked
+        // against the limit before we get here, so this bounds the buffer.
+        let read_size = (want - start).max(READ_CHUNK_BYTES);
+        buf.resize(start + read_size, 0);
+        let n = stream
+            .read(&mut buf[start..])
+            .await
+            .map_err(|e| e.to_string());
+        buf.truncate(start + *n.as_ref().unwrap_or(&0));
+        match n? {
+            0 if start == 0 => return Ok(false),
+            0 => return Err("connection closed inside a request frame".into()),
+            _ => {}
+        }
+    }
+    Ok(true)
+}
+
+/// Sends responses in request order until the reader is gone and every response is out.
+async fn write_loop(shard: Rc<Shard>, mut stream: TcpStream, rx: LocalReceiver<PendingResponse>) {
+    while let Some(pending) = rx.recv().await {
+        let result = match pending.await {
+            ResponseFrame::Mem(bytes) => stream.write_all(&bytes).await,
+            ResponseFrame::Chunked(chunks) => write_chunks(&shard, &mut stream, chunks).await,
+            ResponseFrame::Failed => Err(std::io::Error::other("response could not be encoded")),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "write failed; closing connection");
+            // Wake the reader: it sees EOF and stops.
+            let _ = stream.shutdown(std::net::Shutdown::Both).await;
+            return;
+        }
+    }
+}
+
+async fn write_chunks(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    chunks: Vec<Chunk>,
+) -> std::io::Result<()> {
+    for chunk in chunks {
+        match chunk {
+            Chunk::Mem(bytes) => stream.write_all(&bytes).await?,
+            Chunk::File(slice) => sendfile::send_slice(stream, &slice, &shard.stats).await?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Process start-up: one glommio executor per shard, the shard mesh, the coordinator on shard
+//! 0, the listeners, and shutdown on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{CpuSet, LocalExecutorBuilder, Placement};
+
+use crate::config::BrokerConfig;
+use crate::coordination::{BrokerInfo, Coordinator};
+use crate::metrics::BrokerStats;
+use crate::net::listener;
+use crate::shard::{Job, Shard};
+
+/// Capacity of each shard-to-shard channel, in jobs.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+/// Runs a broker until SIGINT or SIGTERM. Prints one `ready` line on stdout when every shard
+/// serves clients; scripts and tests wait for it.
+pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    let shards = config.cores;
+    let online = CpuSet::online().map(|s| s.len()).unwrap_or(1);
+    let cpus: Vec<usize> = CpuSet::online()
+        .map(|s| {
+            let mut v: Vec<usize> = s.iter().map(|l| l.cpu).collect();
+            v.sort_unstable();
+            v
+        })
+        .unwrap_or_default();
+    let pinned = shards <= cpus.len();
+    if !pinned {
+        tracing::warn!(shards, online, "more shards than CPUs: shards run unpinned");
+    }
+    let (fds, bound) = listener::bind_all(config.listen, shards)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let (host, port) = config.advertised(bound);
+    let broker = BrokerInfo {
+        node_id: config.node_id,
+        host,
+        port,
+        rack: None,
+    };
+
+    // Block the signals in every thread; this thread waits for them with sigwait.
+    let signals = block_shutdown_signals();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(BrokerStats::default());
+    let mesh = MeshBuilder::<Job, _>::full(shards, MESH_CHANNEL_CAPACITY);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+    let mut handles = Vec::with_capacity(shards);
+    for (id, fd) in fds.into_iter().enumerate() {
+        let placement = if pinned {
+            Placement::Fixed(cpus[id])
+        } else {
+            Placement::Unbound
+        };
+        let (config, broker, stats, mesh, shutdown, ready_tx) = (
+            config.clone(),
+            broker.clone(),
+            stats.clone(),
+            mesh.clone(),
+            shutdown.clone(),
+            ready_tx.clone(),
+        );
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .spawn(move || async move {
+                run_shard(
+                    id, shards, config, broker, stats, mesh, fd, shutdown, ready_tx,
+                )
+                .await
+            })
+            .map_err(|e| format!("cannot start shard {id}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err("a shard exited during start-up".into()),
+        }
+    }
+    let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
+    tracing::info!(%bound, shards, startup_ms, "broker ready");
+    println!(
+        "broker {} ready: listening on {bound} with {shards} shards ({startup_ms:.1} ms)",
+        config.node_id
+    );
+
+    let signal = wait_for_signal(&signals);
+    tracing::info!(signal, "shutting down");
+    shutdown.store(true, Ordering::Relaxed);
+    // Wake every accept loop so it sees the flag.
+    for _ in 0..shards {
+        let _ = std::net::TcpStream::connect(connectable(bound));
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    tracing::info!(stats = %stats.summary(), "broker stopped");
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_shard(
+    id: usize,
+    shards: usize,
+    config: Arc<BrokerConfig>,
+    broker: BrokerInfo,
+    stats: Arc<BrokerStats>,
+    mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
+    listen_fd: RawFd,
+    shutdown: Arc<AtomicBool>,
+    ready: mpsc::Sender<Result<usize, String>>,
+) {
+    let (senders, receivers) = if shards > 1 {
+        let (s, r) = mesh.join().await.expect("joining the shard mesh");
+        (Some(s), Some(r))
+    } else {
+        (None, None)
+    };
+    let coordinator = if id == 0 {
+        match Coordinator::open(&config.data_dir, broker.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot open the metadata log: {e}")));
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let shard = Shard::new(
+        id,
+        shards,
+        config,
+        broker,
+        stats.clone(),
+        senders,
+        coordinator,
+        shutdown,
+    );
+    if let Some(receivers) = receivers {
+        shard.serve_mesh(receivers);
+    }
+    if id == 0 {
+        // Opens (and recovers) every partition on its shard before anyone serves clients.
+        shard.publish_metadata().await;
+    } else {
+        // Wait for shard 0's first publication.
+        while shard.metadata().version == 0 {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    glommio::spawn_local(listener::accept_loop(shard.clone(), listen_fd)).detach();
+    let _ = ready.send(Ok(id));
+    shard.clone().housekeeping().await;
+    shard.close_partitions().await;
+    if id == 0 {
+        tracing::debug!(stats = %stats.summary(), "shard 0 stopped");
+    }
+}
+
+fn connectable(bound: SocketAddr) -> SocketAddr {
+    let mut addr = bound;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local, then pthread_sigmask on this thread (inherited
+    // by threads spawned afterwards).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` holds the signals blocked above.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}

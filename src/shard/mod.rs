@@ -1,0 +1,336 @@
+//! Per-core state and the cross-core message path.
+//!
+//! A [`Shard`] is everything one glommio executor owns: the partitions placed on it by
+//! [`router::owner_shard`], its copy of the cluster metadata snapshot, and its end of the shard
+//! mesh. Other cores never touch a shard's partitions; they send it a job with
+//! [`Shard::invoke_on`] and await the reply. That is the only way work crosses cores, and it is
+//! why nothing on the produce/fetch path needs a lock.
+
+pub mod partition;
+pub mod producer_state;
+pub mod router;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::channel::oneshot;
+use futures::future::join_all;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+
+use crate::config::BrokerConfig;
+use crate::coordination::{BrokerInfo, ClusterMetadata, Coordinator, TopicMetadata};
+use crate::metrics::BrokerStats;
+use crate::storage::{LogConfig, PartitionLog};
+use partition::Partition;
+
+/// Work sent to another shard: runs there, on that shard's thread.
+pub type Job = Box<dyn FnOnce(&Rc<Shard>) + Send>;
+
+/// Everything one core owns. `!Send`: lives and dies on its executor's thread.
+pub struct Shard {
+    pub id: usize,
+    pub nr_shards: usize,
+    pub config: Arc<BrokerConfig>,
+    /// This broker as clients see it (advertised host and port).
+    pub broker: BrokerInfo,
+    pub stats: Arc<BrokerStats>,
+    mesh: Option<Senders<Job>>,
+    metadata: RefCell<Arc<ClusterMetadata>>,
+    /// Partitions this shard owns, by topic then partition index.
+    partitions: RefCell<HashMap<String, HashMap<i32, Rc<Partition>>>>,
+    /// Present on shard 0 only.
+    pub coordinator: Option<Coordinator>,
+    /// Serialises metadata application so snapshots are applied in version order.
+    apply_lock: glommio::sync::Semaphore,
+    shutdown: Arc<AtomicBool>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Shard {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: usize,
+        nr_shards: usize,
+        config: Arc<BrokerConfig>,
+        broker: BrokerInfo,
+        stats: Arc<BrokerStats>,
+        mesh: Option<Senders<Job>>,
+        coordinator: Option<Coordinator>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Rc<Shard> {
+        assert!(id < nr_shards);
+        assert_eq!(
+            coordinator.is_some(),
+            id == 0,
+            "the coordinator lives on shard 0"
+        );
+        Rc::new(Shard {
+            id,
+            nr_shards,
+            config,
+            broker,
+            stats,
+            mesh,
+            metadata: RefCell::new(Arc::new(ClusterMetadata::empty())),
+            partitions: RefCell::new(HashMap::new()),
+            coordinator,
+            apply_lock: glommio::sync::Semaphore::new(1),
+            shutdown,
+        })
+    }
+
+    /// Starts the tasks that run jobs sent by the other shards.
+    pub fn serve_mesh(self: &Rc<Self>, mut receivers: Receivers<Job>) {
+        for (_peer, receiver) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(job) = receiver.recv().await {
+                    job(&shard);
+                }
+            })
+            .detach();
+        }
+    }
+
+    /// Runs `f` on shard `target` and returns its result. Local calls run inline.
+    pub async fn invoke_on<R, F, Fut>(self: &Rc<Self>, target: usize, f: F) -> R
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        if target == self.id {
+            return f(self.clone()).await;
+        }
+        let reply = self.submit_on(target, f).await;
+        reply
+            .await
+            .unwrap_or_else(|_| panic!("shard {target} dropped a reply"))
+    }
+
+    /// Sends `f` to run on another shard and returns as soon as it is queued; the receiver
+    /// yields the result. Jobs from one shard to another start in the order they were sent
+    /// (the mesh channel is FIFO and glommio runs spawned tasks in order), which keeps the
+    /// produce requests of one connection in order on a partition's shard.
+    pub async fn submit_on<R, F, Fut>(self: &Rc<Self>, target: usize, f: F) -> oneshot::Receiver<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+    {
+        assert_ne!(target, self.id, "submit_on is for other shards");
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |shard: &Rc<Shard>| {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = tx.send(f(shard).await);
+            })
+            .detach();
+        });
+        let mesh = self.mesh.as_ref().expect("a multi-shard broker has a mesh");
+        if mesh.send_to(target, job).await.is_err() {
+            // Only at shutdown; the dropped sender makes the receiver report it.
+            tracing::warn!(target, "shard mesh closed");
+        }
+        rx
+    }
+
+    pub fn metadata(&self) -> Arc<ClusterMetadata> {
+        self.metadata.borrow().clone()
+    }
+
+    pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
+        router::owner_shard(topic, partition, self.nr_shards)
+    }
+
+    /// A partition this shard owns.
+    pub fn partition(&self, topic: &str, index: i32) -> Option<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .get(topic)
+            .and_then(|ps| ps.get(&index))
+            .cloned()
+    }
+
+    pub fn owned_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .values()
+            .flat_map(|ps| ps.values().cloned())
+            .collect()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    /// The log settings of a topic: broker defaults overridden by the topic's configs.
+    pub fn log_config_for(&self, topic: &TopicMetadata) -> LogConfig {
+        let mut log = self.config.log.clone();
+        for (key, value) in &topic.configs {
+            let parsed = value.parse::<i64>().ok();
+            match (key.as_str(), parsed) {
+                ("retention.ms", Some(v)) => log.retention_ms = v,
+                ("retention.bytes", Some(v)) => log.retention_bytes = v,
+                ("segment.bytes", Some(v)) if v > 0 => log.segment_bytes = v as u64,
+                ("max.message.bytes", Some(v)) if v > 0 => log.max_batch_bytes = v as usize,
+                _ => {}
+            }
+        }
+        log
+    }
+
+    /// Largest batch a topic accepts.
+    pub fn max_batch_bytes_for(&self, topic: &TopicMetadata) -> usize {
+        topic
+            .configs
+            .get("max.message.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(self.config.message_max_bytes)
+    }
+
+    /// Makes this shard match a metadata snapshot: opens the logs of partitions it now owns and
+    /// deletes those of removed topics. Snapshots older than the current one are ignored.
+    pub async fn apply_metadata(self: &Rc<Self>, snapshot: Arc<ClusterMetadata>) {
+        let _permit = self
+            .apply_lock
+            .acquire_permit(1)
+            .await
+            .expect("apply lock never closes");
+        if snapshot.version <= self.metadata.borrow().version {
+            return;
+        }
+        let mut wanted: Vec<(Arc<TopicMetadata>, i32, i32)> = Vec::new();
+        for topic in snapshot.topics.values() {
+            for (index, p) in topic.partitions.iter().enumerate() {
+                let index = index as i32;
+                if p.leader == self.broker.node_id && self.owner_of(&topic.name, index) == self.id {
+                    wanted.push((topic.clone(), index, p.leader_epoch));
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        {
+            let mut owned = self.partitions.borrow_mut();
+            for (name, partitions) in owned.iter_mut() {
+                partitions.retain(|index, partition| {
+                    let keep = snapshot.topic(name).is_some_and(|t| {
+                        t.id == partition.topic_id && (*index as usize) < t.partitions.len()
+                    });
+                    if !keep {
+                        removed.push(partition.clone());
+                    }
+                    keep
+                });
+            }
+            owned.retain(|_, partitions| !partitions.is_empty());
+        }
+        for partition in removed {
+            tracing::info!(topic = %partition.topic, partition = partition.index, "deleting partition");
+            if let Err(e) = partition.log.delete().await {
+                tracing::error!(topic = %partition.topic, error = %e, "deleting partition log failed");
+            }
+        }
+        let opens = wanted.into_iter().filter_map(|(topic, index, epoch)| {
+            if let Some(existing) = self.partition(&topic.name, index) {
+                existing.leader_epoch.set(epoch);
+                return None;
+            }
+            let dir = self
+                .config
+                .data_dir
+                .join(format!("{}-{}", topic.name, index));
+            let log_config = self.log_config_for(&topic);
+            Some(async move {
+                let opened = PartitionLog::open(dir.clone(), log_config).await;
+                (topic, index, epoch, dir, opened)
+            })
+        });
+        for (topic, index, epoch, dir, opened) in join_all(opens).await {
+            match opened {
+                Ok(log) => {
+                    let partition = Partition::new(topic.name.clone(), index, topic.id, log, epoch);
+                    self.partitions
+                        .borrow_mut()
+                        .entry(topic.name.clone())
+                        .or_default()
+                        .insert(index, Rc::new(partition));
+                }
+                // The partition stays unavailable (clients see NOT_LEADER/UNKNOWN) rather than
+                // taking the broker down with it.
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot open partition log")
+                }
+            }
+        }
+        *self.metadata.borrow_mut() = snapshot;
+    }
+
+    /// Pushes the coordinator's current snapshot to every shard and waits until all have
+    /// applied it. Called on shard 0 after each metadata change.
+    pub async fn publish_metadata(self: &Rc<Self>) {
+        let coordinator = self
+            .coordinator
+            .as_ref()
+            .expect("publish runs on the coordinator shard");
+        let snapshot = coordinator.snapshot();
+        let applies = (0..self.nr_shards).map(|target| {
+            let snapshot = snapshot.clone();
+            self.invoke_on(target, move |shard| async move {
+                shard.apply_metadata(snapshot).await
+            })
+        });
+        join_all(applies).await;
+    }
+
+    /// Periodic work: retention, and noticing shutdown.
+    pub async fn housekeeping(self: Rc<Self>) {
+        let tick = Duration::from_millis(100);
+        let retention_every =
+            Duration::from_millis(self.config.retention_check_interval_ms.max(100));
+        let mut since_retention = Duration::ZERO;
+        while !self.is_shutting_down() {
+            glommio::timer::sleep(tick).await;
+            since_retention += tick;
+            if since_retention >= retention_every {
+                since_retention = Duration::ZERO;
+                self.enforce_retention().await;
+            }
+        }
+    }
+
+    async fn enforce_retention(&self) {
+        let now = now_ms();
+        for partition in self.owned_partitions() {
+            match partition.log.enforce_retention(now).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(
+                    topic = %partition.topic,
+                    partition = partition.index,
+                    deleted,
+                    "retention deleted segments"
+                ),
+                Err(e) => tracing::error!(topic = %partition.topic, error = %e, "retention failed"),
+            }
+        }
+    }
+
+    /// Flushes and closes every partition log.
+    pub async fn close_partitions(&self) {
+        for partition in self.owned_partitions() {
+            if let Err(e) = partition.log.close().await {
+                tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
+            }
+        }
+    }
+}
