@@ -1,0 +1,106 @@
+//! Test support: the real `broker` binary on a free port, and a minimal raw protocol client.
+#![allow(dead_code)]
+
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running broker process. Killed when dropped.
+pub struct Broker {
+    child: Option<Child>,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// Starts a broker with `cores` shards on a fresh data directory.
+    pub fn start(cores: usize) -> Broker {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut broker = Broker::start_in(tmp.path(), cores, &[]);
+        broker._tmp = Some(tmp);
+        broker
+    }
+
+    /// Starts a broker on `data_dir` (kept when the broker stops) with extra flags.
+    pub fn start_in(data_dir: &Path, cores: usize, extra: &[&str]) -> Broker {
+        let data = data_dir.join("data");
+        let log_path = data_dir.join(format!("broker-{}.log", std::process::id()));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args(["--listen", "127.0.0.1:0", "--cores", &cores.to_string(), "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn broker");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("broker exited before ready; log:\n{}", read(&log_path)))
+            .expect("read stdout");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+            .to_string();
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Broker { child: Some(child), addr, data_dir: data, log_path, _tmp: None }
+    }
+
+    pub fn log(&self) -> String {
+        read(&self.log_path)
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("wait");
+            assert!(status.success(), "broker exited with {status}; log:\n{}", self.log());
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}

@@ -1,0 +1,179 @@
+//! A minimal blocking Kafka client over std sockets, for tests that need exact control over
+//! the bytes on the wire (duplicates, sequence gaps, malformed frames).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+
+pub struct RawClient {
+    pub stream: TcpStream,
+    correlation_id: i32,
+}
+
+impl RawClient {
+    pub fn connect(addr: &str) -> RawClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        RawClient { stream, correlation_id: 0 }
+    }
+
+    /// Sends a request and decodes its response.
+    pub fn call<R: Request>(&mut self, version: i16, request: &R) -> R::Response {
+        self.send(version, request);
+        self.receive::<R>(version)
+    }
+
+    pub fn send<R: Request>(&mut self, version: i16, request: &R) {
+        self.correlation_id += 1;
+        let mut header = RequestHeader::default();
+        header.request_api_key = R::KEY;
+        header.request_api_version = version;
+        header.correlation_id = self.correlation_id;
+        header.client_id = Some(StrBytes::from_static_str("raw-test"));
+        let mut body = BytesMut::new();
+        header.encode(&mut body, R::header_version(version)).unwrap();
+        request.encode(&mut body, version).unwrap();
+        self.send_frame(&body);
+    }
+
+    pub fn send_frame(&mut self, frame: &[u8]) {
+        let mut out = Vec::with_capacity(frame.len() + 4);
+        out.put_i32(frame.len() as i32);
+        out.extend_from_slice(frame);
+        self.stream.write_all(&out).expect("write");
+    }
+
+    pub fn receive<R: Request>(&mut self, version: i16) -> R::Response {
+        let mut frame = self.read_frame().expect("response frame");
+        let header = ResponseHeader::decode(&mut frame, R::Response::header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, self.correlation_id, "responses come in request order");
+        let response = R::Response::decode(&mut frame, version).expect("decode response");
+        response
+    }
+
+    /// Reads one response frame; None on EOF or reset.
+    pub fn read_frame(&mut self) -> Option<Bytes> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).ok()?;
+        let len = i32::from_be_bytes(len) as usize;
+        let mut frame = vec![0u8; len];
+        self.stream.read_exact(&mut frame).ok()?;
+        Some(Bytes::from(frame))
+    }
+
+    /// True when the broker closed the connection (EOF or reset) within the read timeout.
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+
+    pub fn api_versions_ok(&mut self) -> bool {
+        let response = self.call(3, &ApiVersionsRequest::default());
+        response.error_code == 0 && !response.api_keys.is_empty()
+    }
+
+    pub fn create_topic(&mut self, name: &str, partitions: i32) -> i16 {
+        let mut topic = create_topics_request::CreatableTopic::default();
+        topic.name = TopicName(StrBytes::from_string(name.into()));
+        topic.num_partitions = partitions;
+        topic.replication_factor = 1;
+        let mut request = CreateTopicsRequest::default();
+        request.topics = vec![topic];
+        request.timeout_ms = 10_000;
+        self.call(5, &request).topics[0].error_code
+    }
+
+    /// Produces one batch to a partition and returns (error code, base offset).
+    pub fn produce(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> (i16, i64) {
+        let mut data = produce_request::PartitionProduceData::default();
+        data.index = partition;
+        data.records = Some(batch);
+        let mut t = produce_request::TopicProduceData::default();
+        t.name = TopicName(StrBytes::from_string(topic.into()));
+        t.partition_data = vec![data];
+        let mut request = ProduceRequest::default();
+        request.acks = acks;
+        request.timeout_ms = 10_000;
+        request.topic_data = vec![t];
+        let response = self.call(8, &request);
+        let p = &response.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    }
+
+    /// Fetches from one partition; returns (error, high watermark, record bytes).
+    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> (i16, i64, Bytes) {
+        let mut p = fetch_request::FetchPartition::default();
+        p.partition = partition;
+        p.fetch_offset = offset;
+        p.partition_max_bytes = 1 << 20;
+        let mut t = fetch_request::FetchTopic::default();
+        t.topic = TopicName(StrBytes::from_string(topic.into()));
+        t.partitions = vec![p];
+        let mut request = FetchRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.max_wait_ms = max_wait_ms;
+        request.min_bytes = 1;
+        request.max_bytes = 50 << 20;
+        request.topics = vec![t];
+        let response = self.call(11, &request);
+        let p = &response.responses[0].partitions[0];
+        (p.error_code, p.high_watermark, p.records.clone().unwrap_or_default())
+    }
+}
+
+/// Encodes a RecordBatch v2 of `values`, optionally from an idempotent producer.
+pub fn batch(values: &[&[u8]], producer: Option<(i64, i16, i32)>, compression: Compression) -> Bytes {
+    let (producer_id, producer_epoch, base_sequence) = producer.unwrap_or((-1, -1, -1));
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: if base_sequence < 0 { -1 } else { base_sequence + i as i32 },
+            timestamp: 1_700_000_000_000 + i as i64,
+            key: Some(Bytes::from(format!("key-{i}"))),
+            value: Some(Bytes::copy_from_slice(v)),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(&mut out, &records, &RecordEncodeOptions { version: 2, compression })
+        .expect("encode batch");
+    out.freeze()
+}
+
+/// Decodes the values of every record in a fetch response's record bytes.
+pub fn values(mut records: Bytes) -> Vec<(i64, Bytes)> {
+    let mut out = Vec::new();
+    // Drop a partial trailing batch, as clients do.
+    let mut whole = BytesMut::new();
+    let mut rest = records.clone();
+    while rest.remaining() >= 12 {
+        let len = i32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize + 12;
+        if rest.remaining() < len {
+            break;
+        }
+        whole.extend_from_slice(&rest[..len]);
+        rest.advance(len);
+    }
+    records = whole.freeze();
+    let batches = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records).expect("decode records");
+    for batch in batches {
+        for record in batch.records {
+            out.push((record.offset, record.value.unwrap_or_default()));
+        }
+    }
+    out
+}

@@ -1,0 +1,253 @@
+//! Wire-level tests with a raw client: exact control over sequences, duplicates and bad input.
+
+mod common;
+
+use bytes::{BufMut, BytesMut};
+use common::raw::{self, RawClient};
+use common::Broker;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::records::Compression;
+use kafka_protocol::ResponseError;
+
+#[test]
+fn idempotent_retries_are_not_written_twice_and_gaps_are_refused() {
+    let broker = Broker::start(2);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("idem", 2), 0);
+    let init = client.call(4, &InitProducerIdRequest::default());
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert!(pid >= 0);
+
+    for partition in 0..2 {
+        let first = raw::batch(&[b"a", b"b"], Some((pid, epoch, 0)), Compression::None);
+        assert_eq!(client.produce("idem", partition, first.clone(), -1), (0, 0));
+        // The retry of a batch the broker already has: same offset, nothing new written.
+        assert_eq!(client.produce("idem", partition, first, -1), (0, 0));
+        let next = raw::batch(&[b"c"], Some((pid, epoch, 2)), Compression::None);
+        assert_eq!(client.produce("idem", partition, next, -1), (0, 2));
+        let gap = raw::batch(&[b"x"], Some((pid, epoch, 7)), Compression::None);
+        let (code, _) = client.produce("idem", partition, gap, -1);
+        assert_eq!(code, ResponseError::OutOfOrderSequenceNumber.code());
+        let stale = raw::batch(&[b"y"], Some((pid, epoch - 1, 3)), Compression::None);
+        let (code, _) = client.produce("idem", partition, stale, -1);
+        assert_eq!(code, ResponseError::InvalidProducerEpoch.code());
+
+        let (error, high_watermark, records) = client.fetch("idem", partition, 0, 0);
+        assert_eq!((error, high_watermark), (0, 3));
+        let values: Vec<_> = raw::values(records).into_iter().map(|(o, v)| (o, v.to_vec())).collect();
+        assert_eq!(values, vec![(0, b"a".to_vec()), (1, b"b".to_vec()), (2, b"c".to_vec())]);
+    }
+    // Producer ids are never handed out twice.
+    let again = client.call(4, &InitProducerIdRequest::default());
+    assert_ne!(again.producer_id.0, pid);
+}
+
+#[test]
+fn corrupt_batches_are_refused_with_corrupt_message() {
+    let broker = Broker::start(1);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("crc", 1), 0);
+    let mut bad = BytesMut::from(&raw::batch(&[b"payload"], None, Compression::None)[..]);
+    let last = bad.len() - 1;
+    bad[last] ^= 0x55;
+    let (code, _) = client.produce("crc", 0, bad.freeze(), 1);
+    assert_eq!(code, ResponseError::CorruptMessage.code());
+    let (code, _) = client.produce("crc", 0, bytes::Bytes::from_static(&[0u8; 20]), 1);
+    assert_eq!(code, ResponseError::CorruptMessage.code());
+    let (error, high_watermark, _) = client.fetch("crc", 0, 0, 0);
+    assert_eq!((error, high_watermark), (0, 0), "nothing was appended");
+    assert!(client.api_versions_ok());
+}
+
+#[test]
+fn unknown_topics_invalid_names_and_offsets_get_kafka_errors() {
+    let broker = Broker::start(1);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("bad/name", 1), ResponseError::InvalidTopicException.code());
+    assert_eq!(client.create_topic(&"x".repeat(250), 1), ResponseError::InvalidTopicException.code());
+    let (code, _) = client.produce("nope", 0, raw::batch(&[b"v"], None, Compression::None), 1);
+    assert_eq!(code, ResponseError::UnknownTopicOrPartition.code());
+    assert_eq!(client.create_topic("t", 1), 0);
+    let (code, _) = client.produce("t", 5, raw::batch(&[b"v"], None, Compression::None), 1);
+    assert_eq!(code, ResponseError::UnknownTopicOrPartition.code());
+    let (error, _, _) = client.fetch("t", 0, 42, 0);
+    assert_eq!(error, ResponseError::OffsetOutOfRange.code());
+}
+
+#[test]
+fn oversized_batches_get_message_too_large() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("server.properties");
+    std::fs::write(&config, "message.max.bytes=10000\n").unwrap();
+    let broker = Broker::start_in(tmp.path(), 1, &["--config", config.to_str().unwrap()]);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("big", 1), 0);
+    let big = vec![7u8; 20_000];
+    let (code, _) = client.produce("big", 0, raw::batch(&[&big], None, Compression::None), 1);
+    assert_eq!(code, ResponseError::MessageTooLarge.code());
+    let small = vec![7u8; 5_000];
+    assert_eq!(client.produce("big", 0, raw::batch(&[&small], None, Compression::None), 1).0, 0);
+}
+
+#[test]
+fn long_poll_fetch_returns_when_data_arrives() {
+    let broker = Broker::start(2);
+    let mut admin = RawClient::connect(&broker.addr);
+    assert_eq!(admin.create_topic("poll", 2), 0);
+    let addr = broker.addr.clone();
+    let consumer = std::thread::spawn(move || {
+        let mut client = RawClient::connect(&addr);
+        let started = std::time::Instant::now();
+        let (error, hw, records) = client.fetch("poll", 1, 0, 10_000);
+        (error, hw, records.len(), started.elapsed())
+    });
+    // The fetch is parked on the partition; produce wakes it long before its 10 s deadline.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(admin.produce("poll", 1, raw::batch(&[b"wake"], None, Compression::None), 1).0, 0);
+    let (error, hw, len, waited) = consumer.join().unwrap();
+    assert_eq!((error, hw), (0, 1));
+    assert!(len > 0);
+    assert!(waited < std::time::Duration::from_secs(5), "woken by the produce, not the deadline: {waited:?}");
+}
+
+#[test]
+fn metadata_lists_brokers_and_auto_creates_topics() {
+    let broker = Broker::start(2);
+    let mut client = RawClient::connect(&broker.addr);
+    let mut topic = metadata_request::MetadataRequestTopic::default();
+    topic.name = Some(TopicName(StrBytes::from_static_str("auto")));
+    let mut request = MetadataRequest::default();
+    request.topics = Some(vec![topic]);
+    request.allow_auto_topic_creation = true;
+    let response = client.call(9, &request);
+    assert_eq!(response.brokers.len(), 1);
+    assert_eq!(format!("{}:{}", response.brokers[0].host.as_str(), response.brokers[0].port), broker.addr);
+    assert_eq!(response.topics[0].error_code, 0);
+    assert_eq!(response.topics[0].partitions.len(), 1);
+    assert_eq!(response.topics[0].partitions[0].leader_id.0, 0);
+    // Clusters answer DescribeCluster with the same broker.
+    let cluster = client.call(0, &DescribeClusterRequest::default());
+    assert_eq!(cluster.brokers.len(), 1);
+    assert!(!cluster.cluster_id.is_empty());
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let broker = Broker::start(2);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("pipe", 4), 0);
+    // Send many produce requests without reading, across partitions on both shards.
+    let mut frames = Vec::new();
+    for i in 0..50 {
+        let mut data = produce_request::PartitionProduceData::default();
+        data.index = i % 4;
+        data.records = Some(raw::batch(&[b"p"], None, Compression::None));
+        let mut t = produce_request::TopicProduceData::default();
+        t.name = TopicName(StrBytes::from_static_str("pipe"));
+        t.partition_data = vec![data];
+        let mut request = ProduceRequest::default();
+        request.acks = if i % 2 == 0 { 1 } else { -1 };
+        request.timeout_ms = 1000;
+        request.topic_data = vec![t];
+        frames.push(request);
+    }
+    for request in &frames {
+        client.send(7, request);
+    }
+    let mut per_partition = [0i64; 4];
+    for i in 0..50 {
+        // receive() asserts correlation ids arrive in order.
+        let mut frame = client.read_frame().unwrap();
+        let header = ResponseHeader::decode(&mut frame, 0).unwrap();
+        assert_eq!(header.correlation_id, i + 1, "responses come back in request order");
+        let response = ProduceResponse::decode(&mut frame, 7).unwrap();
+        let p = &response.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 0);
+        assert_eq!(p.base_offset, per_partition[p.index as usize]);
+        per_partition[p.index as usize] += 1;
+    }
+}
+
+/// Every malformed input is answered or closed; the broker keeps serving other clients.
+#[test]
+fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
+    let broker = Broker::start(2);
+    let mut good = RawClient::connect(&broker.addr);
+    assert_eq!(good.create_topic("ok", 1), 0);
+
+    let header = |key: i16, version: i16| {
+        let mut b = BytesMut::new();
+        b.put_i16(key);
+        b.put_i16(version);
+        b.put_i32(1);
+        b.put_i16(-1);
+        b
+    };
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    cases.push(("negative length", (-5i32).to_be_bytes().to_vec()));
+    cases.push(("length above socket.request.max.bytes", (i32::MAX).to_be_bytes().to_vec()));
+    let mut truncated = 100i32.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[0, 3, 0, 1]);
+    cases.push(("truncated frame", truncated));
+    let with_len = |frame: &[u8]| {
+        let mut v = (frame.len() as i32).to_be_bytes().to_vec();
+        v.extend_from_slice(frame);
+        v
+    };
+    cases.push(("frame shorter than a header", with_len(&[0, 3])));
+    cases.push(("unknown api key", with_len(&header(999, 0))));
+    cases.push(("unsupported version", with_len(&header(3, 99))));
+    let mut garbage = header(19, 5);
+    garbage.extend_from_slice(&[0xff; 64]);
+    cases.push(("garbage body", with_len(&garbage)));
+    let mut huge_array = header(3, 1);
+    huge_array.put_i32(i32::MAX);
+    cases.push(("oversized array count", with_len(&huge_array)));
+    let mut huge_compact = header(3, 9);
+    huge_compact.put_u8(0);
+    huge_compact.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    cases.push(("oversized compact array", with_len(&huge_compact)));
+    let mut huge_string = header(19, 2);
+    huge_string.put_i32(1);
+    huge_string.put_i16(i16::MAX);
+    huge_string.extend_from_slice(b"short");
+    cases.push(("oversized string", with_len(&huge_string)));
+    let mut huge_bytes = header(0, 7);
+    huge_bytes.put_i16(-1); // transactional id
+    huge_bytes.put_i16(1); // acks
+    huge_bytes.put_i32(1000);
+    huge_bytes.put_i32(1); // one topic
+    huge_bytes.put_i16(2);
+    huge_bytes.extend_from_slice(b"ok");
+    huge_bytes.put_i32(1); // one partition
+    huge_bytes.put_i32(0);
+    huge_bytes.put_i32(i32::MAX); // records length
+    cases.push(("oversized records bytes", with_len(&huge_bytes)));
+
+    for (name, bytes) in cases {
+        let mut bad = RawClient::connect(&broker.addr);
+        use std::io::Write;
+        bad.stream.write_all(&bytes).unwrap();
+        if name == "truncated frame" {
+            bad.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        assert!(bad.is_closed_by_peer(), "{name}: the broker should close the connection");
+        assert!(good.api_versions_ok(), "{name}: a well-behaved client is still served");
+        let (code, _) = good.produce("ok", 0, raw::batch(&[b"still fine"], None, Compression::None), 1);
+        assert_eq!(code, 0, "{name}");
+    }
+    // ApiVersions at a version the broker does not know: answered with v0 and an error.
+    let mut old = RawClient::connect(&broker.addr);
+    old.send_frame(&header(18, 99));
+    let mut frame = old.read_frame().expect("an answer, not a close");
+    let _ = ResponseHeader::decode(&mut frame, 0).unwrap();
+    let response = ApiVersionsResponse::decode(&mut frame, 0).unwrap();
+    assert_eq!(response.error_code, ResponseError::UnsupportedVersion.code());
+    assert!(!response.api_keys.is_empty());
+
+    let log = broker.log();
+    assert!(log.contains("closing connection"), "each close is logged:\n{log}");
+    assert!(!log.contains("panicked"), "no panic:\n{log}");
+}
