@@ -14,7 +14,7 @@ use futures::future::{join_all, select, select_all, Either};
 use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::ResponseError;
 
-use super::{decode, Dispatched};
+use super::Dispatched;
 use crate::protocol::fetch_response::{self, FetchedPartition, FetchedTopic};
 use crate::protocol::{RequestFrame, ResponseFrame};
 use crate::shard::partition::storage_error;
@@ -56,11 +56,7 @@ impl ReadResult {
     }
 }
 
-pub fn dispatch(shard: &Rc<Shard>, request: &mut RequestFrame) -> Dispatched {
-    let body: FetchRequest = match decode(shard, request) {
-        Ok(body) => body,
-        Err(e) => return Dispatched::Close(e),
-    };
+pub fn dispatch(shard: &Rc<Shard>, request: &RequestFrame, body: FetchRequest) -> Dispatched {
     let (version, correlation_id) = (request.version, request.header.correlation_id);
     let shard = shard.clone();
     Dispatched::Respond(Box::pin(async move {

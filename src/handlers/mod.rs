@@ -17,11 +17,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use kafka_protocol::messages::ApiKey;
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::messages::{ApiKey, RequestKind};
 
-use crate::metrics::BrokerStats;
-use crate::protocol::{self, DecodeError, RequestFrame, ResponseFrame};
+use crate::protocol::{self, DecodeError, ResponseFrame};
 use crate::shard::Shard;
 
 /// A response still being computed; polled by the connection's writer, in request order.
@@ -44,8 +42,8 @@ fn ready(frame: ResponseFrame) -> Dispatched {
 /// Work that must happen in request order (appending produce batches) happens before this
 /// returns; everything else happens when the returned future is polled.
 pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Dispatched {
-    let mut request = match protocol::decode_frame(frame) {
-        Ok(request) => request,
+    let (request, body) = match protocol::decode_request(frame) {
+        Ok(decoded) => decoded,
         Err((Some(correlation_id), DecodeError::UnsupportedVersion { api_key, version }))
             if api_key == ApiKey::ApiVersions as i16 =>
         {
@@ -56,54 +54,32 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Dispatched {
         }
         Err((_, error)) => return Dispatched::Close(error),
     };
-    let correlation_id = request.header.correlation_id;
-    let (api_key, version) = (request.api_key, request.version);
+    let (api_key, version, correlation_id) = (request.api_key, request.version, request.header.correlation_id);
     macro_rules! respond {
-        ($handler:path) => {{
-            let body = match decode(shard, &mut request) {
-                Ok(body) => body,
-                Err(e) => return Dispatched::Close(e),
-            };
+        ($handler:path, $body:expr) => {{
             let shard = shard.clone();
             Dispatched::Respond(Box::pin(async move {
-                let response = $handler(&shard, version, body).await;
+                let response = $handler(&shard, version, $body).await;
                 protocol::encode_response(api_key, version, correlation_id, &response)
             }))
         }};
     }
-    match api_key {
-        ApiKey::ApiVersions => respond!(api_versions::handle),
-        ApiKey::Metadata => respond!(metadata::handle),
-        ApiKey::Produce => produce::dispatch(shard, &mut request).await,
-        ApiKey::Fetch => fetch::dispatch(shard, &mut request),
-        ApiKey::ListOffsets => respond!(list_offsets::handle),
-        ApiKey::CreateTopics => respond!(admin::create_topics),
-        ApiKey::DeleteTopics => respond!(admin::delete_topics),
-        ApiKey::CreatePartitions => respond!(admin::create_partitions),
-        ApiKey::DescribeConfigs => respond!(admin::describe_configs),
-        ApiKey::InitProducerId => respond!(admin::init_producer_id),
-        ApiKey::DescribeCluster => respond!(admin::describe_cluster),
-        other => {
+    match body {
+        RequestKind::ApiVersions(body) => respond!(api_versions::handle, body),
+        RequestKind::Metadata(body) => respond!(metadata::handle, body),
+        RequestKind::Produce(body) => produce::dispatch(shard, &request, body).await,
+        RequestKind::Fetch(body) => fetch::dispatch(shard, &request, body),
+        RequestKind::ListOffsets(body) => respond!(list_offsets::handle, body),
+        RequestKind::CreateTopics(body) => respond!(admin::create_topics, body),
+        RequestKind::DeleteTopics(body) => respond!(admin::delete_topics, body),
+        RequestKind::CreatePartitions(body) => respond!(admin::create_partitions, body),
+        RequestKind::DescribeConfigs(body) => respond!(admin::describe_configs, body),
+        RequestKind::InitProducerId(body) => respond!(admin::init_producer_id, body),
+        RequestKind::DescribeCluster(body) => respond!(admin::describe_cluster, body),
+        _ => {
             // decode_frame only lets supported keys through.
-            tracing::error!(?other, "dispatch has no handler for a supported api");
-            Dispatched::Close(DecodeError::UnknownApiKey(other as i16))
+            tracing::error!(?api_key, "dispatch has no handler for a supported api");
+            Dispatched::Close(DecodeError::UnknownApiKey(api_key as i16))
         }
     }
-}
-
-/// Decodes a request body, counting failures.
-pub fn decode<T: Decodable>(shard: &Shard, request: &mut RequestFrame) -> Result<T, DecodeError> {
-    protocol::decode_body(request).inspect_err(|_| {
-        BrokerStats::add(&shard.stats.malformed_requests, 1);
-    })
-}
-
-/// Encodes a response body for `request`.
-pub fn respond<T: Encodable>(request: &RequestFrame, body: &T) -> ResponseFrame {
-    protocol::encode_response(
-        request.api_key,
-        request.version,
-        request.header.correlation_id,
-        body,
-    )
 }

@@ -17,7 +17,7 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicNam
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use super::{decode, Dispatched};
+use super::Dispatched;
 use crate::metrics::BrokerStats;
 use crate::protocol::{self, ApiError, RequestFrame};
 use crate::shard::partition::{storage_error, Partition};
@@ -65,11 +65,7 @@ enum Slot {
     },
 }
 
-pub async fn dispatch(shard: &Rc<Shard>, request: &mut RequestFrame) -> Dispatched {
-    let body: ProduceRequest = match decode(shard, request) {
-        Ok(body) => body,
-        Err(e) => return Dispatched::Close(e),
-    };
+pub async fn dispatch(shard: &Rc<Shard>, request: &RequestFrame, body: ProduceRequest) -> Dispatched {
     let (version, correlation_id) = (request.version, request.header.correlation_id);
     let acks =
         match body.acks {
