@@ -82,6 +82,9 @@ pub struct PartitionLog {
     writer_task: RefCell<Option<JoinHandle<Result<(), StorageError>>>>,
     producer_batches: Vec<BatchHeader>,
     stats: Cell<LogStats>,
+    /// Fault injection: the writer's next write fails.
+    #[cfg(test)]
+    pub(crate) fail_next_write: Cell<bool>,
 }
 
 impl PartitionLog {
@@ -104,6 +107,9 @@ impl PartitionLog {
             .clone();
         let log_start_offset = recovered.segments[0].base_offset();
         let log_end_offset = active.next_offset();
+        // Closed segments were fdatasync'd when rolled; the active one is not known to be
+        // durable until the first sync.
+        let durable_offset = active.base_offset();
         info!(
             dir = %dir.display(),
             log_start_offset,
@@ -119,14 +125,15 @@ impl PartitionLog {
             log_end_offset: Cell::new(log_end_offset),
             queue: RefCell::new(VecDeque::new()),
             queued_bytes: Cell::new(0),
-            sync_requested_offset: Cell::new(log_end_offset),
+            sync_requested_offset: Cell::new(durable_offset),
             lifecycle: Cell::new(Lifecycle::Open),
-            // Recovery fdatasync'd what it kept, so it is all durable.
-            notifier: Notifier::new(log_end_offset),
+            notifier: Notifier::new(log_end_offset, durable_offset),
             writer_waker: RefCell::new(None),
             writer_task: RefCell::new(None),
             producer_batches: recovered.producer_batches,
             stats: Cell::new(LogStats::default()),
+            #[cfg(test)]
+            fail_next_write: Cell::new(false),
         });
         let writer = Writer::new(
             Rc::downgrade(&log),
@@ -178,6 +185,15 @@ impl PartitionLog {
 
     pub fn segment_count(&self) -> usize {
         self.segments.borrow().len()
+    }
+
+    /// Logical sizes of the segments, oldest first.
+    pub fn segment_sizes_bytes(&self) -> Vec<u64> {
+        self.segments
+            .borrow()
+            .iter()
+            .map(|s| s.size_bytes())
+            .collect()
     }
 
     /// Base offsets of the segments, oldest first.
@@ -868,7 +884,10 @@ pub(crate) mod tests {
             );
             assert_eq!(after, before);
             assert_eq!(log.high_watermark(), 302);
-            assert_eq!(log.durable_offset(), 302);
+            assert!(
+                log.durable_offset() <= 302,
+                "durable only once synced again"
+            );
             assert_eq!(consume_all(&log, 0, 5000), before_batches);
             assert_eq!(
                 log.offset_for_timestamp(5_050).unwrap(),
@@ -886,6 +905,7 @@ pub(crate) mod tests {
             let info = append(&log, batch(1, 1, 1));
             assert_eq!(info.base_offset, 302);
             log.wait_written(303, true).await.unwrap();
+            assert_eq!(log.durable_offset(), 303);
             log.close().await.unwrap();
         });
     }
@@ -1049,6 +1069,45 @@ pub(crate) mod tests {
                 producers * rounds
             );
             log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_write_error_fails_the_log_without_panicking() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+                .await
+                .unwrap();
+            append(&log, batch(1, 10, 1));
+            log.wait_written(1, false).await.unwrap();
+            log.fail_next_write.set(true);
+            append(&log, batch(1, 10, 1));
+            let mut data = Box::pin(log.wait_for_data(1));
+            assert!(poll_once(&mut data).await.is_none());
+            match log.wait_written(2, true).await {
+                Err(StorageError::Io(e)) => assert!(e.to_string().contains("injected"), "{e}"),
+                other => panic!("expected the write error, got {other:?}"),
+            }
+            data.await; // released, not left hanging
+            assert!(matches!(
+                log.append(
+                    Bytes::from(batch(1, 1, 1)),
+                    &validate(&batch(1, 1, 1), 1 << 20).unwrap(),
+                    0
+                ),
+                Err(StorageError::Io(_))
+            ));
+            assert_eq!(log.high_watermark(), 1);
+            assert!(
+                log.read(0, 100, true).unwrap().is_some(),
+                "written data stays readable"
+            );
+            assert!(
+                log.wait_written(1, false).await.is_ok(),
+                "written before the failure"
+            );
+            assert!(matches!(log.close().await, Err(StorageError::Io(_))));
         });
     }
 

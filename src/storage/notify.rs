@@ -47,9 +47,10 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(offset: i64) -> Rc<Notifier> {
+    pub fn new(high_watermark: i64, durable_offset: i64) -> Rc<Notifier> {
+        assert!(durable_offset <= high_watermark);
         Rc::new(Notifier {
-            marks: [Cell::new(offset), Cell::new(offset)],
+            marks: [Cell::new(high_watermark), Cell::new(durable_offset)],
             status: RefCell::new(Status::Open),
             waiters: [RefCell::new(BTreeMap::new()), RefCell::new(BTreeMap::new())],
             next_id: Cell::new(0),
@@ -203,7 +204,7 @@ mod tests {
     #[test]
     fn waits_complete_in_offset_order_and_dropped_ones_unregister() {
         block_on(async {
-            let n = Notifier::new(0);
+            let n = Notifier::new(0, 0);
             let mut a = Box::pin(n.wait(Mark::HighWatermark, 5));
             let mut b = Box::pin(n.wait(Mark::HighWatermark, 10));
             assert!(poll_once(&mut a).await.is_none());
@@ -233,7 +234,7 @@ mod tests {
     #[test]
     fn failure_releases_unsatisfied_waits_with_the_error() {
         block_on(async {
-            let n = Notifier::new(0);
+            let n = Notifier::new(0, 0);
             n.advance(Mark::HighWatermark, 3);
             let mut durable = Box::pin(n.wait(Mark::Durable, 3));
             assert!(poll_once(&mut durable).await.is_none());

@@ -101,4 +101,99 @@ mod tests {
         let closed = summaries(&[(100, 10), (5_000, 10), (5_000, 10)]);
         assert_eq!(deletable_prefix(&closed, 35, &config(1000, 10), 2_000), 2);
     }
+
+    mod with_log {
+        use crate::storage::log::tests::{append, consume_all, small_config};
+        use crate::storage::testutil::{batch, run};
+        use crate::storage::{LogConfig, PartitionLog, StorageError};
+
+        #[test]
+        fn retention_by_bytes_deletes_the_oldest_segments_down_to_the_limit() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let config = LogConfig {
+                    retention_ms: -1,
+                    retention_bytes: 40_000,
+                    ..small_config()
+                };
+                let log = PartitionLog::open(path.clone(), config.clone())
+                    .await
+                    .unwrap();
+                for _ in 0..200 {
+                    append(&log, batch(4, 100, 1_000));
+                }
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let bases = log.segment_base_offsets();
+                let before_bytes = log.size_bytes();
+                assert!(before_bytes > 80_000);
+
+                let deleted = log.enforce_retention(i64::MAX).await.unwrap();
+                assert!(deleted > 0);
+                assert_eq!(log.segment_base_offsets(), bases[deleted..]);
+                assert_eq!(log.log_start_offset(), bases[deleted]);
+                let first_bytes = log.segment_sizes_bytes()[0];
+                assert!(log.size_bytes() >= 40_000, "never below retention_bytes");
+                assert!(
+                    log.size_bytes() - first_bytes < 40_000,
+                    "deleted all it could"
+                );
+                for base in &bases[..deleted] {
+                    assert!(!path.join(format!("{base:020}.log")).exists());
+                    assert!(!path.join(format!("{base:020}.index")).exists());
+                }
+                assert!(matches!(
+                    log.read(bases[deleted] - 1, 100, true),
+                    Err(StorageError::OffsetOutOfRange { .. })
+                ));
+                let remaining = consume_all(&log, log.log_start_offset(), 5000);
+                assert_eq!(remaining.first().unwrap().base_offset, bases[deleted]);
+                assert_eq!(
+                    log.enforce_retention(i64::MAX).await.unwrap(),
+                    0,
+                    "idempotent"
+                );
+                log.close().await.unwrap();
+
+                let log = PartitionLog::open(path, config).await.unwrap();
+                assert_eq!(log.log_start_offset(), bases[deleted]);
+                log.close().await.unwrap();
+            });
+        }
+
+        #[test]
+        fn retention_by_time_deletes_old_closed_segments_but_never_the_active_one() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let config = LogConfig {
+                    retention_ms: 1_000,
+                    ..small_config()
+                };
+                let log = PartitionLog::open(dir.path().join("t-0"), config)
+                    .await
+                    .unwrap();
+                for _ in 0..100 {
+                    append(&log, batch(4, 100, 10_000)); // old
+                }
+                let first_new = log.log_end_offset();
+                for _ in 0..100 {
+                    append(&log, batch(4, 100, 100_000)); // recent
+                }
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let bases = log.segment_base_offsets();
+                // Segments holding only old records go; the one holding the first new one stays.
+                let keep_from = bases.iter().rposition(|&b| b <= first_new).unwrap();
+                assert!(keep_from > 0);
+                assert_eq!(log.enforce_retention(100_500).await.unwrap(), keep_from);
+                assert_eq!(log.log_start_offset(), bases[keep_from]);
+
+                // Everything is old now, but the active segment stays.
+                let deleted = log.enforce_retention(1_000_000).await.unwrap();
+                assert_eq!(deleted, bases.len() - keep_from - 1);
+                assert_eq!(log.segment_count(), 1);
+                assert_eq!(log.log_start_offset(), *bases.last().unwrap());
+                log.close().await.unwrap();
+            });
+        }
+    }
 }

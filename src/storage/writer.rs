@@ -175,6 +175,10 @@ impl Writer {
         bytes[used..].fill(0);
         let next_tail = bytes[used - used % PAGE_BYTES as usize..used].to_vec();
 
+        #[cfg(test)]
+        if log.fail_next_write.take() {
+            return Err(io::Error::other("injected write failure").into());
+        }
         let written = self.file.write_at(buffer, write_position).await?;
         if written != buffer_bytes {
             return Err(io::Error::new(
