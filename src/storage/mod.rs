@@ -1,21 +1,72 @@
-//! Partition logs. (Placeholder API; the real implementation lands from the storage branch.)
-#![allow(unused_variables, dead_code)]
+//! Partition logs: segments, sparse indexes, O_DIRECT appends, recovery, retention.
+//!
+//! One [`PartitionLog`] per topic-partition, owned by the shard (glommio executor, one core) that
+//! leads or follows that partition. Nothing here is `Send`: other cores reach a log only through
+//! messages to its shard, except for [`ReadSlice::file`], a read-only handle to bytes that never
+//! change again (they are below the high watermark), which may be sent anywhere for sendfile.
+//!
+//! # Layout
+//! - [`log`]: [`PartitionLog`], the public API: append (synchronous offset assignment), reads,
+//!   waits, retention, lifecycle.
+//! - [`writer`]: the per-partition writer task: coalesces queued batches into aligned O_DIRECT
+//!   writes, rolls segments, group-commits fdatasync.
+//! - [`segment`]: one `<base_offset:020>.log` file with its in-memory sparse indexes and the
+//!   pread-based header scans used by reads.
+//! - [`index`]: the `.index` / `.timeindex` entry formats, lookups, staleness checks.
+//! - [`recovery`]: [`scan_valid_prefix`] and the chunked scans that rebuild a log on open.
+//! - [`retention`]: which closed segments time and size retention delete.
+//! - [`notify`]: cancel-safe waits on the high watermark and the durable offset.
+//! - [`timestamp`]: record-level timestamp search inside one uncompressed batch.
+//!
+//! # On disk (Kafka's naming)
+//! `<dir>/<base_offset:020>.log` holds whole RecordBatch v2 batches back to back. The active
+//! (last) segment may carry zero padding past its logical end, because O_DIRECT writes whole
+//! 4 KiB pages; recovery cuts it. `.index` holds 8-byte entries (relative offset i32 BE, file
+//! position i32 BE), `.timeindex` 12-byte entries (timestamp i64 BE, relative offset i32 BE).
+//! Index files are derived data: written with buffered writes when a segment is closed, trusted
+//! only for closed segments and only after a staleness check, rebuilt otherwise.
+//!
+//! # Invariants
+//! - `log_start_offset <= high_watermark <= log_end_offset`, and `durable_offset <= high_watermark`.
+//! - Every byte of a segment below its logical size holds whole valid batches with strictly
+//!   increasing offsets; closed segments are truncated to their logical size and fdatasync'd.
+//! - A segment is never larger than `i32::MAX` bytes and never spans more than `i32::MAX`
+//!   offsets, so index entries fit Kafka's i32 fields.
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::fmt;
+use std::io;
 
-use bytes::Bytes;
+pub mod index;
+pub mod log;
+pub mod notify;
+pub mod recovery;
+pub mod retention;
+pub mod segment;
+pub mod timestamp;
+pub mod writer;
 
-use crate::protocol::record_batch::BatchHeader;
+#[cfg(test)]
+pub(crate) mod testutil;
 
+pub use self::log::{LogStats, PartitionLog};
+pub use self::recovery::{scan_valid_prefix, ScanResult, ScanStop};
+
+/// O_DIRECT write granularity. The device may accept 512, but 4 KiB pages keep every write
+/// aligned for any device we run on and match the page cache that sendfile reads from.
+pub const PAGE_BYTES: u64 = 4096;
+
+/// Per-partition log settings; names follow Kafka's topic/broker configs.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
+    /// `log.segment.bytes`: roll before a batch would push the active segment past this.
     pub segment_bytes: u64,
+    /// `log.retention.ms`; -1 = unlimited.
     pub retention_ms: i64,
+    /// `log.retention.bytes`; -1 = unlimited.
     pub retention_bytes: i64,
+    /// `log.index.interval.bytes`: bytes of batches between two sparse index entries.
     pub index_interval_bytes: u32,
+    /// Upper bound for one batch (header included), used whenever a length is read from disk.
     pub max_batch_bytes: usize,
 }
 
@@ -23,97 +74,132 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
-            retention_ms: 7 * 24 * 3_600_000,
+            retention_ms: 7 * 24 * 60 * 60 * 1000,
             retention_bytes: -1,
             index_interval_bytes: 4096,
+            // Kafka's message.max.bytes default (1 MiB + 12 bytes of log overhead).
             max_batch_bytes: 1_048_588,
         }
     }
 }
 
+impl LogConfig {
+    /// Rejects settings the on-disk format cannot represent (positions are i32 in the index).
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let header_len = crate::protocol::record_batch::HEADER_LEN;
+        if self.segment_bytes < PAGE_BYTES || self.segment_bytes > i32::MAX as u64 {
+            return Err(StorageError::InvalidConfig(format!(
+                "segment_bytes {} outside [{PAGE_BYTES}, {}]",
+                self.segment_bytes,
+                i32::MAX
+            )));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(StorageError::InvalidConfig(
+                "index_interval_bytes must be > 0".into(),
+            ));
+        }
+        if self.max_batch_bytes < header_len || self.max_batch_bytes > i32::MAX as usize {
+            return Err(StorageError::InvalidConfig(format!(
+                "max_batch_bytes {} outside [{header_len}, {}]",
+                self.max_batch_bytes,
+                i32::MAX
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the storage layer.
 #[derive(Debug)]
 pub enum StorageError {
-    Io(std::io::Error),
+    Io(io::Error),
     OffsetOutOfRange {
         requested: i64,
         log_start: i64,
         log_end: i64,
     },
+    /// The log was closed or deleted.
     Closed,
+    /// A batch handed to `append` is larger than `max_batch_bytes` or disagrees with its header.
+    InvalidBatch(String),
+    /// Bytes on disk below the high watermark do not parse; the segment needs recovery.
+    Corrupt {
+        segment_base_offset: i64,
+        position: u64,
+        reason: String,
+    },
+    InvalidConfig(String),
 }
 
-impl std::fmt::Display for StorageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Io(e) => write!(f, "storage i/o error: {e}"),
+            StorageError::OffsetOutOfRange {
+                requested,
+                log_start,
+                log_end,
+            } => {
+                write!(
+                    f,
+                    "offset {requested} out of range [{log_start}, {log_end}]"
+                )
+            }
+            StorageError::Closed => write!(f, "log is closed"),
+            StorageError::InvalidBatch(why) => write!(f, "invalid batch: {why}"),
+            StorageError::Corrupt {
+                segment_base_offset,
+                position,
+                reason,
+            } => write!(
+                f,
+                "corrupt segment {segment_base_offset:020}.log at position {position}: {reason}"
+            ),
+            StorageError::InvalidConfig(why) => write!(f, "invalid log config: {why}"),
+        }
     }
 }
-impl std::error::Error for StorageError {}
 
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for StorageError {
+    fn from(e: io::Error) -> Self {
+        StorageError::Io(e)
+    }
+}
+
+impl<T> From<glommio::GlommioError<T>> for StorageError {
+    fn from(e: glommio::GlommioError<T>) -> Self {
+        StorageError::Io(e.into())
+    }
+}
+
+/// Result of a successful [`PartitionLog::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
     pub base_offset: i64,
     pub last_offset: i64,
+    /// -1: timestamps are the producer's (CreateTime); the broker never rewrites them.
     pub log_append_time_ms: i64,
 }
 
+/// A byte range of one segment file holding whole batches (the last may be partial when
+/// `max_bytes` cut it), to be sent to a socket with sendfile.
+///
+/// `file` is a plain (page-cache, not O_DIRECT) read-only handle, `Send + Sync`, so another core
+/// may sendfile from it: bytes below the high watermark are immutable. Deleting the segment
+/// (retention) only unlinks the name; an open handle keeps the bytes readable.
+#[derive(Debug, Clone)]
 pub struct ReadSlice {
-    pub file: Arc<std::fs::File>,
+    pub file: std::sync::Arc<std::fs::File>,
     pub position: u64,
     pub len: usize,
-}
-
-pub struct PartitionLog;
-
-impl PartitionLog {
-    pub async fn open(dir: PathBuf, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
-        todo!()
-    }
-    pub fn log_start_offset(&self) -> i64 {
-        todo!()
-    }
-    pub fn log_end_offset(&self) -> i64 {
-        todo!()
-    }
-    pub fn high_watermark(&self) -> i64 {
-        todo!()
-    }
-    pub fn size_bytes(&self) -> u64 {
-        todo!()
-    }
-    pub fn append(
-        &self,
-        batch: Bytes,
-        header: &BatchHeader,
-        leader_epoch: i32,
-    ) -> Result<AppendInfo, StorageError> {
-        todo!()
-    }
-    pub async fn wait_written(&self, end_offset: i64, durable: bool) -> Result<(), StorageError> {
-        todo!()
-    }
-    pub fn read(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        min_one_batch: bool,
-    ) -> Result<Option<ReadSlice>, StorageError> {
-        todo!()
-    }
-    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StorageError> {
-        todo!()
-    }
-    pub fn wait_for_data(&self, offset: i64) -> impl Future<Output = ()> {
-        async { todo!() }
-    }
-    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
-        todo!()
-    }
-    pub fn recovered_producer_batches(&self) -> Vec<BatchHeader> {
-        todo!()
-    }
-    pub async fn close(&self) -> Result<(), StorageError> {
-        todo!()
-    }
-    pub async fn delete(&self) -> Result<(), StorageError> {
-        todo!()
-    }
 }

@@ -1,0 +1,1134 @@
+//! [`PartitionLog`]: one topic-partition's log, the API the shard layer calls.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::Waker;
+
+use bytes::Bytes;
+use glommio::task::JoinHandle;
+use tracing::info;
+
+use super::notify::{Mark, Notifier};
+use super::recovery;
+use super::retention::{self, SegmentSummary};
+use super::segment::{self, BatchMeta, Segment};
+use super::timestamp;
+use super::writer::Writer;
+use super::{AppendInfo, LogConfig, ReadSlice, StorageError};
+use crate::protocol::record_batch::BatchHeader;
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// O_DIRECT writes issued (each may carry many batches).
+    pub writes: u64,
+    /// fdatasync calls issued (group commits, rolls, close).
+    pub syncs: u64,
+    /// Batch bytes written (excluding rewritten tail pages and padding).
+    pub bytes_written: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifecycle {
+    Open,
+    /// `close` asked the writer to drain, sync and stop.
+    Closing,
+    /// `delete` asked the writer to drop queued batches and stop.
+    Deleting,
+    Closed,
+}
+
+/// A batch whose offsets are assigned but which the writer has not written yet.
+#[derive(Debug)]
+pub(crate) struct QueuedBatch {
+    /// The producer's bytes, untouched; offsets are patched in the DMA buffer.
+    pub bytes: Bytes,
+    pub leader_epoch: i32,
+    pub meta: BatchMeta,
+}
+
+/// One topic-partition's log.
+///
+/// Owned by exactly one shard: the glommio executor (core) that the router maps this partition
+/// to creates it with [`PartitionLog::open`] and shares it only within that executor, as
+/// `Rc<PartitionLog>`; it is `!Send`. State lives in `Cell`/`RefCell`, and no borrow is held
+/// across an `.await`, so the shard's tasks and the partition's writer task interleave freely.
+///
+/// Appends assign offsets synchronously and queue the batch; the partition's writer task
+/// ([`super::writer`]) writes queued batches with O_DIRECT, then advances the high watermark.
+/// Reads only ever look below the high watermark, whose bytes never change again.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Sorted by base offset; the last one is the active segment. Never empty while open.
+    segments: RefCell<Vec<Rc<Segment>>>,
+    log_start_offset: Cell<i64>,
+    /// Next offset to assign; includes queued, unwritten batches.
+    log_end_offset: Cell<i64>,
+    queue: RefCell<VecDeque<QueuedBatch>>,
+    queued_bytes: Cell<u64>,
+    /// Largest end offset a durable waiter asked for; the writer syncs while it is ahead.
+    sync_requested_offset: Cell<i64>,
+    lifecycle: Cell<Lifecycle>,
+    /// High watermark, durable offset, failure state and the waits on them.
+    notifier: Rc<Notifier>,
+    /// Set while the writer task is parked with nothing to do.
+    writer_waker: RefCell<Option<Waker>>,
+    writer_task: RefCell<Option<JoinHandle<Result<(), StorageError>>>>,
+    producer_batches: Vec<BatchHeader>,
+    stats: Cell<LogStats>,
+    /// Fault injection: the writer's next write fails.
+    #[cfg(test)]
+    pub(crate) fail_next_write: Cell<bool>,
+}
+
+impl PartitionLog {
+    /// Opens (recovering) or creates the log in `dir` and starts its writer task on the
+    /// current executor, which becomes the log's owner.
+    pub async fn open(dir: PathBuf, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
+        config.validate()?;
+        let created = !dir.exists();
+        std::fs::create_dir_all(&dir)?;
+        if created {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                segment::sync_dir(parent).await?;
+            }
+        }
+        let recovered = recovery::recover_log(&dir, &config).await?;
+        let active = recovered
+            .segments
+            .last()
+            .expect("recovery yields at least one segment")
+            .clone();
+        let log_start_offset = recovered.segments[0].base_offset();
+        let log_end_offset = active.next_offset();
+        // Closed segments were fdatasync'd when rolled; the active one is not known to be
+        // durable until the first sync.
+        let durable_offset = active.base_offset();
+        info!(
+            dir = %dir.display(),
+            log_start_offset,
+            log_end_offset,
+            segments = recovered.segments.len(),
+            "opened partition log"
+        );
+        let log = Rc::new(PartitionLog {
+            dir,
+            config,
+            segments: RefCell::new(recovered.segments),
+            log_start_offset: Cell::new(log_start_offset),
+            log_end_offset: Cell::new(log_end_offset),
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            sync_requested_offset: Cell::new(durable_offset),
+            lifecycle: Cell::new(Lifecycle::Open),
+            notifier: Notifier::new(log_end_offset, durable_offset),
+            writer_waker: RefCell::new(None),
+            writer_task: RefCell::new(None),
+            producer_batches: recovered.producer_batches,
+            stats: Cell::new(LogStats::default()),
+            #[cfg(test)]
+            fail_next_write: Cell::new(false),
+        });
+        let writer = Writer::new(
+            Rc::downgrade(&log),
+            recovered.active_file,
+            active,
+            recovered.tail,
+        );
+        let task = glommio::spawn_local(writer.run()).detach();
+        *log.writer_task.borrow_mut() = Some(task);
+        Ok(log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset.get()
+    }
+
+    /// The next offset to be assigned (includes queued, unwritten batches).
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end_offset.get()
+    }
+
+    /// Every offset below it is written to the segment file and readable.
+    pub fn high_watermark(&self) -> i64 {
+        self.notifier.get(Mark::HighWatermark)
+    }
+
+    /// Every offset below it is written and fdatasync'd.
+    pub fn durable_offset(&self) -> i64 {
+        self.notifier.get(Mark::Durable)
+    }
+
+    /// Bytes of written batches in all segments (excluding queued batches).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.borrow().iter().map(|s| s.size_bytes()).sum()
+    }
+
+    /// Bytes appended but not yet written; the shard may apply backpressure on it.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.get()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.borrow().len()
+    }
+
+    /// Logical sizes of the segments, oldest first.
+    pub fn segment_sizes_bytes(&self) -> Vec<u64> {
+        self.segments
+            .borrow()
+            .iter()
+            .map(|s| s.size_bytes())
+            .collect()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.segments
+            .borrow()
+            .iter()
+            .map(|s| s.base_offset())
+            .collect()
+    }
+
+    /// Registered `wait_written` / `wait_for_data` waits (pending ones only).
+    pub fn pending_waiters(&self) -> usize {
+        self.notifier.waiter_count()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.stats.get()
+    }
+
+    /// Assigns offsets `[LEO, LEO + record_count)` to one already-validated batch, queues it
+    /// for the writer task and wakes it. Synchronous: offsets follow call order.
+    ///
+    /// `batch` is the producer's bytes untouched; the writer copies them into an aligned DMA
+    /// buffer and patches `base_offset` and `partition_leader_epoch` there.
+    pub fn append(
+        &self,
+        batch: Bytes,
+        header: &BatchHeader,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError> {
+        self.check_open()?;
+        if batch.len() != header.total_len() {
+            return Err(StorageError::InvalidBatch(format!(
+                "{} bytes but the header says {}",
+                batch.len(),
+                header.total_len()
+            )));
+        }
+        if batch.len() > self.config.max_batch_bytes
+            || batch.len() as u64 > self.config.segment_bytes
+        {
+            return Err(StorageError::InvalidBatch(format!(
+                "{} bytes exceeds max_batch_bytes {} or segment_bytes {}",
+                batch.len(),
+                self.config.max_batch_bytes,
+                self.config.segment_bytes
+            )));
+        }
+        if header.record_count <= 0 || header.last_offset_delta != header.record_count - 1 {
+            return Err(StorageError::InvalidBatch(format!(
+                "record count {} with last offset delta {}",
+                header.record_count, header.last_offset_delta
+            )));
+        }
+        let base_offset = self.log_end_offset.get();
+        let last_offset = base_offset + header.last_offset_delta as i64;
+        self.log_end_offset.set(last_offset + 1);
+        let meta = BatchMeta {
+            base_offset,
+            last_offset,
+            max_timestamp: header.max_timestamp,
+            len_bytes: batch.len() as u64,
+        };
+        self.queue.borrow_mut().push_back(QueuedBatch {
+            bytes: batch,
+            leader_epoch,
+            meta,
+        });
+        self.queued_bytes
+            .set(self.queued_bytes.get() + meta.len_bytes);
+        self.wake_writer();
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+            log_append_time_ms: -1,
+        })
+    }
+
+    /// Resolves when every offset `< end_offset` is written (`durable = false`, acks=1) or also
+    /// fdatasync'd (`durable = true`, acks=all). Durable waits are group-committed: the writer
+    /// issues one fdatasync for everything written so far and releases every wait it covers.
+    pub async fn wait_written(&self, end_offset: i64, durable: bool) -> Result<(), StorageError> {
+        if end_offset > self.log_end_offset() {
+            return Err(self.out_of_range(end_offset));
+        }
+        let mark = if durable {
+            Mark::Durable
+        } else {
+            Mark::HighWatermark
+        };
+        if durable && self.durable_offset() < end_offset {
+            if self.sync_requested_offset.get() < end_offset {
+                self.sync_requested_offset.set(end_offset);
+            }
+            self.wake_writer();
+        }
+        self.notifier.wait(mark, end_offset).await
+    }
+
+    /// Locates the batch holding `offset` and returns the byte range from that batch's start,
+    /// up to `max_bytes`, never past the high watermark nor across a segment end. With
+    /// `min_one_batch` a first batch larger than `max_bytes` is returned whole (KIP-74).
+    ///
+    /// `offset` at or above the high watermark (but not above LEO), or `max_bytes == 0` without
+    /// `min_one_batch`: `Ok(None)`. Below log start or above LEO: `OffsetOutOfRange`.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+    ) -> Result<Option<ReadSlice>, StorageError> {
+        self.check_readable()?;
+        if offset < self.log_start_offset() || offset > self.log_end_offset() {
+            return Err(self.out_of_range(offset));
+        }
+        if offset >= self.high_watermark() || (max_bytes == 0 && !min_one_batch) {
+            return Ok(None);
+        }
+        let segments = self.segments.borrow();
+        let Some(mut i) = segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .checked_sub(1)
+        else {
+            return Err(self.out_of_range(offset));
+        };
+        let mut target = offset;
+        while let Some(segment) = segments.get(i) {
+            if target < segment.next_offset() {
+                let end_bytes = segment.size_bytes();
+                let Some((position, header)) =
+                    segment.find_batch(target, end_bytes, self.config.max_batch_bytes)?
+                else {
+                    return Err(segment.corrupt(
+                        end_bytes,
+                        &format!("offset {target} not found below the end"),
+                    ));
+                };
+                let mut len_bytes = (max_bytes as u64).min(end_bytes - position);
+                if min_one_batch {
+                    len_bytes = len_bytes.max(header.total_len() as u64);
+                }
+                return Ok(Some(ReadSlice {
+                    file: segment.read_file().clone(),
+                    position,
+                    len: len_bytes as usize,
+                }));
+            }
+            // `target` falls in a gap after this segment's batches: serve the next segment.
+            i += 1;
+            if let Some(next) = segments.get(i) {
+                target = next.base_offset();
+            }
+        }
+        Ok(None)
+    }
+
+    /// ListOffsets by timestamp: the first offset whose record timestamp is `>= timestamp`,
+    /// with that timestamp; `None` if there is none below the high watermark. Exact per record
+    /// in uncompressed CreateTime batches; otherwise the batch's base offset and max timestamp.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        self.check_readable()?;
+        let segments = self.segments.borrow();
+        for segment in segments.iter().filter(|s| s.max_timestamp() >= timestamp) {
+            let start = segment.lookup_timestamp_position(timestamp);
+            let found = segment.scan_headers(
+                start,
+                segment.size_bytes(),
+                self.config.max_batch_bytes,
+                |p, h| {
+                    if h.max_timestamp >= timestamp {
+                        ControlFlow::Break((p, *h))
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )?;
+            let Some((position, header)) = found else {
+                continue;
+            };
+            if header.compression() == 0 && !header.is_log_append_time() {
+                let bytes = segment.read_batch(position, &header)?;
+                if let Some(hit) = timestamp::first_record_at_or_after(&bytes, &header, timestamp) {
+                    return Ok(Some(hit));
+                }
+            }
+            return Ok(Some((header.base_offset, header.max_timestamp)));
+        }
+        Ok(None)
+    }
+
+    /// Resolves once `high_watermark() > offset`, or when the log fails or closes. Cancel-safe:
+    /// dropping the future removes its registration, so repeated long polls leak nothing.
+    pub fn wait_for_data(&self, offset: i64) -> impl Future<Output = ()> + 'static {
+        let wait = self
+            .notifier
+            .wait(Mark::HighWatermark, offset.saturating_add(1));
+        async move {
+            // A failure or close also ends the wait; the caller's next read reports it.
+            let _ = wait.await;
+        }
+    }
+
+    /// Deletes whole closed segments (never the active one) whose largest timestamp is older
+    /// than `now_ms - retention_ms`, or oldest first while the log stays at or above
+    /// `retention_bytes` without them (Kafka's rule); advances the log start offset.
+    /// Returns the number of segments deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
+        self.check_readable()?;
+        let removed: Vec<Rc<Segment>> = {
+            let mut segments = self.segments.borrow_mut();
+            let closed = &segments[..segments.len() - 1];
+            let summaries: Vec<SegmentSummary> = closed
+                .iter()
+                .map(|s| SegmentSummary {
+                    retention_timestamp_ms: s.retention_timestamp(),
+                    size_bytes: s.size_bytes(),
+                })
+                .collect();
+            let total_bytes = segments.iter().map(|s| s.size_bytes()).sum();
+            let count = retention::deletable_prefix(&summaries, total_bytes, &self.config, now_ms);
+            segments.drain(..count).collect()
+        };
+        if removed.is_empty() {
+            return Ok(0);
+        }
+        let log_start_offset = self.segments.borrow()[0].base_offset();
+        assert!(
+            log_start_offset <= self.high_watermark(),
+            "retention deleted unwritten data"
+        );
+        self.log_start_offset.set(log_start_offset);
+        for segment in &removed {
+            info!(segment = %segment.log_path().display(), log_start_offset, "retention deleted segment");
+            segment.delete_files()?;
+        }
+        Ok(removed.len())
+    }
+
+    /// Headers of batches with a producer id seen by the recovery scan of the active segment,
+    /// oldest first: the last five per producer (all Kafka's idempotence checks need).
+    pub fn recovered_producer_batches(&self) -> Vec<BatchHeader> {
+        self.producer_batches.clone()
+    }
+
+    /// Drains the queue, fdatasyncs, writes the index files, stops the writer task.
+    /// Returns the writer's error if it had failed.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        if self.lifecycle.get() == Lifecycle::Open {
+            self.lifecycle.set(Lifecycle::Closing);
+        }
+        let result = self.stop_writer().await;
+        self.lifecycle.set(Lifecycle::Closed);
+        self.notifier.close();
+        result
+    }
+
+    /// Stops the writer (dropping queued batches; their waits fail with `Closed`) and removes
+    /// the directory: topic deletion.
+    pub async fn delete(&self) -> Result<(), StorageError> {
+        if self.lifecycle.get() != Lifecycle::Closed {
+            self.lifecycle.set(Lifecycle::Deleting);
+        }
+        // A failed writer does not prevent deletion.
+        let _ = self.stop_writer().await;
+        self.lifecycle.set(Lifecycle::Closed);
+        self.notifier.close();
+        self.segments.borrow_mut().clear();
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn stop_writer(&self) -> Result<(), StorageError> {
+        self.wake_writer();
+        let task = self.writer_task.borrow_mut().take();
+        match task {
+            // None: the task was cancelled, which this code never does.
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StorageError> {
+        if self.lifecycle.get() != Lifecycle::Open {
+            return Err(StorageError::Closed);
+        }
+        match self.notifier.status_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn check_readable(&self) -> Result<(), StorageError> {
+        match self.lifecycle.get() {
+            Lifecycle::Open | Lifecycle::Closing => Ok(()),
+            Lifecycle::Deleting | Lifecycle::Closed => Err(StorageError::Closed),
+        }
+    }
+
+    fn out_of_range(&self, requested: i64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            requested,
+            log_start: self.log_start_offset(),
+            log_end: self.log_end_offset(),
+        }
+    }
+
+    fn wake_writer(&self) {
+        let waker = self.writer_waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    // The writer task's side of the log.
+
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.get()
+    }
+
+    pub(crate) fn notifier(&self) -> &Rc<Notifier> {
+        &self.notifier
+    }
+
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.borrow().is_empty()
+    }
+
+    /// Some durable wait is not covered yet and there is written data to cover it with.
+    pub(crate) fn sync_needed(&self) -> bool {
+        let durable = self.durable_offset();
+        self.sync_requested_offset.get() > durable && self.high_watermark() > durable
+    }
+
+    pub(crate) fn writer_has_work(&self) -> bool {
+        self.has_queued() || self.sync_needed() || self.lifecycle.get() != Lifecycle::Open
+    }
+
+    pub(crate) fn park_writer(&self, waker: &Waker) {
+        *self.writer_waker.borrow_mut() = Some(waker.clone());
+    }
+
+    pub(crate) fn front_batch(&self) -> Option<BatchMeta> {
+        self.queue.borrow().front().map(|b| b.meta)
+    }
+
+    /// Dequeues the batches of the next write: at least one, then more while they fit in
+    /// `max_write_bytes`, in `room_bytes` of the segment, and in its relative offset range.
+    pub(crate) fn take_batches(
+        &self,
+        room_bytes: u64,
+        segment_base_offset: i64,
+        max_write_bytes: u64,
+    ) -> Vec<QueuedBatch> {
+        let mut queue = self.queue.borrow_mut();
+        let mut taken = Vec::new();
+        let mut total_bytes = 0u64;
+        while let Some(next) = queue.front() {
+            let len = next.meta.len_bytes;
+            let fits = total_bytes + len <= max_write_bytes
+                && total_bytes + len <= room_bytes
+                && next.meta.last_offset - segment_base_offset <= i32::MAX as i64;
+            if !taken.is_empty() && !fits {
+                break;
+            }
+            total_bytes += len;
+            taken.push(queue.pop_front().expect("front exists"));
+        }
+        self.queued_bytes.set(self.queued_bytes.get() - total_bytes);
+        taken
+    }
+
+    pub(crate) fn discard_queue(&self) {
+        self.queue.borrow_mut().clear();
+        self.queued_bytes.set(0);
+    }
+
+    /// Puts the log in the failed state: later appends and unsatisfied waits get the error.
+    pub(crate) fn fail(&self, error: &StorageError) {
+        tracing::error!(dir = %self.dir.display(), %error, "partition log failed");
+        let io_error = match error {
+            StorageError::Io(e) => std::io::Error::new(e.kind(), e.to_string()),
+            other => std::io::Error::other(other.to_string()),
+        };
+        self.notifier.fail(&io_error);
+        self.discard_queue();
+    }
+
+    pub(crate) fn push_segment(&self, segment: Rc<Segment>) {
+        let mut segments = self.segments.borrow_mut();
+        let last = segments.last().expect("never empty while open");
+        assert!(
+            segment.base_offset() >= last.next_offset(),
+            "segments must not overlap"
+        );
+        segments.push(segment);
+    }
+
+    pub(crate) fn count_write(&self, bytes: u64) {
+        let mut stats = self.stats.get();
+        stats.writes += 1;
+        stats.bytes_written += bytes;
+        self.stats.set(stats);
+    }
+
+    pub(crate) fn count_sync(&self) {
+        let mut stats = self.stats.get();
+        stats.syncs += 1;
+        self.stats.set(stats);
+    }
+}
+
+impl Drop for PartitionLog {
+    /// Dropped without `close`: release the waits and let the writer notice and exit.
+    fn drop(&mut self) {
+        self.notifier.close();
+        if let Some(waker) = self.writer_waker.get_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use futures::future::join_all;
+    use futures_lite::future::poll_once;
+
+    use super::*;
+    use crate::protocol::record_batch::{validate, Batches};
+    use crate::storage::testutil::{batch, batch_with_timestamps, build_batch, run};
+
+    pub(crate) fn small_config() -> LogConfig {
+        LogConfig {
+            segment_bytes: 16 * 1024,
+            index_interval_bytes: 512,
+            ..LogConfig::default()
+        }
+    }
+
+    pub(crate) fn append(log: &PartitionLog, bytes: Vec<u8>) -> AppendInfo {
+        let header = validate(&bytes, 1 << 20).expect("test batches are valid");
+        log.append(Bytes::from(bytes), &header, 7).expect("append")
+    }
+
+    pub(crate) fn slice_bytes(slice: &ReadSlice) -> Vec<u8> {
+        let mut bytes = vec![0u8; slice.len];
+        slice
+            .file
+            .read_exact_at(&mut bytes, slice.position)
+            .unwrap();
+        bytes
+    }
+
+    /// Whole batches at the start of `bytes` (a read's last batch may be cut by max_bytes).
+    pub(crate) fn whole_batches(bytes: &[u8]) -> Vec<BatchHeader> {
+        Batches::new(bytes, 1 << 20)
+            .map_while(Result::ok)
+            .map(|(h, _)| h)
+            .collect()
+    }
+
+    /// Reads the whole log from `from` like a consumer, checking every batch's CRC.
+    pub(crate) fn consume_all(log: &PartitionLog, from: i64, max_bytes: usize) -> Vec<BatchHeader> {
+        let mut out = Vec::new();
+        let mut next = from;
+        while let Some(slice) = log.read(next, max_bytes, true).unwrap() {
+            let bytes = slice_bytes(&slice);
+            let batches = whole_batches(&bytes);
+            assert!(
+                !batches.is_empty(),
+                "min_one_batch returns at least one whole batch"
+            );
+            let mut at = 0;
+            for h in batches {
+                validate(&bytes[at..at + h.total_len()], 1 << 20).expect("stored batch validates");
+                at += h.total_len();
+                if h.last_offset() >= next {
+                    next = h.last_offset() + 1;
+                    out.push(h);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn append_read_round_trip_across_many_batches() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path().join("t-0"), small_config())
+                .await
+                .unwrap();
+            let mut expected = Vec::new();
+            for i in 0..300usize {
+                let count = 1 + i % 7;
+                let info = append(&log, batch(count, 10 + i % 50, 1_000 + i as i64));
+                assert_eq!(info.last_offset - info.base_offset + 1, count as i64);
+                expected.push((info.base_offset, info.last_offset));
+            }
+            let log_end = log.log_end_offset();
+            assert_eq!(log_end, expected.last().unwrap().1 + 1);
+            log.wait_written(log_end, false).await.unwrap();
+            assert_eq!(log.high_watermark(), log_end);
+            assert!(log.segment_count() > 3, "16 KiB segments rolled");
+
+            // Point reads: every offset maps to the batch holding it, offsets and epoch patched.
+            for &(base, last) in &expected {
+                for offset in [base, last] {
+                    let slice = log.read(offset, 1 << 20, false).unwrap().unwrap();
+                    let bytes = slice_bytes(&slice);
+                    let first =
+                        validate(&bytes[..whole_batches(&bytes)[0].total_len()], 1 << 20).unwrap();
+                    assert_eq!((first.base_offset, first.last_offset()), (base, last));
+                    assert_eq!(first.partition_leader_epoch, 7);
+                    let file_bytes = slice.file.metadata().unwrap().len();
+                    assert!(
+                        slice.position + slice.len as u64 <= file_bytes,
+                        "never across a segment end"
+                    );
+                }
+            }
+            // Sequential consumption with small fetches sees every batch exactly once.
+            let seen: Vec<(i64, i64)> = consume_all(&log, 0, 3000)
+                .iter()
+                .map(|h| (h.base_offset, h.last_offset()))
+                .collect();
+            assert_eq!(seen, expected);
+            assert_eq!(
+                log.size_bytes(),
+                log.segments
+                    .borrow()
+                    .iter()
+                    .map(|s| s.size_bytes())
+                    .sum::<u64>()
+            );
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn reads_honour_max_bytes_kip74_and_the_high_watermark() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+                .await
+                .unwrap();
+            let big = batch(20, 100, 1_000);
+            let big_len = big.len();
+            append(&log, big);
+            append(&log, batch(1, 10, 1_000));
+            // Offsets are assigned but not yet written: between HW and LEO reads see nothing.
+            assert_eq!((log.high_watermark(), log.log_end_offset()), (0, 21));
+            assert!(log.read(0, 1 << 20, true).unwrap().is_none());
+            assert!(log.read(21, 1 << 20, true).unwrap().is_none());
+            assert!(matches!(
+                log.read(22, 100, true),
+                Err(StorageError::OffsetOutOfRange { .. })
+            ));
+            assert!(matches!(
+                log.read(-1, 100, true),
+                Err(StorageError::OffsetOutOfRange { .. })
+            ));
+
+            log.wait_written(21, false).await.unwrap();
+            let whole = log.read(5, 100, true).unwrap().unwrap();
+            assert_eq!(
+                (whole.position, whole.len),
+                (0, big_len),
+                "KIP-74: the first batch whole"
+            );
+            let cut = log.read(5, 100, false).unwrap().unwrap();
+            assert_eq!(
+                cut.len, 100,
+                "without min_one_batch the range is cut at max_bytes"
+            );
+            let both = log.read(0, 1 << 20, false).unwrap().unwrap();
+            assert_eq!(
+                both.len as u64,
+                log.size_bytes(),
+                "up to the high watermark"
+            );
+            let second = log.read(20, 1 << 20, false).unwrap().unwrap();
+            assert_eq!(second.position, big_len as u64);
+            assert!(
+                log.read(21, 1 << 20, true).unwrap().is_none(),
+                "at the high watermark"
+            );
+            assert!(log.read(0, 0, false).unwrap().is_none());
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn segments_roll_at_segment_bytes_with_kafka_names() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("topic-3");
+            let config = LogConfig {
+                segment_bytes: 8192,
+                ..small_config()
+            };
+            let log = PartitionLog::open(path.clone(), config).await.unwrap();
+            let one = batch(5, 700, 1_000).len() as u64;
+            assert!(
+                2 * one <= 8192 && 3 * one > 8192,
+                "two batches fit in a segment, not three"
+            );
+            for _ in 0..7 {
+                append(&log, batch(5, 700, 1_000));
+            }
+            log.wait_written(log.log_end_offset(), false).await.unwrap();
+            assert_eq!(log.segment_base_offsets(), vec![0, 10, 20, 30]);
+            let closed_sizes: Vec<u64> = log
+                .segments
+                .borrow()
+                .iter()
+                .map(|s| std::fs::metadata(s.log_path()).unwrap().len())
+                .collect();
+            assert_eq!(
+                closed_sizes[..3],
+                [2 * one, 2 * one, 2 * one],
+                "closed segments cut to their batches"
+            );
+            let mut names: Vec<String> = std::fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            let mut expected = Vec::new();
+            for base in [0, 10, 20, 30] {
+                for ext in ["index", "log", "timeindex"] {
+                    expected.push(format!("{base:020}.{ext}"));
+                }
+            }
+            assert_eq!(names, expected);
+            // A roll syncs the closed segment, so everything before the active one is durable.
+            assert!(log.durable_offset() >= 30);
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn reopen_after_close_preserves_everything() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t-0");
+            let log = PartitionLog::open(path.clone(), small_config())
+                .await
+                .unwrap();
+            for i in 0..100 {
+                append(
+                    &log,
+                    build_batch(5_000 + i, &[0, 1, 2], 40, 77, (i * 3) as i32),
+                );
+            }
+            append(&log, batch(2, 40, 9_000));
+            log.close().await.unwrap();
+            assert!(matches!(log.read(0, 100, true), Err(StorageError::Closed)));
+            assert!(matches!(
+                log.append(
+                    Bytes::new(),
+                    &validate(&batch(1, 1, 0), 1 << 20).unwrap(),
+                    0
+                ),
+                Err(StorageError::Closed)
+            ));
+            let before = (
+                log.log_start_offset(),
+                log.log_end_offset(),
+                log.size_bytes(),
+                log.segment_base_offsets(),
+            );
+            let before_batches = consume_all_closed(&path).await;
+            drop(log);
+
+            let log = PartitionLog::open(path.clone(), small_config())
+                .await
+                .unwrap();
+            let after = (
+                log.log_start_offset(),
+                log.log_end_offset(),
+                log.size_bytes(),
+                log.segment_base_offsets(),
+            );
+            assert_eq!(after, before);
+            assert_eq!(log.high_watermark(), 302);
+            assert!(
+                log.durable_offset() <= 302,
+                "durable only once synced again"
+            );
+            assert_eq!(consume_all(&log, 0, 5000), before_batches);
+            assert_eq!(
+                log.offset_for_timestamp(5_050).unwrap(),
+                Some((146, 5_050)),
+                "batch 48 holds 5048..=5050"
+            );
+            // The producer state of the active segment: the last five batches of producer 77.
+            let producer: Vec<i32> = log
+                .recovered_producer_batches()
+                .iter()
+                .map(|h| h.base_sequence)
+                .collect();
+            assert!(producer.len() <= 5 && !producer.is_empty());
+            assert_eq!(*producer.last().unwrap(), 99 * 3);
+            let info = append(&log, batch(1, 1, 1));
+            assert_eq!(info.base_offset, 302);
+            log.wait_written(303, true).await.unwrap();
+            assert_eq!(log.durable_offset(), 303);
+            log.close().await.unwrap();
+        });
+    }
+
+    async fn consume_all_closed(path: &Path) -> Vec<BatchHeader> {
+        let log = PartitionLog::open(path.to_path_buf(), small_config())
+            .await
+            .unwrap();
+        let all = consume_all(&log, 0, 5000);
+        log.close().await.unwrap();
+        all
+    }
+
+    #[test]
+    fn offset_for_timestamp_matches_a_brute_force_search() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t-0");
+            let log = PartitionLog::open(path.clone(), small_config())
+                .await
+                .unwrap();
+            // (offset, timestamp) of every record, in offset order; timestamps not monotonic.
+            let mut records = Vec::new();
+            for i in 0..200i64 {
+                let base_ts = 10_000 + (i * 37 % 100) * 10 + i;
+                let deltas = [3, 0, 7];
+                let info = append(&log, batch_with_timestamps(base_ts, &deltas, 30));
+                for (k, d) in deltas.iter().enumerate() {
+                    records.push((info.base_offset + k as i64, base_ts + d));
+                }
+            }
+            log.wait_written(log.log_end_offset(), false).await.unwrap();
+            let brute = |target: i64| records.iter().copied().find(|&(_, ts)| ts >= target);
+            let targets: Vec<i64> = (9_990..11_300).step_by(7).collect();
+            for &t in &targets {
+                assert_eq!(log.offset_for_timestamp(t).unwrap(), brute(t), "target {t}");
+            }
+            assert_eq!(log.offset_for_timestamp(i64::MAX).unwrap(), None);
+            log.close().await.unwrap();
+
+            // Again from the index files loaded on open.
+            let log = PartitionLog::open(path, small_config()).await.unwrap();
+            for &t in &targets {
+                assert_eq!(
+                    log.offset_for_timestamp(t).unwrap(),
+                    brute(t),
+                    "target {t} after reopen"
+                );
+            }
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn compressed_batches_answer_with_base_offset_and_max_timestamp() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+                .await
+                .unwrap();
+            append(&log, batch_with_timestamps(1_000, &[0, 5], 10));
+            let mut compressed = batch_with_timestamps(2_000, &[0, 9, 4], 10);
+            compressed[22] |= 4; // attributes: zstd; the records stay opaque to the broker
+            let crc = crate::protocol::record_batch::compute_crc(&compressed);
+            compressed[17..21].copy_from_slice(&crc.to_be_bytes());
+            append(&log, compressed);
+            log.wait_written(5, false).await.unwrap();
+            assert_eq!(log.offset_for_timestamp(1_003).unwrap(), Some((1, 1_005)));
+            assert_eq!(log.offset_for_timestamp(1_006).unwrap(), Some((2, 2_009)));
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn wait_for_data_wakes_on_append_and_dropping_it_leaks_nothing() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+                .await
+                .unwrap();
+            let waiting = glommio::spawn_local(log.wait_for_data(0));
+            glommio::yield_if_needed().await;
+            futures_lite::future::yield_now().await;
+            assert_eq!(log.pending_waiters(), 1, "the spawned wait registered");
+            append(&log, batch(1, 1, 1));
+            waiting.await;
+            assert_eq!(log.high_watermark(), 1);
+            assert_eq!(log.pending_waiters(), 0);
+
+            // Long polls on an idle partition that time out, thousands of times.
+            for _ in 0..10_000 {
+                let mut wait = Box::pin(log.wait_for_data(1));
+                assert!(poll_once(&mut wait).await.is_none());
+            }
+            assert_eq!(log.pending_waiters(), 0, "dropped waits are unregistered");
+            // Already satisfied: resolves at once.
+            log.wait_for_data(0).await;
+            // Closing releases pending waits.
+            let pending = glommio::spawn_local(log.wait_for_data(5));
+            futures_lite::future::yield_now().await;
+            log.close().await.unwrap();
+            pending.await;
+            assert_eq!(log.pending_waiters(), 0);
+        });
+    }
+
+    #[test]
+    fn durable_waits_share_one_fdatasync() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+                .await
+                .unwrap();
+            let ends: Vec<i64> = (0..50)
+                .map(|_| append(&log, batch(2, 100, 1)).last_offset + 1)
+                .collect();
+            let results = join_all(ends.iter().map(|&end| log.wait_written(end, true))).await;
+            assert!(results.iter().all(Result::is_ok));
+            assert_eq!(log.durable_offset(), 100);
+            let stats = log.stats();
+            assert_eq!(
+                (stats.writes, stats.syncs),
+                (1, 1),
+                "50 requests, one write, one sync"
+            );
+            // Non-durable waits never sync.
+            append(&log, batch(1, 1, 1));
+            log.wait_written(101, false).await.unwrap();
+            assert_eq!(log.stats().syncs, 1);
+            assert_eq!(log.durable_offset(), 100);
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn concurrent_producers_group_commit() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+                .await
+                .unwrap();
+            let producers = 20;
+            let rounds = 10;
+            let tasks: Vec<_> = (0..producers)
+                .map(|_| {
+                    let log = log.clone();
+                    glommio::spawn_local(async move {
+                        for _ in 0..rounds {
+                            let info = append(&log, batch(1, 200, 1));
+                            log.wait_written(info.last_offset + 1, true).await.unwrap();
+                            assert!(log.durable_offset() > info.last_offset);
+                        }
+                    })
+                })
+                .collect();
+            join_all(tasks).await;
+            let syncs = log.stats().syncs;
+            assert!(
+                syncs > 0 && syncs <= rounds * 2,
+                "{syncs} syncs for {} durable requests",
+                producers * rounds
+            );
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_write_error_fails_the_log_without_panicking() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+                .await
+                .unwrap();
+            append(&log, batch(1, 10, 1));
+            log.wait_written(1, false).await.unwrap();
+            log.fail_next_write.set(true);
+            append(&log, batch(1, 10, 1));
+            let mut data = Box::pin(log.wait_for_data(1));
+            assert!(poll_once(&mut data).await.is_none());
+            match log.wait_written(2, true).await {
+                Err(StorageError::Io(e)) => assert!(e.to_string().contains("injected"), "{e}"),
+                other => panic!("expected the write error, got {other:?}"),
+            }
+            data.await; // released, not left hanging
+            assert!(matches!(
+                log.append(
+                    Bytes::from(batch(1, 1, 1)),
+                    &validate(&batch(1, 1, 1), 1 << 20).unwrap(),
+                    0
+                ),
+                Err(StorageError::Io(_))
+            ));
+            assert_eq!(log.high_watermark(), 1);
+            assert!(
+                log.read(0, 100, true).unwrap().is_some(),
+                "written data stays readable"
+            );
+            assert!(
+                log.wait_written(1, false).await.is_ok(),
+                "written before the failure"
+            );
+            assert!(matches!(log.close().await, Err(StorageError::Io(_))));
+        });
+    }
+
+    #[test]
+    fn delete_removes_the_directory_and_fails_queued_waits() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t-0");
+            let log = PartitionLog::open(path.clone(), LogConfig::default())
+                .await
+                .unwrap();
+            append(&log, batch(1, 1, 1));
+            log.wait_written(1, true).await.unwrap();
+            append(&log, batch(1, 1, 1));
+            // Registered before the writer can run: delete drops the queued batch instead.
+            let mut waiting = Box::pin(log.wait_written(2, true));
+            assert!(poll_once(&mut waiting).await.is_none());
+            log.delete().await.unwrap();
+            assert!(matches!(waiting.await, Err(StorageError::Closed)));
+            assert!(!path.exists());
+            assert!(matches!(log.read(0, 10, true), Err(StorageError::Closed)));
+        });
+    }
+}

@@ -1,0 +1,199 @@
+//! Which closed segments retention deletes. Pure, so the policy is tested without files.
+//!
+//! Kafka's rules: segments go oldest first and only as a prefix (log_start_offset moves forward,
+//! never leaving holes), the active segment never goes, and
+//! - time: a segment goes when its largest timestamp is older than `now - retention_ms`;
+//! - size: a segment goes when the log without it still holds at least `retention_bytes`
+//!   (Kafka never deletes below the limit, so a log keeps up to one segment more than it).
+
+use super::LogConfig;
+
+/// What retention needs to know about one closed segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentSummary {
+    /// Largest record timestamp (or the file mtime when there is none), ms.
+    pub retention_timestamp_ms: i64,
+    pub size_bytes: u64,
+}
+
+/// Number of leading segments of `closed` (oldest first, active excluded) to delete from a log
+/// of `log_size_bytes` in total.
+pub fn deletable_prefix(
+    closed: &[SegmentSummary],
+    log_size_bytes: u64,
+    config: &LogConfig,
+    now_ms: i64,
+) -> usize {
+    let mut count = 0;
+    if config.retention_ms >= 0 {
+        let oldest_kept_ms = now_ms.saturating_sub(config.retention_ms);
+        count = closed
+            .iter()
+            .take_while(|s| s.retention_timestamp_ms < oldest_kept_ms)
+            .count();
+    }
+    if config.retention_bytes >= 0 {
+        let limit = config.retention_bytes as u64;
+        let deleted_bytes: u64 = closed[..count].iter().map(|s| s.size_bytes).sum();
+        let mut remaining = log_size_bytes.saturating_sub(deleted_bytes);
+        while let Some(segment) = closed.get(count) {
+            match remaining.checked_sub(segment.size_bytes) {
+                Some(after) if after >= limit => remaining = after,
+                _ => break,
+            }
+            count += 1;
+        }
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summaries(list: &[(i64, u64)]) -> Vec<SegmentSummary> {
+        list.iter()
+            .map(|&(retention_timestamp_ms, size_bytes)| SegmentSummary {
+                retention_timestamp_ms,
+                size_bytes,
+            })
+            .collect()
+    }
+
+    fn config(retention_ms: i64, retention_bytes: i64) -> LogConfig {
+        LogConfig {
+            retention_ms,
+            retention_bytes,
+            ..LogConfig::default()
+        }
+    }
+
+    #[test]
+    fn time_retention_deletes_an_old_prefix_only() {
+        let closed = summaries(&[(100, 10), (500, 10), (150, 10)]);
+        assert_eq!(deletable_prefix(&closed, 40, &config(1000, -1), 1_200), 1);
+        assert_eq!(deletable_prefix(&closed, 40, &config(1000, -1), 1_501), 3);
+        assert_eq!(
+            deletable_prefix(&closed, 40, &config(1000, -1), 1_100),
+            0,
+            "100 is not < 100"
+        );
+        assert_eq!(deletable_prefix(&closed, 40, &config(-1, -1), i64::MAX), 0);
+    }
+
+    #[test]
+    fn size_retention_keeps_at_least_the_limit() {
+        // 3 closed segments of 10 bytes + an active one of 5 bytes = 35 bytes.
+        let closed = summaries(&[(0, 10), (0, 10), (0, 10)]);
+        assert_eq!(deletable_prefix(&closed, 35, &config(-1, 25), 0), 1);
+        assert_eq!(deletable_prefix(&closed, 35, &config(-1, 5), 0), 3);
+        assert_eq!(deletable_prefix(&closed, 35, &config(-1, 6), 0), 2);
+        assert_eq!(
+            deletable_prefix(&closed, 35, &config(-1, 0), 0),
+            3,
+            "never the active one"
+        );
+        assert_eq!(deletable_prefix(&closed, 35, &config(-1, 100), 0), 0);
+    }
+
+    #[test]
+    fn time_and_size_combine() {
+        let closed = summaries(&[(100, 10), (5_000, 10), (5_000, 10)]);
+        assert_eq!(deletable_prefix(&closed, 35, &config(1000, 10), 2_000), 2);
+    }
+
+    mod with_log {
+        use crate::storage::log::tests::{append, consume_all, small_config};
+        use crate::storage::testutil::{batch, run};
+        use crate::storage::{LogConfig, PartitionLog, StorageError};
+
+        #[test]
+        fn retention_by_bytes_deletes_the_oldest_segments_down_to_the_limit() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let config = LogConfig {
+                    retention_ms: -1,
+                    retention_bytes: 40_000,
+                    ..small_config()
+                };
+                let log = PartitionLog::open(path.clone(), config.clone())
+                    .await
+                    .unwrap();
+                for _ in 0..200 {
+                    append(&log, batch(4, 100, 1_000));
+                }
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let bases = log.segment_base_offsets();
+                let before_bytes = log.size_bytes();
+                assert!(before_bytes > 80_000);
+
+                let deleted = log.enforce_retention(i64::MAX).await.unwrap();
+                assert!(deleted > 0);
+                assert_eq!(log.segment_base_offsets(), bases[deleted..]);
+                assert_eq!(log.log_start_offset(), bases[deleted]);
+                let first_bytes = log.segment_sizes_bytes()[0];
+                assert!(log.size_bytes() >= 40_000, "never below retention_bytes");
+                assert!(
+                    log.size_bytes() - first_bytes < 40_000,
+                    "deleted all it could"
+                );
+                for base in &bases[..deleted] {
+                    assert!(!path.join(format!("{base:020}.log")).exists());
+                    assert!(!path.join(format!("{base:020}.index")).exists());
+                }
+                assert!(matches!(
+                    log.read(bases[deleted] - 1, 100, true),
+                    Err(StorageError::OffsetOutOfRange { .. })
+                ));
+                let remaining = consume_all(&log, log.log_start_offset(), 5000);
+                assert_eq!(remaining.first().unwrap().base_offset, bases[deleted]);
+                assert_eq!(
+                    log.enforce_retention(i64::MAX).await.unwrap(),
+                    0,
+                    "idempotent"
+                );
+                log.close().await.unwrap();
+
+                let log = PartitionLog::open(path, config).await.unwrap();
+                assert_eq!(log.log_start_offset(), bases[deleted]);
+                log.close().await.unwrap();
+            });
+        }
+
+        #[test]
+        fn retention_by_time_deletes_old_closed_segments_but_never_the_active_one() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let config = LogConfig {
+                    retention_ms: 1_000,
+                    ..small_config()
+                };
+                let log = PartitionLog::open(dir.path().join("t-0"), config)
+                    .await
+                    .unwrap();
+                for _ in 0..100 {
+                    append(&log, batch(4, 100, 10_000)); // old
+                }
+                let first_new = log.log_end_offset();
+                for _ in 0..100 {
+                    append(&log, batch(4, 100, 100_000)); // recent
+                }
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let bases = log.segment_base_offsets();
+                // Segments holding only old records go; the one holding the first new one stays.
+                let keep_from = bases.iter().rposition(|&b| b <= first_new).unwrap();
+                assert!(keep_from > 0);
+                assert_eq!(log.enforce_retention(100_500).await.unwrap(), keep_from);
+                assert_eq!(log.log_start_offset(), bases[keep_from]);
+
+                // Everything is old now, but the active segment stays.
+                let deleted = log.enforce_retention(1_000_000).await.unwrap();
+                assert_eq!(deleted, bases.len() - keep_from - 1);
+                assert_eq!(log.segment_count(), 1);
+                assert_eq!(log.log_start_offset(), *bases.last().unwrap());
+                log.close().await.unwrap();
+            });
+        }
+    }
+}

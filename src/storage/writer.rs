@@ -1,0 +1,252 @@
+//! The per-partition writer task: the only code that writes a segment file.
+//!
+//! Runs on the shard that owns the partition (spawned by [`PartitionLog::open`] with
+//! `spawn_local`). It holds the log only weakly while parked, so dropping the last `Rc` of the
+//! log ends it. Each round it:
+//! 1. rolls the segment first if the next batch would push it past `segment_bytes`;
+//! 2. drains every queued batch (up to `MAX_WRITE_BYTES`) into one freshly allocated aligned
+//!    DMA buffer, behind the partial tail page it keeps from the previous write, patches their
+//!    offsets and leader epochs there, and issues one O_DIRECT write at the page-aligned position
+//!    of that tail page (the tail page is rewritten, never read back);
+//! 3. advances the high watermark and the sparse indexes;
+//! 4. fdatasyncs only if a durable wait is pending, releasing every wait the sync covers (group
+//!    commit): appends arriving during a write or a sync queue up and share the next round.
+//!
+//! Between writes an idle partition keeps only the tail page (< 4 KiB), not a DMA buffer.
+//! Any I/O error puts the log in the failed state (waits and later appends get the error) and
+//! ends the task; after a failed fdatasync nothing about the file's contents can be trusted.
+
+use std::io;
+use std::rc::{Rc, Weak};
+use std::task::Poll;
+
+use glommio::io::DmaFile;
+
+use super::log::{Lifecycle, PartitionLog};
+use super::notify::Mark;
+use super::segment::{BatchMeta, Segment};
+use super::{StorageError, PAGE_BYTES};
+use crate::protocol::record_batch;
+
+/// Cap on one write: big enough to reach the device's sequential bandwidth, small enough that
+/// a burst does not hold megabytes of staging memory or delay the high watermark long.
+pub const MAX_WRITE_BYTES: u64 = 4 << 20;
+
+enum Exit {
+    Closed,
+    Deleted,
+    /// The log was dropped without `close`.
+    Dropped,
+}
+
+pub(crate) struct Writer {
+    log: Weak<PartitionLog>,
+    file: DmaFile,
+    /// The active segment (also the last entry of the log's segment list).
+    segment: Rc<Segment>,
+    /// Bytes `[align_down(size), size)` of the active segment: the partial last page.
+    tail: Vec<u8>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        log: Weak<PartitionLog>,
+        file: DmaFile,
+        segment: Rc<Segment>,
+        tail: Vec<u8>,
+    ) -> Writer {
+        assert_eq!(
+            tail.len() as u64,
+            segment.size_bytes() % PAGE_BYTES,
+            "tail page must match the segment size"
+        );
+        assert_eq!(
+            PAGE_BYTES % file.alignment(),
+            0,
+            "device alignment above the page size"
+        );
+        Writer {
+            log,
+            file,
+            segment,
+            tail,
+        }
+    }
+
+    pub(crate) async fn run(mut self) -> Result<(), StorageError> {
+        match self.serve().await {
+            Ok(Exit::Closed | Exit::Deleted) => {
+                self.file.close().await?;
+                Ok(())
+            }
+            // The file descriptor closes on drop; recovery handles the padding left behind.
+            Ok(Exit::Dropped) => Ok(()),
+            Err(error) => {
+                if let Some(log) = self.log.upgrade() {
+                    log.fail(&error);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn serve(&mut self) -> Result<Exit, StorageError> {
+        loop {
+            let Some(log) = self.next_work().await else {
+                return Ok(Exit::Dropped);
+            };
+            if log.lifecycle() == Lifecycle::Deleting {
+                log.discard_queue();
+                return Ok(Exit::Deleted);
+            }
+            if log.has_queued() {
+                self.write_queued(&log).await?;
+            }
+            let closing = log.lifecycle() == Lifecycle::Closing && !log.has_queued();
+            if closing {
+                self.finish(&log).await?;
+                return Ok(Exit::Closed);
+            }
+            if log.sync_needed() {
+                self.sync(&log).await?;
+            }
+        }
+    }
+
+    /// Parks until there is work; `None` once the log is gone. The log is held only weakly
+    /// while parked.
+    async fn next_work(&self) -> Option<Rc<PartitionLog>> {
+        futures_lite::future::poll_fn(|cx| {
+            let Some(log) = self.log.upgrade() else {
+                return Poll::Ready(None);
+            };
+            if log.writer_has_work() {
+                return Poll::Ready(Some(log));
+            }
+            log.park_writer(cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn must_roll_before(&self, next: &BatchMeta, log: &PartitionLog) -> bool {
+        let size = self.segment.size_bytes();
+        size > 0
+            && (size + next.len_bytes > log.config().segment_bytes
+                || next.last_offset - self.segment.base_offset() > i32::MAX as i64)
+    }
+
+    async fn write_queued(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+        let Some(front) = log.front_batch() else {
+            return Ok(());
+        };
+        if self.must_roll_before(&front, log) {
+            self.roll(log).await?;
+        }
+        let config = log.config();
+        let size = self.segment.size_bytes();
+        let room_bytes = config.segment_bytes.saturating_sub(size);
+        let batches = log.take_batches(room_bytes, self.segment.base_offset(), MAX_WRITE_BYTES);
+        assert!(!batches.is_empty(), "the queue had a batch");
+
+        let write_position = size - size % PAGE_BYTES;
+        assert_eq!(self.tail.len() as u64, size - write_position);
+        let data_bytes: u64 = batches.iter().map(|b| b.meta.len_bytes).sum();
+        let used = self.tail.len() + data_bytes as usize;
+        let buffer_bytes = used.next_multiple_of(PAGE_BYTES as usize);
+        let mut buffer = self.file.alloc_dma_buffer(buffer_bytes);
+        let bytes = buffer.as_bytes_mut();
+        bytes[..self.tail.len()].copy_from_slice(&self.tail);
+        let mut at = self.tail.len();
+        let mut metas = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let end = at + batch.bytes.len();
+            bytes[at..end].copy_from_slice(&batch.bytes);
+            record_batch::assign(
+                &mut bytes[at..end],
+                batch.meta.base_offset,
+                batch.leader_epoch,
+            );
+            metas.push(batch.meta);
+            at = end;
+            // `batch.bytes` drops here, releasing the request buffer before the write.
+        }
+        // Zero padding (not stale heap bytes) past the logical end: recovery cuts it.
+        bytes[used..].fill(0);
+        let next_tail = bytes[used - used % PAGE_BYTES as usize..used].to_vec();
+
+        #[cfg(test)]
+        if log.fail_next_write.take() {
+            return Err(io::Error::other("injected write failure").into());
+        }
+        let written = self.file.write_at(buffer, write_position).await?;
+        if written != buffer_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short O_DIRECT write: {written} of {buffer_bytes} bytes"),
+            )
+            .into());
+        }
+
+        let mut position = size;
+        for meta in &metas {
+            self.segment
+                .record_batch(position, meta, config.index_interval_bytes);
+            position += meta.len_bytes;
+        }
+        self.tail = next_tail;
+        log.count_write(data_bytes);
+        let high_watermark = self.segment.next_offset();
+        assert!(
+            high_watermark <= log.log_end_offset(),
+            "high watermark above the log end"
+        );
+        log.notifier().advance(Mark::HighWatermark, high_watermark);
+        Ok(())
+    }
+
+    /// One fdatasync for everything written so far; releases every wait it covers.
+    async fn sync(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+        let covered = log.high_watermark();
+        self.file.fdatasync().await?;
+        log.count_sync();
+        log.notifier().advance(Mark::Durable, covered);
+        Ok(())
+    }
+
+    /// Closes the active segment and opens the next one, starting at the high watermark.
+    async fn roll(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+        let old = self.segment.clone();
+        assert_eq!(
+            old.next_offset(),
+            log.high_watermark(),
+            "roll with unwritten batches before it"
+        );
+        old.persist_indexes()?;
+        // A closed segment is exactly its batches and durable, so recovery only scans the
+        // active one and a sync of the active file covers the whole log.
+        self.file.truncate(old.size_bytes()).await?;
+        self.file.fdatasync().await?;
+        log.count_sync();
+        log.notifier().advance(Mark::Durable, old.next_offset());
+
+        let (segment, file) = Segment::create(log.dir(), old.next_offset()).await?;
+        let old_file = std::mem::replace(&mut self.file, file);
+        old_file.close().await?;
+        old.shrink_indexes();
+        self.segment = Rc::new(segment);
+        self.tail.clear();
+        log.push_segment(self.segment.clone());
+        Ok(())
+    }
+
+    /// Clean shutdown: index files written, padding cut, everything synced.
+    async fn finish(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+        self.segment.persist_indexes()?;
+        self.file.truncate(self.segment.size_bytes()).await?;
+        self.file.fdatasync().await?;
+        log.count_sync();
+        log.notifier().advance(Mark::Durable, log.high_watermark());
+        Ok(())
+    }
+}
