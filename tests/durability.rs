@@ -98,10 +98,8 @@ fn damaged_tail_is_cut(damage: impl Fn(&std::path::Path, (usize, usize))) {
     let mut client = RawClient::connect(&broker.addr);
     assert_eq!(client.create_topic("fragile", 1), 0);
     for i in 0..50u8 {
-        let values: Vec<Vec<u8>> = (0..5).map(|j| vec![i, j]).collect();
-        let refs: Vec<&[u8]> = values.iter().map(|v| v.as_slice()).collect();
-        let (code, base) = client.produce("fragile", 0, raw::batch(&refs, None, Compression::None), -1);
-        assert_eq!((code, base), (0, i as i64 * 5));
+        let (code, base) = client.produce("fragile", 0, raw::batch(&[&[i]], None, Compression::None), -1);
+        assert_eq!((code, base), (0, i as i64));
     }
     drop(client);
     broker.stop();
@@ -114,13 +112,13 @@ fn damaged_tail_is_cut(damage: impl Fn(&std::path::Path, (usize, usize))) {
     let broker = Broker::start_in(tmp.path(), 1, &[]);
     let mut client = RawClient::connect(&broker.addr);
     let (error, high_watermark, records) = client.fetch("fragile", 0, 0, 0);
-    assert_eq!((error, high_watermark), (0, 245), "exactly the 49 intact batches remain");
+    assert_eq!((error, high_watermark), (0, 49), "exactly the 49 intact batches remain");
     let values = raw::values(records);
-    assert_eq!(values.len(), 245);
-    assert_eq!(values.last().unwrap().1.as_ref(), &[48, 4]);
+    assert_eq!(values.len(), 49);
+    assert_eq!(values.last().unwrap(), &(48, bytes::Bytes::from_static(&[48])));
     // The log continues right after the valid prefix.
     let (code, base) = client.produce("fragile", 0, raw::batch(&[b"after"], None, Compression::None), -1);
-    assert_eq!((code, base), (0, 245));
+    assert_eq!((code, base), (0, 49));
     assert!(broker.log().contains("fragile"), "recovery is logged");
 }
 

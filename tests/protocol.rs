@@ -15,8 +15,12 @@ fn idempotent_retries_are_not_written_twice_and_gaps_are_refused() {
     let broker = Broker::start(2);
     let mut client = RawClient::connect(&broker.addr);
     assert_eq!(client.create_topic("idem", 2), 0);
-    let init = client.call(4, &InitProducerIdRequest::default());
-    assert_eq!(init.error_code, 0);
+    let mut init_request = InitProducerIdRequest::default();
+    init_request.transactional_id = None;
+    init_request.producer_id = ProducerId(-1);
+    init_request.producer_epoch = -1;
+    let init = client.call(4, &init_request);
+    assert_eq!(init.error_code, 0, "{init:?}");
     let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
     assert!(pid >= 0);
 
@@ -40,8 +44,45 @@ fn idempotent_retries_are_not_written_twice_and_gaps_are_refused() {
         assert_eq!(values, vec![(0, b"a".to_vec()), (1, b"b".to_vec()), (2, b"c".to_vec())]);
     }
     // Producer ids are never handed out twice.
-    let again = client.call(4, &InitProducerIdRequest::default());
+    let again = client.call(4, &init_request);
     assert_ne!(again.producer_id.0, pid);
+}
+
+/// Compressed batches are stored and served byte for byte as the producer built them; only the
+/// base offset and leader epoch (outside the CRC) are the broker's.
+#[test]
+fn batches_are_never_reencoded() {
+    let broker = Broker::start(2);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("codecs", 1), 0);
+    let payload = vec![b'z'; 2000];
+    let mut sent = Vec::new();
+    for (id, compression) in [(0u8, Compression::None), (1, Compression::Gzip), (2, Compression::Snappy), (3, Compression::Lz4), (4, Compression::Zstd)] {
+        let batch = raw::batch(&[&payload, b"second"], None, compression);
+        assert_eq!(batch[22] & 7, id);
+        let (code, base) = client.produce("codecs", 0, batch.clone(), 1);
+        assert_eq!((code, base), (0, id as i64 * 2));
+        sent.push(batch);
+    }
+    let (error, _, records) = client.fetch("codecs", 0, 0, 0);
+    assert_eq!(error, 0);
+    // Blank out, batch by batch, the two fields the broker owns; the rest must be identical.
+    let blank = |bytes: &[u8]| {
+        let mut bytes = bytes.to_vec();
+        let mut position = 0;
+        while position + 12 <= bytes.len() {
+            let len = i32::from_be_bytes(bytes[position + 8..position + 12].try_into().unwrap()) as usize;
+            bytes[position..position + 8].fill(0);
+            bytes[position + 12..position + 16].fill(0);
+            position += 12 + len;
+        }
+        bytes
+    };
+    let sent_all: Vec<u8> = sent.iter().flat_map(|b| b.iter().copied()).collect();
+    assert_eq!(blank(&records), blank(&sent_all));
+    let values = raw::values(records);
+    assert_eq!(values.len(), 10);
+    assert!(values.iter().step_by(2).all(|(_, v)| v.len() == 2000));
 }
 
 #[test]
@@ -161,7 +202,7 @@ fn pipelined_requests_are_answered_in_order() {
         // receive() asserts correlation ids arrive in order.
         let mut frame = client.read_frame().unwrap();
         let header = ResponseHeader::decode(&mut frame, 0).unwrap();
-        assert_eq!(header.correlation_id, i + 1, "responses come back in request order");
+        assert_eq!(header.correlation_id, i + 2, "responses come back in request order (1 was CreateTopics)");
         let response = ProduceResponse::decode(&mut frame, 7).unwrap();
         let p = &response.responses[0].partition_responses[0];
         assert_eq!(p.error_code, 0);

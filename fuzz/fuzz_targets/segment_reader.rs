@@ -8,14 +8,14 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 
 fuzz_target!(|data: &[u8]| {
     let scan = broker::storage::scan_valid_prefix(data, MAX_BATCH_BYTES);
-    assert!(scan.valid_len <= data.len());
+    assert!(scan.valid_bytes <= data.len());
     let mut position = 0;
     for header in &scan.batches {
         let end = position + header.total_len();
-        assert!(end <= scan.valid_len);
+        assert!(end <= scan.valid_bytes);
         broker::protocol::record_batch::validate(&data[position..end], MAX_BATCH_BYTES)
             .expect("the scanner only keeps valid batches");
         position = end;
     }
-    assert_eq!(position, scan.valid_len);
+    assert_eq!(position, scan.valid_bytes);
 });
