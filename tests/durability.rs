@@ -35,14 +35,29 @@ async fn acks_all_data_survives_kill_9() {
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
                 let value = format!("w{worker}-{i}");
-                match producer.send(FutureRecord::to("durable").key(&value).payload(&value), Duration::from_secs(5)).await {
-                    Ok(delivery) => acked.lock().unwrap().push((delivery.partition, delivery.offset, value)),
+                match producer
+                    .send(
+                        FutureRecord::to("durable").key(&value).payload(&value),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                {
+                    Ok(delivery) => {
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((delivery.partition, delivery.offset, value))
+                    }
                     Err(_) => return, // the broker is gone
                 }
             }
         }));
     }
-    assert!(common::wait_until(Duration::from_secs(60), || acked.lock().unwrap().len() >= 3000), "producing stalled");
+    assert!(
+        common::wait_until(Duration::from_secs(60), || acked.lock().unwrap().len()
+            >= 3000),
+        "producing stalled"
+    );
     broker.kill9();
     for task in tasks {
         task.await.unwrap();
@@ -60,20 +75,40 @@ async fn acks_all_data_survives_kill_9() {
         .unwrap();
     let mut assignment = TopicPartitionList::new();
     for p in 0..4 {
-        assignment.add_partition_offset("durable", p, Offset::Beginning).unwrap();
+        assignment
+            .add_partition_offset("durable", p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&assignment).unwrap();
     let mut found = std::collections::HashMap::new();
-    let high: i64 = (0..4).map(|p| consumer.fetch_watermarks("durable", p, Duration::from_secs(10)).unwrap().1).sum();
-    assert!(high as usize >= acked.len(), "high watermarks {high} below acknowledged {}", acked.len());
+    let high: i64 = (0..4)
+        .map(|p| {
+            consumer
+                .fetch_watermarks("durable", p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum();
+    assert!(
+        high as usize >= acked.len(),
+        "high watermarks {high} below acknowledged {}",
+        acked.len()
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while (found.len() as i64) < high && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            found.insert((m.partition(), m.offset()), String::from_utf8(m.payload().unwrap().to_vec()).unwrap());
+            found.insert(
+                (m.partition(), m.offset()),
+                String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
+            );
         }
     }
     for (partition, offset, value) in &acked {
-        assert_eq!(found.get(&(*partition, *offset)), Some(value), "acknowledged message lost at {partition}:{offset}");
+        assert_eq!(
+            found.get(&(*partition, *offset)),
+            Some(value),
+            "acknowledged message lost at {partition}:{offset}"
+        );
     }
 }
 
@@ -98,7 +133,12 @@ fn damaged_tail_is_cut(damage: impl Fn(&std::path::Path, (usize, usize))) {
     let mut client = RawClient::connect(&broker.addr);
     assert_eq!(client.create_topic("fragile", 1), 0);
     for i in 0..50u8 {
-        let (code, base) = client.produce("fragile", 0, raw::batch(&[&[i]], None, Compression::None), -1);
+        let (code, base) = client.produce(
+            "fragile",
+            0,
+            raw::batch(&[&[i]], None, Compression::None),
+            -1,
+        );
         assert_eq!((code, base), (0, i as i64));
     }
     drop(client);
@@ -112,12 +152,24 @@ fn damaged_tail_is_cut(damage: impl Fn(&std::path::Path, (usize, usize))) {
     let broker = Broker::start_in(tmp.path(), 1, &[]);
     let mut client = RawClient::connect(&broker.addr);
     let (error, high_watermark, records) = client.fetch("fragile", 0, 0, 0);
-    assert_eq!((error, high_watermark), (0, 49), "exactly the 49 intact batches remain");
+    assert_eq!(
+        (error, high_watermark),
+        (0, 49),
+        "exactly the 49 intact batches remain"
+    );
     let values = raw::values(records);
     assert_eq!(values.len(), 49);
-    assert_eq!(values.last().unwrap(), &(48, bytes::Bytes::from_static(&[48])));
+    assert_eq!(
+        values.last().unwrap(),
+        &(48, bytes::Bytes::from_static(&[48]))
+    );
     // The log continues right after the valid prefix.
-    let (code, base) = client.produce("fragile", 0, raw::batch(&[b"after"], None, Compression::None), -1);
+    let (code, base) = client.produce(
+        "fragile",
+        0,
+        raw::batch(&[b"after"], None, Compression::None),
+        -1,
+    );
     assert_eq!((code, base), (0, 49));
     assert!(broker.log().contains("fragile"), "recovery is logged");
 }
@@ -125,7 +177,10 @@ fn damaged_tail_is_cut(damage: impl Fn(&std::path::Path, (usize, usize))) {
 #[test]
 fn recovery_cuts_a_truncated_tail() {
     damaged_tail_is_cut(|segment, (start, len)| {
-        let file = std::fs::OpenOptions::new().write(true).open(segment).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment)
+            .unwrap();
         file.set_len((start + len / 2) as u64).unwrap();
     });
 }

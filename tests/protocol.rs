@@ -40,8 +40,14 @@ fn idempotent_retries_are_not_written_twice_and_gaps_are_refused() {
 
         let (error, high_watermark, records) = client.fetch("idem", partition, 0, 0);
         assert_eq!((error, high_watermark), (0, 3));
-        let values: Vec<_> = raw::values(records).into_iter().map(|(o, v)| (o, v.to_vec())).collect();
-        assert_eq!(values, vec![(0, b"a".to_vec()), (1, b"b".to_vec()), (2, b"c".to_vec())]);
+        let values: Vec<_> = raw::values(records)
+            .into_iter()
+            .map(|(o, v)| (o, v.to_vec()))
+            .collect();
+        assert_eq!(
+            values,
+            vec![(0, b"a".to_vec()), (1, b"b".to_vec()), (2, b"c".to_vec())]
+        );
     }
     // Producer ids are never handed out twice.
     let again = client.call(4, &init_request);
@@ -57,7 +63,13 @@ fn batches_are_never_reencoded() {
     assert_eq!(client.create_topic("codecs", 1), 0);
     let payload = vec![b'z'; 2000];
     let mut sent = Vec::new();
-    for (id, compression) in [(0u8, Compression::None), (1, Compression::Gzip), (2, Compression::Snappy), (3, Compression::Lz4), (4, Compression::Zstd)] {
+    for (id, compression) in [
+        (0u8, Compression::None),
+        (1, Compression::Gzip),
+        (2, Compression::Snappy),
+        (3, Compression::Lz4),
+        (4, Compression::Zstd),
+    ] {
         let batch = raw::batch(&[&payload, b"second"], None, compression);
         assert_eq!(batch[22] & 7, id);
         let (code, base) = client.produce("codecs", 0, batch.clone(), 1);
@@ -71,7 +83,8 @@ fn batches_are_never_reencoded() {
         let mut bytes = bytes.to_vec();
         let mut position = 0;
         while position + 12 <= bytes.len() {
-            let len = i32::from_be_bytes(bytes[position + 8..position + 12].try_into().unwrap()) as usize;
+            let len =
+                i32::from_be_bytes(bytes[position + 8..position + 12].try_into().unwrap()) as usize;
             bytes[position..position + 8].fill(0);
             bytes[position + 12..position + 16].fill(0);
             position += 12 + len;
@@ -106,8 +119,14 @@ fn corrupt_batches_are_refused_with_corrupt_message() {
 fn unknown_topics_invalid_names_and_offsets_get_kafka_errors() {
     let broker = Broker::start(1);
     let mut client = RawClient::connect(&broker.addr);
-    assert_eq!(client.create_topic("bad/name", 1), ResponseError::InvalidTopicException.code());
-    assert_eq!(client.create_topic(&"x".repeat(250), 1), ResponseError::InvalidTopicException.code());
+    assert_eq!(
+        client.create_topic("bad/name", 1),
+        ResponseError::InvalidTopicException.code()
+    );
+    assert_eq!(
+        client.create_topic(&"x".repeat(250), 1),
+        ResponseError::InvalidTopicException.code()
+    );
     let (code, _) = client.produce("nope", 0, raw::batch(&[b"v"], None, Compression::None), 1);
     assert_eq!(code, ResponseError::UnknownTopicOrPartition.code());
     assert_eq!(client.create_topic("t", 1), 0);
@@ -129,7 +148,12 @@ fn oversized_batches_get_message_too_large() {
     let (code, _) = client.produce("big", 0, raw::batch(&[&big], None, Compression::None), 1);
     assert_eq!(code, ResponseError::MessageTooLarge.code());
     let small = vec![7u8; 5_000];
-    assert_eq!(client.produce("big", 0, raw::batch(&[&small], None, Compression::None), 1).0, 0);
+    assert_eq!(
+        client
+            .produce("big", 0, raw::batch(&[&small], None, Compression::None), 1)
+            .0,
+        0
+    );
 }
 
 #[test]
@@ -146,11 +170,24 @@ fn long_poll_fetch_returns_when_data_arrives() {
     });
     // The fetch is parked on the partition; produce wakes it long before its 10 s deadline.
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(admin.produce("poll", 1, raw::batch(&[b"wake"], None, Compression::None), 1).0, 0);
+    assert_eq!(
+        admin
+            .produce(
+                "poll",
+                1,
+                raw::batch(&[b"wake"], None, Compression::None),
+                1
+            )
+            .0,
+        0
+    );
     let (error, hw, len, waited) = consumer.join().unwrap();
     assert_eq!((error, hw), (0, 1));
     assert!(len > 0);
-    assert!(waited < std::time::Duration::from_secs(5), "woken by the produce, not the deadline: {waited:?}");
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "woken by the produce, not the deadline: {waited:?}"
+    );
 }
 
 #[test]
@@ -164,7 +201,14 @@ fn metadata_lists_brokers_and_auto_creates_topics() {
     request.allow_auto_topic_creation = true;
     let response = client.call(9, &request);
     assert_eq!(response.brokers.len(), 1);
-    assert_eq!(format!("{}:{}", response.brokers[0].host.as_str(), response.brokers[0].port), broker.addr);
+    assert_eq!(
+        format!(
+            "{}:{}",
+            response.brokers[0].host.as_str(),
+            response.brokers[0].port
+        ),
+        broker.addr
+    );
     assert_eq!(response.topics[0].error_code, 0);
     assert_eq!(response.topics[0].partitions.len(), 1);
     assert_eq!(response.topics[0].partitions[0].leader_id.0, 0);
@@ -202,7 +246,11 @@ fn pipelined_requests_are_answered_in_order() {
         // receive() asserts correlation ids arrive in order.
         let mut frame = client.read_frame().unwrap();
         let header = ResponseHeader::decode(&mut frame, 0).unwrap();
-        assert_eq!(header.correlation_id, i + 2, "responses come back in request order (1 was CreateTopics)");
+        assert_eq!(
+            header.correlation_id,
+            i + 2,
+            "responses come back in request order (1 was CreateTopics)"
+        );
         let response = ProduceResponse::decode(&mut frame, 7).unwrap();
         let p = &response.responses[0].partition_responses[0];
         assert_eq!(p.error_code, 0);
@@ -228,7 +276,10 @@ fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
     };
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
     cases.push(("negative length", (-5i32).to_be_bytes().to_vec()));
-    cases.push(("length above socket.request.max.bytes", (i32::MAX).to_be_bytes().to_vec()));
+    cases.push((
+        "length above socket.request.max.bytes",
+        (i32::MAX).to_be_bytes().to_vec(),
+    ));
     let mut truncated = 100i32.to_be_bytes().to_vec();
     truncated.extend_from_slice(&[0, 3, 0, 1]);
     cases.push(("truncated frame", truncated));
@@ -274,9 +325,20 @@ fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
         if name == "truncated frame" {
             bad.stream.shutdown(std::net::Shutdown::Write).unwrap();
         }
-        assert!(bad.is_closed_by_peer(), "{name}: the broker should close the connection");
-        assert!(good.api_versions_ok(), "{name}: a well-behaved client is still served");
-        let (code, _) = good.produce("ok", 0, raw::batch(&[b"still fine"], None, Compression::None), 1);
+        assert!(
+            bad.is_closed_by_peer(),
+            "{name}: the broker should close the connection"
+        );
+        assert!(
+            good.api_versions_ok(),
+            "{name}: a well-behaved client is still served"
+        );
+        let (code, _) = good.produce(
+            "ok",
+            0,
+            raw::batch(&[b"still fine"], None, Compression::None),
+            1,
+        );
         assert_eq!(code, 0, "{name}");
     }
     // ApiVersions at a version the broker does not know: answered with v0 and an error.
@@ -285,10 +347,16 @@ fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
     let mut frame = old.read_frame().expect("an answer, not a close");
     let _ = ResponseHeader::decode(&mut frame, 0).unwrap();
     let response = ApiVersionsResponse::decode(&mut frame, 0).unwrap();
-    assert_eq!(response.error_code, ResponseError::UnsupportedVersion.code());
+    assert_eq!(
+        response.error_code,
+        ResponseError::UnsupportedVersion.code()
+    );
     assert!(!response.api_keys.is_empty());
 
     let log = broker.log();
-    assert!(log.contains("closing connection"), "each close is logged:\n{log}");
+    assert!(
+        log.contains("closing connection"),
+        "each close is logged:\n{log}"
+    );
     assert!(!log.contains("panicked"), "no panic:\n{log}");
 }

@@ -19,12 +19,18 @@ use rdkafka::{Offset, TopicPartitionList};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn admin(broker: &Broker) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new().set("bootstrap.servers", &broker.addr).create().expect("admin client")
+    ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .expect("admin client")
 }
 
 async fn create_topic(broker: &Broker, name: &str, partitions: i32) {
     let results = admin(broker)
-        .create_topics(&[NewTopic::new(name, partitions, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
         .await
         .expect("create topics");
     results[0].as_ref().expect("topic created");
@@ -32,7 +38,10 @@ async fn create_topic(broker: &Broker, name: &str, partitions: i32) {
 
 fn producer(broker: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
     let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &broker.addr).set("acks", "all").set("linger.ms", "5");
+    config
+        .set("bootstrap.servers", &broker.addr)
+        .set("acks", "all")
+        .set("linger.ms", "5");
     for (k, v) in extra {
         config.set(*k, *v);
     }
@@ -40,7 +49,12 @@ fn producer(broker: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
 }
 
 /// Reads `expected` messages from every partition of `topic`, from the beginning.
-fn consume_all(broker: &Broker, topic: &str, partitions: i32, expected: usize) -> Vec<(i32, i64, Vec<u8>, Vec<u8>)> {
+fn consume_all(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<(i32, i64, Vec<u8>, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.addr)
         .set("group.id", "unused-assign-only")
@@ -50,7 +64,9 @@ fn consume_all(broker: &Broker, topic: &str, partitions: i32, expected: usize) -
         .expect("consumer");
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&assignment).unwrap();
     let mut out = Vec::new();
@@ -68,7 +84,11 @@ fn consume_all(broker: &Broker, topic: &str, partitions: i32, expected: usize) -
     }
     // Nothing beyond what was produced shows up.
     if let Some(Ok(extra)) = consumer.poll(Duration::from_millis(300)) {
-        panic!("unexpected extra message at {}:{}", extra.partition(), extra.offset());
+        panic!(
+            "unexpected extra message at {}:{}",
+            extra.partition(),
+            extra.offset()
+        );
     }
     out
 }
@@ -87,14 +107,25 @@ async fn keyed_messages_round_trip_in_order_over_partitions_and_shards() {
         let producer = producer.clone();
         sends.push(async move {
             producer
-                .send(FutureRecord::to("orders").key(&key).payload(&value), TIMEOUT)
+                .send(
+                    FutureRecord::to("orders").key(&key).payload(&value),
+                    TIMEOUT,
+                )
                 .await
                 .map_err(|(e, _)| e)
         });
     }
     let acks = futures::future::join_all(sends).await;
-    let acked: Vec<(i32, i64)> = acks.into_iter().map(|r| r.expect("acked")).map(|d| (d.partition, d.offset)).collect();
-    assert_eq!(acked.iter().collect::<HashSet<_>>().len(), messages, "every ack has its own offset");
+    let acked: Vec<(i32, i64)> = acks
+        .into_iter()
+        .map(|r| r.expect("acked"))
+        .map(|d| (d.partition, d.offset))
+        .collect();
+    assert_eq!(
+        acked.iter().collect::<HashSet<_>>().len(),
+        messages,
+        "every ack has its own offset"
+    );
 
     let consumed = consume_all(&broker, "orders", 6, messages);
     assert_eq!(consumed.len(), messages, "no loss");
@@ -102,7 +133,10 @@ async fn keyed_messages_round_trip_in_order_over_partitions_and_shards() {
     let mut last_seq: HashMap<Vec<u8>, i64> = HashMap::new();
     let mut seen = HashSet::new();
     for (partition, _, key, value) in &consumed {
-        partitions_of_key.entry(key.clone()).or_default().insert(*partition);
+        partitions_of_key
+            .entry(key.clone())
+            .or_default()
+            .insert(*partition);
         let value = String::from_utf8(value.clone()).unwrap();
         let seq: i64 = value.rsplit(':').next().unwrap().parse().unwrap();
         assert!(seen.insert(seq), "duplicate {value}");
@@ -110,7 +144,10 @@ async fn keyed_messages_round_trip_in_order_over_partitions_and_shards() {
         assert!(seq > *last, "per-key order broken at {value}");
         *last = seq;
     }
-    assert!(partitions_of_key.values().all(|p| p.len() == 1), "a key stays on one partition");
+    assert!(
+        partitions_of_key.values().all(|p| p.len() == 1),
+        "a key stays on one partition"
+    );
     let used: HashSet<i32> = consumed.iter().map(|c| c.0).collect();
     assert_eq!(used.len(), 6, "all partitions (on all shards) carry data");
 }
@@ -128,7 +165,10 @@ async fn all_compression_codecs_round_trip() {
                 let topic = topic.clone();
                 async move {
                     let value = format!("{codec} message {i} {}", "z".repeat(100));
-                    producer.send(FutureRecord::to(&topic).key("k").payload(&value), TIMEOUT).await.map_err(|(e, _)| e)
+                    producer
+                        .send(FutureRecord::to(&topic).key("k").payload(&value), TIMEOUT)
+                        .await
+                        .map_err(|(e, _)| e)
                 }
             })
             .collect();
@@ -152,7 +192,13 @@ async fn large_messages_round_trip() {
     for i in 0..6u8 {
         let value = vec![i; 900_000];
         producer
-            .send(FutureRecord::to("large").key(&[i][..]).payload(&value).partition((i % 2) as i32), TIMEOUT)
+            .send(
+                FutureRecord::to("large")
+                    .key(&[i][..])
+                    .payload(&value)
+                    .partition((i % 2) as i32),
+                TIMEOUT,
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("acked");
@@ -173,7 +219,13 @@ async fn list_offsets_earliest_latest_and_by_timestamp() {
     let base = 1_700_000_000_000i64;
     for i in 0..20i64 {
         producer
-            .send(FutureRecord::to("times").key("k").payload("v").timestamp(base + i * 1000), TIMEOUT)
+            .send(
+                FutureRecord::to("times")
+                    .key("k")
+                    .payload("v")
+                    .timestamp(base + i * 1000),
+                TIMEOUT,
+            )
             .await
             .map_err(|(e, _)| e)
             .expect("acked");
@@ -183,15 +235,27 @@ async fn list_offsets_earliest_latest_and_by_timestamp() {
         .set("group.id", "offsets")
         .create()
         .unwrap();
-    assert_eq!(consumer.fetch_watermarks("times", 0, TIMEOUT).unwrap(), (0, 20));
+    assert_eq!(
+        consumer.fetch_watermarks("times", 0, TIMEOUT).unwrap(),
+        (0, 20)
+    );
     let mut query = TopicPartitionList::new();
-    query.add_partition_offset("times", 0, Offset::Offset(base + 7_500)).unwrap();
+    query
+        .add_partition_offset("times", 0, Offset::Offset(base + 7_500))
+        .unwrap();
     let found = consumer.offsets_for_times(query, TIMEOUT).unwrap();
-    assert_eq!(found.find_partition("times", 0).unwrap().offset(), Offset::Offset(8));
+    assert_eq!(
+        found.find_partition("times", 0).unwrap().offset(),
+        Offset::Offset(8)
+    );
     let mut late = TopicPartitionList::new();
-    late.add_partition_offset("times", 0, Offset::Offset(base + 1_000_000)).unwrap();
+    late.add_partition_offset("times", 0, Offset::Offset(base + 1_000_000))
+        .unwrap();
     let found = consumer.offsets_for_times(late, TIMEOUT).unwrap();
-    assert_eq!(found.find_partition("times", 0).unwrap().offset(), Offset::End);
+    assert_eq!(
+        found.find_partition("times", 0).unwrap().offset(),
+        Offset::End
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,39 +264,95 @@ async fn topics_are_created_refused_and_deleted() {
     let admin = admin(&broker);
     let options = AdminOptions::new();
     create_topic(&broker, "doomed", 4).await;
-    let again = admin.create_topics(&[NewTopic::new("doomed", 4, TopicReplication::Fixed(1))], &options).await.unwrap();
-    assert_eq!(again[0].as_ref().unwrap_err().1, RDKafkaErrorCode::TopicAlreadyExists);
-    let too_many = admin.create_topics(&[NewTopic::new("rf3", 1, TopicReplication::Fixed(3))], &options).await.unwrap();
-    assert_eq!(too_many[0].as_ref().unwrap_err().1, RDKafkaErrorCode::InvalidReplicationFactor);
+    let again = admin
+        .create_topics(
+            &[NewTopic::new("doomed", 4, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again[0].as_ref().unwrap_err().1,
+        RDKafkaErrorCode::TopicAlreadyExists
+    );
+    let too_many = admin
+        .create_topics(
+            &[NewTopic::new("rf3", 1, TopicReplication::Fixed(3))],
+            &options,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        too_many[0].as_ref().unwrap_err().1,
+        RDKafkaErrorCode::InvalidReplicationFactor
+    );
 
     let producer = producer(&broker, &[]);
-    producer.send(FutureRecord::to("doomed").key("k").payload("old").partition(0), TIMEOUT).await.map_err(|(e, _)| e).unwrap();
+    producer
+        .send(
+            FutureRecord::to("doomed")
+                .key("k")
+                .payload("old")
+                .partition(0),
+            TIMEOUT,
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
     assert!(broker.data_dir.join("doomed-0").exists());
     let deleted = admin.delete_topics(&["doomed"], &options).await.unwrap();
     deleted[0].as_ref().expect("deleted");
-    assert!(!broker.data_dir.join("doomed-0").exists(), "partition directories are removed");
+    assert!(
+        !broker.data_dir.join("doomed-0").exists(),
+        "partition directories are removed"
+    );
     let metadata = producer.client().fetch_metadata(None, TIMEOUT).unwrap();
     assert!(metadata.topics().iter().all(|t| t.name() != "doomed"));
 
     // Re-created under the same name it starts empty.
     create_topic(&broker, "doomed", 2).await;
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &broker.addr).set("group.id", "g").create().unwrap();
-    assert_eq!(consumer.fetch_watermarks("doomed", 0, TIMEOUT).unwrap(), (0, 0));
-    let missing = admin.delete_topics(&["never-existed"], &options).await.unwrap();
-    assert_eq!(missing[0].as_ref().unwrap_err().1, RDKafkaErrorCode::UnknownTopicOrPartition);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "g")
+        .create()
+        .unwrap();
+    assert_eq!(
+        consumer.fetch_watermarks("doomed", 0, TIMEOUT).unwrap(),
+        (0, 0)
+    );
+    let missing = admin
+        .delete_topics(&["never-existed"], &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        missing[0].as_ref().unwrap_err().1,
+        RDKafkaErrorCode::UnknownTopicOrPartition
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producer_writes_each_message_once() {
     let broker = Broker::start(2);
     create_topic(&broker, "exactly", 3).await;
-    let producer = producer(&broker, &[("enable.idempotence", "true"), ("max.in.flight.requests.per.connection", "5")]);
+    let producer = producer(
+        &broker,
+        &[
+            ("enable.idempotence", "true"),
+            ("max.in.flight.requests.per.connection", "5"),
+        ],
+    );
     let sends: Vec<_> = (0..2000)
         .map(|i| {
             let producer = producer.clone();
             async move {
                 let value = i.to_string();
-                producer.send(FutureRecord::to("exactly").key(&value).payload(&value), TIMEOUT).await.map_err(|(e, _)| e)
+                producer
+                    .send(
+                        FutureRecord::to("exactly").key(&value).payload(&value),
+                        TIMEOUT,
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
             }
         })
         .collect();
@@ -251,9 +371,20 @@ async fn auto_creation_follows_the_config() {
     std::fs::write(&config, "auto.create.topics.enable=false\n").unwrap();
     let broker = Broker::start_in(tmp.path(), 1, &["--config", config.to_str().unwrap()]);
     let producer = producer(&broker, &[("message.timeout.ms", "2000")]);
-    let err = producer.send(FutureRecord::to("not-there").key("k").payload("v"), TIMEOUT).await.unwrap_err().0;
+    let err = producer
+        .send(FutureRecord::to("not-there").key("k").payload("v"), TIMEOUT)
+        .await
+        .unwrap_err()
+        .0;
     assert!(
-        matches!(err, KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::UnknownTopic)),
+        matches!(
+            err,
+            KafkaError::MessageProduction(
+                RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::MessageTimedOut
+                    | RDKafkaErrorCode::UnknownTopic
+            )
+        ),
         "{err:?}"
     );
 }

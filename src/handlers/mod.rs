@@ -54,7 +54,11 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Dispatched {
         }
         Err((_, error)) => return Dispatched::Close(error),
     };
-    let (api_key, version, correlation_id) = (request.api_key, request.version, request.header.correlation_id);
+    let (api_key, version, correlation_id) = (
+        request.api_key,
+        request.version,
+        request.header.correlation_id,
+    );
     macro_rules! respond {
         ($handler:path, $body:expr) => {{
             let shard = shard.clone();

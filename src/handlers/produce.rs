@@ -65,7 +65,11 @@ enum Slot {
     },
 }
 
-pub async fn dispatch(shard: &Rc<Shard>, request: &RequestFrame, body: ProduceRequest) -> Dispatched {
+pub async fn dispatch(
+    shard: &Rc<Shard>,
+    request: &RequestFrame,
+    body: ProduceRequest,
+) -> Dispatched {
     let (version, correlation_id) = (request.version, request.header.correlation_id);
     let acks =
         match body.acks {

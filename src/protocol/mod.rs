@@ -161,12 +161,16 @@ pub fn decode_frame(mut frame: Bytes) -> Result<RequestFrame, (Option<i32>, Deco
 pub fn decode_body(frame: &mut RequestFrame) -> Result<RequestKind, DecodeError> {
     let (api_key, version) = (frame.api_key, frame.version);
     let body = &mut frame.body;
-    guarded("request body", || boxed(RequestKind::decode(api_key, body, version)))
+    guarded("request body", || {
+        boxed(RequestKind::decode(api_key, body, version))
+    })
 }
 
 /// Decodes a whole request frame (without its length prefix): what the broker does with
 /// every frame it reads, and what the request-decoder fuzz target drives.
-pub fn decode_request(frame: Bytes) -> Result<(RequestFrame, RequestKind), (Option<i32>, DecodeError)> {
+pub fn decode_request(
+    frame: Bytes,
+) -> Result<(RequestFrame, RequestKind), (Option<i32>, DecodeError)> {
     let mut request = decode_frame(frame)?;
     let correlation_id = request.header.correlation_id;
     let body = decode_body(&mut request).map_err(|e| (Some(correlation_id), e))?;

@@ -30,12 +30,25 @@ impl Broker {
     pub fn start_in(data_dir: &Path, cores: usize, extra: &[&str]) -> Broker {
         let data = data_dir.join("data");
         let log_path = data_dir.join(format!("broker-{}.log", std::process::id()));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
-            .args(["--listen", "127.0.0.1:0", "--cores", &cores.to_string(), "--data-dir"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--cores",
+                &cores.to_string(),
+                "--data-dir",
+            ])
             .arg(&data)
             .args(extra)
-            .env("RUST_LOG", std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -54,7 +67,13 @@ impl Broker {
             .to_string();
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Broker { child: Some(child), addr, data_dir: data, log_path, _tmp: None }
+        Broker {
+            child: Some(child),
+            addr,
+            data_dir: data,
+            log_path,
+            _tmp: None,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -74,7 +93,11 @@ impl Broker {
         if let Some(mut child) = self.child.take() {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let status = child.wait().expect("wait");
-            assert!(status.success(), "broker exited with {status}; log:\n{}", self.log());
+            assert!(
+                status.success(),
+                "broker exited with {status}; log:\n{}",
+                self.log()
+            );
         }
     }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 pub struct RawClient {
     pub stream: TcpStream,
@@ -18,8 +20,13 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(addr: &str) -> RawClient {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        RawClient { stream, correlation_id: 0 }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        RawClient {
+            stream,
+            correlation_id: 0,
+        }
     }
 
     /// Sends a request and decodes its response.
@@ -36,7 +43,9 @@ impl RawClient {
         header.correlation_id = self.correlation_id;
         header.client_id = Some(StrBytes::from_static_str("raw-test"));
         let mut body = BytesMut::new();
-        header.encode(&mut body, R::header_version(version)).unwrap();
+        header
+            .encode(&mut body, R::header_version(version))
+            .unwrap();
         request.encode(&mut body, version).unwrap();
         self.send_frame(&body);
     }
@@ -50,10 +59,13 @@ impl RawClient {
 
     pub fn receive<R: Request>(&mut self, version: i16) -> R::Response {
         let mut frame = self.read_frame().expect("response frame");
-        let header = ResponseHeader::decode(&mut frame, R::Response::header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation_id, "responses come in request order");
-        let response = R::Response::decode(&mut frame, version).expect("decode response");
-        response
+        let header =
+            ResponseHeader::decode(&mut frame, R::Response::header_version(version)).unwrap();
+        assert_eq!(
+            header.correlation_id, self.correlation_id,
+            "responses come in request order"
+        );
+        R::Response::decode(&mut frame, version).expect("decode response")
     }
 
     /// Reads one response frame; None on EOF or reset.
@@ -106,7 +118,13 @@ impl RawClient {
     }
 
     /// Fetches from one partition; returns (error, high watermark, record bytes).
-    pub fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> (i16, i64, Bytes) {
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+    ) -> (i16, i64, Bytes) {
         let mut p = fetch_request::FetchPartition::default();
         p.partition = partition;
         p.fetch_offset = offset;
@@ -122,12 +140,20 @@ impl RawClient {
         request.topics = vec![t];
         let response = self.call(11, &request);
         let p = &response.responses[0].partitions[0];
-        (p.error_code, p.high_watermark, p.records.clone().unwrap_or_default())
+        (
+            p.error_code,
+            p.high_watermark,
+            p.records.clone().unwrap_or_default(),
+        )
     }
 }
 
 /// Encodes a RecordBatch v2 of `values`, optionally from an idempotent producer.
-pub fn batch(values: &[&[u8]], producer: Option<(i64, i16, i32)>, compression: Compression) -> Bytes {
+pub fn batch(
+    values: &[&[u8]],
+    producer: Option<(i64, i16, i32)>,
+    compression: Compression,
+) -> Bytes {
     let (producer_id, producer_epoch, base_sequence) = producer.unwrap_or((-1, -1, -1));
     let records: Vec<Record> = values
         .iter()
@@ -141,7 +167,11 @@ pub fn batch(values: &[&[u8]], producer: Option<(i64, i16, i32)>, compression: C
             producer_epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: if base_sequence < 0 { -1 } else { base_sequence + i as i32 },
+            sequence: if base_sequence < 0 {
+                -1
+            } else {
+                base_sequence + i as i32
+            },
             timestamp: 1_700_000_000_000 + i as i64,
             key: Some(Bytes::from(format!("key-{i}"))),
             value: Some(Bytes::copy_from_slice(v)),
@@ -149,8 +179,15 @@ pub fn batch(values: &[&[u8]], producer: Option<(i64, i16, i32)>, compression: C
         })
         .collect();
     let mut out = BytesMut::new();
-    RecordBatchEncoder::encode(&mut out, &records, &RecordEncodeOptions { version: 2, compression })
-        .expect("encode batch");
+    RecordBatchEncoder::encode(
+        &mut out,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .expect("encode batch");
     out.freeze()
 }
 
@@ -169,7 +206,8 @@ pub fn values(mut records: Bytes) -> Vec<(i64, Bytes)> {
         rest.advance(len);
     }
     records = whole.freeze();
-    let batches = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records).expect("decode records");
+    let batches = kafka_protocol::records::RecordBatchDecoder::decode_all(&mut records)
+        .expect("decode records");
     for batch in batches {
         for record in batch.records {
             out.push((record.offset, record.value.unwrap_or_default()));
