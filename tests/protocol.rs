@@ -360,3 +360,131 @@ fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
     );
     assert!(!log.contains("panicked"), "no panic:\n{log}");
 }
+
+#[test]
+fn create_partitions_grows_a_topic_and_never_shrinks_it() {
+    let broker = Broker::start(2);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("grow", 1), 0);
+    assert_eq!(client.create_partitions("grow", 3), 0);
+    assert_eq!(client.partition_count("grow"), Some(3));
+    let (code, base) = client.produce(
+        "grow",
+        2,
+        raw::batch(&[b"new partition"], None, Compression::None),
+        1,
+    );
+    assert_eq!((code, base), (0, 0));
+    assert_eq!(
+        client.create_partitions("grow", 2),
+        ResponseError::InvalidPartitions.code()
+    );
+    assert_eq!(
+        client.create_partitions("missing", 2),
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+}
+
+#[test]
+fn segments_roll_with_kafka_names_and_retention_deletes_old_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("server.properties");
+    std::fs::write(&config, "log.retention.check.interval.ms=100\n").unwrap();
+    let broker = Broker::start_in(tmp.path(), 2, &["--config", config.to_str().unwrap()]);
+    let mut client = RawClient::connect(&broker.addr);
+    let topic_configs = [("segment.bytes", "20000"), ("retention.bytes", "60000")];
+    assert_eq!(client.create_topic_with("rolling", 1, &topic_configs), 0);
+    let value = vec![3u8; 4000];
+    for i in 0..60 {
+        let (code, base) = client.produce(
+            "rolling",
+            0,
+            raw::batch(&[&value], None, Compression::None),
+            1,
+        );
+        assert_eq!((code, base), (0, i));
+    }
+    let dir = broker.data_dir.join("rolling-0");
+    let segments = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".log"))
+            .collect();
+        names.sort();
+        names
+    };
+    // Retention keeps about retention.bytes of closed segments plus the active one.
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(20), || client
+            .list_offset("rolling", 0, -2)
+            .1
+            > 0),
+        "retention never advanced the log start offset"
+    );
+    let names = segments();
+    assert!(names.len() >= 2, "{names:?}");
+    for name in &names {
+        assert_eq!(name.len(), 24, "Kafka's 20-digit base offset names: {name}");
+    }
+    let (error, earliest) = client.list_offset("rolling", 0, -2);
+    assert_eq!(error, 0);
+    assert_eq!(
+        names[0],
+        format!("{earliest:020}.log"),
+        "log start is the first remaining segment"
+    );
+    assert_eq!(client.list_offset("rolling", 0, -1), (0, 60));
+    let (error, _, _) = client.fetch("rolling", 0, 0, 0);
+    assert_eq!(
+        error,
+        ResponseError::OffsetOutOfRange.code(),
+        "deleted offsets are out of range"
+    );
+    let (error, _, records) = client.fetch("rolling", 0, earliest, 0);
+    assert_eq!(error, 0);
+    assert_eq!(raw::values(records)[0].0, earliest);
+}
+
+#[test]
+fn connection_and_inflight_limits_hold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("server.properties");
+    std::fs::write(
+        &config,
+        "max.connections=3\nmax.inflight.requests.per.connection=2\n",
+    )
+    .unwrap();
+    let broker = Broker::start_in(tmp.path(), 1, &["--config", config.to_str().unwrap()]);
+    let mut first = RawClient::connect(&broker.addr);
+    assert!(first.api_versions_ok());
+    let mut second = RawClient::connect(&broker.addr);
+    assert!(second.api_versions_ok());
+    let mut third = RawClient::connect(&broker.addr);
+    assert!(third.api_versions_ok());
+    let mut fourth = RawClient::connect(&broker.addr);
+    assert!(
+        fourth.is_closed_by_peer(),
+        "the fourth connection is refused"
+    );
+    drop(third);
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || {
+            let mut again = RawClient::connect(&broker.addr);
+            again.send(3, &ApiVersionsRequest::default());
+            again.read_frame().is_some()
+        }),
+        "a slot frees up when a connection closes"
+    );
+    // Far more pipelined requests than the in-flight limit: all answered, in order.
+    for _ in 0..100 {
+        first.send(3, &ApiVersionsRequest::default());
+    }
+    for _ in 0..100 {
+        assert!(first.read_frame().is_some());
+    }
+    assert!(
+        broker.log().contains("max.connections"),
+        "refusals are logged"
+    );
+}

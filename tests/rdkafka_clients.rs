@@ -388,3 +388,42 @@ async fn auto_creation_follows_the_config() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_configs_shows_topic_overrides_and_broker_defaults() {
+    use rdkafka::admin::{ConfigSource, ResourceSpecifier};
+    let broker = Broker::start(1);
+    let admin = admin(&broker);
+    let topic =
+        NewTopic::new("configured", 1, TopicReplication::Fixed(1)).set("retention.ms", "3600000");
+    admin
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let results = admin
+        .describe_configs(
+            &[
+                ResourceSpecifier::Topic("configured"),
+                ResourceSpecifier::Broker(0),
+            ],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let topic = results[0].as_ref().expect("topic configs");
+    let retention = topic.get("retention.ms").expect("retention.ms listed");
+    assert_eq!(retention.value.as_deref(), Some("3600000"));
+    assert_eq!(retention.source, ConfigSource::DynamicTopic);
+    let segment = topic.get("segment.bytes").expect("segment.bytes listed");
+    assert_eq!(segment.value.as_deref(), Some("1073741824"));
+    assert!(segment.is_default);
+    let broker_configs = results[1].as_ref().expect("broker configs");
+    assert_eq!(
+        broker_configs
+            .get("broker.id")
+            .and_then(|e| e.value.as_deref()),
+        Some("0")
+    );
+}

@@ -212,7 +212,13 @@ pub async fn create_partitions(
     let topics: Vec<(String, i32, bool)> = request
         .topics
         .into_iter()
-        .map(|t| (t.name.0.to_string(), t.count, t.assignments.is_some()))
+        .map(|t| {
+            (
+                t.name.0.to_string(),
+                t.count,
+                t.assignments.is_some_and(|a| !a.is_empty()),
+            )
+        })
         .collect();
     let results = coordinate(shard, move |coordinator| {
         topics

@@ -215,3 +215,67 @@ pub fn values(mut records: Bytes) -> Vec<(i64, Bytes)> {
     }
     out
 }
+
+impl RawClient {
+    /// ListOffsets for one partition: (error, offset) for `timestamp` (-1 latest, -2 earliest).
+    pub fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> (i16, i64) {
+        let mut p = list_offsets_request::ListOffsetsPartition::default();
+        p.partition_index = partition;
+        p.timestamp = timestamp;
+        let mut t = list_offsets_request::ListOffsetsTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.into()));
+        t.partitions = vec![p];
+        let mut request = ListOffsetsRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.topics = vec![t];
+        let response = self.call(5, &request);
+        let p = &response.topics[0].partitions[0];
+        (p.error_code, p.offset)
+    }
+
+    /// Partition count of `topic` as Metadata reports it (None when unknown).
+    pub fn partition_count(&mut self, topic: &str) -> Option<usize> {
+        let mut t = metadata_request::MetadataRequestTopic::default();
+        t.name = Some(TopicName(StrBytes::from_string(topic.into())));
+        let mut request = MetadataRequest::default();
+        request.topics = Some(vec![t]);
+        let response = self.call(9, &request);
+        let topic = &response.topics[0];
+        (topic.error_code == 0).then_some(topic.partitions.len())
+    }
+
+    pub fn create_topic_with(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> i16 {
+        let mut topic = create_topics_request::CreatableTopic::default();
+        topic.name = TopicName(StrBytes::from_string(name.into()));
+        topic.num_partitions = partitions;
+        topic.replication_factor = 1;
+        topic.configs = configs
+            .iter()
+            .map(|(k, v)| {
+                let mut c = create_topics_request::CreatableTopicConfig::default();
+                c.name = StrBytes::from_string(k.to_string());
+                c.value = Some(StrBytes::from_string(v.to_string()));
+                c
+            })
+            .collect();
+        let mut request = CreateTopicsRequest::default();
+        request.topics = vec![topic];
+        request.timeout_ms = 10_000;
+        self.call(5, &request).topics[0].error_code
+    }
+
+    pub fn create_partitions(&mut self, topic: &str, count: i32) -> i16 {
+        let mut t = create_partitions_request::CreatePartitionsTopic::default();
+        t.name = TopicName(StrBytes::from_string(topic.into()));
+        t.count = count;
+        let mut request = CreatePartitionsRequest::default();
+        request.topics = vec![t];
+        request.timeout_ms = 10_000;
+        self.call(2, &request).results[0].error_code
+    }
+}
