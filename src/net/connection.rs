@@ -97,25 +97,50 @@ async fn read_loop(
 
 /// Reads until `buf` holds at least `want` bytes. Returns false on EOF before any byte of a new
 /// frame; errors on EOF in the middle of one.
+///
+/// Reads with recv(2) straight into the buffer's spare capacity, so no byte is zeroed first
+/// (zeroing showed up at 4% of the broker's CPU under W1). Only when the socket is empty does
+/// it go through glommio, reading a single byte, which parks the task until the socket is
+/// readable without blocking the core.
 async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, want: usize) -> Result<bool, String> {
+    let fd = stream.as_raw_fd();
     while buf.len() < want {
-        let start = buf.len();
-        // Never read more than the frame needs plus one chunk: a frame's length is checked
+        // Never reserve more than the frame needs plus one chunk: a frame's length is checked
         // against the limit before we get here, so this bounds the buffer.
-        let read_size = (want - start).max(READ_CHUNK_BYTES);
-        buf.resize(start + read_size, 0);
-        let n = stream
-            .read(&mut buf[start..])
-            .await
-            .map_err(|e| e.to_string());
-        buf.truncate(start + *n.as_ref().unwrap_or(&0));
-        match n? {
-            0 if start == 0 => return Ok(false),
-            0 => return Err("connection closed inside a request frame".into()),
-            _ => {}
+        buf.reserve((want - buf.len()).max(READ_CHUNK_BYTES));
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: recv writes at most spare.len() bytes into memory we own; nothing reads it
+        // before set_len marks exactly the written bytes initialised.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+        if n > 0 {
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            continue;
+        }
+        if n == 0 {
+            return end_of_stream(buf);
+        }
+        let error = std::io::Error::last_os_error();
+        match error.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => {
+                let mut first = [0u8; 1];
+                match stream.read(&mut first).await.map_err(|e| e.to_string())? {
+                    0 => return end_of_stream(buf),
+                    _ => buf.extend_from_slice(&first),
+                }
+            }
+            _ => return Err(error.to_string()),
         }
     }
     Ok(true)
+}
+
+fn end_of_stream(buf: &BytesMut) -> Result<bool, String> {
+    if buf.is_empty() {
+        Ok(false)
+    } else {
+        Err("connection closed inside a request frame".into())
+    }
 }
 
 /// Sends responses in request order until the reader is gone and every response is out.
