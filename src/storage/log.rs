@@ -987,7 +987,6 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
             let waiting = glommio::spawn_local(log.wait_for_data(0));
-            glommio::yield_if_needed().await;
             futures_lite::future::yield_now().await;
             assert_eq!(log.pending_waiters(), 1, "the spawned wait registered");
             append(&log, batch(1, 1, 1));

@@ -274,11 +274,12 @@ async fn recover_active_segment(
         .create(true)
         .dma_open(&path)
         .await?;
-    assert_eq!(
-        PAGE_BYTES % active_file.alignment(),
-        0,
-        "device alignment above the page size"
-    );
+    if !PAGE_BYTES.is_multiple_of(active_file.alignment()) {
+        return Err(StorageError::Io(io::Error::other(format!(
+            "device needs {}-byte O_DIRECT alignment, above the {PAGE_BYTES}-byte page",
+            active_file.alignment()
+        ))));
+    }
     let read_file = File::open(&path)?;
     let file_bytes = read_file.metadata()?.len();
     let segment = Segment::new(
