@@ -111,7 +111,14 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, want: usize) -> Result
         let spare = buf.spare_capacity_mut();
         // SAFETY: recv writes at most spare.len() bytes into memory we own; nothing reads it
         // before set_len marks exactly the written bytes initialised.
-        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::recv(
+                fd,
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
         if n > 0 {
             unsafe { buf.set_len(buf.len() + n as usize) };
             continue;
