@@ -392,7 +392,12 @@ fn segments_roll_with_kafka_names_and_retention_deletes_old_ones() {
     std::fs::write(&config, "log.retention.check.interval.ms=100\n").unwrap();
     let broker = Broker::start_in(tmp.path(), 2, &["--config", config.to_str().unwrap()]);
     let mut client = RawClient::connect(&broker.addr);
-    let topic_configs = [("segment.bytes", "20000"), ("retention.bytes", "60000")];
+    // Time retention off: the test batches carry 2023 timestamps, which 7 days would delete.
+    let topic_configs = [
+        ("segment.bytes", "20000"),
+        ("retention.bytes", "60000"),
+        ("retention.ms", "-1"),
+    ];
     assert_eq!(client.create_topic_with("rolling", 1, &topic_configs), 0);
     let value = vec![3u8; 4000];
     for i in 0..60 {
