@@ -78,6 +78,7 @@ pub async fn dispatch(
             -1 => Acks::All,
             _ => {
                 let response = error_response(
+                    version,
                     &body,
                     ApiError::new(
                         ResponseError::InvalidRequiredAcks,
@@ -280,7 +281,7 @@ fn partition_response(
     out
 }
 
-fn error_response(body: &ProduceRequest, error: ApiError) -> ProduceResponse {
+fn error_response(version: i16, body: &ProduceRequest, error: ApiError) -> ProduceResponse {
     let mut response = ProduceResponse::default();
     response.responses = body
         .topic_data
@@ -291,7 +292,9 @@ fn error_response(body: &ProduceRequest, error: ApiError) -> ProduceResponse {
             topic.partition_responses = t
                 .partition_data
                 .iter()
-                .map(|p| partition_response(3, p.index, PartitionResult::failed(error.clone())))
+                .map(|p| {
+                    partition_response(version, p.index, PartitionResult::failed(error.clone()))
+                })
                 .collect();
             topic
         })
