@@ -110,6 +110,8 @@ fn corrupt_batches_are_refused_with_corrupt_message() {
     assert_eq!(code, ResponseError::CorruptMessage.code());
     let (code, _) = client.produce("crc", 0, bytes::Bytes::from_static(&[0u8; 20]), 1);
     assert_eq!(code, ResponseError::CorruptMessage.code());
+    let (code, _) = client.produce("crc", 0, raw::batch(&[b"v"], None, Compression::None), 2);
+    assert_eq!(code, ResponseError::InvalidRequiredAcks.code());
     let (error, high_watermark, _) = client.fetch("crc", 0, 0, 0);
     assert_eq!((error, high_watermark), (0, 0), "nothing was appended");
     assert!(client.api_versions_ok());
