@@ -77,6 +77,22 @@ fn kcat_produces_lists_and_consumes() {
     got.sort_unstable();
     want.sort_unstable();
     assert_eq!(got, want);
+
+    // The fetched records went from the segment files to the socket by sendfile.
+    let mut broker = broker;
+    broker.stop();
+    let log = broker.log();
+    let zero_copy: u64 = log
+        .split("fetch_zero_copy_bytes=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| {
+            n.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no zero-copy counter in the shutdown stats:\n{log}"));
+    assert!(zero_copy > 0, "{log}");
 }
 
 #[test]

@@ -293,18 +293,30 @@ impl Shard {
         join_all(applies).await;
     }
 
-    /// Periodic work: retention, and noticing shutdown.
+    /// Periodic work: retention, the stats log line (shard 0), and noticing shutdown.
     pub async fn housekeeping(self: Rc<Self>) {
+        const STATS_EVERY: Duration = Duration::from_secs(60);
         let tick = Duration::from_millis(100);
         let retention_every =
             Duration::from_millis(self.config.retention_check_interval_ms.max(100));
         let mut since_retention = Duration::ZERO;
+        let mut since_stats = Duration::ZERO;
+        let mut last_summary = String::new();
         while !self.is_shutting_down() {
             glommio::timer::sleep(tick).await;
             since_retention += tick;
+            since_stats += tick;
             if since_retention >= retention_every {
                 since_retention = Duration::ZERO;
                 self.enforce_retention().await;
+            }
+            if self.id == 0 && since_stats >= STATS_EVERY {
+                since_stats = Duration::ZERO;
+                let summary = self.stats.summary();
+                if summary != last_summary {
+                    tracing::info!(stats = %summary, "broker stats");
+                    last_summary = summary;
+                }
             }
         }
     }
