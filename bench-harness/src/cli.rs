@@ -32,6 +32,8 @@ pub enum Cmd {
     Consume(ConsumeCmd),
     /// Produce and consume at once; end-to-end latency from a send time carried in each payload.
     E2e(E2eCmd),
+    /// A broker that stores nothing: measures the harness's own ceiling on this machine.
+    NullBroker(NullBrokerArgs),
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -256,3 +258,23 @@ impl Workload {
     }
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct NullBrokerArgs {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub listen: String,
+    /// Address put in Metadata (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Runtime threads (1 = one event loop, leaving the other core to the harness).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Partitions reported for topics nobody created.
+    #[arg(long, default_value_t = 8)]
+    pub partitions: u32,
+    /// Value size of the records Fetch returns.
+    #[arg(long, default_value_t = 1024)]
+    pub message_size: usize,
+    /// Records per batch in Fetch responses.
+    #[arg(long, default_value_t = 64)]
+    pub batch_records: usize,
+}

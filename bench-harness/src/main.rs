@@ -15,11 +15,13 @@
 //! - `payload`: precomputed payloads and keys, the send-time stamp, Kafka's murmur2 partitioner.
 //! - `stats`, `usage`: counters, HdrHistogram latency, CPU and memory from /proc.
 //! - `run`: produce / consume / e2e runs and their reports.
+//! - `null_broker`: a broker that stores nothing, for the harness's own ceiling.
 
 mod cli;
 mod client;
 mod clock;
 mod consumer;
+mod null_broker;
 mod payload;
 mod producer;
 mod run;
@@ -65,5 +67,9 @@ fn main() -> Result<()> {
         Cmd::Produce(c) => run_workload(Workload::Produce(c)),
         Cmd::Consume(c) => run_workload(Workload::Consume(c)),
         Cmd::E2e(c) => run_workload(Workload::E2e(c)),
+        Cmd::NullBroker(a) => {
+            let rt = runtime(a.threads)?;
+            rt.block_on(null_broker::serve(a))
+        }
     }
 }
