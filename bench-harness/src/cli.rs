@@ -32,6 +32,8 @@ pub enum Cmd {
     Consume(ConsumeCmd),
     /// Produce and consume at once; end-to-end latency from a send time carried in each payload.
     E2e(E2eCmd),
+    /// Run one workload against two or more brokers, interleaved A B A B, and compare medians.
+    Compare(CompareCmd),
     /// A broker that stores nothing: measures the harness's own ceiling on this machine.
     NullBroker(NullBrokerArgs),
 }
@@ -256,6 +258,31 @@ impl Workload {
             Workload::E2e(c) => &c.common,
         }
     }
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Example:\n  bench-harness compare --targets ours=127.0.0.1:9092,tansu=127.0.0.1:9093 \
+--repetitions 3 produce --topic t --partitions 8 --messages 500000"
+)]
+pub struct CompareCmd {
+    /// A target; repeat for each (named by address).
+    #[arg(long = "bootstrap")]
+    pub bootstraps: Vec<String>,
+    /// Named targets: NAME=HOST:PORT,NAME=HOST:PORT.
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Rounds; each round runs every target once, in order.
+    #[arg(long, default_value_t = 3)]
+    pub repetitions: usize,
+    /// Pause between runs, seconds (lets the previous broker settle).
+    #[arg(long, default_value_t = 1.0)]
+    pub pause_secs: f64,
+    /// All runs and the summary, machine-readable.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[command(subcommand)]
+    pub workload: Workload,
 }
 
 #[derive(Args, Debug, Clone)]

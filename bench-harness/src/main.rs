@@ -14,12 +14,13 @@
 //! - `schedule`, `timer`: the open-loop send schedule and the sub-millisecond timer behind it.
 //! - `payload`: precomputed payloads and keys, the send-time stamp, Kafka's murmur2 partitioner.
 //! - `stats`, `usage`: counters, HdrHistogram latency, CPU and memory from /proc.
-//! - `run`: produce / consume / e2e runs and their reports.
+//! - `run`: produce / consume / e2e runs and their reports; `compare`: interleaved A/B runs.
 //! - `null_broker`: a broker that stores nothing, for the harness's own ceiling.
 
 mod cli;
 mod client;
 mod clock;
+mod compare;
 mod consumer;
 mod null_broker;
 mod payload;
@@ -67,6 +68,10 @@ fn main() -> Result<()> {
         Cmd::Produce(c) => run_workload(Workload::Produce(c)),
         Cmd::Consume(c) => run_workload(Workload::Consume(c)),
         Cmd::E2e(c) => run_workload(Workload::E2e(c)),
+        Cmd::Compare(c) => {
+            let rt = runtime(c.workload.common().threads)?;
+            rt.block_on(compare::run(&c))
+        }
         Cmd::NullBroker(a) => {
             let rt = runtime(a.threads)?;
             rt.block_on(null_broker::serve(a))
