@@ -47,7 +47,7 @@ pub struct Plan {
     /// Stop reading a partition at this offset (catch-up reads).
     pub end_offsets: Option<HashMap<u32, i64>>,
     pub measure_start_ns: u64,
-    /// Parse values for end-to-end latency (and measure by send time, not receive time).
+    /// Parse values for end-to-end latency.
     pub parse_values: bool,
     /// One connection per fetch group instead of pipelining groups on one connection.
     pub connection_per_group: bool,
@@ -195,7 +195,6 @@ pub async fn run_conn(plan: Arc<Plan>, addr: String, groups: Vec<Vec<u32>>) -> R
         if resp.error_code != 0 {
             plan.live.errors.fetch_add(1, Relaxed);
         }
-        let mut got_msgs = 0u64;
         let mut measured_msgs = 0u64;
         for t in &resp.responses {
             for pd in &t.partitions {
@@ -215,8 +214,7 @@ pub async fn run_conn(plan: Arc<Plan>, addr: String, groups: Vec<Vec<u32>>) -> R
                 let Some(records) = &pd.records else {
                     continue;
                 };
-                let (n, m) = consume_records(&plan, st, records, now, &mut tally)?;
-                got_msgs += n;
+                let m = consume_records(&plan, st, records, now, &mut tally)?;
                 measured_msgs += m;
                 if st.end.is_some_and(|e| st.offset >= e) {
                     st.done = true;
@@ -235,7 +233,6 @@ pub async fn run_conn(plan: Arc<Plan>, addr: String, groups: Vec<Vec<u32>>) -> R
                 let _ = plan.stop_tx.send(true);
             }
         }
-        let _ = got_msgs;
         if *stop.borrow() {
             break;
         }
@@ -247,14 +244,15 @@ pub async fn run_conn(plan: Arc<Plan>, addr: String, groups: Vec<Vec<u32>>) -> R
     Ok(tally)
 }
 
-/// Accounts one partition's fetched records and advances its offset. Returns (records, measured).
+/// Accounts one partition's fetched records and advances its offset; returns how many count
+/// toward the measured figures.
 fn consume_records(
     plan: &Plan,
     st: &mut PartState,
     records: &[u8],
     now: u64,
     tally: &mut Tally,
-) -> Result<(u64, u64)> {
+) -> Result<u64> {
     let fetch_offset = st.offset;
     let mut total = 0u64;
     let mut total_bytes = 0u64;
@@ -274,26 +272,22 @@ fn consume_records(
         };
         total += n;
         total_bytes += h.total_len as u64;
+        if now >= plan.measure_start_ns {
+            measured += n;
+            tally.bytes += h.total_len as u64;
+        }
         if plan.parse_values {
-            let mut in_batch = 0u64;
+            // Latency only for records sent after the warm-up (and by this harness's stamp).
             wire::for_each_value(&h, batch, |offset, value| {
                 if offset < fetch_offset {
                     return;
                 }
                 if let Some(sent) = value.and_then(read_stamp) {
                     if sent >= plan.measure_start_ns {
-                        in_batch += 1;
                         record_ns(&mut tally.hist, now.saturating_sub(sent));
                     }
                 }
             })?;
-            if in_batch > 0 {
-                measured += in_batch;
-                tally.bytes += h.total_len as u64 * in_batch / n.max(1);
-            }
-        } else if now >= plan.measure_start_ns {
-            measured += n;
-            tally.bytes += h.total_len as u64;
         }
     }
     if measured > 0 {
@@ -301,7 +295,7 @@ fn consume_records(
         tally.last_ns = tally.last_ns.max(now);
     }
     plan.live.add(total, total_bytes);
-    Ok((total, measured))
+    Ok(measured)
 }
 
 pub fn validate(opts: &ConsumeOpts) -> Result<()> {

@@ -58,10 +58,16 @@ struct State {
 }
 
 pub async fn serve(args: NullBrokerArgs) -> Result<()> {
-    let advertise = args
-        .advertise
-        .clone()
-        .unwrap_or_else(|| args.listen.clone());
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    serve_on(listener, args).await
+}
+
+/// Serves on a bound listener (port 0 in tests: the advertised port is the bound one).
+pub async fn serve_on(listener: TcpListener, args: NullBrokerArgs) -> Result<()> {
+    let bound = listener.local_addr()?.to_string();
+    let advertise = args.advertise.clone().unwrap_or(bound);
     let (host, port) = advertise
         .rsplit_once(':')
         .context("--advertise wants HOST:PORT")?;
@@ -76,13 +82,12 @@ pub async fn serve(args: NullBrokerArgs) -> Result<()> {
         batch_len,
         batch_records: args.batch_records as i64,
     });
-    let listener = TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     eprintln!(
         "null broker on {} (advertised {advertise}): acks every Produce without storing it, \
          answers Fetch from one in-memory batch of {} x {} B records",
-        args.listen, args.batch_records, args.message_size
+        listener.local_addr()?,
+        args.batch_records,
+        args.message_size
     );
     loop {
         let (sock, peer) = listener.accept().await?;

@@ -405,8 +405,9 @@ impl Producer {
                 return Ok(());
             }
 
-            // 4. Wait for the next reason to act.
-            if schedule.is_none() && !self.gen_done && !blocked {
+            // 4. Wait for the next reason to act. Sending may have unblocked generation (with
+            // acks=0 nothing else ever will), so after a send go round again first.
+            if sent_any || (schedule.is_none() && !self.gen_done && !blocked) {
                 // Max rate and not blocked: keep generating, yielding now and then so the
                 // reader tasks run on a single-threaded runtime.
                 spins += 1;

@@ -628,3 +628,85 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
     add_notes(&mut report, Some(&cmd.produce), Some(&cmd.consume));
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Cmd};
+    use clap::Parser;
+
+    async fn null_broker() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let args = match Cli::parse_from(["bench-harness", "null-broker", "--partitions", "4"]).cmd
+        {
+            Cmd::NullBroker(a) => a,
+            _ => unreachable!(),
+        };
+        tokio::spawn(crate::null_broker::serve_on(listener, args));
+        addr
+    }
+
+    fn workload(args: &[&str]) -> Workload {
+        let mut argv = vec!["bench-harness"];
+        argv.extend_from_slice(args);
+        match Cli::parse_from(argv).cmd {
+            Cmd::Produce(c) => Workload::Produce(c),
+            Cmd::Consume(c) => Workload::Consume(c),
+            Cmd::E2e(c) => Workload::E2e(c),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Every workload runs end to end against the null broker, over real sockets, and counts
+    /// exactly what it was asked for.
+    #[tokio::test]
+    async fn workloads_against_the_null_broker() {
+        let addr = null_broker().await;
+        let common = ["--bootstrap", &addr, "--topic", "t", "--progress-secs", "0"];
+
+        let produce = |extra: &[&str]| {
+            let mut a = vec!["produce"];
+            a.extend_from_slice(&common);
+            a.extend_from_slice(&["--messages", "20000", "--message-size", "200"]);
+            a.extend_from_slice(extra);
+            workload(&a)
+        };
+        for extra in [
+            &[][..],
+            &["--acks", "0"],
+            &["--acks", "all", "--key-dist", "random", "--producers", "3"],
+            &[
+                "--rate",
+                "40000",
+                "--linger-ms",
+                "0.5",
+                "--compression",
+                "none",
+            ],
+        ] {
+            let r = run(&produce(extra)).await.unwrap();
+            let p = r.produce.unwrap();
+            assert_eq!(p.msgs, 20_000, "{extra:?}");
+            assert_eq!(p.bytes, 20_000 * 200);
+            assert_eq!(p.errors, 0);
+            assert_eq!(p.latency.unwrap().count, 20_000);
+            assert_eq!(r.partitions, 4);
+        }
+
+        // The null broker serves an endless log: read a fixed number of records.
+        let mut a = vec!["consume"];
+        a.extend_from_slice(&common);
+        a.extend_from_slice(&["--messages", "50000", "--consumers", "2"]);
+        let r = run(&workload(&a)).await.unwrap();
+        assert!(r.consume.unwrap().msgs >= 50_000);
+
+        let mut a = vec!["e2e"];
+        a.extend_from_slice(&common);
+        a.extend_from_slice(&["--messages", "5000", "--idle-timeout-secs", "1"]);
+        let r = run(&workload(&a)).await.unwrap();
+        assert_eq!(r.produce.unwrap().msgs, 5_000);
+        // The null broker's records carry no send stamps, so there is no e2e latency to show.
+        assert!(r.e2e_latency.is_none());
+    }
+}
