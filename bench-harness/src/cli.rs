@@ -151,6 +151,9 @@ pub struct ProduceOpts {
     /// Fixed total rate in messages/s, open loop. Without it: as fast as acks allow.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop: stop generating (and say so) once this far behind the schedule, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_lag_secs: f64,
     /// Produce requests in flight per connection.
     #[arg(long, default_value_t = 5)]
     pub max_in_flight: usize,
@@ -295,7 +298,7 @@ pub struct NullBrokerArgs {
     /// Runtime threads (1 = one event loop, leaving the other core to the harness).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Partitions reported for topics nobody created.
+    /// Partitions for a CreateTopics that leaves the count to the broker.
     #[arg(long, default_value_t = 8)]
     pub partitions: u32,
     /// Value size of the records Fetch returns.

@@ -315,7 +315,12 @@ fn metadata(st: &State, req: &MetadataRequest) -> MetadataResponse {
     let topic_entries = names
         .iter()
         .map(|n| {
-            let parts = topics.get(n).copied().unwrap_or(st.default_partitions);
+            let Some(&parts) = topics.get(n) else {
+                // Unknown until created, as on a broker without auto-creation.
+                return MetadataResponseTopic::default()
+                    .with_name(Some(name(n)))
+                    .with_error_code(3);
+            };
             MetadataResponseTopic::default()
                 .with_name(Some(name(n)))
                 .with_partitions(

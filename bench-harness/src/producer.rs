@@ -324,6 +324,7 @@ impl Producer {
     async fn drive(&mut self, index: usize, count: usize) -> Result<()> {
         let opts = self.plan.opts.clone();
         let linger_ns = (opts.linger_ms * 1e6) as u64;
+        let max_lag_ns = (opts.max_lag_secs * 1e9) as u64;
         let schedule = opts
             .rate
             .map(|r| Schedule::new(self.plan.start_ns, r, count, index));
@@ -342,6 +343,14 @@ impl Producer {
 
             // 1. Generate what is due (open loop) or what fits (max rate).
             let mut blocked = false;
+            if let (Some(s), false) = (&schedule, self.gen_done) {
+                let lag = now_ns().saturating_sub(s.at(next_i));
+                if lag > max_lag_ns {
+                    // The target cannot take this rate; latencies would only keep growing.
+                    self.gen_done = true;
+                    self.plan.live.overloaded.store(true, Relaxed);
+                }
+            }
             if !self.gen_done {
                 match &schedule {
                     Some(s) => {

@@ -298,11 +298,16 @@ pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
     );
     report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
     report.produce = Some(figs);
-    add_notes(&mut report, Some(&cmd.produce), None);
+    add_notes(&mut report, Some(&cmd.produce), Some(&plan.live), None);
     Ok(report)
 }
 
-fn add_notes(report: &mut Report, p: Option<&ProduceOpts>, c: Option<&ConsumeOpts>) {
+fn add_notes(
+    report: &mut Report,
+    p: Option<&ProduceOpts>,
+    live: Option<&Live>,
+    c: Option<&ConsumeOpts>,
+) {
     if let Some(p) = p {
         report.notes.push(match p.rate {
             Some(r) => format!(
@@ -310,6 +315,13 @@ fn add_notes(report: &mut Report, p: Option<&ProduceOpts>, c: Option<&ConsumeOpt
             ),
             None => "max rate (closed loop): latency from record creation to ack".to_string(),
         });
+        if live.is_some_and(|l| l.overloaded.load(Relaxed)) {
+            report.notes.push(format!(
+                "OVERLOADED: the open-loop schedule fell more than {} s behind, so generation stopped early; the target cannot sustain {} msgs/s",
+                p.max_lag_secs,
+                p.rate.unwrap_or_default()
+            ));
+        }
         if p.acks.0 == 0 {
             report
                 .notes
@@ -506,7 +518,7 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
             cmd.consume.idle_timeout_secs
         ));
     }
-    add_notes(&mut report, None, Some(&cmd.consume));
+    add_notes(&mut report, None, None, Some(&cmd.consume));
     Ok(report)
 }
 
@@ -625,7 +637,12 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
     let _ = produce_end;
     report.produce = Some(pfigs);
     report.consume = Some(cfigs);
-    add_notes(&mut report, Some(&cmd.produce), Some(&cmd.consume));
+    add_notes(
+        &mut report,
+        Some(&cmd.produce),
+        Some(&pplan.live),
+        Some(&cmd.consume),
+    );
     Ok(report)
 }
 
@@ -663,7 +680,16 @@ mod tests {
     #[tokio::test]
     async fn workloads_against_the_null_broker() {
         let addr = null_broker().await;
-        let common = ["--bootstrap", &addr, "--topic", "t", "--progress-secs", "0"];
+        let common = [
+            "--bootstrap",
+            &addr,
+            "--topic",
+            "t",
+            "--partitions",
+            "4",
+            "--progress-secs",
+            "0",
+        ];
 
         let produce = |extra: &[&str]| {
             let mut a = vec!["produce"];

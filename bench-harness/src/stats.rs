@@ -25,6 +25,8 @@ pub struct Live {
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
     pub retries: AtomicU64,
+    /// Set when an open-loop producer fell too far behind its schedule and stopped early.
+    pub overloaded: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
