@@ -113,7 +113,8 @@ impl std::str::FromStr for Acks {
 /// When a run stops.
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct StopOpts {
-    /// Messages to measure in total (after the warm-up).
+    /// Messages to measure in total (after the warm-up). With neither this nor
+    /// --duration-secs, produce and e2e send 1,000,000 and consume reads to the end offsets.
     #[arg(long)]
     pub messages: Option<u64>,
     /// Seconds to measure (after the warm-up).

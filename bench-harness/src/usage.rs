@@ -13,6 +13,26 @@ pub struct Sample {
     at_ns: u64,
     harness_cpu_secs: f64,
     broker: Option<(f64, u64)>,
+    /// Whole machine: (busy, total) jiffies summed over CPUs, from /proc/stat.
+    machine: Option<(u64, u64)>,
+}
+
+/// Busy and total time of all CPUs. Busy excludes idle and iowait.
+fn machine_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .take(8) // user nice system idle iowait irq softirq steal (guest is inside user)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+fn cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 /// user + system CPU seconds of a process (all its threads).
@@ -43,6 +63,7 @@ impl Sample {
             at_ns: now_ns(),
             harness_cpu_secs: cpu_secs("self").unwrap_or(0.0),
             broker: broker_pid.and_then(|p| Some((cpu_secs(&p.to_string())?, rss_kib(p)?))),
+            machine: machine_jiffies(),
         }
     }
 }
@@ -58,6 +79,10 @@ pub struct Usage {
     /// Broker CPU seconds per GB (10^9 bytes) of measured payload.
     pub broker_cpu_secs_per_gb: Option<f64>,
     pub broker_rss_mib: Option<f64>,
+    /// Cores busy on the whole machine on average (this is a shared VM).
+    pub machine_busy_cores: Option<f64>,
+    /// Of those, cores used by processes other than the harness and the broker.
+    pub other_cores: Option<f64>,
 }
 
 impl Usage {
@@ -69,8 +94,18 @@ impl Usage {
             (Some((c0, _)), Some((c1, _))) => Some(c1 - c0),
             _ => None,
         };
+        let machine_busy = match (a.machine, b.machine) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                Some((b1 - b0) as f64 / (t1 - t0) as f64 * cpus())
+            }
+            _ => None,
+        };
+        let other =
+            machine_busy.map(|m| (m - per_wall(harness) - broker.map_or(0.0, per_wall)).max(0.0));
         Usage {
             wall_secs: wall,
+            machine_busy_cores: machine_busy,
+            other_cores: other,
             harness_cpu_secs: harness,
             harness_cores: per_wall(harness),
             broker_cpu_secs: broker,
@@ -95,6 +130,12 @@ impl Usage {
         }
         if let Some(m) = self.broker_rss_mib {
             s += &format!(", RSS {m:.0} MiB");
+        }
+        if let (Some(m), Some(o)) = (self.machine_busy_cores, self.other_cores) {
+            s += &format!(
+                "; machine busy {m:.2} of {:.0} cores, {o:.2} by other processes",
+                cpus()
+            );
         }
         s
     }
