@@ -308,4 +308,11 @@ pub struct NullBrokerArgs {
     /// Records per batch in Fetch responses.
     #[arg(long, default_value_t = 64)]
     pub batch_records: usize,
+    /// Keep what is produced (the last --echo-retain-mib per partition) and serve it to Fetch,
+    /// long-polling like a broker, instead of the fixed batch: gives e2e runs real records, so
+    /// they measure the harness's own end-to-end latency floor.
+    #[arg(long)]
+    pub echo: bool,
+    #[arg(long, default_value_t = 64)]
+    pub echo_retain_mib: usize,
 }

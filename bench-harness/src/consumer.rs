@@ -49,6 +49,9 @@ pub struct Plan {
     pub measure_start_ns: u64,
     /// Parse values for end-to-end latency.
     pub parse_values: bool,
+    /// Count a record as measured by its send stamp (e2e: the same records the producers
+    /// measured), not by when it arrived.
+    pub measure_by_send_time: bool,
     /// One connection per fetch group instead of pipelining groups on one connection.
     pub connection_per_group: bool,
     pub live: Arc<Live>,
@@ -272,11 +275,12 @@ fn consume_records(
         };
         total += n;
         total_bytes += h.total_len as u64;
-        if now >= plan.measure_start_ns {
+        if !plan.measure_by_send_time && now >= plan.measure_start_ns {
             measured += n;
             tally.bytes += h.total_len as u64;
         }
         if plan.parse_values {
+            let mut by_stamp = 0u64;
             // Latency only for records sent after the warm-up (and by this harness's stamp).
             wire::for_each_value(&h, batch, |offset, value| {
                 if offset < fetch_offset {
@@ -284,10 +288,15 @@ fn consume_records(
                 }
                 if let Some(sent) = value.and_then(read_stamp) {
                     if sent >= plan.measure_start_ns {
+                        by_stamp += 1;
                         record_ns(&mut tally.hist, now.saturating_sub(sent));
                     }
                 }
             })?;
+            if plan.measure_by_send_time && by_stamp > 0 {
+                measured += by_stamp;
+                tally.bytes += h.total_len as u64 * by_stamp / n.max(1);
+            }
         }
     }
     if measured > 0 {

@@ -7,7 +7,7 @@
 //! written straight from that one buffer: the null broker should cost as little as possible, so
 //! that what limits a run against it is the harness (and the kernel's loopback copy).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -25,6 +25,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 use crate::cli::NullBrokerArgs;
 use crate::client::read_frame;
@@ -55,6 +56,8 @@ struct State {
     chunk: Bytes,
     batch_len: usize,
     batch_records: i64,
+    /// With --echo: what was produced, served back by Fetch.
+    echo: Option<Echo>,
 }
 
 pub async fn serve(args: NullBrokerArgs) -> Result<()> {
@@ -81,6 +84,11 @@ pub async fn serve_on(listener: TcpListener, args: NullBrokerArgs) -> Result<()>
         chunk,
         batch_len,
         batch_records: args.batch_records as i64,
+        echo: args.echo.then(|| Echo {
+            logs: Mutex::new(HashMap::new()),
+            appended: Notify::new(),
+            retain_bytes: args.echo_retain_mib << 20,
+        }),
     });
     eprintln!(
         "null broker on {} (advertised {advertise}): acks every Produce without storing it, \
@@ -209,14 +217,26 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
                                 t.partitions
                                     .iter()
                                     .map(|p| {
-                                        let end = offsets
-                                            .get(&(t.name.0.to_string(), p.partition_index))
-                                            .copied()
-                                            .unwrap_or(0);
+                                        let (start, end) = match &st.echo {
+                                            Some(e) => {
+                                                e.offsets(t.name.0.as_str(), p.partition_index)
+                                            }
+                                            None => (
+                                                0,
+                                                offsets
+                                                    .get(&(t.name.0.to_string(), p.partition_index))
+                                                    .copied()
+                                                    .unwrap_or(0),
+                                            ),
+                                        };
                                         ListOffsetsPartitionResponse::default()
                                             .with_partition_index(p.partition_index)
                                             .with_timestamp(-1)
-                                            .with_offset(if p.timestamp == -1 { end } else { 0 })
+                                            .with_offset(if p.timestamp == -1 {
+                                                end
+                                            } else {
+                                                start
+                                            })
                                     })
                                     .collect(),
                             )
@@ -251,8 +271,11 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
                                         let next = offsets
                                             .entry((t.name.0.to_string(), p.index))
                                             .or_insert(0);
-                                        let base = *next;
+                                        let mut base = *next;
                                         *next += records;
+                                        if let (Some(echo), Some(r)) = (&st.echo, &p.records) {
+                                            base = echo.append(t.name.0.as_str(), p.index, r);
+                                        }
                                         PartitionProduceResponse::default()
                                             .with_index(p.index)
                                             .with_base_offset(base)
@@ -271,8 +294,13 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
             ApiKey::Fetch => {
                 let req = FetchRequest::decode(&mut body, v)?;
                 drop(body);
-                let c = chunk.get_or_insert_with(|| BytesMut::from(&st.chunk[..]));
-                write_fetch(&mut wr, &mut out, c, &st, &header, &req).await?;
+                match &st.echo {
+                    Some(echo) => echo_fetch(&mut wr, &mut out, echo, &header, &req).await?,
+                    None => {
+                        let c = chunk.get_or_insert_with(|| BytesMut::from(&st.chunk[..]));
+                        write_fetch(&mut wr, &mut out, c, &st, &header, &req).await?;
+                    }
+                }
                 out.clear();
             }
             _ => bail!("unexpected {key:?}"),
@@ -363,45 +391,24 @@ fn respond<R: Encodable + kafka_protocol::protocol::HeaderVersion>(
     Ok(())
 }
 
-/// One partition's part of a Fetch answer.
-struct FetchPart {
+/// One partition's part of a Fetch answer: everything but the record bytes.
+struct PartAnswer {
     partition: i32,
-    fetch_offset: i64,
-    batches: usize,
+    high_watermark: i64,
+    log_start_offset: i64,
+    records_len: usize,
 }
 
-/// Writes a Fetch response (versions 4..=12) whose records are copies of the fixed batch.
-async fn write_fetch(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+/// Encodes a Fetch response (versions 4..=12) except the record bytes into `out`, size prefix
+/// included. Returns, per partition in order, where in `out` its records belong: the caller writes
+/// `out` up to each cut, then that partition's records, and finally the rest of `out`.
+fn fetch_frame(
     out: &mut BytesMut,
-    chunk: &mut BytesMut,
-    st: &State,
-    header: &RequestHeader,
-    req: &FetchRequest,
-) -> Result<()> {
-    let v = header.request_api_version;
-    let flexible = v >= 12;
-    let max_batches = chunk.len() / st.batch_len;
-    let mut budget = req.max_bytes.max(1) as usize;
-    let mut topics: Vec<(&str, Vec<FetchPart>)> = Vec::new();
-    for t in &req.topics {
-        let mut parts = Vec::new();
-        for p in &t.partitions {
-            let want = (p.partition_max_bytes.max(0) as usize).min(budget) / st.batch_len;
-            // Like Kafka, at least one batch for the first partition even if it is too big.
-            let first = topics.is_empty() && parts.is_empty();
-            let n = want.max(usize::from(first)).min(max_batches);
-            budget = budget.saturating_sub(n * st.batch_len);
-            parts.push(FetchPart {
-                partition: p.partition,
-                fetch_offset: p.fetch_offset,
-                batches: n,
-            });
-        }
-        topics.push((t.topic.0.as_str(), parts));
-    }
-
-    // Everything but the record bytes goes into `out`, in segments cut where records go.
+    version: i16,
+    correlation_id: i32,
+    topics: &[(&str, Vec<PartAnswer>)],
+) -> Vec<usize> {
+    let flexible = version >= 12;
     let put_len = |out: &mut BytesMut, n: usize| {
         if flexible {
             put_uvarint(out, n as u64 + 1);
@@ -411,19 +418,19 @@ async fn write_fetch(
     };
     out.clear();
     out.put_i32(0); // size, patched below
-    out.put_i32(header.correlation_id);
+    out.put_i32(correlation_id);
     if flexible {
         out.put_u8(0);
     }
     out.put_i32(0); // throttle_time_ms
-    if v >= 7 {
+    if version >= 7 {
         out.put_i16(0); // error_code
         out.put_i32(0); // session_id
     }
     put_len(out, topics.len());
-    let mut cuts: Vec<(usize, &FetchPart)> = Vec::new(); // (end of segment in out, records)
+    let mut cuts = Vec::new();
     let mut record_bytes = 0usize;
-    for (topic, parts) in &topics {
+    for (topic, parts) in topics {
         if flexible {
             put_uvarint(out, topic.len() as u64 + 1);
         } else {
@@ -432,26 +439,24 @@ async fn write_fetch(
         out.put_slice(topic.as_bytes());
         put_len(out, parts.len());
         for p in parts {
-            let n = p.batches as i64 * st.batch_records;
             out.put_i32(p.partition);
             out.put_i16(0); // error_code
-            out.put_i64(p.fetch_offset + n); // high_watermark
-            out.put_i64(p.fetch_offset + n); // last_stable_offset
-            if v >= 5 {
-                out.put_i64(0); // log_start_offset
+            out.put_i64(p.high_watermark);
+            out.put_i64(p.high_watermark); // last_stable_offset
+            if version >= 5 {
+                out.put_i64(p.log_start_offset);
             }
             if flexible {
                 out.put_u8(0); // aborted_transactions: null
             } else {
                 out.put_i32(-1);
             }
-            if v >= 11 {
+            if version >= 11 {
                 out.put_i32(-1); // preferred_read_replica
             }
-            let len = p.batches * st.batch_len;
-            put_len(out, len);
-            cuts.push((out.len(), p));
-            record_bytes += len;
+            put_len(out, p.records_len);
+            cuts.push(out.len());
+            record_bytes += p.records_len;
             if flexible {
                 out.put_u8(0); // partition tagged fields
             }
@@ -465,20 +470,201 @@ async fn write_fetch(
     }
     let size = (out.len() - 4 + record_bytes) as i32;
     out[0..4].copy_from_slice(&size.to_be_bytes());
+    cuts
+}
 
+/// Answers a Fetch with copies of the fixed batch, base offsets following each fetch offset.
+async fn write_fetch(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &mut BytesMut,
+    chunk: &mut BytesMut,
+    st: &State,
+    header: &RequestHeader,
+    req: &FetchRequest,
+) -> Result<()> {
+    let max_batches = chunk.len() / st.batch_len;
+    let mut budget = req.max_bytes.max(1) as usize;
+    let mut topics: Vec<(&str, Vec<PartAnswer>)> = Vec::new();
+    let mut plan: Vec<(i64, usize)> = Vec::new(); // (fetch offset, batches) per partition
+    for t in &req.topics {
+        let mut parts = Vec::new();
+        for p in &t.partitions {
+            let want = (p.partition_max_bytes.max(0) as usize).min(budget) / st.batch_len;
+            // Like Kafka, at least one batch for the first partition even if it is too big.
+            let first = plan.is_empty();
+            let n = want.max(usize::from(first)).min(max_batches);
+            budget = budget.saturating_sub(n * st.batch_len);
+            parts.push(PartAnswer {
+                partition: p.partition,
+                high_watermark: p.fetch_offset + n as i64 * st.batch_records,
+                log_start_offset: 0,
+                records_len: n * st.batch_len,
+            });
+            plan.push((p.fetch_offset, n));
+        }
+        topics.push((t.topic.0.as_str(), parts));
+    }
+    let cuts = fetch_frame(
+        out,
+        header.request_api_version,
+        header.correlation_id,
+        &topics,
+    );
     let mut at = 0;
-    for (cut, p) in cuts {
+    for (cut, (fetch_offset, batches)) in cuts.into_iter().zip(plan) {
         wr.write_all(&out[at..cut]).await?;
         at = cut;
-        for i in 0..p.batches {
-            let base = p.fetch_offset + i as i64 * st.batch_records;
+        for i in 0..batches {
+            let base = fetch_offset + i as i64 * st.batch_records;
             let o = i * st.batch_len;
             chunk[o..o + 8].copy_from_slice(&base.to_be_bytes());
         }
-        wr.write_all(&chunk[..p.batches * st.batch_len]).await?;
+        wr.write_all(&chunk[..batches * st.batch_len]).await?;
     }
     wr.write_all(&out[at..]).await?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Echo mode: keep what is produced (a bounded tail per partition) and serve it back, so an e2e
+// run has real, stamped records to measure: the harness's own end-to-end latency floor.
+
+/// The retained tail of one partition.
+#[derive(Default)]
+struct PartLog {
+    /// (base offset, offset after the batch, batch with its base offset rewritten)
+    batches: VecDeque<(i64, i64, Bytes)>,
+    bytes: usize,
+    start: i64,
+    next: i64,
+}
+
+struct Echo {
+    logs: Mutex<HashMap<(String, i32), PartLog>>,
+    appended: Notify,
+    retain_bytes: usize,
+}
+
+impl Echo {
+    /// Appends a produced `records` field; returns its base offset.
+    fn append(&self, topic: &str, partition: i32, records: &[u8]) -> i64 {
+        let mut logs = self.logs.lock().expect("lock");
+        let log = logs.entry((topic.to_string(), partition)).or_default();
+        let base = log.next;
+        for (h, batch) in wire::batches(records) {
+            let mut b = BytesMut::from(batch);
+            b[0..8].copy_from_slice(&log.next.to_be_bytes());
+            let next = log.next + i64::from(h.last_offset_delta) + 1;
+            log.bytes += b.len();
+            log.batches.push_back((log.next, next, b.freeze()));
+            log.next = next;
+        }
+        while log.bytes > self.retain_bytes && log.batches.len() > 1 {
+            let (_, next, b) = log.batches.pop_front().expect("non-empty");
+            log.bytes -= b.len();
+            log.start = next;
+        }
+        drop(logs);
+        self.appended.notify_waiters();
+        base
+    }
+
+    /// (log start, log end) of a partition.
+    fn offsets(&self, topic: &str, partition: i32) -> (i64, i64) {
+        let logs = self.logs.lock().expect("lock");
+        logs.get(&(topic.to_string(), partition))
+            .map_or((0, 0), |l| (l.start, l.next))
+    }
+
+    /// Batches from `offset` on, up to `max_bytes` (at least one batch), and the log's bounds.
+    fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> (Vec<Bytes>, i64, i64) {
+        let logs = self.logs.lock().expect("lock");
+        let Some(log) = logs.get(&(topic.to_string(), partition)) else {
+            return (Vec::new(), 0, 0);
+        };
+        let mut out = Vec::new();
+        let mut size = 0;
+        let from = log.batches.partition_point(|(_, next, _)| *next <= offset);
+        for (_, _, b) in log.batches.range(from..) {
+            if !out.is_empty() && size + b.len() > max_bytes {
+                break;
+            }
+            size += b.len();
+            out.push(b.clone());
+        }
+        (out, log.start, log.next)
+    }
+}
+
+/// Answers a Fetch from the echo log, waiting up to max_wait_ms for min_bytes like a broker.
+async fn echo_fetch(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &mut BytesMut,
+    echo: &Echo,
+    header: &RequestHeader,
+    req: &FetchRequest,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    loop {
+        // Register for wake-ups before looking, so an append in between is not missed.
+        let appended = echo.appended.notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+
+        let mut budget = req.max_bytes.max(1) as usize;
+        let mut topics: Vec<(&str, Vec<PartAnswer>)> = Vec::new();
+        let mut data: Vec<Vec<Bytes>> = Vec::new();
+        let mut total = 0usize;
+        for t in &req.topics {
+            let mut parts = Vec::new();
+            for p in &t.partitions {
+                let max = (p.partition_max_bytes.max(0) as usize).min(budget);
+                let (batches, start, next) =
+                    echo.read(t.topic.0.as_str(), p.partition, p.fetch_offset, max);
+                let len: usize = batches.iter().map(Bytes::len).sum();
+                budget = budget.saturating_sub(len);
+                total += len;
+                parts.push(PartAnswer {
+                    partition: p.partition,
+                    high_watermark: next,
+                    log_start_offset: start,
+                    records_len: len,
+                });
+                data.push(batches);
+            }
+            topics.push((t.topic.0.as_str(), parts));
+        }
+        let min_bytes = req.min_bytes.max(1) as usize;
+        if total >= min_bytes || tokio::time::Instant::now() >= deadline {
+            let cuts = fetch_frame(
+                out,
+                header.request_api_version,
+                header.correlation_id,
+                &topics,
+            );
+            let mut at = 0;
+            for (cut, batches) in cuts.into_iter().zip(data) {
+                wr.write_all(&out[at..cut]).await?;
+                at = cut;
+                for b in batches {
+                    wr.write_all(&b).await?;
+                }
+            }
+            wr.write_all(&out[at..]).await?;
+            return Ok(());
+        }
+        tokio::select! {
+            _ = appended => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -502,6 +688,7 @@ mod tests {
             chunk: chunk.clone(),
             batch_len,
             batch_records: 4,
+            echo: None,
         };
         for v in 4..=12i16 {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

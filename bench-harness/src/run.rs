@@ -338,6 +338,7 @@ fn add_notes(
 
 /// Where consumers start and stop, and what they measure.
 struct Reading {
+    by_send_time: bool,
     start_offsets: HashMap<u32, i64>,
     end_offsets: Option<HashMap<u32, i64>>,
     measure_start_ns: u64,
@@ -352,6 +353,7 @@ fn consumer_plan(
     r: Reading,
 ) -> Arc<consumer::Plan> {
     let Reading {
+        by_send_time,
         start_offsets,
         end_offsets,
         measure_start_ns,
@@ -367,6 +369,7 @@ fn consumer_plan(
         end_offsets,
         measure_start_ns,
         parse_values,
+        measure_by_send_time: by_send_time,
         connection_per_group: parse_values,
         live: Arc::new(Live::default()),
         measured: Default::default(),
@@ -452,6 +455,7 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
             end_offsets,
             measure_start_ns,
             parse_values: cmd.e2e_latency,
+            by_send_time: false,
             messages: cmd.stop.messages,
         },
     );
@@ -551,6 +555,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
             end_offsets: None,
             measure_start_ns: pplan.measure_start_ns,
             parse_values: true,
+            by_send_time: true,
             messages: None,
         },
     );
@@ -734,5 +739,34 @@ mod tests {
         assert_eq!(r.produce.unwrap().msgs, 5_000);
         // The null broker's records carry no send stamps, so there is no e2e latency to show.
         assert!(r.e2e_latency.is_none());
+
+        // In echo mode it serves back what was produced: every stamped record arrives.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo = listener.local_addr().unwrap().to_string();
+        let args = match Cli::parse_from(["bench-harness", "null-broker", "--echo"]).cmd {
+            Cmd::NullBroker(a) => a,
+            _ => unreachable!(),
+        };
+        tokio::spawn(crate::null_broker::serve_on(listener, args));
+        let r = run(&workload(&[
+            "e2e",
+            "--bootstrap",
+            &echo,
+            "--topic",
+            "e",
+            "--partitions",
+            "3",
+            "--progress-secs",
+            "0",
+            "--messages",
+            "5000",
+            "--rate",
+            "20000",
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(r.produce.unwrap().msgs, 5_000);
+        assert_eq!(r.consume.unwrap().msgs, 5_000);
+        assert_eq!(r.e2e_latency.unwrap().count, 5_000);
     }
 }
