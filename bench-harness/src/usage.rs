@@ -81,7 +81,8 @@ pub struct Usage {
     pub broker_rss_mib: Option<f64>,
     /// Cores busy on the whole machine on average (this is a shared VM).
     pub machine_busy_cores: Option<f64>,
-    /// Of those, cores used by processes other than the harness and the broker.
+    /// Of those, cores used by processes other than the harness and the broker (the broker is
+    /// among them when its pid was not given).
     pub other_cores: Option<f64>,
 }
 
@@ -132,8 +133,13 @@ impl Usage {
             s += &format!(", RSS {m:.0} MiB");
         }
         if let (Some(m), Some(o)) = (self.machine_busy_cores, self.other_cores) {
+            let who = if self.broker_cpu_secs.is_some() {
+                "other processes"
+            } else {
+                "other processes (the broker among them: no --broker-pid)"
+            };
             s += &format!(
-                "; machine busy {m:.2} of {:.0} cores, {o:.2} by other processes",
+                "; machine busy {m:.2} of {:.0} cores, {o:.2} by {who}",
                 cpus()
             );
         }
