@@ -1,1 +1,80 @@
-fn main() {}
+//! # bench-harness
+//!
+//! A Kafka-protocol load generator. It speaks only the Kafka wire protocol, so one command line
+//! measures this project's broker, Apache Kafka, or any Kafka-compatible broker alike.
+//!
+//! ## Layout
+//!
+//! - `cli`: the command line (clap).
+//! - `client`: connections, framing, ApiVersions negotiation, Metadata, CreateTopics, ListOffsets.
+//! - `wire`: hand-written RecordBatch v2 and Produce request encoders for the hot path; batch
+//!   header parsing for the fetch path.
+//! - `producer`: per-partition batching, pipelined Produce requests, response readers.
+//! - `consumer`: pipelined Fetch for disjoint partition groups, header-only record counting.
+//! - `schedule`, `timer`: the open-loop send schedule and the sub-millisecond timer behind it.
+//! - `payload`: precomputed payloads and keys, the send-time stamp, Kafka's murmur2 partitioner.
+//! - `stats`, `usage`: counters, HdrHistogram latency, CPU and memory from /proc.
+//! - `run`: produce / consume / e2e runs and their reports; `compare`: interleaved A/B runs.
+//! - `null_broker`: a broker that stores nothing, for the harness's own ceiling.
+
+mod cli;
+mod client;
+mod clock;
+mod compare;
+mod consumer;
+mod null_broker;
+mod payload;
+mod producer;
+mod run;
+mod schedule;
+mod stats;
+mod timer;
+mod usage;
+mod wire;
+
+use anyhow::Result;
+use clap::Parser;
+
+use cli::{Cli, Cmd, Workload};
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let rt = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    Ok(rt)
+}
+
+fn run_workload(w: Workload) -> Result<()> {
+    let rt = runtime(w.common().threads)?;
+    let report = rt.block_on(run::run(&w))?;
+    report.print();
+    if let Some(path) = &w.common().json {
+        report.write_json(path)?;
+        eprintln!("results written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Produce(c) => run_workload(Workload::Produce(c)),
+        Cmd::Consume(c) => run_workload(Workload::Consume(c)),
+        Cmd::E2e(c) => run_workload(Workload::E2e(c)),
+        Cmd::Compare(c) => {
+            let rt = runtime(c.workload.common().threads)?;
+            rt.block_on(compare::run(&c))
+        }
+        Cmd::NullBroker(a) => {
+            let rt = runtime(a.threads)?;
+            rt.block_on(null_broker::serve(a))
+        }
+    }
+}

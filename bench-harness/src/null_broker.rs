@@ -1,0 +1,748 @@
+//! A broker that stores nothing, to measure the harness's own ceiling on this machine.
+//!
+//! It answers ApiVersions, Metadata, CreateTopics and ListOffsets; acknowledges every Produce
+//! (counting records from batch headers, so base offsets advance) without keeping the data; and
+//! answers every Fetch with copies of one fixed in-memory batch, base offsets rewritten to follow
+//! the requested offset, so a consumer can read forever. The Fetch response is hand-encoded and
+//! written straight from that one buffer: the null broker should cost as little as possible, so
+//! that what limits a run against it is the harness (and the kernel's loopback copy).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    api_versions_response::ApiVersion,
+    create_topics_response::CreatableTopicResult,
+    list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
+    metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
+    produce_response::{PartitionProduceResponse, TopicProduceResponse},
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::cli::NullBrokerArgs;
+use crate::client::read_frame;
+use crate::payload::Payloads;
+use crate::wire::{self, put_uvarint, Codec, RecordSpec};
+
+/// Versions served: the ranges the harness and common clients use, topic names throughout.
+const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+];
+
+/// Largest Fetch answer per partition: the fixed chunk is this big at most.
+const MAX_CHUNK_BYTES: usize = 16 << 20;
+
+struct State {
+    host: String,
+    port: i32,
+    default_partitions: u32,
+    topics: Mutex<HashMap<String, u32>>,
+    /// Next offset per (topic, partition), advanced by Produce.
+    offsets: Mutex<HashMap<(String, i32), i64>>,
+    /// Whole batches, back to back, each of `batch_records` records.
+    chunk: Bytes,
+    batch_len: usize,
+    batch_records: i64,
+    /// With --echo: what was produced, served back by Fetch.
+    echo: Option<Echo>,
+}
+
+pub async fn serve(args: NullBrokerArgs) -> Result<()> {
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    serve_on(listener, args).await
+}
+
+/// Serves on a bound listener (port 0 in tests: the advertised port is the bound one).
+pub async fn serve_on(listener: TcpListener, args: NullBrokerArgs) -> Result<()> {
+    let bound = listener.local_addr()?.to_string();
+    let advertise = args.advertise.clone().unwrap_or(bound);
+    let (host, port) = advertise
+        .rsplit_once(':')
+        .context("--advertise wants HOST:PORT")?;
+    let (chunk, batch_len) = fetch_chunk(args.message_size, args.batch_records)?;
+    let state = Arc::new(State {
+        host: host.to_string(),
+        port: port.parse().context("port")?,
+        default_partitions: args.partitions,
+        topics: Mutex::new(HashMap::new()),
+        offsets: Mutex::new(HashMap::new()),
+        chunk,
+        batch_len,
+        batch_records: args.batch_records as i64,
+        echo: args.echo.then(|| Echo {
+            logs: Mutex::new(HashMap::new()),
+            appended: Notify::new(),
+            retain_bytes: args.echo_retain_mib << 20,
+        }),
+    });
+    eprintln!(
+        "null broker on {} (advertised {advertise}): acks every Produce without storing it, \
+         answers Fetch from one in-memory batch of {} x {} B records",
+        listener.local_addr()?,
+        args.batch_records,
+        args.message_size
+    );
+    loop {
+        let (sock, peer) = listener.accept().await?;
+        sock.set_nodelay(true)?;
+        let st = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_conn(sock, st).await {
+                let msg = format!("{e:#}");
+                if !msg.contains("reading frame size") {
+                    eprintln!("null broker: connection {peer}: {msg}");
+                }
+            }
+        });
+    }
+}
+
+fn fetch_chunk(message_size: usize, batch_records: usize) -> Result<(Bytes, usize)> {
+    let payloads = Payloads::new(message_size, crate::cli::PayloadKind::Random, 42);
+    let mut batch = BytesMut::new();
+    let mut scratch = BytesMut::new();
+    wire::encode_batch(
+        &mut batch,
+        &mut scratch,
+        Codec::None,
+        0,
+        (0..batch_records.max(1) as u64).map(|i| RecordSpec {
+            timestamp_ms: 0,
+            key: None,
+            body: payloads.body(i),
+            stamp: None,
+        }),
+    )?;
+    let batch_len = batch.len();
+    let copies = (MAX_CHUNK_BYTES / batch_len).max(1);
+    let mut chunk = BytesMut::with_capacity(copies * batch_len);
+    for _ in 0..copies {
+        chunk.extend_from_slice(&batch);
+    }
+    Ok((chunk.freeze(), batch_len))
+}
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
+    let (rd, mut wr) = sock.into_split();
+    let mut rd = BufReader::with_capacity(256 << 10, rd);
+    let mut rbuf = BytesMut::with_capacity(1 << 20);
+    let mut out = BytesMut::with_capacity(64 << 10);
+    // This connection's copy of the fetch chunk, whose base offsets get rewritten per answer.
+    let mut chunk: Option<BytesMut> = None;
+    loop {
+        read_frame(&mut rd, &mut rbuf).await?;
+        let mut frame = rbuf.split().freeze();
+        let mut body = frame.clone();
+        let header = decode_request_header_from_buffer(&mut body)?;
+        let key = ApiKey::try_from(header.request_api_key)
+            .map_err(|_| anyhow::anyhow!("unknown api key {}", header.request_api_key))?;
+        let v = header.request_api_version;
+        let supported = SUPPORTED
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .is_some_and(|(_, lo, hi)| (*lo..=*hi).contains(&v));
+        if !supported && key != ApiKey::ApiVersions {
+            bail!("unsupported request {key:?} v{v}");
+        }
+        out.clear();
+        match key {
+            ApiKey::ApiVersions => {
+                let (v, resp) = if supported {
+                    (v, api_versions(0))
+                } else {
+                    (0, api_versions(35)) // UNSUPPORTED_VERSION, answered in v0
+                };
+                respond(&mut out, &header, key, v, &resp)?;
+            }
+            ApiKey::Metadata => {
+                let req = MetadataRequest::decode(&mut body, v)?;
+                respond(&mut out, &header, key, v, &metadata(&st, &req))?;
+            }
+            ApiKey::CreateTopics => {
+                let req = CreateTopicsRequest::decode(&mut body, v)?;
+                let mut topics = st.topics.lock().expect("lock");
+                let results = req
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        let exists = topics.contains_key(t.name.0.as_str());
+                        if !exists {
+                            let n = if t.num_partitions > 0 {
+                                t.num_partitions as u32
+                            } else {
+                                st.default_partitions
+                            };
+                            topics.insert(t.name.0.to_string(), n);
+                        }
+                        CreatableTopicResult::default()
+                            .with_name(t.name.clone())
+                            .with_error_code(if exists { 36 } else { 0 })
+                            .with_num_partitions(t.num_partitions)
+                            .with_replication_factor(t.replication_factor)
+                    })
+                    .collect();
+                drop(topics);
+                let resp = CreateTopicsResponse::default().with_topics(results);
+                respond(&mut out, &header, key, v, &resp)?;
+            }
+            ApiKey::ListOffsets => {
+                let req = ListOffsetsRequest::decode(&mut body, v)?;
+                let offsets = st.offsets.lock().expect("lock");
+                let topics = req
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        ListOffsetsTopicResponse::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        let (start, end) = match &st.echo {
+                                            Some(e) => {
+                                                e.offsets(t.name.0.as_str(), p.partition_index)
+                                            }
+                                            None => (
+                                                0,
+                                                offsets
+                                                    .get(&(t.name.0.to_string(), p.partition_index))
+                                                    .copied()
+                                                    .unwrap_or(0),
+                                            ),
+                                        };
+                                        ListOffsetsPartitionResponse::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_timestamp(-1)
+                                            .with_offset(if p.timestamp == -1 {
+                                                end
+                                            } else {
+                                                start
+                                            })
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                drop(offsets);
+                let resp = ListOffsetsResponse::default().with_topics(topics);
+                respond(&mut out, &header, key, v, &resp)?;
+            }
+            ApiKey::Produce => {
+                let req = ProduceRequest::decode(&mut body, v)?;
+                let mut offsets = st.offsets.lock().expect("lock");
+                let topics = req
+                    .topic_data
+                    .iter()
+                    .map(|t| {
+                        TopicProduceResponse::default()
+                            .with_name(t.name.clone())
+                            .with_partition_responses(
+                                t.partition_data
+                                    .iter()
+                                    .map(|p| {
+                                        let records: i64 = p
+                                            .records
+                                            .as_deref()
+                                            .map(|r| {
+                                                wire::batches(r)
+                                                    .map(|(h, _)| i64::from(h.record_count))
+                                                    .sum()
+                                            })
+                                            .unwrap_or(0);
+                                        let next = offsets
+                                            .entry((t.name.0.to_string(), p.index))
+                                            .or_insert(0);
+                                        let mut base = *next;
+                                        *next += records;
+                                        if let (Some(echo), Some(r)) = (&st.echo, &p.records) {
+                                            base = echo.append(t.name.0.as_str(), p.index, r);
+                                        }
+                                        PartitionProduceResponse::default()
+                                            .with_index(p.index)
+                                            .with_base_offset(base)
+                                            .with_log_append_time_ms(-1)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                drop(offsets);
+                if req.acks != 0 {
+                    let resp = ProduceResponse::default().with_responses(topics);
+                    respond(&mut out, &header, key, v, &resp)?;
+                }
+            }
+            ApiKey::Fetch => {
+                let req = FetchRequest::decode(&mut body, v)?;
+                drop(body);
+                match &st.echo {
+                    Some(echo) => echo_fetch(&mut wr, &mut out, echo, &header, &req).await?,
+                    None => {
+                        let c = chunk.get_or_insert_with(|| BytesMut::from(&st.chunk[..]));
+                        write_fetch(&mut wr, &mut out, c, &st, &header, &req).await?;
+                    }
+                }
+                out.clear();
+            }
+            _ => bail!("unexpected {key:?}"),
+        }
+        if !out.is_empty() {
+            wr.write_all(&out).await?;
+        }
+        frame.clear();
+        if let Ok(b) = frame.try_into_mut() {
+            rbuf = b;
+        }
+    }
+}
+
+fn api_versions(error_code: i16) -> ApiVersionsResponse {
+    ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(
+            SUPPORTED
+                .iter()
+                .map(|(k, lo, hi)| {
+                    ApiVersion::default()
+                        .with_api_key(*k as i16)
+                        .with_min_version(*lo)
+                        .with_max_version(*hi)
+                })
+                .collect(),
+        )
+}
+
+fn metadata(st: &State, req: &MetadataRequest) -> MetadataResponse {
+    let topics = st.topics.lock().expect("lock");
+    let names: Vec<String> = match &req.topics {
+        Some(ts) => ts
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+            .collect(),
+        None => topics.keys().cloned().collect(),
+    };
+    let topic_entries = names
+        .iter()
+        .map(|n| {
+            let Some(&parts) = topics.get(n) else {
+                // Unknown until created, as on a broker without auto-creation.
+                return MetadataResponseTopic::default()
+                    .with_name(Some(name(n)))
+                    .with_error_code(3);
+            };
+            MetadataResponseTopic::default()
+                .with_name(Some(name(n)))
+                .with_partitions(
+                    (0..parts as i32)
+                        .map(|p| {
+                            MetadataResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_leader_id(BrokerId(0))
+                                .with_replica_nodes(vec![BrokerId(0)])
+                                .with_isr_nodes(vec![BrokerId(0)])
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(0))
+            .with_host(StrBytes::from_string(st.host.clone()))
+            .with_port(st.port)])
+        .with_cluster_id(Some(StrBytes::from_static_str("null-broker")))
+        .with_controller_id(BrokerId(0))
+        .with_topics(topic_entries)
+}
+
+fn respond<R: Encodable + kafka_protocol::protocol::HeaderVersion>(
+    out: &mut BytesMut,
+    req: &RequestHeader,
+    key: ApiKey,
+    version: i16,
+    resp: &R,
+) -> Result<()> {
+    out.put_i32(0);
+    ResponseHeader::default()
+        .with_correlation_id(req.correlation_id)
+        .encode(out, key.response_header_version(version))?;
+    resp.encode(out, version)?;
+    let size = (out.len() - 4) as i32;
+    out[0..4].copy_from_slice(&size.to_be_bytes());
+    Ok(())
+}
+
+/// One partition's part of a Fetch answer: everything but the record bytes.
+struct PartAnswer {
+    partition: i32,
+    high_watermark: i64,
+    log_start_offset: i64,
+    records_len: usize,
+}
+
+/// Encodes a Fetch response (versions 4..=12) except the record bytes into `out`, size prefix
+/// included. Returns, per partition in order, where in `out` its records belong: the caller writes
+/// `out` up to each cut, then that partition's records, and finally the rest of `out`.
+fn fetch_frame(
+    out: &mut BytesMut,
+    version: i16,
+    correlation_id: i32,
+    topics: &[(&str, Vec<PartAnswer>)],
+) -> Vec<usize> {
+    let flexible = version >= 12;
+    let put_len = |out: &mut BytesMut, n: usize| {
+        if flexible {
+            put_uvarint(out, n as u64 + 1);
+        } else {
+            out.put_i32(n as i32);
+        }
+    };
+    out.clear();
+    out.put_i32(0); // size, patched below
+    out.put_i32(correlation_id);
+    if flexible {
+        out.put_u8(0);
+    }
+    out.put_i32(0); // throttle_time_ms
+    if version >= 7 {
+        out.put_i16(0); // error_code
+        out.put_i32(0); // session_id
+    }
+    put_len(out, topics.len());
+    let mut cuts = Vec::new();
+    let mut record_bytes = 0usize;
+    for (topic, parts) in topics {
+        if flexible {
+            put_uvarint(out, topic.len() as u64 + 1);
+        } else {
+            out.put_i16(topic.len() as i16);
+        }
+        out.put_slice(topic.as_bytes());
+        put_len(out, parts.len());
+        for p in parts {
+            out.put_i32(p.partition);
+            out.put_i16(0); // error_code
+            out.put_i64(p.high_watermark);
+            out.put_i64(p.high_watermark); // last_stable_offset
+            if version >= 5 {
+                out.put_i64(p.log_start_offset);
+            }
+            if flexible {
+                out.put_u8(0); // aborted_transactions: null
+            } else {
+                out.put_i32(-1);
+            }
+            if version >= 11 {
+                out.put_i32(-1); // preferred_read_replica
+            }
+            put_len(out, p.records_len);
+            cuts.push(out.len());
+            record_bytes += p.records_len;
+            if flexible {
+                out.put_u8(0); // partition tagged fields
+            }
+        }
+        if flexible {
+            out.put_u8(0); // topic tagged fields
+        }
+    }
+    if flexible {
+        out.put_u8(0); // body tagged fields
+    }
+    let size = (out.len() - 4 + record_bytes) as i32;
+    out[0..4].copy_from_slice(&size.to_be_bytes());
+    cuts
+}
+
+/// Answers a Fetch with copies of the fixed batch, base offsets following each fetch offset.
+async fn write_fetch(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &mut BytesMut,
+    chunk: &mut BytesMut,
+    st: &State,
+    header: &RequestHeader,
+    req: &FetchRequest,
+) -> Result<()> {
+    let max_batches = chunk.len() / st.batch_len;
+    let mut budget = req.max_bytes.max(1) as usize;
+    let mut topics: Vec<(&str, Vec<PartAnswer>)> = Vec::new();
+    let mut plan: Vec<(i64, usize)> = Vec::new(); // (fetch offset, batches) per partition
+    for t in &req.topics {
+        let mut parts = Vec::new();
+        for p in &t.partitions {
+            let want = (p.partition_max_bytes.max(0) as usize).min(budget) / st.batch_len;
+            // Like Kafka, at least one batch for the first partition even if it is too big.
+            let first = plan.is_empty();
+            let n = want.max(usize::from(first)).min(max_batches);
+            budget = budget.saturating_sub(n * st.batch_len);
+            parts.push(PartAnswer {
+                partition: p.partition,
+                high_watermark: p.fetch_offset + n as i64 * st.batch_records,
+                log_start_offset: 0,
+                records_len: n * st.batch_len,
+            });
+            plan.push((p.fetch_offset, n));
+        }
+        topics.push((t.topic.0.as_str(), parts));
+    }
+    let cuts = fetch_frame(
+        out,
+        header.request_api_version,
+        header.correlation_id,
+        &topics,
+    );
+    let mut at = 0;
+    for (cut, (fetch_offset, batches)) in cuts.into_iter().zip(plan) {
+        wr.write_all(&out[at..cut]).await?;
+        at = cut;
+        for i in 0..batches {
+            let base = fetch_offset + i as i64 * st.batch_records;
+            let o = i * st.batch_len;
+            chunk[o..o + 8].copy_from_slice(&base.to_be_bytes());
+        }
+        wr.write_all(&chunk[..batches * st.batch_len]).await?;
+    }
+    wr.write_all(&out[at..]).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Echo mode: keep what is produced (a bounded tail per partition) and serve it back, so an e2e
+// run has real, stamped records to measure: the harness's own end-to-end latency floor.
+
+/// The retained tail of one partition.
+#[derive(Default)]
+struct PartLog {
+    /// (base offset, offset after the batch, batch with its base offset rewritten)
+    batches: VecDeque<(i64, i64, Bytes)>,
+    bytes: usize,
+    start: i64,
+    next: i64,
+}
+
+struct Echo {
+    logs: Mutex<HashMap<(String, i32), PartLog>>,
+    appended: Notify,
+    retain_bytes: usize,
+}
+
+impl Echo {
+    /// Appends a produced `records` field; returns its base offset.
+    fn append(&self, topic: &str, partition: i32, records: &[u8]) -> i64 {
+        let mut logs = self.logs.lock().expect("lock");
+        let log = logs.entry((topic.to_string(), partition)).or_default();
+        let base = log.next;
+        for (h, batch) in wire::batches(records) {
+            let mut b = BytesMut::from(batch);
+            b[0..8].copy_from_slice(&log.next.to_be_bytes());
+            let next = log.next + i64::from(h.last_offset_delta) + 1;
+            log.bytes += b.len();
+            log.batches.push_back((log.next, next, b.freeze()));
+            log.next = next;
+        }
+        while log.bytes > self.retain_bytes && log.batches.len() > 1 {
+            let (_, next, b) = log.batches.pop_front().expect("non-empty");
+            log.bytes -= b.len();
+            log.start = next;
+        }
+        drop(logs);
+        self.appended.notify_waiters();
+        base
+    }
+
+    /// (log start, log end) of a partition.
+    fn offsets(&self, topic: &str, partition: i32) -> (i64, i64) {
+        let logs = self.logs.lock().expect("lock");
+        logs.get(&(topic.to_string(), partition))
+            .map_or((0, 0), |l| (l.start, l.next))
+    }
+
+    /// Batches from `offset` on, up to `max_bytes` (at least one batch), and the log's bounds.
+    fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+    ) -> (Vec<Bytes>, i64, i64) {
+        let logs = self.logs.lock().expect("lock");
+        let Some(log) = logs.get(&(topic.to_string(), partition)) else {
+            return (Vec::new(), 0, 0);
+        };
+        let mut out = Vec::new();
+        let mut size = 0;
+        let from = log.batches.partition_point(|(_, next, _)| *next <= offset);
+        for (_, _, b) in log.batches.range(from..) {
+            if !out.is_empty() && size + b.len() > max_bytes {
+                break;
+            }
+            size += b.len();
+            out.push(b.clone());
+        }
+        (out, log.start, log.next)
+    }
+}
+
+/// Answers a Fetch from the echo log, waiting up to max_wait_ms for min_bytes like a broker.
+async fn echo_fetch(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &mut BytesMut,
+    echo: &Echo,
+    header: &RequestHeader,
+    req: &FetchRequest,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    loop {
+        // Register for wake-ups before looking, so an append in between is not missed.
+        let appended = echo.appended.notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+
+        let mut budget = req.max_bytes.max(1) as usize;
+        let mut topics: Vec<(&str, Vec<PartAnswer>)> = Vec::new();
+        let mut data: Vec<Vec<Bytes>> = Vec::new();
+        let mut total = 0usize;
+        for t in &req.topics {
+            let mut parts = Vec::new();
+            for p in &t.partitions {
+                let max = (p.partition_max_bytes.max(0) as usize).min(budget);
+                let (batches, start, next) =
+                    echo.read(t.topic.0.as_str(), p.partition, p.fetch_offset, max);
+                let len: usize = batches.iter().map(Bytes::len).sum();
+                budget = budget.saturating_sub(len);
+                total += len;
+                parts.push(PartAnswer {
+                    partition: p.partition,
+                    high_watermark: next,
+                    log_start_offset: start,
+                    records_len: len,
+                });
+                data.push(batches);
+            }
+            topics.push((t.topic.0.as_str(), parts));
+        }
+        let min_bytes = req.min_bytes.max(1) as usize;
+        if total >= min_bytes || tokio::time::Instant::now() >= deadline {
+            let cuts = fetch_frame(
+                out,
+                header.request_api_version,
+                header.correlation_id,
+                &topics,
+            );
+            let mut at = 0;
+            for (cut, batches) in cuts.into_iter().zip(data) {
+                wr.write_all(&out[at..cut]).await?;
+                at = cut;
+                for b in batches {
+                    wr.write_all(&b).await?;
+                }
+            }
+            wr.write_all(&out[at..]).await?;
+            return Ok(());
+        }
+        tokio::select! {
+            _ = appended => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::FetchResponse;
+    use tokio::io::AsyncReadExt;
+
+    /// The hand-encoded Fetch answer decodes with kafka-protocol at every served version, and
+    /// its batches carry the requested offsets.
+    #[tokio::test]
+    async fn fetch_response_decodes() {
+        let (chunk, batch_len) = fetch_chunk(100, 4).unwrap();
+        let st = State {
+            host: "h".into(),
+            port: 1,
+            default_partitions: 2,
+            topics: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(HashMap::new()),
+            chunk: chunk.clone(),
+            batch_len,
+            batch_records: 4,
+            echo: None,
+        };
+        for v in 4..=12i16 {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.unwrap();
+                all
+            });
+            let (sock, _) = listener.accept().await.unwrap();
+            let (_rd, mut wr) = sock.into_split();
+            let req = FetchRequest::default()
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(name("t"))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(100)
+                            .with_partition_max_bytes(3 * batch_len as i32),
+                        FetchPartition::default()
+                            .with_partition(1)
+                            .with_fetch_offset(7)
+                            .with_partition_max_bytes(1),
+                    ])]);
+            let header = RequestHeader::default()
+                .with_request_api_key(ApiKey::Fetch as i16)
+                .with_request_api_version(v)
+                .with_correlation_id(9);
+            let mut out = BytesMut::new();
+            let mut c = BytesMut::from(&chunk[..]);
+            write_fetch(&mut wr, &mut out, &mut c, &st, &header, &req)
+                .await
+                .unwrap();
+            drop(wr);
+            drop(_rd);
+            let all = client.await.unwrap();
+            let size = i32::from_be_bytes(all[0..4].try_into().unwrap()) as usize;
+            assert_eq!(size, all.len() - 4, "v{v}");
+            let mut body = Bytes::from(all).slice(4..);
+            let h = ResponseHeader::decode(&mut body, ApiKey::Fetch.response_header_version(v))
+                .unwrap();
+            assert_eq!(h.correlation_id, 9);
+            let resp = FetchResponse::decode(&mut body, v).unwrap();
+            assert!(body.is_empty(), "v{v}: trailing bytes");
+            let parts = &resp.responses[0].partitions;
+            assert_eq!(parts.len(), 2);
+            let offsets: Vec<i64> = wire::batches(parts[0].records.as_ref().unwrap())
+                .map(|(h, _)| h.base_offset)
+                .collect();
+            assert_eq!(offsets, vec![100, 104, 108], "v{v}");
+            // Too small a partition_max_bytes for the second partition: nothing for it.
+            assert_eq!(wire::batches(parts[1].records.as_ref().unwrap()).count(), 0);
+        }
+    }
+}

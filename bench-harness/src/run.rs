@@ -1,0 +1,772 @@
+//! Runs a workload (produce, consume, e2e) and reports its figures.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cli::{
+    Common, ConsumeCmd, ConsumeOpts, E2eCmd, ProduceCmd, ProduceOpts, StartAt, StopOpts, Workload,
+};
+use crate::client::{self, Layout};
+use crate::clock::now_ns;
+use crate::consumer;
+use crate::payload::{Keys, Payloads};
+use crate::producer;
+use crate::stats::{Figures, LatencySummary, Live, Tally};
+use crate::usage::{Sample, Usage};
+
+/// Default run length when neither --messages nor --duration-secs is given.
+const DEFAULT_MESSAGES: u64 = 1_000_000;
+
+#[derive(Debug, Serialize, Clone)]
+pub struct Report {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub workload: String,
+    pub target: String,
+    pub topic: String,
+    pub partitions: u32,
+    pub started_unix_ms: u64,
+    pub warmup_secs: f64,
+    pub config: serde_json::Value,
+    pub produce: Option<Figures>,
+    pub consume: Option<Figures>,
+    /// Send time (carried in each payload) to receipt by a consumer.
+    pub e2e_latency: Option<LatencySummary>,
+    pub usage: Option<Usage>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    fn new(workload: &str, common: &Common, layout: &Layout, config: serde_json::Value) -> Report {
+        Report {
+            tool: "bench-harness",
+            version: env!("CARGO_PKG_VERSION"),
+            workload: workload.to_string(),
+            target: common.bootstrap.clone(),
+            topic: common.topic.clone(),
+            partitions: layout.partitions(),
+            started_unix_ms: now_ns() / 1_000_000,
+            warmup_secs: common.warmup_secs,
+            config,
+            produce: None,
+            consume: None,
+            e2e_latency: None,
+            usage: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Human-readable summary.
+    pub fn print(&self) {
+        println!(
+            "{} -> {} topic {} ({} partitions){}",
+            self.workload,
+            self.target,
+            self.topic,
+            self.partitions,
+            if self.warmup_secs > 0.0 {
+                format!(", warm-up {} s excluded", self.warmup_secs)
+            } else {
+                String::new()
+            }
+        );
+        if let Some(f) = &self.produce {
+            println!("produce: {}", f.line());
+            if let Some(l) = &f.latency {
+                println!("produce latency (send to ack): {}", l.line());
+            }
+        }
+        if let Some(f) = &self.consume {
+            println!("consume: {}", f.line());
+        }
+        if let Some(l) = &self.e2e_latency {
+            println!("end-to-end latency (send to receive): {}", l.line());
+        }
+        if let Some(u) = &self.usage {
+            println!("{}", u.line());
+        }
+        for n in &self.notes {
+            println!("note: {n}");
+        }
+    }
+
+    pub fn write_json(&self, path: &std::path::Path) -> Result<()> {
+        let f =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        serde_json::to_writer_pretty(std::io::BufWriter::new(f), self)?;
+        Ok(())
+    }
+}
+
+pub async fn run(w: &Workload) -> Result<Report> {
+    match w {
+        Workload::Produce(c) => run_produce(c).await,
+        Workload::Consume(c) => run_consume(c).await,
+        Workload::E2e(c) => run_e2e(c).await,
+    }
+}
+
+fn secs_ns(s: f64) -> u64 {
+    (s.max(0.0) * 1e9) as u64
+}
+
+async fn layout(common: &Common) -> Result<Layout> {
+    client::prepare_topic(
+        &common.bootstrap,
+        &common.topic,
+        common.create_topic,
+        common.partitions,
+        common.replication_factor,
+        &common.client_id,
+    )
+    .await
+}
+
+fn producer_plan(
+    common: &Common,
+    opts: &ProduceOpts,
+    stop: &StopOpts,
+    layout: &Layout,
+    start_ns: u64,
+) -> Result<producer::Plan> {
+    producer::validate(opts, layout)?;
+    let measure_start_ns = start_ns + secs_ns(common.warmup_secs);
+    let messages = match (stop.messages, stop.duration_secs) {
+        (None, None) => Some(DEFAULT_MESSAGES),
+        (m, _) => m,
+    };
+    Ok(producer::Plan {
+        opts: opts.clone(),
+        layout: layout.clone(),
+        client_id: common.client_id.clone(),
+        payloads: Payloads::new(opts.message_size, opts.payload, 0x7061_796c),
+        keys: Keys::new(
+            opts.key_dist,
+            opts.key_count,
+            opts.key_size,
+            layout.partitions(),
+            0x006b_6579,
+        ),
+        start_ns,
+        measure_start_ns,
+        stop_ns: stop.duration_secs.map(|d| measure_start_ns + secs_ns(d)),
+        messages,
+        live: Arc::new(Live::default()),
+    })
+}
+
+async fn spawn_producers(plan: Arc<producer::Plan>) -> JoinSet<Result<Tally>> {
+    let n = plan.opts.producers;
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        set.spawn(producer::run(plan.clone(), i, n));
+    }
+    set
+}
+
+async fn join_all(mut set: JoinSet<Result<Tally>>) -> Result<Tally> {
+    let mut total = Tally::default();
+    let mut first_err = None;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(t)) => total.merge(&t),
+            Ok(Err(e)) => {
+                if first_err.is_none() {
+                    first_err = Some(e);
+                    set.abort_all();
+                }
+            }
+            Err(e) if e.is_cancelled() => {}
+            Err(e) => bail!("task failed: {e}"),
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// Prints a progress line every `every` seconds once the run is past 3 s.
+fn spawn_progress(
+    every: f64,
+    start_ns: u64,
+    produce: Option<Arc<Live>>,
+    consume: Option<Arc<Live>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if every <= 0.0 {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut last = (now_ns(), 0u64, 0u64, 0u64, 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_secs_f64(every)).await;
+            let now = now_ns();
+            let elapsed = (now - start_ns) as f64 / 1e9;
+            let dt = (now - last.0) as f64 / 1e9;
+            let read = |l: &Option<Arc<Live>>| {
+                l.as_ref()
+                    .map_or((0, 0), |l| (l.msgs.load(Relaxed), l.bytes.load(Relaxed)))
+            };
+            let (pm, pb) = read(&produce);
+            let (cm, cb) = read(&consume);
+            let mut line = format!("[{elapsed:7.1} s]");
+            if produce.is_some() {
+                line += &format!(
+                    " produce {:>9.0} msg/s {:>7.1} MB/s",
+                    (pm - last.1) as f64 / dt,
+                    (pb - last.2) as f64 / dt / 1e6
+                );
+            }
+            if consume.is_some() {
+                line += &format!(
+                    " | consume {:>9.0} msg/s {:>7.1} MB/s",
+                    (cm - last.3) as f64 / dt,
+                    (cb - last.4) as f64 / dt / 1e6
+                );
+            }
+            let errors: u64 = [&produce, &consume]
+                .iter()
+                .filter_map(|l| l.as_ref())
+                .map(|l| l.errors.load(Relaxed))
+                .sum();
+            if errors > 0 {
+                line += &format!(" | errors {errors}");
+            }
+            if elapsed >= 3.0 {
+                eprintln!("{line}");
+            }
+            last = (now, pm, pb, cm, cb);
+        }
+    }))
+}
+
+/// Samples CPU (and broker memory) at the end of the warm-up.
+fn spawn_usage_start(pid: Option<u32>, at_ns: u64) -> tokio::task::JoinHandle<Sample> {
+    tokio::spawn(async move {
+        let now = now_ns();
+        if at_ns > now {
+            tokio::time::sleep(Duration::from_nanos(at_ns - now)).await;
+        }
+        Sample::take(pid)
+    })
+}
+
+pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
+    let layout = layout(&cmd.common).await?;
+    let start_ns = now_ns() + 20_000_000;
+    let plan = Arc::new(producer_plan(
+        &cmd.common,
+        &cmd.produce,
+        &cmd.stop,
+        &layout,
+        start_ns,
+    )?);
+    let mut report = Report::new(
+        "produce",
+        &cmd.common,
+        &layout,
+        serde_json::json!({
+            "common": cmd.common, "stop": cmd.stop, "produce": cmd.produce,
+        }),
+    );
+    let usage0 = spawn_usage_start(cmd.common.broker_pid, plan.measure_start_ns);
+    let progress = spawn_progress(
+        cmd.common.progress_secs,
+        start_ns,
+        Some(plan.live.clone()),
+        None,
+    );
+    let tally = join_all(spawn_producers(plan.clone()).await).await;
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let tally = tally?;
+    let usage1 = Sample::take(cmd.common.broker_pid);
+    let figs = Figures::new(
+        &tally,
+        plan.measure_start_ns,
+        None,
+        plan.live.errors.load(Relaxed),
+        plan.live.retries.load(Relaxed),
+    );
+    report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
+    report.produce = Some(figs);
+    add_notes(&mut report, Some(&cmd.produce), Some(&plan.live), None);
+    Ok(report)
+}
+
+fn add_notes(
+    report: &mut Report,
+    p: Option<&ProduceOpts>,
+    live: Option<&Live>,
+    c: Option<&ConsumeOpts>,
+) {
+    if let Some(p) = p {
+        report.notes.push(match p.rate {
+            Some(r) => format!(
+                "open loop at {r} msgs/s: latency from each record's scheduled send time (coordinated omission corrected)"
+            ),
+            None => "max rate (closed loop): latency from record creation to ack".to_string(),
+        });
+        if live.is_some_and(|l| l.overloaded.load(Relaxed)) {
+            report.notes.push(format!(
+                "OVERLOADED: the open-loop schedule fell more than {} s behind, so generation stopped early; the target cannot sustain {} msgs/s",
+                p.max_lag_secs,
+                p.rate.unwrap_or_default()
+            ));
+        }
+        if p.acks.0 == 0 {
+            report
+                .notes
+                .push("acks=0: produce latency is to the end of the socket write".to_string());
+        }
+    }
+    if c.is_some() {
+        report.notes.push(
+            "consumers assign partitions directly (no consumer group); consume MB/s counts record-batch bytes"
+                .to_string(),
+        );
+    }
+}
+
+/// Where consumers start and stop, and what they measure.
+struct Reading {
+    by_send_time: bool,
+    start_offsets: HashMap<u32, i64>,
+    end_offsets: Option<HashMap<u32, i64>>,
+    measure_start_ns: u64,
+    parse_values: bool,
+    messages: Option<u64>,
+}
+
+fn consumer_plan(
+    common: &Common,
+    opts: &ConsumeOpts,
+    layout: &Layout,
+    r: Reading,
+) -> Arc<consumer::Plan> {
+    let Reading {
+        by_send_time,
+        start_offsets,
+        end_offsets,
+        measure_start_ns,
+        parse_values,
+        messages,
+    } = r;
+    let (stop_tx, _) = watch::channel(false);
+    Arc::new(consumer::Plan {
+        opts: opts.clone(),
+        layout: layout.clone(),
+        client_id: common.client_id.clone(),
+        start_offsets,
+        end_offsets,
+        measure_start_ns,
+        parse_values,
+        measure_by_send_time: by_send_time,
+        connection_per_group: parse_values,
+        live: Arc::new(Live::default()),
+        measured: Default::default(),
+        messages,
+        stop_tx,
+    })
+}
+
+fn spawn_consumers(plan: &Arc<consumer::Plan>) -> Result<JoinSet<Result<Tally>>> {
+    let n = plan.opts.consumers;
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        for (addr, groups) in consumer::assignments(plan, i, n)? {
+            set.spawn(consumer::run_conn(plan.clone(), addr, groups));
+        }
+    }
+    Ok(set)
+}
+
+/// Stops consumers at the deadline, or after `idle` without a record (once `armed` says so).
+fn spawn_consume_monitor(
+    plan: Arc<consumer::Plan>,
+    deadline_ns: Option<u64>,
+    idle: Duration,
+    armed: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<bool> {
+    tokio::spawn(async move {
+        let mut last = plan.live.msgs.load(Relaxed);
+        let mut last_change = now_ns();
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if *plan.stop_tx.borrow() {
+                return false;
+            }
+            let now = now_ns();
+            if deadline_ns.is_some_and(|d| now >= d) {
+                let _ = plan.stop_tx.send(true);
+                return false;
+            }
+            let m = plan.live.msgs.load(Relaxed);
+            if m != last {
+                last = m;
+                last_change = now;
+            } else if *armed.borrow() && now - last_change >= idle.as_nanos() as u64 {
+                let _ = plan.stop_tx.send(true);
+                return true;
+            }
+        }
+    })
+}
+
+pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
+    consumer::validate(&cmd.consume)?;
+    let common = &cmd.common;
+    let layout = layout(common).await?;
+    let all: Vec<u32> = (0..layout.partitions()).collect();
+    let ts = match cmd.consume.from {
+        StartAt::Beginning => client::EARLIEST,
+        StartAt::End => client::LATEST,
+    };
+    let start_offsets = client::list_offsets(&layout, &all, ts, &common.client_id).await?;
+    let to_end = cmd.to_end
+        || (cmd.consume.from == StartAt::Beginning
+            && cmd.stop.messages.is_none()
+            && cmd.stop.duration_secs.is_none());
+    let end_offsets = if to_end {
+        Some(client::list_offsets(&layout, &all, client::LATEST, &common.client_id).await?)
+    } else {
+        None
+    };
+    let backlog: i64 = end_offsets
+        .as_ref()
+        .map(|e| all.iter().map(|p| e[p] - start_offsets[p]).sum())
+        .unwrap_or(0);
+    let start_ns = now_ns();
+    let measure_start_ns = start_ns + secs_ns(common.warmup_secs);
+    let plan = consumer_plan(
+        common,
+        &cmd.consume,
+        &layout,
+        Reading {
+            start_offsets,
+            end_offsets,
+            measure_start_ns,
+            parse_values: cmd.e2e_latency,
+            by_send_time: false,
+            messages: cmd.stop.messages,
+        },
+    );
+    let mut report = Report::new(
+        "consume",
+        common,
+        &layout,
+        serde_json::json!({
+            "common": common, "stop": cmd.stop, "consume": cmd.consume,
+            "to_end": to_end, "e2e_latency": cmd.e2e_latency,
+        }),
+    );
+    let usage0 = spawn_usage_start(common.broker_pid, measure_start_ns);
+    let progress = spawn_progress(
+        common.progress_secs,
+        start_ns,
+        None,
+        Some(plan.live.clone()),
+    );
+    let deadline = cmd
+        .stop
+        .duration_secs
+        .map(|d| measure_start_ns + secs_ns(d));
+    let (_armed_tx, armed) = watch::channel(true);
+    let monitor = spawn_consume_monitor(
+        plan.clone(),
+        deadline,
+        Duration::from_secs_f64(cmd.consume.idle_timeout_secs),
+        armed,
+    );
+    let tally = join_all(spawn_consumers(&plan)?).await;
+    monitor.abort();
+    let idled = monitor.await.unwrap_or(false);
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let tally = tally?;
+    let usage1 = Sample::take(common.broker_pid);
+    let end = deadline.map(|d| d.min(now_ns()));
+    let mut figs = Figures::new(
+        &tally,
+        measure_start_ns,
+        if cmd.stop.duration_secs.is_some() {
+            end
+        } else {
+            None
+        },
+        plan.live.errors.load(Relaxed),
+        0,
+    );
+    if cmd.e2e_latency {
+        report.e2e_latency = figs.latency.take();
+    }
+    report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
+    report.consume = Some(figs);
+    if to_end {
+        report.notes.push(format!(
+            "catch-up read of {backlog} records (end offsets taken at start)"
+        ));
+    }
+    if idled {
+        report.notes.push(format!(
+            "stopped after {} s without records",
+            cmd.consume.idle_timeout_secs
+        ));
+    }
+    add_notes(&mut report, None, None, Some(&cmd.consume));
+    Ok(report)
+}
+
+pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
+    consumer::validate(&cmd.consume)?;
+    let common = &cmd.common;
+    if cmd.produce.message_size < crate::wire::STAMP_LEN {
+        bail!("e2e needs --message-size of at least 16 (the send time travels in the payload)");
+    }
+    let layout = layout(common).await?;
+    let all: Vec<u32> = (0..layout.partitions()).collect();
+    // Consumers start at the end, so they see only this run's records.
+    let start_offsets =
+        client::list_offsets(&layout, &all, client::LATEST, &common.client_id).await?;
+    // Leave the consumers time to connect and send their first fetch.
+    let start_ns = now_ns() + 200_000_000;
+    let pplan = Arc::new(producer_plan(
+        common,
+        &cmd.produce,
+        &cmd.stop,
+        &layout,
+        start_ns,
+    )?);
+    let cplan = consumer_plan(
+        common,
+        &cmd.consume,
+        &layout,
+        Reading {
+            start_offsets,
+            end_offsets: None,
+            measure_start_ns: pplan.measure_start_ns,
+            parse_values: true,
+            by_send_time: true,
+            messages: None,
+        },
+    );
+    let mut report = Report::new(
+        "e2e",
+        common,
+        &layout,
+        serde_json::json!({
+            "common": common, "stop": cmd.stop, "produce": cmd.produce, "consume": cmd.consume,
+        }),
+    );
+    let usage0 = spawn_usage_start(common.broker_pid, pplan.measure_start_ns);
+    let progress = spawn_progress(
+        common.progress_secs,
+        start_ns,
+        Some(pplan.live.clone()),
+        Some(cplan.live.clone()),
+    );
+    let consumers = spawn_consumers(&cplan)?;
+    let (armed_tx, armed) = watch::channel(false);
+    let monitor = spawn_consume_monitor(
+        cplan.clone(),
+        None,
+        Duration::from_secs_f64(cmd.consume.idle_timeout_secs),
+        armed,
+    );
+    let consumers_done = tokio::spawn(join_all(consumers));
+    let produced = join_all(spawn_producers(pplan.clone()).await).await;
+    let produce_end = now_ns();
+    if produced.is_err() {
+        let _ = cplan.stop_tx.send(true);
+    }
+    let ptally = produced?;
+    // Everything acked should arrive; stop once it has (or after the idle timeout).
+    let _ = armed_tx.send(true);
+    let target = pplan.live.msgs.load(Relaxed);
+    let stopper = {
+        let cplan = cplan.clone();
+        tokio::spawn(async move {
+            loop {
+                if cplan.live.msgs.load(Relaxed) >= target || *cplan.stop_tx.borrow() {
+                    let _ = cplan.stop_tx.send(true);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let ctally = consumers_done.await??;
+    stopper.abort();
+    monitor.abort();
+    let idled = monitor.await.unwrap_or(false);
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let usage1 = Sample::take(common.broker_pid);
+    let pfigs = Figures::new(
+        &ptally,
+        pplan.measure_start_ns,
+        None,
+        pplan.live.errors.load(Relaxed),
+        pplan.live.retries.load(Relaxed),
+    );
+    let mut cfigs = Figures::new(
+        &ctally,
+        pplan.measure_start_ns,
+        None,
+        cplan.live.errors.load(Relaxed),
+        0,
+    );
+    report.e2e_latency = cfigs.latency.take();
+    report.usage = Some(Usage::between(&usage0.await?, &usage1, pfigs.bytes));
+    let received = cplan.live.msgs.load(Relaxed);
+    if received < target {
+        report.notes.push(format!(
+            "consumers received {received} of {target} acked records{}",
+            if idled {
+                " (stopped by the idle timeout)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let _ = produce_end;
+    report.produce = Some(pfigs);
+    report.consume = Some(cfigs);
+    add_notes(
+        &mut report,
+        Some(&cmd.produce),
+        Some(&pplan.live),
+        Some(&cmd.consume),
+    );
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Cmd};
+    use clap::Parser;
+
+    async fn null_broker() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let args = match Cli::parse_from(["bench-harness", "null-broker", "--partitions", "4"]).cmd
+        {
+            Cmd::NullBroker(a) => a,
+            _ => unreachable!(),
+        };
+        tokio::spawn(crate::null_broker::serve_on(listener, args));
+        addr
+    }
+
+    fn workload(args: &[&str]) -> Workload {
+        let mut argv = vec!["bench-harness"];
+        argv.extend_from_slice(args);
+        match Cli::parse_from(argv).cmd {
+            Cmd::Produce(c) => Workload::Produce(c),
+            Cmd::Consume(c) => Workload::Consume(c),
+            Cmd::E2e(c) => Workload::E2e(c),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Every workload runs end to end against the null broker, over real sockets, and counts
+    /// exactly what it was asked for.
+    #[tokio::test]
+    async fn workloads_against_the_null_broker() {
+        let addr = null_broker().await;
+        let common = [
+            "--bootstrap",
+            &addr,
+            "--topic",
+            "t",
+            "--partitions",
+            "4",
+            "--progress-secs",
+            "0",
+        ];
+
+        let produce = |extra: &[&str]| {
+            let mut a = vec!["produce"];
+            a.extend_from_slice(&common);
+            a.extend_from_slice(&["--messages", "20000", "--message-size", "200"]);
+            a.extend_from_slice(extra);
+            workload(&a)
+        };
+        for extra in [
+            &[][..],
+            &["--acks", "0"],
+            &["--acks", "all", "--key-dist", "random", "--producers", "3"],
+            &[
+                "--rate",
+                "40000",
+                "--linger-ms",
+                "0.5",
+                "--compression",
+                "none",
+            ],
+        ] {
+            let r = run(&produce(extra)).await.unwrap();
+            let p = r.produce.unwrap();
+            assert_eq!(p.msgs, 20_000, "{extra:?}");
+            assert_eq!(p.bytes, 20_000 * 200);
+            assert_eq!(p.errors, 0);
+            assert_eq!(p.latency.unwrap().count, 20_000);
+            assert_eq!(r.partitions, 4);
+        }
+
+        // The null broker serves an endless log: read a fixed number of records.
+        let mut a = vec!["consume"];
+        a.extend_from_slice(&common);
+        a.extend_from_slice(&["--messages", "50000", "--consumers", "2"]);
+        let r = run(&workload(&a)).await.unwrap();
+        assert!(r.consume.unwrap().msgs >= 50_000);
+
+        let mut a = vec!["e2e"];
+        a.extend_from_slice(&common);
+        a.extend_from_slice(&["--messages", "5000", "--idle-timeout-secs", "1"]);
+        let r = run(&workload(&a)).await.unwrap();
+        assert_eq!(r.produce.unwrap().msgs, 5_000);
+        // The null broker's records carry no send stamps, so there is no e2e latency to show.
+        assert!(r.e2e_latency.is_none());
+
+        // In echo mode it serves back what was produced: every stamped record arrives.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo = listener.local_addr().unwrap().to_string();
+        let args = match Cli::parse_from(["bench-harness", "null-broker", "--echo"]).cmd {
+            Cmd::NullBroker(a) => a,
+            _ => unreachable!(),
+        };
+        tokio::spawn(crate::null_broker::serve_on(listener, args));
+        let r = run(&workload(&[
+            "e2e",
+            "--bootstrap",
+            &echo,
+            "--topic",
+            "e",
+            "--partitions",
+            "3",
+            "--progress-secs",
+            "0",
+            "--messages",
+            "5000",
+            "--rate",
+            "20000",
+        ]))
+        .await
+        .unwrap();
+        assert_eq!(r.produce.unwrap().msgs, 5_000);
+        assert_eq!(r.consume.unwrap().msgs, 5_000);
+        assert_eq!(r.e2e_latency.unwrap().count, 5_000);
+    }
+}

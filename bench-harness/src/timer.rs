@@ -1,0 +1,107 @@
+//! Sub-millisecond sleeps for the open-loop scheduler.
+//!
+//! tokio's timer wheel has a 1 ms tick, so `sleep_until` wakes up to a millisecond late; in an
+//! open-loop run every record due during that time would carry the delay in its latency. A
+//! timerfd has nanosecond resolution and is awaited through the reactor like a socket, so a
+//! wake-up is late only by the scheduling latency of the machine (tens of microseconds).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Instant;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+pub struct PreciseTimer {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl PreciseTimer {
+    pub fn new() -> io::Result<PreciseTimer> {
+        // SAFETY: plain syscall; the returned descriptor is owned by the OwnedFd below.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: `owned` is a valid open descriptor that the AsyncFd owns until dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(PreciseTimer { fd })
+    }
+
+    /// Sleeps until `deadline` (returns at once if it has passed).
+    pub async fn sleep_until(&mut self, deadline: Instant) -> io::Result<()> {
+        let now = Instant::now();
+        if deadline <= now {
+            return Ok(());
+        }
+        let d = deadline - now;
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: d.subsec_nanos().max(1) as libc::c_long,
+            },
+        };
+        // SAFETY: valid descriptor and pointers to initialized structs for the call's duration.
+        let rc =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            // SAFETY: reading 8 bytes into an 8-byte buffer from a valid descriptor.
+            let n = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    expirations.as_mut_ptr().cast(),
+                    expirations.len(),
+                )
+            };
+            if n == 8 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                guard.clear_ready();
+                continue;
+            }
+            return Err(err);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn wakes_close_to_the_deadline() {
+        let mut t = PreciseTimer::new().unwrap();
+        for _ in 0..5 {
+            let deadline = Instant::now() + Duration::from_micros(300);
+            t.sleep_until(deadline).await.unwrap();
+            let now = Instant::now();
+            assert!(now >= deadline);
+            // Generous bound: shared CI machines; tokio's own timer would be ~1 ms late.
+            assert!(now - deadline < Duration::from_millis(50));
+        }
+        // A past deadline returns immediately.
+        t.sleep_until(Instant::now() - Duration::from_millis(1))
+            .await
+            .unwrap();
+    }
+}
