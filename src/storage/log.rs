@@ -99,6 +99,7 @@ impl PartitionLog {
                 segment::sync_dir(parent).await?;
             }
         }
+        segment::prime_direct_io_probe(&dir).await?;
         let recovered = recovery::recover_log(&dir, &config).await?;
         let active = recovered
             .segments

@@ -403,6 +403,37 @@ impl Segment {
     }
 }
 
+thread_local! {
+    /// Devices (`st_dev`) whose O_DIRECT polling support glommio has probed on this thread.
+    static PROBED_DEVICES: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes glommio's io_uring polling probe for `dir`'s device run on a file that holds data.
+///
+/// glommio 0.9 decides once per thread and device, at the first `dma_open`, whether the device
+/// supports polled I/O, by reading the first block of the file being opened. On an empty file
+/// (a new segment, or an active segment that was just rolled) that read succeeds without
+/// reaching the device, so glommio wrongly enables polling; from then on every O_DIRECT *read*
+/// on that device fails with EOPNOTSUPP (writes that allocate blocks are not polled, so they
+/// still work). Opening a small file with data first, once per thread and device, gets the
+/// right answer cached before any segment file is opened.
+pub async fn prime_direct_io_probe(dir: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::metadata(dir)?.dev();
+    if PROBED_DEVICES.with(|p| p.borrow().contains(&device)) {
+        return Ok(());
+    }
+    let path = dir.join(".direct-io-probe");
+    // Buffered write: the O_DIRECT probe read then flushes it and reads the device itself.
+    std::fs::write(&path, [0x5a; 4096])?;
+    let opened = OpenOptions::new().read(true).dma_open(&path).await;
+    let removed = std::fs::remove_file(&path);
+    opened?.close().await?;
+    removed?;
+    PROBED_DEVICES.with(|p| p.borrow_mut().push(device));
+    Ok(())
+}
+
 /// fdatasync on the directory, so a created or removed segment name survives a crash.
 pub async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     let handle = glommio::io::Directory::open(dir).await?;
