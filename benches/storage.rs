@@ -21,6 +21,9 @@
 //! - `recovery`: drop caches, time `PartitionLog::open` (the full CRC-checked scan).
 //! - `read`: open, drop caches, then time a catch-up consumer: `read` 1 MiB at a time from
 //!   offset 0 to the high watermark, each slice sendfile'd to `/dev/null`, as fetch does.
+//!   With `STORAGE_COLD_KERNEL_READ_AHEAD=off` the segment's read fd gets
+//!   `POSIX_FADV_RANDOM` first, which turns the kernel's own read-ahead off for it: a stand-in
+//!   for a device with a small `read_ahead_kb` that does not touch the machine's settings.
 //!
 //! One figure per process, so two builds (before/after) can be interleaved A B A B by a shell
 //! loop against the same fixture and compared by their medians.
@@ -444,6 +447,16 @@ fn cold_read(dir: PathBuf) {
             .write(true)
             .open("/dev/null")
             .unwrap();
+        if std::env::var("STORAGE_COLD_KERNEL_READ_AHEAD").is_ok_and(|v| v == "off") {
+            // The last batch: any read-ahead state this leaves is far from offset 0.
+            let slice = log.read(end - 1, 1, true).unwrap().unwrap();
+            // SAFETY: advice on a descriptor the slice keeps open.
+            let rc = unsafe {
+                libc::posix_fadvise(slice.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM)
+            };
+            assert_eq!(rc, 0);
+        }
+        let hinted_before = log.stats().read_ahead_bytes;
         drop_page_cache();
         let fetch_bytes = 1 << 20;
         let (mut offset, mut bytes, mut fetches) = (0i64, 0u64, 0u64);
@@ -475,9 +488,10 @@ fn cold_read(dir: PathBuf) {
         let elapsed = start.elapsed();
         assert_eq!(offset, end, "walked every batch");
         println!(
-            "cold_read_ms={:.1} bytes={bytes} fetches={fetches} mb_per_s={:.0}",
+            "cold_read_ms={:.1} bytes={bytes} fetches={fetches} mb_per_s={:.0} read_ahead_hinted_bytes={}",
             elapsed.as_secs_f64() * 1e3,
-            bytes as f64 / elapsed.as_secs_f64() / 1e6
+            bytes as f64 / elapsed.as_secs_f64() / 1e6,
+            log.stats().read_ahead_bytes - hinted_before
         );
         drop(log);
         elapsed
