@@ -11,6 +11,22 @@
 //! under the current directory, so the data lands on the same disk as `data/`).
 //!
 //! Every measurement runs inside a fresh glommio executor (`iter_custom`), as a shard would.
+//!
+//! # Cold-cache mode
+//! `STORAGE_COLD=recovery|read BENCH_DIR=/path cargo bench --bench storage` skips criterion and
+//! measures once with an empty page cache (it writes `/proc/sys/vm/drop_caches`, so it needs
+//! root), on a fixture kept in `$BENCH_DIR/storage-cold/` across runs: one 1.1 GiB active
+//! segment (1.1 M x 1 KiB records, 16 per batch) left as after `kill -9` (page padding, no
+//! index files).
+//! - `recovery`: drop caches, time `PartitionLog::open` (the full CRC-checked scan).
+//! - `read`: open, drop caches, then time a catch-up consumer: `read` 1 MiB at a time from
+//!   offset 0 to the high watermark, each slice sendfile'd to `/dev/null`, as fetch does.
+//!   With `STORAGE_COLD_KERNEL_READ_AHEAD=off` the segment's read fd gets
+//!   `POSIX_FADV_RANDOM` first, which turns the kernel's own read-ahead off for it: a stand-in
+//!   for a device with a small `read_ahead_kb` that does not touch the machine's settings.
+//!
+//! One figure per process, so two builds (before/after) can be interleaved A B A B by a shell
+//! loop against the same fixture and compared by their medians.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -352,9 +368,148 @@ fn idle_partition_memory() {
     });
 }
 
+/// Records per batch and value bytes per record of the cold-cache fixture (W1's shape).
+const COLD_RECORDS_PER_BATCH: usize = 16;
+const COLD_VALUE_BYTES: usize = 1000;
+const COLD_RECORDS: usize = 1_100_000;
+
+fn drop_page_cache() {
+    // Only clean pages are dropped; sync first so every page of the fixture is clean.
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches (needs root)");
+}
+
+fn cold_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: i32::MAX as u64,
+        ..LogConfig::default()
+    }
+}
+
+/// Creates the fixture once: a single active segment left without `close`, as `kill -9`
+/// would (zero padding to the page, no index files).
+fn cold_fixture() -> PathBuf {
+    let base = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let root = base.join("storage-cold");
+    let dir = root.join("t-0");
+    let done = root.join("complete");
+    if done.exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let path = dir.clone();
+    on_executor(move || async move {
+        let log = PartitionLog::open(path, cold_config()).await.unwrap();
+        let batch = make_batch(COLD_RECORDS_PER_BATCH, COLD_VALUE_BYTES);
+        let header = validate(&batch, 1 << 20).unwrap();
+        for _ in 0..COLD_RECORDS / COLD_RECORDS_PER_BATCH {
+            log.append(batch.clone(), &header, 0).unwrap();
+            if log.queued_bytes() > 64 << 20 {
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+            }
+        }
+        log.wait_written(log.log_end_offset(), true).await.unwrap();
+        drop(log);
+        Duration::ZERO
+    });
+    std::fs::write(&done, b"").unwrap();
+    dir
+}
+
+fn cold_recovery(dir: PathBuf) {
+    drop_page_cache();
+    on_executor(move || async move {
+        let start = Instant::now();
+        let log = PartitionLog::open(dir, cold_config()).await.unwrap();
+        let elapsed = start.elapsed();
+        let bytes = log.size_bytes();
+        println!(
+            "cold_recovery_ms={:.1} bytes={bytes} mb_per_s={:.0}",
+            elapsed.as_secs_f64() * 1e3,
+            bytes as f64 / elapsed.as_secs_f64() / 1e6
+        );
+        drop(log); // no close: the files stay as they are for the next run
+        elapsed
+    });
+}
+
+fn cold_read(dir: PathBuf) {
+    use std::os::fd::AsRawFd;
+    on_executor(move || async move {
+        let log = PartitionLog::open(dir, cold_config()).await.unwrap();
+        let batch_bytes = make_batch(COLD_RECORDS_PER_BATCH, COLD_VALUE_BYTES).len();
+        let end = log.high_watermark();
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        if std::env::var("STORAGE_COLD_KERNEL_READ_AHEAD").is_ok_and(|v| v == "off") {
+            // The last batch: any read-ahead state this leaves is far from offset 0.
+            let slice = log.read(end - 1, 1, true).unwrap().unwrap();
+            // SAFETY: advice on a descriptor the slice keeps open.
+            let rc = unsafe {
+                libc::posix_fadvise(slice.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM)
+            };
+            assert_eq!(rc, 0);
+        }
+        let hinted_before = log.stats().read_ahead_bytes;
+        drop_page_cache();
+        let fetch_bytes = 1 << 20;
+        let (mut offset, mut bytes, mut fetches) = (0i64, 0u64, 0u64);
+        let start = Instant::now();
+        while offset < end {
+            let slice = log.read(offset, fetch_bytes, true).unwrap().unwrap();
+            let mut position = slice.position as libc::off_t;
+            let mut left = slice.len;
+            while left > 0 {
+                // SAFETY: both descriptors are open for the call; `position` is a valid off_t.
+                let n = unsafe {
+                    libc::sendfile(
+                        null.as_raw_fd(),
+                        slice.file.as_raw_fd(),
+                        &mut position,
+                        left,
+                    )
+                };
+                assert!(n > 0, "sendfile: {}", std::io::Error::last_os_error());
+                left -= n as usize;
+            }
+            // The fixture's batches all have the same length: the slice holds whole batches
+            // plus the start of the next one, which the next fetch starts with.
+            let whole = (slice.len / batch_bytes).max(1);
+            offset += (whole * COLD_RECORDS_PER_BATCH) as i64;
+            bytes += (whole * batch_bytes) as u64;
+            fetches += 1;
+        }
+        let elapsed = start.elapsed();
+        assert_eq!(offset, end, "walked every batch");
+        println!(
+            "cold_read_ms={:.1} bytes={bytes} fetches={fetches} mb_per_s={:.0} read_ahead_hinted_bytes={}",
+            elapsed.as_secs_f64() * 1e3,
+            bytes as f64 / elapsed.as_secs_f64() / 1e6,
+            log.stats().read_ahead_bytes - hinted_before
+        );
+        drop(log);
+        elapsed
+    });
+}
+
 criterion_group!(benches, append, read, recovery);
 
 fn main() {
+    if let Some(mode) = std::env::var_os("STORAGE_COLD") {
+        let dir = cold_fixture();
+        match mode.to_str() {
+            Some("recovery") => cold_recovery(dir),
+            Some("read") => cold_read(dir),
+            _ => panic!("STORAGE_COLD must be `recovery` or `read`"),
+        }
+        return;
+    }
     idle_partition_memory();
     benches();
     Criterion::default().configure_from_args().final_summary();

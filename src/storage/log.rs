@@ -30,6 +30,8 @@ pub struct LogStats {
     pub syncs: u64,
     /// Batch bytes written (excluding rewritten tail pages and padding).
     pub bytes_written: u64,
+    /// Bytes that reads asked the kernel to read ahead (`POSIX_FADV_WILLNEED`).
+    pub read_ahead_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,7 @@ impl PartitionLog {
                 segment::sync_dir(parent).await?;
             }
         }
+        segment::prime_direct_io_probe(&dir).await?;
         let recovered = recovery::recover_log(&dir, &config).await?;
         let active = recovered
             .segments
@@ -300,6 +303,9 @@ impl PartitionLog {
     ///
     /// `offset` at or above the high watermark (but not above LEO), or `max_bytes == 0` without
     /// `min_one_batch`: `Ok(None)`. Below log start or above LEO: `OffsetOutOfRange`.
+    ///
+    /// Where the kernel's own read-ahead is small, also asks it to start reading the range and
+    /// up to 16 MiB past it ([`Segment::hint_read_ahead`]), once per byte per consumer.
     pub fn read(
         &self,
         offset: i64,
@@ -335,6 +341,12 @@ impl PartitionLog {
                 let mut len_bytes = (max_bytes as u64).min(end_bytes - position);
                 if min_one_batch {
                     len_bytes = len_bytes.max(header.total_len() as u64);
+                }
+                let hinted = segment.hint_read_ahead(position, len_bytes);
+                if hinted > 0 {
+                    let mut stats = self.stats.get();
+                    stats.read_ahead_bytes += hinted;
+                    self.stats.set(stats);
                 }
                 return Ok(Some(ReadSlice {
                     file: segment.read_file().clone(),
@@ -1008,6 +1020,75 @@ pub(crate) mod tests {
             log.close().await.unwrap();
             pending.await;
             assert_eq!(log.pending_waiters(), 0);
+        });
+    }
+
+    /// Which of the first `pages` pages of `file` are in the page cache (mincore).
+    fn resident_pages(file: &std::fs::File, pages: usize) -> Vec<bool> {
+        use std::os::fd::AsRawFd;
+        let len = pages * 4096;
+        // SAFETY: a read-only shared mapping of an open file, never dereferenced, unmapped
+        // below; mincore writes one byte per page into a buffer of exactly that many bytes.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED);
+            let mut residency = vec![0u8; pages];
+            assert_eq!(libc::mincore(addr, len, residency.as_mut_ptr()), 0);
+            libc::munmap(addr, len);
+            residency.iter().map(|b| b & 1 == 1).collect()
+        }
+    }
+
+    #[test]
+    fn reads_hint_the_kernel_to_read_ahead_of_the_consumer() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+                .await
+                .unwrap();
+            while log.size_bytes() + log.queued_bytes() < 12 << 20 {
+                append(&log, batch(16, 1000, 1));
+                if log.queued_bytes() > 4 << 20 {
+                    log.wait_written(log.log_end_offset(), false).await.unwrap();
+                }
+            }
+            log.wait_written(log.log_end_offset(), false).await.unwrap();
+            // Force hints whatever this machine's read_ahead_kb says.
+            log.segments.borrow()[0].set_read_ahead_piece_bytes(1 << 20);
+            let file = log.segments.borrow()[0].read_file().clone();
+            let mib_pages = (1 << 20) / 4096;
+            assert!(
+                !resident_pages(&file, 8 * mib_pages).iter().any(|&r| r),
+                "O_DIRECT appends leave the page cache empty"
+            );
+
+            let first = log.read(0, 1 << 20, true).unwrap().unwrap();
+            assert_eq!(
+                log.stats().read_ahead_bytes,
+                4 << 20,
+                "one step, the fetch included"
+            );
+            // WILLNEED only queued the reads: wait for them, without reading anything.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while resident_pages(&file, 4 * mib_pages).iter().any(|&r| !r) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "hinted pages never arrived"
+                );
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            // The next fetch continues the window rather than hinting the same pages again.
+            let next = log.read(1_000, 1 << 20, true).unwrap().unwrap();
+            assert!(next.position > first.position);
+            assert_eq!(log.stats().read_ahead_bytes, 8 << 20);
+            log.close().await.unwrap();
         });
     }
 

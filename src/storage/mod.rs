@@ -11,9 +11,10 @@
 //! - [`writer`]: the per-partition writer task: coalesces queued batches into aligned O_DIRECT
 //!   writes, rolls segments, group-commits fdatasync.
 //! - [`segment`]: one `<base_offset:020>.log` file with its in-memory sparse indexes and the
-//!   pread-based header scans used by reads.
+//!   pread-based header scans used by reads, and the kernel read-ahead hints for consumers.
 //! - [`index`]: the `.index` / `.timeindex` entry formats, lookups, staleness checks.
-//! - [`recovery`]: [`scan_valid_prefix`] and the chunked scans that rebuild a log on open.
+//! - [`recovery`]: [`scan_valid_prefix`] and the chunked scans that rebuild a log on open
+//!   (O_DIRECT, several reads in flight, for the active segment).
 //! - [`retention`]: which closed segments time and size retention delete.
 //! - [`notify`]: cancel-safe waits on the high watermark and the durable offset.
 //! - [`timestamp`]: record-level timestamp search inside one uncompressed batch.
@@ -196,7 +197,10 @@ pub struct AppendInfo {
 ///
 /// `file` is a plain (page-cache, not O_DIRECT) read-only handle, `Send + Sync`, so another core
 /// may sendfile from it: bytes below the high watermark are immutable. Deleting the segment
-/// (retention) only unlinks the name; an open handle keeps the bytes readable.
+/// (retention) only unlinks the name; an open handle keeps the bytes readable. It is marked
+/// `POSIX_FADV_SEQUENTIAL`, and `PartitionLog::read` may already have asked the kernel to read
+/// the range and what follows it (see `Segment::hint_read_ahead`), so a catch-up consumer's
+/// sendfile finds cold bytes on their way into the page cache.
 #[derive(Debug, Clone)]
 pub struct ReadSlice {
     pub file: std::sync::Arc<std::fs::File>,

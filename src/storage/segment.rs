@@ -1,22 +1,25 @@
 //! One segment: a `<base_offset:020>.log` file of whole batches, its in-memory sparse indexes,
-//! and the pread-based header scans reads use to find a batch.
+//! the pread-based header scans reads use to find a batch, and the read-ahead hints that keep a
+//! catch-up consumer's page cache filling ahead of its fetches.
 //!
 //! Owned by the shard that owns the partition (shared there as `Rc<Segment>` between the log and
 //! its writer task). Mutable fields are `Cell`/`RefCell` and only the writer task (appends) and
 //! recovery (before the log is shared) change them.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::ops::ControlFlow;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use glommio::io::{DmaFile, OpenOptions};
 
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
-use super::StorageError;
+use super::{StorageError, PAGE_BYTES};
 use crate::protocol::record_batch::{BatchHeader, HEADER_LEN};
 
 /// Kafka's "no timestamp" value; also the max timestamp of an empty segment.
@@ -25,6 +28,23 @@ pub const NO_TIMESTAMP: i64 = -1;
 /// Bytes read per pread when walking batch headers; with the default 4 KiB index interval one
 /// or two reads find any batch.
 const HEADER_SCAN_BYTES: usize = 4096;
+
+/// How far past a consumer's fetch the page cache should already be filling: about 10 ms of a
+/// 1.5 GB/s catch-up consumer, enough to keep several device requests queued.
+pub const READ_AHEAD_BYTES: u64 = 16 << 20;
+
+/// Most bytes hinted for one fetch. WILLNEED allocates the page cache synchronously (measured
+/// here: ~0.2 ms per MiB), so this bounds what one fetch costs the shard to ~1 ms.
+const READ_AHEAD_STEP_BYTES: u64 = 4 << 20;
+
+/// A gap in the window smaller than this is not worth a syscall (unless it reaches the end).
+const READ_AHEAD_MIN_STEP_BYTES: u64 = 1 << 20;
+
+/// A kernel read-ahead window at least this large needs no help (see `read_ahead_piece_bytes`).
+const KERNEL_READ_AHEAD_ENOUGH_BYTES: u64 = 8 << 20;
+
+/// Consumers per segment whose hinted ranges are remembered.
+const READ_AHEAD_STREAMS: usize = 4;
 
 /// What the indexes need to know about one batch once its offset is assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +94,106 @@ pub fn read_at_most(file: &File, buf: &mut [u8], position: u64) -> io::Result<us
     Ok(done)
 }
 
+/// The ranges of one segment already hinted to the kernel, one per recent consumer (a
+/// "stream"), so that sequential fetches extend their window instead of hinting the same pages
+/// again, and two consumers at different positions do not reset each other's window.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ReadAheadStreams {
+    /// `(last fetch position, end of the hinted range)`; `(0, 0)` is unused.
+    streams: [(u64, u64); READ_AHEAD_STREAMS],
+    /// The stream a new consumer replaces (round robin).
+    next_victim: usize,
+}
+
+impl ReadAheadStreams {
+    /// The byte range to hint for a fetch of `[position, position + len)` when every byte below
+    /// `limit` may be read ahead, or `None` when the window ahead of the fetch is hinted already.
+    /// A fetch at or inside a stream's hinted range continues that stream; any other starts a
+    /// new one at `position`.
+    pub(crate) fn next_hint(&mut self, position: u64, len: u64, limit: u64) -> Option<(u64, u64)> {
+        let window_end = position
+            .saturating_add(len)
+            .saturating_add(READ_AHEAD_BYTES)
+            .min(limit);
+        let i = match self
+            .streams
+            .iter()
+            .position(|&(at, to)| to > 0 && at <= position && position <= to)
+        {
+            Some(i) => i,
+            None => {
+                let i = self.next_victim;
+                self.next_victim = (i + 1) % READ_AHEAD_STREAMS;
+                self.streams[i] = (position, position);
+                i
+            }
+        };
+        let start = self.streams[i].1.max(position);
+        self.streams[i].0 = position;
+        let missing = window_end.saturating_sub(start);
+        if missing == 0 || (missing < READ_AHEAD_MIN_STEP_BYTES && window_end < limit) {
+            return None;
+        }
+        let end = start + missing.min(READ_AHEAD_STEP_BYTES);
+        self.streams[i].1 = end;
+        Some((start, end))
+    }
+}
+
+thread_local! {
+    /// [`read_ahead_piece_bytes`] per device (`st_dev`), read from sysfs once per thread.
+    static READ_AHEAD_PIECES: RefCell<HashMap<u64, u64>> = RefCell::new(HashMap::new());
+}
+
+/// Bytes per `POSIX_FADV_WILLNEED` call for segments on `file`'s device, or 0 when fetches
+/// should not hint at all.
+///
+/// Every segment read fd is marked `POSIX_FADV_SEQUENTIAL`, which makes the kernel's own
+/// read-ahead window twice the device's `read_ahead_kb`. When that window is large (8 MiB or
+/// more) the kernel alone keeps the device busy, and more cheaply than WILLNEED: measured on
+/// a cold 1.1 GiB segment with `read_ahead_kb` 8192 (1 MiB fetches, sendfile), SEQUENTIAL
+/// alone read at 2.1 GB/s with 0.1 s of system CPU, WILLNEED hints 16 MiB ahead at 1.8 GB/s
+/// with 0.3 s (WILLNEED fills the page cache in single pages, read-ahead in large folios).
+/// With a small window (the common 128 KiB default, or none) catch-up reads wait on the device
+/// at every fetch: with the kernel's read-ahead off for the fd they read at 0.44 GB/s, and
+/// hints 16 MiB ahead lift them to 1.9 GB/s. The kernel reads at most
+/// `max(max_sectors_kb, window)` per WILLNEED call, so hints are issued in pieces of that size.
+fn read_ahead_piece_bytes(file: &File) -> u64 {
+    let Ok(device) = file.metadata().map(|m| m.dev()) else {
+        return 0;
+    };
+    if let Some(piece) = READ_AHEAD_PIECES.with(|p| p.borrow().get(&device).copied()) {
+        return piece;
+    }
+    let (major, minor) = (libc::major(device), libc::minor(device));
+    let read_ahead_kb = block_queue_kb(major, minor, "read_ahead_kb");
+    let piece = match read_ahead_kb {
+        Some(kb) if 2 * kb * 1024 >= KERNEL_READ_AHEAD_ENOUGH_BYTES => 0,
+        // Unknown (not a plain block device): assume the kernel needs help.
+        _ => {
+            let window_kb = 2 * read_ahead_kb.unwrap_or(0);
+            let max_sectors_kb = block_queue_kb(major, minor, "max_sectors_kb").unwrap_or(0);
+            (window_kb.max(max_sectors_kb).max(128) * 1024).min(READ_AHEAD_STEP_BYTES)
+        }
+    };
+    READ_AHEAD_PIECES.with(|p| p.borrow_mut().insert(device, piece));
+    piece
+}
+
+/// A `queue/` attribute of the block device `major:minor`, or of its disk for a partition.
+fn block_queue_kb(major: u32, minor: u32, name: &str) -> Option<u64> {
+    let device = format!("/sys/dev/block/{major}:{minor}");
+    let candidates = [
+        format!("{device}/queue/{name}"),
+        format!("{device}/../queue/{name}"),
+        format!("/sys/class/bdi/{major}:{minor}/{name}"),
+    ];
+    candidates
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .and_then(|text| text.trim().parse().ok())
+}
+
 #[derive(Debug)]
 pub struct Segment {
     base_offset: i64,
@@ -89,6 +209,9 @@ pub struct Segment {
     bytes_since_index_entry: Cell<u64>,
     offset_index: RefCell<OffsetIndex>,
     time_index: RefCell<TimeIndex>,
+    /// Bytes per WILLNEED call, 0 when fetches leave read-ahead to the kernel.
+    read_ahead_piece_bytes: Cell<u64>,
+    read_ahead: RefCell<ReadAheadStreams>,
 }
 
 impl Segment {
@@ -111,6 +234,11 @@ impl Segment {
             None => (0, base_offset),
         };
         let max_timestamp = time_index.last().map_or(NO_TIMESTAMP, |e| e.timestamp);
+        // Consumers read a segment front to back: let the kernel use its largest read-ahead
+        // window on this fd. Advice only, so a failure changes nothing but speed.
+        // SAFETY: posix_fadvise on a descriptor `read_file` keeps open; no memory is passed.
+        unsafe { libc::posix_fadvise(read_file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+        let read_ahead_piece_bytes = read_ahead_piece_bytes(&read_file);
         Segment {
             base_offset,
             log_path: dir.join(file_name(base_offset, "log")),
@@ -121,6 +249,8 @@ impl Segment {
             bytes_since_index_entry: Cell::new(0),
             offset_index: RefCell::new(offset_index),
             time_index: RefCell::new(time_index),
+            read_ahead_piece_bytes: Cell::new(read_ahead_piece_bytes),
+            read_ahead: RefCell::new(ReadAheadStreams::default()),
         }
     }
 
@@ -336,6 +466,51 @@ impl Segment {
         Ok(bytes)
     }
 
+    /// Asks the kernel to start reading the bytes a consumer fetching `[position, position +
+    /// len)` will want next (the fetch itself and up to [`READ_AHEAD_BYTES`] past it) into the
+    /// page cache that sendfile reads from, when the kernel's own read-ahead is too small for
+    /// this device (see `read_ahead_piece_bytes`). Returns the bytes hinted.
+    ///
+    /// `POSIX_FADV_WILLNEED` only queues the reads, but allocates their page cache before it
+    /// returns, so one call hints at most `READ_AHEAD_STEP_BYTES`. Hints stop at the last whole
+    /// page below the logical end: the partial last page of the active segment is rewritten by
+    /// O_DIRECT writes, and a read of it racing one could leave stale bytes in the page cache.
+    pub fn hint_read_ahead(&self, position: u64, len: u64) -> u64 {
+        let piece = self.read_ahead_piece_bytes.get();
+        if piece == 0 {
+            return 0;
+        }
+        let limit = self.size_bytes() - self.size_bytes() % PAGE_BYTES;
+        let Some((start, end)) = self.read_ahead.borrow_mut().next_hint(position, len, limit)
+        else {
+            return 0;
+        };
+        let mut at = start;
+        while at < end {
+            let n = piece.min(end - at);
+            // SAFETY: posix_fadvise on a descriptor this segment keeps open; no memory passed.
+            let failed = unsafe {
+                libc::posix_fadvise(
+                    self.read_file.as_raw_fd(),
+                    at as libc::off_t,
+                    n as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            } != 0;
+            if failed {
+                break; // advice only: reads still work, just without the head start
+            }
+            at += n;
+        }
+        at - start
+    }
+
+    /// Makes fetches hint read-ahead in pieces of `piece_bytes` whatever the device (0: never).
+    #[cfg(test)]
+    pub(crate) fn set_read_ahead_piece_bytes(&self, piece_bytes: u64) {
+        self.read_ahead_piece_bytes.set(piece_bytes);
+    }
+
     /// Bytes `[align_down(size), size)`: the partial last page the writer must rewrite.
     pub fn read_tail_page(&self, page_bytes: u64) -> Result<Vec<u8>, StorageError> {
         let size = self.size_bytes();
@@ -403,6 +578,37 @@ impl Segment {
     }
 }
 
+thread_local! {
+    /// Devices (`st_dev`) whose O_DIRECT polling support glommio has probed on this thread.
+    static PROBED_DEVICES: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes glommio's io_uring polling probe for `dir`'s device run on a file that holds data.
+///
+/// glommio 0.9 decides once per thread and device, at the first `dma_open`, whether the device
+/// supports polled I/O, by reading the first block of the file being opened. On an empty file
+/// (a new segment, or an active segment that was just rolled) that read succeeds without
+/// reaching the device, so glommio wrongly enables polling; from then on every O_DIRECT *read*
+/// on that device fails with EOPNOTSUPP (writes that allocate blocks are not polled, so they
+/// still work). Opening a small file with data first, once per thread and device, gets the
+/// right answer cached before any segment file is opened.
+pub async fn prime_direct_io_probe(dir: &Path) -> Result<(), StorageError> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::metadata(dir)?.dev();
+    if PROBED_DEVICES.with(|p| p.borrow().contains(&device)) {
+        return Ok(());
+    }
+    let path = dir.join(".direct-io-probe");
+    // Buffered write: the O_DIRECT probe read then flushes it and reads the device itself.
+    std::fs::write(&path, [0x5a; 4096])?;
+    let opened = OpenOptions::new().read(true).dma_open(&path).await;
+    let removed = std::fs::remove_file(&path);
+    opened?.close().await?;
+    removed?;
+    PROBED_DEVICES.with(|p| p.borrow_mut().push(device));
+    Ok(())
+}
+
 /// fdatasync on the directory, so a created or removed segment name survives a crash.
 pub async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     let handle = glommio::io::Directory::open(dir).await?;
@@ -424,6 +630,106 @@ mod tests {
         assert_eq!(parse_log_file_name("00000000000000001234.index"), None);
         assert_eq!(parse_log_file_name("1234.log"), None);
         assert_eq!(parse_log_file_name("0000000000000000123x.log"), None);
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn sequential_fetches_extend_one_window_without_hinting_twice() {
+        let mut ra = ReadAheadStreams::default();
+        let limit = 1 << 30;
+        let mut hinted = Vec::new();
+        let mut position = 0;
+        for _ in 0..100 {
+            if let Some(range) = ra.next_hint(position, MIB, limit) {
+                hinted.push(range);
+            }
+            let (_, ahead) = *hinted.last().unwrap();
+            assert!(ahead >= position + MIB, "the fetch itself is hinted");
+            position += MIB - 300; // the next fetch starts at the cut batch
+        }
+        for pair in hinted.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "contiguous, no range hinted twice");
+        }
+        assert!(hinted.iter().all(|(s, e)| e - s <= READ_AHEAD_STEP_BYTES));
+        let (_, end) = *hinted.last().unwrap();
+        assert!(
+            end >= position + READ_AHEAD_BYTES - READ_AHEAD_MIN_STEP_BYTES,
+            "the window stays about READ_AHEAD_BYTES ahead: {end} vs {position}"
+        );
+        assert!(
+            hinted
+                .iter()
+                .all(|(s, e)| e - s >= READ_AHEAD_MIN_STEP_BYTES),
+            "no syscall for a few pages"
+        );
+    }
+
+    #[test]
+    fn hints_stop_at_the_limit_and_resume_when_it_grows() {
+        let mut ra = ReadAheadStreams::default();
+        assert_eq!(ra.next_hint(0, MIB, 3 * MIB), Some((0, 3 * MIB)));
+        assert_eq!(ra.next_hint(MIB, MIB, 3 * MIB), None);
+        // A tailing consumer: the log grows by a few pages, hinted even below the min step.
+        assert_eq!(
+            ra.next_hint(2 * MIB, MIB, 3 * MIB + 8192),
+            Some((3 * MIB, 3 * MIB + 8192))
+        );
+        assert_eq!(ra.next_hint(3 * MIB, 8192, 3 * MIB + 8192), None);
+    }
+
+    #[test]
+    fn interleaved_consumers_keep_their_own_windows() {
+        let mut ra = ReadAheadStreams::default();
+        let limit = 1 << 30;
+        let (a, b) = (0, 500 * MIB);
+        let first_a = ra.next_hint(a, MIB, limit).unwrap();
+        let first_b = ra.next_hint(b, MIB, limit).unwrap();
+        assert_eq!((first_a.0, first_b.0), (a, b));
+        // Each continues from its own hinted end; nothing is hinted twice.
+        let next_a = ra.next_hint(a + MIB, MIB, limit).unwrap();
+        let next_b = ra.next_hint(b + MIB, MIB, limit).unwrap();
+        assert_eq!((next_a.0, next_b.0), (first_a.1, first_b.1));
+        // A consumer inside a window already hinted joins it instead of hinting it again.
+        let joined = ra.next_hint(a + MIB + 4096, 4096, limit).unwrap();
+        assert_eq!(joined.0, next_a.1);
+        // More consumers than streams: the oldest stream is replaced, nothing breaks.
+        for k in 2..10 {
+            assert_eq!(
+                ra.next_hint(k * 100 * MIB, MIB, limit).unwrap().0,
+                k * 100 * MIB
+            );
+        }
+    }
+
+    #[test]
+    fn segments_hint_only_whole_pages_below_the_logical_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(0, "log"));
+        std::fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
+        let segment = Segment::new(
+            dir.path(),
+            0,
+            File::open(&path).unwrap(),
+            OffsetIndex::default(),
+            TimeIndex::default(),
+        );
+        segment.set_read_ahead_piece_bytes(4096);
+        let meta = BatchMeta {
+            base_offset: 0,
+            last_offset: 0,
+            max_timestamp: 1,
+            len_bytes: 2 * 4096 + 100,
+        };
+        segment.record_batch(0, &meta, 4096);
+        assert_eq!(
+            segment.hint_read_ahead(0, 100),
+            2 * 4096,
+            "not the partial last page"
+        );
+        assert_eq!(segment.hint_read_ahead(100, 100), 0, "already hinted");
+        segment.set_read_ahead_piece_bytes(0);
+        assert_eq!(segment.hint_read_ahead(5 * 4096, 100), 0, "off");
     }
 
     #[test]
