@@ -52,6 +52,10 @@ pub struct BrokerConfig {
     pub log: LogConfig,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
+    /// `log.tail.cache.bytes`: memory per shard for the newest batches of its partitions,
+    /// served to tailing consumers without touching the device; split over the shard's
+    /// partitions (`Shard::log_config_for`). 0 disables the cache.
+    pub tail_cache_bytes_per_shard: u64,
 }
 
 impl Default for BrokerConfig {
@@ -75,6 +79,7 @@ impl Default for BrokerConfig {
             max_partitions: 100_000,
             log: LogConfig::default(),
             retention_check_interval_ms: 300_000,
+            tail_cache_bytes_per_shard: 256 << 20,
         }
     }
 }
@@ -175,6 +180,7 @@ impl BrokerConfig {
             }
             "log.retention.ms" => self.log.retention_ms = parse(key, value)?,
             "log.retention.bytes" => self.log.retention_bytes = parse(key, value)?,
+            "log.tail.cache.bytes" => self.tail_cache_bytes_per_shard = parse(key, value)?,
             "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
             "log.retention.check.interval.ms" => {
                 self.retention_check_interval_ms = parse(key, value)?

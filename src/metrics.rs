@@ -12,6 +12,8 @@ pub struct BrokerStats {
     pub zero_copy_bytes: AtomicU64,
     /// Fetch record bytes that went through a user-space buffer (socket buffer was full).
     pub copied_fetch_bytes: AtomicU64,
+    /// Fetch record bytes served from the partitions' tail caches (memory, not the files).
+    pub memory_fetch_bytes: AtomicU64,
     pub produced_bytes: AtomicU64,
     pub requests: AtomicU64,
     pub malformed_requests: AtomicU64,
@@ -26,12 +28,13 @@ impl BrokerStats {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "connections={} requests={} produced_bytes={} fetch_zero_copy_bytes={} fetch_copied_bytes={} malformed_requests={} connections_refused={}",
+            "connections={} requests={} produced_bytes={} fetch_zero_copy_bytes={} fetch_copied_bytes={} fetch_memory_bytes={} malformed_requests={} connections_refused={}",
             self.connections.load(Ordering::Relaxed),
             get(&self.requests),
             get(&self.produced_bytes),
             get(&self.zero_copy_bytes),
             get(&self.copied_fetch_bytes),
+            get(&self.memory_fetch_bytes),
             get(&self.malformed_requests),
             get(&self.connections_refused),
         )

@@ -1,5 +1,6 @@
 //! Fetch (key 1), v4-12: long polling with `max_wait_ms` and `min_bytes`, `max_bytes` and
-//! per-partition limits, record bytes sent from the segment files with sendfile.
+//! per-partition limits. Record bytes are sent from the segment files with sendfile, or from
+//! the owner's tail cache (the newest batches, in memory) when the fetch offset is in it.
 //!
 //! Fetch sessions (KIP-227) are not implemented: every response carries session id 0, which
 //! tells clients to keep sending full fetch requests, as Kafka does when its session cache is
@@ -15,11 +16,12 @@ use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::ResponseError;
 
 use super::Dispatched;
+use crate::metrics::BrokerStats;
 use crate::protocol::fetch_response::{self, FetchedPartition, FetchedTopic};
 use crate::protocol::{RequestFrame, ResponseFrame};
 use crate::shard::partition::storage_error;
 use crate::shard::Shard;
-use crate::storage::ReadSlice;
+use crate::storage::Records;
 
 /// Longest a fetch may be parked, whatever the client asks: bounds the memory of waiters.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
@@ -38,7 +40,7 @@ struct ReadResult {
     error_code: i16,
     high_watermark: i64,
     log_start_offset: i64,
-    records: Option<ReadSlice>,
+    records: Option<Records>,
 }
 
 impl ReadResult {
@@ -52,7 +54,7 @@ impl ReadResult {
     }
 
     fn len(&self) -> usize {
-        self.records.as_ref().map_or(0, |r| r.len)
+        self.records.as_ref().map_or(0, Records::len)
     }
 }
 
@@ -140,6 +142,7 @@ async fn handle(
     // (KIP-74), later ones are cut to what is left (clients drop a partial trailing batch).
     let mut budget = body.max_bytes.max(0) as usize;
     let mut first = true;
+    let mut memory_bytes = 0u64;
     let mut slot_results: Vec<Vec<Option<ReadResult>>> = results
         .into_iter()
         .map(|r| r.into_iter().map(Some).collect())
@@ -162,13 +165,16 @@ async fn handle(
                     if let Some(records) = result.records.as_mut() {
                         if first {
                             first = false;
-                            budget = budget.saturating_sub(records.len);
+                            budget = budget.saturating_sub(records.len());
                         } else {
-                            records.len = records.len.min(budget);
-                            budget -= records.len;
+                            records.truncate(budget);
+                            budget -= records.len();
+                        }
+                        if let Records::Memory { len, .. } = records {
+                            memory_bytes += *len as u64;
                         }
                     }
-                    if result.records.as_ref().is_some_and(|r| r.len == 0) {
+                    if result.records.as_ref().is_some_and(Records::is_empty) {
                         result.records = None;
                     }
                     FetchedPartition {
@@ -183,6 +189,7 @@ async fn handle(
                 .collect(),
         })
         .collect();
+    BrokerStats::add(&shard.stats.memory_fetch_bytes, memory_bytes);
     fetch_response::encode(version, correlation_id, 0, 0, topics)
 }
 

@@ -12,7 +12,7 @@
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
@@ -172,11 +172,23 @@ async fn write_chunks(
     stream: &mut TcpStream,
     chunks: Vec<Chunk>,
 ) -> std::io::Result<()> {
+    // Consecutive memory chunks (response fields, records from a tail cache) go out together
+    // with writev; file ranges with sendfile.
+    let mut run: Vec<Bytes> = Vec::new();
     for chunk in chunks {
         match chunk {
-            Chunk::Mem(bytes) => stream.write_all(&bytes).await?,
-            Chunk::File(slice) => sendfile::send_slice(stream, &slice, &shard.stats).await?,
+            Chunk::Mem(bytes) => run.push(bytes),
+            Chunk::File(slice) => {
+                if !run.is_empty() {
+                    sendfile::send_mem(stream, &run).await?;
+                    run.clear();
+                }
+                sendfile::send_slice(stream, &slice, &shard.stats).await?
+            }
         }
+    }
+    if !run.is_empty() {
+        sendfile::send_mem(stream, &run).await?;
     }
     Ok(())
 }

@@ -3,13 +3,15 @@
 //! The crate's `FetchResponse` wants records as in-memory `Bytes`; encoding it would mean
 //! reading every fetched byte into memory first. Instead this encoder writes the fields around
 //! the records into memory chunks and leaves each partition's records as a [`Chunk::File`]
-//! range, which the connection sends with sendfile. Versions 4 to 12 (12 is flexible).
+//! range, which the connection sends with sendfile. Records served from a tail cache are
+//! already in memory: they become [`Chunk::Mem`] pieces (the cached `Bytes`, not copies).
+//! Versions 4 to 12 (12 is flexible).
 
 use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::ApiKey;
 
 use super::{begin_response, Chunk, ResponseFrame};
-use crate::storage::ReadSlice;
+use crate::storage::Records;
 
 /// One partition of a fetch response.
 pub struct FetchedPartition {
@@ -18,7 +20,7 @@ pub struct FetchedPartition {
     pub high_watermark: i64,
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
-    pub records: Option<ReadSlice>,
+    pub records: Option<Records>,
 }
 
 /// One topic of a fetch response.
@@ -90,15 +92,20 @@ pub fn encode(
             if version >= 11 {
                 buf.put_i32(-1); // preferred_read_replica
             }
-            let records_len = p.records.as_ref().map_or(0, |r| r.len);
+            let records_len = p.records.as_ref().map_or(0, Records::len);
             if flexible {
                 put_unsigned_varint(&mut buf, records_len as u32 + 1);
             } else {
                 buf.put_i32(records_len as i32);
             }
-            if let Some(records) = p.records.filter(|r| r.len > 0) {
+            if let Some(records) = p.records.filter(|r| !r.is_empty()) {
                 chunks.push(Chunk::Mem(buf.split().freeze()));
-                chunks.push(Chunk::File(records));
+                match records {
+                    Records::File(slice) => chunks.push(Chunk::File(slice)),
+                    Records::Memory { chunks: pieces, .. } => {
+                        chunks.extend(pieces.into_iter().map(Chunk::Mem))
+                    }
+                }
             }
             if flexible {
                 buf.put_u8(0); // partition tagged fields
@@ -135,14 +142,15 @@ pub fn encode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::ReadSlice;
     use bytes::Buf;
     use kafka_protocol::messages::{FetchResponse, ResponseHeader};
     use kafka_protocol::protocol::Decodable;
     use std::io::Write;
     use std::sync::Arc;
 
-    /// Encodes with file-backed records, materialises the chunks, and decodes the result with
-    /// the reference decoder of the `kafka-protocol` crate.
+    /// Encodes with file-backed and memory records, materialises the chunks, and decodes the
+    /// result with the reference decoder of the `kafka-protocol` crate.
     #[test]
     fn decodes_with_the_reference_decoder_at_every_version() {
         let mut file = tempfile::tempfile().unwrap();
@@ -158,10 +166,24 @@ mod tests {
                         high_watermark: 10,
                         last_stable_offset: 10,
                         log_start_offset: 0,
-                        records: Some(ReadSlice {
+                        records: Some(Records::File(ReadSlice {
                             file: file.clone(),
                             position: 4,
                             len: 8,
+                        })),
+                    },
+                    FetchedPartition {
+                        partition: 2,
+                        error_code: 0,
+                        high_watermark: 20,
+                        last_stable_offset: 20,
+                        log_start_offset: 0,
+                        records: Some(Records::Memory {
+                            chunks: vec![
+                                bytes::Bytes::from_static(b"head"),
+                                bytes::Bytes::from_static(b"body!"),
+                            ],
+                            len: 9,
                         }),
                     },
                     FetchedPartition {
@@ -206,7 +228,13 @@ mod tests {
                 "v{version}"
             );
             assert_eq!(p[0].high_watermark, 10);
-            assert_eq!(p[1].error_code, 1);
+            assert_eq!(
+                p[1].records.as_deref(),
+                Some(&b"headbody!"[..]),
+                "v{version}"
+            );
+            assert_eq!(p[1].high_watermark, 20);
+            assert_eq!(p[2].error_code, 1);
         }
     }
 }

@@ -175,8 +175,31 @@ impl Shard {
     }
 
     /// The log settings of a topic: broker defaults overridden by the topic's configs.
+    ///
+    /// The tail cache cap is the shard's `log.tail.cache.bytes` split over the partitions it
+    /// will own (those it owns of other topics plus this topic's), clamped to
+    /// [256 KiB, 8 MiB]. It is fixed when the log opens: partitions added later make the sum
+    /// exceed the budget by at most their own caps until the shard restarts.
     pub fn log_config_for(&self, topic: &TopicMetadata) -> LogConfig {
         let mut log = self.config.log.clone();
+        let budget = self.config.tail_cache_bytes_per_shard;
+        log.tail_cache_bytes = if budget == 0 {
+            0
+        } else {
+            let of_topic = (0..topic.partitions.len())
+                .filter(|&i| {
+                    topic.partitions[i].leader == self.broker.node_id
+                        && self.owner_of(&topic.name, i as i32) == self.id
+                })
+                .count();
+            let others = self
+                .owned_partitions()
+                .iter()
+                .filter(|p| p.topic != topic.name)
+                .count();
+            let partitions = (of_topic + others).max(1) as u64;
+            (budget / partitions).clamp(256 << 10, 8 << 20) as usize
+        };
         for (key, value) in &topic.configs {
             let parsed = value.parse::<i64>().ok();
             match (key.as_str(), parsed) {

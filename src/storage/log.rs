@@ -16,9 +16,10 @@ use super::notify::{Mark, Notifier};
 use super::recovery;
 use super::retention::{self, SegmentSummary};
 use super::segment::{self, BatchMeta, Segment};
+use super::tail_cache::TailCache;
 use super::timestamp;
 use super::writer::Writer;
-use super::{AppendInfo, LogConfig, ReadSlice, StorageError};
+use super::{AppendInfo, LogConfig, ReadSlice, Records, StorageError};
 use crate::protocol::record_batch::BatchHeader;
 
 /// Counters for metrics and tests.
@@ -83,6 +84,9 @@ pub struct PartitionLog {
     writer_waker: RefCell<Option<Waker>>,
     writer_task: RefCell<Option<JoinHandle<Result<(), StorageError>>>>,
     producer_batches: Vec<BatchHeader>,
+    /// The newest batches in memory, up to `config.tail_cache_bytes`: reads of them never
+    /// touch the device (appends are O_DIRECT, so the page cache does not have them).
+    tail_cache: RefCell<TailCache>,
     stats: Cell<LogStats>,
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
@@ -120,6 +124,7 @@ impl PartitionLog {
             segments = recovered.segments.len(),
             "opened partition log"
         );
+        let config_tail_cache_bytes = config.tail_cache_bytes;
         let log = Rc::new(PartitionLog {
             dir,
             config,
@@ -134,6 +139,7 @@ impl PartitionLog {
             writer_waker: RefCell::new(None),
             writer_task: RefCell::new(None),
             producer_batches: recovered.producer_batches,
+            tail_cache: RefCell::new(TailCache::new(config_tail_cache_bytes)),
             stats: Cell::new(LogStats::default()),
             #[cfg(test)]
             fail_next_write: Cell::new(false),
@@ -217,6 +223,12 @@ impl PartitionLog {
         self.stats.get()
     }
 
+    /// Bytes the tail cache counts against its cap, and its lowest cached offset.
+    pub fn tail_cache_usage(&self) -> (usize, Option<i64>) {
+        let cache = self.tail_cache.borrow();
+        (cache.cost_bytes(), cache.start_offset())
+    }
+
     /// Assigns offsets `[LEO, LEO + record_count)` to one already-validated batch, queues it
     /// for the writer task and wakes it. Synchronous: offsets follow call order.
     ///
@@ -261,6 +273,10 @@ impl PartitionLog {
             max_timestamp: header.max_timestamp,
             len_bytes: batch.len() as u64,
         };
+        // Cached now, in offset order; served only once below the high watermark.
+        self.tail_cache
+            .borrow_mut()
+            .push(&batch, base_offset, last_offset, leader_epoch);
         self.queue.borrow_mut().push_back(QueuedBatch {
             bytes: batch,
             leader_epoch,
@@ -297,9 +313,12 @@ impl PartitionLog {
         self.notifier.wait(mark, end_offset).await
     }
 
-    /// Locates the batch holding `offset` and returns the byte range from that batch's start,
-    /// up to `max_bytes`, never past the high watermark nor across a segment end. With
-    /// `min_one_batch` a first batch larger than `max_bytes` is returned whole (KIP-74).
+    /// Returns the batches from the one holding `offset`, up to `max_bytes`, never past the
+    /// high watermark. With `min_one_batch` a first batch larger than `max_bytes` is returned
+    /// whole (KIP-74).
+    ///
+    /// From the tail cache when it holds `offset` (whole batches, as memory chunks), else as a
+    /// byte range of one segment file (never across a segment end; the last batch may be cut).
     ///
     /// `offset` at or above the high watermark (but not above LEO), or `max_bytes == 0` without
     /// `min_one_batch`: `Ok(None)`. Below log start or above LEO: `OffsetOutOfRange`.
@@ -311,7 +330,7 @@ impl PartitionLog {
         offset: i64,
         max_bytes: usize,
         min_one_batch: bool,
-    ) -> Result<Option<ReadSlice>, StorageError> {
+    ) -> Result<Option<Records>, StorageError> {
         self.check_readable()?;
         if offset < self.log_start_offset() || offset > self.log_end_offset() {
             return Err(self.out_of_range(offset));
@@ -319,6 +338,28 @@ impl PartitionLog {
         if offset >= self.high_watermark() || (max_bytes == 0 && !min_one_batch) {
             return Ok(None);
         }
+        let cached =
+            self.tail_cache
+                .borrow()
+                .read(offset, max_bytes, min_one_batch, self.high_watermark());
+        if let Some(read) = cached {
+            return Ok(Some(Records::Memory {
+                chunks: read.chunks,
+                len: read.len,
+            }));
+        }
+        Ok(self
+            .read_file(offset, max_bytes, min_one_batch)?
+            .map(Records::File))
+    }
+
+    /// [`Self::read`] from the segment files only.
+    fn read_file(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+    ) -> Result<Option<ReadSlice>, StorageError> {
         let segments = self.segments.borrow();
         let Some(mut i) = segments
             .partition_point(|s| s.base_offset() <= offset)
@@ -438,6 +479,7 @@ impl PartitionLog {
             "retention deleted unwritten data"
         );
         self.log_start_offset.set(log_start_offset);
+        self.tail_cache.borrow_mut().evict_below(log_start_offset);
         for segment in &removed {
             info!(segment = %segment.log_path().display(), log_start_offset, "retention deleted segment");
             segment.delete_files()?;
@@ -458,6 +500,7 @@ impl PartitionLog {
             self.lifecycle.set(Lifecycle::Closing);
         }
         let result = self.stop_writer().await;
+        self.tail_cache.borrow_mut().clear();
         self.lifecycle.set(Lifecycle::Closed);
         self.notifier.close();
         result
@@ -583,6 +626,8 @@ impl PartitionLog {
     pub(crate) fn discard_queue(&self) {
         self.queue.borrow_mut().clear();
         self.queued_bytes.set(0);
+        // Failed or deleted: written data stays readable from the files.
+        self.tail_cache.borrow_mut().clear();
     }
 
     /// Puts the log in the failed state: later appends and unsatisfied waits get the error.
@@ -654,13 +699,38 @@ pub(crate) mod tests {
         log.append(Bytes::from(bytes), &header, 7).expect("append")
     }
 
-    pub(crate) fn slice_bytes(slice: &ReadSlice) -> Vec<u8> {
-        let mut bytes = vec![0u8; slice.len];
-        slice
-            .file
-            .read_exact_at(&mut bytes, slice.position)
-            .unwrap();
-        bytes
+    pub(crate) fn slice_bytes(records: &Records) -> Vec<u8> {
+        match records {
+            Records::File(slice) => {
+                let mut bytes = vec![0u8; slice.len];
+                slice
+                    .file
+                    .read_exact_at(&mut bytes, slice.position)
+                    .unwrap();
+                bytes
+            }
+            Records::Memory { chunks, len } => {
+                let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                assert_eq!(bytes.len(), *len);
+                bytes
+            }
+        }
+    }
+
+    /// The file range of a read that must come from a segment file.
+    pub(crate) fn file_slice(records: Records) -> ReadSlice {
+        match records {
+            Records::File(slice) => slice,
+            Records::Memory { .. } => panic!("expected a file read"),
+        }
+    }
+
+    /// `LogConfig::default()` without the tail cache: every read goes to the files.
+    pub(crate) fn uncached_config() -> LogConfig {
+        LogConfig {
+            tail_cache_bytes: 0,
+            ..LogConfig::default()
+        }
     }
 
     /// Whole batches at the start of `bytes` (a read's last batch may be cut by max_bytes).
@@ -724,11 +794,13 @@ pub(crate) mod tests {
                         validate(&bytes[..whole_batches(&bytes)[0].total_len()], 1 << 20).unwrap();
                     assert_eq!((first.base_offset, first.last_offset()), (base, last));
                     assert_eq!(first.partition_leader_epoch, 7);
-                    let file_bytes = slice.file.metadata().unwrap().len();
-                    assert!(
-                        slice.position + slice.len as u64 <= file_bytes,
-                        "never across a segment end"
-                    );
+                    if let Records::File(slice) = &slice {
+                        let file_bytes = slice.file.metadata().unwrap().len();
+                        assert!(
+                            slice.position + slice.len as u64 <= file_bytes,
+                            "never across a segment end"
+                        );
+                    }
                 }
             }
             // Sequential consumption with small fetches sees every batch exactly once.
@@ -753,7 +825,7 @@ pub(crate) mod tests {
     fn reads_honour_max_bytes_kip74_and_the_high_watermark() {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
-            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+            let log = PartitionLog::open(dir.path().join("t-0"), uncached_config())
                 .await
                 .unwrap();
             let big = batch(20, 100, 1_000);
@@ -774,30 +846,113 @@ pub(crate) mod tests {
             ));
 
             log.wait_written(21, false).await.unwrap();
-            let whole = log.read(5, 100, true).unwrap().unwrap();
+            let whole = file_slice(log.read(5, 100, true).unwrap().unwrap());
             assert_eq!(
                 (whole.position, whole.len),
                 (0, big_len),
                 "KIP-74: the first batch whole"
             );
-            let cut = log.read(5, 100, false).unwrap().unwrap();
+            let cut = file_slice(log.read(5, 100, false).unwrap().unwrap());
             assert_eq!(
                 cut.len, 100,
                 "without min_one_batch the range is cut at max_bytes"
             );
-            let both = log.read(0, 1 << 20, false).unwrap().unwrap();
+            let both = file_slice(log.read(0, 1 << 20, false).unwrap().unwrap());
             assert_eq!(
                 both.len as u64,
                 log.size_bytes(),
                 "up to the high watermark"
             );
-            let second = log.read(20, 1 << 20, false).unwrap().unwrap();
+            let second = file_slice(log.read(20, 1 << 20, false).unwrap().unwrap());
             assert_eq!(second.position, big_len as u64);
             assert!(
                 log.read(21, 1 << 20, true).unwrap().is_none(),
                 "at the high watermark"
             );
             assert!(log.read(0, 0, false).unwrap().is_none());
+            log.close().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn tail_reads_come_from_memory_and_match_the_file() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t-0");
+            let config = LogConfig {
+                tail_cache_bytes: 64 * 1024,
+                ..small_config()
+            };
+            let log = PartitionLog::open(path.clone(), config).await.unwrap();
+            // Not yet written: the cache holds it, but nothing above the high watermark is served.
+            let first = append(&log, batch(3, 100, 1_000));
+            assert!(log.read(0, 1 << 20, true).unwrap().is_none());
+            log.wait_written(first.last_offset + 1, false)
+                .await
+                .unwrap();
+            let hit = log.read(1, 1 << 20, true).unwrap().unwrap();
+            assert!(
+                matches!(hit, Records::Memory { .. }),
+                "fresh data from memory"
+            );
+            let bytes = slice_bytes(&hit);
+            let header = validate(&bytes, 1 << 20).expect("a whole valid batch (CRC included)");
+            assert_eq!((header.base_offset, header.partition_leader_epoch), (0, 7));
+
+            let mut expected = Vec::new();
+            for i in 0..400usize {
+                let info = append(&log, batch(1 + i % 5, 200 + i % 300, 2_000 + i as i64));
+                expected.push((info.base_offset, info.last_offset));
+            }
+            log.wait_written(log.log_end_offset(), false).await.unwrap();
+            let (cost, start) = log.tail_cache_usage();
+            assert!(cost <= 64 * 1024, "within the cap: {cost}");
+            let start = start.expect("recent batches cached");
+            assert!(start > 0, "old batches evicted");
+            // Below the cache: from the file. Inside: from memory, identical bytes.
+            assert!(matches!(
+                log.read(start - 1, 1 << 20, true).unwrap().unwrap(),
+                Records::File(_)
+            ));
+            for &(base, last) in expected.iter().filter(|(b, _)| *b >= start) {
+                let memory = log.read(last, 5_000, true).unwrap().unwrap();
+                assert!(matches!(memory, Records::Memory { .. }));
+                let memory = slice_bytes(&memory);
+                let batches = whole_batches(&memory);
+                assert_eq!(batches[0].base_offset, base);
+                assert_eq!(
+                    batches.iter().map(|h| h.total_len()).sum::<usize>(),
+                    memory.len(),
+                    "whole batches only"
+                );
+                assert!(memory.len() <= 5_000 || batches.len() == 1);
+                let file = slice_bytes(&Records::File(
+                    log.read_file(last, memory.len(), true).unwrap().unwrap(),
+                ));
+                assert!(file.starts_with(&memory[..memory.len().min(file.len())]));
+            }
+            // KIP-74 from memory: a first batch larger than max_bytes comes whole.
+            let tail = expected.last().unwrap().0;
+            let one = log.read(tail, 1, true).unwrap().unwrap();
+            assert!(matches!(one, Records::Memory { .. }));
+            assert_eq!(whole_batches(&slice_bytes(&one)).len(), 1);
+            // A consumer from the start sees every batch once, across files and memory.
+            let mut all = vec![(first.base_offset, first.last_offset)];
+            all.extend(expected.iter().copied());
+            let seen: Vec<(i64, i64)> = consume_all(&log, 0, 3000)
+                .iter()
+                .map(|h| (h.base_offset, h.last_offset()))
+                .collect();
+            assert_eq!(seen, all);
+            log.close().await.unwrap();
+
+            // After a restart the cache starts empty: reads go to the files.
+            let log = PartitionLog::open(path, small_config()).await.unwrap();
+            assert_eq!(log.tail_cache_usage(), (0, None));
+            assert!(matches!(
+                log.read(tail, 1 << 20, true).unwrap().unwrap(),
+                Records::File(_)
+            ));
             log.close().await.unwrap();
         });
     }
@@ -1050,7 +1205,7 @@ pub(crate) mod tests {
     fn reads_hint_the_kernel_to_read_ahead_of_the_consumer() {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
-            let log = PartitionLog::open(dir.path().join("t-0"), LogConfig::default())
+            let log = PartitionLog::open(dir.path().join("t-0"), uncached_config())
                 .await
                 .unwrap();
             while log.size_bytes() + log.queued_bytes() < 12 << 20 {
@@ -1069,7 +1224,7 @@ pub(crate) mod tests {
                 "O_DIRECT appends leave the page cache empty"
             );
 
-            let first = log.read(0, 1 << 20, true).unwrap().unwrap();
+            let first = file_slice(log.read(0, 1 << 20, true).unwrap().unwrap());
             assert_eq!(
                 log.stats().read_ahead_bytes,
                 4 << 20,
@@ -1085,7 +1240,7 @@ pub(crate) mod tests {
                 glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
             }
             // The next fetch continues the window rather than hinting the same pages again.
-            let next = log.read(1_000, 1 << 20, true).unwrap().unwrap();
+            let next = file_slice(log.read(1_000, 1 << 20, true).unwrap().unwrap());
             assert!(next.position > first.position);
             assert_eq!(log.stats().read_ahead_bytes, 8 << 20);
             log.close().await.unwrap();

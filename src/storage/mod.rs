@@ -18,6 +18,8 @@
 //! - [`retention`]: which closed segments time and size retention delete.
 //! - [`notify`]: cancel-safe waits on the high watermark and the durable offset.
 //! - [`timestamp`]: record-level timestamp search inside one uncompressed batch.
+//! - [`tail_cache`]: the newest batches in memory (the producer's `Bytes`), so tailing
+//!   consumers never wait for the device: O_DIRECT appends leave the page cache empty.
 //!
 //! # On disk (Kafka's naming)
 //! `<dir>/<base_offset:020>.log` holds whole RecordBatch v2 batches back to back. The active
@@ -43,6 +45,7 @@ pub mod notify;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
+pub mod tail_cache;
 pub mod timestamp;
 pub mod writer;
 
@@ -69,6 +72,9 @@ pub struct LogConfig {
     pub index_interval_bytes: u32,
     /// Upper bound for one batch (header included), used whenever a length is read from disk.
     pub max_batch_bytes: usize,
+    /// Cap of this partition's tail cache (newest batches kept in memory); 0 disables it.
+    /// The shard derives it from `log.tail.cache.bytes` (`Shard::log_config_for`).
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -80,6 +86,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             // Kafka's message.max.bytes default (1 MiB + 12 bytes of log overhead).
             max_batch_bytes: 1_048_588,
+            tail_cache_bytes: 8 << 20,
         }
     }
 }
@@ -190,6 +197,58 @@ pub struct AppendInfo {
     pub last_offset: i64,
     /// -1: timestamps are the producer's (CreateTime); the broker never rewrites them.
     pub log_append_time_ms: i64,
+}
+
+/// What [`PartitionLog::read`] returns: whole batches (the last may be partial when
+/// `max_bytes` cut it) either as a segment file range to sendfile, or as memory chunks from the
+/// tail cache. `Send`: another shard's connection writes it.
+#[derive(Debug, Clone)]
+pub enum Records {
+    File(ReadSlice),
+    /// Chunks to write in order: the batches' patched heads and the producers' bytes.
+    Memory {
+        chunks: Vec<bytes::Bytes>,
+        len: usize,
+    },
+}
+
+impl Records {
+    pub fn len(&self) -> usize {
+        match self {
+            Records::File(slice) => slice.len,
+            Records::Memory { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cuts to at most `max_bytes` (clients drop a partial trailing batch).
+    pub fn truncate(&mut self, max_bytes: usize) {
+        match self {
+            Records::File(slice) => slice.len = slice.len.min(max_bytes),
+            Records::Memory { chunks, len } => {
+                if *len <= max_bytes {
+                    return;
+                }
+                let mut left = max_bytes;
+                let mut keep = 0;
+                for chunk in chunks.iter_mut() {
+                    if left == 0 {
+                        break;
+                    }
+                    if chunk.len() > left {
+                        chunk.truncate(left);
+                    }
+                    left -= chunk.len();
+                    keep += 1;
+                }
+                chunks.truncate(keep);
+                *len = max_bytes;
+            }
+        }
+    }
 }
 
 /// A byte range of one segment file holding whole batches (the last may be partial when

@@ -213,10 +213,16 @@ pub(crate) fn scan_file(
 
 /// Scans `file` (opened with O_DIRECT) from `start` (a batch boundary) to `end` like
 /// [`scan_file`], with `reads_in_flight` aligned reads of `read_bytes` queued ahead of the
-/// scan. Batches are validated in place in the DMA buffers; only a batch split by a chunk
+/// scan. Batches are validated in place in the read buffers; only a batch split by a chunk
 /// boundary is copied, into a carry buffer completed from the next chunk.
+///
+/// With `page_cache` (a buffered handle to the same file), a chunk whose pages are all in the
+/// page cache is copied from there instead (memory speed, where O_DIRECT would read the device
+/// again): after a process crash or a clean restart, whatever consumers read recently is
+/// still cached.
 pub(crate) async fn scan_file_direct(
     file: &DmaFile,
+    page_cache: Option<&File>,
     (start, end): (u64, u64),
     (read_bytes, reads_in_flight): (usize, usize),
     max_batch_bytes: usize,
@@ -232,12 +238,29 @@ pub(crate) async fn scan_file_direct(
     let align = file.alignment().max(1);
     let read_bytes = (read_bytes as u64).max(align).next_multiple_of(align);
     let first_read = start - start % align;
+    let residency = page_cache.and_then(|f| Residency::map(f, end));
+    let residency = residency.as_ref();
     let reads = (first_read..end)
         .step_by(read_bytes as usize)
         .map(|position| {
             let len = read_bytes.min((end - position).next_multiple_of(align));
             async move {
-                let read = file.read_at_aligned(position, len as usize).await;
+                let cached =
+                    page_cache.filter(|_| residency.is_some_and(|r| r.all_resident(position, len)));
+                let read = match cached {
+                    Some(buffered) => {
+                        let mut bytes = vec![0u8; len as usize];
+                        read_at_most(buffered, &mut bytes, position).map(|n| {
+                            bytes.truncate(n);
+                            Chunk::Cached(bytes)
+                        })
+                    }
+                    None => file
+                        .read_at_aligned(position, len as usize)
+                        .await
+                        .map(Chunk::Direct)
+                        .map_err(io::Error::from),
+                };
                 (position, len as usize, read)
             }
         });
@@ -251,6 +274,7 @@ pub(crate) async fn scan_file_direct(
     let mut carry_start = start;
     while let Some((position, requested, read)) = reads.next().await {
         let chunk = read?;
+        let chunk = chunk.bytes();
         // A short read means the file is shorter than `end`: treat it as the end.
         let at_end = position + requested as u64 >= end || chunk.len() < requested;
         let from = (carry_start + carry.len() as u64 - position) as usize;
@@ -307,6 +331,87 @@ pub(crate) async fn scan_file_direct(
         }
     }
     unreachable!("the last read is at or past `end`, so the loop returns")
+}
+
+/// One chunk of a [`scan_file_direct`] scan.
+enum Chunk {
+    Direct(glommio::io::ReadResult),
+    Cached(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Direct(read) => read,
+            Chunk::Cached(bytes) => bytes,
+        }
+    }
+}
+
+/// Which pages of a file are in the page cache: `mincore` on a shared read-only mapping that
+/// is never dereferenced (so it cannot fault, nor raise SIGBUS if the file shrinks).
+struct Residency {
+    addr: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+impl Residency {
+    /// Maps the first `len` bytes of `file`; `None` if that fails (residency then unknown, and
+    /// every chunk is read with O_DIRECT).
+    fn map(file: &File, len: u64) -> Option<Residency> {
+        use std::os::fd::AsRawFd;
+        let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
+        // SAFETY: a new PROT_READ mapping of an open file; the kernel picks the address.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return None;
+        }
+        Some(Residency {
+            addr: std::ptr::NonNull::new(addr)?,
+            len,
+        })
+    }
+
+    /// True when every page of `[position, position + len)` (clamped to the mapping) is
+    /// cached.
+    fn all_resident(&self, position: u64, len: u64) -> bool {
+        let page = PAGE_BYTES as usize;
+        let Ok(from) = usize::try_from(position) else {
+            return false;
+        };
+        let from = from - from % page;
+        let to = self.len.min(from.saturating_add(len as usize));
+        if from >= to {
+            return false;
+        }
+        let mut pages = vec![0u8; (to - from).div_ceil(page)];
+        // SAFETY: `from` is page-aligned and `[from, to)` lies inside the mapping; `pages`
+        // has one byte per page of that range, as mincore writes.
+        let rc = unsafe {
+            libc::mincore(
+                self.addr.as_ptr().cast::<u8>().add(from).cast(),
+                to - from,
+                pages.as_mut_ptr(),
+            )
+        };
+        rc == 0 && pages.iter().all(|p| p & 1 == 1)
+    }
+}
+
+impl Drop for Residency {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `map` created; nothing borrows it.
+        unsafe { libc::munmap(self.addr.as_ptr(), self.len) };
+    }
 }
 
 /// How long the partial batch in `bytes` (a `Truncated` scan result) will be once whole: its
@@ -417,8 +522,10 @@ async fn recover_active_segment(
     let interval = config.index_interval_bytes;
     let mut active = ActiveScan::new(dir, base_offset, &path)?;
     let mut bounds = segment_bounds(base_offset, base_offset);
+    let page_cache = active.segment.read_file().clone();
     let direct = scan_file_direct(
         &active_file,
+        Some(&page_cache),
         range,
         (DIRECT_READ_BYTES, DIRECT_READS_IN_FLIGHT),
         config.max_batch_bytes,
@@ -838,6 +945,7 @@ mod tests {
 
     async fn direct_scan(
         file: &DmaFile,
+        page_cache: Option<&File>,
         range: (u64, u64),
         reads: (usize, usize),
         max: usize,
@@ -847,12 +955,36 @@ mod tests {
             last_max: i64::MAX,
         };
         let mut seen = Vec::new();
-        let scan = scan_file_direct(file, range, reads, max, &mut bounds, |p, h| {
+        let scan = scan_file_direct(file, page_cache, range, reads, max, &mut bounds, |p, h| {
             seen.push((p, h.base_offset))
         })
         .await
         .unwrap();
         (scan.valid_end, scan.stop, seen)
+    }
+
+    /// Writes `bytes` and leaves only every other 8 KiB of it in the page cache, so a scan
+    /// that may copy cached chunks mixes them with O_DIRECT reads.
+    fn write_half_cached(path: &Path, bytes: &[u8]) -> File {
+        use std::os::fd::AsRawFd;
+        std::fs::write(path, bytes).unwrap();
+        let file = File::open(path).unwrap();
+        file.sync_all().unwrap(); // clean pages, which DONTNEED drops
+        let advise = |at: usize, len: usize, advice| {
+            // SAFETY: advice on an open descriptor.
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), at as i64, len as i64, advice) };
+            assert_eq!(rc, 0);
+        };
+        // Whole file: DONTNEED skips large folios the range covers only in part.
+        advise(0, 0, libc::POSIX_FADV_DONTNEED);
+        // No read-ahead on this descriptor: a pread caches just the pages it reads.
+        advise(0, 0, libc::POSIX_FADV_RANDOM);
+        let mut page = [0u8; 8192];
+        for at in (0..bytes.len()).step_by(16384) {
+            read_at_most(&file, &mut page, at as u64).unwrap();
+        }
+        file
     }
 
     #[test]
@@ -884,8 +1016,25 @@ mod tests {
             ];
             for (name, bytes) in files {
                 let path = dir.path().join(name);
-                std::fs::write(&path, &bytes).unwrap();
+                let cached = write_half_cached(&path, &bytes);
                 let file = OpenOptions::new().read(true).dma_open(&path).await.unwrap();
+                // Both kinds of chunk really occur.
+                glommio::executor().io_stats();
+                let whole = direct_scan(
+                    &file,
+                    Some(&cached),
+                    (0, bytes.len() as u64),
+                    (4096, 2),
+                    1 << 20,
+                )
+                .await;
+                let (direct_reads, _) = glommio::executor().io_stats().all_rings().file_reads();
+                let chunks = bytes.len().div_ceil(4096) as u64;
+                assert!(
+                    direct_reads > 0 && direct_reads < chunks,
+                    "{direct_reads} of {chunks}"
+                );
+                assert_eq!(whole, pure_scan(&bytes, 1 << 20));
                 // Torn tails at, just before and just after each 4 KiB boundary (a chunk
                 // boundary for every read size below), and a few in between.
                 let mut cuts = vec![bytes.len()];
@@ -901,8 +1050,12 @@ mod tests {
                 for &cut in &cuts {
                     let expected = pure_scan(&bytes[..cut], 1 << 20);
                     for reads in [(4096, 1), (4096, 3), (12288, 2), (1 << 20, 4)] {
-                        let got = direct_scan(&file, (0, cut as u64), reads, 1 << 20).await;
-                        assert_eq!(got, expected, "{name}: cut at {cut}, reads {reads:?}");
+                        for page_cache in [None, Some(&cached)] {
+                            let range = (0, cut as u64);
+                            let got = direct_scan(&file, page_cache, range, reads, 1 << 20).await;
+                            let cache = page_cache.is_some();
+                            assert_eq!(got, expected, "{name}: cut {cut}, {reads:?}, {cache}");
+                        }
                     }
                 }
                 // A scan from a batch boundary that is not page-aligned (a closed segment's
@@ -920,6 +1073,7 @@ mod tests {
                 let mut seen = Vec::new();
                 let scan = scan_file_direct(
                     &file,
+                    Some(&cached),
                     (start, bytes.len() as u64),
                     (4096, 2),
                     4000,
@@ -945,13 +1099,16 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("x.log");
             let cut = bytes.len() - 100;
-            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let cached = write_half_cached(&path, &bytes[..cut]);
             let file = OpenOptions::new().read(true).dma_open(&path).await.unwrap();
             // Asked for more than the file holds, as when it shrank after its size was read.
-            let got = direct_scan(&file, (0, bytes.len() as u64 + 5000), (4096, 3), 1 << 20).await;
-            assert_eq!(got, pure_scan(&bytes[..cut], 1 << 20));
-            let empty = direct_scan(&file, (700, 700), (4096, 3), 1 << 20).await;
-            assert_eq!(empty, (700, None, vec![]));
+            for page_cache in [None, Some(&cached)] {
+                let range = (0, bytes.len() as u64 + 5000);
+                let got = direct_scan(&file, page_cache, range, (4096, 3), 1 << 20).await;
+                assert_eq!(got, pure_scan(&bytes[..cut], 1 << 20));
+                let empty = direct_scan(&file, page_cache, (700, 700), (4096, 3), 1 << 20).await;
+                assert_eq!(empty, (700, None, vec![]));
+            }
             file.close().await.unwrap();
         });
     }
@@ -1180,7 +1337,44 @@ mod tests {
             log.close().await.unwrap();
             let file = active_log_path(&log);
             let bytes = std::fs::read(&file).unwrap();
+            evict(&file);
             (file, bytes)
+        }
+
+        /// Drops `path` from the page cache, as a machine crash would.
+        fn evict(path: &std::path::Path) {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(path).unwrap();
+            file.sync_all().unwrap();
+            // SAFETY: advice on an open descriptor.
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0);
+        }
+
+        #[test]
+        fn recovery_copies_what_the_page_cache_holds() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let (file, bytes) = multi_chunk_log(path.clone()).await;
+                // A clean restart (or a process crash) after consumers read the whole segment.
+                assert_eq!(std::fs::read(&file).unwrap(), bytes);
+                glommio::executor().io_stats(); // resets the counters
+                let log = PartitionLog::open(path, LogConfig::default())
+                    .await
+                    .unwrap();
+                let (reads, _) = glommio::executor().io_stats().all_rings().file_reads();
+                assert_eq!(reads, 0, "no O_DIRECT read for cached chunks");
+                assert_eq!(log.size_bytes(), bytes.len() as u64);
+                let expected: Vec<i64> = pure_scan(&bytes, 1 << 20).2.iter().map(|b| b.1).collect();
+                let seen: Vec<i64> = consume_all(&log, 0, 1 << 20)
+                    .iter()
+                    .map(|h| h.base_offset)
+                    .collect();
+                assert_eq!(seen, expected);
+                log.close().await.unwrap();
+            });
         }
 
         #[test]
@@ -1252,6 +1446,7 @@ mod tests {
                         "{name}: the case must cut something"
                     );
                     std::fs::write(&file, &on_disk).unwrap();
+                    evict(&file); // read with O_DIRECT, not copied from the page cache
                     let log = PartitionLog::open(path.clone(), LogConfig::default())
                         .await
                         .unwrap();
