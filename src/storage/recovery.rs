@@ -7,12 +7,15 @@
 //!
 //! The active segment is read with O_DIRECT (`scan_file_direct`): four 2 MiB reads in flight
 //! on the shard's io_uring while the CRC scan (~0.1 s per GiB) runs over the chunk that already
-//! arrived. After a crash its bytes are not in the page cache anyway (appends are O_DIRECT), and
-//! a buffered scan is bound by the kernel's read-ahead and pays a copy and a page-cache fill per
-//! byte; the direct scan reads at the device's bandwidth and copies only the batches that
-//! straddle two chunks. The flip side: a segment that is in the page cache (consumers read it
-//! just before a clean restart) is read from the device again. Recovery leaves the page cache as
-//! cold as it found it; consumers that then catch up rely on the read fds' read-ahead
+//! arrived, and the shard serves other work while it waits. Appends are O_DIRECT, so after a
+//! machine crash (or when nobody consumed the tail) the bytes are not in the page cache, and a
+//! buffered scan is bound by the kernel's read-ahead, pays a copy and a page-cache fill per
+//! byte, and blocks the shard in pread; the direct scan reads at the device's bandwidth and
+//! copies only the batches that straddle two chunks. Chunks whose pages are all in the page
+//! cache (consumers read them before a process crash or a clean restart; `mincore` tells) are
+//! copied from it instead: O_DIRECT would read them from the device again (a cached 1 GiB
+//! segment: 0.16 s copied, 0.9 s re-read here). Recovery leaves the page cache as it found it;
+//! consumers that then catch up rely on the read fds' read-ahead
 //! ([`Segment::hint_read_ahead`]). If O_DIRECT reads are refused the scan falls back to the
 //! page cache. Closed segments (index checks, rare rescans) use chunked buffered preads
 //! (`scan_file`). Both scans feed the same pure validator, `scan_batches` (under
