@@ -117,7 +117,8 @@ impl PartitionLog {
         // Closed segments were fdatasync'd when rolled; the active one is not known to be
         // durable until the first sync.
         let durable_offset = active.base_offset();
-        info!(
+        // Debug, not info: a broker with thousands of partitions would log a line for each.
+        tracing::debug!(
             dir = %dir.display(),
             log_start_offset,
             log_end_offset,
