@@ -23,9 +23,14 @@ const MESH_CHANNEL_CAPACITY: usize = 1024;
 /// serves clients; scripts and tests wait for it.
 pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let config = Arc::new(config);
+    let mut config = config;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    // Absolute from here on: glommio's directory opens fail (EBADF) on relative paths, and the
+    // default data dir is the relative ./data.
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| format!("cannot resolve data dir {}: {e}", config.data_dir.display()))?;
+    let config = Arc::new(config);
     let shards = config.cores;
     let online = CpuSet::online().map(|s| s.len()).unwrap_or(1);
     let cpus: Vec<usize> = CpuSet::online()

@@ -495,3 +495,27 @@ fn connection_and_inflight_limits_hold() {
         "refusals are logged"
     );
 }
+
+/// The README's first command runs with the default, relative `./data`.
+#[test]
+fn a_relative_data_dir_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start_relative(tmp.path(), 2);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("relative", 4), 0);
+    for partition in 0..4 {
+        let (code, base) = client.produce(
+            "relative",
+            partition,
+            raw::batch(&[b"v"], None, Compression::None),
+            1,
+        );
+        assert_eq!(
+            (code, base),
+            (0, 0),
+            "partition {partition}: {}",
+            broker.log()
+        );
+    }
+    assert!(tmp.path().join("data/relative-3").is_dir());
+}

@@ -28,14 +28,24 @@ impl Broker {
 
     /// Starts a broker on `data_dir` (kept when the broker stops) with extra flags.
     pub fn start_in(data_dir: &Path, cores: usize, extra: &[&str]) -> Broker {
-        let data = data_dir.join("data");
-        let log_path = data_dir.join(format!("broker-{}.log", std::process::id()));
+        Broker::spawn(data_dir, &data_dir.join("data"), cores, extra)
+    }
+
+    /// Starts a broker whose working directory is `dir`, with the relative `--data-dir data`
+    /// (what the README's default `./data` amounts to).
+    pub fn start_relative(dir: &Path, cores: usize) -> Broker {
+        Broker::spawn(dir, Path::new("data"), cores, &[])
+    }
+
+    fn spawn(cwd: &Path, data_arg: &Path, cores: usize, extra: &[&str]) -> Broker {
+        let log_path = cwd.join(format!("broker-{}.log", std::process::id()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
+            .current_dir(cwd)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -43,7 +53,7 @@ impl Broker {
                 &cores.to_string(),
                 "--data-dir",
             ])
-            .arg(&data)
+            .arg(data_arg)
             .args(extra)
             .env(
                 "RUST_LOG",
@@ -70,7 +80,7 @@ impl Broker {
         Broker {
             child: Some(child),
             addr,
-            data_dir: data,
+            data_dir: cwd.join(data_arg),
             log_path,
             _tmp: None,
         }
