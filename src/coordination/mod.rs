@@ -162,19 +162,7 @@ impl Coordinator {
                 ));
             }
         }
-        let existing = self
-            .state
-            .borrow()
-            .topics
-            .values()
-            .map(|t| t.partitions.len())
-            .sum::<usize>();
-        if existing + partitions as usize > max_partitions {
-            return Err(ApiError::new(
-                ResponseError::PolicyViolation,
-                format!("the broker is limited to {max_partitions} partitions (max.partitions)"),
-            ));
-        }
+        self.check_partition_limit(partitions as usize, max_partitions)?;
         let assignments = assign_replicas(&live, 0, partitions, replication_factor);
         let record = MetadataRecord::TopicCreated {
             name: name.to_string(),
@@ -233,19 +221,7 @@ impl Coordinator {
                 format!("Topic currently has {current} partitions, which is higher than or equal to the requested {count}."),
             ));
         }
-        let total = self
-            .state
-            .borrow()
-            .topics
-            .values()
-            .map(|t| t.partitions.len())
-            .sum::<usize>();
-        if total + (count - current) as usize > max_partitions {
-            return Err(ApiError::new(
-                ResponseError::PolicyViolation,
-                format!("the broker is limited to {max_partitions} partitions (max.partitions)"),
-            ));
-        }
+        self.check_partition_limit((count - current) as usize, max_partitions)?;
         if validate_only {
             return Ok(());
         }
@@ -257,6 +233,24 @@ impl Coordinator {
             name: name.to_string(),
             assignments,
         }])
+    }
+
+    /// Refuses to grow the cluster past `max.partitions`.
+    fn check_partition_limit(&self, added: usize, max_partitions: usize) -> Result<(), ApiError> {
+        let existing: usize = self
+            .state
+            .borrow()
+            .topics
+            .values()
+            .map(|t| t.partitions.len())
+            .sum();
+        if existing + added > max_partitions {
+            return Err(ApiError::new(
+                ResponseError::PolicyViolation,
+                format!("the broker is limited to {max_partitions} partitions (max.partitions)"),
+            ));
+        }
+        Ok(())
     }
 
     /// Hands out a producer id for an idempotent producer; ids are never reused, even across
