@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures::future::{join_all, select, select_all, Either};
+use futures::future::{join_all, select, select_all};
 use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::ResponseError;
 
@@ -282,12 +282,10 @@ async fn wait_local(owner: &Shard, requests: &[ReadRequest], deadline: Instant) 
         return;
     }
     let remaining = deadline.saturating_duration_since(Instant::now());
-    match select(
+    // Whichever comes first: data on any partition, or the deadline.
+    select(
         select_all(waits),
         Box::pin(glommio::timer::sleep(remaining)),
     )
-    .await
-    {
-        Either::Left(_) | Either::Right(_) => {}
-    }
+    .await;
 }
