@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+use crate::coordination::Voter;
 use crate::storage::LogConfig;
 
 /// Everything a broker process needs to start. Immutable after start; every shard holds a copy.
@@ -52,6 +53,18 @@ pub struct BrokerConfig {
     pub log: LogConfig,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval_ms: u64,
+    /// `controller.quorum.voters` / `--controller-quorum-voters`: `id@host:port,...`, the voters
+    /// of the coordination quorum. Empty: a quorum of one (this node), embedded.
+    pub quorum_voters: Vec<Voter>,
+    /// A `CONTROLLER://host:port` entry of `listeners` / `--controller-listen`: where this node
+    /// accepts the other voters. Default: the address of its own voters entry.
+    pub controller_listen: Option<SocketAddr>,
+    /// `broker.heartbeat.interval.ms`: how often this broker renews its session.
+    pub broker_heartbeat_interval_ms: u64,
+    /// `broker.session.timeout.ms`: a broker silent this long is fenced and loses leadership.
+    pub broker_session_timeout_ms: u64,
+    /// `unclean.leader.election.enable`: the default for topics that do not set it.
+    pub unclean_leader_election_enable: bool,
     /// `log.tail.cache.bytes`: memory per shard for the newest batches of its partitions,
     /// served to tailing consumers without touching the device; split over the shard's
     /// partitions (`Shard::log_config_for`). 0 disables the cache.
@@ -80,6 +93,11 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             retention_check_interval_ms: 300_000,
             tail_cache_bytes_per_shard: 256 << 20,
+            quorum_voters: Vec::new(),
+            controller_listen: None,
+            broker_heartbeat_interval_ms: 250,
+            broker_session_timeout_ms: 1500,
+            unclean_leader_election_enable: false,
         }
     }
 }
@@ -103,6 +121,35 @@ fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
         .map_err(|_| ConfigError(format!("invalid value for {key}: {value:?}")))
 }
 
+/// Parses `controller.quorum.voters`: `id@host:port` entries, comma-separated.
+pub fn parse_voters(value: &str) -> Result<Vec<Voter>, ConfigError> {
+    let mut voters = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, address) = entry.split_once('@').ok_or_else(|| {
+            ConfigError(format!(
+                "controller.quorum.voters: expected id@host:port, got {entry:?}"
+            ))
+        })?;
+        let node_id: i32 = parse("controller.quorum.voters", id)?;
+        if node_id < 0 {
+            return Err(ConfigError(format!(
+                "controller.quorum.voters: negative id in {entry:?}"
+            )));
+        }
+        split_host_port("controller.quorum.voters", address)?;
+        if voters.iter().any(|v: &Voter| v.node_id == node_id) {
+            return Err(ConfigError(format!(
+                "controller.quorum.voters: id {node_id} listed twice"
+            )));
+        }
+        voters.push(Voter {
+            node_id,
+            address: address.to_string(),
+        });
+    }
+    Ok(voters)
+}
+
 /// Resolves `host:port` (names allowed) to a socket address.
 pub fn resolve(addr: &str) -> Result<SocketAddr, ConfigError> {
     addr.to_socket_addrs()
@@ -111,10 +158,20 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, ConfigError> {
         .ok_or_else(|| ConfigError(format!("cannot resolve address {addr:?}")))
 }
 
-/// Splits `PLAINTEXT://host:port` (first listener of a comma list) into host and port.
+/// Splits `PLAINTEXT://host:port` (the first listener of a comma list that is not the
+/// `CONTROLLER` one) into host and port.
 fn parse_listener(key: &str, value: &str) -> Result<(String, u16), ConfigError> {
-    let first = value.split(',').next().unwrap_or("").trim();
-    let hostport = first.rsplit("://").next().unwrap_or(first);
+    let first = value
+        .split(',')
+        .map(str::trim)
+        .find(|l| !l.starts_with("CONTROLLER://"))
+        .unwrap_or("");
+    split_host_port(key, first)
+}
+
+fn split_host_port(key: &str, listener: &str) -> Result<(String, u16), ConfigError> {
+    let value = listener;
+    let hostport = listener.rsplit("://").next().unwrap_or(listener);
     let (host, port) = hostport
         .rsplit_once(':')
         .ok_or_else(|| ConfigError(format!("{key}: expected host:port, got {value:?}")))?;
@@ -152,7 +209,28 @@ impl BrokerConfig {
             "listeners" => {
                 let (host, port) = parse_listener(key, value)?;
                 self.listen = resolve(&format!("{host}:{port}"))?;
+                if let Some(controller) = value
+                    .split(',')
+                    .map(str::trim)
+                    .find(|l| l.starts_with("CONTROLLER://"))
+                {
+                    let (host, port) = split_host_port(key, controller)?;
+                    self.controller_listen = Some(resolve(&format!("{host}:{port}"))?);
+                }
             }
+            "controller.quorum.voters" => self.quorum_voters = parse_voters(value)?,
+            "broker.heartbeat.interval.ms" => {
+                self.broker_heartbeat_interval_ms = parse(key, value)?
+            }
+            "broker.session.timeout.ms" => self.broker_session_timeout_ms = parse(key, value)?,
+            "unclean.leader.election.enable" => {
+                self.unclean_leader_election_enable = parse(key, value)?
+            }
+            // Kafka's KRaft keys with no other meaning here.
+            "process.roles"
+            | "controller.listener.names"
+            | "listener.security.protocol.map"
+            | "inter.broker.listener.name" => {}
             "advertised.listeners" => self.advertise = Some(parse_listener(key, value)?),
             "log.dirs" | "log.dir" => {
                 // Several log dirs are a JBOD feature we do not have: use the first.
@@ -209,6 +287,23 @@ impl BrokerConfig {
                 "num.partitions and default.replication.factor must be at least 1".into(),
             ));
         }
+        if !self.quorum_voters.is_empty()
+            && !self.quorum_voters.iter().any(|v| v.node_id == self.node_id)
+        {
+            return Err(ConfigError(format!(
+                "node.id {} is not in controller.quorum.voters; every node must be a voter \
+                 (broker-only nodes are not supported yet)",
+                self.node_id
+            )));
+        }
+        if self.broker_heartbeat_interval_ms == 0
+            || self.broker_session_timeout_ms < 2 * self.broker_heartbeat_interval_ms
+        {
+            return Err(ConfigError(
+                "broker.session.timeout.ms must be at least twice broker.heartbeat.interval.ms"
+                    .into(),
+            ));
+        }
         self.log.max_batch_bytes = self.message_max_bytes;
         Ok(())
     }
@@ -259,6 +354,48 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/broker/d2"));
         assert_eq!(config.log.retention_ms, 1000, "ms wins over hours");
         assert_eq!(config.num_partitions, 3);
+    }
+
+    #[test]
+    fn cluster_keys_are_understood() {
+        let props: HashMap<String, String> = [
+            ("node.id", "1"),
+            ("process.roles", "broker,controller"),
+            (
+                "listeners",
+                "CONTROLLER://127.0.0.1:9191,PLAINTEXT://127.0.0.1:9093",
+            ),
+            (
+                "controller.quorum.voters",
+                "0@127.0.0.1:9190,1@127.0.0.1:9191,2@localhost:9192",
+            ),
+            ("broker.session.timeout.ms", "3000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut config = BrokerConfig::default();
+        config.apply_properties(&props).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.listen,
+            "127.0.0.1:9093".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            config.controller_listen,
+            Some("127.0.0.1:9191".parse().unwrap())
+        );
+        assert_eq!(config.quorum_voters.len(), 3);
+        assert_eq!(config.quorum_voters[2].address, "localhost:9192");
+        assert_eq!(config.broker_session_timeout_ms, 3000);
+        assert!(parse_voters("0@a:1,0@b:2").is_err());
+        assert!(parse_voters("x@a:1").is_err());
+        assert!(parse_voters("1:9092").is_err());
+        config.node_id = 7;
+        assert!(
+            config.validate().is_err(),
+            "a node outside the voters is refused"
+        );
     }
 
     #[test]

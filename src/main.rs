@@ -32,6 +32,13 @@ struct Args {
     /// Data directory (log.dirs). Default ./data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Voters of the coordination quorum, Kafka's `controller.quorum.voters` form:
+    /// `0@host:9190,1@host:9191,2@host:9192`. Omitted: a single node, its own quorum of one.
+    #[arg(long)]
+    controller_quorum_voters: Option<String>,
+    /// Where this node accepts the other voters, HOST:PORT. Default: its own voters entry.
+    #[arg(long)]
+    controller_listen: Option<String>,
     /// Admin console and metrics address (not served yet).
     #[arg(long)]
     http: Option<String>,
@@ -56,6 +63,12 @@ fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> 
             .rsplit_once(':')
             .ok_or("--advertise expects HOST:PORT")?;
         config.advertise = Some((host.to_string(), port.parse()?));
+    }
+    if let Some(voters) = &args.controller_quorum_voters {
+        config.quorum_voters = broker::config::parse_voters(voters)?;
+    }
+    if let Some(listen) = &args.controller_listen {
+        config.controller_listen = Some(resolve(listen)?);
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;

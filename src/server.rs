@@ -11,7 +11,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement};
 
 use crate::config::BrokerConfig;
-use crate::coordination::{BrokerInfo, Coordinator};
+use crate::coordination::{BrokerInfo, Coordinator, CoordinatorConfig};
 use crate::metrics::BrokerStats;
 use crate::net::listener;
 use crate::shard::{Job, Shard};
@@ -52,6 +52,7 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
         host,
         port,
         rack: None,
+        registration_sequence: None,
     };
 
     // Block the signals in every thread; this thread waits for them with sigwait.
@@ -134,10 +135,18 @@ async fn run_shard(
         (None, None)
     };
     let coordinator = if id == 0 {
-        match Coordinator::open(&config.data_dir, broker.clone()) {
+        let coordinator_config = CoordinatorConfig {
+            node_id: config.node_id,
+            voters: config.quorum_voters.clone(),
+            controller_listen: config.controller_listen,
+            heartbeat_interval_ms: config.broker_heartbeat_interval_ms,
+            session_timeout_ms: config.broker_session_timeout_ms,
+            data_dir: config.data_dir.clone(),
+        };
+        match Coordinator::open(coordinator_config, broker.clone()) {
             Ok(c) => Some(c),
             Err(e) => {
-                let _ = ready.send(Err(format!("cannot open the metadata log: {e}")));
+                let _ = ready.send(Err(format!("cannot open the coordination log: {e}")));
                 return;
             }
         }
@@ -151,14 +160,37 @@ async fn run_shard(
         broker,
         stats.clone(),
         senders,
-        coordinator,
+        coordinator.clone(),
         shutdown,
     );
     if let Some(receivers) = receivers {
         shard.serve_mesh(receivers);
     }
-    if id == 0 {
-        // Opens (and recovers) every partition on its shard before anyone serves clients.
+    if let Some(coordinator) = &coordinator {
+        let mut changed = match coordinator.start() {
+            Ok(changed) => changed,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot start coordination: {e}")));
+                return;
+            }
+        };
+        // Every shard waits for a first snapshot; then this one republishes on every change.
+        shard.publish_metadata().await;
+        let publisher = shard.clone();
+        glommio::spawn_local(async move {
+            use futures::StreamExt;
+            while changed.next().await.is_some() {
+                // Coalesce a burst of changes into one publication.
+                while changed.try_recv().is_ok() {}
+                publisher.publish_metadata().await;
+            }
+        })
+        .detach();
+        // Serve only once registered with the quorum (like a Kafka broker waiting to be
+        // unfenced). Without a quorum this waits, and the coordination log says why.
+        while !coordinator.is_registered() {
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
         shard.publish_metadata().await;
     } else {
         // Wait for shard 0's first publication.
@@ -169,6 +201,10 @@ async fn run_shard(
     glommio::spawn_local(listener::accept_loop(shard.clone(), listen_fd)).detach();
     let _ = ready.send(Ok(id));
     shard.clone().housekeeping().await;
+    if let Some(coordinator) = &coordinator {
+        // Hand leadership over now rather than after the session timeout.
+        coordinator.unregister().await;
+    }
     shard.close_partitions().await;
     if id == 0 {
         tracing::debug!(stats = %stats.summary(), "shard 0 stopped");

@@ -16,6 +16,9 @@ pub struct BrokerInfo {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// Order of registration with the coordination quorum (lower registered earlier; leadership
+    /// prefers it). `None` before this broker's own registration committed.
+    pub registration_sequence: Option<u64>,
 }
 
 /// Replica placement and leadership of one partition.
@@ -44,9 +47,14 @@ pub struct ClusterMetadata {
     /// Strictly increases with every change the coordinator publishes.
     pub version: u64,
     pub cluster_id: String,
+    /// The voter leading the coordination quorum (Kafka's active controller), -1 if none.
     pub controller_id: i32,
+    /// Live (registered, unexpired) brokers, earliest registration first.
     pub brokers: Vec<BrokerInfo>,
     pub topics: BTreeMap<String, Arc<TopicMetadata>>,
+    /// Recently deleted topics (name, id): a broker that was down during a delete removes the
+    /// partition directories it still holds for them.
+    pub deleted_topics: Vec<(String, Uuid)>,
 }
 
 impl ClusterMetadata {
@@ -58,6 +66,7 @@ impl ClusterMetadata {
             controller_id: -1,
             brokers: Vec::new(),
             topics: BTreeMap::new(),
+            deleted_topics: Vec::new(),
         }
     }
 

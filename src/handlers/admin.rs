@@ -5,7 +5,9 @@
 //! publishes the new snapshot to every shard before the response is sent: when a client hears
 //! "created", every shard already hosts the partitions.
 
+use std::future::Future;
 use std::rc::Rc;
+use std::time::Duration;
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{
@@ -20,26 +22,54 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
+use crate::coordination::state_machine::Outcome;
+use crate::coordination::state_machine::{Command, NewTopic};
 use crate::coordination::Coordinator;
 use crate::protocol::ApiError;
 use crate::shard::Shard;
 
-/// Runs `f` against the coordinator on shard 0, then publishes the resulting metadata.
-async fn coordinate<R, F>(shard: &Rc<Shard>, f: F) -> R
+/// How long a topic change may wait for the coordination quorum when the request gives no
+/// timeout (or an unreasonable one).
+const DEFAULT_COORDINATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `f` against the coordinator on shard 0, then publishes the resulting metadata to every
+/// shard, so that when the client hears "done" this broker already serves the change.
+pub async fn coordinate<R, F, Fut>(shard: &Rc<Shard>, f: F) -> R
 where
     R: Send + 'static,
-    F: FnOnce(&Coordinator) -> R + Send + 'static,
+    F: FnOnce(Rc<Coordinator>) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
 {
     shard
         .invoke_on(0, move |coordinator_shard| async move {
-            let result = f(coordinator_shard
+            let coordinator = coordinator_shard
                 .coordinator
-                .as_ref()
-                .expect("shard 0 coordinates"));
+                .clone()
+                .expect("shard 0 coordinates");
+            let result = f(coordinator).await;
             coordinator_shard.publish_metadata().await;
             result
         })
         .await
+}
+
+/// The request's timeout, within sane bounds.
+pub fn coordination_timeout(timeout_ms: i32) -> Duration {
+    if timeout_ms <= 0 {
+        return DEFAULT_COORDINATION_TIMEOUT;
+    }
+    Duration::from_millis(timeout_ms as u64).clamp(Duration::from_secs(1), Duration::from_secs(120))
+}
+
+/// A validation refusal as the client's error.
+fn refusal(outcome: Outcome) -> ApiError {
+    match outcome {
+        Outcome::Refused { code, message } => ApiError::new(code, message),
+        other => ApiError::new(
+            ResponseError::UnknownServerError,
+            format!("unexpected outcome {other:?}"),
+        ),
+    }
 }
 
 fn str(s: impl Into<String>) -> StrBytes {
@@ -49,6 +79,14 @@ fn str(s: impl Into<String>) -> StrBytes {
 /// (name, partitions, replication factor, manual assignment given, configs)
 type TopicToCreate = (String, i32, i16, bool, Vec<(String, String)>);
 
+/// What a created (or validated) topic looks like in the response.
+struct CreatedTopic {
+    id: uuid::Uuid,
+    partitions: i32,
+    replication_factor: i16,
+    configs: Vec<(String, String)>,
+}
+
 pub async fn create_topics(
     shard: &Rc<Shard>,
     version: i16,
@@ -57,9 +95,11 @@ pub async fn create_topics(
     let defaults = (
         shard.config.num_partitions,
         shard.config.default_replication_factor,
-        shard.config.max_partitions,
+        shard.config.max_partitions as u64,
     );
+    let unclean_default = shard.config.unclean_leader_election_enable;
     let validate_only = request.validate_only;
+    let timeout = coordination_timeout(request.timeout_ms);
     let topics: Vec<TopicToCreate> = request
         .topics
         .into_iter()
@@ -78,25 +118,62 @@ pub async fn create_topics(
             )
         })
         .collect();
-    let results = coordinate(shard, move |coordinator| {
-        topics
-            .into_iter()
-            .map(|(name, partitions, rf, manual_assignment, configs)| {
-                let partitions = if partitions == -1 { defaults.0 } else { partitions };
-                let rf = if rf == -1 { defaults.1 } else { rf };
-                let result = if manual_assignment {
-                    Err(ApiError::new(ResponseError::InvalidReplicaAssignment, "manual replica assignment is not supported"))
-                } else {
-                    coordinator.create_topic(&name, partitions, rf, configs, validate_only, defaults.2)
-                };
-                if let Ok(topic) = &result {
-                    if !validate_only {
-                        tracing::info!(topic = %name, partitions = topic.partitions.len(), "created topic");
-                    }
-                }
-                (name, result)
-            })
-            .collect::<Vec<_>>()
+    let results = coordinate(shard, move |coordinator| async move {
+        let mut results = Vec::new();
+        for (name, partitions, rf, manual_assignment, mut configs) in topics {
+            let partitions = if partitions == -1 {
+                defaults.0
+            } else {
+                partitions
+            };
+            let rf = if rf == -1 { defaults.1 } else { rf };
+            if unclean_default
+                && !configs
+                    .iter()
+                    .any(|(k, _)| k == "unclean.leader.election.enable")
+            {
+                configs.push(("unclean.leader.election.enable".into(), "true".into()));
+            }
+            let topic = NewTopic {
+                name: name.clone(),
+                id: *uuid::Uuid::new_v4().as_bytes(),
+                partitions,
+                replication_factor: rf,
+                configs: configs.clone(),
+            };
+            let result = if manual_assignment {
+                Err(ApiError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    "manual replica assignment is not supported",
+                ))
+            } else if validate_only {
+                coordinator
+                    .with_state(|s| s.validate_new_topic(&topic, defaults.2))
+                    .map_err(refusal)
+            } else {
+                coordinator
+                    .change(
+                        Command::CreateTopic {
+                            topic: topic.clone(),
+                            max_partitions: defaults.2,
+                        },
+                        timeout,
+                    )
+                    .await
+                    .map(|_| ())
+            };
+            if result.is_ok() && !validate_only {
+                tracing::info!(topic = %name, partitions, replication_factor = rf, "created topic");
+            }
+            let created = result.map(|()| CreatedTopic {
+                id: uuid::Uuid::from_bytes(topic.id),
+                partitions,
+                replication_factor: rf,
+                configs,
+            });
+            results.push((name, created));
+        }
+        results
     })
     .await;
     let mut response = CreateTopicsResponse::default();
@@ -111,16 +188,16 @@ pub async fn create_topics(
                         out.topic_id = topic.id;
                     }
                     if version >= 5 {
-                        out.num_partitions = topic.partitions.len() as i32;
-                        out.replication_factor = topic.partitions[0].replicas.len() as i16;
+                        out.num_partitions = topic.partitions;
+                        out.replication_factor = topic.replication_factor;
                         out.configs = Some(
                             topic
                                 .configs
-                                .iter()
+                                .into_iter()
                                 .map(|(k, v)| {
                                     let mut c = CreatableTopicConfigs::default();
-                                    c.name = str(k.clone());
-                                    c.value = Some(str(v.clone()));
+                                    c.name = str(k);
+                                    c.value = Some(str(v));
                                     c.config_source = CONFIG_SOURCE_TOPIC;
                                     c
                                 })
@@ -162,26 +239,27 @@ pub async fn delete_topics(
             .collect()
     };
     let enabled = shard.config.delete_topic_enable;
-    let results = coordinate(shard, move |coordinator| {
-        names
-            .into_iter()
-            .map(|name| {
-                let result = match &name {
-                    None => Err(ApiError::new(
-                        ResponseError::UnknownTopicId,
-                        "deleting by topic id is not supported",
-                    )),
-                    Some(_) if !enabled => Err(ApiError::new(
-                        ResponseError::TopicDeletionDisabled,
-                        "delete.topic.enable is false",
-                    )),
-                    Some(n) => coordinator
-                        .delete_topic(n)
-                        .inspect(|_| tracing::info!(topic = %n, "deleted topic")),
-                };
-                (name, result)
-            })
-            .collect::<Vec<_>>()
+    let timeout = coordination_timeout(request.timeout_ms);
+    let results = coordinate(shard, move |coordinator| async move {
+        let mut results = Vec::new();
+        for name in names {
+            let result = match &name {
+                None => Err(ApiError::new(
+                    ResponseError::UnknownTopicId,
+                    "deleting by topic id is not supported",
+                )),
+                Some(_) if !enabled => Err(ApiError::new(
+                    ResponseError::TopicDeletionDisabled,
+                    "delete.topic.enable is false",
+                )),
+                Some(n) => coordinator
+                    .change(Command::DeleteTopic { name: n.clone() }, timeout)
+                    .await
+                    .map(|_| tracing::info!(topic = %n, "deleted topic")),
+            };
+            results.push((name, result));
+        }
+        results
     })
     .await;
     let mut response = DeleteTopicsResponse::default();
@@ -207,8 +285,9 @@ pub async fn create_partitions(
     _version: i16,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
-    let max_partitions = shard.config.max_partitions;
+    let max_partitions = shard.config.max_partitions as u64;
     let validate_only = request.validate_only;
+    let timeout = coordination_timeout(request.timeout_ms);
     let topics: Vec<(String, i32, bool)> = request
         .topics
         .into_iter()
@@ -220,21 +299,34 @@ pub async fn create_partitions(
             )
         })
         .collect();
-    let results = coordinate(shard, move |coordinator| {
-        topics
-            .into_iter()
-            .map(|(name, count, manual)| {
-                let result = if manual {
-                    Err(ApiError::new(
-                        ResponseError::InvalidReplicaAssignment,
-                        "manual replica assignment is not supported",
-                    ))
-                } else {
-                    coordinator.create_partitions(&name, count, validate_only, max_partitions)
-                };
-                (name, result)
-            })
-            .collect::<Vec<_>>()
+    let results = coordinate(shard, move |coordinator| async move {
+        let mut results = Vec::new();
+        for (name, count, manual) in topics {
+            let result = if manual {
+                Err(ApiError::new(
+                    ResponseError::InvalidReplicaAssignment,
+                    "manual replica assignment is not supported",
+                ))
+            } else if validate_only {
+                coordinator
+                    .with_state(|s| s.validate_create_partitions(&name, count, max_partitions))
+                    .map_err(refusal)
+            } else {
+                coordinator
+                    .change(
+                        Command::CreatePartitions {
+                            name: name.clone(),
+                            count,
+                            max_partitions,
+                        },
+                        timeout,
+                    )
+                    .await
+                    .map(|_| ())
+            };
+            results.push((name, result));
+        }
+        results
     })
     .await;
     let mut response = CreatePartitionsResponse::default();
@@ -472,10 +564,8 @@ pub async fn init_producer_id(
     }
     let allocated = shard
         .invoke_on(0, |s| async move {
-            s.coordinator
-                .as_ref()
-                .expect("shard 0 coordinates")
-                .allocate_producer_id()
+            let coordinator = s.coordinator.clone().expect("shard 0 coordinates");
+            coordinator.allocate_producer_id().await
         })
         .await;
     match allocated {

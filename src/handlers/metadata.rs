@@ -3,6 +3,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -12,7 +13,9 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::coordination::metadata::validate_topic_name;
+use crate::coordination::state_machine::{Command, NewTopic};
 use crate::coordination::TopicMetadata;
+use crate::handlers::admin;
 use crate::protocol::ApiError;
 use crate::shard::Shard;
 
@@ -88,33 +91,36 @@ pub async fn handle(shard: &Rc<Shard>, version: i16, request: MetadataRequest) -
 async fn auto_create(shard: &Rc<Shard>, names: Vec<String>) -> Vec<(String, ApiError)> {
     let partitions = shard.config.num_partitions;
     let replication_factor = shard.config.default_replication_factor;
-    let max_partitions = shard.config.max_partitions;
-    shard
-        .invoke_on(0, move |coordinator_shard| async move {
-            let coordinator = coordinator_shard
-                .coordinator
-                .as_ref()
-                .expect("shard 0 coordinates");
-            let mut errors = Vec::new();
-            for name in names {
-                match coordinator.create_topic(
-                    &name,
-                    partitions,
-                    replication_factor,
-                    vec![],
-                    false,
-                    max_partitions,
-                ) {
-                    Ok(_) => tracing::info!(topic = %name, partitions, "auto-created topic"),
-                    // Lost a race with another creator: fine.
-                    Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
-                    Err(e) => errors.push((name, e)),
-                }
+    let max_partitions = shard.config.max_partitions as u64;
+    admin::coordinate(shard, move |coordinator| async move {
+        let mut errors = Vec::new();
+        for name in names {
+            let topic = NewTopic {
+                name: name.clone(),
+                id: *uuid::Uuid::new_v4().as_bytes(),
+                partitions,
+                replication_factor,
+                configs: vec![],
+            };
+            let created = coordinator
+                .change(
+                    Command::CreateTopic {
+                        topic,
+                        max_partitions,
+                    },
+                    Duration::from_secs(10),
+                )
+                .await;
+            match created {
+                Ok(_) => tracing::info!(topic = %name, partitions, "auto-created topic"),
+                // Lost a race with another creator: fine.
+                Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
+                Err(e) => errors.push((name, e)),
             }
-            coordinator_shard.publish_metadata().await;
-            errors
-        })
-        .await
+        }
+        errors
+    })
+    .await
 }
 
 fn error_topic(name: String, code: ResponseError) -> MetadataResponseTopic {
@@ -137,6 +143,10 @@ fn topic_response(version: i16, topic: &Arc<TopicMetadata>) -> MetadataResponseT
         .map(|(index, p)| {
             let mut partition = MetadataResponsePartition::default();
             partition.partition_index = index as i32;
+            if p.leader < 0 {
+                // No live in-sync replica: clients wait and retry.
+                partition.error_code = ResponseError::LeaderNotAvailable.code();
+            }
             partition.leader_id = BrokerId(p.leader);
             if version >= 7 {
                 partition.leader_epoch = p.leader_epoch;

@@ -44,7 +44,7 @@ pub struct Shard {
     /// Partitions this shard owns, by topic then partition index.
     partitions: RefCell<HashMap<String, HashMap<i32, Rc<Partition>>>>,
     /// Present on shard 0 only.
-    pub coordinator: Option<Coordinator>,
+    pub coordinator: Option<Rc<Coordinator>>,
     /// Serialises metadata application so snapshots are applied in version order.
     apply_lock: glommio::sync::Semaphore,
     shutdown: Arc<AtomicBool>,
@@ -65,7 +65,7 @@ impl Shard {
         broker: BrokerInfo,
         stats: Arc<BrokerStats>,
         mesh: Option<Senders<Job>>,
-        coordinator: Option<Coordinator>,
+        coordinator: Option<Rc<Coordinator>>,
         shutdown: Arc<AtomicBool>,
     ) -> Rc<Shard> {
         assert!(id < nr_shards);
@@ -243,20 +243,32 @@ impl Shard {
             }
         }
         let mut removed = Vec::new();
+        let mut demoted = Vec::new();
         {
             let mut owned = self.partitions.borrow_mut();
             for (name, partitions) in owned.iter_mut() {
                 partitions.retain(|index, partition| {
-                    let keep = snapshot.topic(name).is_some_and(|t| {
+                    let topic = snapshot.topic(name).filter(|t| {
                         t.id == partition.topic_id && (*index as usize) < t.partitions.len()
                     });
-                    if !keep {
-                        removed.push(partition.clone());
+                    match topic {
+                        None => removed.push(partition.clone()),
+                        // Leadership moved to another broker: stop serving, keep the files.
+                        Some(t) if t.partitions[*index as usize].leader != self.broker.node_id => {
+                            demoted.push(partition.clone())
+                        }
+                        Some(_) => return true,
                     }
-                    keep
+                    false
                 });
             }
             owned.retain(|_, partitions| !partitions.is_empty());
+        }
+        for partition in demoted {
+            tracing::info!(topic = %partition.topic, partition = partition.index, "no longer the leader; closing the partition");
+            if let Err(e) = partition.log.close().await {
+                tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
+            }
         }
         for partition in removed {
             tracing::info!(topic = %partition.topic, partition = partition.index, "deleting partition");
@@ -300,13 +312,14 @@ impl Shard {
     }
 
     /// Pushes the coordinator's current snapshot to every shard and waits until all have
-    /// applied it. Called on shard 0 after each metadata change.
+    /// applied it. Runs on shard 0 after each metadata change.
     pub async fn publish_metadata(self: &Rc<Self>) {
         let coordinator = self
             .coordinator
             .as_ref()
             .expect("publish runs on the coordinator shard");
         let snapshot = coordinator.snapshot();
+        let previous = self.metadata();
         let applies = (0..self.nr_shards).map(|target| {
             let snapshot = snapshot.clone();
             self.invoke_on(target, move |shard| async move {
@@ -314,6 +327,46 @@ impl Shard {
             })
         });
         join_all(applies).await;
+        if snapshot.version > previous.version && snapshot.deleted_topics != previous.deleted_topics
+        {
+            self.remove_stray_partition_dirs(&snapshot);
+        }
+    }
+
+    /// Removes partition directories of deleted topics that this broker still holds (it was
+    /// down, or not a leader, when the topic was deleted). Runs after every shard applied the
+    /// snapshot, so no shard has them open. A name that exists again (re-created) is left
+    /// alone: its directories may be the new topic's.
+    fn remove_stray_partition_dirs(&self, snapshot: &ClusterMetadata) {
+        let Ok(entries) = std::fs::read_dir(&self.config.data_dir) else {
+            return;
+        };
+        let deleted: std::collections::HashSet<&str> = snapshot
+            .deleted_topics
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .filter(|name| snapshot.topic(name).is_none())
+            .collect();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(dir_name) = file_name.to_str() else {
+                continue;
+            };
+            let Some((topic, index)) = dir_name.rsplit_once('-') else {
+                continue;
+            };
+            if deleted.contains(topic) && index.parse::<u32>().is_ok() {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(dir = %dir_name, "removed the files of a deleted topic")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(dir = %dir_name, error = %e, "cannot remove a deleted topic's files")
+                    }
+                }
+            }
+        }
     }
 
     /// Periodic work: retention, the stats log line (shard 0), and noticing shutdown.

@@ -1,0 +1,587 @@
+//! The coordination shard: a [`QuorumNode`] driven on shard 0's executor, with its Raft log in
+//! files, TCP links to the other voters, and this broker's own session (registration plus
+//! heartbeats). It runs in its own glommio task queue with latency priority, so a busy data
+//! path does not delay Raft ticks into spurious elections.
+//!
+//! Owned by shard 0 (`!Send`); other shards reach it through `Shard::invoke_on(0, ...)`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{Latency, Shares, TaskQueueHandle};
+use kafka_protocol::ResponseError;
+
+use super::frames::{decode_frame, encode_frame, frame_len, FRAME_HEADER_BYTES};
+use super::metadata::{BrokerInfo, ClusterMetadata, PartitionMetadata, TopicMetadata};
+use super::quorum::{
+    decode_peer_message, encode_peer_message, Output, PeerMessage, QuorumConfig, QuorumNode,
+};
+use super::raft_store::DiskLog;
+use super::state_machine::{ClusterState, Command, Outcome};
+use crate::protocol::ApiError;
+
+/// Largest peer frame accepted (Raft snapshots of large clusters are a few MiB).
+const MAX_PEER_FRAME_BYTES: usize = 64 << 20;
+/// Messages queued to one unreachable peer before new ones are dropped (Raft retransmits).
+const PEER_QUEUE_MESSAGES: usize = 4096;
+
+/// One voter of the quorum: `controller.quorum.voters` entry `id@host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub node_id: i32,
+    pub address: String,
+}
+
+/// What the coordination shard needs from the broker's configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub node_id: i32,
+    /// Empty: a quorum of one, this node, embedded, no network.
+    pub voters: Vec<Voter>,
+    /// Where this node accepts other voters' connections (its own voters entry by default).
+    pub controller_listen: Option<SocketAddr>,
+    pub heartbeat_interval_ms: u64,
+    pub session_timeout_ms: u64,
+    pub data_dir: std::path::PathBuf,
+}
+
+/// The coordination shard's state. Lives on shard 0.
+pub struct Coordinator {
+    node: RefCell<QuorumNode>,
+    config: CoordinatorConfig,
+    broker: BrokerInfo,
+    clock: Instant,
+    queue: TaskQueueHandle,
+    /// Proposals of this node awaiting their outcome.
+    waiters: RefCell<HashMap<u64, oneshot::Sender<Outcome>>>,
+    /// Outbound links to the other voters.
+    peers: RefCell<HashMap<i32, mpsc::Sender<Vec<u8>>>>,
+    /// Producer ids of the block this broker hands out: [next, end).
+    producer_ids: Cell<(i64, i64)>,
+    /// Bumped on every state or leader change; the metadata snapshot's version.
+    published_version: Cell<u64>,
+    /// Wakes the publisher when the state changed.
+    changed_tx: RefCell<Option<mpsc::UnboundedSender<()>>>,
+    /// Set once this broker's registration committed (and cleared when it is fenced).
+    registered: Cell<bool>,
+    /// Time the broker started, for the console's uptime.
+    started: std::time::SystemTime,
+}
+
+impl Coordinator {
+    /// Opens the Raft log under `<data-dir>/coordination/raft` and starts the voter.
+    pub fn open(config: CoordinatorConfig, broker: BrokerInfo) -> std::io::Result<Rc<Coordinator>> {
+        let (disk, recovered) = DiskLog::open(&config.data_dir.join("coordination").join("raft"))?;
+        let voter_ids: Vec<i32> = if config.voters.is_empty() {
+            vec![config.node_id]
+        } else {
+            config.voters.iter().map(|v| v.node_id).collect()
+        };
+        let incarnation = random_u64();
+        let clock = Instant::now();
+        let quorum = QuorumConfig::new(config.node_id, voter_ids, config.session_timeout_ms);
+        let node = QuorumNode::open(
+            quorum,
+            incarnation,
+            random_u64(),
+            recovered,
+            Box::new(disk),
+            0,
+        )?;
+        let queue = glommio::executor().create_task_queue(
+            Shares::Static(1000),
+            Latency::Matters(Duration::from_millis(5)),
+            "coordination",
+        );
+        tracing::info!(
+            node_id = config.node_id,
+            voters = ?config.voters.iter().map(|v| format!("{}@{}", v.node_id, v.address)).collect::<Vec<_>>(),
+            applied_index = node.applied_index(),
+            topics = node.state().topics.len(),
+            "coordination state loaded"
+        );
+        Ok(Rc::new(Coordinator {
+            node: RefCell::new(node),
+            config,
+            broker,
+            clock,
+            queue,
+            waiters: RefCell::new(HashMap::new()),
+            peers: RefCell::new(HashMap::new()),
+            producer_ids: Cell::new((0, 0)),
+            published_version: Cell::new(1),
+            changed_tx: RefCell::new(None),
+            registered: Cell::new(false),
+            started: std::time::SystemTime::now(),
+        }))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+
+    /// Starts the tick loop, the peer links and listener, and this broker's session. `changed`
+    /// receives a unit whenever metadata should be republished.
+    pub fn start(self: &Rc<Self>) -> std::io::Result<mpsc::UnboundedReceiver<()>> {
+        let (tx, rx) = mpsc::unbounded();
+        *self.changed_tx.borrow_mut() = Some(tx);
+        let spawn = |f: futures::future::LocalBoxFuture<'static, ()>| {
+            glommio::spawn_local_into(f, self.queue)
+                .expect("the coordination queue exists")
+                .detach();
+        };
+        let me = Rc::downgrade(self);
+        spawn(tick_loop(me.clone()).boxed_local());
+        if !self.config.voters.is_empty() {
+            let listen = match self.config.controller_listen {
+                Some(addr) => addr,
+                None => {
+                    let own = self
+                        .config
+                        .voters
+                        .iter()
+                        .find(|v| v.node_id == self.config.node_id)
+                        .expect("config validation: this node is a voter");
+                    crate::config::resolve(&own.address)
+                        .map_err(|e| std::io::Error::other(e.to_string()))?
+                }
+            };
+            let listener = TcpListener::bind(listen).map_err(|e| {
+                std::io::Error::other(format!("cannot listen for voters on {listen}: {e}"))
+            })?;
+            tracing::info!(%listen, "coordination listener up");
+            spawn(accept_loop(me.clone(), listener).boxed_local());
+            for voter in &self.config.voters {
+                if voter.node_id == self.config.node_id {
+                    continue;
+                }
+                let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
+                self.peers.borrow_mut().insert(voter.node_id, tx);
+                spawn(peer_link(voter.clone(), rx).boxed_local());
+            }
+        }
+        spawn(session_loop(me).boxed_local());
+        Ok(rx)
+    }
+
+    /// Sends what the quorum node produced: messages, outcomes, change notices.
+    fn flush(&self) {
+        let Output {
+            messages,
+            applied,
+            changed,
+        } = self.node.borrow_mut().take_output();
+        for (to, message) in messages {
+            self.send_to(to, &message);
+        }
+        for applied in applied {
+            if let Some(waiter) = self.waiters.borrow_mut().remove(&applied.proposal) {
+                let _ = waiter.send(applied.outcome);
+            }
+        }
+        if changed {
+            let node = self.node.borrow();
+            let mine = node
+                .state()
+                .brokers
+                .get(&self.config.node_id)
+                .is_some_and(|b| b.incarnation == node.incarnation());
+            if self.registered.replace(mine) && !mine {
+                tracing::warn!("this broker's session was ended by the quorum; registering again");
+            }
+            drop(node);
+            self.published_version.set(self.published_version.get() + 1);
+            if let Some(tx) = self.changed_tx.borrow().as_ref() {
+                let _ = tx.unbounded_send(());
+            }
+        }
+    }
+
+    fn send_to(&self, to: i32, message: &PeerMessage) {
+        let mut frame = Vec::new();
+        encode_frame(&encode_peer_message(message), &mut frame);
+        if let Some(link) = self.peers.borrow_mut().get_mut(&to) {
+            // A full queue means the peer is unreachable; Raft resends what matters.
+            let _ = link.try_send(frame);
+        }
+    }
+
+    /// Hands a frame received from a peer to the quorum node.
+    fn on_peer_message(&self, message: PeerMessage) {
+        let now = self.now_ms();
+        let result = self.node.borrow_mut().receive(message, now);
+        self.check_disk(result);
+        self.flush();
+    }
+
+    /// A failed write to the Raft log breaks the promises this voter made; like Kafka on a
+    /// metadata log failure, stop the process rather than run on with a lying disk.
+    fn check_disk(&self, result: std::io::Result<()>) {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the coordination log cannot be written; stopping the broker");
+            std::process::exit(1);
+        }
+    }
+
+    /// Proposes `command` and waits until it is committed and applied here, retrying while no
+    /// quorum leader is known, up to `timeout`.
+    pub async fn propose(&self, command: Command, timeout: Duration) -> Result<Outcome, ApiError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let proposed = self.node.borrow_mut().propose(command.clone());
+            self.flush();
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match proposed {
+                Ok(proposal) => {
+                    let (tx, rx) = oneshot::channel();
+                    self.waiters.borrow_mut().insert(proposal, tx);
+                    let timer = glommio::timer::sleep(remaining);
+                    futures::pin_mut!(timer);
+                    let outcome = futures::future::select(rx, timer).await;
+                    self.waiters.borrow_mut().remove(&proposal);
+                    return match outcome {
+                        futures::future::Either::Left((Ok(outcome), _)) => Ok(outcome),
+                        _ => Err(ApiError::new(
+                            ResponseError::RequestTimedOut,
+                            "the coordination quorum did not commit the change in time",
+                        )),
+                    };
+                }
+                Err(_) if remaining.is_zero() => {
+                    return Err(ApiError::new(
+                        ResponseError::RequestTimedOut,
+                        "no coordination quorum leader (fewer than a majority of voters reachable)",
+                    ))
+                }
+                Err(_) => glommio::timer::sleep(Duration::from_millis(20).min(remaining)).await,
+            }
+        }
+    }
+
+    /// Proposes a command whose refusal is a Kafka error for the client.
+    pub async fn change(&self, command: Command, timeout: Duration) -> Result<Outcome, ApiError> {
+        match self.propose(command, timeout).await? {
+            Outcome::Refused { code, message } => Err(ApiError::new(code, message)),
+            outcome => Ok(outcome),
+        }
+    }
+
+    /// Reads the committed state as applied on this node.
+    pub fn with_state<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(self.node.borrow().state())
+    }
+
+    /// Hands out a producer id from this broker's block, fetching a new block from the quorum
+    /// when it runs out. Blocks never overlap, across brokers and restarts.
+    pub async fn allocate_producer_id(&self) -> Result<i64, ApiError> {
+        let (next, end) = self.producer_ids.get();
+        if next < end {
+            self.producer_ids.set((next + 1, end));
+            return Ok(next);
+        }
+        match self
+            .change(
+                Command::AllocateProducerIds {
+                    node_id: self.config.node_id,
+                },
+                Duration::from_secs(10),
+            )
+            .await?
+        {
+            Outcome::ProducerIds { first, count } => {
+                // Another request may have refilled meanwhile; the newer block wins, the
+                // rest of the older is simply not used.
+                self.producer_ids.set((first + 1, first + count));
+                Ok(first)
+            }
+            other => Err(ApiError::new(
+                ResponseError::UnknownServerError,
+                format!("unexpected outcome {other:?}"),
+            )),
+        }
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.registered.get()
+    }
+
+    pub fn started(&self) -> std::time::SystemTime {
+        self.started
+    }
+
+    /// The metadata snapshot to publish to every shard.
+    pub fn snapshot(&self) -> Arc<ClusterMetadata> {
+        let node = self.node.borrow();
+        let state = node.state();
+        let brokers = state
+            .brokers_by_sequence()
+            .into_iter()
+            .map(|b| BrokerInfo {
+                node_id: b.node_id,
+                host: b.host.clone(),
+                port: b.port,
+                rack: b.rack.clone(),
+                registration_sequence: Some(b.sequence),
+            })
+            .collect();
+        let topics = state
+            .topics
+            .iter()
+            .map(|(name, t)| {
+                let topic = TopicMetadata {
+                    name: name.clone(),
+                    id: uuid::Uuid::from_bytes(t.id),
+                    partitions: t
+                        .partitions
+                        .iter()
+                        .map(|p| PartitionMetadata {
+                            leader: p.leader,
+                            leader_epoch: p.leader_epoch,
+                            replicas: p.replicas.clone(),
+                            isr: p.isr.clone(),
+                        })
+                        .collect(),
+                    configs: t.configs.clone(),
+                };
+                (name.clone(), Arc::new(topic))
+            })
+            .collect();
+        Arc::new(ClusterMetadata {
+            version: self.published_version.get(),
+            cluster_id: state.cluster_id.clone(),
+            controller_id: node.leader().unwrap_or(-1),
+            brokers,
+            topics,
+            deleted_topics: state
+                .deleted_topics
+                .iter()
+                .map(|(name, id)| (name.clone(), uuid::Uuid::from_bytes(*id)))
+                .collect(),
+        })
+    }
+
+    /// This broker as it registers.
+    fn registration(&self) -> Command {
+        Command::RegisterBroker {
+            node_id: self.config.node_id,
+            incarnation: self.node.borrow().incarnation(),
+            host: self.broker.host.clone(),
+            port: self.broker.port,
+            rack: self.broker.rack.clone(),
+        }
+    }
+
+    /// Ends this broker's session at once on a clean shutdown, so its partitions move now
+    /// rather than after the session timeout.
+    pub async fn unregister(&self) {
+        if !self.registered.get() {
+            return;
+        }
+        let incarnation = self.node.borrow().incarnation();
+        let fence = Command::FenceBroker {
+            node_id: self.config.node_id,
+            incarnation,
+        };
+        let _ = self.propose(fence, Duration::from_millis(1500)).await;
+    }
+}
+
+/// Ticks the quorum node on a fixed period.
+async fn tick_loop(me: Weak<Coordinator>) {
+    loop {
+        let Some(c) = me.upgrade() else { return };
+        let tick_ms = 25;
+        let now = c.now_ms();
+        let result = c.node.borrow_mut().tick(now);
+        c.check_disk(result);
+        c.flush();
+        drop(c);
+        glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
+    }
+}
+
+/// Registers this broker, then keeps its session alive with heartbeats to every voter;
+/// registers again whenever the quorum has ended the session (a pause longer than the
+/// session timeout, a network partition).
+async fn session_loop(me: Weak<Coordinator>) {
+    let mut refused_logged = false;
+    loop {
+        let Some(c) = me.upgrade() else { return };
+        let interval = Duration::from_millis(c.config.heartbeat_interval_ms);
+        let (node_id, incarnation) = {
+            let node = c.node.borrow();
+            (c.config.node_id, node.incarnation())
+        };
+        let heartbeat = PeerMessage::Heartbeat {
+            node_id,
+            incarnation,
+        };
+        let now = c.now_ms();
+        c.node
+            .borrow_mut()
+            .record_heartbeat(node_id, incarnation, now);
+        for voter in &c.config.voters {
+            if voter.node_id != node_id {
+                c.send_to(voter.node_id, &heartbeat);
+            }
+        }
+        if !c.registered.get() {
+            match c
+                .propose(c.registration(), interval.max(Duration::from_secs(2)))
+                .await
+            {
+                Ok(Outcome::Registered { sequence }) => {
+                    refused_logged = false;
+                    tracing::info!(
+                        node_id,
+                        sequence,
+                        "broker registered with the coordination quorum"
+                    );
+                    c.registered.set(true);
+                    c.flush();
+                    if let Some(tx) = c.changed_tx.borrow().as_ref() {
+                        let _ = tx.unbounded_send(());
+                    }
+                }
+                Ok(Outcome::Refused { message, .. }) => {
+                    if !refused_logged {
+                        tracing::warn!(node_id, reason = %message, "registration refused; retrying");
+                        refused_logged = true;
+                    }
+                }
+                Ok(other) => tracing::error!(?other, "unexpected registration outcome"),
+                Err(e) => {
+                    if !refused_logged {
+                        tracing::warn!(node_id, reason = %e.message, "cannot register yet; retrying");
+                        refused_logged = true;
+                    }
+                }
+            }
+        }
+        drop(c);
+        glommio::timer::sleep(interval).await;
+    }
+}
+
+/// Accepts connections from other voters and feeds their frames to the quorum node.
+async fn accept_loop(me: Weak<Coordinator>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "coordination accept failed");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(c) = me.upgrade() else { return };
+        let reader = read_peer(me.clone(), stream);
+        glommio::spawn_local_into(reader, c.queue)
+            .expect("the coordination queue exists")
+            .detach();
+    }
+}
+
+async fn read_peer(me: Weak<Coordinator>, mut stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    loop {
+        if stream.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let len = frame_len(&header).unwrap_or(usize::MAX);
+        if len > MAX_PEER_FRAME_BYTES {
+            tracing::warn!(
+                ?peer,
+                len,
+                "oversized coordination frame; closing the connection"
+            );
+            return;
+        }
+        let mut frame = vec![0u8; FRAME_HEADER_BYTES + len];
+        frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
+        if stream
+            .read_exact(&mut frame[FRAME_HEADER_BYTES..])
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let message = decode_frame(&frame, MAX_PEER_FRAME_BYTES)
+            .and_then(|(payload, _)| decode_peer_message(payload));
+        let Some(message) = message else {
+            tracing::warn!(
+                ?peer,
+                "malformed coordination frame; closing the connection"
+            );
+            return;
+        };
+        let Some(c) = me.upgrade() else { return };
+        c.on_peer_message(message);
+    }
+}
+
+/// Keeps one outbound connection to a voter and writes queued frames to it, reconnecting as
+/// needed. Logs one line when the voter becomes unreachable and one when it is back.
+async fn peer_link(voter: Voter, mut frames: mpsc::Receiver<Vec<u8>>) {
+    let mut unreachable_since: Option<Instant> = None;
+    let mut pending: Option<Vec<u8>> = None;
+    loop {
+        let address = match crate::config::resolve(&voter.address) {
+            Ok(address) => address,
+            Err(e) => {
+                if unreachable_since.is_none() {
+                    tracing::warn!(voter = voter.node_id, address = %voter.address, error = %e, "cannot resolve voter; retrying");
+                    unreachable_since = Some(Instant::now());
+                }
+                glommio::timer::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut stream = match TcpStream::connect_timeout(address, Duration::from_millis(500)).await
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                if unreachable_since.is_none() {
+                    tracing::warn!(voter = voter.node_id, address = %voter.address, error = %e, "cannot reach voter; retrying");
+                    unreachable_since = Some(Instant::now());
+                }
+                // Drop what queued meanwhile: Raft resends, and stale heartbeats are useless.
+                while frames.try_recv().is_ok() {}
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if let Some(since) = unreachable_since.take() {
+            tracing::info!(voter = voter.node_id, address = %voter.address, down_ms = since.elapsed().as_millis() as u64, "voter reachable");
+        }
+        loop {
+            let frame = match pending.take() {
+                Some(frame) => frame,
+                None => match frames.next().await {
+                    Some(frame) => frame,
+                    None => return,
+                },
+            };
+            if let Err(e) = stream.write_all(&frame).await {
+                tracing::debug!(voter = voter.node_id, error = %e, "voter link broke");
+                pending = Some(frame);
+                break;
+            }
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    let id = uuid::Uuid::new_v4().as_u128();
+    (id >> 64) as u64 ^ id as u64
+}

@@ -1,0 +1,790 @@
+//! The coordination state machine: what ZooKeeper's znodes held in a classic Kafka cluster,
+//! as a deterministic function of a log of commands.
+//!
+//! Every voter applies the same committed [`Command`]s in the same order and so holds the same
+//! [`ClusterState`]. Applying is pure: no clock, no randomness, no I/O. Anything that depends on
+//! time or chance (a topic's id, a broker's incarnation, "this session expired") is decided by
+//! the proposer and carried inside the command, so a replayed log rebuilds the state exactly.
+//! Each command yields an [`Outcome`] for whoever proposed it; validation errors are outcomes
+//! too, decided at apply time on the committed state, so two racing creators of one topic get
+//! one success and one `TOPIC_ALREADY_EXISTS` on every node alike.
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::ResponseError;
+
+use super::metadata::validate_topic_name;
+
+/// Producer ids are handed to brokers in blocks of this many; one command covers a block.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+/// Topic configuration keys accepted in CreateTopics, with the broker key they override.
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "max.message.bytes",
+    "cleanup.policy",
+    "min.insync.replicas",
+    "message.timestamp.type",
+    "unclean.leader.election.enable",
+];
+
+/// Deleted topics remembered so that a broker that was down during a delete can remove the
+/// files it still holds. Bounded: the oldest are forgotten first.
+pub const MAX_DELETED_TOPICS_REMEMBERED: usize = 10_000;
+
+/// A broker's registration, the ephemeral sequential znode of the ZooKeeper recipe.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BrokerRegistration {
+    pub node_id: i32,
+    /// Random per process start: tells a restarted broker from the session it replaces.
+    pub incarnation: u64,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    /// Increases with every registration in the cluster; leadership prefers the lowest.
+    pub sequence: u64,
+}
+
+/// One partition's replicas and leadership.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PartitionState {
+    /// Preferred leader first.
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    /// -1 while no eligible replica is live (offline partition).
+    pub leader: i32,
+    /// Increases on every leadership change, including to and from "no leader".
+    pub leader_epoch: i32,
+    /// Increases on every change to leader or ISR (Kafka's partition epoch).
+    pub partition_epoch: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TopicState {
+    pub id: [u8; 16],
+    pub partitions: Vec<PartitionState>,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Everything the quorum agrees on. Identical on every voter after applying the same log.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct ClusterState {
+    pub cluster_id: String,
+    /// Live (unexpired) brokers by node id.
+    pub brokers: BTreeMap<i32, BrokerRegistration>,
+    pub next_registration_sequence: u64,
+    pub topics: BTreeMap<String, TopicState>,
+    /// (name, id) of deleted topics, oldest first, at most [`MAX_DELETED_TOPICS_REMEMBERED`].
+    pub deleted_topics: Vec<(String, [u8; 16])>,
+    /// Producer ids below this were handed out in some block.
+    pub producer_id_block_end: i64,
+    /// Counts applied commands that changed anything: a cheap change detector.
+    pub version: u64,
+}
+
+/// A topic to create, as proposed.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NewTopic {
+    pub name: String,
+    pub id: [u8; 16],
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: Vec<(String, String)>,
+}
+
+/// A change proposed to the quorum.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Command {
+    /// Names the cluster; only the first one committed counts.
+    InitCluster {
+        cluster_id: String,
+    },
+    RegisterBroker {
+        node_id: i32,
+        incarnation: u64,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    },
+    /// The broker's session expired (decided by the quorum leader from missed heartbeats), or
+    /// it shut down cleanly. Only the named incarnation is removed.
+    FenceBroker {
+        node_id: i32,
+        incarnation: u64,
+    },
+    CreateTopic {
+        topic: NewTopic,
+        max_partitions: u64,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        count: i32,
+        max_partitions: u64,
+    },
+    /// A partition leader changes the ISR (replication's AlterPartition). Refused unless the
+    /// request comes from the current leader at the current epochs.
+    AlterPartition {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
+    AllocateProducerIds {
+        node_id: i32,
+    },
+}
+
+/// What applying a command means for its proposer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Registered {
+        sequence: u64,
+    },
+    ProducerIds {
+        first: i64,
+        count: i64,
+    },
+    Refused {
+        code: ResponseError,
+        message: String,
+    },
+}
+
+impl Outcome {
+    fn refused(code: ResponseError, message: impl Into<String>) -> Outcome {
+        Outcome::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl ClusterState {
+    /// Applies one committed command. Deterministic: the same state and command give the same
+    /// result on every node.
+    pub fn apply(&mut self, command: Command) -> Outcome {
+        let outcome = match command {
+            Command::InitCluster { cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id;
+                }
+                Outcome::Done
+            }
+            Command::RegisterBroker {
+                node_id,
+                incarnation,
+                host,
+                port,
+                rack,
+            } => self.register(node_id, incarnation, host, port, rack),
+            Command::FenceBroker {
+                node_id,
+                incarnation,
+            } => self.fence(node_id, incarnation),
+            Command::CreateTopic {
+                topic,
+                max_partitions,
+            } => self.create_topic(topic, max_partitions),
+            Command::DeleteTopic { name } => self.delete_topic(&name),
+            Command::CreatePartitions {
+                name,
+                count,
+                max_partitions,
+            } => self.create_partitions(&name, count, max_partitions),
+            Command::AlterPartition {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => self.alter_partition(
+                &topic,
+                partition,
+                leader,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            ),
+            Command::AllocateProducerIds { node_id: _ } => {
+                let first = self.producer_id_block_end;
+                self.producer_id_block_end += PRODUCER_ID_BLOCK_SIZE;
+                Outcome::ProducerIds {
+                    first,
+                    count: PRODUCER_ID_BLOCK_SIZE,
+                }
+            }
+        };
+        if !matches!(outcome, Outcome::Refused { .. }) {
+            self.version += 1;
+        }
+        outcome
+    }
+
+    /// Live brokers, earliest registration first.
+    pub fn brokers_by_sequence(&self) -> Vec<&BrokerRegistration> {
+        let mut brokers: Vec<&BrokerRegistration> = self.brokers.values().collect();
+        brokers.sort_by_key(|b| b.sequence);
+        brokers
+    }
+
+    pub fn is_live(&self, node_id: i32) -> bool {
+        self.brokers.contains_key(&node_id)
+    }
+
+    fn register(
+        &mut self,
+        node_id: i32,
+        incarnation: u64,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    ) -> Outcome {
+        if node_id < 0 {
+            return Outcome::refused(ResponseError::InvalidRequest, "node ids are not negative");
+        }
+        if let Some(existing) = self.brokers.get(&node_id) {
+            if existing.incarnation == incarnation {
+                // A retried registration of the same process: idempotent.
+                return Outcome::Registered {
+                    sequence: existing.sequence,
+                };
+            }
+            return Outcome::refused(
+                ResponseError::DuplicateBrokerRegistration,
+                format!(
+                    "node id {node_id} is already registered by a live broker at {}:{}; \
+                     it is refused until that broker's session ends",
+                    existing.host, existing.port
+                ),
+            );
+        }
+        let sequence = self.next_registration_sequence;
+        self.next_registration_sequence += 1;
+        self.brokers.insert(
+            node_id,
+            BrokerRegistration {
+                node_id,
+                incarnation,
+                host,
+                port,
+                rack,
+                sequence,
+            },
+        );
+        // Offline partitions whose last in-sync replica is back get their leader again.
+        self.elect_leaders(|p| p.leader == -1 && p.isr.contains(&node_id));
+        Outcome::Registered { sequence }
+    }
+
+    fn fence(&mut self, node_id: i32, incarnation: u64) -> Outcome {
+        match self.brokers.get(&node_id) {
+            Some(b) if b.incarnation == incarnation => {}
+            // An older session, already replaced or removed: nothing to do.
+            _ => return Outcome::Done,
+        }
+        self.brokers.remove(&node_id);
+        for topic in self.topics.values_mut() {
+            for p in &mut topic.partitions {
+                // The ISR keeps its last member even when that broker is gone, so the partition
+                // can come back with it instead of electing an out-of-sync replica.
+                if p.isr.contains(&node_id) && p.isr.len() > 1 {
+                    p.isr.retain(|&r| r != node_id);
+                    p.partition_epoch += 1;
+                }
+            }
+        }
+        self.elect_leaders(|p| p.leader == node_id);
+        Outcome::Done
+    }
+
+    /// Re-chooses the leader of every partition matching `needs_election`: the live in-sync
+    /// replica registered earliest; with unclean election enabled for the topic and no live
+    /// in-sync replica, the live replica registered earliest. Bumps the epochs on change.
+    fn elect_leaders(&mut self, needs_election: impl Fn(&PartitionState) -> bool) {
+        let sequence_of: BTreeMap<i32, u64> = self
+            .brokers
+            .iter()
+            .map(|(&id, b)| (id, b.sequence))
+            .collect();
+        let earliest_live = |candidates: &[i32]| {
+            candidates
+                .iter()
+                .filter_map(|r| sequence_of.get(r).map(|&s| (s, *r)))
+                .min()
+                .map(|(_, r)| r)
+        };
+        for topic in self.topics.values_mut() {
+            let unclean = topic
+                .configs
+                .get("unclean.leader.election.enable")
+                .is_some_and(|v| v == "true");
+            for p in &mut topic.partitions {
+                if !needs_election(p) {
+                    continue;
+                }
+                let (leader, isr) = match earliest_live(&p.isr) {
+                    Some(leader) => (leader, None),
+                    None if unclean => match earliest_live(&p.replicas) {
+                        Some(leader) => (leader, Some(vec![leader])),
+                        None => (-1, None),
+                    },
+                    None => (-1, None),
+                };
+                if leader != p.leader {
+                    p.leader = leader;
+                    p.leader_epoch += 1;
+                    p.partition_epoch += 1;
+                }
+                if let Some(isr) = isr {
+                    p.isr = isr;
+                    p.partition_epoch += 1;
+                }
+            }
+        }
+    }
+
+    fn partition_count(&self) -> u64 {
+        self.topics
+            .values()
+            .map(|t| t.partitions.len() as u64)
+            .sum()
+    }
+
+    fn check_partition_limit(&self, added: u64, max_partitions: u64) -> Result<(), Outcome> {
+        if self.partition_count() + added > max_partitions {
+            return Err(Outcome::refused(
+                ResponseError::PolicyViolation,
+                format!("the cluster is limited to {max_partitions} partitions (max.partitions)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a topic against the committed state without changing anything.
+    pub fn validate_new_topic(&self, topic: &NewTopic, max_partitions: u64) -> Result<(), Outcome> {
+        validate_topic_name(&topic.name)
+            .map_err(|m| Outcome::refused(ResponseError::InvalidTopicException, m))?;
+        if self.topics.contains_key(&topic.name) {
+            return Err(Outcome::refused(
+                ResponseError::TopicAlreadyExists,
+                format!("Topic '{}' already exists.", topic.name),
+            ));
+        }
+        if topic.partitions < 1 {
+            return Err(Outcome::refused(
+                ResponseError::InvalidPartitions,
+                "Number of partitions must be larger than 0.",
+            ));
+        }
+        if topic.replication_factor < 1 {
+            return Err(Outcome::refused(
+                ResponseError::InvalidReplicationFactor,
+                "Replication factor must be larger than 0.",
+            ));
+        }
+        if topic.replication_factor as usize > self.brokers.len() {
+            return Err(Outcome::refused(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "Replication factor: {} larger than available brokers: {}.",
+                    topic.replication_factor,
+                    self.brokers.len()
+                ),
+            ));
+        }
+        for (key, _) in &topic.configs {
+            if !TOPIC_CONFIG_KEYS.contains(&key.as_str()) {
+                return Err(Outcome::refused(
+                    ResponseError::InvalidConfig,
+                    format!("Unknown topic config name: {key}"),
+                ));
+            }
+        }
+        self.check_partition_limit(topic.partitions as u64, max_partitions)
+    }
+
+    fn create_topic(&mut self, topic: NewTopic, max_partitions: u64) -> Outcome {
+        if let Err(refused) = self.validate_new_topic(&topic, max_partitions) {
+            return refused;
+        }
+        // Rotate the first replica by the number of topics so that many small topics do not
+        // all lead on the same broker.
+        let shift = self.topics.len() + self.deleted_topics.len();
+        let partitions = self.assign(shift, 0, topic.partitions, topic.replication_factor);
+        self.topics.insert(
+            topic.name,
+            TopicState {
+                id: topic.id,
+                partitions,
+                configs: topic.configs.into_iter().collect(),
+            },
+        );
+        Outcome::Done
+    }
+
+    /// Replicas of partitions `first..first+count` spread round-robin over the live brokers
+    /// (ordered by node id, so every voter computes the same), the first replica leading.
+    fn assign(&self, shift: usize, first: i32, count: i32, rf: i16) -> Vec<PartitionState> {
+        let live: Vec<i32> = self.brokers.keys().copied().collect();
+        assert!(!live.is_empty() && rf as usize <= live.len());
+        (first..first + count)
+            .map(|p| {
+                let replicas: Vec<i32> = (0..rf as usize)
+                    .map(|r| live[(shift + p as usize + r) % live.len()])
+                    .collect();
+                PartitionState {
+                    leader: replicas[0],
+                    isr: replicas.clone(),
+                    replicas,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                }
+            })
+            .collect()
+    }
+
+    fn delete_topic(&mut self, name: &str) -> Outcome {
+        let Some(topic) = self.topics.remove(name) else {
+            return unknown_topic();
+        };
+        self.deleted_topics.push((name.to_string(), topic.id));
+        if self.deleted_topics.len() > MAX_DELETED_TOPICS_REMEMBERED {
+            self.deleted_topics.remove(0);
+        }
+        Outcome::Done
+    }
+
+    /// Validates growing a topic to `count` partitions (Kafka never shrinks one).
+    pub fn validate_create_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        max_partitions: u64,
+    ) -> Result<(), Outcome> {
+        let Some(topic) = self.topics.get(name) else {
+            return Err(unknown_topic());
+        };
+        let current = topic.partitions.len() as i32;
+        if count <= current {
+            return Err(Outcome::refused(
+                ResponseError::InvalidPartitions,
+                format!(
+                    "Topic currently has {current} partitions, which is higher than or equal \
+                     to the requested {count}."
+                ),
+            ));
+        }
+        let rf = topic.partitions[0].replicas.len();
+        if rf > self.brokers.len() {
+            return Err(Outcome::refused(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "Replication factor: {rf} larger than available brokers: {}.",
+                    self.brokers.len()
+                ),
+            ));
+        }
+        self.check_partition_limit((count - current) as u64, max_partitions)
+    }
+
+    fn create_partitions(&mut self, name: &str, count: i32, max_partitions: u64) -> Outcome {
+        if let Err(refused) = self.validate_create_partitions(name, count, max_partitions) {
+            return refused;
+        }
+        let topic = &self.topics[name];
+        let current = topic.partitions.len() as i32;
+        let rf = topic.partitions[0].replicas.len() as i16;
+        let added = self.assign(current as usize, current, count - current, rf);
+        self.topics
+            .get_mut(name)
+            .expect("validated above")
+            .partitions
+            .extend(added);
+        Outcome::Done
+    }
+
+    fn alter_partition(
+        &mut self,
+        topic: &str,
+        index: i32,
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    ) -> Outcome {
+        let live: Vec<i32> = self.brokers.keys().copied().collect();
+        let Some(p) = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(index as usize))
+        else {
+            return unknown_topic();
+        };
+        if p.leader != leader || p.leader_epoch != leader_epoch {
+            return Outcome::refused(
+                ResponseError::FencedLeaderEpoch,
+                format!(
+                    "leader {leader} at epoch {leader_epoch} is not the current leader {} at epoch {}",
+                    p.leader, p.leader_epoch
+                ),
+            );
+        }
+        if p.partition_epoch != partition_epoch {
+            return Outcome::refused(
+                ResponseError::InvalidUpdateVersion,
+                "the partition changed since the leader last read it",
+            );
+        }
+        if !isr.contains(&leader)
+            || isr.iter().any(|r| !p.replicas.contains(r))
+            || isr.iter().any(|r| !live.contains(r) && !p.isr.contains(r))
+        {
+            return Outcome::refused(
+                ResponseError::InvalidRequest,
+                "the new ISR must hold the leader and only live replicas",
+            );
+        }
+        let mut isr = isr;
+        isr.sort_unstable();
+        isr.dedup();
+        p.isr = isr;
+        p.partition_epoch += 1;
+        Outcome::Done
+    }
+}
+
+fn unknown_topic() -> Outcome {
+    Outcome::refused(
+        ResponseError::UnknownTopicOrPartition,
+        "This server does not host this topic-partition.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(state: &mut ClusterState, node_id: i32) -> Outcome {
+        state.apply(Command::RegisterBroker {
+            node_id,
+            incarnation: node_id as u64 + 100,
+            host: "localhost".into(),
+            port: 9092 + node_id as u16,
+            rack: None,
+        })
+    }
+
+    fn topic(name: &str, partitions: i32, rf: i16) -> Command {
+        Command::CreateTopic {
+            topic: NewTopic {
+                name: name.into(),
+                id: [1; 16],
+                partitions,
+                replication_factor: rf,
+                configs: vec![],
+            },
+            max_partitions: 1000,
+        }
+    }
+
+    fn three_brokers() -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in [0, 1, 2] {
+            assert!(matches!(
+                register(&mut state, id),
+                Outcome::Registered { .. }
+            ));
+        }
+        state
+    }
+
+    #[test]
+    fn replicas_spread_and_leaders_balance() {
+        let mut state = three_brokers();
+        assert_eq!(state.apply(topic("t", 6, 3)), Outcome::Done);
+        let t = &state.topics["t"];
+        let mut leaders = [0; 3];
+        for p in &t.partitions {
+            assert_eq!(p.replicas.len(), 3);
+            assert_eq!(p.isr, p.replicas);
+            leaders[p.leader as usize] += 1;
+        }
+        assert_eq!(leaders, [2, 2, 2]);
+    }
+
+    #[test]
+    fn replication_factor_above_live_brokers_is_refused_with_kafkas_message() {
+        let mut state = three_brokers();
+        match state.apply(topic("t", 1, 4)) {
+            Outcome::Refused { code, message } => {
+                assert_eq!(code, ResponseError::InvalidReplicationFactor);
+                assert_eq!(
+                    message,
+                    "Replication factor: 4 larger than available brokers: 3."
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_live_node_id_is_refused_until_the_session_ends() {
+        let mut state = three_brokers();
+        let again = state.apply(Command::RegisterBroker {
+            node_id: 1,
+            incarnation: 7,
+            host: "other".into(),
+            port: 1,
+            rack: None,
+        });
+        assert!(matches!(
+            again,
+            Outcome::Refused {
+                code: ResponseError::DuplicateBrokerRegistration,
+                ..
+            }
+        ));
+        // The same process retrying is idempotent.
+        assert_eq!(register(&mut state, 1), Outcome::Registered { sequence: 1 });
+        state.apply(Command::FenceBroker {
+            node_id: 1,
+            incarnation: 101,
+        });
+        let after = state.apply(Command::RegisterBroker {
+            node_id: 1,
+            incarnation: 7,
+            host: "other".into(),
+            port: 1,
+            rack: None,
+        });
+        assert_eq!(
+            after,
+            Outcome::Registered { sequence: 3 },
+            "a new, later sequence"
+        );
+    }
+
+    #[test]
+    fn fencing_a_leader_elects_the_earliest_registered_live_isr_member() {
+        let mut state = three_brokers();
+        state.apply(topic("t", 3, 3));
+        // Re-register broker 0 so that it is now the latest; 1 is earliest live.
+        state.apply(Command::FenceBroker {
+            node_id: 0,
+            incarnation: 100,
+        });
+        for p in &state.topics["t"].partitions {
+            assert_ne!(p.leader, 0);
+            assert!(!p.isr.contains(&0));
+        }
+        let p0 = &state.topics["t"].partitions[0];
+        assert_eq!(p0.leader, 1, "1 registered before 2");
+        assert_eq!(p0.leader_epoch, 1);
+        // A partition led by 1 keeps its leader and epoch.
+        let p1 = &state.topics["t"].partitions[1];
+        assert_eq!((p1.leader, p1.leader_epoch), (1, 0));
+    }
+
+    #[test]
+    fn an_offline_partition_waits_for_its_last_isr_member_unless_unclean() {
+        let mut state = three_brokers();
+        state.apply(topic("t", 1, 2));
+        let replicas = state.topics["t"].partitions[0].replicas.clone();
+        let (first, second) = (replicas[0], replicas[1]);
+        state.apply(Command::FenceBroker {
+            node_id: first,
+            incarnation: first as u64 + 100,
+        });
+        assert_eq!(state.topics["t"].partitions[0].leader, second);
+        assert_eq!(state.topics["t"].partitions[0].isr, vec![second]);
+        state.apply(Command::FenceBroker {
+            node_id: second,
+            incarnation: second as u64 + 100,
+        });
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!(
+            (p.leader, p.isr.clone(), p.leader_epoch),
+            (-1, vec![second], 2)
+        );
+        // The out-of-sync replica comes back: still offline (no unclean election).
+        register(&mut state, first);
+        assert_eq!(state.topics["t"].partitions[0].leader, -1);
+        // The last in-sync replica comes back and leads again.
+        register(&mut state, second);
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!((p.leader, p.leader_epoch), (second, 3));
+    }
+
+    #[test]
+    fn alter_partition_is_fenced_by_epochs() {
+        let mut state = three_brokers();
+        state.apply(topic("t", 1, 3));
+        let p = state.topics["t"].partitions[0].clone();
+        let shrink = |leader_epoch, partition_epoch| Command::AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader: p.leader,
+            leader_epoch,
+            partition_epoch,
+            isr: vec![p.leader],
+        };
+        assert!(matches!(
+            state.apply(shrink(5, 0)),
+            Outcome::Refused {
+                code: ResponseError::FencedLeaderEpoch,
+                ..
+            }
+        ));
+        assert_eq!(state.apply(shrink(0, 0)), Outcome::Done);
+        assert_eq!(state.topics["t"].partitions[0].isr, vec![p.leader]);
+        assert!(matches!(
+            state.apply(shrink(0, 0)),
+            Outcome::Refused {
+                code: ResponseError::InvalidUpdateVersion,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut state = ClusterState::default();
+        let a = state.apply(Command::AllocateProducerIds { node_id: 0 });
+        let b = state.apply(Command::AllocateProducerIds { node_id: 1 });
+        assert_eq!(
+            a,
+            Outcome::ProducerIds {
+                first: 0,
+                count: 1000
+            }
+        );
+        assert_eq!(
+            b,
+            Outcome::ProducerIds {
+                first: 1000,
+                count: 1000
+            }
+        );
+    }
+
+    #[test]
+    fn state_survives_an_rkyv_round_trip() {
+        let mut state = three_brokers();
+        state.apply(topic("t", 2, 2));
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&state).unwrap();
+        let back: ClusterState =
+            rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(&bytes).unwrap();
+        assert_eq!(back, state);
+    }
+}
