@@ -399,6 +399,21 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_cluster_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        for i in 0..3 {
+            let mut config =
+                BrokerConfig::from_properties_file(&dir.join(format!("server-{i}.properties")))
+                    .unwrap();
+            config.validate().unwrap();
+            assert_eq!(config.node_id, i);
+            assert_eq!(config.listen.port(), 9092 + i as u16);
+            assert_eq!(config.controller_listen.unwrap().port(), 9192 + i as u16);
+            assert_eq!(config.quorum_voters.len(), 3);
+        }
+    }
+
+    #[test]
     fn bad_values_are_rejected() {
         let props = HashMap::from([("num.partitions".to_string(), "many".to_string())]);
         assert!(BrokerConfig::default().apply_properties(&props).is_err());

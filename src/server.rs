@@ -177,9 +177,14 @@ async fn run_shard(
         // Every shard waits for a first snapshot; then this one republishes on every change.
         shard.publish_metadata().await;
         let publisher = shard.clone();
+        let publisher_coordinator = coordinator.clone();
         glommio::spawn_local(async move {
             use futures::StreamExt;
             while changed.next().await.is_some() {
+                if publisher_coordinator.is_stopping() {
+                    // Shutdown closes the partitions itself; leadership moves with the fence.
+                    return;
+                }
                 // Coalesce a burst of changes into one publication.
                 while changed.try_recv().is_ok() {}
                 publisher.publish_metadata().await;

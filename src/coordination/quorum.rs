@@ -359,36 +359,34 @@ impl QuorumNode {
         }
         let timeout = self.config.session_timeout_ms;
         let grace_from = leader_since.saturating_sub(timeout / 2);
-        let expired: Vec<(i32, u64)> = self
+        let expired: Vec<(i32, u64, Option<u64>)> = self
             .state
             .brokers
             .values()
-            .filter(|b| {
-                let heard = self
-                    .heartbeats
-                    .get(&(b.node_id, b.incarnation))
-                    .copied()
-                    .unwrap_or(0)
-                    .max(grace_from);
-                now.saturating_sub(heard) > timeout
+            .filter_map(|b| {
+                let last_heard = self.heartbeats.get(&(b.node_id, b.incarnation)).copied();
+                let heard = last_heard.unwrap_or(0).max(grace_from);
+                (now.saturating_sub(heard) > timeout).then_some((b.node_id, b.incarnation, last_heard))
             })
-            .map(|b| (b.node_id, b.incarnation))
             .collect();
-        for key in expired {
+        for (node_id, incarnation, last_heard) in expired {
+            let key = (node_id, incarnation);
             let retry_due = self
                 .fences_in_flight
                 .get(&key)
                 .is_none_or(|&at| now.saturating_sub(at) >= timeout);
             if retry_due {
                 tracing::info!(
-                    node_id = key.0,
+                    node_id,
+                    silent_ms = last_heard.map(|at| now.saturating_sub(at)),
+                    leader_for_ms = now.saturating_sub(leader_since),
                     session_timeout_ms = timeout,
                     "broker session expired; fencing it"
                 );
                 self.fences_in_flight.insert(key, now);
                 let _ = self.propose(Command::FenceBroker {
-                    node_id: key.0,
-                    incarnation: key.1,
+                    node_id,
+                    incarnation,
                 });
             }
         }
@@ -479,7 +477,9 @@ impl QuorumNode {
                 }
             };
             let version = self.state.version;
+            tracing::debug!(index = entry.index, term = entry.term, origin = envelope.origin, command = ?envelope.command, "applying");
             let outcome = self.state.apply(envelope.command);
+            tracing::debug!(index = entry.index, ?outcome, "applied");
             if self.state.version != version {
                 self.output.changed = true;
             }

@@ -74,6 +74,8 @@ pub struct Coordinator {
     registered: Cell<bool>,
     /// Time the broker started, for the console's uptime.
     started: std::time::SystemTime,
+    /// Set on a clean shutdown: no re-registration, no more publications.
+    stopping: Cell<bool>,
 }
 
 impl Coordinator {
@@ -121,6 +123,7 @@ impl Coordinator {
             changed_tx: RefCell::new(None),
             registered: Cell::new(false),
             started: std::time::SystemTime::now(),
+            stopping: Cell::new(false),
         }))
     }
 
@@ -168,6 +171,7 @@ impl Coordinator {
                 spawn(peer_link(voter.clone(), rx).boxed_local());
             }
         }
+        spawn(heartbeat_loop(me.clone()).boxed_local());
         spawn(session_loop(me).boxed_local());
         Ok(rx)
     }
@@ -194,7 +198,7 @@ impl Coordinator {
                 .brokers
                 .get(&self.config.node_id)
                 .is_some_and(|b| b.incarnation == node.incarnation());
-            if self.registered.replace(mine) && !mine {
+            if self.registered.replace(mine) && !mine && !self.stopping.get() {
                 tracing::warn!("this broker's session was ended by the quorum; registering again");
             }
             drop(node);
@@ -313,6 +317,11 @@ impl Coordinator {
         self.registered.get()
     }
 
+    /// True once a clean shutdown began: the broker no longer takes part.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
     pub fn started(&self) -> std::time::SystemTime {
         self.started
     }
@@ -382,6 +391,7 @@ impl Coordinator {
     /// Ends this broker's session at once on a clean shutdown, so its partitions move now
     /// rather than after the session timeout.
     pub async fn unregister(&self) {
+        self.stopping.set(true);
         if !self.registered.get() {
             return;
         }
@@ -408,43 +418,52 @@ async fn tick_loop(me: Weak<Coordinator>) {
     }
 }
 
-/// Registers this broker, then keeps its session alive with heartbeats to every voter;
-/// registers again whenever the quorum has ended the session (a pause longer than the
-/// session timeout, a network partition).
-async fn session_loop(me: Weak<Coordinator>) {
-    let mut refused_logged = false;
+/// Keeps this broker's session alive: a heartbeat to every voter each interval, whether or not
+/// the registration has committed yet (a registration that commits late must not find its
+/// session already silent).
+async fn heartbeat_loop(me: Weak<Coordinator>) {
     loop {
         let Some(c) = me.upgrade() else { return };
+        if c.stopping.get() {
+            return;
+        }
         let interval = Duration::from_millis(c.config.heartbeat_interval_ms);
-        let (node_id, incarnation) = {
-            let node = c.node.borrow();
-            (c.config.node_id, node.incarnation())
-        };
-        let heartbeat = PeerMessage::Heartbeat {
-            node_id,
-            incarnation,
-        };
+        let node_id = c.config.node_id;
+        let incarnation = c.node.borrow().incarnation();
         let now = c.now_ms();
         c.node
             .borrow_mut()
             .record_heartbeat(node_id, incarnation, now);
+        let heartbeat = PeerMessage::Heartbeat {
+            node_id,
+            incarnation,
+        };
         for voter in &c.config.voters {
             if voter.node_id != node_id {
                 c.send_to(voter.node_id, &heartbeat);
             }
         }
+        drop(c);
+        glommio::timer::sleep(interval).await;
+    }
+}
+
+/// Registers this broker, and registers it again whenever the quorum has ended its session (a
+/// pause longer than the session timeout, a network partition).
+async fn session_loop(me: Weak<Coordinator>) {
+    let mut refused_logged = false;
+    loop {
+        let Some(c) = me.upgrade() else { return };
+        if c.stopping.get() {
+            return;
+        }
+        let interval = Duration::from_millis(c.config.heartbeat_interval_ms);
+        let node_id = c.config.node_id;
         if !c.registered.get() {
-            match c
-                .propose(c.registration(), interval.max(Duration::from_secs(2)))
-                .await
-            {
+            match c.propose(c.registration(), interval.max(Duration::from_secs(2))).await {
                 Ok(Outcome::Registered { sequence }) => {
                     refused_logged = false;
-                    tracing::info!(
-                        node_id,
-                        sequence,
-                        "broker registered with the coordination quorum"
-                    );
+                    tracing::info!(node_id, sequence, "broker registered with the coordination quorum");
                     c.registered.set(true);
                     c.flush();
                     if let Some(tx) = c.changed_tx.borrow().as_ref() {

@@ -1,6 +1,7 @@
 //! Test support: the real `broker` binary on a free port, and a minimal raw protocol client.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -38,13 +39,23 @@ impl Broker {
     }
 
     fn spawn(cwd: &Path, data_arg: &Path, cores: usize, extra: &[&str]) -> Broker {
-        let log_path = cwd.join(format!("broker-{}.log", std::process::id()));
+        Broker::launch(cwd, data_arg, cores, extra).wait_ready()
+    }
+
+    /// Starts a broker process without waiting for its ready line: brokers of a cluster only
+    /// become ready once a quorum of them runs, so a cluster launches all, then waits.
+    pub fn launch(cwd: &Path, data_arg: &Path, cores: usize, extra: &[&str]) -> Launched {
+        let log_path = cwd.join(format!(
+            "broker-{}-{}.log",
+            std::process::id(),
+            data_arg.display().to_string().replace('/', "_")
+        ));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_broker"))
+        let child = Command::new(env!("CARGO_BIN_EXE_broker"))
             .current_dir(cwd)
             .args([
                 "--listen",
@@ -63,26 +74,10 @@ impl Broker {
             .stderr(log)
             .spawn()
             .expect("spawn broker");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("broker exited before ready; log:\n{}", read(&log_path)))
-            .expect("read stdout");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
-            .to_string();
-        // Keep draining stdout so the broker never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Broker {
-            child: Some(child),
-            addr,
+        Launched {
+            child,
             data_dir: cwd.join(data_arg),
             log_path,
-            _tmp: None,
         }
     }
 
@@ -114,6 +109,49 @@ impl Broker {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
+}
+
+/// A broker process started but not yet ready.
+pub struct Launched {
+    child: Child,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Launched {
+    /// Waits for the ready line (the broker is registered and serves clients).
+    pub fn wait_ready(mut self) -> Broker {
+        let stdout = self.child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("broker exited before ready; log:\n{}", read(&self.log_path)))
+            .expect("read stdout");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+            .to_string();
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Broker {
+            child: Some(self.child),
+            addr,
+            data_dir: self.data_dir,
+            log_path: self.log_path,
+            _tmp: None,
+        }
+    }
+}
+
+/// A free loopback port (bound, then released: good enough for tests on one host).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 impl Drop for Broker {

@@ -278,4 +278,25 @@ impl RawClient {
         request.timeout_ms = 10_000;
         self.call(2, &request).results[0].error_code
     }
+
+    /// CreateTopics with a replication factor; returns the error code and message.
+    pub fn create_topic_rf(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+    ) -> (i16, Option<String>) {
+        let mut topic = create_topics_request::CreatableTopic::default();
+        topic.name = TopicName(StrBytes::from_string(name.into()));
+        topic.num_partitions = partitions;
+        topic.replication_factor = replication_factor;
+        let mut request = CreateTopicsRequest::default();
+        request.topics = vec![topic];
+        request.timeout_ms = 10_000;
+        let result = &self.call(7, &request).topics[0];
+        (
+            result.error_code,
+            result.error_message.as_ref().map(|m| m.to_string()),
+        )
+    }
 }

@@ -1,0 +1,307 @@
+//! Three real `broker` processes on loopback forming one cluster through the Raft coordination
+//! quorum, exercised with librdkafka (the rdkafka crate) and the raw protocol client.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::cluster::{await_metadata, metadata, Cluster};
+use common::raw::{self, RawClient};
+use kafka_protocol::messages::MetadataResponse;
+use kafka_protocol::ResponseError;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client")
+}
+
+fn brokers_of(m: &MetadataResponse) -> Vec<i32> {
+    let mut ids: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// (leader, leader epoch, replicas, isr) per partition of `topic`.
+type PartitionView = (i32, i32, Vec<i32>, Vec<i32>);
+
+fn partitions_of(m: &MetadataResponse, topic: &str) -> Option<Vec<PartitionView>> {
+    let t = m
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic) && t.error_code == 0)?;
+    let mut ps: Vec<_> = t.partitions.iter().collect();
+    ps.sort_by_key(|p| p.partition_index);
+    Some(
+        ps.iter()
+            .map(|p| {
+                (
+                    p.leader_id.0,
+                    p.leader_epoch,
+                    p.replica_nodes.iter().map(|r| r.0).collect(),
+                    p.isr_nodes.iter().map(|r| r.0).collect(),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_share_metadata_and_spread_replicas() {
+    let cluster = Cluster::start(3, &[]);
+    // Every broker lists all three and names the same quorum leader.
+    let mut controllers = Vec::new();
+    for i in 0..3 {
+        let (m, _) = await_metadata(&cluster.broker(i).addr, WAIT, "three brokers", |m| {
+            brokers_of(m) == vec![0, 1, 2] && m.controller_id.0 >= 0
+        });
+        controllers.push(m.controller_id.0);
+    }
+    let (m, _) = await_metadata(&cluster.broker(0).addr, WAIT, "one controller", |m| {
+        controllers.iter().all(|&c| c == m.controller_id.0)
+    });
+    assert!((0..3).contains(&m.controller_id.0));
+
+    // A replication factor above the live brokers is refused, with Kafka's message.
+    let mut client = RawClient::connect(&cluster.broker(1).addr);
+    let (code, message) = client.create_topic_rf("too-wide", 1, 4);
+    assert_eq!(code, ResponseError::InvalidReplicationFactor.code());
+    assert_eq!(
+        message.as_deref(),
+        Some("Replication factor: 4 larger than available brokers: 3.")
+    );
+
+    // RF 3 with librdkafka's admin client, through one broker.
+    let results = admin(&cluster.broker(2).addr)
+        .create_topics(
+            &[NewTopic::new("spread", 6, TopicReplication::Fixed(3))],
+            &AdminOptions::new().operation_timeout(Some(WAIT)),
+        )
+        .await
+        .expect("create topics");
+    assert!(results[0].is_ok(), "{results:?}");
+    for i in 0..3 {
+        let (m, _) = await_metadata(&cluster.broker(i).addr, WAIT, "topic everywhere", |m| {
+            partitions_of(m, "spread").is_some()
+        });
+        let partitions = partitions_of(&m, "spread").unwrap();
+        assert_eq!(partitions.len(), 6);
+        let mut leaders = BTreeMap::new();
+        for (leader, epoch, replicas, isr) in &partitions {
+            let mut sorted = replicas.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, vec![0, 1, 2], "3 distinct replicas");
+            assert_eq!(isr.len(), 3, "full ISR");
+            assert_eq!(*leader, replicas[0], "the preferred replica leads");
+            assert_eq!(*epoch, 0);
+            *leaders.entry(*leader).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "leaders spread: {leaders:?}");
+    }
+
+    // A broker that is not a partition's leader refuses produce with NOT_LEADER_OR_FOLLOWER.
+    let partitions = partitions_of(&metadata(&cluster.broker(0).addr), "spread").unwrap();
+    let (follower_index, _) = partitions.iter().enumerate().find(|(_, p)| p.0 != 0).unwrap();
+    let mut at_zero = RawClient::connect(&cluster.broker(0).addr);
+    let (code, _) = at_zero.produce(
+        "spread",
+        follower_index as i32,
+        raw::batch(&[b"x"], None, kafka_protocol::records::Compression::None),
+        1,
+    );
+    assert_eq!(code, ResponseError::NotLeaderOrFollower.code());
+
+    // A client bootstrapped from one broker finds every leader: 60 keyed messages go to the
+    // three brokers and all come back.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.broker(1).addr)
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    for n in 0..60 {
+        let key = format!("k{n}");
+        let value = format!("v{n}");
+        producer
+            .send(FutureRecord::to("spread").key(&key).payload(&value), WAIT)
+            .await
+            .expect("produce");
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.broker(2).addr)
+        .set("group.id", "unused")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..6 {
+        assignment
+            .add_partition_offset("spread", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut values = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while values.len() < 60 && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            values.push(String::from_utf8(m.payload().unwrap().to_vec()).unwrap());
+        }
+    }
+    values.sort();
+    let mut expected: Vec<String> = (0..60).map(|n| format!("v{n}")).collect();
+    expected.sort();
+    assert_eq!(values, expected);
+
+    // CreatePartitions and DeleteTopics reach every broker, files included.
+    assert_eq!(client.create_partitions("spread", 9), 0);
+    for i in 0..3 {
+        await_metadata(&cluster.broker(i).addr, WAIT, "9 partitions", |m| {
+            partitions_of(m, "spread").is_some_and(|p| p.len() == 9)
+        });
+    }
+    let deleted = admin(&cluster.broker(0).addr)
+        .delete_topics(&["spread"], &AdminOptions::new().operation_timeout(Some(WAIT)))
+        .await
+        .expect("delete topics");
+    assert!(deleted[0].is_ok(), "{deleted:?}");
+    for i in 0..3 {
+        await_metadata(&cluster.broker(i).addr, WAIT, "topic gone", |m| {
+            partitions_of(m, "spread").is_none()
+        });
+        let data_dir = &cluster.broker(i).data_dir;
+        assert!(
+            common::wait_until(WAIT, || partition_dirs(data_dir, "spread").is_empty()),
+            "node {i} still holds {:?}",
+            partition_dirs(data_dir, "spread")
+        );
+    }
+}
+
+fn partition_dirs(data_dir: &std::path::Path, topic: &str) -> Vec<String> {
+    std::fs::read_dir(data_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("{topic}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn killing_the_quorum_leader_elects_another_and_the_node_rejoins() {
+    let mut cluster = Cluster::start(3, &[]);
+    let (m, _) = await_metadata(&cluster.broker(0).addr, WAIT, "a controller", |m| {
+        m.controller_id.0 >= 0 && brokers_of(m).len() == 3
+    });
+    let leader = m.controller_id.0 as usize;
+    let survivor = (leader + 1) % 3;
+    RawClient::connect(&cluster.broker(survivor).addr).create_topic_rf("before", 3, 3);
+
+    let killed_at = Instant::now();
+    cluster.kill9(leader);
+    let (m, _) = await_metadata(&cluster.broker(survivor).addr, WAIT, "a new controller", |m| {
+        m.controller_id.0 >= 0 && m.controller_id.0 != leader as i32
+    });
+    let new_controller_after = killed_at.elapsed();
+    let _ =
+        await_metadata(&cluster.broker(survivor).addr, WAIT, "the dead broker fenced", |m| {
+            !brokers_of(m).contains(&(leader as i32))
+                && partitions_of(m, "before")
+                    .is_some_and(|ps| ps.iter().all(|p| p.0 >= 0 && p.0 != leader as i32))
+        });
+    let fenced_after = killed_at.elapsed();
+    println!(
+        "quorum leader {leader} killed: new quorum leader {} in metadata after {new_controller_after:?}, \
+         its partitions led elsewhere after {fenced_after:?}",
+        m.controller_id.0
+    );
+
+    // Topic creation works again with two of three voters.
+    let (code, message) =
+        RawClient::connect(&cluster.broker(survivor).addr).create_topic_rf("after", 2, 2);
+    assert_eq!(code, 0, "{message:?}\n{}", cluster.logs());
+
+    // The killed node restarts on its data and catches up with what it missed.
+    cluster.restart(leader);
+    let (m, _) = await_metadata(&cluster.broker(leader).addr, WAIT, "caught up", |m| {
+        brokers_of(m) == vec![0, 1, 2] && partitions_of(m, "after").is_some()
+    });
+    let survivors_view = metadata(&cluster.broker(survivor).addr);
+    assert_eq!(
+        partitions_of(&m, "before"),
+        partitions_of(&survivors_view, "before"),
+        "the restarted node holds the same metadata"
+    );
+}
+
+#[test]
+fn killing_a_partition_leader_moves_leadership_to_the_earliest_registered_isr_member() {
+    let mut cluster = Cluster::start(3, &[]);
+    let (m, _) = await_metadata(&cluster.broker(0).addr, WAIT, "a controller", |m| {
+        m.controller_id.0 >= 0 && brokers_of(m).len() == 3
+    });
+    let controller = m.controller_id.0;
+    let mut client = RawClient::connect(&cluster.broker(controller as usize).addr);
+    assert_eq!(client.create_topic_rf("moves", 3, 3).0, 0);
+    let (m, _) = await_metadata(&cluster.broker(0).addr, WAIT, "topic", |m| {
+        partitions_of(m, "moves").is_some()
+    });
+    let before = partitions_of(&m, "moves").unwrap();
+    // Kill a broker that leads a partition but not the quorum, so the time measured is the
+    // session expiry alone.
+    let victim = (0..3).find(|&b| b != controller).unwrap();
+    let sequences: BTreeMap<i32, u64> = (0..3)
+        .map(|i| (i as i32, cluster.registration_sequence(i)))
+        .collect();
+    let killed_at = Instant::now();
+    cluster.kill9(victim as usize);
+    let (m, _) = await_metadata(
+        &cluster.broker(controller as usize).addr,
+        WAIT,
+        "leaders moved",
+        |m| {
+            partitions_of(m, "moves").is_some_and(|ps| {
+                ps.iter()
+                    .zip(&before)
+                    .all(|(now, was)| was.0 != victim || now.0 != victim)
+            })
+        },
+    );
+    let moved_after = killed_at.elapsed();
+    println!("partition leader {victim} killed: leadership moved after {moved_after:?}");
+    for (now, was) in partitions_of(&m, "moves").unwrap().iter().zip(&before) {
+        if was.0 == victim {
+            let expected = was
+                .3
+                .iter()
+                .copied()
+                .filter(|&r| r != victim)
+                .min_by_key(|r| sequences[r])
+                .unwrap();
+            assert_eq!(now.0, expected, "earliest registered live ISR member leads");
+            assert_eq!(now.1, was.1 + 1, "the leader epoch is bumped");
+            assert!(!now.3.contains(&victim), "the dead broker left the ISR");
+        } else {
+            assert_eq!((now.0, now.1), (was.0, was.1), "other leaders stay put");
+        }
+    }
+
+    // The broker comes back with a new, later registration.
+    cluster.restart(victim as usize);
+    await_metadata(&cluster.broker(0).addr, WAIT, "rejoined", |m| {
+        brokers_of(m) == vec![0, 1, 2]
+    });
+    let rejoined = cluster.registration_sequence(victim as usize);
+    assert!(sequences.values().all(|&s| rejoined > s));
+}
