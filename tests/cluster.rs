@@ -106,12 +106,20 @@ async fn three_brokers_share_metadata_and_spread_replicas() {
             assert_eq!(*epoch, 0);
             *leaders.entry(*leader).or_insert(0) += 1;
         }
-        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2], "leaders spread: {leaders:?}");
+        assert_eq!(
+            leaders.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2],
+            "leaders spread: {leaders:?}"
+        );
     }
 
     // A broker that is not a partition's leader refuses produce with NOT_LEADER_OR_FOLLOWER.
     let partitions = partitions_of(&metadata(&cluster.broker(0).addr), "spread").unwrap();
-    let (follower_index, _) = partitions.iter().enumerate().find(|(_, p)| p.0 != 0).unwrap();
+    let (follower_index, _) = partitions
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.0 != 0)
+        .unwrap();
     let mut at_zero = RawClient::connect(&cluster.broker(0).addr);
     let (code, _) = at_zero.produce(
         "spread",
@@ -169,7 +177,10 @@ async fn three_brokers_share_metadata_and_spread_replicas() {
         });
     }
     let deleted = admin(&cluster.broker(0).addr)
-        .delete_topics(&["spread"], &AdminOptions::new().operation_timeout(Some(WAIT)))
+        .delete_topics(
+            &["spread"],
+            &AdminOptions::new().operation_timeout(Some(WAIT)),
+        )
         .await
         .expect("delete topics");
     assert!(deleted[0].is_ok(), "{deleted:?}");
@@ -210,16 +221,23 @@ fn killing_the_quorum_leader_elects_another_and_the_node_rejoins() {
 
     let killed_at = Instant::now();
     cluster.kill9(leader);
-    let (m, _) = await_metadata(&cluster.broker(survivor).addr, WAIT, "a new controller", |m| {
-        m.controller_id.0 >= 0 && m.controller_id.0 != leader as i32
-    });
+    let (m, _) = await_metadata(
+        &cluster.broker(survivor).addr,
+        WAIT,
+        "a new controller",
+        |m| m.controller_id.0 >= 0 && m.controller_id.0 != leader as i32,
+    );
     let new_controller_after = killed_at.elapsed();
-    let _ =
-        await_metadata(&cluster.broker(survivor).addr, WAIT, "the dead broker fenced", |m| {
+    let _ = await_metadata(
+        &cluster.broker(survivor).addr,
+        WAIT,
+        "the dead broker fenced",
+        |m| {
             !brokers_of(m).contains(&(leader as i32))
                 && partitions_of(m, "before")
                     .is_some_and(|ps| ps.iter().all(|p| p.0 >= 0 && p.0 != leader as i32))
-        });
+        },
+    );
     let fenced_after = killed_at.elapsed();
     println!(
         "quorum leader {leader} killed: new quorum leader {} in metadata after {new_controller_after:?}, \

@@ -95,9 +95,10 @@ mod tests {
             let deadline = Instant::now() + Duration::from_micros(300);
             t.sleep_until(deadline).await.unwrap();
             let now = Instant::now();
-            assert!(now >= deadline);
-            // Generous bound: shared CI machines; tokio's own timer would be ~1 ms late.
-            assert!(now - deadline < Duration::from_millis(50));
+            assert!(now >= deadline, "woke before the deadline");
+            // Only a hang detector: lateness is measured by the benchmarks, never asserted on a
+            // shared machine (this failed at 50 ms under a load average of 10).
+            assert!(now - deadline < Duration::from_secs(5));
         }
         // A past deadline returns immediately.
         t.sleep_until(Instant::now() - Duration::from_millis(1))

@@ -10,11 +10,13 @@
 //! - [`runtime`]: the coordination shard: a voter driven on shard 0, TCP links to the other
 //!   voters, this broker's registration and heartbeats, metadata publication.
 //! - [`sim`]: a seeded, deterministic simulation of voters and brokers over a faulty network.
+//! - [`legacy_import`]: the upgrade path from the single-node metadata log.
 //! - [`metadata`]: the immutable [`ClusterMetadata`] snapshot every shard reads.
 //!
 //! A single node is a quorum of one, embedded: the same code, no network.
 
 pub mod frames;
+pub mod legacy_import;
 pub mod metadata;
 pub mod quorum;
 pub mod raft_logging;

@@ -174,6 +174,19 @@ impl QuorumNode {
         );
         let voters: Vec<u64> = config.voters.iter().map(|&v| raft_id(v)).collect();
         let memory = RaftMemory::new(recovered, &voters);
+        let mut persisted: Vec<u64> = memory.conf_state().voters.clone();
+        persisted.sort_unstable();
+        let mut configured = voters.clone();
+        configured.sort_unstable();
+        if persisted != configured {
+            // The data dir was made for another quorum; raft-rs follows what it persisted.
+            tracing::warn!(
+                persisted = ?persisted.iter().map(|&v| node_id(v)).collect::<Vec<_>>(),
+                configured = ?config.voters,
+                "controller.quorum.voters differs from the voters this data dir was created with; \
+                 using the persisted ones (membership changes are not supported)"
+            );
+        }
         let mut state = ClusterState::default();
         let snapshot_index = memory.snapshot_index();
         let snapshot_term = memory.current_snapshot().get_metadata().term;
@@ -366,7 +379,11 @@ impl QuorumNode {
             .filter_map(|b| {
                 let last_heard = self.heartbeats.get(&(b.node_id, b.incarnation)).copied();
                 let heard = last_heard.unwrap_or(0).max(grace_from);
-                (now.saturating_sub(heard) > timeout).then_some((b.node_id, b.incarnation, last_heard))
+                (now.saturating_sub(heard) > timeout).then_some((
+                    b.node_id,
+                    b.incarnation,
+                    last_heard,
+                ))
             })
             .collect();
         for (node_id, incarnation, last_heard) in expired {

@@ -81,12 +81,32 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens the Raft log under `<data-dir>/coordination/raft` and starts the voter.
     pub fn open(config: CoordinatorConfig, broker: BrokerInfo) -> std::io::Result<Rc<Coordinator>> {
-        let (disk, recovered) = DiskLog::open(&config.data_dir.join("coordination").join("raft"))?;
+        let coordination_dir = config.data_dir.join("coordination");
+        let (mut disk, recovered) = DiskLog::open(&coordination_dir.join("raft"))?;
         let voter_ids: Vec<i32> = if config.voters.is_empty() {
             vec![config.node_id]
         } else {
             config.voters.iter().map(|v| v.node_id).collect()
         };
+        let raft_voters: Vec<u64> = voter_ids
+            .iter()
+            .map(|&v| super::quorum::raft_id(v))
+            .collect();
+        let (recovered, imported) =
+            super::legacy_import::import_if_needed(&coordination_dir, recovered, &raft_voters)?;
+        if imported {
+            use super::raft_store::DurableLog as _;
+            let snapshot = recovered
+                .snapshot
+                .as_ref()
+                .expect("an import is a snapshot");
+            disk.save_snapshot(snapshot, &[])?;
+            disk.set_hard_state(&recovered.hard_state)?;
+            std::fs::rename(
+                coordination_dir.join("metadata.log"),
+                coordination_dir.join("metadata.log.imported"),
+            )?;
+        }
         let incarnation = random_u64();
         let clock = Instant::now();
         let quorum = QuorumConfig::new(config.node_id, voter_ids, config.session_timeout_ms);
@@ -460,10 +480,17 @@ async fn session_loop(me: Weak<Coordinator>) {
         let interval = Duration::from_millis(c.config.heartbeat_interval_ms);
         let node_id = c.config.node_id;
         if !c.registered.get() {
-            match c.propose(c.registration(), interval.max(Duration::from_secs(2))).await {
+            match c
+                .propose(c.registration(), interval.max(Duration::from_secs(2)))
+                .await
+            {
                 Ok(Outcome::Registered { sequence }) => {
                     refused_logged = false;
-                    tracing::info!(node_id, sequence, "broker registered with the coordination quorum");
+                    tracing::info!(
+                        node_id,
+                        sequence,
+                        "broker registered with the coordination quorum"
+                    );
                     c.registered.set(true);
                     c.flush();
                     if let Some(tx) = c.changed_tx.borrow().as_ref() {

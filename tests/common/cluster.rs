@@ -84,10 +84,10 @@ impl Cluster {
 
     /// The registration sequence node `i` last logged.
     pub fn registration_sequence(&self, i: usize) -> u64 {
-        let log = std::fs::read_to_string(self.root.join(format!(
-            "broker-{}-data-{i}.log",
-            std::process::id()
-        )))
+        let log = std::fs::read_to_string(
+            self.root
+                .join(format!("broker-{}-data-{i}.log", std::process::id())),
+        )
         .expect("broker log");
         log.lines()
             .filter(|l| l.contains("broker registered with the coordination quorum"))
@@ -128,7 +128,10 @@ pub fn await_metadata(
         if condition(&m) {
             return (m, started.elapsed());
         }
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}; last metadata: {m:?}");
+        assert!(
+            started.elapsed() < timeout,
+            "timed out waiting for {what}; last metadata: {m:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
