@@ -323,3 +323,37 @@ fn killing_a_partition_leader_moves_leadership_to_the_earliest_registered_isr_me
     let rejoined = cluster.registration_sequence(victim as usize);
     assert!(sequences.values().all(|&s| rejoined > s));
 }
+
+#[test]
+fn a_node_without_a_quorum_says_so_and_serves_once_the_others_start() {
+    let mut cluster = Cluster::configure(3, &[]);
+    let lonely = cluster.launch(0);
+    assert!(
+        common::wait_until(WAIT, || cluster
+            .log_of(0)
+            .contains("cannot reach voter; retrying")),
+        "no unreachable-voter line in:\n{}",
+        cluster.log_of(0)
+    );
+    assert!(
+        !cluster.log_of(0).contains("broker ready"),
+        "served without a quorum"
+    );
+    let others: Vec<_> = [1, 2].iter().map(|&i| cluster.launch(i)).collect();
+    cluster.adopt(0, lonely.wait_ready());
+    for (i, l) in [1, 2].into_iter().zip(others) {
+        cluster.adopt(i, l.wait_ready());
+    }
+    await_metadata(&cluster.broker(0).addr, WAIT, "three brokers", |m| {
+        brokers_of(m) == vec![0, 1, 2]
+    });
+    let unreachable_lines = cluster
+        .log_of(0)
+        .lines()
+        .filter(|l| l.contains("cannot reach voter"))
+        .count();
+    assert!(
+        unreachable_lines <= 2,
+        "one line per voter, not one per retry"
+    );
+}

@@ -120,17 +120,19 @@ pub fn import_if_needed(
         return Ok((recovered, false));
     };
     let mut snapshot = Snapshot::default();
-    snapshot.data = rkyv::to_bytes::<rkyv::rancor::Error>(&state)
-        .map_err(|e| io::Error::other(format!("encoding the imported state: {e}")))?
-        .to_vec()
-        .into();
+    snapshot.set_data(
+        rkyv::to_bytes::<rkyv::rancor::Error>(&state)
+            .map_err(|e| io::Error::other(format!("encoding the imported state: {e}")))?
+            .to_vec()
+            .into(),
+    );
     let meta = snapshot.mut_metadata();
     meta.index = 1;
     meta.term = 1;
     meta.set_conf_state(ConfState::from((voters.to_vec(), vec![])));
     let mut hard_state = HardState::default();
-    hard_state.term = 1;
-    hard_state.commit = 1;
+    hard_state.set_term(1);
+    hard_state.set_commit(1);
     tracing::info!(
         topics = state.topics.len(),
         "imported the single-node metadata log into the coordination quorum's log"

@@ -20,17 +20,7 @@ impl Cluster {
     /// Starts `n` brokers, all voters of the coordination quorum, and waits until every one is
     /// registered and serving.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let voters: Vec<String> = (0..n)
-            .map(|i| format!("{i}@127.0.0.1:{}", free_port()))
-            .collect();
-        let mut cluster = Cluster {
-            brokers: (0..n).map(|_| None).collect(),
-            voters: voters.join(","),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            root: tmp.path().to_path_buf(),
-            _tmp: tmp,
-        };
+        let mut cluster = Cluster::configure(n, extra);
         let launched: Vec<_> = (0..n).map(|i| cluster.launch(i)).collect();
         for (i, l) in launched.into_iter().enumerate() {
             cluster.brokers[i] = Some(l.wait_ready());
@@ -38,7 +28,23 @@ impl Cluster {
         cluster
     }
 
-    fn launch(&self, i: usize) -> super::Launched {
+    /// A cluster of `n` voters with nothing started yet.
+    pub fn configure(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let voters: Vec<String> = (0..n)
+            .map(|i| format!("{i}@127.0.0.1:{}", free_port()))
+            .collect();
+        Cluster {
+            brokers: (0..n).map(|_| None).collect(),
+            voters: voters.join(","),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            root: tmp.path().to_path_buf(),
+            _tmp: tmp,
+        }
+    }
+
+    /// Starts node `i` without waiting for it to serve.
+    pub fn launch(&self, i: usize) -> super::Launched {
         let node_id = i.to_string();
         let mut args = vec![
             "--node-id",
@@ -82,18 +88,28 @@ impl Cluster {
             .join(",")
     }
 
-    /// The registration sequence node `i` last logged.
-    pub fn registration_sequence(&self, i: usize) -> u64 {
-        let log = std::fs::read_to_string(
+    /// Records node `i` as running (after `launch` + `wait_ready`).
+    pub fn adopt(&mut self, i: usize, broker: Broker) {
+        self.brokers[i] = Some(broker);
+    }
+
+    /// What node `i` has logged so far (across restarts).
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(
             self.root
                 .join(format!("broker-{}-data-{i}.log", std::process::id())),
         )
-        .expect("broker log");
-        log.lines()
+        .unwrap_or_default()
+    }
+
+    /// The registration sequence node `i` last logged.
+    pub fn registration_sequence(&self, i: usize) -> u64 {
+        self.log_of(i)
+            .lines()
+            .rev()
             .filter(|l| l.contains("broker registered with the coordination quorum"))
             .filter_map(|l| l.split("sequence=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-            .last()
+            .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
             .expect("a registration line")
     }
 
