@@ -520,10 +520,25 @@ impl QuorumNode {
                     continue;
                 }
             };
+            let registering = match &envelope.command {
+                Command::RegisterBroker {
+                    node_id,
+                    incarnation,
+                    ..
+                } => Some((*node_id, *incarnation)),
+                _ => None,
+            };
             let version = self.state.version;
             let outcome = self.state.apply(envelope.command);
             if self.state.version != version {
                 self.output.changed = true;
+            }
+            if let (Some(session), Outcome::Registered { .. }) = (registering, &outcome) {
+                // A session starts when its registration commits. The broker sends no
+                // heartbeat while it waits for this outcome, so a leader that missed the one
+                // before would otherwise fence it at once.
+                let heard = self.heartbeats.entry(session).or_insert(self.now_ms);
+                *heard = (*heard).max(self.now_ms);
             }
             if envelope.origin == self.config.node_id
                 && envelope.origin_incarnation == self.incarnation

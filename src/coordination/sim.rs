@@ -1548,10 +1548,15 @@ impl Sim {
                 );
             }
             (Command::CreatePartitions { name, count, .. }, Outcome::Done) => {
-                let id = self.nodes[n]
-                    .quorum
-                    .as_ref()
-                    .and_then(|q| q.state().topics.get(&name).map(|t| t.id));
+                // The topic as the proposer sees it now; when a delete and a re-create of the
+                // name were applied in the same batch, it is another topic: learn nothing.
+                let id = self.nodes[n].quorum.as_ref().and_then(|q| {
+                    q.state()
+                        .topics
+                        .get(&name)
+                        .filter(|t| t.partitions.len() >= count as usize)
+                        .map(|t| t.id)
+                });
                 if let Some(id) = id {
                     self.learn(
                         n,
