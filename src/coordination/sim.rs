@@ -256,6 +256,11 @@ pub struct SimDisk {
     written: DiskImage,
     /// What a crash leaves. Equal to `written` for an honest disk.
     durable: DiskImage,
+    /// Armed: the process dies before this many more writes complete (kill -9 between two
+    /// fsyncs). The write fails, the runtime exits on a failed write, the simulator crashes it.
+    crash_after_writes: Option<u32>,
+    /// The armed crash happened.
+    crashed_mid_write: bool,
 }
 
 impl SimDisk {
@@ -264,6 +269,24 @@ impl SimDisk {
             fault,
             written: DiskImage::default(),
             durable: DiskImage::default(),
+            crash_after_writes: None,
+            crashed_mid_write: false,
+        }
+    }
+
+    /// Counts down an armed crash: an error means the process died before this write.
+    fn before_write(&mut self) -> io::Result<()> {
+        match self.crash_after_writes {
+            Some(0) => {
+                self.crash_after_writes = None;
+                self.crashed_mid_write = true;
+                Err(io::Error::other("simulated crash between two disk writes"))
+            }
+            Some(n) => {
+                self.crash_after_writes = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 
@@ -276,6 +299,8 @@ impl SimDisk {
 
     /// Power loss or kill -9: only what is durable remains.
     fn crash(&mut self) {
+        self.crash_after_writes = None;
+        self.crashed_mid_write = false;
         if self.fault != DiskFault::None {
             self.written = self.durable.clone();
         }
@@ -288,6 +313,7 @@ struct SimDiskHandle(Rc<RefCell<SimDisk>>);
 impl DurableLog for SimDiskHandle {
     fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
         let mut disk = self.0.borrow_mut();
+        disk.before_write()?;
         disk.written.append(entries)?;
         match disk.fault {
             DiskFault::LosesUnsynced => Ok(()),
@@ -297,6 +323,7 @@ impl DurableLog for SimDiskHandle {
 
     fn set_hard_state(&mut self, hard_state: &HardState) -> io::Result<()> {
         let mut disk = self.0.borrow_mut();
+        disk.before_write()?;
         disk.written.hard_state = hard_state.clone();
         if disk.fault == DiskFault::None {
             disk.durable.hard_state = hard_state.clone();
@@ -306,6 +333,7 @@ impl DurableLog for SimDiskHandle {
 
     fn save_snapshot(&mut self, snapshot: &Snapshot, kept: &[Entry]) -> io::Result<()> {
         let mut disk = self.0.borrow_mut();
+        disk.before_write()?;
         disk.written.snapshot = Some(snapshot.clone());
         disk.written.entries = kept.to_vec();
         if disk.fault != DiskFault::LosesUnsynced {
@@ -1198,6 +1226,13 @@ impl Sim {
     /// Everything the runtime's `flush` does after an input, then the checks.
     fn after_input(&mut self, n: usize, result: io::Result<()>) {
         if let Err(e) = result {
+            if self.nodes[n].disk.borrow().crashed_mid_write {
+                // `Coordinator::check_disk` exits the process on a failed write.
+                self.crash(n, "crash between two disk writes");
+                let after = 100 + self.rng.below(2_000);
+                self.schedule_restart(n, after);
+                return;
+            }
             self.fail(format!(
                 "node {n}: the quorum node failed (the runtime would exit): {e}"
             ));
@@ -1639,7 +1674,14 @@ impl Sim {
                 }
             }
             42..=71 => self.partition(),
-            72..=89 => self.change_weather(),
+            72..=83 => self.change_weather(),
+            84..=91 => {
+                if self.nodes[n].running() {
+                    let writes = self.rng.below(4) as u32;
+                    self.nodes[n].disk.borrow_mut().crash_after_writes = Some(writes);
+                    self.note(format!("node {n}: dies within {writes} disk writes"), None);
+                }
+            }
             _ => {
                 // Restart whatever is down, so the cluster is not starved for long.
                 for n in 0..self.nodes.len() {
@@ -1871,8 +1913,10 @@ impl Sim {
             if self.failure.is_some() {
                 return;
             }
-            // A lying disk's promises do not matter any more: no more crashes.
-            self.nodes[n].disk.borrow_mut().write_back();
+            // No more crashes: a lying disk's promises do not matter any more.
+            let mut disk = self.nodes[n].disk.borrow_mut();
+            disk.crash_after_writes = None;
+            disk.write_back();
         }
         self.schedule(CONVERGENCE_CHECK_MS, Event::CheckConverged);
     }
