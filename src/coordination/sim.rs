@@ -230,12 +230,8 @@ impl DiskImage {
         }
         let snapshot_index = self.snapshot_index();
         self.entries.retain(|e| e.index < first);
-        self.entries.extend(
-            entries
-                .iter()
-                .filter(|e| e.index > snapshot_index)
-                .cloned(),
-        );
+        self.entries
+            .extend(entries.iter().filter(|e| e.index > snapshot_index).cloned());
         Ok(())
     }
 
@@ -600,10 +596,21 @@ fn mix_bytes(mut hash: u64, bytes: &[u8]) -> u64 {
 /// What a proposer was told was committed, and so must hold in every later state.
 #[derive(Debug, Clone)]
 enum Fact {
-    Topic { name: String, id: [u8; 16] },
-    Partitions { name: String, id: [u8; 16], count: usize },
-    ProducerBlock { end: i64 },
-    Registration { sequence: u64 },
+    Topic {
+        name: String,
+        id: [u8; 16],
+    },
+    Partitions {
+        name: String,
+        id: [u8; 16],
+        count: usize,
+    },
+    ProducerBlock {
+        end: i64,
+    },
+    Registration {
+        sequence: u64,
+    },
     /// A session fenced: that registration never comes back, though the same process may
     /// register anew (the runtime re-registers with the same incarnation), so with a later
     /// sequence.
@@ -698,9 +705,8 @@ impl Checker {
             })?;
         }
         if let Some((&after, later)) = self.history.range(index + 1..).next() {
-            never_backwards(state, later).map_err(|e| {
-                format!("from applied index {index} (node {node}) to {after}: {e}")
-            })?;
+            never_backwards(state, later)
+                .map_err(|e| format!("from applied index {index} (node {node}) to {after}: {e}"))?;
         }
         for (fact_index, fact) in &self.facts {
             if *fact_index <= index && !fact.holds(state) {
@@ -766,7 +772,10 @@ impl Checker {
                     return Err(format!("{at}: replicas not {rf} distinct brokers"));
                 }
                 if partition.isr.is_empty()
-                    || partition.isr.iter().any(|r| !partition.replicas.contains(r))
+                    || partition
+                        .isr
+                        .iter()
+                        .any(|r| !partition.replicas.contains(r))
                 {
                     return Err(format!("{at}: ISR empty or not within the replicas"));
                 }
@@ -1298,8 +1307,7 @@ impl Sim {
         match node.observed_index {
             Some(seen) if seen == index => return,
             Some(seen) if seen > index => {
-                let what =
-                    format!("node {n}: applied index went backwards from {seen} to {index}");
+                let what = format!("node {n}: applied index went backwards from {seen} to {index}");
                 self.fail(what);
                 return;
             }
@@ -1411,7 +1419,10 @@ impl Sim {
     /// Handles the session loop's registration outcome; true if it registered.
     fn registration_outcome(&mut self, n: usize, outcome: Outcome) -> bool {
         let (id, incarnation) = (self.nodes[n].id, self.nodes[n].incarnation);
-        self.note(format!("node {n}: registration outcome {outcome:?}"), Some(n));
+        self.note(
+            format!("node {n}: registration outcome {outcome:?}"),
+            Some(n),
+        );
         self.nodes[n].session = Session::Idle;
         let interval = self.config.heartbeat_interval_ms;
         self.schedule_session(n, interval);
@@ -1452,7 +1463,10 @@ impl Sim {
             }
             Err(_) => {
                 self.stats.no_leader += 1;
-                format!("client at node {n}: no leader for {}", command_name(&command))
+                format!(
+                    "client at node {n}: no leader for {}",
+                    command_name(&command)
+                )
             }
         };
         self.note(text, Some(n));
@@ -1612,12 +1626,7 @@ impl Sim {
                     return;
                 }
                 self.checker.producer_blocks.insert(first, (node_id, 0));
-                self.learn(
-                    n,
-                    Fact::ProducerBlock {
-                        end: first + count,
-                    },
-                );
+                self.learn(n, Fact::ProducerBlock { end: first + count });
             }
             (
                 Command::FenceBroker {
@@ -1738,7 +1747,13 @@ impl Sim {
         } else {
             0
         };
-        self.schedule(exit_after, Event::Crash { node: n, generation });
+        self.schedule(
+            exit_after,
+            Event::Crash {
+                node: n,
+                generation,
+            },
+        );
         let restart_after = exit_after + 200 + self.rng.below(2_000);
         self.schedule_restart(n, restart_after);
     }
@@ -1794,7 +1809,13 @@ impl Sim {
             return;
         }
         self.after_input(n, Ok(()));
-        self.schedule(1, Event::Tick { node: n, generation });
+        self.schedule(
+            1,
+            Event::Tick {
+                node: n,
+                generation,
+            },
+        );
         self.schedule_session(n, 0);
         if self.config.disk_fault != DiskFault::None {
             let next = 1_000 + self.rng.below(3_000);
@@ -1809,7 +1830,13 @@ impl Sim {
         node.paused_until_ms = Some(self.now_ms + pause_ms);
         let generation = node.generation;
         self.note(format!("node {n}: paused for {pause_ms} ms"), None);
-        self.schedule(pause_ms, Event::Resume { node: n, generation });
+        self.schedule(
+            pause_ms,
+            Event::Resume {
+                node: n,
+                generation,
+            },
+        );
     }
 
     fn resume(&mut self, n: usize) {
@@ -1825,7 +1852,13 @@ impl Sim {
         // After SIGCONT the timer and the sockets race; either may go first.
         let tick_first = self.rng.below(2) == 0;
         if tick_first {
-            self.schedule(0, Event::Tick { node: n, generation });
+            self.schedule(
+                0,
+                Event::Tick {
+                    node: n,
+                    generation,
+                },
+            );
         }
         for (from, message) in inbox {
             if self.failure.is_some() || !self.nodes[n].running() {
@@ -1834,7 +1867,13 @@ impl Sim {
             self.deliver(from, self.nodes[n].id, message);
         }
         if !tick_first {
-            self.schedule(0, Event::Tick { node: n, generation });
+            self.schedule(
+                0,
+                Event::Tick {
+                    node: n,
+                    generation,
+                },
+            );
         }
         // The session loop's overdue timer fires at once.
         self.schedule_session(n, 0);
@@ -1903,7 +1942,10 @@ impl Sim {
         self.faults_on = false;
         self.cut.clear();
         self.weather = Weather::calm();
-        self.note("faults end: network healed, everyone back".to_string(), None);
+        self.note(
+            "faults end: network healed, everyone back".to_string(),
+            None,
+        );
         for n in 0..self.nodes.len() {
             if !self.nodes[n].up() {
                 self.restart(n);
