@@ -56,10 +56,16 @@ fn summarize(what: &str, reports: &[SimReport], started: Instant) {
     let sim_ms: u64 = reports.iter().map(|r| r.sim_ms).sum();
     let crashes: u64 = reports.iter().map(|r| r.stats.crashes).sum();
     let topics: u64 = reports.iter().map(|r| r.stats.topics_created).sum();
+    let mid_write: u64 = reports.iter().map(|r| r.stats.crashes_mid_write).sum();
+    let reregistered: u64 = reports
+        .iter()
+        .map(|r| r.stats.reregistered_while_stopping)
+        .sum();
     let five = reports.iter().filter(|r| r.voters == 5).count();
     eprintln!(
         "{what}: {} seeds ({five} with 5 voters) in {:.1} s: {steps} steps, {:.0} simulated s, \
-         {crashes} crashes, {topics} topics created, {} failed",
+         {crashes} crashes ({mid_write} between disk writes), {topics} topics created, \
+         {reregistered} re-registrations during a clean stop, {} failed",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sim_ms as f64 / 1000.0,

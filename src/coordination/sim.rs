@@ -11,7 +11,8 @@
 //! - **Network**: every [`PeerMessage`] (Raft and broker heartbeats) is dropped, delayed,
 //!   duplicated or reordered at random; links are cut (whole partitions, isolated nodes, one
 //!   way) and healed.
-//! - **Processes**: crashes (kill -9: memory gone, disk kept) and restarts with a new
+//! - **Processes**: crashes (kill -9: memory gone, disk kept; also between two disk writes of
+//!   one Raft `Ready`, as a failed write makes the runtime exit) and restarts with a new
 //!   incarnation and a process clock starting at zero, exactly as `runtime.rs` opens a node;
 //!   clean stops (the broker fences its own session first, as `Coordinator::unregister`);
 //!   pauses (SIGSTOP: no ticks, messages queue up and arrive on resume).
@@ -132,6 +133,11 @@ pub struct SimStats {
     pub topics_created: u64,
     /// Simulated time from the end of the fault phase until convergence was first seen.
     pub convergence_ms: u64,
+    /// A broker shutting down cleanly registered again after fencing itself: `server.rs`
+    /// unregisters while `session_loop` still runs.
+    pub reregistered_while_stopping: u64,
+    /// Crashes injected between two disk writes of one Raft `Ready`.
+    pub crashes_mid_write: u64,
 }
 
 /// A violated check.
@@ -426,6 +432,8 @@ struct SimNode {
     observed_index: Option<u64>,
     /// Restart scheduled (crashed nodes only).
     restart_due: bool,
+    /// Shutting down cleanly: fenced itself, exits soon.
+    stopping: bool,
 }
 
 impl SimNode {
@@ -934,6 +942,7 @@ impl Sim {
                 clients: BTreeMap::new(),
                 observed_index: None,
                 restart_due: false,
+                stopping: false,
             })
             .collect();
         Sim {
@@ -1237,6 +1246,7 @@ impl Sim {
         if let Err(e) = result {
             if self.nodes[n].disk.borrow().crashed_mid_write {
                 // `Coordinator::check_disk` exits the process on a failed write.
+                self.stats.crashes_mid_write += 1;
                 self.crash(n, "crash between two disk writes");
                 let after = 100 + self.rng.below(2_000);
                 self.schedule_restart(n, after);
@@ -1430,6 +1440,9 @@ impl Sim {
             return false;
         };
         self.stats.registrations += 1;
+        if self.nodes[n].stopping {
+            self.stats.reregistered_while_stopping += 1;
+        }
         if let Some(&(other, other_incarnation)) = self.checker.sequences.get(&sequence) {
             if (other, other_incarnation) != (id, incarnation) {
                 self.fail(format!(
@@ -1721,6 +1734,7 @@ impl Sim {
         node.session = Session::Idle;
         node.observed_index = None;
         node.restart_due = false;
+        node.stopping = false;
         node.disk.borrow_mut().crash();
         self.note(format!("node {n}: {why}"), None);
     }
@@ -1734,6 +1748,7 @@ impl Sim {
             incarnation: node.incarnation,
         };
         let was_registered = node.registered;
+        self.nodes[n].stopping = true;
         if was_registered {
             if let Ok(proposal) = self.quorum(n).propose(command.clone()) {
                 self.nodes[n].clients.insert(proposal, ClientOp { command });
