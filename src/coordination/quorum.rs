@@ -574,11 +574,11 @@ impl QuorumNode {
         if self.applied_index < store.snapshot_index() + self.config.snapshot_every_entries {
             return Ok(());
         }
-        let mut snapshot = Snapshot::default();
-        snapshot.data = rkyv::to_bytes::<rkyv::rancor::Error>(&self.state)
+        let data = rkyv::to_bytes::<rkyv::rancor::Error>(&self.state)
             .map_err(|e| io::Error::other(format!("encoding a snapshot: {e}")))?
-            .to_vec()
-            .into();
+            .to_vec();
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(data.into());
         let meta = snapshot.mut_metadata();
         meta.index = self.applied_index;
         meta.term = self.applied_term;
@@ -643,10 +643,12 @@ mod tests {
 
     #[test]
     fn peer_messages_round_trip() {
-        let mut m = Message::default();
-        m.to = 2;
-        m.from = 1;
-        m.term = 7;
+        let m = Message {
+            to: 2,
+            from: 1,
+            term: 7,
+            ..Default::default()
+        };
         for message in [
             PeerMessage::Raft(Box::new(m)),
             PeerMessage::Heartbeat {

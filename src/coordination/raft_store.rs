@@ -373,11 +373,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.to_vec().into();
-        e
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -390,10 +391,12 @@ mod tests {
                 .unwrap();
             // A new leader overwrote index 2 onwards.
             log.append(&[entry(2, 2, b"B")]).unwrap();
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.vote = 3;
-            hs.commit = 2;
+            let hs = HardState {
+                term: 2,
+                vote: 3,
+                commit: 2,
+                ..Default::default()
+            };
             log.set_hard_state(&hs).unwrap();
         }
         let (_, recovered) = DiskLog::open(dir.path()).unwrap();
@@ -438,8 +441,10 @@ mod tests {
         let mut snapshot = Snapshot::default();
         snapshot.mut_metadata().index = 5;
         snapshot.mut_metadata().term = 2;
-        let mut hard_state = HardState::default();
-        hard_state.commit = 3;
+        let hard_state = HardState {
+            commit: 3,
+            ..Default::default()
+        };
         let memory = RaftMemory::new(
             Recovered {
                 hard_state,

@@ -2106,13 +2106,14 @@ mod tests {
     fn a_lying_disk_forgets_unsynced_writes_on_a_crash() {
         let disk = Rc::new(RefCell::new(SimDisk::new(DiskFault::LosesUnsynced)));
         let mut handle = SimDiskHandle(disk.clone());
-        let mut entry = Entry::default();
-        entry.index = 1;
-        entry.term = 1;
-        handle.append(&[entry.clone()]).unwrap();
+        let entry = |index| Entry {
+            index,
+            term: 1,
+            ..Default::default()
+        };
+        handle.append(&[entry(1)]).unwrap();
         disk.borrow_mut().write_back();
-        entry.index = 2;
-        handle.append(&[entry]).unwrap();
+        handle.append(&[entry(2)]).unwrap();
         disk.borrow_mut().crash();
         assert_eq!(disk.borrow().written.last_index(), 1);
     }
@@ -2121,11 +2122,10 @@ mod tests {
     fn an_honest_disk_keeps_everything_and_applies_the_conflict_rule() {
         let disk = Rc::new(RefCell::new(SimDisk::new(DiskFault::None)));
         let mut handle = SimDiskHandle(disk.clone());
-        let entry = |index, term| {
-            let mut e = Entry::default();
-            e.index = index;
-            e.term = term;
-            e
+        let entry = |index, term| Entry {
+            index,
+            term,
+            ..Default::default()
         };
         handle
             .append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
