@@ -61,6 +61,14 @@ fn summarize(what: &str, reports: &[SimReport], started: Instant) {
         .iter()
         .map(|r| r.stats.reregistered_while_stopping)
         .sum();
+    let stale: Vec<u64> = reports
+        .iter()
+        .filter(|r| r.stats.stale_registered_flag > 0)
+        .map(|r| r.seed)
+        .collect();
+    if !stale.is_empty() {
+        eprintln!("seeds where runtime.rs's registered flag went stale: {stale:?}");
+    }
     let five = reports.iter().filter(|r| r.voters == 5).count();
     eprintln!(
         "{what}: {} seeds ({five} with 5 voters) in {:.1} s: {steps} steps, {:.0} simulated s, \

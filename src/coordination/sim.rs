@@ -138,6 +138,10 @@ pub struct SimStats {
     pub reregistered_while_stopping: u64,
     /// Crashes injected between two disk writes of one Raft `Ready`.
     pub crashes_mid_write: u64,
+    /// `session_loop` set `registered` from a Registered outcome although the same `flush`
+    /// had just seen the session fenced (runtime.rs): the broker wrongly believes it is
+    /// registered until the next state change.
+    pub stale_registered_flag: u64,
 }
 
 /// A violated check.
@@ -1283,6 +1287,7 @@ impl Sim {
                 self.client_outcome(n, op, applied.outcome);
             }
         }
+        let mut mine_after_flush = None;
         if changed {
             let node = &self.nodes[n];
             let q = node.quorum.as_ref().expect("running");
@@ -1298,8 +1303,16 @@ impl Sim {
                 );
             }
             self.nodes[n].registered = mine;
+            mine_after_flush = Some(mine);
         }
         if registered_now {
+            if mine_after_flush == Some(false) {
+                self.stats.stale_registered_flag += 1;
+                self.note(
+                    format!("node {n}: registered flag set though its session is gone"),
+                    Some(n),
+                );
+            }
             // The waiting session loop runs after `flush`, and sets the flag last.
             self.nodes[n].registered = true;
         }
