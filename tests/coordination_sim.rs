@@ -116,6 +116,19 @@ fn many_more_seeds() {
     assert_all_pass(&reports);
 }
 
+/// Seeds that found bugs in the coordination code, each failing before its fix: 13 (a lost
+/// snapshot stalled a follower), 194 (a fresh registration fenced at once), 21 (no restart
+/// after a crash between saving a snapshot and the hard state), 101829 (a duplicated create
+/// revived a deleted topic's id).
+#[test]
+fn regression_seeds() {
+    for seed in [13, 194, 21, 101_829] {
+        if let Some(failure) = run(&SimConfig::new(seed)).failure {
+            panic!("{failure}");
+        }
+    }
+}
+
 /// One seed, verbose: `SIM_SEED=1234 cargo test --test coordination_sim reproduce --
 /// --nocapture` (and `SIM_TRACE=1` for every step).
 #[test]
