@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::io;
 
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message, Snapshot};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 
 use super::raft_store::{DurableLog, RaftMemory, Recovered};
 use super::state_machine::{ClusterState, Command, Outcome};
@@ -152,6 +152,8 @@ pub struct QuorumNode {
     fences_in_flight: BTreeMap<(i32, u64), u64>,
     /// Set while this node leads: when it became leader.
     leader_since_ms: Option<u64>,
+    /// Snapshots this leader sent and has not seen arrive: raft id -> when sent.
+    snapshots_sent: BTreeMap<u64, u64>,
     last_cluster_init_ms: Option<u64>,
     next_proposal: u64,
     output: Output,
@@ -221,6 +223,7 @@ impl QuorumNode {
             heartbeats: BTreeMap::new(),
             fences_in_flight: BTreeMap::new(),
             leader_since_ms: None,
+            snapshots_sent: BTreeMap::new(),
             last_cluster_init_ms: None,
             next_proposal: 1,
             output: Output::default(),
@@ -246,6 +249,7 @@ impl QuorumNode {
             self.randomize_election_timeout();
         }
         self.process_ready()?;
+        self.retry_lost_snapshots();
         self.lead();
         self.process_ready()
     }
@@ -341,6 +345,41 @@ impl QuorumNode {
             let base = self.config.election_ticks;
             let timeout = base + self.rng.below(base as u64) as usize;
             self.raw.raft.set_randomized_election_timeout(timeout);
+        }
+    }
+
+    /// raft-rs holds a follower it sent a snapshot to until told how the send went; a
+    /// snapshot lost on the way (dropped link, follower restarting) would stall that follower
+    /// for as long as this node leads. Messages go out without delivery reports, so a snapshot
+    /// not acknowledged within two election timeouts counts as lost and is sent again.
+    fn retry_lost_snapshots(&mut self) {
+        if !self.is_leader() {
+            self.snapshots_sent.clear();
+            return;
+        }
+        let retry_after_ms = 2 * self.config.election_ticks as u64 * self.config.tick_ms;
+        let now = self.now_ms;
+        let lost: Vec<u64> = self
+            .snapshots_sent
+            .iter()
+            .filter(|&(_, &sent)| now.saturating_sub(sent) >= retry_after_ms)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in lost {
+            self.snapshots_sent.remove(&id);
+            let waiting = self
+                .raw
+                .raft
+                .prs()
+                .get(id)
+                .is_some_and(|pr| pr.state == ProgressState::Snapshot);
+            if waiting {
+                tracing::debug!(
+                    node_id = node_id(id),
+                    "snapshot not acknowledged; sending it again"
+                );
+                self.raw.report_snapshot(id, SnapshotStatus::Failure);
+            }
         }
     }
 
@@ -458,6 +497,9 @@ impl QuorumNode {
 
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_sent.insert(message.to, self.now_ms);
+            }
             let to = node_id(message.to);
             self.output
                 .messages
@@ -493,12 +535,27 @@ impl QuorumNode {
                     continue;
                 }
             };
+            let registering = match &envelope.command {
+                Command::RegisterBroker {
+                    node_id,
+                    incarnation,
+                    ..
+                } => Some((*node_id, *incarnation)),
+                _ => None,
+            };
             let version = self.state.version;
             tracing::debug!(index = entry.index, term = entry.term, origin = envelope.origin, command = ?envelope.command, "applying");
             let outcome = self.state.apply(envelope.command);
             tracing::debug!(index = entry.index, ?outcome, "applied");
             if self.state.version != version {
                 self.output.changed = true;
+            }
+            if let (Some(session), Outcome::Registered { .. }) = (registering, &outcome) {
+                // A session starts when its registration commits. The broker sends no
+                // heartbeat while it waits for this outcome, so a leader that missed the one
+                // before would otherwise fence it at once.
+                let heard = self.heartbeats.entry(session).or_insert(self.now_ms);
+                *heard = (*heard).max(self.now_ms);
             }
             if envelope.origin == self.config.node_id
                 && envelope.origin_incarnation == self.incarnation
@@ -534,13 +591,11 @@ impl QuorumNode {
         if self.applied_index < store.snapshot_index() + self.config.snapshot_every_entries {
             return Ok(());
         }
+        let data = rkyv::to_bytes::<rkyv::rancor::Error>(&self.state)
+            .map_err(|e| io::Error::other(format!("encoding a snapshot: {e}")))?
+            .to_vec();
         let mut snapshot = Snapshot::default();
-        snapshot.set_data(
-            rkyv::to_bytes::<rkyv::rancor::Error>(&self.state)
-                .map_err(|e| io::Error::other(format!("encoding a snapshot: {e}")))?
-                .to_vec()
-                .into(),
-        );
+        snapshot.set_data(data.into());
         let meta = snapshot.mut_metadata();
         meta.index = self.applied_index;
         meta.term = self.applied_term;

@@ -75,6 +75,10 @@ impl RaftMemory {
         }
         memory.append(&recovered.entries);
         memory.hard_state = recovered.hard_state;
+        // A snapshot holds committed entries only. A crash after a received snapshot was saved
+        // and before the hard state was leaves the commit index behind it, which raft-rs
+        // refuses to start from.
+        memory.hard_state.commit = memory.hard_state.commit.max(memory.snapshot_index());
         let last = memory.last();
         if memory.hard_state.commit > last {
             // Cannot happen with a disk that keeps its promises; never trust a commit index
@@ -430,6 +434,26 @@ mod tests {
         assert_eq!(&recovered.snapshot.unwrap().data[..], b"state");
         let got: Vec<u64> = recovered.entries.iter().map(|e| e.index).collect();
         assert_eq!(got, vec![3, 4]);
+    }
+
+    #[test]
+    fn a_commit_index_behind_the_snapshot_is_raised_to_it() {
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 5;
+        snapshot.mut_metadata().term = 2;
+        let hard_state = HardState {
+            commit: 3,
+            ..Default::default()
+        };
+        let memory = RaftMemory::new(
+            Recovered {
+                hard_state,
+                snapshot: Some(snapshot),
+                entries: vec![],
+            },
+            &[1],
+        );
+        assert_eq!(memory.hard_state().commit, 5);
     }
 
     #[test]

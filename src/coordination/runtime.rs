@@ -491,7 +491,16 @@ async fn session_loop(me: Weak<Coordinator>) {
                         sequence,
                         "broker registered with the coordination quorum"
                     );
-                    c.registered.set(true);
+                    // The state decides, not the outcome: a fence applied in the same batch
+                    // as the registration must leave the flag false, so the loop registers
+                    // again (found by the simulation).
+                    let incarnation = c.node.borrow().incarnation();
+                    let holds = c.with_state(|s| {
+                        s.brokers
+                            .get(&node_id)
+                            .is_some_and(|b| b.incarnation == incarnation)
+                    });
+                    c.registered.set(holds);
                     c.flush();
                     if let Some(tx) = c.changed_tx.borrow().as_ref() {
                         let _ = tx.unbounded_send(());

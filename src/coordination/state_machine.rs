@@ -381,6 +381,16 @@ impl ClusterState {
                 format!("Topic '{}' already exists.", topic.name),
             ));
         }
+        // Topic ids are never reused: brokers remove files by (name, id) of deleted topics, and
+        // a proposal applied twice (a duplicated forward) must not re-create a deleted topic.
+        if self.topics.values().any(|t| t.id == topic.id)
+            || self.deleted_topics.iter().any(|(_, id)| *id == topic.id)
+        {
+            return Err(Outcome::refused(
+                ResponseError::TopicAlreadyExists,
+                format!("Topic id of '{}' was already used.", topic.name),
+            ));
+        }
         if topic.partitions < 1 {
             return Err(Outcome::refused(
                 ResponseError::InvalidPartitions,
@@ -752,6 +762,24 @@ mod tests {
             state.apply(shrink(0, 0)),
             Outcome::Refused {
                 code: ResponseError::InvalidUpdateVersion,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_topic_id_is_never_used_twice() {
+        let mut state = three_brokers();
+        assert_eq!(state.apply(topic("t", 1, 1)), Outcome::Done);
+        assert_eq!(
+            state.apply(Command::DeleteTopic { name: "t".into() }),
+            Outcome::Done
+        );
+        // The same create applied again (a duplicated proposal) must not bring it back.
+        assert!(matches!(
+            state.apply(topic("t", 1, 1)),
+            Outcome::Refused {
+                code: ResponseError::TopicAlreadyExists,
                 ..
             }
         ));
