@@ -25,8 +25,12 @@ pub struct BrokerConfig {
     pub advertise: Option<(String, u16)>,
     /// `log.dirs` / `--data-dir`.
     pub data_dir: PathBuf,
-    /// `--http`: admin console and metrics (served by a later component).
+    /// `http.listeners` / `--http`: the web console and `/metrics` (src/admin/). `None` means
+    /// the default: 127.0.0.1:8080 when clients use a fixed port, skipped with a warning if
+    /// that port is taken (see `admin::http::choose_address`).
     pub http: Option<SocketAddr>,
+    /// `--http off` / `http.listeners=off` (or empty): no console at all.
+    pub http_disabled: bool,
     /// `num.partitions`: partitions of auto-created topics and of CreateTopics with -1.
     pub num_partitions: i32,
     /// `default.replication.factor`.
@@ -67,6 +71,7 @@ impl Default for BrokerConfig {
             advertise: None,
             data_dir: PathBuf::from("./data"),
             http: None,
+            http_disabled: false,
             num_partitions: 1,
             default_replication_factor: 1,
             min_insync_replicas: 1,
@@ -154,6 +159,7 @@ impl BrokerConfig {
                 self.listen = resolve(&format!("{host}:{port}"))?;
             }
             "advertised.listeners" => self.advertise = Some(parse_listener(key, value)?),
+            "http.listeners" => self.set_http(value)?,
             "log.dirs" | "log.dir" => {
                 // Several log dirs are a JBOD feature we do not have: use the first.
                 let first = value.split(',').next().unwrap_or("").trim();
@@ -188,6 +194,20 @@ impl BrokerConfig {
             // Kafka keys that have no meaning for this broker (threads, ZooKeeper, ...).
             _ => tracing::warn!(key, "ignoring unknown configuration key"),
         }
+        Ok(())
+    }
+
+    /// `http.listeners` / `--http`: `[http://]HOST:PORT`, or `off` (or empty) for no console.
+    pub fn set_http(&mut self, value: &str) -> Result<(), ConfigError> {
+        let value = value.trim();
+        if value.is_empty() || value.eq_ignore_ascii_case("off") {
+            self.http = None;
+            self.http_disabled = true;
+            return Ok(());
+        }
+        let (host, port) = parse_listener("http.listeners", value)?;
+        self.http = Some(resolve(&format!("{host}:{port}"))?);
+        self.http_disabled = false;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement};
 
+use crate::admin;
 use crate::config::BrokerConfig;
 use crate::coordination::{BrokerInfo, Coordinator};
 use crate::metrics::BrokerStats;
@@ -59,6 +60,10 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(BrokerStats::default());
     let mesh = MeshBuilder::<Job, _>::full(shards, MESH_CHANNEL_CAPACITY);
+    // Bound before the shards start so a taken --http port fails start-up early.
+    let http_listener = admin::http::bind(&config)?;
+    let (admin_link, admin_endpoint) = admin::link();
+    let mut admin_endpoint = Some(admin_endpoint);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(shards);
     for (id, fd) in fds.into_iter().enumerate() {
@@ -67,6 +72,8 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Placement::Unbound
         };
+        // Shard 0 serves the console's jobs (it holds the coordinator and the metadata).
+        let admin_endpoint = if id == 0 { admin_endpoint.take() } else { None };
         let (config, broker, stats, mesh, shutdown, ready_tx) = (
             config.clone(),
             broker.clone(),
@@ -79,7 +86,16 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             .name(&format!("shard-{id}"))
             .spawn(move || async move {
                 run_shard(
-                    id, shards, config, broker, stats, mesh, fd, shutdown, ready_tx,
+                    id,
+                    shards,
+                    config,
+                    broker,
+                    stats,
+                    mesh,
+                    fd,
+                    shutdown,
+                    ready_tx,
+                    admin_endpoint,
                 )
                 .await
             })
@@ -94,10 +110,26 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             Err(_) => return Err("a shard exited during start-up".into()),
         }
     }
+    let console = match http_listener {
+        Some(listener) => Some(admin::http::start(
+            listener,
+            admin_link,
+            stats.clone(),
+            started,
+            shards,
+            config.node_id,
+        )?),
+        None => None,
+    };
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(%bound, shards, startup_ms, "broker ready");
+    tracing::info!(%bound, shards, startup_ms, ?console, "broker ready");
+    // Tests and scripts read the address after "listening on " and the console's after
+    // "console ".
+    let console_note = console
+        .map(|addr| format!(", console http://{addr}"))
+        .unwrap_or_default();
     println!(
-        "broker {} ready: listening on {bound} with {shards} shards ({startup_ms:.1} ms)",
+        "broker {} ready: listening on {bound} with {shards} shards ({startup_ms:.1} ms){console_note}",
         config.node_id
     );
 
@@ -126,6 +158,7 @@ async fn run_shard(
     listen_fd: RawFd,
     shutdown: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<usize, String>>,
+    admin_endpoint: Option<admin::ShardEndpoint>,
 ) {
     let (senders, receivers) = if shards > 1 {
         let (s, r) = mesh.join().await.expect("joining the shard mesh");
@@ -167,6 +200,9 @@ async fn run_shard(
         }
     }
     glommio::spawn_local(listener::accept_loop(shard.clone(), listen_fd)).detach();
+    if let Some(endpoint) = admin_endpoint {
+        admin::serve_on_shard(shard.clone(), endpoint);
+    }
     let _ = ready.send(Ok(id));
     shard.clone().housekeeping().await;
     shard.close_partitions().await;
