@@ -81,21 +81,26 @@ fn gauge(
     g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
-/// The histogram in Prometheus' cumulative form, in seconds.
+/// A histogram as prometheus-client's encoder takes it: per-bucket (not cumulative) counts,
+/// which it accumulates itself, with bounds in seconds.
 fn histogram_parts(h: &LatencyHistogram) -> (f64, u64, Vec<(f64, u64)>) {
-    let mut cumulative = 0;
-    let mut buckets = Vec::with_capacity(h.buckets.len());
-    for (i, cell) in h.buckets.iter().enumerate() {
-        cumulative += cell.load(Ordering::Relaxed);
-        let bound = LATENCY_BUCKET_BOUNDS_US
-            .get(i)
-            .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
-        buckets.push((bound, cumulative));
-    }
+    let buckets: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, cell)| {
+            let bound = LATENCY_BUCKET_BOUNDS_US
+                .get(i)
+                // f64::MAX is how prometheus-client spells the +Inf bucket.
+                .map_or(f64::MAX, |&us| us as f64 / 1e6);
+            (bound, cell.load(Ordering::Relaxed))
+        })
+        .collect();
     // Count from the buckets, not `h.count`, so that `_count` equals the +Inf bucket even
     // while observations race with this scrape.
+    let count = buckets.iter().map(|(_, n)| n).sum();
     let sum_seconds = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-    (sum_seconds, cumulative, buckets)
+    (sum_seconds, count, buckets)
 }
 
 fn api_name(key: usize) -> String {

@@ -46,7 +46,10 @@ function fmtDuration(ms) {
   if (m) return `${m}m ${s}s`;
   return `${s}s`;
 }
-function fmtMs(us) { return us >= 1000 ? (us / 1000).toFixed(us >= 100000 ? 0 : 1) + ' ms' : Math.round(us) + ' µs'; }
+function fmtMs(us) {
+  if (us >= 1000) return (us / 1000).toFixed(us >= 100000 ? 0 : 1) + ' ms';
+  return (us >= 10 || us === 0 ? Math.round(us) : us.toFixed(1)) + ' µs';
+}
 function pill(text, kind) { return h('span', { class: 'pill ' + (kind || '') }, text); }
 
 function toast(message, bad) {
@@ -170,7 +173,8 @@ async function pollStats() {
   }
 }
 
-function drawChart(canvas, series, format) {
+// minScale: the y range when nothing happened (no zero-height axis).
+function drawChart(canvas, series, format, minScale) {
   const dpr = window.devicePixelRatio || 1;
   const w = canvas.clientWidth, hgt = canvas.clientHeight;
   if (!w || !hgt) return;
@@ -181,7 +185,7 @@ function drawChart(canvas, series, format) {
   const left = 64, right = 8, top = 8, bottom = 20;
   let max = 0;
   for (const s of series) for (const p of history) { const v = p[s.key]; if (v !== null && v > max) max = v; }
-  if (max <= 0) max = 1;
+  if (max <= 0) max = minScale;
   const mag = Math.pow(10, Math.floor(Math.log10(max)));
   const nice = [1, 2, 2.5, 5, 10].map(x => x * mag).find(x => x >= max) || max;
   const css = getComputedStyle(document.documentElement);
@@ -225,9 +229,9 @@ const LATENCY = [
 
 function drawCharts() {
   const t = document.getElementById('chart-throughput');
-  if (t) drawChart(t, THROUGHPUT, (v) => fmtBytes(v) + '/s');
+  if (t) drawChart(t, THROUGHPUT, (v) => fmtBytes(v) + '/s', 1024);
   const l = document.getElementById('chart-latency');
-  if (l) drawChart(l, LATENCY, fmtMs);
+  if (l) drawChart(l, LATENCY, fmtMs, 1000);
   const last = history[history.length - 1];
   const m = document.getElementById('msgs-rate');
   if (m && last) m.textContent = fmtRate(last.msgsIn) + ' msg/s in';
@@ -235,7 +239,7 @@ function drawCharts() {
 
 function legend(series) {
   return h('div', { class: 'legend' }, series.map(s =>
-    h('span', {}, h('i', { style: `background: var(${s.color})` }), s.label)));
+    h('span', {}, h('i', { class: 'swatch ' + s.color.slice(2) }), s.label)));
 }
 
 function chartsCard() {
