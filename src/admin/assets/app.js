@@ -364,7 +364,7 @@ async function loadMessages(name, partition, container) {
     m.messages.length ? h('table', { id: 'messages-table' },
       h('thead', {}, h('tr', {}, h('th', { class: 'num' }, 'Offset'), h('th', {}, 'Timestamp (UTC)'), h('th', {}, 'Key'), h('th', {}, 'Value'))),
       h('tbody', {}, rows)) : h('div', { class: 'empty' }, `No messages in partition ${partition} yet.`),
-    m.problem ? h('p', { class: 'error' }, m.problem) : null);
+    ...(m.problem ? [h('p', { class: 'error' }, m.problem)] : []));
 }
 
 async function viewTopic(el, name) {
@@ -484,6 +484,9 @@ async function refresh() {
 window.addEventListener('hashchange', () => { main.replaceChildren(); refresh(); });
 window.addEventListener('resize', drawCharts);
 refresh();
+api('/overview').then((o) => {
+  document.getElementById('cluster-id').textContent = o.cluster_id ? 'cluster ' + o.cluster_id : '';
+}).catch(() => {});
 pollStats();
 setInterval(pollStats, STATS_POLL_MS);
 viewTimer = setInterval(refresh, VIEW_POLL_MS);
