@@ -286,4 +286,19 @@ mod tests {
         let props = HashMap::from([("num.partitions".to_string(), "many".to_string())]);
         assert!(BrokerConfig::default().apply_properties(&props).is_err());
     }
+
+    #[test]
+    fn http_listeners_take_an_address_or_off() {
+        let mut config = BrokerConfig::default();
+        config.set_http("http://127.0.0.1:8081").unwrap();
+        assert_eq!(config.http, Some("127.0.0.1:8081".parse().unwrap()));
+        assert!(!config.http_disabled);
+        config.set_http("off").unwrap();
+        assert_eq!((config.http, config.http_disabled), (None, true));
+        let props = HashMap::from([("http.listeners".to_string(), "127.0.0.1:0".to_string())]);
+        let mut config = BrokerConfig::default();
+        config.apply_properties(&props).unwrap();
+        assert_eq!(config.http.map(|a| a.port()), Some(0));
+        assert!(config.set_http("no-port-here").is_err());
+    }
 }

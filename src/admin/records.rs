@@ -115,3 +115,59 @@ pub fn decode(bytes: Bytes, from_offset: i64, limit: usize) -> (Vec<MessageView>
     }
     (out, problem)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn record(offset: i64, value: &[u8]) -> Record {
+        Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            key: Some(Bytes::from_static(b"k")),
+            value: Some(Bytes::copy_from_slice(value)),
+            headers: Default::default(),
+        }
+    }
+
+    #[test]
+    fn newest_records_are_cut_and_partial_batches_dropped() {
+        let long = vec![b'x'; 1000];
+        let records: Vec<Record> = (0..5)
+            .map(|i| record(i, if i == 4 { &long } else { b"<b>v</b>" }))
+            .collect();
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, &records, &options).unwrap();
+        let whole = buf.freeze();
+        let (shown, problem) = decode(whole.clone(), 2, 2);
+        assert!(problem.is_none());
+        assert_eq!(shown.iter().map(|m| m.offset).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(
+            shown[0].value.as_deref(),
+            Some("<b>v</b>"),
+            "text, escaped by the page"
+        );
+        assert!(shown[1].truncated);
+        assert_eq!(shown[1].value.as_ref().unwrap().len(), DISPLAY_CHARS);
+        assert_eq!(shown[1].value_bytes, 1000);
+        // A batch cut by the read size (the last, holding offset 4) is skipped, not an error.
+        let (shown, problem) = decode(whole.slice(..whole.len() - 1), 0, 10);
+        assert!(problem.is_none(), "{problem:?}");
+        assert!(shown.iter().all(|m| m.offset < 4), "{shown:?}");
+    }
+}
