@@ -22,7 +22,11 @@ fn per_request(c: &mut Criterion) {
         })
     });
     c.bench_function("metrics/histogram_observe", |b| {
-        b.iter(|| DETAIL.fetch_latency.observe(black_box(std::time::Duration::from_micros(700))))
+        b.iter(|| {
+            DETAIL
+                .fetch_latency
+                .observe(black_box(std::time::Duration::from_micros(700)))
+        })
     });
 }
 

@@ -212,6 +212,11 @@ pub async fn topics(State(api): ApiState) -> Result<Json<serde_json::Value>, Api
             }
         })
         .collect();
+    // Forget deleted topics, so the samples stay bounded by the topics that exist.
+    api.rates
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|name, _| metadata.topics.contains_key(name));
     Ok(Json(json!({ "topics": topics })))
 }
 
