@@ -25,9 +25,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use futures::channel::mpsc;
-use futures::StreamExt;
 use glommio::{Latency, Shares};
+// tokio's channel works from any executor (it needs no tokio runtime on the receiving glommio
+// thread), and its `send(&self)` keeps the bound exact; a futures-mpsc sender adds a slot per
+// clone.
+use tokio::sync::mpsc;
 
 use crate::shard::Shard;
 
@@ -77,10 +79,7 @@ impl ShardLink {
                 let _ = tx.send(f(shard).await);
             })
         });
-        let mut jobs = self.jobs.clone();
-        futures::SinkExt::send(&mut jobs, job)
-            .await
-            .map_err(|_| ShardGone)?;
+        self.jobs.send(job).await.map_err(|_| ShardGone)?;
         rx.await.map_err(|_| ShardGone)
     }
 }
@@ -95,7 +94,7 @@ pub fn serve_on_shard(shard: Rc<Shard>, endpoint: ShardEndpoint) {
     let mut jobs = endpoint.jobs;
     let spawned = glommio::spawn_local_into(
         async move {
-            while let Some(job) = jobs.next().await {
+            while let Some(job) = jobs.recv().await {
                 // Each job in its own task, so one slow fan-out does not hold up the rest.
                 // Detached: the job answers through its own channel.
                 match glommio::spawn_local_into(job(shard.clone()), queue) {
