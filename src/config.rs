@@ -26,8 +26,12 @@ pub struct BrokerConfig {
     pub advertise: Option<(String, u16)>,
     /// `log.dirs` / `--data-dir`.
     pub data_dir: PathBuf,
-    /// `--http`: admin console and metrics (served by a later component).
+    /// `http.listeners` / `--http`: the web console and `/metrics` (src/admin/). `None` means
+    /// the default: 127.0.0.1:8080 when clients use a fixed port, skipped with a warning if
+    /// that port is taken (see `admin::http::choose_address`).
     pub http: Option<SocketAddr>,
+    /// `--http off` / `http.listeners=off` (or empty): no console at all.
+    pub http_disabled: bool,
     /// `num.partitions`: partitions of auto-created topics and of CreateTopics with -1.
     pub num_partitions: i32,
     /// `default.replication.factor`.
@@ -80,6 +84,7 @@ impl Default for BrokerConfig {
             advertise: None,
             data_dir: PathBuf::from("./data"),
             http: None,
+            http_disabled: false,
             num_partitions: 1,
             default_replication_factor: 1,
             min_insync_replicas: 1,
@@ -232,6 +237,7 @@ impl BrokerConfig {
             | "listener.security.protocol.map"
             | "inter.broker.listener.name" => {}
             "advertised.listeners" => self.advertise = Some(parse_listener(key, value)?),
+            "http.listeners" => self.set_http(value)?,
             "log.dirs" | "log.dir" => {
                 // Several log dirs are a JBOD feature we do not have: use the first.
                 let first = value.split(',').next().unwrap_or("").trim();
@@ -266,6 +272,20 @@ impl BrokerConfig {
             // Kafka keys that have no meaning for this broker (threads, ZooKeeper, ...).
             _ => tracing::warn!(key, "ignoring unknown configuration key"),
         }
+        Ok(())
+    }
+
+    /// `http.listeners` / `--http`: `[http://]HOST:PORT`, or `off` (or empty) for no console.
+    pub fn set_http(&mut self, value: &str) -> Result<(), ConfigError> {
+        let value = value.trim();
+        if value.is_empty() || value.eq_ignore_ascii_case("off") {
+            self.http = None;
+            self.http_disabled = true;
+            return Ok(());
+        }
+        let (host, port) = parse_listener("http.listeners", value)?;
+        self.http = Some(resolve(&format!("{host}:{port}"))?);
+        self.http_disabled = false;
         Ok(())
     }
 
@@ -417,5 +437,20 @@ mod tests {
     fn bad_values_are_rejected() {
         let props = HashMap::from([("num.partitions".to_string(), "many".to_string())]);
         assert!(BrokerConfig::default().apply_properties(&props).is_err());
+    }
+
+    #[test]
+    fn http_listeners_take_an_address_or_off() {
+        let mut config = BrokerConfig::default();
+        config.set_http("http://127.0.0.1:8081").unwrap();
+        assert_eq!(config.http, Some("127.0.0.1:8081".parse().unwrap()));
+        assert!(!config.http_disabled);
+        config.set_http("off").unwrap();
+        assert_eq!((config.http, config.http_disabled), (None, true));
+        let props = HashMap::from([("http.listeners".to_string(), "127.0.0.1:0".to_string())]);
+        let mut config = BrokerConfig::default();
+        config.apply_properties(&props).unwrap();
+        assert_eq!(config.http.map(|a| a.port()), Some(0));
+        assert!(config.set_http("no-port-here").is_err());
     }
 }

@@ -12,8 +12,10 @@
 //! - [`shard`]: per-core state, partition placement, the cross-core job mesh, producer state.
 //! - [`storage`]: partition logs: segments, indexes, O_DIRECT appends, recovery, retention.
 //! - [`coordination`]: the ZooKeeper role: broker registry, topic assignment, metadata log.
+//! - [`admin`]: the web console, its JSON API and Prometheus `/metrics`, served off the shards.
 //! - [`config`], [`metrics`], [`alloc`].
 
+pub mod admin;
 pub mod alloc;
 pub mod config;
 pub mod coordination;

@@ -1,6 +1,5 @@
 //! `broker`: a Kafka-compatible streaming broker. See the README for how to run it.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,7 +38,8 @@ struct Args {
     /// Where this node accepts the other voters, HOST:PORT. Default: its own voters entry.
     #[arg(long)]
     controller_listen: Option<String>,
-    /// Admin console and metrics address (not served yet).
+    /// Web console, JSON API and /metrics: HOST:PORT, or `off`. Default 127.0.0.1:8080 when
+    /// --listen has a fixed port (skipped if taken).
     #[arg(long)]
     http: Option<String>,
 }
@@ -74,9 +74,7 @@ fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> 
         config.data_dir = dir;
     }
     if let Some(http) = &args.http {
-        let addr: SocketAddr = resolve(http)?;
-        config.http = Some(addr);
-        tracing::warn!(%addr, "--http is accepted but the console is not implemented yet");
+        config.set_http(http)?;
     }
     config.validate()?;
     Ok(config)

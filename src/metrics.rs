@@ -40,3 +40,143 @@ impl BrokerStats {
         )
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Detailed counters for `/metrics` and the console (src/admin/). Static, fixed-size and
+// lock-free: the hot path does one relaxed `fetch_add` per event on a cell it indexes directly
+// (no map lookup, no allocation); the scrape reads them all.
+
+/// Shards with cells of their own; a broker with more shards folds the rest onto these
+/// (`shard % MAX_SHARD_CELLS`), which keeps the statics fixed-size.
+pub const MAX_SHARD_CELLS: usize = 64;
+/// Kafka API keys below this are counted per key and version (ours all are).
+pub const MAX_API_KEYS: usize = 80;
+/// Versions below this are counted per version; higher ones land on the last cell.
+pub const MAX_API_VERSIONS: usize = 20;
+
+/// One shard's counters, on their own cache lines so shards never write the same line.
+#[repr(align(128))]
+#[derive(Debug)]
+pub struct ShardCells {
+    /// Produce record bytes appended by this shard (as owner of the partitions).
+    pub bytes_in: AtomicU64,
+    /// Records appended by this shard.
+    pub messages_in: AtomicU64,
+    /// Response bytes written to clients by this shard's connections (fetch records included).
+    pub bytes_out: AtomicU64,
+    /// Request frame bytes read by this shard's connections.
+    pub request_bytes: AtomicU64,
+}
+
+impl ShardCells {
+    const fn new() -> ShardCells {
+        ShardCells {
+            bytes_in: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            request_bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Upper bounds of the latency histograms' buckets, in microseconds (the last bucket, +Inf,
+/// is implicit). 50 µs to 10 s covers a memory fetch up to a long-polling fetch.
+pub const LATENCY_BUCKET_BOUNDS_US: [u64; 18] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 7_500_000, 10_000_000,
+];
+
+/// A lock-free cumulative histogram: one relaxed add for the bucket, the count and the sum.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    /// Non-cumulative per-bucket counts; index `LATENCY_BUCKET_BOUNDS_US.len()` is +Inf.
+    pub buckets: [AtomicU64; LATENCY_BUCKET_BOUNDS_US.len() + 1],
+    pub count: AtomicU64,
+    pub sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub const fn new() -> LatencyHistogram {
+        LatencyHistogram {
+            buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKET_BOUNDS_US.len() + 1],
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        let us = elapsed.as_micros().min(u64::MAX as u128) as u64;
+        let bucket = LATENCY_BUCKET_BOUNDS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BUCKET_BOUNDS_US.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counters indexed by (API key, version).
+#[derive(Debug)]
+pub struct ApiCells {
+    cells: [[AtomicU64; MAX_API_VERSIONS]; MAX_API_KEYS],
+}
+
+impl ApiCells {
+    const fn new() -> ApiCells {
+        ApiCells {
+            cells: [const { [const { AtomicU64::new(0) }; MAX_API_VERSIONS] }; MAX_API_KEYS],
+        }
+    }
+
+    /// Counts one event; keys outside the table are dropped (decoding rejects them anyway).
+    pub fn add(&self, api_key: i16, version: i16) {
+        if let (Ok(key), Ok(version)) = (usize::try_from(api_key), usize::try_from(version)) {
+            if key < MAX_API_KEYS {
+                self.cells[key][version.min(MAX_API_VERSIONS - 1)].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn get(&self, api_key: usize, version: usize) -> u64 {
+        self.cells[api_key][version].load(Ordering::Relaxed)
+    }
+}
+
+/// Everything `/metrics` exports beyond [`BrokerStats`].
+#[derive(Debug)]
+pub struct DetailedMetrics {
+    pub shards: [ShardCells; MAX_SHARD_CELLS],
+    /// Requests by the API key and version in their header (read before decoding).
+    pub requests: ApiCells,
+    /// Requests that closed the connection (undecodable) or whose response failed to encode.
+    pub request_errors: ApiCells,
+    /// Time from a produce request's frame being read to its response being ready.
+    pub produce_latency: LatencyHistogram,
+    /// The same for fetch, long-poll wait (`max_wait_ms`) included, as in Kafka's TotalTimeMs.
+    pub fetch_latency: LatencyHistogram,
+    /// One partition writer's fdatasync.
+    pub fdatasync_latency: LatencyHistogram,
+}
+
+/// The process's detailed metrics. A static so that storage (which has no `BrokerStats`) can
+/// count fdatasyncs without plumbing.
+pub static DETAIL: DetailedMetrics = DetailedMetrics {
+    shards: [const { ShardCells::new() }; MAX_SHARD_CELLS],
+    requests: ApiCells::new(),
+    request_errors: ApiCells::new(),
+    produce_latency: LatencyHistogram::new(),
+    fetch_latency: LatencyHistogram::new(),
+    fdatasync_latency: LatencyHistogram::new(),
+};
+
+/// The cells of shard `id`.
+pub fn shard_cells(id: usize) -> &'static ShardCells {
+    &DETAIL.shards[id % MAX_SHARD_CELLS]
+}

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -10,6 +11,7 @@ use std::time::Instant;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement};
 
+use crate::admin;
 use crate::config::BrokerConfig;
 use crate::coordination::{BrokerInfo, Coordinator, CoordinatorConfig};
 use crate::metrics::BrokerStats;
@@ -60,6 +62,10 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(BrokerStats::default());
     let mesh = MeshBuilder::<Job, _>::full(shards, MESH_CHANNEL_CAPACITY);
+    // Bound before the shards start so a taken --http port fails start-up early.
+    let http_listener = admin::http::bind(&config)?;
+    let (admin_link, admin_endpoint) = admin::link();
+    let mut admin_endpoint = Some(admin_endpoint);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
     let mut handles = Vec::with_capacity(shards);
     for (id, fd) in fds.into_iter().enumerate() {
@@ -68,6 +74,8 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Placement::Unbound
         };
+        // Shard 0 serves the console's jobs (it holds the coordinator and the metadata).
+        let admin_endpoint = if id == 0 { admin_endpoint.take() } else { None };
         let (config, broker, stats, mesh, shutdown, ready_tx) = (
             config.clone(),
             broker.clone(),
@@ -80,7 +88,16 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             .name(&format!("shard-{id}"))
             .spawn(move || async move {
                 run_shard(
-                    id, shards, config, broker, stats, mesh, fd, shutdown, ready_tx,
+                    id,
+                    shards,
+                    config,
+                    broker,
+                    stats,
+                    mesh,
+                    fd,
+                    shutdown,
+                    ready_tx,
+                    admin_endpoint,
                 )
                 .await
             })
@@ -95,10 +112,26 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             Err(_) => return Err("a shard exited during start-up".into()),
         }
     }
+    let console = match http_listener {
+        Some(listener) => Some(admin::http::start(
+            listener,
+            admin_link,
+            stats.clone(),
+            started,
+            shards,
+            config.node_id,
+        )?),
+        None => None,
+    };
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
-    tracing::info!(%bound, shards, startup_ms, "broker ready");
+    tracing::info!(%bound, shards, startup_ms, ?console, "broker ready");
+    // Tests and scripts read the address after "listening on " and the console's after
+    // "console ".
+    let console_note = console
+        .map(|addr| format!(", console http://{addr}"))
+        .unwrap_or_default();
     println!(
-        "broker {} ready: listening on {bound} with {shards} shards ({startup_ms:.1} ms)",
+        "broker {} ready: listening on {bound} with {shards} shards ({startup_ms:.1} ms){console_note}",
         config.node_id
     );
 
@@ -127,6 +160,7 @@ async fn run_shard(
     listen_fd: RawFd,
     shutdown: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<usize, String>>,
+    admin_endpoint: Option<admin::ShardEndpoint>,
 ) {
     let (senders, receivers) = if shards > 1 {
         let (s, r) = mesh.join().await.expect("joining the shard mesh");
@@ -167,6 +201,8 @@ async fn run_shard(
         shard.serve_mesh(receivers);
     }
     if let Some(coordinator) = &coordinator {
+        let quorum = crate::admin::providers::CoordinatorQuorum(coordinator.clone());
+        crate::admin::providers::register(|p| p.quorum = Some(Rc::new(quorum)));
         let mut changed = match coordinator.start() {
             Ok(changed) => changed,
             Err(e) => {
@@ -204,6 +240,9 @@ async fn run_shard(
         }
     }
     glommio::spawn_local(listener::accept_loop(shard.clone(), listen_fd)).detach();
+    if let Some(endpoint) = admin_endpoint {
+        admin::serve_on_shard(shard.clone(), endpoint);
+    }
     let _ = ready.send(Ok(id));
     shard.clone().housekeeping().await;
     if let Some(coordinator) = &coordinator {

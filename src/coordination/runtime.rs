@@ -337,6 +337,20 @@ impl Coordinator {
         self.registered.get()
     }
 
+    /// The voter leading the quorum, as far as this node knows.
+    pub fn quorum_leader(&self) -> Option<i32> {
+        self.node.borrow().leader()
+    }
+
+    /// Node ids of the quorum's voters.
+    pub fn voter_ids(&self) -> Vec<i32> {
+        if self.config.voters.is_empty() {
+            vec![self.config.node_id]
+        } else {
+            self.config.voters.iter().map(|v| v.node_id).collect()
+        }
+    }
+
     /// True once a clean shutdown began: the broker no longer takes part.
     pub fn is_stopping(&self) -> bool {
         self.stopping.get()

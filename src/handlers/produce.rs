@@ -223,6 +223,12 @@ fn append_all(owner: &Rc<Shard>, inputs: &[PartitionInput]) -> Vec<Result<Accept
                     owner.max_batch_bytes_for(t)
                 });
             let appended = partition.append(&input.records, max_batch_bytes)?;
+            let cells = crate::metrics::shard_cells(owner.id);
+            BrokerStats::add(&cells.bytes_in, input.records.len() as u64);
+            BrokerStats::add(
+                &cells.messages_in,
+                (appended.end_offset - appended.base_offset).max(0) as u64,
+            );
             Ok(Accepted {
                 partition,
                 base_offset: appended.base_offset,

@@ -11,6 +11,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -19,12 +20,25 @@ use glommio::net::TcpStream;
 
 use super::sendfile;
 use crate::handlers::{self, Dispatched, PendingResponse};
-use crate::metrics::BrokerStats;
+use crate::metrics::{self, BrokerStats, DETAIL};
 use crate::protocol::{Chunk, ResponseFrame};
 use crate::shard::Shard;
 
 /// Bytes read from the socket per call when no larger frame is pending.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Kafka API keys whose latency `/metrics` records.
+const PRODUCE_API_KEY: i16 = 0;
+const FETCH_API_KEY: i16 = 1;
+
+/// A response on its way to the writer, with what its metrics need (read from the frame
+/// header without decoding: no allocation).
+struct InFlight {
+    pending: PendingResponse,
+    api_key: i16,
+    api_version: i16,
+    read_at: Instant,
+}
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let peer = stream
@@ -58,7 +72,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 async fn read_loop(
     shard: &Rc<Shard>,
     mut stream: TcpStream,
-    tx: LocalSender<PendingResponse>,
+    tx: LocalSender<InFlight>,
 ) -> Result<(), String> {
     let max_frame = shard.config.socket_request_max_bytes;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -79,16 +93,33 @@ async fn read_loop(
         }
         let frame = buf.split_to(frame_end).freeze().slice(4..);
         BrokerStats::add(&shard.stats.requests, 1);
+        let read_at = Instant::now();
+        let (api_key, api_version) = match frame.get(0..4) {
+            Some(h) => (
+                i16::from_be_bytes([h[0], h[1]]),
+                i16::from_be_bytes([h[2], h[3]]),
+            ),
+            None => (-1, -1),
+        };
+        DETAIL.requests.add(api_key, api_version);
+        BrokerStats::add(&metrics::shard_cells(shard.id).request_bytes, len as u64);
         match handlers::dispatch(shard, frame).await {
             Dispatched::Respond(pending) => {
+                let in_flight = InFlight {
+                    pending,
+                    api_key,
+                    api_version,
+                    read_at,
+                };
                 // Waits here when the in-flight limit is reached: backpressure.
-                if tx.send(pending).await.is_err() {
+                if tx.send(in_flight).await.is_err() {
                     return Err("response writer stopped".into());
                 }
             }
             Dispatched::NoResponse => {}
             Dispatched::Close(error) => {
                 BrokerStats::add(&shard.stats.malformed_requests, 1);
+                DETAIL.request_errors.add(api_key, api_version);
                 return Err(error.to_string());
             }
         }
@@ -151,12 +182,32 @@ fn end_of_stream(buf: &BytesMut) -> Result<bool, String> {
 }
 
 /// Sends responses in request order until the reader is gone and every response is out.
-async fn write_loop(shard: Rc<Shard>, mut stream: TcpStream, rx: LocalReceiver<PendingResponse>) {
-    while let Some(pending) = rx.recv().await {
-        let result = match pending.await {
-            ResponseFrame::Mem(bytes) => stream.write_all(&bytes).await,
-            ResponseFrame::Chunked(chunks) => write_chunks(&shard, &mut stream, chunks).await,
-            ResponseFrame::Failed => Err(std::io::Error::other("response could not be encoded")),
+async fn write_loop(shard: Rc<Shard>, mut stream: TcpStream, rx: LocalReceiver<InFlight>) {
+    let cells = metrics::shard_cells(shard.id);
+    while let Some(in_flight) = rx.recv().await {
+        let frame = in_flight.pending.await;
+        // Latency up to "response ready", before the socket write: what the broker controls.
+        match in_flight.api_key {
+            PRODUCE_API_KEY => DETAIL.produce_latency.observe(in_flight.read_at.elapsed()),
+            FETCH_API_KEY => DETAIL.fetch_latency.observe(in_flight.read_at.elapsed()),
+            _ => {}
+        }
+        let result = match frame {
+            ResponseFrame::Mem(bytes) => {
+                BrokerStats::add(&cells.bytes_out, bytes.len() as u64);
+                stream.write_all(&bytes).await
+            }
+            ResponseFrame::Chunked(chunks) => {
+                let len: usize = chunks.iter().map(Chunk::len).sum();
+                BrokerStats::add(&cells.bytes_out, len as u64);
+                write_chunks(&shard, &mut stream, chunks).await
+            }
+            ResponseFrame::Failed => {
+                DETAIL
+                    .request_errors
+                    .add(in_flight.api_key, in_flight.api_version);
+                Err(std::io::Error::other("response could not be encoded"))
+            }
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, "write failed; closing connection");

@@ -208,7 +208,11 @@ impl Writer {
     /// One fdatasync for everything written so far; releases every wait it covers.
     async fn sync(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
         let covered = log.high_watermark();
+        let started = std::time::Instant::now();
         self.file.fdatasync().await?;
+        crate::metrics::DETAIL
+            .fdatasync_latency
+            .observe(started.elapsed());
         log.count_sync();
         log.notifier().advance(Mark::Durable, covered);
         Ok(())

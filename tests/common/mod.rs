@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Broker {
     child: Option<Child>,
     pub addr: String,
+    /// The web console's `HOST:PORT`, when the ready line names one (`, console http://...`).
+    pub console: Option<String>,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -55,15 +57,16 @@ impl Broker {
             .append(true)
             .open(&log_path)
             .expect("log file");
+        // A free port unless the caller names one.
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_broker"))
             .current_dir(cwd)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--cores",
-                &cores.to_string(),
-                "--data-dir",
-            ])
+            .args(listen)
+            .args(["--cores", &cores.to_string(), "--data-dir"])
             .arg(data_arg)
             .args(extra)
             .env(
@@ -133,11 +136,17 @@ impl Launched {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
             .to_string();
+        let console = line
+            .split("console http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string);
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Broker {
             child: Some(self.child),
             addr,
+            console,
             data_dir: self.data_dir,
             log_path: self.log_path,
             _tmp: None,

@@ -1,0 +1,462 @@
+//! The web console, its JSON API and `/metrics`, against the real broker binary: Prometheus
+//! text that parses and moves under load, HTTP input that gets 4xx (never a crash), CSRF and
+//! cross-site refusals, the default port policy, and the console driven in headless chromium.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::Broker;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn start_with_console(cores: usize) -> (Broker, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::start_in(tmp.path(), cores, &["--http", "127.0.0.1:0"]);
+    assert!(broker.console.is_some(), "the ready line names the console");
+    (broker, tmp)
+}
+
+/// A minimal HTTP/1.1 exchange (the point is to send exactly the bytes we choose).
+fn http(addr: &str, request: &str) -> (u16, HashMap<String, String>, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to console");
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    (status, body)
+}
+
+fn post(addr: &str, path: &str, extra_headers: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    (status, body)
+}
+
+fn csrf_token(addr: &str) -> String {
+    let (status, page) = get(addr, "/");
+    assert_eq!(status, 200);
+    let start = page
+        .find("name=\"csrf-token\" content=\"")
+        .expect("token meta tag")
+        + "name=\"csrf-token\" content=\"".len();
+    page[start..start + 64].to_string()
+}
+
+/// Samples by metric name and label set, from the text format (`name{a="b"} value`).
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value in {line:?}"));
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+fn sum_of(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(series, _)| series.split('{').next() == Some(name))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn producer(broker: &Broker) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+async fn produce(broker: &Broker, topic: &str, partition: i32, records: &[(&str, &str)]) {
+    let producer = producer(broker);
+    for (key, value) in records {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .partition(partition)
+                    .key(*key)
+                    .payload(*value),
+                TIMEOUT,
+            )
+            .await
+            .expect("produce");
+    }
+}
+
+fn create_topic(addr: &str, name: &str, partitions: i32) -> (u16, String) {
+    let token = csrf_token(addr);
+    post(
+        addr,
+        "/api/v1/topics",
+        &format!("Content-Type: application/json\r\nX-CSRF-Token: {token}\r\n"),
+        &format!("{{\"name\":\"{name}\",\"partitions\":{partitions}}}"),
+    )
+}
+
+/// Checks the exposition with the Python client's parser (a real one) when it is installed;
+/// scripts/test installs it.
+fn python_parse(text: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("metrics.txt");
+    std::fs::write(&path, text).expect("write scrape");
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfams = list(p(open(sys.argv[1]).read()))\nprint(len(fams), sum(len(f.samples) for f in fams))";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            eprintln!(
+                "prometheus_client parsed: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        Ok(out) if String::from_utf8_lossy(&out.stderr).contains("No module named") => {
+            eprintln!("!!! SKIPPED the prometheus_client parse: python3 -m pip install prometheus-client (scripts/test does)");
+        }
+        Ok(out) => panic!(
+            "prometheus_client rejected /metrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("!!! SKIPPED the prometheus_client parse: no python3 ({e})"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_after_producing() {
+    let (broker, _tmp) = start_with_console(2);
+    let console = broker.console.clone().expect("console");
+    assert_eq!(create_topic(&console, "metered", 4).0, 201);
+    let (status, before) = get(&console, "/metrics");
+    assert_eq!(status, 200);
+    python_parse(&before);
+    let before = parse_metrics(&before);
+    let value = "v".repeat(100);
+    for partition in 0..4 {
+        produce(
+            &broker,
+            "metered",
+            partition,
+            &[("k", &value), ("k", &value)],
+        )
+        .await;
+    }
+    let (_, text) = get(&console, "/metrics");
+    python_parse(&text);
+    let after = parse_metrics(&text);
+    let moved = |name: &str| sum_of(&after, name) - sum_of(&before, name);
+    assert_eq!(
+        moved("kafka_server_brokertopicmetrics_messagesin_total"),
+        8.0
+    );
+    assert!(moved("kafka_server_brokertopicmetrics_bytesin_total") >= 800.0);
+    assert!(moved("kafka_server_brokertopicmetrics_bytesout_total") > 0.0);
+    assert!(moved("kafka_network_requestmetrics_totaltime_seconds_count") >= 4.0);
+    assert!(moved("kafka_log_logflushstats_logflush_seconds_count") >= 1.0);
+    assert!(
+        after
+            .keys()
+            .any(|k| k
+                .starts_with("kafka_network_requestmetrics_requests_total{request=\"Produce\"")),
+        "requests are counted by API and version"
+    );
+    // Both shards own some of the 4 partitions; the gauge says how many.
+    assert_eq!(
+        sum_of(&after, "kafka_server_replicamanager_partitioncount"),
+        4.0
+    );
+    assert_eq!(
+        sum_of(
+            &after,
+            "kafka_server_replicamanager_underreplicatedpartitions"
+        ),
+        0.0
+    );
+    assert!(after.contains_key("broker_tail_cache_hit_ratio"));
+    let bucket_inf = after
+        .iter()
+        .find(|(k, _)| {
+            k.starts_with("kafka_network_requestmetrics_totaltime_seconds_bucket{le=\"+Inf\",request=\"Produce\"")
+        })
+        .map(|(_, v)| *v)
+        .expect("+Inf bucket");
+    let count = after["kafka_network_requestmetrics_totaltime_seconds_count{request=\"Produce\"}"];
+    assert_eq!(bucket_inf, count, "+Inf bucket equals the count");
+}
+
+#[test]
+fn bad_http_input_gets_4xx_and_actions_need_the_token() {
+    let (mut broker, _tmp) = start_with_console(1);
+    let console = broker.console.clone().expect("console");
+    let token = csrf_token(&console);
+    let json = "Content-Type: application/json\r\n";
+    let body = r#"{"name":"t1","partitions":2}"#;
+    // No token, wrong token, cross-site origin, cross-site fetch metadata, form encoding.
+    assert_eq!(post(&console, "/api/v1/topics", json, body).0, 403);
+    assert_eq!(
+        post(
+            &console,
+            "/api/v1/topics",
+            &format!("{json}X-CSRF-Token: {}\r\n", "0".repeat(64)),
+            body
+        )
+        .0,
+        403
+    );
+    let with_token = format!("{json}X-CSRF-Token: {token}\r\n");
+    assert_eq!(
+        post(
+            &console,
+            "/api/v1/topics",
+            &format!("{with_token}Origin: http://evil.example\r\n"),
+            body
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        post(
+            &console,
+            "/api/v1/topics",
+            &format!("{with_token}Sec-Fetch-Site: cross-site\r\n"),
+            body
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        post(
+            &console,
+            "/api/v1/topics",
+            &format!("Content-Type: text/plain\r\nX-CSRF-Token: {token}\r\n"),
+            body
+        )
+        .0,
+        415
+    );
+    // Mutations only by POST; GET of an action path is not one.
+    let (status, _, _) = http(
+        &console,
+        &format!("DELETE /api/v1/topics/t1 HTTP/1.1\r\nHost: {console}\r\nX-CSRF-Token: {token}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!(status, 405);
+    assert_eq!(get(&console, "/api/v1/topics/t1/delete").0, 405);
+    // Bad bodies and paths.
+    assert_eq!(
+        post(&console, "/api/v1/topics", &with_token, "{\"name\":").0,
+        400
+    );
+    assert_eq!(
+        post(
+            &console,
+            "/api/v1/topics",
+            &with_token,
+            "{\"name\":\"a/b\"}"
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            &console,
+            "/api/v1/topics",
+            &with_token,
+            "{\"name\":\"ok\",\"partitions\":-5}"
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        post(
+            &console,
+            "/api/v1/topics",
+            &with_token,
+            &format!("{{\"name\":\"{}\"}}", "x".repeat(20_000))
+        )
+        .0,
+        413
+    );
+    assert_eq!(get(&console, "/api/v1/topics/nope").0, 404);
+    assert_eq!(
+        get(&console, "/api/v1/topics/nope/partitions/abc/messages").0,
+        400
+    );
+    assert_eq!(
+        get(
+            &console,
+            "/api/v1/topics/nope/partitions/0/messages?limit=x"
+        )
+        .0,
+        400
+    );
+    assert_eq!(get(&console, "/no/such/page").0, 404);
+    let (status, _, _) = http(&console, "GARBAGE\r\n\r\n");
+    assert!(
+        (400..500).contains(&status),
+        "garbage request line: {status}"
+    );
+    // With everything right: created, then a conflict, then gone.
+    assert_eq!(post(&console, "/api/v1/topics", &with_token, body).0, 201);
+    assert_eq!(post(&console, "/api/v1/topics", &with_token, body).0, 409);
+    assert_eq!(
+        post(
+            &console,
+            "/api/v1/topics/t1/partitions",
+            &with_token,
+            r#"{"count":3}"#
+        )
+        .0,
+        200
+    );
+    let (_, detail) = get(&console, "/api/v1/topics/t1");
+    assert_eq!(detail.matches("\"leader\":").count(), 3, "{detail}");
+    assert_eq!(
+        post(&console, "/api/v1/topics/t1/delete", &with_token, "{}").0,
+        200
+    );
+    assert_eq!(get(&console, "/api/v1/topics/t1").0, 404);
+    // Groups are not built yet: said so, not faked.
+    let (status, groups) = get(&console, "/api/v1/groups");
+    assert_eq!(status, 200);
+    assert!(groups.contains("\"available\":false"), "{groups}");
+    // Security headers on pages.
+    let (_, headers, _) = http(
+        &console,
+        &format!("GET / HTTP/1.1\r\nHost: {console}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(headers["content-security-policy"].contains("script-src 'self'"));
+    assert!(broker.is_running(), "no input crashed the broker");
+    broker.stop();
+}
+
+#[test]
+fn default_console_port_taken_does_not_stop_the_broker() {
+    // Hold the default port if we can; if something else holds it the broker must cope too.
+    let _held = std::net::TcpListener::bind("127.0.0.1:8080");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let port = free.local_addr().expect("addr").port();
+    drop(free);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let mut broker = Broker::start_in(tmp.path(), 1, &["--listen", &format!("127.0.0.1:{port}")]);
+    assert!(
+        broker.console.is_none(),
+        "the default console port was taken"
+    );
+    assert!(broker.log().contains("web console not started"));
+    assert!(broker.is_running());
+    broker.stop();
+    // And `--http off` means none, even with a fixed client port.
+    let mut broker = Broker::start_in(
+        tmp.path(),
+        1,
+        &["--listen", &format!("127.0.0.1:{port}"), "--http", "off"],
+    );
+    assert!(broker.console.is_none());
+    broker.stop();
+}
+
+/// The browser test's npm project, installed by scripts/test (`npm ci`).
+fn browser_ready(dir: &Path) -> Result<(), String> {
+    if !Path::new("/usr/bin/chromium").exists() {
+        return Err("no /usr/bin/chromium (apt-get install chromium; scripts/test does)".into());
+    }
+    if !dir.join("node_modules/playwright-core").exists() {
+        return Err(format!(
+            "no playwright-core (cd {} && npm ci; scripts/test does)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+fn run_browser_phase(dir: &Path, phase: &str, console: &str, topic: &str, out_dir: &Path) {
+    let out = Command::new("node")
+        .current_dir(dir)
+        .args(["console.test.mjs", phase])
+        .env("CONSOLE_URL", format!("http://{console}"))
+        .env("TOPIC", topic)
+        .env("PARTITIONS", "3")
+        .env("OUT_DIR", out_dir)
+        .output()
+        .expect("run node");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "browser phase {phase} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_headless_chromium() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if let Err(missing) = browser_ready(&dir) {
+        eprintln!("\n!!!!!!!! SKIPPED console_in_headless_chromium: {missing} !!!!!!!!\n");
+        return;
+    }
+    let (broker, _tmp) = start_with_console(2);
+    let console = broker.console.clone().expect("console");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-browser");
+    run_browser_phase(&dir, "create", &console, "clicks", &out_dir);
+    produce(
+        &broker,
+        "clicks",
+        0,
+        &[
+            ("user-1", "<script>window.__xss = 1</script>"),
+            (
+                "<b class=\"evil\">k</b>",
+                "<img src=x onerror=\"window.__xss = 2\">",
+            ),
+            ("user-2", "plain value"),
+        ],
+    )
+    .await;
+    run_browser_phase(&dir, "inspect", &console, "clicks", &out_dir);
+    for shot in ["overview.png", "topics.png", "topic.png"] {
+        assert!(out_dir.join(shot).exists(), "screenshot {shot}");
+    }
+    eprintln!("screenshots in {}", out_dir.display());
+}
