@@ -56,6 +56,8 @@ pub struct BrokerConfig {
     /// served to tailing consumers without touching the device; split over the shard's
     /// partitions (`Shard::log_config_for`). 0 disables the cache.
     pub tail_cache_bytes_per_shard: u64,
+    /// Consumer group coordinator settings (`group.*`, `offsets.topic.num.partitions`, ...).
+    pub groups: crate::groups::GroupConfig,
 }
 
 impl Default for BrokerConfig {
@@ -80,6 +82,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             retention_check_interval_ms: 300_000,
             tail_cache_bytes_per_shard: 256 << 20,
+            groups: crate::groups::GroupConfig::default(),
         }
     }
 }
@@ -185,6 +188,16 @@ impl BrokerConfig {
             "log.retention.check.interval.ms" => {
                 self.retention_check_interval_ms = parse(key, value)?
             }
+            "group.min.session.timeout.ms" => self.groups.min_session_timeout_ms = parse(key, value)?,
+            "group.max.session.timeout.ms" => self.groups.max_session_timeout_ms = parse(key, value)?,
+            "group.initial.rebalance.delay.ms" => {
+                self.groups.initial_rebalance_delay_ms = parse(key, value)?
+            }
+            "group.max.size" => self.groups.max_size = parse(key, value)?,
+            "offsets.topic.num.partitions" => {
+                self.groups.offsets_topic_partitions = parse(key, value)?
+            }
+            "offset.metadata.max.bytes" => self.groups.offset_metadata_max_bytes = parse(key, value)?,
             // Kafka keys that have no meaning for this broker (threads, ZooKeeper, ...).
             _ => tracing::warn!(key, "ignoring unknown configuration key"),
         }
@@ -207,6 +220,14 @@ impl BrokerConfig {
         if self.num_partitions < 1 || self.default_replication_factor < 1 {
             return Err(ConfigError(
                 "num.partitions and default.replication.factor must be at least 1".into(),
+            ));
+        }
+        if self.groups.offsets_topic_partitions < 1
+            || self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms
+            || self.groups.initial_rebalance_delay_ms < 0
+        {
+            return Err(ConfigError(
+                "offsets.topic.num.partitions must be at least 1, group.min.session.timeout.ms at most group.max.session.timeout.ms, group.initial.rebalance.delay.ms not negative".into(),
             ));
         }
         self.log.max_batch_bytes = self.message_max_bytes;

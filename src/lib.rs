@@ -12,11 +12,13 @@
 //! - [`shard`]: per-core state, partition placement, the cross-core job mesh, producer state.
 //! - [`storage`]: partition logs: segments, indexes, O_DIRECT appends, recovery, retention.
 //! - [`coordination`]: the ZooKeeper role: broker registry, topic assignment, metadata log.
+//! - [`groups`]: consumer groups: the group coordinator, committed offsets, the offsets log.
 //! - [`config`], [`metrics`], [`alloc`].
 
 pub mod alloc;
 pub mod config;
 pub mod coordination;
+pub mod groups;
 pub mod handlers;
 pub mod metrics;
 pub mod net;

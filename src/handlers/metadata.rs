@@ -34,7 +34,11 @@ pub async fn handle(shard: &Rc<Shard>, version: i16, request: MetadataRequest) -
     if let Some(names) = &requested {
         let missing: Vec<String> = names
             .iter()
-            .filter(|n| snapshot.topic(n).is_none() && validate_topic_name(n).is_ok())
+            .filter(|n| {
+                snapshot.topic(n).is_none()
+                    && validate_topic_name(n).is_ok()
+                    && !super::groups::is_internal_topic(n)
+            })
             .cloned()
             .collect();
         if !missing.is_empty() && allow_auto_create && shard.config.auto_create_topics_enable {
@@ -69,6 +73,10 @@ pub async fn handle(shard: &Rc<Shard>, version: i16, request: MetadataRequest) -
             .into_iter()
             .map(|name| match snapshot.topic(&name) {
                 Some(topic) => topic_response(version, topic),
+                // Internal: listed only when asked for by name, as Kafka does.
+                None if super::groups::is_internal_topic(&name) => {
+                    super::groups::offsets_topic_metadata(shard, version)
+                }
                 None => {
                     let code = if let Some((_, e)) = errors.iter().find(|(n, _)| *n == name) {
                         e.code
