@@ -233,7 +233,13 @@ fn silent_member_is_evicted_and_bounds_are_enforced() {
         too_short.error_code,
         kafka_protocol::ResponseError::InvalidSessionTimeout.code()
     );
-    let joined = join(&mut raw, "evict", "", 600);
+    // v4+: the first join hands out a member id to rejoin with (KIP-394).
+    let first = join(&mut raw, "evict", "", 600);
+    assert_eq!(
+        first.error_code,
+        kafka_protocol::ResponseError::MemberIdRequired.code()
+    );
+    let joined = join(&mut raw, "evict", first.member_id.as_str(), 600);
     assert_eq!(joined.error_code, 0);
     assert_eq!(joined.leader, joined.member_id);
     let mut sync = SyncGroupRequest::default();
