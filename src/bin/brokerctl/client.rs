@@ -56,7 +56,7 @@ impl Conn {
         let key = R::KEY;
         let Some(&(_, min, max)) = self.versions.iter().find(|(k, _, _)| *k == key) else {
             return Err(format!(
-                "the broker does not support {:?} (API key {key})",
+                "the broker does not support {} (API key {key})",
                 ApiKey::try_from(key).map_or_else(|_| "?".to_string(), |k| format!("{k:?}"))
             ));
         };

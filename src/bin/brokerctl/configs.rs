@@ -47,6 +47,7 @@ pub fn run(args: Args) -> Result<()> {
         let mut resource = DescribeConfigsResource::default();
         resource.resource_type = kind;
         resource.resource_name = s(args.entity_name.clone());
+        resource.configuration_keys = None; // all of them
         let mut request = DescribeConfigsRequest::default();
         request.resources = vec![resource];
         let response = conn.call(4, &request)?;

@@ -210,6 +210,7 @@ fn topic_configs(conn: &mut Conn, topic: &str) -> Result<String> {
     let mut resource = DescribeConfigsResource::default();
     resource.resource_type = 2;
     resource.resource_name = s(topic);
+    resource.configuration_keys = None;
     let mut request = DescribeConfigsRequest::default();
     request.resources = vec![resource];
     let response = conn.call(4, &request)?;
