@@ -275,3 +275,94 @@ fn silent_member_is_evicted_and_bounds_are_enforced() {
         .iter()
         .all(|c| c.error_code == 0 && c.node_id.0 == 0 && c.port == port));
 }
+
+#[test]
+fn librdkafka_group_consumers_read_100k_exactly_once_across_a_rebalance() {
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    const TOTAL: usize = 100_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = start(tmp.path());
+    create_topic(&broker, "exactly", 4);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    for i in 0..TOTAL {
+        let value = i.to_string();
+        let mut record = BaseRecord::<(), String>::to("exactly").payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(TIMEOUT).unwrap();
+
+    // Auto-commit: librdkafka commits the consumed position before giving partitions up.
+    let config = || {
+        let mut c = consumer_config(&broker, "exactly-group", "range");
+        c.set("enable.auto.commit", "true")
+            // Small fetches and a small local queue: a must not hold the whole topic in
+            // memory before b joins.
+            .set("max.partition.fetch.bytes", "4096")
+            .set("queued.min.messages", "100")
+            .set("queued.max.messages.kbytes", "16");
+        c
+    };
+    let revoked_a = Revocations::default();
+    let a: BaseConsumer<Revocations> = config().create_with_context(revoked_a.clone()).unwrap();
+    a.subscribe(&["exactly"]).unwrap();
+    let mut seen: Vec<u32> = Vec::with_capacity(TOTAL);
+    // Drains what a consumer has ready (waiting briefly only for the first record), so one
+    // idle consumer never slows the other down.
+    let take = |c: &BaseConsumer<Revocations>, seen: &mut Vec<u32>| {
+        let mut wait = Duration::from_millis(10);
+        while let Some(m) = c.poll(wait) {
+            let m = m.unwrap_or_else(|e| panic!("consume: {e}; broker log:\n{}", broker.log()));
+            let text = std::str::from_utf8(m.payload().unwrap()).unwrap();
+            seen.push(text.parse().unwrap());
+            wait = Duration::ZERO;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen.len() < 30_000 && Instant::now() < deadline {
+        take(&a, &mut seen);
+    }
+    // a holds still (paused, still polled so it takes part in the rebalance) while b joins,
+    // so the rest of the topic is read after the hand-over, by both.
+    a.pause(&a.assignment().unwrap()).unwrap();
+    let b: BaseConsumer<Revocations> = config().create_with_context(Revocations::default()).unwrap();
+    b.subscribe(&["exactly"]).unwrap();
+    let mut read_by_b = Vec::new();
+    while (revoked_a.0.lock().unwrap().is_empty() || assigned(&a).is_empty() || assigned(&b).is_empty())
+        && Instant::now() < deadline
+    {
+        take(&a, &mut seen);
+        take(&b, &mut read_by_b);
+    }
+    // librdkafka keeps a partition's pause flag across the rebalance if a gets it back.
+    a.resume(&a.assignment().unwrap()).unwrap();
+    while seen.len() + read_by_b.len() < TOTAL && Instant::now() < deadline {
+        take(&a, &mut seen);
+        take(&b, &mut read_by_b);
+    }
+    // Nothing more arrives (no duplicate after the last one).
+    let quiet = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < quiet {
+        take(&a, &mut seen);
+        take(&b, &mut read_by_b);
+    }
+    assert!(!revoked_a.0.lock().unwrap().is_empty(), "b's join revoked a's partitions");
+    assert!(!read_by_b.is_empty(), "b read part of the topic after the rebalance");
+    seen.extend(read_by_b);
+    assert_eq!(seen.len(), TOTAL, "read {} records", seen.len());
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), TOTAL, "every record exactly once");
+}
