@@ -41,8 +41,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(Ok(message)) => {
                 last = Instant::now();
                 count += 1;
-                let key = message.key().map(String::from_utf8_lossy).unwrap_or_default();
-                let value = message.payload().map(String::from_utf8_lossy).unwrap_or_default();
+                let key = message
+                    .key()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                let value = message
+                    .payload()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
                 println!(
                     "partition {} offset {}: {key} = {value}",
                     message.partition(),

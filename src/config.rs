@@ -188,8 +188,12 @@ impl BrokerConfig {
             "log.retention.check.interval.ms" => {
                 self.retention_check_interval_ms = parse(key, value)?
             }
-            "group.min.session.timeout.ms" => self.groups.min_session_timeout_ms = parse(key, value)?,
-            "group.max.session.timeout.ms" => self.groups.max_session_timeout_ms = parse(key, value)?,
+            "group.min.session.timeout.ms" => {
+                self.groups.min_session_timeout_ms = parse(key, value)?
+            }
+            "group.max.session.timeout.ms" => {
+                self.groups.max_session_timeout_ms = parse(key, value)?
+            }
             "group.initial.rebalance.delay.ms" => {
                 self.groups.initial_rebalance_delay_ms = parse(key, value)?
             }
@@ -197,7 +201,9 @@ impl BrokerConfig {
             "offsets.topic.num.partitions" => {
                 self.groups.offsets_topic_partitions = parse(key, value)?
             }
-            "offset.metadata.max.bytes" => self.groups.offset_metadata_max_bytes = parse(key, value)?,
+            "offset.metadata.max.bytes" => {
+                self.groups.offset_metadata_max_bytes = parse(key, value)?
+            }
             // Kafka keys that have no meaning for this broker (threads, ZooKeeper, ...).
             _ => tracing::warn!(key, "ignoring unknown configuration key"),
         }

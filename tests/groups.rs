@@ -51,7 +51,10 @@ fn assigned<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> BTreeSet<i32> {
 
 /// Polls every consumer (which is what drives librdkafka's rebalance callbacks) until
 /// `done` holds.
-fn poll_until<C: ConsumerContext>(consumers: &[&BaseConsumer<C>], mut done: impl FnMut() -> bool) -> bool {
+fn poll_until<C: ConsumerContext>(
+    consumers: &[&BaseConsumer<C>],
+    mut done: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + TIMEOUT;
     while Instant::now() < deadline {
         for c in consumers {
@@ -65,7 +68,10 @@ fn poll_until<C: ConsumerContext>(consumers: &[&BaseConsumer<C>], mut done: impl
 }
 
 fn create_topic(broker: &Broker, name: &str, partitions: i32) {
-    assert_eq!(RawClient::connect(&broker.addr).create_topic(name, partitions), 0);
+    assert_eq!(
+        RawClient::connect(&broker.addr).create_topic(name, partitions),
+        0
+    );
 }
 
 #[test]
@@ -73,13 +79,21 @@ fn two_consumers_split_four_partitions_then_one_takes_all() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = start(tmp.path());
     create_topic(&broker, "split", 4);
-    let a: BaseConsumer = consumer_config(&broker, "split-group", "range").create().unwrap();
+    let a: BaseConsumer = consumer_config(&broker, "split-group", "range")
+        .create()
+        .unwrap();
     a.subscribe(&["split"]).unwrap();
-    assert!(poll_until(&[&a], || assigned(&a).len() == 4), "a alone gets all four");
-    let b: BaseConsumer = consumer_config(&broker, "split-group", "range").create().unwrap();
+    assert!(
+        poll_until(&[&a], || assigned(&a).len() == 4),
+        "a alone gets all four"
+    );
+    let b: BaseConsumer = consumer_config(&broker, "split-group", "range")
+        .create()
+        .unwrap();
     b.subscribe(&["split"]).unwrap();
     assert!(
-        poll_until(&[&a, &b], || assigned(&a).len() == 2 && assigned(&b).len() == 2),
+        poll_until(&[&a, &b], || assigned(&a).len() == 2
+            && assigned(&b).len() == 2),
         "two and two: a={:?} b={:?}",
         assigned(&a),
         assigned(&b)
@@ -118,14 +132,23 @@ fn two_consumers_split_four_partitions_then_one_takes_all() {
     // b leaves (close sends LeaveGroup): a gets all four back.
     b.unsubscribe();
     drop(b);
-    assert!(poll_until(&[&a], || assigned(&a).len() == 4), "a={:?}", assigned(&a));
+    assert!(
+        poll_until(&[&a], || assigned(&a).len() == 4),
+        "a={:?}",
+        assigned(&a)
+    );
 
     // Once empty, the group can be deleted.
     a.unsubscribe();
     drop(a);
-    assert!(wait_until(TIMEOUT, || raw.call(2, &delete).results[0].error_code == 0));
+    assert!(wait_until(TIMEOUT, || raw.call(2, &delete).results[0]
+        .error_code
+        == 0));
     let listed = raw.call(4, &ListGroupsRequest::default());
-    assert!(listed.groups.iter().all(|g| g.group_id.0.as_str() != "split-group"));
+    assert!(listed
+        .groups
+        .iter()
+        .all(|g| g.group_id.0.as_str() != "split-group"));
 }
 
 /// Records the partitions librdkafka revokes.
@@ -159,15 +182,23 @@ fn cooperative_sticky_join_revokes_only_what_moves() {
         .unwrap();
     b.subscribe(&["coop"]).unwrap();
     assert!(
-        poll_until(&[&a, &b], || assigned(&a).len() == 2 && assigned(&b).len() == 2),
+        poll_until(&[&a, &b], || assigned(&a).len() == 2
+            && assigned(&b).len() == 2),
         "a={:?} b={:?}",
         assigned(&a),
         assigned(&b)
     );
     let revoked: BTreeSet<i32> = revoked_a.0.lock().unwrap().iter().copied().collect();
     let kept = assigned(&a);
-    assert_eq!(revoked.len(), 2, "only the two partitions that moved: {revoked:?}");
-    assert!(revoked.is_disjoint(&kept), "revoked {revoked:?} but kept {kept:?}");
+    assert_eq!(
+        revoked.len(),
+        2,
+        "only the two partitions that moved: {revoked:?}"
+    );
+    assert!(
+        revoked.is_disjoint(&kept),
+        "revoked {revoked:?} but kept {kept:?}"
+    );
     assert_eq!(revoked, assigned(&b), "what a gave up is what b got");
 }
 
@@ -180,9 +211,15 @@ fn committed_offsets_survive_kill9() {
         .create()
         .unwrap();
     let mut offsets = TopicPartitionList::new();
-    offsets.add_partition_offset("durable", 0, Offset::Offset(5)).unwrap();
-    offsets.add_partition_offset("durable", 1, Offset::Offset(7)).unwrap();
-    committer.commit(&offsets, CommitMode::Sync).expect("commit");
+    offsets
+        .add_partition_offset("durable", 0, Offset::Offset(5))
+        .unwrap();
+    offsets
+        .add_partition_offset("durable", 1, Offset::Offset(7))
+        .unwrap();
+    committer
+        .commit(&offsets, CommitMode::Sync)
+        .expect("commit");
     drop(committer);
     broker.kill9();
 
@@ -193,7 +230,9 @@ fn committed_offsets_survive_kill9() {
     let mut wanted = TopicPartitionList::new();
     wanted.add_partition("durable", 0);
     wanted.add_partition("durable", 1);
-    let committed = reader.committed_offsets(wanted, TIMEOUT).expect("offset fetch");
+    let committed = reader
+        .committed_offsets(wanted, TIMEOUT)
+        .expect("offset fetch");
     let got: Vec<(i32, Offset)> = committed
         .elements()
         .iter()
@@ -202,7 +241,12 @@ fn committed_offsets_survive_kill9() {
     assert_eq!(got, vec![(0, Offset::Offset(5)), (1, Offset::Offset(7))]);
 }
 
-fn join(raw: &mut RawClient, group: &str, member_id: &str, session_timeout_ms: i32) -> JoinGroupResponse {
+fn join(
+    raw: &mut RawClient,
+    group: &str,
+    member_id: &str,
+    session_timeout_ms: i32,
+) -> JoinGroupResponse {
     let mut protocol = join_group_request::JoinGroupRequestProtocol::default();
     protocol.name = StrBytes::from_static_str("range");
     protocol.metadata = bytes::Bytes::from_static(&[0, 0, 0, 0, 0, 0]);
@@ -337,10 +381,14 @@ fn librdkafka_group_consumers_read_100k_exactly_once_across_a_rebalance() {
     // a holds still (paused, still polled so it takes part in the rebalance) while b joins,
     // so the rest of the topic is read after the hand-over, by both.
     a.pause(&a.assignment().unwrap()).unwrap();
-    let b: BaseConsumer<Revocations> = config().create_with_context(Revocations::default()).unwrap();
+    let b: BaseConsumer<Revocations> = config()
+        .create_with_context(Revocations::default())
+        .unwrap();
     b.subscribe(&["exactly"]).unwrap();
     let mut read_by_b = Vec::new();
-    while (revoked_a.0.lock().unwrap().is_empty() || assigned(&a).is_empty() || assigned(&b).is_empty())
+    while (revoked_a.0.lock().unwrap().is_empty()
+        || assigned(&a).is_empty()
+        || assigned(&b).is_empty())
         && Instant::now() < deadline
     {
         take(&a, &mut seen);
@@ -358,8 +406,14 @@ fn librdkafka_group_consumers_read_100k_exactly_once_across_a_rebalance() {
         take(&a, &mut seen);
         take(&b, &mut read_by_b);
     }
-    assert!(!revoked_a.0.lock().unwrap().is_empty(), "b's join revoked a's partitions");
-    assert!(!read_by_b.is_empty(), "b read part of the topic after the rebalance");
+    assert!(
+        !revoked_a.0.lock().unwrap().is_empty(),
+        "b's join revoked a's partitions"
+    );
+    assert!(
+        !read_by_b.is_empty(),
+        "b read part of the topic after the rebalance"
+    );
     seen.extend(read_by_b);
     assert_eq!(seen.len(), TOTAL, "read {} records", seen.len());
     seen.sort_unstable();

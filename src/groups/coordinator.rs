@@ -15,7 +15,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 
-use super::group::{Group, GroupState, JoinRequest, JoinResult, MemberDescription, Pending, SyncResult};
+use super::group::{
+    Group, GroupState, JoinRequest, JoinResult, MemberDescription, Pending, SyncResult,
+};
 use super::offsets_log::{wait_durable, OffsetsLogs};
 use super::records::{OffsetValue, OffsetsRecord};
 use super::{coordinator_for, owner_shard, GroupConfig};
@@ -24,6 +26,9 @@ use crate::storage::LogConfig;
 
 /// How often the timers run (session expiry, rebalance deadlines, the initial delay).
 pub const TICK_MS: u64 = 50;
+
+/// Committed offsets by topic: (topic, [(partition, offset if committed)]).
+pub type TopicOffsets = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
 
 /// One committed offset to store.
 #[derive(Debug, Clone)]
@@ -111,7 +116,12 @@ impl GroupCoordinator {
                 apply(&mut groups, record);
             }
             groups.retain(|_, g| !g.is_forgettable());
-            tracing::info!(partition, records = count, groups = groups.len(), "offsets partition loaded");
+            tracing::info!(
+                partition,
+                records = count,
+                groups = groups.len(),
+                "offsets partition loaded"
+            );
         }
         Ok(())
     }
@@ -168,9 +178,9 @@ impl GroupCoordinator {
         self.persist_detached(group_id, persist);
         match pending {
             Pending::Now(result) => result,
-            Pending::Later(rx) => rx.await.unwrap_or_else(|_| {
-                JoinResult::error(ResponseError::UnknownMemberId, &member_id)
-            }),
+            Pending::Later(rx) => rx
+                .await
+                .unwrap_or_else(|_| JoinResult::error(ResponseError::UnknownMemberId, &member_id)),
         }
     }
 
@@ -299,16 +309,15 @@ impl GroupCoordinator {
         &self,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
-    ) -> Result<Vec<(String, Vec<(i32, Option<OffsetValue>)>)>, ResponseError> {
+    ) -> Result<TopicOffsets, ResponseError> {
         if let Err(e) = self.ensure_open(self.partition_of(group_id)).await {
             tracing::error!(error = %e, "offsets log unavailable");
             return Err(ResponseError::CoordinatorNotAvailable);
         }
         let groups = self.groups.borrow();
         let group = groups.get(group_id);
-        let lookup = |t: &str, p: i32| {
-            group.and_then(|g| g.offsets.get(&(t.to_string(), p)).cloned())
-        };
+        let lookup =
+            |t: &str, p: i32| group.and_then(|g| g.offsets.get(&(t.to_string(), p)).cloned());
         Ok(match topics {
             Some(topics) => topics
                 .into_iter()
@@ -318,7 +327,7 @@ impl GroupCoordinator {
                 })
                 .collect(),
             None => {
-                let mut out: Vec<(String, Vec<(i32, Option<OffsetValue>)>)> = Vec::new();
+                let mut out: TopicOffsets = Vec::new();
                 if let Some(g) = group {
                     for ((t, p), v) in &g.offsets {
                         match out.last_mut() {

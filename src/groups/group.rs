@@ -240,13 +240,19 @@ impl Group {
         if request.session_timeout_ms < config.min_session_timeout_ms
             || request.session_timeout_ms > config.max_session_timeout_ms
         {
-            return now(JoinResult::error(ResponseError::InvalidSessionTimeout, &member_id));
+            return now(JoinResult::error(
+                ResponseError::InvalidSessionTimeout,
+                &member_id,
+            ));
         }
         if request.protocol_type.is_empty()
             || request.protocols.is_empty()
             || !self.supports(&request.protocol_type, &request.protocols)
         {
-            return now(JoinResult::error(ResponseError::InconsistentGroupProtocol, &member_id));
+            return now(JoinResult::error(
+                ResponseError::InconsistentGroupProtocol,
+                &member_id,
+            ));
         }
         if member_id.is_empty() {
             if let Some(instance) = &request.instance_id {
@@ -270,16 +276,25 @@ impl Group {
         }
         if self.pending_member_ids.remove(&member_id).is_some() {
             if self.members.len() >= config.max_size {
-                return now(JoinResult::error(ResponseError::GroupMaxSizeReached, &member_id));
+                return now(JoinResult::error(
+                    ResponseError::GroupMaxSizeReached,
+                    &member_id,
+                ));
             }
             return self.add_member(member_id, request, now_ms, config, persist);
         }
         if !self.members.contains_key(&member_id) {
-            return now(JoinResult::error(ResponseError::UnknownMemberId, &member_id));
+            return now(JoinResult::error(
+                ResponseError::UnknownMemberId,
+                &member_id,
+            ));
         }
         if let Some(instance) = &request.instance_id {
             if self.static_members.get(instance) != Some(&member_id) {
-                return now(JoinResult::error(ResponseError::FencedInstanceId, &member_id));
+                return now(JoinResult::error(
+                    ResponseError::FencedInstanceId,
+                    &member_id,
+                ));
             }
         }
         // A known member rejoins.
@@ -537,7 +552,13 @@ impl Group {
             let mut ms: Vec<&Member> = self.members.values().collect();
             ms.sort_by_key(|m| m.seq);
             ms.iter()
-                .map(|m| (m.id.clone(), m.instance_id.clone(), m.metadata_for(&protocol)))
+                .map(|m| {
+                    (
+                        m.id.clone(),
+                        m.instance_id.clone(),
+                        m.metadata_for(&protocol),
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
@@ -746,7 +767,8 @@ impl Group {
     /// deadline passed. Members waiting for a JoinGroup or SyncGroup answer are the
     /// coordinator's responsibility and are not expired.
     pub fn tick(&mut self, now_ms: i64, persist: &mut Vec<OffsetsRecord>) {
-        self.pending_member_ids.retain(|_, lapse_ms| *lapse_ms > now_ms);
+        self.pending_member_ids
+            .retain(|_, lapse_ms| *lapse_ms > now_ms);
         let expired: Vec<String> = self
             .members
             .values()
@@ -917,17 +939,32 @@ mod tests {
         assert_eq!((ra.generation, ra.leader.as_str()), (1, a.as_str()));
         assert_eq!(g.state, GroupState::CompletingRebalance);
         let mut persist = Vec::new();
-        let Pending::Later(mut rx) = g.sync(&a, None, 1, vec![(a.clone(), Bytes::from_static(b"A"))], 0, &mut persist) else {
+        let Pending::Later(mut rx) = g.sync(
+            &a,
+            None,
+            1,
+            vec![(a.clone(), Bytes::from_static(b"A"))],
+            0,
+            &mut persist,
+        ) else {
             panic!()
         };
-        assert_eq!(rx.try_recv().unwrap().unwrap().assignment, Bytes::from_static(b"A"));
+        assert_eq!(
+            rx.try_recv().unwrap().unwrap().assignment,
+            Bytes::from_static(b"A")
+        );
         assert_eq!(g.state, GroupState::Stable);
         assert_eq!(persist.len(), 1);
 
         // b joins: a learns by heartbeat, rejoins, both get generation 2.
         let b = id_from(join_now(&mut g, "", 1));
-        let Pending::Later(mut rb) = join_now(&mut g, &b, 1) else { panic!() };
-        assert_eq!(g.heartbeat(&a, None, 1, 2), Some(ResponseError::RebalanceInProgress));
+        let Pending::Later(mut rb) = join_now(&mut g, &b, 1) else {
+            panic!()
+        };
+        assert_eq!(
+            g.heartbeat(&a, None, 1, 2),
+            Some(ResponseError::RebalanceInProgress)
+        );
         let ra = done(join_now(&mut g, &a, 3));
         let rb = rb.try_recv().unwrap().unwrap();
         assert_eq!((ra.generation, rb.generation), (2, 2));
@@ -950,12 +987,21 @@ mod tests {
         let first = done(g.join(r.clone(), 0, &config(), &mut Vec::new()));
         let mut r2 = request("");
         r2.instance_id = Some("i2".into());
-        let Pending::Later(_) = g.join(r2.clone(), 0, &config(), &mut Vec::new()) else { panic!() };
+        let Pending::Later(_) = g.join(r2.clone(), 0, &config(), &mut Vec::new()) else {
+            panic!()
+        };
         // i1 (leader) rejoins as a known member so the generation completes.
         let mut again = r.clone();
         again.member_id = first.member_id.clone();
         let gen2 = done(g.join(again, 1, &config(), &mut Vec::new()));
-        g.sync(&gen2.member_id, Some("i1"), gen2.generation, vec![], 1, &mut Vec::new());
+        g.sync(
+            &gen2.member_id,
+            Some("i1"),
+            gen2.generation,
+            vec![],
+            1,
+            &mut Vec::new(),
+        );
         assert_eq!(g.state, GroupState::Stable);
         // i2 restarts with a new process: same instance, no member id, not the leader.
         let back = done(g.join(r2, 2, &config(), &mut Vec::new()));

@@ -51,7 +51,10 @@ pub enum OffsetsRecord {
 }
 
 fn put_str(buf: &mut BytesMut, s: &str) {
-    debug_assert!(s.len() <= i16::MAX as usize, "bounded by the request checks");
+    debug_assert!(
+        s.len() <= i16::MAX as usize,
+        "bounded by the request checks"
+    );
     buf.put_i16(s.len() as i16);
     buf.put_slice(s.as_bytes());
 }
@@ -98,9 +101,8 @@ impl OffsetsRecord {
     fn value(&self) -> Option<BytesMut> {
         let mut out = BytesMut::new();
         match self {
-            OffsetsRecord::Offset { value: None, .. } | OffsetsRecord::Group { value: None, .. } => {
-                return None
-            }
+            OffsetsRecord::Offset { value: None, .. }
+            | OffsetsRecord::Group { value: None, .. } => return None,
             OffsetsRecord::Offset { value: Some(v), .. } => {
                 out.put_i16(OFFSET_VALUE_VERSION);
                 out.put_i64(v.offset);
@@ -302,9 +304,7 @@ pub fn decode_batches(buf: &[u8], max_batch_bytes: usize) -> Decoded<Vec<Offsets
             pos: BATCH_HEADER_BYTES,
         };
         for _ in 0..header.record_count {
-            let body = r
-                .varbytes()?
-                .ok_or_else(|| "null record".to_string())?;
+            let body = r.varbytes()?.ok_or_else(|| "null record".to_string())?;
             let mut rec = Reader { buf: body, pos: 0 };
             rec.take(1)?; // attributes
             rec.varint()?; // timestamp delta

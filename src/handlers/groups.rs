@@ -34,7 +34,6 @@ use kafka_protocol::ResponseError;
 
 use crate::groups::coordinator::CommitEntry;
 use crate::groups::group::JoinRequest;
-use crate::groups::records::OffsetValue;
 use crate::groups::{self, MAX_GROUP_ID_BYTES, OFFSETS_TOPIC};
 use crate::shard::Shard;
 
@@ -326,7 +325,8 @@ pub async fn offset_commit(
     let snapshot = shard.metadata();
     let group_error = coordinator_error(shard, &group_id);
     // Per partition: Err(code) decided here, Ok(index) into the entries sent to the owner.
-    let mut layout: Vec<(TopicName, Vec<(i32, Result<usize, ResponseError>)>)> = Vec::new();
+    type Slots = Vec<(i32, Result<usize, ResponseError>)>;
+    let mut layout: Vec<(TopicName, Slots)> = Vec::new();
     let mut entries = Vec::new();
     for topic in request.topics {
         let name = topic.name.0.to_string();
@@ -390,7 +390,7 @@ pub async fn offset_commit(
     response
 }
 
-type FetchedTopics = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
+type FetchedTopics = crate::groups::coordinator::TopicOffsets;
 
 async fn fetch_group(
     shard: &Rc<Shard>,
@@ -437,10 +437,12 @@ pub async fn offset_fetch(
                                     .map(|(index, value)| {
                                         let mut p = OffsetFetchResponsePartitions::default();
                                         p.partition_index = index;
-                                        p.committed_offset = value.as_ref().map_or(-1, |v| v.offset);
+                                        p.committed_offset =
+                                            value.as_ref().map_or(-1, |v| v.offset);
                                         p.committed_leader_epoch =
                                             value.as_ref().map_or(-1, |v| v.leader_epoch);
-                                        p.metadata = Some(s(value.map(|v| v.metadata).unwrap_or_default()));
+                                        p.metadata =
+                                            Some(s(value.map(|v| v.metadata).unwrap_or_default()));
                                         p
                                     })
                                     .collect();
@@ -560,7 +562,24 @@ pub async fn describe_groups(
         let found = on_group_shard(shard, &id.clone(), move |owner| async move {
             owner.groups.describe(&id).map(|d| {
                 // Members are not Send-free of Rc: copy out plain data.
-                (d.state, d.protocol_type, d.protocol, d.members.into_iter().map(|m| (m.member_id, m.instance_id, m.client_id, m.client_host, m.metadata, m.assignment)).collect::<Vec<_>>())
+                (
+                    d.state,
+                    d.protocol_type,
+                    d.protocol,
+                    d.members
+                        .into_iter()
+                        .map(|m| {
+                            (
+                                m.member_id,
+                                m.instance_id,
+                                m.client_id,
+                                m.client_host,
+                                m.metadata,
+                                m.assignment,
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                )
             })
         })
         .await;
@@ -572,18 +591,20 @@ pub async fn describe_groups(
                 out.protocol_data = s(protocol);
                 out.members = members
                     .into_iter()
-                    .map(|(member_id, instance_id, client_id, client_host, metadata, assignment)| {
-                        let mut m = DescribedGroupMember::default();
-                        m.member_id = s(member_id);
-                        if version >= 4 {
-                            m.group_instance_id = instance_id.map(s);
-                        }
-                        m.client_id = s(client_id);
-                        m.client_host = s(client_host);
-                        m.member_metadata = metadata;
-                        m.member_assignment = assignment;
-                        m
-                    })
+                    .map(
+                        |(member_id, instance_id, client_id, client_host, metadata, assignment)| {
+                            let mut m = DescribedGroupMember::default();
+                            m.member_id = s(member_id);
+                            if version >= 4 {
+                                m.group_instance_id = instance_id.map(s);
+                            }
+                            m.client_id = s(client_id);
+                            m.client_host = s(client_host);
+                            m.member_metadata = metadata;
+                            m.member_assignment = assignment;
+                            m
+                        },
+                    )
                     .collect();
             }
         }
@@ -637,7 +658,10 @@ pub async fn offset_delete(
         .map(|t| {
             (
                 t.name.0.to_string(),
-                t.partitions.into_iter().map(|p| p.partition_index).collect(),
+                t.partitions
+                    .into_iter()
+                    .map(|p| p.partition_index)
+                    .collect(),
             )
         })
         .collect();

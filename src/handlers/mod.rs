@@ -83,7 +83,12 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Dispatched {
         RequestKind::DescribeCluster(body) => respond!(admin::describe_cluster, body),
         RequestKind::FindCoordinator(body) => respond!(groups::find_coordinator, body),
         RequestKind::JoinGroup(body) => {
-            let client_id = request.header.client_id.as_deref().unwrap_or("").to_string();
+            let client_id = request
+                .header
+                .client_id
+                .as_deref()
+                .unwrap_or("")
+                .to_string();
             let shard = shard.clone();
             Dispatched::Respond(Box::pin(async move {
                 let response = groups::join_group(&shard, version, client_id, body).await;

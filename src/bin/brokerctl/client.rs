@@ -41,7 +41,10 @@ impl Conn {
         request.client_software_version = StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
         let response: ApiVersionsResponse = conn.call_at(3, &request)?;
         if response.error_code != 0 {
-            return Err(format!("ApiVersions failed with error {}", response.error_code));
+            return Err(format!(
+                "ApiVersions failed with error {}",
+                response.error_code
+            ));
         }
         conn.versions = response
             .api_keys
@@ -123,8 +126,10 @@ pub fn s(value: impl Into<String>) -> StrBytes {
 
 /// "NAME: message" for a Kafka error code, with the broker's message when it sent one.
 pub fn error_text(code: i16, message: Option<&StrBytes>) -> String {
-    let name = kafka_protocol::ResponseError::try_from_code(code)
-        .map_or_else(|| format!("error {code}"), |e| upper_snake(&format!("{e:?}")));
+    let name = kafka_protocol::ResponseError::try_from_code(code).map_or_else(
+        || format!("error {code}"),
+        |e| upper_snake(&format!("{e:?}")),
+    );
     match message {
         Some(m) if !m.is_empty() => format!("{name}: {m}"),
         _ => name,

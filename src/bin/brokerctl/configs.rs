@@ -36,7 +36,9 @@ fn resource_type(entity_type: &str) -> Result<i8> {
     match entity_type {
         "topics" => Ok(2),
         "brokers" => Ok(4),
-        other => Err(format!("--entity-type must be topics or brokers, not {other:?}")),
+        other => Err(format!(
+            "--entity-type must be topics or brokers, not {other:?}"
+        )),
     }
 }
 
@@ -102,7 +104,11 @@ pub fn run(args: Args) -> Result<()> {
         if result.error_code != 0 {
             return Err(error_text(result.error_code, result.error_message.as_ref()));
         }
-        println!("Completed updating config for {} {}.", args.entity_type.trim_end_matches('s'), args.entity_name);
+        println!(
+            "Completed updating config for {} {}.",
+            args.entity_type.trim_end_matches('s'),
+            args.entity_name
+        );
         Ok(())
     } else {
         Err("one of --describe, --alter is required".into())

@@ -86,7 +86,10 @@ pub fn produce(args: ProducerArgs) -> Result<()> {
         let line = line.map_err(|e| format!("reading stdin: {e}"))?;
         let (key, value) = if parse_key {
             let (k, v) = line.split_once(separator).ok_or_else(|| {
-                format!("No key separator found on line number {}: '{line}'", number + 1)
+                format!(
+                    "No key separator found on line number {}: '{line}'",
+                    number + 1
+                )
             })?;
             (Some(k.to_string()), v.to_string())
         } else {
@@ -166,7 +169,11 @@ pub fn consume(args: ConsumerArgs) -> Result<()> {
         .set("group.id", &group)
         .set(
             "auto.offset.reset",
-            if args.from_beginning { "earliest" } else { "latest" },
+            if args.from_beginning {
+                "earliest"
+            } else {
+                "latest"
+            },
         )
         .set("enable.partition.eof", "false");
     for (k, v) in &args.consumer_property {

@@ -109,7 +109,11 @@ fn coordinator(bootstrap: &str, group: &str) -> Result<Conn> {
     let (code, message, host, port) = if conn.version_of::<FindCoordinatorRequest>(4) >= 4 {
         request.coordinator_keys = vec![s(group)];
         let response = conn.call(4, &request)?;
-        let c = response.coordinators.into_iter().next().ok_or("empty response")?;
+        let c = response
+            .coordinators
+            .into_iter()
+            .next()
+            .ok_or("empty response")?;
         (c.error_code, c.error_message, c.host, c.port)
     } else {
         request.key = s(group);
@@ -149,7 +153,10 @@ fn committed(conn: &mut Conn, group: &str) -> Result<BTreeMap<(String, i32), i64
     for t in response.topics {
         for p in t.partitions {
             if p.error_code == 0 && p.committed_offset >= 0 {
-                out.insert((t.name.0.to_string(), p.partition_index), p.committed_offset);
+                out.insert(
+                    (t.name.0.to_string(), p.partition_index),
+                    p.committed_offset,
+                );
             }
         }
     }
@@ -236,7 +243,11 @@ fn describe(args: &Args, group: &str) -> Result<()> {
         for tp in decode_assignment(&m.member_assignment) {
             owners.insert(
                 tp,
-                (m.member_id.to_string(), host(&m.client_host), m.client_id.to_string()),
+                (
+                    m.member_id.to_string(),
+                    host(&m.client_host),
+                    m.client_id.to_string(),
+                ),
             );
         }
     }
@@ -328,7 +339,11 @@ fn parse_topic(spec: &str) -> Result<(String, Option<Vec<i32>>)> {
         Some((t, ps)) => {
             let parts = ps
                 .split(',')
-                .map(|p| p.trim().parse::<i32>().map_err(|_| format!("bad partition in {spec:?}")))
+                .map(|p| {
+                    p.trim()
+                        .parse::<i32>()
+                        .map_err(|_| format!("bad partition in {spec:?}"))
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok((t.to_string(), Some(parts)))
         }
@@ -343,7 +358,10 @@ fn partition_count(conn: &mut Conn, topic: &str) -> Result<i32> {
     let response = conn.call(12, &request)?;
     let t = response.topics.first().ok_or("empty response")?;
     if t.error_code != 0 {
-        return Err(format!("topic '{topic}': {}", error_text(t.error_code, None)));
+        return Err(format!(
+            "topic '{topic}': {}",
+            error_text(t.error_code, None)
+        ));
     }
     Ok(t.partitions.len() as i32)
 }
@@ -402,14 +420,24 @@ fn reset(args: &Args, group: &str) -> Result<()> {
         } else if let Some(offset) = args.to_offset {
             offset
         } else {
-            let from = current.get(&(topic.clone(), partition)).copied().unwrap_or(high);
+            let from = current
+                .get(&(topic.clone(), partition))
+                .copied()
+                .unwrap_or(high);
             from.saturating_add(args.shift_by.unwrap_or(0))
         };
         plan.push((topic, partition, target.clamp(low, high)));
     }
-    let mut rows = vec![["GROUP", "TOPIC", "PARTITION", "NEW-OFFSET"].map(String::from).to_vec()];
+    let mut rows = vec![["GROUP", "TOPIC", "PARTITION", "NEW-OFFSET"]
+        .map(String::from)
+        .to_vec()];
     for (topic, partition, offset) in &plan {
-        rows.push(vec![group.into(), topic.clone(), partition.to_string(), offset.to_string()]);
+        rows.push(vec![
+            group.into(),
+            topic.clone(),
+            partition.to_string(),
+            offset.to_string(),
+        ]);
     }
     println!();
     print_table(&rows);
@@ -459,7 +487,9 @@ fn reset(args: &Args, group: &str) -> Result<()> {
 mod tests {
     #[test]
     fn assignments_decode() {
-        let mut b = vec![0u8, 0, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 9];
+        let mut b = vec![
+            0u8, 0, 0, 0, 0, 1, 0, 1, b't', 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 9,
+        ];
         b.extend_from_slice(&[0, 0, 0, 0]);
         assert_eq!(
             super::decode_assignment(&b),

@@ -22,7 +22,11 @@ mod topics;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "brokerctl", version, about = "Kafka's command-line tools, for any Kafka-compatible broker")]
+#[command(
+    name = "brokerctl",
+    version,
+    about = "Kafka's command-line tools, for any Kafka-compatible broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -153,7 +153,10 @@ fn describe(conn: &mut Conn, only: Option<&str>) -> Result<()> {
     for t in topics {
         let name = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
         if t.error_code != 0 {
-            return Err(format!("topic '{name}': {}", error_text(t.error_code, None)));
+            return Err(format!(
+                "topic '{name}': {}",
+                error_text(t.error_code, None)
+            ));
         }
         if only.is_none() && t.is_internal {
             continue;
@@ -177,7 +180,11 @@ fn describe(conn: &mut Conn, only: Option<&str>) -> Result<()> {
             println!(
                 "\tTopic: {name}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}",
                 p.partition_index,
-                if p.leader_id.0 < 0 { "none".to_string() } else { p.leader_id.0.to_string() },
+                if p.leader_id.0 < 0 {
+                    "none".to_string()
+                } else {
+                    p.leader_id.0.to_string()
+                },
                 join(&p.replica_nodes),
                 join(&p.isr_nodes)
             );
@@ -188,8 +195,7 @@ fn describe(conn: &mut Conn, only: Option<&str>) -> Result<()> {
 
 /// Kafka prints topic ids in URL-safe base64 without padding.
 fn topic_id_text(id: uuid::Uuid) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes = id.as_bytes();
     let mut out = String::with_capacity(22);
     for chunk in bytes.chunks(3) {
@@ -235,6 +241,9 @@ fn topic_configs(conn: &mut Conn, topic: &str) -> Result<String> {
 mod tests {
     #[test]
     fn topic_ids_print_like_kafka() {
-        assert_eq!(super::topic_id_text(uuid::Uuid::nil()), "AAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(
+            super::topic_id_text(uuid::Uuid::nil()),
+            "AAAAAAAAAAAAAAAAAAAAAA"
+        );
     }
 }
