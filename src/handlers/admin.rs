@@ -84,7 +84,10 @@ pub async fn create_topics(
             .map(|(name, partitions, rf, manual_assignment, configs)| {
                 let partitions = if partitions == -1 { defaults.0 } else { partitions };
                 let rf = if rf == -1 { defaults.1 } else { rf };
-                let result = if manual_assignment {
+                let result = if super::groups::is_internal_topic(&name) {
+                    // Its directories belong to the group coordinator's offsets logs.
+                    Err(ApiError::new(ResponseError::InvalidRequest, format!("{name} is internal to the broker")))
+                } else if manual_assignment {
                     Err(ApiError::new(ResponseError::InvalidReplicaAssignment, "manual replica assignment is not supported"))
                 } else {
                     coordinator.create_topic(&name, partitions, rf, configs, validate_only, defaults.2)
