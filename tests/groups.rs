@@ -420,3 +420,36 @@ fn librdkafka_group_consumers_read_100k_exactly_once_across_a_rebalance() {
     seen.dedup();
     assert_eq!(seen.len(), TOTAL, "every record exactly once");
 }
+
+#[test]
+fn static_member_restart_causes_no_rebalance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = start(tmp.path());
+    create_topic(&broker, "static", 4);
+    let member = |instance: &str, revocations: &Revocations| -> BaseConsumer<Revocations> {
+        let c: BaseConsumer<Revocations> = consumer_config(&broker, "static-group", "range")
+            .set("group.instance.id", instance)
+            .create_with_context(revocations.clone())
+            .unwrap();
+        c.subscribe(&["static"]).unwrap();
+        c
+    };
+    let revoked_a = Revocations::default();
+    let a = member("a", &revoked_a);
+    assert!(poll_until(&[&a], || assigned(&a).len() == 4));
+    let b = member("b", &Revocations::default());
+    assert!(poll_until(&[&a, &b], || assigned(&a).len() == 2 && assigned(&b).len() == 2));
+    let (kept_a, had_b) = (assigned(&a), assigned(&b));
+    revoked_a.0.lock().unwrap().clear();
+
+    // b restarts quickly: a static member leaves no LeaveGroup behind, and its successor
+    // with the same group.instance.id takes its place and its partitions.
+    drop(b);
+    let b = member("b", &Revocations::default());
+    assert!(poll_until(&[&a, &b], || assigned(&b) == had_b), "b={:?}", assigned(&b));
+    for _ in 0..20 {
+        let _ = a.poll(Duration::from_millis(20));
+    }
+    assert_eq!(assigned(&a), kept_a);
+    assert!(revoked_a.0.lock().unwrap().is_empty(), "a was not rebalanced");
+}

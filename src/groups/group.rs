@@ -346,7 +346,6 @@ impl Group {
         if let Some(w) = member.sync_waiter.take() {
             let _ = w.send(SyncResult::error(ResponseError::FencedInstanceId));
         }
-        let changed = member.protocols != request.protocols;
         member.id = new_id.clone();
         member.protocols = request.protocols;
         member.client_id = request.client_id;
@@ -360,6 +359,9 @@ impl Group {
         if was_leader {
             self.leader = Some(new_id.clone());
         }
+        // As Kafka does: only a change of the group's selected protocol forces a rebalance
+        // (the member's metadata, e.g. owned partitions, may differ after a restart).
+        let changed = self.protocol.as_ref() != Some(&self.select_protocol());
         if self.state == GroupState::Stable && !changed && !was_leader {
             // KIP-345: a quick restart of a static member does not rebalance the group.
             return Pending::Now(self.join_result_for(&new_id));
