@@ -438,7 +438,8 @@ fn static_member_restart_causes_no_rebalance() {
     let a = member("a", &revoked_a);
     assert!(poll_until(&[&a], || assigned(&a).len() == 4));
     let b = member("b", &Revocations::default());
-    assert!(poll_until(&[&a, &b], || assigned(&a).len() == 2 && assigned(&b).len() == 2));
+    assert!(poll_until(&[&a, &b], || assigned(&a).len() == 2
+        && assigned(&b).len() == 2));
     let (kept_a, had_b) = (assigned(&a), assigned(&b));
     revoked_a.0.lock().unwrap().clear();
 
@@ -446,10 +447,112 @@ fn static_member_restart_causes_no_rebalance() {
     // with the same group.instance.id takes its place and its partitions.
     drop(b);
     let b = member("b", &Revocations::default());
-    assert!(poll_until(&[&a, &b], || assigned(&b) == had_b), "b={:?}", assigned(&b));
+    assert!(
+        poll_until(&[&a, &b], || assigned(&b) == had_b),
+        "b={:?}",
+        assigned(&b)
+    );
     for _ in 0..20 {
         let _ = a.poll(Duration::from_millis(20));
     }
     assert_eq!(assigned(&a), kept_a);
-    assert!(revoked_a.0.lock().unwrap().is_empty(), "a was not rebalanced");
+    assert!(
+        revoked_a.0.lock().unwrap().is_empty(),
+        "a was not rebalanced"
+    );
+}
+
+#[test]
+fn offset_fetch_batches_offset_delete_and_the_internal_topic() {
+    use kafka_protocol::ResponseError;
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = start(tmp.path());
+    create_topic(&broker, "od", 2);
+    let mut raw = RawClient::connect(&broker.addr);
+    let mut commit = OffsetCommitRequest::default();
+    commit.group_id = GroupId(StrBytes::from_static_str("od-group"));
+    commit.generation_id_or_member_epoch = -1;
+    let mut topic = offset_commit_request::OffsetCommitRequestTopic::default();
+    topic.name = TopicName(StrBytes::from_static_str("od"));
+    topic.partitions = (0..2)
+        .map(|p| {
+            let mut partition = offset_commit_request::OffsetCommitRequestPartition::default();
+            partition.partition_index = p;
+            partition.committed_offset = 10 + p as i64;
+            partition.committed_metadata = Some(StrBytes::from_static_str("m"));
+            partition
+        })
+        .collect();
+    let mut unknown = offset_commit_request::OffsetCommitRequestTopic::default();
+    unknown.name = TopicName(StrBytes::from_static_str("no-such-topic"));
+    unknown.partitions = vec![Default::default()];
+    commit.topics = vec![topic, unknown];
+    let committed = raw.call(8, &commit);
+    assert!(committed.topics[0]
+        .partitions
+        .iter()
+        .all(|p| p.error_code == 0));
+    assert_eq!(
+        committed.topics[1].partitions[0].error_code,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+
+    // OffsetFetch v8: two groups in one request, all topics of each.
+    let fetch_all = |raw: &mut RawClient| {
+        let mut request = OffsetFetchRequest::default();
+        request.groups = ["od-group", "never-used"]
+            .into_iter()
+            .map(|g| {
+                let mut group = offset_fetch_request::OffsetFetchRequestGroup::default();
+                group.group_id = GroupId(StrBytes::from_static_str(g));
+                group.topics = None;
+                group
+            })
+            .collect();
+        raw.call(8, &request).groups
+    };
+    let groups = fetch_all(&mut raw);
+    assert_eq!(groups.len(), 2);
+    let offsets: Vec<(i32, i64)> = groups[0].topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.committed_offset))
+        .collect();
+    assert_eq!(offsets, vec![(0, 10), (1, 11)]);
+    assert_eq!((groups[1].error_code, groups[1].topics.len()), (0, 0));
+
+    // OffsetDelete forgets partition 0 of an empty group.
+    let mut delete = OffsetDeleteRequest::default();
+    delete.group_id = GroupId(StrBytes::from_static_str("od-group"));
+    let mut t = offset_delete_request::OffsetDeleteRequestTopic::default();
+    t.name = TopicName(StrBytes::from_static_str("od"));
+    t.partitions = vec![Default::default()];
+    delete.topics = vec![t];
+    let deleted = raw.call(0, &delete);
+    assert_eq!(deleted.error_code, 0);
+    assert_eq!(deleted.topics[0].partitions[0].error_code, 0);
+    let left: Vec<i32> = fetch_all(&mut raw)[0].topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.partition_index)
+        .collect();
+    assert_eq!(left, vec![1]);
+
+    // The offsets topic is internal: not listed, described when named, not creatable.
+    let listed = raw.call(12, &MetadataRequest::default());
+    assert!(listed
+        .topics
+        .iter()
+        .all(|t| t.name.as_ref().unwrap().0.as_str() != "__consumer_offsets"));
+    let mut named = MetadataRequest::default();
+    let mut t = metadata_request::MetadataRequestTopic::default();
+    t.name = Some(TopicName(StrBytes::from_static_str("__consumer_offsets")));
+    named.topics = Some(vec![t]);
+    let described = raw.call(12, &named);
+    assert!(described.topics[0].is_internal);
+    assert_eq!(described.topics[0].partitions.len(), 50);
+    assert_eq!(
+        raw.create_topic("__consumer_offsets", 1),
+        ResponseError::InvalidRequest.code()
+    );
 }
