@@ -119,6 +119,10 @@ fn two_consumers_split_four_partitions_then_one_takes_all() {
     assert_eq!(g.protocol_data.as_str(), "range");
     assert_eq!(g.members.len(), 2);
     assert!(g.members.iter().all(|m| !m.member_assignment.is_empty()));
+    assert!(g
+        .members
+        .iter()
+        .all(|m| m.client_host.as_str() == "/127.0.0.1"));
 
     // A group with members cannot be deleted.
     let mut delete = DeleteGroupsRequest::default();

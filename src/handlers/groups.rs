@@ -149,6 +149,7 @@ pub async fn join_group(
     shard: &Rc<Shard>,
     version: i16,
     client_id: String,
+    client_host: String,
     request: JoinGroupRequest,
 ) -> JoinGroupResponse {
     let group_id = request.group_id.0.to_string();
@@ -158,7 +159,7 @@ pub async fn join_group(
         member_id: request.member_id.to_string(),
         instance_id: request.group_instance_id.map(|i| i.to_string()),
         client_id,
-        client_host: String::new(),
+        client_host,
         session_timeout_ms: request.session_timeout_ms,
         rebalance_timeout_ms: if version >= 1 {
             request.rebalance_timeout_ms

@@ -42,7 +42,9 @@ fn ready(frame: ResponseFrame) -> Dispatched {
 ///
 /// Work that must happen in request order (appending produce batches) happens before this
 /// returns; everything else happens when the returned future is polled.
-pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Dispatched {
+///
+/// `client_host` is the peer as Kafka prints it (`/127.0.0.1`), kept by group members.
+pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Dispatched {
     let (request, body) = match protocol::decode_request(frame) {
         Ok(decoded) => decoded,
         Err((Some(correlation_id), DecodeError::UnsupportedVersion { api_key, version }))
@@ -89,9 +91,11 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Dispatched {
                 .as_deref()
                 .unwrap_or("")
                 .to_string();
+            let client_host = client_host.to_string();
             let shard = shard.clone();
             Dispatched::Respond(Box::pin(async move {
-                let response = groups::join_group(&shard, version, client_id, body).await;
+                let response =
+                    groups::join_group(&shard, version, client_id, client_host, body).await;
                 protocol::encode_response(api_key, version, correlation_id, &response)
             }))
         }

@@ -27,10 +27,10 @@ use crate::shard::Shard;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map_or_else(|| "?".into(), |a| a.to_string());
+    // Kafka's form of a client host, as DescribeGroups reports it.
+    let client_host = peer_addr.map_or_else(String::new, |a| format!("/{}", a.ip()));
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     // SAFETY: dup of an fd we own; the new fd is owned by the writer stream below.
@@ -47,7 +47,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let (tx, rx) = local_channel::new_bounded(shard.config.max_inflight_requests_per_connection);
     let writer = glommio::spawn_local(write_loop(shard.clone(), writer_stream, rx));
     tracing::debug!(%peer, shard = shard.id, "connection opened");
-    if let Err(reason) = read_loop(&shard, stream, tx).await {
+    if let Err(reason) = read_loop(&shard, stream, tx, &client_host).await {
         tracing::info!(%peer, %reason, "closing connection");
     }
     writer.await;
@@ -59,6 +59,7 @@ async fn read_loop(
     shard: &Rc<Shard>,
     mut stream: TcpStream,
     tx: LocalSender<PendingResponse>,
+    client_host: &str,
 ) -> Result<(), String> {
     let max_frame = shard.config.socket_request_max_bytes;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -79,7 +80,7 @@ async fn read_loop(
         }
         let frame = buf.split_to(frame_end).freeze().slice(4..);
         BrokerStats::add(&shard.stats.requests, 1);
-        match handlers::dispatch(shard, frame).await {
+        match handlers::dispatch(shard, frame, client_host).await {
             Dispatched::Respond(pending) => {
                 // Waits here when the in-flight limit is reached: backpressure.
                 if tx.send(pending).await.is_err() {
