@@ -231,9 +231,10 @@ impl BrokerConfig {
         if self.groups.offsets_topic_partitions < 1
             || self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms
             || self.groups.initial_rebalance_delay_ms < 0
+            || self.groups.offset_metadata_max_bytes > crate::groups::MAX_OFFSET_METADATA_BYTES
         {
             return Err(ConfigError(
-                "offsets.topic.num.partitions must be at least 1, group.min.session.timeout.ms at most group.max.session.timeout.ms, group.initial.rebalance.delay.ms not negative".into(),
+                "offsets.topic.num.partitions must be at least 1, group.min.session.timeout.ms at most group.max.session.timeout.ms, group.initial.rebalance.delay.ms not negative, offset.metadata.max.bytes at most 8192".into(),
             ));
         }
         self.log.max_batch_bytes = self.message_max_bytes;

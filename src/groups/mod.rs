@@ -34,6 +34,10 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Group ids longer than this get INVALID_GROUP_ID: it bounds the size of one offsets record.
 pub const MAX_GROUP_ID_BYTES: usize = 1024;
 
+/// Upper bound of `offset.metadata.max.bytes`: with group ids and topic names bounded too, a
+/// batch of `offsets_log::RECORDS_PER_BATCH` records stays under 1 MiB.
+pub const MAX_OFFSET_METADATA_BYTES: usize = 8192;
+
 /// Group coordinator settings; Kafka's names and, except where noted, Kafka's defaults.
 #[derive(Debug, Clone)]
 pub struct GroupConfig {

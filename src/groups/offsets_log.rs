@@ -44,6 +44,10 @@ impl OffsetsLogs {
         config.retention_bytes = -1;
         config.segment_bytes = config.segment_bytes.min(100 << 20);
         config.tail_cache_bytes = 256 << 10;
+        // A batch of RECORDS_PER_BATCH records of bounded size (group id, topic name, commit
+        // metadata) stays under 1 MiB, whatever message.max.bytes says for client batches.
+        config.max_batch_bytes = config.max_batch_bytes.max(1 << 20);
+        config.segment_bytes = config.segment_bytes.max(config.max_batch_bytes as u64);
         OffsetsLogs {
             data_dir,
             config,

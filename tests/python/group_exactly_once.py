@@ -23,7 +23,7 @@ producer = Producer({"bootstrap.servers": bootstrap, "acks": "1", "linger.ms": 2
 for i in range(TOTAL):
     while True:
         try:
-            producer.produce(TOPIC, value=str(i).encode())
+            producer.produce(TOPIC, value=str(i).encode(), partition=i % 4)
             break
         except BufferError:
             producer.poll(0.05)
