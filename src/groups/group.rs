@@ -152,7 +152,6 @@ pub struct Group {
     /// A first rebalance of an empty group does not complete before this.
     initial_delay_until_ms: i64,
     next_seq: u64,
-    next_member_number: u64,
     /// Committed offsets by (topic, partition).
     pub offsets: BTreeMap<(String, i32), OffsetValue>,
 }
@@ -172,7 +171,6 @@ impl Group {
             rebalance_deadline_ms: 0,
             initial_delay_until_ms: 0,
             next_seq: 0,
-            next_member_number: 0,
             offsets: BTreeMap::new(),
         }
     }
@@ -207,7 +205,6 @@ impl Group {
     }
 
     fn new_member_id(&mut self, client_id: &str, instance_id: Option<&str>) -> String {
-        self.next_member_number += 1;
         let prefix = instance_id.unwrap_or(client_id);
         format!("{prefix}-{}", uuid::Uuid::new_v4())
     }
@@ -299,16 +296,15 @@ impl Group {
         }
         // A known member rejoins.
         let is_leader = self.leader.as_deref() == Some(member_id.as_str());
-        let (rx, changed) = {
+        let changed = {
             let member = self.members.get_mut(&member_id).expect("checked above");
             let changed = member.protocols != request.protocols;
             member.protocols = request.protocols;
             member.session_timeout_ms = request.session_timeout_ms;
             member.rebalance_timeout_ms = request.rebalance_timeout_ms;
             member.last_heartbeat_ms = now_ms;
-            (None::<()>, changed)
+            changed
         };
-        let _ = rx;
         match self.state {
             GroupState::Stable | GroupState::CompletingRebalance if !changed && !is_leader => {
                 // Nothing changed: hand back the current generation (the member lost a response).
