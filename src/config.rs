@@ -73,6 +73,8 @@ pub struct BrokerConfig {
     /// served to tailing consumers without touching the device; split over the shard's
     /// partitions (`Shard::log_config_for`). 0 disables the cache.
     pub tail_cache_bytes_per_shard: u64,
+    /// Consumer group coordinator settings (`group.*`, `offsets.topic.num.partitions`, ...).
+    pub groups: crate::groups::GroupConfig,
 }
 
 impl Default for BrokerConfig {
@@ -103,6 +105,7 @@ impl Default for BrokerConfig {
             broker_heartbeat_interval_ms: 250,
             broker_session_timeout_ms: 1500,
             unclean_leader_election_enable: false,
+            groups: crate::groups::GroupConfig::default(),
         }
     }
 }
@@ -269,6 +272,22 @@ impl BrokerConfig {
             "log.retention.check.interval.ms" => {
                 self.retention_check_interval_ms = parse(key, value)?
             }
+            "group.min.session.timeout.ms" => {
+                self.groups.min_session_timeout_ms = parse(key, value)?
+            }
+            "group.max.session.timeout.ms" => {
+                self.groups.max_session_timeout_ms = parse(key, value)?
+            }
+            "group.initial.rebalance.delay.ms" => {
+                self.groups.initial_rebalance_delay_ms = parse(key, value)?
+            }
+            "group.max.size" => self.groups.max_size = parse(key, value)?,
+            "offsets.topic.num.partitions" => {
+                self.groups.offsets_topic_partitions = parse(key, value)?
+            }
+            "offset.metadata.max.bytes" => {
+                self.groups.offset_metadata_max_bytes = parse(key, value)?
+            }
             // Kafka keys that have no meaning for this broker (threads, ZooKeeper, ...).
             _ => tracing::warn!(key, "ignoring unknown configuration key"),
         }
@@ -324,8 +343,22 @@ impl BrokerConfig {
                     .into(),
             ));
         }
+        if self.groups.offsets_topic_partitions < 1
+            || self.groups.min_session_timeout_ms > self.groups.max_session_timeout_ms
+            || self.groups.initial_rebalance_delay_ms < 0
+            || self.groups.offset_metadata_max_bytes > crate::groups::MAX_OFFSET_METADATA_BYTES
+        {
+            return Err(ConfigError(
+                "offsets.topic.num.partitions must be at least 1, group.min.session.timeout.ms at most group.max.session.timeout.ms, group.initial.rebalance.delay.ms not negative, offset.metadata.max.bytes at most 8192".into(),
+            ));
+        }
         self.log.max_batch_bytes = self.message_max_bytes;
         Ok(())
+    }
+
+    /// True for a node of a multi-voter cluster (not a single node, its own quorum of one).
+    pub fn is_clustered(&self) -> bool {
+        self.quorum_voters.len() > 1
     }
 
     /// Host and port that clients are told to connect to.

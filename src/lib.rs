@@ -13,12 +13,14 @@
 //! - [`storage`]: partition logs: segments, indexes, O_DIRECT appends, recovery, retention.
 //! - [`coordination`]: the ZooKeeper role: broker registry, topic assignment, metadata log.
 //! - [`admin`]: the web console, its JSON API and Prometheus `/metrics`, served off the shards.
+//! - [`groups`]: consumer groups: the group coordinator, committed offsets, the offsets log.
 //! - [`config`], [`metrics`], [`alloc`].
 
 pub mod admin;
 pub mod alloc;
 pub mod config;
 pub mod coordination;
+pub mod groups;
 pub mod handlers;
 pub mod metrics;
 pub mod net;

@@ -239,6 +239,19 @@ async fn run_shard(
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
+    // Committed offsets are replayed before anyone can ask for them.
+    if let Err(e) = shard.groups.load().await {
+        let _ = ready.send(Err(format!("cannot load the offsets log: {e}")));
+        return;
+    }
+    let timers_shard = shard.clone();
+    glommio::spawn_local(
+        shard
+            .groups
+            .clone()
+            .run_timers(move || timers_shard.is_shutting_down()),
+    )
+    .detach();
     glommio::spawn_local(listener::accept_loop(shard.clone(), listen_fd)).detach();
     if let Some(endpoint) = admin_endpoint {
         admin::serve_on_shard(shard.clone(), endpoint);
@@ -250,6 +263,7 @@ async fn run_shard(
         coordinator.unregister().await;
     }
     shard.close_partitions().await;
+    shard.groups.close().await;
     if id == 0 {
         tracing::debug!(stats = %stats.summary(), "shard 0 stopped");
     }

@@ -357,3 +357,64 @@ fn a_node_without_a_quorum_says_so_and_serves_once_the_others_start() {
         "one line per voter, not one per retry"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_works_across_the_cluster() {
+    use rdkafka::consumer::{CommitMode, StreamConsumer};
+    let cluster = Cluster::start(3, &[]);
+    let mut client = RawClient::connect(&cluster.broker(0).addr);
+    assert_eq!(client.create_topic_rf("grouped", 3, 3).0, 0);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.bootstrap())
+        .create()
+        .expect("producer");
+    for n in 0..30 {
+        let key = format!("k{n}");
+        producer
+            .send(FutureRecord::to("grouped").key(&key).payload("v"), WAIT)
+            .await
+            .expect("produce");
+    }
+    let group_consumer = || -> StreamConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &cluster.broker(1).addr)
+            .set("group.id", "cluster-group")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer")
+    };
+    let consumer = group_consumer();
+    consumer.subscribe(&["grouped"]).unwrap();
+    let mut read = 0;
+    while read < 30 {
+        let m = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .expect("a message in time")
+            .expect("a message");
+        assert_eq!(m.topic(), "grouped");
+        read += 1;
+    }
+    consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+    drop(consumer);
+    // The offsets topic lives in the cluster metadata, led across the brokers, hidden from
+    // the full listing.
+    let m = metadata(&cluster.broker(2).addr);
+    assert!(partitions_of(&m, "__consumer_offsets").is_none());
+    // A new member of the group finds the same coordinator and the committed offsets.
+    let consumer = group_consumer();
+    let mut partitions = TopicPartitionList::new();
+    for p in 0..3 {
+        partitions.add_partition("grouped", p);
+    }
+    let committed = consumer.committed_offsets(partitions, WAIT).unwrap();
+    let total: i64 = committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(total, 30);
+}

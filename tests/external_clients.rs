@@ -123,3 +123,14 @@ fn python_clients_round_trip() {
     let out = run(Command::new("python3").args([script, &broker.addr]));
     assert!(out.contains("round-tripped"), "{out}");
 }
+
+#[test]
+fn kafka_python_group_consumers_read_100k_exactly_once_across_a_rebalance() {
+    let broker = Broker::start(2);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/group_exactly_once.py"
+    );
+    let out = run(Command::new("python3").args([script, &broker.addr]));
+    assert!(out.contains("exactly once: 100000 records"), "{out}");
+}

@@ -141,7 +141,13 @@ pub async fn create_topics(
                 replication_factor: rf,
                 configs: configs.clone(),
             };
-            let result = if manual_assignment {
+            let result = if super::groups::is_internal_topic(&name) {
+                // Its directories belong to the group coordinator's offsets logs.
+                Err(ApiError::new(
+                    ResponseError::InvalidRequest,
+                    format!("{name} is internal to the broker"),
+                ))
+            } else if manual_assignment {
                 Err(ApiError::new(
                     ResponseError::InvalidReplicaAssignment,
                     "manual replica assignment is not supported",

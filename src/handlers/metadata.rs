@@ -37,7 +37,11 @@ pub async fn handle(shard: &Rc<Shard>, version: i16, request: MetadataRequest) -
     if let Some(names) = &requested {
         let missing: Vec<String> = names
             .iter()
-            .filter(|n| snapshot.topic(n).is_none() && validate_topic_name(n).is_ok())
+            .filter(|n| {
+                snapshot.topic(n).is_none()
+                    && validate_topic_name(n).is_ok()
+                    && !super::groups::is_internal_topic(n)
+            })
             .cloned()
             .collect();
         if !missing.is_empty() && allow_auto_create && shard.config.auto_create_topics_enable {
@@ -63,15 +67,21 @@ pub async fn handle(shard: &Rc<Shard>, version: i16, request: MetadataRequest) -
     }
     response.controller_id = BrokerId(snapshot.controller_id);
     response.topics = match requested {
+        // Internal topics are listed only when asked for by name.
         None => snapshot
             .topics
             .values()
+            .filter(|t| !super::groups::is_internal_topic(&t.name))
             .map(|t| topic_response(version, t))
             .collect(),
         Some(names) => names
             .into_iter()
             .map(|name| match snapshot.topic(&name) {
                 Some(topic) => topic_response(version, topic),
+                // Internal: listed only when asked for by name, as Kafka does.
+                None if super::groups::is_internal_topic(&name) => {
+                    super::groups::offsets_topic_metadata(shard, version)
+                }
                 None => {
                     let code = if let Some((_, e)) = errors.iter().find(|(n, _)| *n == name) {
                         e.code
@@ -133,6 +143,9 @@ fn error_topic(name: String, code: ResponseError) -> MetadataResponseTopic {
 fn topic_response(version: i16, topic: &Arc<TopicMetadata>) -> MetadataResponseTopic {
     let mut out = MetadataResponseTopic::default();
     out.name = Some(TopicName(StrBytes::from_string(topic.name.clone())));
+    if version >= 1 {
+        out.is_internal = super::groups::is_internal_topic(&topic.name);
+    }
     if version >= 10 {
         out.topic_id = topic.id;
     }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api_versions;
 pub mod fetch;
+pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -41,7 +42,9 @@ fn ready(frame: ResponseFrame) -> Dispatched {
 ///
 /// Work that must happen in request order (appending produce batches) happens before this
 /// returns; everything else happens when the returned future is polled.
-pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Dispatched {
+///
+/// `client_host` is the peer as Kafka prints it (`/127.0.0.1`), kept by group members.
+pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Dispatched {
     let (request, body) = match protocol::decode_request(frame) {
         Ok(decoded) => decoded,
         Err((Some(correlation_id), DecodeError::UnsupportedVersion { api_key, version }))
@@ -80,6 +83,31 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes) -> Dispatched {
         RequestKind::DescribeConfigs(body) => respond!(admin::describe_configs, body),
         RequestKind::InitProducerId(body) => respond!(admin::init_producer_id, body),
         RequestKind::DescribeCluster(body) => respond!(admin::describe_cluster, body),
+        RequestKind::FindCoordinator(body) => respond!(groups::find_coordinator, body),
+        RequestKind::JoinGroup(body) => {
+            let client_id = request
+                .header
+                .client_id
+                .as_deref()
+                .unwrap_or("")
+                .to_string();
+            let client_host = client_host.to_string();
+            let shard = shard.clone();
+            Dispatched::Respond(Box::pin(async move {
+                let response =
+                    groups::join_group(&shard, version, client_id, client_host, body).await;
+                protocol::encode_response(api_key, version, correlation_id, &response)
+            }))
+        }
+        RequestKind::SyncGroup(body) => respond!(groups::sync_group, body),
+        RequestKind::Heartbeat(body) => respond!(groups::heartbeat, body),
+        RequestKind::LeaveGroup(body) => respond!(groups::leave_group, body),
+        RequestKind::OffsetCommit(body) => respond!(groups::offset_commit, body),
+        RequestKind::OffsetFetch(body) => respond!(groups::offset_fetch, body),
+        RequestKind::ListGroups(body) => respond!(groups::list_groups, body),
+        RequestKind::DescribeGroups(body) => respond!(groups::describe_groups, body),
+        RequestKind::DeleteGroups(body) => respond!(groups::delete_groups, body),
+        RequestKind::OffsetDelete(body) => respond!(groups::offset_delete, body),
         _ => {
             // decode_frame only lets supported keys through.
             tracing::error!(?api_key, "dispatch has no handler for a supported api");

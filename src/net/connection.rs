@@ -41,10 +41,10 @@ struct InFlight {
 }
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map_or_else(|| "?".into(), |a| a.to_string());
+    // Kafka's form of a client host, as DescribeGroups reports it.
+    let client_host = peer_addr.map_or_else(String::new, |a| format!("/{}", a.ip()));
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     // SAFETY: dup of an fd we own; the new fd is owned by the writer stream below.
@@ -61,7 +61,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let (tx, rx) = local_channel::new_bounded(shard.config.max_inflight_requests_per_connection);
     let writer = glommio::spawn_local(write_loop(shard.clone(), writer_stream, rx));
     tracing::debug!(%peer, shard = shard.id, "connection opened");
-    if let Err(reason) = read_loop(&shard, stream, tx).await {
+    if let Err(reason) = read_loop(&shard, stream, tx, &client_host).await {
         tracing::info!(%peer, %reason, "closing connection");
     }
     writer.await;
@@ -73,6 +73,7 @@ async fn read_loop(
     shard: &Rc<Shard>,
     mut stream: TcpStream,
     tx: LocalSender<InFlight>,
+    client_host: &str,
 ) -> Result<(), String> {
     let max_frame = shard.config.socket_request_max_bytes;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
@@ -103,7 +104,7 @@ async fn read_loop(
         };
         DETAIL.requests.add(api_key, api_version);
         BrokerStats::add(&metrics::shard_cells(shard.id).request_bytes, len as u64);
-        match handlers::dispatch(shard, frame).await {
+        match handlers::dispatch(shard, frame, client_host).await {
             Dispatched::Respond(pending) => {
                 let in_flight = InFlight {
                     pending,

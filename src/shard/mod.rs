@@ -24,6 +24,7 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::config::BrokerConfig;
 use crate::coordination::{BrokerInfo, ClusterMetadata, Coordinator, TopicMetadata};
+use crate::groups::GroupCoordinator;
 use crate::metrics::BrokerStats;
 use crate::storage::{LogConfig, PartitionLog};
 use partition::Partition;
@@ -45,6 +46,8 @@ pub struct Shard {
     partitions: RefCell<HashMap<String, HashMap<i32, Rc<Partition>>>>,
     /// Present on shard 0 only.
     pub coordinator: Option<Rc<Coordinator>>,
+    /// The consumer groups placed on this shard (`groups::owner_shard`).
+    pub groups: Rc<GroupCoordinator>,
     /// Serialises metadata application so snapshots are applied in version order.
     apply_lock: glommio::sync::Semaphore,
     shutdown: Arc<AtomicBool>,
@@ -74,9 +77,17 @@ impl Shard {
             id == 0,
             "the coordinator lives on shard 0"
         );
+        let groups = Rc::new(GroupCoordinator::new(
+            id,
+            nr_shards,
+            config.data_dir.clone(),
+            &config.log,
+            config.groups.clone(),
+        ));
         Rc::new(Shard {
             id,
             nr_shards,
+            groups,
             config,
             broker,
             stats,
@@ -235,6 +246,10 @@ impl Shard {
         }
         let mut wanted: Vec<(Arc<TopicMetadata>, i32, i32)> = Vec::new();
         for topic in snapshot.topics.values() {
+            if topic.name == crate::groups::OFFSETS_TOPIC {
+                // The group coordinators own the offsets partitions' logs (`groups::offsets_log`).
+                continue;
+            }
             for (index, p) in topic.partitions.iter().enumerate() {
                 let index = index as i32;
                 if p.leader == self.broker.node_id && self.owner_of(&topic.name, index) == self.id {

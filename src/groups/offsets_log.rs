@@ -1,0 +1,176 @@
+//! The offsets partitions a shard owns: ordinary `PartitionLog`s under
+//! `<data-dir>/__consumer_offsets-<p>/`, opened at start when they exist (and replayed) or on
+//! the first commit of a group placed on them.
+//!
+//! Owned by one shard (the partitions' owner shard); `!Send`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use crate::protocol::record_batch::{BatchError, Batches};
+use crate::storage::Records;
+use crate::storage::{LogConfig, PartitionLog, StorageError};
+
+use super::records::{decode_batches, encode_batch, OffsetsRecord};
+use super::OFFSETS_TOPIC;
+
+/// Bytes read per step of a replay.
+const REPLAY_READ_BYTES: usize = 4 << 20;
+/// Records per appended batch: with group ids, topic names and commit metadata bounded, 100
+/// records stay far below `message.max.bytes`.
+pub const RECORDS_PER_BATCH: usize = 100;
+
+pub struct OffsetsLogs {
+    data_dir: PathBuf,
+    config: LogConfig,
+    logs: RefCell<HashMap<i32, Rc<PartitionLog>>>,
+    /// Serialises lazy opens so two commits never open the same directory twice.
+    open_lock: glommio::sync::Semaphore,
+}
+
+fn storage(e: StorageError) -> String {
+    e.to_string()
+}
+
+impl OffsetsLogs {
+    pub fn new(data_dir: PathBuf, broker_log: &LogConfig) -> OffsetsLogs {
+        let mut config = broker_log.clone();
+        // Offsets must never age out: retention would silently reset consumers. Compaction
+        // (keeping the newest record per key) is the bound Kafka uses; it is not built yet.
+        config.retention_ms = -1;
+        config.retention_bytes = -1;
+        config.segment_bytes = config.segment_bytes.min(100 << 20);
+        config.tail_cache_bytes = 256 << 10;
+        // A batch of RECORDS_PER_BATCH records of bounded size (group id, topic name, commit
+        // metadata) stays under 1 MiB, whatever message.max.bytes says for client batches.
+        config.max_batch_bytes = config.max_batch_bytes.max(1 << 20);
+        config.segment_bytes = config.segment_bytes.max(config.max_batch_bytes as u64);
+        OffsetsLogs {
+            data_dir,
+            config,
+            logs: RefCell::new(HashMap::new()),
+            open_lock: glommio::sync::Semaphore::new(1),
+        }
+    }
+
+    fn dir(&self, partition: i32) -> PathBuf {
+        self.data_dir.join(format!("{OFFSETS_TOPIC}-{partition}"))
+    }
+
+    /// Partitions among `owned` that have a log on disk.
+    pub fn existing(&self, owned: impl Iterator<Item = i32>) -> Vec<i32> {
+        owned.filter(|&p| self.dir(p).is_dir()).collect()
+    }
+
+    /// Opens partition `partition`'s log (creating it if needed). Returns the records in it
+    /// when this call opened it, so the caller can rebuild state before anyone commits.
+    pub async fn open(
+        &self,
+        partition: i32,
+    ) -> Result<(Rc<PartitionLog>, Option<Vec<OffsetsRecord>>), String> {
+        if let Some(log) = self.logs.borrow().get(&partition) {
+            return Ok((log.clone(), None));
+        }
+        let _permit = self
+            .open_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(log) = self.logs.borrow().get(&partition) {
+            return Ok((log.clone(), None));
+        }
+        let log = PartitionLog::open(self.dir(partition), self.config.clone())
+            .await
+            .map_err(storage)?;
+        let records = replay(&log, self.config.max_batch_bytes)?;
+        self.logs.borrow_mut().insert(partition, log.clone());
+        Ok((log, Some(records)))
+    }
+
+    pub fn get(&self, partition: i32) -> Option<Rc<PartitionLog>> {
+        self.logs.borrow().get(&partition).cloned()
+    }
+
+    /// Appends `records` now (offsets assigned in call order) and returns the end offset to
+    /// wait for: the caller awaits [`wait_durable`] before answering (acks=all rule).
+    pub fn append(
+        log: &PartitionLog,
+        records: &[OffsetsRecord],
+        now_ms: i64,
+    ) -> Result<i64, String> {
+        let mut end_offset = log.log_end_offset();
+        for chunk in records.chunks(RECORDS_PER_BATCH) {
+            let batch = encode_batch(chunk, now_ms);
+            let header = crate::protocol::record_batch::validate(&batch, usize::MAX)
+                .map_err(|e| e.to_string())?;
+            let info = log.append(batch, &header, 0).map_err(storage)?;
+            end_offset = info.last_offset + 1;
+        }
+        Ok(end_offset)
+    }
+
+    pub async fn close(&self) {
+        let logs: Vec<_> = self.logs.borrow().values().cloned().collect();
+        for log in logs {
+            if let Err(e) = log.close().await {
+                tracing::error!(error = %e, "closing an offsets log failed");
+            }
+        }
+    }
+}
+
+/// Waits until everything below `end_offset` is fdatasync'ed (group-committed with other
+/// waiters on the same partition).
+pub async fn wait_durable(log: &PartitionLog, end_offset: i64) -> Result<(), String> {
+    log.wait_written(end_offset, true).await.map_err(storage)
+}
+
+/// Reads every record of a freshly opened log, oldest first.
+fn replay(log: &PartitionLog, max_batch_bytes: usize) -> Result<Vec<OffsetsRecord>, String> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    let end = log.high_watermark();
+    let mut buf = Vec::new();
+    while offset < end {
+        let Some(read) = log.read(offset, REPLAY_READ_BYTES, true).map_err(storage)? else {
+            break;
+        };
+        buf.clear();
+        match read {
+            Records::File(slice) => {
+                buf.resize(slice.len, 0);
+                slice
+                    .file
+                    .read_exact_at(&mut buf, slice.position)
+                    .map_err(|e| format!("reading the offsets log: {e}"))?;
+            }
+            Records::Memory { chunks, .. } => {
+                for chunk in chunks {
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+        // A read may end inside a batch: keep whole batches, continue after the last one.
+        let mut whole = 0;
+        let mut next = offset;
+        for item in Batches::new(&buf, max_batch_bytes) {
+            match item {
+                Ok((header, range)) => {
+                    whole = range.end;
+                    next = header.last_offset() + 1;
+                }
+                Err((_, BatchError::Truncated)) => break,
+                Err((at, e)) => return Err(format!("offsets log batch at {at}: {e}")),
+            }
+        }
+        if next <= offset {
+            return Err(format!("offsets log replay stuck at offset {offset}"));
+        }
+        out.extend(decode_batches(&buf[..whole], max_batch_bytes)?);
+        offset = next;
+    }
+    Ok(out)
+}
