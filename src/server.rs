@@ -202,7 +202,10 @@ async fn run_shard(
     }
     if let Some(coordinator) = &coordinator {
         let quorum = crate::admin::providers::CoordinatorQuorum(coordinator.clone());
-        crate::admin::providers::register(|p| p.quorum = Some(Rc::new(quorum)));
+        crate::admin::providers::register(|p| {
+            p.quorum = Some(Rc::new(quorum));
+            p.groups = Some(Rc::new(crate::admin::providers::ShardGroups));
+        });
         let mut changed = match coordinator.start() {
             Ok(changed) => changed,
             Err(e) => {

@@ -365,7 +365,7 @@ async fn a_consumer_group_works_across_the_cluster() {
     let mut client = RawClient::connect(&cluster.broker(0).addr);
     assert_eq!(client.create_topic_rf("grouped", 3, 3).0, 0);
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &cluster.bootstrap())
+        .set("bootstrap.servers", cluster.bootstrap())
         .create()
         .expect("producer");
     for n in 0..30 {
@@ -396,6 +396,7 @@ async fn a_consumer_group_works_across_the_cluster() {
         read += 1;
     }
     consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+    consumer.unsubscribe();
     drop(consumer);
     // The offsets topic lives in the cluster metadata, led across the brokers, hidden from
     // the full listing.

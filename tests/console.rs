@@ -356,10 +356,10 @@ fn bad_http_input_gets_4xx_and_actions_need_the_token() {
         200
     );
     assert_eq!(get(&console, "/api/v1/topics/t1").0, 404);
-    // Groups are not built yet: said so, not faked.
+    // No group yet: an empty list, and deleting an unknown group is refused.
     let (status, groups) = get(&console, "/api/v1/groups");
     assert_eq!(status, 200);
-    assert!(groups.contains("\"available\":false"), "{groups}");
+    assert!(groups.contains("\"available\":true"), "{groups}");
     // Security headers on pages.
     let (_, headers, _) = http(
         &console,
@@ -459,4 +459,55 @@ async fn console_in_headless_chromium() {
         assert!(out_dir.join(shot).exists(), "screenshot {shot}");
     }
     eprintln!("screenshots in {}", out_dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_groups_show_members_assignment_and_lag() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::Message;
+    let (broker, _dir) = start_with_console(2);
+    let console = broker.console.clone().expect("console address");
+    assert_eq!(create_topic(&console, "lagging", 2).0, 201);
+    produce(&broker, "lagging", 0, &[("a", "1"), ("b", "2"), ("c", "3")]).await;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "watched")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["lagging"]).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let first_offset = loop {
+        assert!(std::time::Instant::now() < deadline, "no record in time");
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            assert_eq!(m.partition(), 0);
+            break m.offset();
+        }
+    };
+    let mut commit = rdkafka::TopicPartitionList::new();
+    commit
+        .add_partition_offset("lagging", 0, rdkafka::Offset::Offset(first_offset + 1))
+        .unwrap();
+    consumer.commit(&commit, CommitMode::Sync).expect("commit");
+    // Committed offset 1 of 3 on partition 0: lag 2, one member holding both partitions.
+    let mut groups = String::new();
+    assert!(
+        common::wait_until(TIMEOUT, || {
+            groups = get(&console, "/api/v1/groups").1;
+            groups.contains("\"group_id\":\"watched\"")
+                && groups.contains("\"lag\":2")
+                && groups.contains("lagging-0")
+                && groups.contains("lagging-1")
+        }),
+        "{groups}"
+    );
+    // A group with a member is not deleted.
+    let token = csrf_token(&console);
+    let with_token = format!("X-CSRF-Token: {token}\r\nContent-Type: application/json\r\n");
+    let (status, body) = post(&console, "/api/v1/groups/watched/delete", &with_token, "{}");
+    assert_ne!(status, 200, "{body}");
+    // Leave the group before closing: librdkafka's close waits for the revocation otherwise.
+    consumer.unsubscribe();
+    drop(consumer);
 }

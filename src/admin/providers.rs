@@ -84,6 +84,126 @@ impl QuorumProvider for CoordinatorQuorum {
     }
 }
 
+/// Consumer groups from the group coordinators of every shard of this broker (in a cluster:
+/// the groups this broker coordinates).
+pub struct ShardGroups;
+
+impl GroupsProvider for ShardGroups {
+    fn list(&self, shard: &Rc<Shard>) -> LocalBoxFuture<'static, Vec<GroupView>> {
+        let shard = shard.clone();
+        Box::pin(async move {
+            let end_offsets: std::collections::HashMap<(String, i32), i64> =
+                partition_facts(&shard, None)
+                    .await
+                    .into_iter()
+                    .map(|f| ((f.topic, f.partition), f.log_end_offset))
+                    .collect();
+            let per_shard = (0..shard.nr_shards).map(|target| {
+                shard.invoke_on(target, |owner| async move {
+                    let mut views = Vec::new();
+                    for listed in owner.groups.list() {
+                        let Some(description) = owner.groups.describe(&listed.group_id) else {
+                            continue;
+                        };
+                        let committed = owner
+                            .groups
+                            .fetch(&listed.group_id, None)
+                            .await
+                            .unwrap_or_default();
+                        let members = description
+                            .members
+                            .iter()
+                            .map(|m| GroupMemberView {
+                                member_id: m.member_id.clone(),
+                                client_id: m.client_id.clone(),
+                                host: m.client_host.clone(),
+                                assignment: crate::groups::group::parse_assignment(&m.assignment)
+                                    .into_iter()
+                                    .map(|(t, p)| format!("{t}-{p}"))
+                                    .collect(),
+                            })
+                            .collect();
+                        let offsets: Vec<(String, i32, i64)> = committed
+                            .into_iter()
+                            .flat_map(|(topic, partitions)| {
+                                partitions.into_iter().filter_map(move |(p, v)| {
+                                    v.map(|v| (topic.clone(), p, v.offset))
+                                })
+                            })
+                            .collect();
+                        views.push((
+                            listed.group_id,
+                            description.state,
+                            description.protocol,
+                            members,
+                            offsets,
+                        ));
+                    }
+                    views
+                })
+            });
+            let mut out = Vec::new();
+            for views in join_all(per_shard).await {
+                for (group_id, state, protocol, members, offsets) in views {
+                    let offsets = offsets
+                        .into_iter()
+                        .map(|(topic, partition, committed_offset)| {
+                            let log_end_offset = end_offsets
+                                .get(&(topic.clone(), partition))
+                                .copied()
+                                .unwrap_or(-1);
+                            GroupOffsetView {
+                                lag: if log_end_offset >= 0 {
+                                    (log_end_offset - committed_offset).max(0)
+                                } else {
+                                    -1
+                                },
+                                topic,
+                                partition,
+                                committed_offset,
+                                log_end_offset,
+                            }
+                        })
+                        .collect();
+                    out.push(GroupView {
+                        group_id,
+                        state: state.to_string(),
+                        protocol,
+                        members,
+                        offsets,
+                    });
+                }
+            }
+            out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+            out
+        })
+    }
+
+    fn delete_empty(
+        &self,
+        shard: &Rc<Shard>,
+        group_id: String,
+    ) -> LocalBoxFuture<'static, Result<(), String>> {
+        let shard = shard.clone();
+        Box::pin(async move {
+            let owner =
+                crate::groups::owner_shard(shard.groups.partition_of(&group_id), shard.nr_shards);
+            let refused = shard
+                .invoke_on(owner, move |owner| async move {
+                    owner.groups.delete(&group_id).await
+                })
+                .await;
+            match refused {
+                None => Ok(()),
+                Some(kafka_protocol::ResponseError::NonEmptyGroup) => {
+                    Err("the group has members; stop its consumers first".into())
+                }
+                Some(code) => Err(format!("{code:?}")),
+            }
+        })
+    }
+}
+
 /// Consumer groups. Runs on shard 0; may send jobs to the group coordinators' shards.
 pub trait GroupsProvider {
     fn list(&self, shard: &Rc<Shard>) -> LocalBoxFuture<'static, Vec<GroupView>>;

@@ -851,6 +851,31 @@ pub fn parse_subscription(metadata: &[u8]) -> Vec<String> {
     out
 }
 
+/// The (topic, partition) pairs of a ConsumerProtocolAssignment (version, then topics with
+/// their partitions); empty when it does not parse. Every length is checked against the bytes.
+pub fn parse_assignment(bytes: &[u8]) -> Vec<(String, i32)> {
+    fn read(b: &[u8]) -> Option<Vec<(String, i32)>> {
+        let mut pos: usize = 2; // version
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let out = b.get(pos..pos.checked_add(n)?)?;
+            pos += n;
+            Some(out)
+        };
+        let mut out = Vec::new();
+        let topics = i32::from_be_bytes(take(4)?.try_into().ok()?);
+        for _ in 0..topics.max(0) {
+            let len = i16::from_be_bytes(take(2)?.try_into().ok()?);
+            let topic = String::from_utf8_lossy(take(len.max(0) as usize)?).into_owned();
+            let count = i32::from_be_bytes(take(4)?.try_into().ok()?);
+            for _ in 0..count.max(0) {
+                out.push((topic.clone(), i32::from_be_bytes(take(4)?.try_into().ok()?)));
+            }
+        }
+        Some(out)
+    }
+    read(bytes).unwrap_or_default()
+}
+
 /// A group as DescribeGroups reports it.
 pub struct MemberDescription {
     pub member_id: String,
