@@ -163,6 +163,12 @@ pub struct DetailedMetrics {
     pub fetch_latency: LatencyHistogram,
     /// One partition writer's fdatasync.
     pub fdatasync_latency: LatencyHistogram,
+    /// Partitions led by this node whose ISR lost a member / gained one, as committed by the
+    /// coordination quorum (Kafka's IsrShrinksPerSec / IsrExpandsPerSec, as totals).
+    pub isr_shrinks: AtomicU64,
+    pub isr_expands: AtomicU64,
+    /// Consumer group rebalances completed (a join phase ended with a new generation).
+    pub group_rebalances: AtomicU64,
 }
 
 /// The process's detailed metrics. A static so that storage (which has no `BrokerStats`) can
@@ -174,6 +180,9 @@ pub static DETAIL: DetailedMetrics = DetailedMetrics {
     produce_latency: LatencyHistogram::new(),
     fetch_latency: LatencyHistogram::new(),
     fdatasync_latency: LatencyHistogram::new(),
+    isr_shrinks: AtomicU64::new(0),
+    isr_expands: AtomicU64::new(0),
+    group_rebalances: AtomicU64::new(0),
 };
 
 /// The cells of shard `id`.

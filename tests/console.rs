@@ -502,6 +502,11 @@ async fn consumer_groups_show_members_assignment_and_lag() {
         }),
         "{groups}"
     );
+    let metrics = parse_metrics(&get(&console, "/metrics").1);
+    assert!(
+        sum_of(&metrics, "kafka_coordinator_group_rebalances_total") >= 1.0,
+        "the join counted as a rebalance"
+    );
     // A group with a member is not deleted.
     let token = csrf_token(&console);
     let with_token = format!("X-CSRF-Token: {token}\r\nContent-Type: application/json\r\n");

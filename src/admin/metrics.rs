@@ -286,6 +286,26 @@ impl Collector for Snapshot {
             "Partitions in the cluster with fewer in-sync replicas than replicas.",
             self.gauges.under_replicated_partitions as f64,
         )?;
+        counter(
+            &mut encoder,
+            "kafka_server_replicamanager_isrshrinks",
+            "ISR shrinks of partitions this node leads, as committed by the coordination quorum.",
+            crate::metrics::DETAIL.isr_shrinks.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "kafka_server_replicamanager_isrexpands",
+            "ISR expansions of partitions this node leads.",
+            crate::metrics::DETAIL.isr_expands.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "kafka_coordinator_group_rebalances",
+            "Consumer group rebalances completed on this node.",
+            crate::metrics::DETAIL
+                .group_rebalances
+                .load(Ordering::Relaxed),
+        )?;
         gauge(
             &mut encoder,
             "broker_topics",

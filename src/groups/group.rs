@@ -488,6 +488,9 @@ impl Group {
                 .map(|m| m.id.clone());
         }
         self.state = GroupState::CompletingRebalance;
+        crate::metrics::DETAIL
+            .group_rebalances
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             group = %self.id,
             generation = self.generation,

@@ -342,6 +342,9 @@ impl Shard {
             })
         });
         join_all(applies).await;
+        if snapshot.version > previous.version {
+            count_isr_changes(&previous, &snapshot, self.broker.node_id);
+        }
         if snapshot.version > previous.version && snapshot.deleted_topics != previous.deleted_topics
         {
             self.remove_stray_partition_dirs(&snapshot);
@@ -433,6 +436,26 @@ impl Shard {
         for partition in self.owned_partitions() {
             if let Err(e) = partition.log.close().await {
                 tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
+            }
+        }
+    }
+}
+
+/// Counts, for partitions this node leads, ISR shrinks and expands between two snapshots.
+fn count_isr_changes(previous: &ClusterMetadata, next: &ClusterMetadata, this_node: i32) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (name, topic) in &next.topics {
+        let Some(before) = previous.topic(name).filter(|t| t.id == topic.id) else {
+            continue;
+        };
+        for (now, was) in topic.partitions.iter().zip(&before.partitions) {
+            if now.leader != this_node {
+                continue;
+            }
+            if now.isr.len() < was.isr.len() {
+                crate::metrics::DETAIL.isr_shrinks.fetch_add(1, Relaxed);
+            } else if now.isr.len() > was.isr.len() {
+                crate::metrics::DETAIL.isr_expands.fetch_add(1, Relaxed);
             }
         }
     }
