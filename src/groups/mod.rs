@@ -71,21 +71,11 @@ impl Default for GroupConfig {
     }
 }
 
-/// FNV-1a: placement must not depend on the process's hash seed.
-fn group_hash(group_id: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in group_id.as_bytes() {
-        hash ^= *byte as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
 /// The offsets-topic partition that holds `group_id`'s offsets and metadata. The one
 /// placement decision for groups: everything else derives from it.
 pub fn coordinator_for(group_id: &str, offsets_topic_partitions: i32) -> i32 {
     assert!(offsets_topic_partitions > 0);
-    (group_hash(group_id) % offsets_topic_partitions as u64) as i32
+    (router::fnv1a(group_id) % offsets_topic_partitions as u64) as i32
 }
 
 /// The shard that owns the groups of offsets partition `partition`: the partition's owner, as

@@ -1,10 +1,11 @@
 //! Which shard owns a partition. Pure and deterministic: every shard computes the same answer
 //! without asking anyone, and the answer never changes while the shard count stays the same.
 
-/// FNV-1a, so placement does not depend on the process's hash seed.
-fn topic_hash(topic: &str) -> u64 {
+/// FNV-1a, so placement does not depend on the process's hash seed. Also places consumer
+/// groups (`groups::coordinator_for`).
+pub fn fnv1a(key: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in topic.as_bytes() {
+    for byte in key.as_bytes() {
         hash ^= *byte as u64;
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -15,7 +16,7 @@ fn topic_hash(topic: &str) -> u64 {
 /// consecutive shards, so a topic's load spreads over all cores.
 pub fn owner_shard(topic: &str, partition: i32, nr_shards: usize) -> usize {
     assert!(nr_shards > 0 && partition >= 0);
-    ((topic_hash(topic) % nr_shards as u64 + partition as u64) % nr_shards as u64) as usize
+    ((fnv1a(topic) % nr_shards as u64 + partition as u64) % nr_shards as u64) as usize
 }
 
 #[cfg(test)]
