@@ -71,7 +71,7 @@ pub struct Coordinator {
     /// Wakes the publisher when the state changed.
     changed_tx: RefCell<Option<mpsc::UnboundedSender<()>>>,
     /// Set once this broker's registration committed (and cleared when it is fenced).
-    registered: Cell<bool>,
+    was_registered: Cell<bool>,
     /// Time the broker started, for the console's uptime.
     started: std::time::SystemTime,
     /// Set on a clean shutdown: no re-registration, no more publications.
@@ -141,7 +141,7 @@ impl Coordinator {
             producer_ids: Cell::new((0, 0)),
             published_version: Cell::new(1),
             changed_tx: RefCell::new(None),
-            registered: Cell::new(false),
+            was_registered: Cell::new(false),
             started: std::time::SystemTime::now(),
             stopping: Cell::new(false),
         }))
@@ -212,16 +212,10 @@ impl Coordinator {
             }
         }
         if changed {
-            let node = self.node.borrow();
-            let mine = node
-                .state()
-                .brokers
-                .get(&self.config.node_id)
-                .is_some_and(|b| b.incarnation == node.incarnation());
-            if self.registered.replace(mine) && !mine && !self.stopping.get() {
+            let registered = self.is_registered();
+            if self.was_registered.replace(registered) && !registered && !self.stopping.get() {
                 tracing::warn!("this broker's session was ended by the quorum; registering again");
             }
-            drop(node);
             self.published_version.set(self.published_version.get() + 1);
             if let Some(tx) = self.changed_tx.borrow().as_ref() {
                 let _ = tx.unbounded_send(());
@@ -292,9 +286,18 @@ impl Coordinator {
 
     /// Proposes a command whose refusal is a Kafka error for the client.
     pub async fn change(&self, command: Command, timeout: Duration) -> Result<Outcome, ApiError> {
-        match self.propose(command, timeout).await? {
-            Outcome::Refused { code, message } => Err(ApiError::new(code, message)),
-            outcome => Ok(outcome),
+        refused_as_error(self.propose(command, timeout).await?)
+    }
+
+    /// Runs a validation against the committed state (validate-only requests): its refusal as
+    /// the client's error.
+    pub fn check(
+        &self,
+        validate: impl FnOnce(&ClusterState) -> Result<(), Outcome>,
+    ) -> Result<(), ApiError> {
+        match self.with_state(validate) {
+            Ok(()) => Ok(()),
+            Err(refused) => refused_as_error(refused).map(|_| ()),
         }
     }
 
@@ -333,8 +336,14 @@ impl Coordinator {
         }
     }
 
+    /// Whether the committed state holds this process's registration. Derived, never
+    /// cached: a registration and its fence can commit in one batch (found by the simulation).
     pub fn is_registered(&self) -> bool {
-        self.registered.get()
+        let node = self.node.borrow();
+        node.state()
+            .brokers
+            .get(&self.config.node_id)
+            .is_some_and(|b| b.incarnation == node.incarnation())
     }
 
     /// The voter leading the quorum, as far as this node knows.
@@ -426,7 +435,7 @@ impl Coordinator {
     /// rather than after the session timeout.
     pub async fn unregister(&self) {
         self.stopping.set(true);
-        if !self.registered.get() {
+        if !self.is_registered() {
             return;
         }
         let incarnation = self.node.borrow().incarnation();
@@ -438,17 +447,28 @@ impl Coordinator {
     }
 }
 
+/// A refusal as the client's Kafka error; any other outcome passes through.
+pub fn refused_as_error(outcome: Outcome) -> Result<Outcome, ApiError> {
+    match outcome {
+        Outcome::Refused { code, message } => Err(ApiError::new(code, message)),
+        outcome => Ok(outcome),
+    }
+}
+
+/// How often the coordination task ticks its voter: half a Raft tick
+/// (`QuorumConfig::tick_ms`), so ticks are never late by a whole period.
+const DRIVE_INTERVAL: Duration = Duration::from_millis(25);
+
 /// Ticks the quorum node on a fixed period.
 async fn tick_loop(me: Weak<Coordinator>) {
     loop {
         let Some(c) = me.upgrade() else { return };
-        let tick_ms = 25;
         let now = c.now_ms();
         let result = c.node.borrow_mut().tick(now);
         c.check_disk(result);
         c.flush();
         drop(c);
-        glommio::timer::sleep(Duration::from_millis(tick_ms)).await;
+        glommio::timer::sleep(DRIVE_INTERVAL).await;
     }
 }
 
@@ -493,7 +513,7 @@ async fn session_loop(me: Weak<Coordinator>) {
         }
         let interval = Duration::from_millis(c.config.heartbeat_interval_ms);
         let node_id = c.config.node_id;
-        if !c.registered.get() {
+        if !c.is_registered() {
             match c
                 .propose(c.registration(), interval.max(Duration::from_secs(2)))
                 .await
@@ -505,20 +525,8 @@ async fn session_loop(me: Weak<Coordinator>) {
                         sequence,
                         "broker registered with the coordination quorum"
                     );
-                    // The state decides, not the outcome: a fence applied in the same batch
-                    // as the registration must leave the flag false, so the loop registers
-                    // again (found by the simulation).
-                    let incarnation = c.node.borrow().incarnation();
-                    let holds = c.with_state(|s| {
-                        s.brokers
-                            .get(&node_id)
-                            .is_some_and(|b| b.incarnation == incarnation)
-                    });
-                    c.registered.set(holds);
-                    c.flush();
-                    if let Some(tx) = c.changed_tx.borrow().as_ref() {
-                        let _ = tx.unbounded_send(());
-                    }
+                    // Applying the registration already marked the state changed, so the
+                    // metadata is republished; `is_registered` reads the state itself.
                 }
                 Ok(Outcome::Refused { message, .. }) => {
                     if !refused_logged {

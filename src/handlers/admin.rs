@@ -22,7 +22,6 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::coordination::state_machine::Outcome;
 use crate::coordination::state_machine::{Command, NewTopic};
 use crate::coordination::Coordinator;
 use crate::protocol::ApiError;
@@ -59,17 +58,6 @@ pub fn coordination_timeout(timeout_ms: i32) -> Duration {
         return DEFAULT_COORDINATION_TIMEOUT;
     }
     Duration::from_millis(timeout_ms as u64).clamp(Duration::from_secs(1), Duration::from_secs(120))
-}
-
-/// A validation refusal as the client's error.
-fn refusal(outcome: Outcome) -> ApiError {
-    match outcome {
-        Outcome::Refused { code, message } => ApiError::new(code, message),
-        other => ApiError::new(
-            ResponseError::UnknownServerError,
-            format!("unexpected outcome {other:?}"),
-        ),
-    }
 }
 
 fn str(s: impl Into<String>) -> StrBytes {
@@ -153,9 +141,7 @@ pub async fn create_topics(
                     "manual replica assignment is not supported",
                 ))
             } else if validate_only {
-                coordinator
-                    .with_state(|s| s.validate_new_topic(&topic, defaults.2))
-                    .map_err(refusal)
+                coordinator.check(|s| s.validate_new_topic(&topic, defaults.2))
             } else {
                 coordinator
                     .change(
@@ -314,9 +300,7 @@ pub async fn create_partitions(
                     "manual replica assignment is not supported",
                 ))
             } else if validate_only {
-                coordinator
-                    .with_state(|s| s.validate_create_partitions(&name, count, max_partitions))
-                    .map_err(refusal)
+                coordinator.check(|s| s.validate_create_partitions(&name, count, max_partitions))
             } else {
                 coordinator
                     .change(
