@@ -72,7 +72,15 @@ fn coordinator_error(shard: &Shard, group_id: &str) -> Option<ResponseError> {
 /// (as Kafka creates `__consumer_offsets` on the first FindCoordinator); until its partitions
 /// have leaders, clients are told the coordinator is not available and retry.
 fn ensure_offsets_topic(shard: &Rc<Shard>) {
-    if !shard.config.is_clustered() || shard.metadata().topic(groups::OFFSETS_TOPIC).is_some() {
+    thread_local! {
+        /// One creation in flight per shard: clients retry FindCoordinator meanwhile, and each
+        /// retry must not queue another proposal.
+        static CREATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if !shard.config.is_clustered()
+        || shard.metadata().topic(groups::OFFSETS_TOPIC).is_some()
+        || CREATING.with(|c| c.replace(true))
+    {
         return;
     }
     let partitions = shard.config.groups.offsets_topic_partitions;
@@ -102,6 +110,7 @@ fn ensure_offsets_topic(shard: &Rc<Shard>) {
             }
         })
         .await;
+        CREATING.with(|c| c.set(false));
     })
     .detach();
 }
