@@ -75,6 +75,39 @@ pub struct BrokerConfig {
     pub tail_cache_bytes_per_shard: u64,
     /// Consumer group coordinator settings (`group.*`, `offsets.topic.num.partitions`, ...).
     pub groups: crate::groups::GroupConfig,
+    /// Follower fetching and ISR upkeep (`replica.*`).
+    pub replication: ReplicationConfig,
+}
+
+/// How followers fetch and when a leader drops a lagging follower from the ISR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// `replica.lag.time.max.ms`: a follower that has not caught up with the leader's log end
+    /// for this long leaves the ISR (Kafka's default, 30 s).
+    pub lag_time_max_ms: u64,
+    /// `replica.fetch.max.bytes`: per partition and fetch; the first batch is sent whole even
+    /// when larger (KIP-74).
+    pub fetch_max_bytes: usize,
+    /// `replica.fetch.response.max.bytes`: per fetch response.
+    pub fetch_response_max_bytes: usize,
+    /// `replica.fetch.wait.max.ms`: how long the leader may park a follower's fetch.
+    pub fetch_wait_max_ms: u64,
+    /// `replica.fetch.backoff.ms`: pause after a failed fetch before the next one.
+    pub fetch_backoff_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            lag_time_max_ms: 30_000,
+            // Kafka's default is 1 MiB; batches of bench-harness's size (1 MiB) need a little
+            // more to move more than one per round trip.
+            fetch_max_bytes: 4 << 20,
+            fetch_response_max_bytes: 16 << 20,
+            fetch_wait_max_ms: 500,
+            fetch_backoff_ms: 100,
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -106,6 +139,7 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 1500,
             unclean_leader_election_enable: false,
             groups: crate::groups::GroupConfig::default(),
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -210,6 +244,14 @@ impl BrokerConfig {
         Ok(())
     }
 
+    /// Applies one `key=value` (`--override`, as Kafka's start script takes it).
+    pub fn apply_override(&mut self, assignment: &str) -> Result<(), ConfigError> {
+        let (key, value) = assignment.split_once('=').ok_or_else(|| {
+            ConfigError(format!("--override expects KEY=VALUE, got {assignment:?}"))
+        })?;
+        self.apply(key.trim(), value.trim())
+    }
+
     fn apply(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "broker.id" | "node.id" => self.node_id = parse(key, value)?,
@@ -285,6 +327,15 @@ impl BrokerConfig {
             "offsets.topic.num.partitions" => {
                 self.groups.offsets_topic_partitions = parse(key, value)?
             }
+            "replica.lag.time.max.ms" => self.replication.lag_time_max_ms = parse(key, value)?,
+            "replica.fetch.max.bytes" => self.replication.fetch_max_bytes = parse(key, value)?,
+            "replica.fetch.response.max.bytes" => {
+                self.replication.fetch_response_max_bytes = parse(key, value)?
+            }
+            "replica.fetch.wait.max.ms" => {
+                self.replication.fetch_wait_max_ms = parse(key, value)?
+            }
+            "replica.fetch.backoff.ms" => self.replication.fetch_backoff_ms = parse(key, value)?,
             "offset.metadata.max.bytes" => {
                 self.groups.offset_metadata_max_bytes = parse(key, value)?
             }

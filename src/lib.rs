@@ -11,6 +11,8 @@
 //! - [`handlers`]: one module per Kafka API.
 //! - [`shard`]: per-core state, partition placement, the cross-core job mesh, producer state.
 //! - [`storage`]: partition logs: segments, indexes, O_DIRECT appends, recovery, retention.
+//! - [`replication`]: followers fetching from leaders, high watermark, ISR changes,
+//!   truncation by leader epoch.
 //! - [`coordination`]: the ZooKeeper role: broker registry, topic assignment, metadata log.
 //! - [`admin`]: the web console, its JSON API and Prometheus `/metrics`, served off the shards.
 //! - [`groups`]: consumer groups: the group coordinator, committed offsets, the offsets log.
@@ -25,6 +27,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod storage;

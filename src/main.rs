@@ -42,6 +42,10 @@ struct Args {
     /// --listen has a fixed port (skipped if taken).
     #[arg(long)]
     http: Option<String>,
+    /// Sets one property as the --config file would (`--override min.insync.replicas=2`);
+    /// repeatable, applied after the file and before the other flags.
+    #[arg(long = "override", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
 }
 
 fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> {
@@ -49,6 +53,9 @@ fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> 
         Some(path) => BrokerConfig::from_properties_file(path)?,
         None => BrokerConfig::default(),
     };
+    for assignment in &args.overrides {
+        config.apply_override(assignment)?;
+    }
     if let Some(cores) = args.cores {
         config.cores = cores;
     }

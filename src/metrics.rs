@@ -66,6 +66,8 @@ pub struct ShardCells {
     pub bytes_out: AtomicU64,
     /// Request frame bytes read by this shard's connections.
     pub request_bytes: AtomicU64,
+    /// Record bytes this shard's followers fetched from partition leaders and appended.
+    pub replication_bytes_in: AtomicU64,
 }
 
 impl ShardCells {
@@ -75,6 +77,7 @@ impl ShardCells {
             messages_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             request_bytes: AtomicU64::new(0),
+            replication_bytes_in: AtomicU64::new(0),
         }
     }
 }

@@ -256,6 +256,7 @@ async fn run_shard(
     )
     .detach();
     glommio::spawn_local(listener::accept_loop(shard.clone(), listen_fd)).detach();
+    glommio::spawn_local(crate::replication::isr::maintain(shard.clone())).detach();
     if let Some(endpoint) = admin_endpoint {
         admin::serve_on_shard(shard.clone(), endpoint);
     }

@@ -519,3 +519,64 @@ fn a_relative_data_dir_works() {
     }
     assert!(tmp.path().join("data/relative-3").is_dir());
 }
+
+/// A client that claims to be a replica (CVE-2018-1288: a replica's fetch offset moves the
+/// high watermark) is refused, at the old versions (no broker epoch) and at v15 with a made-up
+/// epoch; an ordinary consumer fetch of the same partition works. OffsetForLeaderEpoch answers
+/// where the current epoch ends.
+#[test]
+fn a_client_cannot_fetch_as_a_replica() {
+    let broker = Broker::start(1);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("spoof", 1), 0);
+    let batch = raw::batch(&[b"a", b"b"], None, Compression::None);
+    assert_eq!(client.produce("spoof", 0, batch, -1), (0, 0));
+
+    let fetch_as = |client: &mut RawClient, version: i16, replica: i32, epoch: i64| {
+        let mut p = fetch_request::FetchPartition::default();
+        p.partition = 0;
+        p.fetch_offset = 0;
+        p.current_leader_epoch = -1;
+        p.partition_max_bytes = 1 << 20;
+        let mut t = fetch_request::FetchTopic::default();
+        t.topic = TopicName(StrBytes::from_static_str("spoof"));
+        t.partitions = vec![p];
+        let mut request = FetchRequest::default();
+        if version >= 15 {
+            request.replica_state = fetch_request::ReplicaState::default()
+                .with_replica_id(BrokerId(replica))
+                .with_replica_epoch(epoch);
+        } else {
+            request.replica_id = BrokerId(replica);
+        }
+        request.max_wait_ms = 0;
+        request.max_bytes = 1 << 20;
+        request.session_epoch = -1;
+        request.topics = vec![t];
+        let response = client.call(version, &request);
+        response.responses[0].partitions[0].error_code
+    };
+    let refused = ResponseError::TopicAuthorizationFailed.code();
+    assert_eq!(fetch_as(&mut client, 12, 0, 0), refused, "v12 replica id");
+    assert_eq!(fetch_as(&mut client, 12, 7, 0), refused, "unknown broker");
+    // At v13+ topics go by id; by name the topic is unknown, and the claim is refused first.
+    assert_eq!(fetch_as(&mut client, 15, 0, 12345), refused, "made-up epoch");
+    assert_eq!(fetch_as(&mut client, 12, -1, 0), 0, "consumer");
+
+    let mut request = OffsetForLeaderEpochRequest::default();
+    request.replica_id = BrokerId(-1);
+    let mut partition = offset_for_leader_epoch_request::OffsetForLeaderPartition::default();
+    partition.partition = 0;
+    partition.current_leader_epoch = -1;
+    partition.leader_epoch = 0;
+    let mut topic = offset_for_leader_epoch_request::OffsetForLeaderTopic::default();
+    topic.topic = TopicName(StrBytes::from_static_str("spoof"));
+    topic.partitions = vec![partition];
+    request.topics = vec![topic];
+    let response = client.call(4, &request);
+    let answer = &response.topics[0].partitions[0];
+    assert_eq!(
+        (answer.error_code, answer.leader_epoch, answer.end_offset),
+        (0, 0, 2)
+    );
+}

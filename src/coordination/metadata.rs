@@ -27,6 +27,9 @@ pub struct PartitionMetadata {
     pub leader: i32,
     /// Increases on every leadership change; stamped into appended batches.
     pub leader_epoch: i32,
+    /// Increases on every change of the partition's state (ISR, leader); a leader's ISR change
+    /// (`AlterPartition`) names the one it read, so a stale change is refused.
+    pub partition_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
 }
@@ -55,6 +58,10 @@ pub struct ClusterMetadata {
     /// Recently deleted topics (name, id): a broker that was down during a delete removes the
     /// partition directories it still holds for them.
     pub deleted_topics: Vec<(String, Uuid)>,
+    /// Each live broker's epoch: its registration's random incarnation. Never shown to clients:
+    /// a replica fetch must carry its broker's epoch (KIP-903), which is what stops a client
+    /// from fetching as a replica and moving the high watermark (the CVE-2018-1288 class).
+    pub broker_epochs: BTreeMap<i32, i64>,
 }
 
 impl ClusterMetadata {
@@ -67,11 +74,27 @@ impl ClusterMetadata {
             brokers: Vec::new(),
             topics: BTreeMap::new(),
             deleted_topics: Vec::new(),
+            broker_epochs: BTreeMap::new(),
         }
     }
 
     pub fn topic(&self, name: &str) -> Option<&Arc<TopicMetadata>> {
         self.topics.get(name)
+    }
+
+    /// A partition's state, if the topic and index exist.
+    pub fn partition(&self, topic: &str, index: i32) -> Option<&PartitionMetadata> {
+        let index = usize::try_from(index).ok()?;
+        self.topics.get(topic)?.partitions.get(index)
+    }
+
+    /// A topic by its id (Fetch v13+ names topics by id).
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&Arc<TopicMetadata>> {
+        self.topics.values().find(|t| t.id == id)
+    }
+
+    pub fn broker(&self, node_id: i32) -> Option<&BrokerInfo> {
+        self.brokers.iter().find(|b| b.node_id == node_id)
     }
 
     pub fn partition_count(&self) -> usize {

@@ -27,4 +27,4 @@ pub mod state_machine;
 
 pub use metadata::{BrokerInfo, ClusterMetadata, PartitionMetadata, TopicMetadata};
 pub use runtime::{Coordinator, CoordinatorConfig, Voter};
-pub use state_machine::TOPIC_CONFIG_KEYS;
+pub use state_machine::{Command, Outcome, TOPIC_CONFIG_KEYS};

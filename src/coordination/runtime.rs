@@ -397,6 +397,7 @@ impl Coordinator {
                         .map(|p| PartitionMetadata {
                             leader: p.leader,
                             leader_epoch: p.leader_epoch,
+                            partition_epoch: p.partition_epoch,
                             replicas: p.replicas.clone(),
                             isr: p.isr.clone(),
                         })
@@ -416,6 +417,11 @@ impl Coordinator {
                 .deleted_topics
                 .iter()
                 .map(|(name, id)| (name.clone(), uuid::Uuid::from_bytes(*id)))
+                .collect(),
+            broker_epochs: state
+                .brokers
+                .values()
+                .map(|b| (b.node_id, b.incarnation as i64))
                 .collect(),
         })
     }

@@ -19,7 +19,7 @@ fn supported() -> ApiVersionsResponse {
             let mut v = ApiVersion::default();
             v.api_key = key as i16;
             v.min_version = min;
-            v.max_version = max;
+            v.max_version = crate::protocol::advertised_max_version(key, max);
             v
         })
         .collect();

@@ -1,6 +1,13 @@
-//! Fetch (key 1), v4-12: long polling with `max_wait_ms` and `min_bytes`, `max_bytes` and
+//! Fetch (key 1), v4-15: long polling with `max_wait_ms` and `min_bytes`, `max_bytes` and
 //! per-partition limits. Record bytes are sent from the segment files with sendfile, or from
 //! the owner's tail cache (the newest batches, in memory) when the fetch offset is in it.
+//!
+//! Consumers read below the high watermark. Followers (`replication::follower`) fetch as
+//! replicas at v15, naming their broker id and broker epoch (KIP-903): they read everything
+//! written, and their fetch offset is what moves the high watermark, so a fetch that claims a
+//! replica id without the live broker's epoch is refused (TOPIC_AUTHORIZATION_FAILED, as Kafka
+//! answers a replica fetch it does not authorize). ApiVersions advertises v12 to clients:
+//! v13+ name topics by id.
 //!
 //! Fetch sessions (KIP-227) are not implemented: every response carries session id 0, which
 //! tells clients to keep sending full fetch requests, as Kafka does when its session cache is
@@ -20,8 +27,8 @@ use crate::metrics::BrokerStats;
 use crate::protocol::fetch_response::{self, FetchedPartition, FetchedTopic};
 use crate::protocol::{RequestFrame, ResponseFrame};
 use crate::shard::partition::storage_error;
-use crate::shard::Shard;
-use crate::storage::Records;
+use crate::shard::{now_ms, Shard};
+use crate::storage::{ReadLimit, Records};
 
 /// Longest a fetch may be parked, whatever the client asks: bounds the memory of waiters.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
@@ -33,6 +40,10 @@ struct ReadRequest {
     partition: i32,
     offset: i64,
     max_bytes: usize,
+    /// The leader epoch the fetcher knows (-1: not given).
+    current_leader_epoch: i32,
+    /// The follower broker fetching, for replica fetches.
+    replica: Option<i32>,
 }
 
 /// A partition read, as the owner shard saw it.
@@ -88,17 +99,30 @@ async fn handle(
         );
     }
     let snapshot = shard.metadata();
+    let (replica, refused) = replica_of(&shard, version, &body);
+    let by_id = version >= 13;
     let mut per_shard: Vec<Vec<ReadRequest>> = (0..shard.nr_shards).map(|_| Vec::new()).collect();
-    let mut layout: Vec<(String, Vec<(i32, Slot)>)> = Vec::with_capacity(body.topics.len());
+    let mut layout: Vec<(String, uuid::Uuid, Vec<(i32, Slot)>)> =
+        Vec::with_capacity(body.topics.len());
     for topic in body.topics {
-        let name = topic.topic.0.to_string();
-        let known = snapshot.topic(&name);
+        let known = if by_id {
+            snapshot.topic_by_id(topic.topic_id)
+        } else {
+            snapshot.topic(topic.topic.0.as_str())
+        };
+        let name = known.map_or_else(|| topic.topic.0.to_string(), |t| t.name.clone());
+        let unknown = if by_id {
+            ResponseError::UnknownTopicId
+        } else {
+            ResponseError::UnknownTopicOrPartition
+        };
         let slots = topic
             .partitions
             .into_iter()
             .map(|p| {
                 let index = p.partition;
                 let slot = match known {
+                    _ if refused => Slot::Failed(ResponseError::TopicAuthorizationFailed),
                     Some(t) if index >= 0 && (index as usize) < t.partitions.len() => {
                         let owner = shard.owner_of(&name, index);
                         per_shard[owner].push(ReadRequest {
@@ -106,23 +130,29 @@ async fn handle(
                             partition: index,
                             offset: p.fetch_offset,
                             max_bytes: p.partition_max_bytes.max(0) as usize,
+                            current_leader_epoch: if version >= 9 {
+                                p.current_leader_epoch
+                            } else {
+                                -1
+                            },
+                            replica,
                         });
                         Slot::Read {
                             shard: owner,
                             index: per_shard[owner].len() - 1,
                         }
                     }
-                    _ => Slot::Failed(ResponseError::UnknownTopicOrPartition),
+                    _ => Slot::Failed(unknown),
                 };
                 (index, slot)
             })
             .collect();
-        layout.push((name, slots));
+        layout.push((name, topic.topic_id, slots));
     }
     let min_bytes = body.min_bytes.max(0) as usize;
     let max_wait = Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
     let deadline = Instant::now() + max_wait;
-    let mut results = read_all(&shard, &per_shard).await;
+    let mut results = read_all(&shard, &per_shard, true).await;
     loop {
         let total: usize = results.iter().flatten().map(ReadResult::len).sum();
         let any_error = results.iter().flatten().any(|r| r.error_code != 0);
@@ -135,7 +165,7 @@ async fn handle(
             break;
         }
         wait_for_data(&shard, &per_shard, deadline).await;
-        results = read_all(&shard, &per_shard).await;
+        results = read_all(&shard, &per_shard, false).await;
     }
 
     // Apply the response-wide max_bytes: the first non-empty partition is always whole
@@ -149,8 +179,9 @@ async fn handle(
         .collect();
     let topics = layout
         .into_iter()
-        .map(|(name, slots)| FetchedTopic {
+        .map(|(name, id, slots)| FetchedTopic {
             name,
+            id,
             partitions: slots
                 .into_iter()
                 .map(|(index, slot)| {
@@ -193,8 +224,40 @@ async fn handle(
     fetch_response::encode(version, correlation_id, 0, 0, topics)
 }
 
-/// Reads every partition on its owner shard, all shards in parallel.
-async fn read_all(shard: &Rc<Shard>, per_shard: &[Vec<ReadRequest>]) -> Vec<Vec<ReadResult>> {
+/// The follower broker a fetch comes from, if it claims to be one, and whether the claim is
+/// refused: only a live broker naming its own current epoch (Fetch v15+) fetches as a replica.
+fn replica_of(shard: &Shard, version: i16, body: &FetchRequest) -> (Option<i32>, bool) {
+    let (replica_id, replica_epoch) = if version >= 15 {
+        (
+            body.replica_state.replica_id.0,
+            Some(body.replica_state.replica_epoch),
+        )
+    } else {
+        (body.replica_id.0, None)
+    };
+    // Negative ids are consumers (-1) and Kafka's debugging consumers (-2, -3).
+    if replica_id < 0 {
+        return (None, false);
+    }
+    let live_epoch = shard.metadata().broker_epochs.get(&replica_id).copied();
+    if replica_id != shard.broker.node_id && live_epoch.is_some() && live_epoch == replica_epoch {
+        return (Some(replica_id), false);
+    }
+    tracing::warn!(
+        replica_id,
+        version,
+        "refusing a replica fetch that does not carry a live broker's epoch"
+    );
+    (None, true)
+}
+
+/// Reads every partition on its owner shard, all shards in parallel. `first` marks the read
+/// that answers a follower's fetch offset (the long-poll's later reads do not count again).
+async fn read_all(
+    shard: &Rc<Shard>,
+    per_shard: &[Vec<ReadRequest>],
+    first: bool,
+) -> Vec<Vec<ReadResult>> {
     let reads = per_shard.iter().enumerate().map(|(target, requests)| {
         let requests = requests.clone();
         let shard = shard.clone();
@@ -203,25 +266,50 @@ async fn read_all(shard: &Rc<Shard>, per_shard: &[Vec<ReadRequest>]) -> Vec<Vec<
                 return Vec::new();
             }
             shard
-                .invoke_on(
-                    target,
-                    move |owner| async move { read_local(&owner, &requests) },
-                )
+                .invoke_on(target, move |owner| async move {
+                    read_local(&owner, &requests, first)
+                })
                 .await
         }
     });
     join_all(reads).await
 }
 
-fn read_local(owner: &Shard, requests: &[ReadRequest]) -> Vec<ReadResult> {
+fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<ReadResult> {
+    let metadata = owner.metadata();
+    let lag_time_max_ms = owner.config.replication.lag_time_max_ms as i64;
     requests
         .iter()
         .map(|r| {
             let Some(partition) = owner.partition(&r.topic, r.partition) else {
                 return ReadResult::error(ResponseError::NotLeaderOrFollower);
             };
+            if let Err(code) = partition.check_leader(r.current_leader_epoch) {
+                return ReadResult::error(code);
+            }
             let log = &partition.log;
-            let records = match log.read(r.offset, r.max_bytes, true) {
+            let limit = match r.replica {
+                Some(node) => {
+                    if first {
+                        let (change, known) = partition.record_follower_fetch(
+                            node,
+                            r.offset,
+                            now_ms(),
+                            lag_time_max_ms,
+                            |n| metadata.broker(n).is_some(),
+                        );
+                        if !known {
+                            return ReadResult::error(ResponseError::NotLeaderOrFollower);
+                        }
+                        if let Some(change) = change {
+                            crate::replication::isr::propose(owner, &partition, change);
+                        }
+                    }
+                    ReadLimit::Written
+                }
+                None => ReadLimit::HighWatermark,
+            };
+            let records = match log.read(r.offset, r.max_bytes, true, limit) {
                 Ok(records) => records,
                 Err(e) => {
                     let code = storage_error(e).code;
@@ -274,7 +362,12 @@ async fn wait_local(owner: &Shard, requests: &[ReadRequest], deadline: Instant) 
         .filter_map(|r| {
             let partition = owner.partition(&r.topic, r.partition)?;
             let offset = r.offset;
-            let wait = async move { partition.log.wait_for_data(offset).await };
+            let limit = if r.replica.is_some() {
+                ReadLimit::Written
+            } else {
+                ReadLimit::HighWatermark
+            };
+            let wait = async move { partition.log.wait_for_data(offset, limit).await };
             Some(Box::pin(wait) as Pin<Box<dyn Future<Output = ()>>>)
         })
         .collect();

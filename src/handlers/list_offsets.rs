@@ -34,6 +34,11 @@ pub async fn handle(
             .map_or(0, |t| t.partitions.len() as i32);
         for p in &topic.partitions {
             let (index, timestamp) = (p.partition_index, p.timestamp);
+            let current_leader_epoch = if version >= 4 {
+                p.current_leader_epoch
+            } else {
+                -1
+            };
             let name = name.clone();
             let shard = shard.clone();
             lookups.push(async move {
@@ -43,7 +48,7 @@ pub async fn handle(
                 let owner = shard.owner_of(&name, index);
                 shard
                     .invoke_on(owner, move |owner| async move {
-                        lookup(&owner, &name, index, timestamp)
+                        lookup(&owner, &name, index, timestamp, current_leader_epoch)
                     })
                     .await
             });
@@ -80,11 +85,20 @@ pub async fn handle(
     response
 }
 
-fn lookup(owner: &Shard, topic: &str, index: i32, timestamp: i64) -> Answer {
+fn lookup(
+    owner: &Shard,
+    topic: &str,
+    index: i32,
+    timestamp: i64,
+    current_leader_epoch: i32,
+) -> Answer {
     let ok = None;
     let Some(partition) = owner.partition(topic, index) else {
         return (Some(ResponseError::NotLeaderOrFollower), -1, -1, -1);
     };
+    if let Err(code) = partition.check_leader(current_leader_epoch) {
+        return (Some(code), -1, -1, -1);
+    }
     let log = &partition.log;
     let epoch = partition.leader_epoch.get();
     match timestamp {

@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 
 use std::future::Future;
@@ -83,6 +84,9 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Dis
         RequestKind::DescribeConfigs(body) => respond!(admin::describe_configs, body),
         RequestKind::InitProducerId(body) => respond!(admin::init_producer_id, body),
         RequestKind::DescribeCluster(body) => respond!(admin::describe_cluster, body),
+        RequestKind::OffsetForLeaderEpoch(body) => {
+            respond!(offset_for_leader_epoch::handle, body)
+        }
         RequestKind::FindCoordinator(body) => respond!(groups::find_coordinator, body),
         RequestKind::JoinGroup(body) => {
             let client_id = request

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::join_all;
@@ -20,8 +21,11 @@ use kafka_protocol::ResponseError;
 use super::Dispatched;
 use crate::metrics::BrokerStats;
 use crate::protocol::{self, ApiError, RequestFrame};
-use crate::shard::partition::{storage_error, Partition};
+use crate::shard::partition::Partition;
 use crate::shard::Shard;
+
+/// Longest an acks=all produce waits for the in-sync replicas, whatever the client asks.
+const MAX_PRODUCE_TIMEOUT_MS: i32 = 300_000;
 
 /// What the client asked for in `acks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +96,8 @@ pub async fn dispatch(
         };
     let snapshot = shard.metadata();
     let transactional = body.transactional_id.is_some();
+    // How long acks=all may wait for the in-sync replicas (Kafka's produce timeout).
+    let timeout = Duration::from_millis(body.timeout_ms.clamp(1, MAX_PRODUCE_TIMEOUT_MS) as u64);
     let mut per_shard: Vec<Vec<PartitionInput>> =
         (0..shard.nr_shards).map(|_| Vec::new()).collect();
     let mut layout: Vec<(TopicName, Vec<(i32, Slot)>)> = Vec::with_capacity(body.topic_data.len());
@@ -140,13 +146,13 @@ pub async fn dispatch(
             continue;
         }
         let wait: ShardWait = if target == shard.id {
-            let accepted = append_all(shard, &inputs);
-            Box::pin(wait_all(accepted, acks))
+            let accepted = append_all(shard, &inputs, acks);
+            Box::pin(wait_all(accepted, acks, timeout))
         } else {
             let rx = shard
                 .submit_on(target, move |owner| async move {
-                    let accepted = append_all(&owner, &inputs);
-                    wait_all(accepted, acks).await
+                    let accepted = append_all(&owner, &inputs, acks);
+                    wait_all(accepted, acks, timeout).await
                 })
                 .await;
             // A dropped reply means the owner shard went away: reported per partition below.
@@ -204,7 +210,11 @@ struct Accepted {
 }
 
 /// Appends every input on the owner shard, synchronously, in order.
-fn append_all(owner: &Rc<Shard>, inputs: &[PartitionInput]) -> Vec<Result<Accepted, ApiError>> {
+fn append_all(
+    owner: &Rc<Shard>,
+    inputs: &[PartitionInput],
+    acks: Acks,
+) -> Vec<Result<Accepted, ApiError>> {
     let snapshot = owner.metadata();
     inputs
         .iter()
@@ -222,7 +232,8 @@ fn append_all(owner: &Rc<Shard>, inputs: &[PartitionInput]) -> Vec<Result<Accept
                 .map_or(owner.config.message_max_bytes, |t| {
                     owner.max_batch_bytes_for(t)
                 });
-            let appended = partition.append(&input.records, max_batch_bytes)?;
+            let appended =
+                partition.append(&input.records, max_batch_bytes, acks == Acks::All)?;
             let cells = crate::metrics::shard_cells(owner.id);
             BrokerStats::add(&cells.bytes_in, input.records.len() as u64);
             BrokerStats::add(
@@ -238,23 +249,26 @@ fn append_all(owner: &Rc<Shard>, inputs: &[PartitionInput]) -> Vec<Result<Accept
         .collect()
 }
 
-/// Waits until every accepted append is written (acks=1) or durable (acks=all). The partitions'
-/// writer tasks coalesce concurrent waits into shared writes and syncs.
-async fn wait_all(accepted: Vec<Result<Accepted, ApiError>>, acks: Acks) -> Vec<PartitionResult> {
+/// Waits until every accepted append may be acknowledged: written (acks=1), or durable here
+/// and on every in-sync replica (acks=all). The partitions' writer tasks coalesce concurrent
+/// waits into shared writes and syncs.
+async fn wait_all(
+    accepted: Vec<Result<Accepted, ApiError>>,
+    acks: Acks,
+    timeout: Duration,
+) -> Vec<PartitionResult> {
     let waits = accepted.into_iter().map(|result| async move {
         let accepted = match result {
             Ok(accepted) => accepted,
             Err(error) => return PartitionResult::failed(error),
         };
         if acks != Acks::None {
-            let durable = acks == Acks::All;
-            if let Err(e) = accepted
+            if let Err(error) = accepted
                 .partition
-                .log
-                .wait_written(accepted.end_offset, durable)
+                .wait_acknowledged(accepted.end_offset, acks == Acks::All, timeout)
                 .await
             {
-                return PartitionResult::failed(storage_error(e));
+                return PartitionResult::failed(error);
             }
         }
         PartitionResult {

@@ -25,7 +25,10 @@ pub struct FetchedPartition {
 
 /// One topic of a fetch response.
 pub struct FetchedTopic {
+    /// Named in responses up to v12.
     pub name: String,
+    /// Named by id from v13 (topic ids, KIP-516).
+    pub id: uuid::Uuid,
     pub partitions: Vec<FetchedPartition>,
 }
 
@@ -63,7 +66,7 @@ pub fn encode(
     topics: Vec<FetchedTopic>,
 ) -> ResponseFrame {
     assert!(
-        (4..=12).contains(&version),
+        (4..=15).contains(&version),
         "fetch response v{version} is not supported"
     );
     let flexible = version >= 12;
@@ -77,7 +80,11 @@ pub fn encode(
     }
     put_array_len(&mut buf, flexible, topics.len());
     for topic in topics {
-        put_string(&mut buf, flexible, &topic.name);
+        if version >= 13 {
+            buf.put_slice(topic.id.as_bytes());
+        } else {
+            put_string(&mut buf, flexible, &topic.name);
+        }
         put_array_len(&mut buf, flexible, topic.partitions.len());
         for p in topic.partitions {
             buf.put_i32(p.partition);
@@ -156,9 +163,10 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(b"0123456789abcdef").unwrap();
         let file = Arc::new(file);
-        for version in 4..=12 {
+        for version in 4..=15 {
             let topics = vec![FetchedTopic {
                 name: "t".into(),
+                id: uuid::Uuid::from_u128(7),
                 partitions: vec![
                     FetchedPartition {
                         partition: 0,
@@ -221,6 +229,11 @@ mod tests {
             assert_eq!(header.correlation_id, 9);
             let response = FetchResponse::decode(&mut buf, version).unwrap();
             assert!(buf.is_empty(), "v{version}: trailing bytes");
+            if version >= 13 {
+                assert_eq!(response.responses[0].topic_id, uuid::Uuid::from_u128(7));
+            } else {
+                assert_eq!(response.responses[0].topic.0.as_str(), "t");
+            }
             let p = &response.responses[0].partitions;
             assert_eq!(
                 p[0].records.as_deref(),

@@ -20,7 +20,9 @@ use crate::storage::ReadSlice;
 /// librdkafka 2.x, kafka-python, franz-go and the Java client 3.x negotiate.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
+    // v13-15 (topic ids, the replica's broker epoch) are accepted for replica fetches between
+    // brokers; clients are offered up to v12 (`advertised_max_version`).
+    (ApiKey::Fetch, 4, 15),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
@@ -30,6 +32,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
     // Consumer groups (handlers::groups).
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
@@ -43,6 +46,15 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
 ];
+
+/// The highest version of `key` offered to clients in ApiVersions: the accepted maximum, except
+/// Fetch, whose v13+ (topic ids in requests and responses) only brokers use for now.
+pub fn advertised_max_version(key: ApiKey, max: i16) -> i16 {
+    match key {
+        ApiKey::Fetch => max.min(12),
+        _ => max,
+    }
+}
 
 /// The supported version range of `key`, if the broker serves it.
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {

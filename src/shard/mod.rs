@@ -11,7 +11,7 @@ pub mod producer_state;
 pub mod router;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +27,7 @@ use crate::coordination::{BrokerInfo, ClusterMetadata, Coordinator, TopicMetadat
 use crate::groups::GroupCoordinator;
 use crate::metrics::BrokerStats;
 use crate::storage::{LogConfig, PartitionLog};
-use partition::Partition;
+use partition::{Partition, RoleChange};
 
 /// Work sent to another shard: runs there, on that shard's thread.
 pub type Job = Box<dyn FnOnce(&Rc<Shard>) + Send>;
@@ -50,6 +50,8 @@ pub struct Shard {
     pub groups: Rc<GroupCoordinator>,
     /// Serialises metadata application so snapshots are applied in version order.
     apply_lock: glommio::sync::Semaphore,
+    /// Leader brokers this shard runs a follower fetcher for (`replication::follower`).
+    pub fetchers: RefCell<HashSet<i32>>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -96,6 +98,7 @@ impl Shard {
             partitions: RefCell::new(HashMap::new()),
             coordinator,
             apply_lock: glommio::sync::Semaphore::new(1),
+            fetchers: RefCell::new(HashSet::new()),
             shutdown,
         })
     }
@@ -199,7 +202,7 @@ impl Shard {
         } else {
             let of_topic = (0..topic.partitions.len())
                 .filter(|&i| {
-                    topic.partitions[i].leader == self.broker.node_id
+                    topic.partitions[i].replicas.contains(&self.broker.node_id)
                         && self.owner_of(&topic.name, i as i32) == self.id
                 })
                 .count();
@@ -224,6 +227,16 @@ impl Shard {
         log
     }
 
+    /// `min.insync.replicas` of a topic: its own setting, else the broker's.
+    pub fn min_insync_replicas_for(&self, topic: &TopicMetadata) -> usize {
+        topic
+            .configs
+            .get("min.insync.replicas")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(self.config.min_insync_replicas.max(1) as usize)
+            .max(1)
+    }
+
     /// Largest batch a topic accepts.
     pub fn max_batch_bytes_for(&self, topic: &TopicMetadata) -> usize {
         topic
@@ -233,8 +246,10 @@ impl Shard {
             .unwrap_or(self.config.message_max_bytes)
     }
 
-    /// Makes this shard match a metadata snapshot: opens the logs of partitions it now owns and
-    /// deletes those of removed topics. Snapshots older than the current one are ignored.
+    /// Makes this shard match a metadata snapshot: opens the logs of partitions it now holds a
+    /// replica of, sets each one's role (leader, or follower with its fetcher running), closes
+    /// those it no longer holds and deletes those of removed topics. Snapshots older than the
+    /// current one are ignored.
     pub async fn apply_metadata(self: &Rc<Self>, snapshot: Arc<ClusterMetadata>) {
         let _permit = self
             .apply_lock
@@ -244,7 +259,9 @@ impl Shard {
         if snapshot.version <= self.metadata.borrow().version {
             return;
         }
-        let mut wanted: Vec<(Arc<TopicMetadata>, i32, i32)> = Vec::new();
+        let this_node = self.broker.node_id;
+        let now = now_ms();
+        let mut wanted: Vec<(Arc<TopicMetadata>, i32)> = Vec::new();
         for topic in snapshot.topics.values() {
             if topic.name == crate::groups::OFFSETS_TOPIC {
                 // The group coordinators own the offsets partitions' logs (`groups::offsets_log`).
@@ -252,13 +269,15 @@ impl Shard {
             }
             for (index, p) in topic.partitions.iter().enumerate() {
                 let index = index as i32;
-                if p.leader == self.broker.node_id && self.owner_of(&topic.name, index) == self.id {
-                    wanted.push((topic.clone(), index, p.leader_epoch));
+                if p.replicas.contains(&this_node) && self.owner_of(&topic.name, index) == self.id
+                {
+                    wanted.push((topic.clone(), index));
                 }
             }
         }
         let mut removed = Vec::new();
-        let mut demoted = Vec::new();
+        let mut dropped = Vec::new();
+        let mut kept = Vec::new();
         {
             let mut owned = self.partitions.borrow_mut();
             for (name, partitions) in owned.iter_mut() {
@@ -268,19 +287,30 @@ impl Shard {
                     });
                     match topic {
                         None => removed.push(partition.clone()),
-                        // Leadership moved to another broker: stop serving, keep the files.
-                        Some(t) if t.partitions[*index as usize].leader != self.broker.node_id => {
-                            demoted.push(partition.clone())
+                        // No replica here any more: stop serving, keep the files.
+                        Some(t) if !t.partitions[*index as usize].replicas.contains(&this_node) => {
+                            dropped.push(partition.clone())
                         }
-                        Some(_) => return true,
+                        Some(t) => {
+                            kept.push((t.clone(), partition.clone()));
+                            return true;
+                        }
                     }
                     false
                 });
             }
             owned.retain(|_, partitions| !partitions.is_empty());
         }
-        for partition in demoted {
-            tracing::info!(topic = %partition.topic, partition = partition.index, "no longer the leader; closing the partition");
+        for (topic, partition) in kept {
+            let state = &topic.partitions[partition.index as usize];
+            let change =
+                partition.apply_state(state, self.min_insync_replicas_for(&topic), now);
+            if let RoleChange::BecameFollower { leader } = change {
+                crate::replication::follower::ensure_fetcher(self, leader);
+            }
+        }
+        for partition in dropped {
+            tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; closing the partition");
             if let Err(e) = partition.log.close().await {
                 tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
             }
@@ -291,9 +321,8 @@ impl Shard {
                 tracing::error!(topic = %partition.topic, error = %e, "deleting partition log failed");
             }
         }
-        let opens = wanted.into_iter().filter_map(|(topic, index, epoch)| {
-            if let Some(existing) = self.partition(&topic.name, index) {
-                existing.leader_epoch.set(epoch);
+        let opens = wanted.into_iter().filter_map(|(topic, index)| {
+            if self.partition(&topic.name, index).is_some() {
                 return None;
             }
             let dir = self
@@ -303,18 +332,32 @@ impl Shard {
             let log_config = self.log_config_for(&topic);
             Some(async move {
                 let opened = PartitionLog::open(dir.clone(), log_config).await;
-                (topic, index, epoch, dir, opened)
+                (topic, index, dir, opened)
             })
         });
-        for (topic, index, epoch, dir, opened) in join_all(opens).await {
+        for (topic, index, dir, opened) in join_all(opens).await {
             match opened {
                 Ok(log) => {
-                    let partition = Partition::new(topic.name.clone(), index, topic.id, log, epoch);
+                    let state = &topic.partitions[index as usize];
+                    let partition = Partition::new(
+                        topic.name.clone(),
+                        index,
+                        topic.id,
+                        log,
+                        this_node,
+                        state,
+                        self.min_insync_replicas_for(&topic),
+                        now,
+                    );
+                    let follows = partition.following();
                     self.partitions
                         .borrow_mut()
                         .entry(topic.name.clone())
                         .or_default()
                         .insert(index, Rc::new(partition));
+                    if let Some(leader) = follows {
+                        crate::replication::follower::ensure_fetcher(self, leader);
+                    }
                 }
                 // The partition stays unavailable (clients see NOT_LEADER/UNKNOWN) rather than
                 // taking the broker down with it.

@@ -1,19 +1,44 @@
-//! A partition as its owning shard sees it: the log plus the idempotent-producer state.
+//! A partition as its owning shard sees it: the log, the idempotent-producer state, and its
+//! replication role (leader with its followers' progress, or follower of another broker).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use super::producer_state::{ProducerStateTable, SequenceCheck};
+use crate::coordination::PartitionMetadata;
 use crate::protocol::record_batch::{self, BatchError, BatchHeader, Batches};
 use crate::protocol::ApiError;
-use crate::storage::{PartitionLog, StorageError};
+use crate::replication::leader::{IsrChange, LeaderState};
+use crate::storage::{PartitionLog, ReadLimit, StorageError};
 
-/// One partition led by this broker. Owned by exactly one shard (see `shard::router`); never
-/// touched from another core.
+/// This broker's part in a partition's replication at the current leader epoch.
+#[derive(Debug)]
+pub enum Role {
+    /// Takes produce requests and serves consumers and followers.
+    Leader(LeaderState),
+    /// Copies the leader's log. `needs_truncation` until it has cut any suffix that diverges
+    /// from the leader's log (OffsetForLeaderEpoch), which it must do before fetching.
+    Follower { leader: i32, needs_truncation: bool },
+}
+
+/// What a metadata change did to this broker's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleChange {
+    None,
+    BecameLeader,
+    /// Follows `leader` (-1: no leader elected yet) at a new epoch.
+    BecameFollower { leader: i32 },
+}
+
+/// One partition replicated on this broker. Owned by exactly one shard (see `shard::router`);
+/// never touched from another core.
 pub struct Partition {
     pub topic: String,
     pub index: i32,
@@ -21,7 +46,20 @@ pub struct Partition {
     pub topic_id: Uuid,
     pub log: Rc<PartitionLog>,
     pub leader_epoch: Cell<i32>,
+    /// The coordination state's version of this partition, named by ISR changes.
+    partition_epoch: Cell<i32>,
+    this_node: i32,
+    replicas: RefCell<Vec<i32>>,
+    role: RefCell<Role>,
+    /// The log end offset when this broker became leader at the current epoch: a follower joins
+    /// the ISR only once it has reached it.
+    epoch_start_offset: Cell<i64>,
+    /// `min.insync.replicas` of the topic (or the broker default).
+    min_insync_replicas: Cell<usize>,
     producers: RefCell<ProducerStateTable>,
+    /// Completes when this broker stops leading at the epoch a produce waiter saw: an acks=all
+    /// wait must then answer NOT_LEADER_OR_FOLLOWER, never success from a fenced leader.
+    leadership_lost: RefCell<(Option<oneshot::Sender<()>>, Shared<oneshot::Receiver<()>>)>,
 }
 
 /// Where a produce to this partition landed.
@@ -32,45 +70,304 @@ pub struct Appended {
     pub end_offset: i64,
 }
 
+fn leadership_signal() -> (Option<oneshot::Sender<()>>, Shared<oneshot::Receiver<()>>) {
+    let (tx, rx) = oneshot::channel();
+    (Some(tx), rx.shared())
+}
+
 impl Partition {
+    /// A partition whose log is open, in the role `state` gives this node.
     pub fn new(
         topic: String,
         index: i32,
         topic_id: Uuid,
         log: Rc<PartitionLog>,
-        leader_epoch: i32,
+        this_node: i32,
+        state: &PartitionMetadata,
+        min_insync_replicas: usize,
+        now_ms: i64,
     ) -> Partition {
+        let partition = Partition {
+            topic,
+            index,
+            topic_id,
+            log,
+            leader_epoch: Cell::new(-1),
+            partition_epoch: Cell::new(-1),
+            this_node,
+            replicas: RefCell::new(Vec::new()),
+            // Replaced by `apply_state` below.
+            role: RefCell::new(Role::Follower {
+                leader: -1,
+                needs_truncation: true,
+            }),
+            epoch_start_offset: Cell::new(0),
+            min_insync_replicas: Cell::new(min_insync_replicas),
+            producers: RefCell::new(ProducerStateTable::default()),
+            leadership_lost: RefCell::new(leadership_signal()),
+        };
+        partition.rebuild_producer_state();
+        partition.apply_state(state, min_insync_replicas, now_ms);
+        partition
+    }
+
+    /// Rebuilds the idempotent-producer table from the batches the log's recovery scan saw
+    /// (at open, and after a truncation removed batches).
+    pub fn rebuild_producer_state(&self) {
         let mut producers = ProducerStateTable::default();
         let mut recovered = 0;
-        for header in log.recovered_producer_batches() {
+        for header in self.log.recovered_producer_batches() {
             producers.record(&header, header.base_offset);
             recovered += 1;
         }
         if recovered > 0 {
             tracing::debug!(
-                topic,
-                index,
+                topic = %self.topic,
+                index = self.index,
                 recovered,
                 "rebuilt producer state from the log tail"
             );
         }
-        Partition {
-            topic,
-            index,
-            topic_id,
-            log,
-            leader_epoch: Cell::new(leader_epoch),
-            producers: RefCell::new(producers),
+        *self.producers.borrow_mut() = producers;
+    }
+
+    /// Takes a new committed state of this partition: leadership, epochs, ISR.
+    pub fn apply_state(
+        &self,
+        state: &PartitionMetadata,
+        min_insync_replicas: usize,
+        now_ms: i64,
+    ) -> RoleChange {
+        self.min_insync_replicas.set(min_insync_replicas);
+        *self.replicas.borrow_mut() = state.replicas.clone();
+        let epoch_changed = state.leader_epoch != self.leader_epoch.get();
+        let partition_changed = state.partition_epoch != self.partition_epoch.get();
+        let was_leader = self.is_leader();
+        self.leader_epoch.set(state.leader_epoch);
+        self.partition_epoch.set(state.partition_epoch);
+        let leads = state.leader == self.this_node;
+        let change = if leads && was_leader && !epoch_changed {
+            // Only a new partition epoch settles a pending ISR change: an unrelated snapshot
+            // must not drop a joining member from the high watermark's count early.
+            if partition_changed {
+                if let Role::Leader(leader) = &mut *self.role.borrow_mut() {
+                    leader.set_isr(&state.isr);
+                }
+            }
+            RoleChange::None
+        } else if leads {
+            if was_leader {
+                self.signal_leadership_lost();
+            }
+            if let Err(e) = self.log.assign_epoch_start(state.leader_epoch) {
+                tracing::error!(topic = %self.topic, partition = self.index, error = %e, "cannot record the new leader epoch");
+            }
+            self.epoch_start_offset.set(self.log.log_end_offset());
+            *self.role.borrow_mut() = Role::Leader(LeaderState::new(
+                self.this_node,
+                &state.replicas,
+                &state.isr,
+                now_ms,
+            ));
+            tracing::info!(topic = %self.topic, partition = self.index, epoch = state.leader_epoch, log_end_offset = self.log.log_end_offset(), "leading");
+            RoleChange::BecameLeader
+        } else if epoch_changed || was_leader {
+            if was_leader {
+                self.signal_leadership_lost();
+            }
+            *self.role.borrow_mut() = Role::Follower {
+                leader: state.leader,
+                needs_truncation: true,
+            };
+            tracing::info!(topic = %self.topic, partition = self.index, leader = state.leader, epoch = state.leader_epoch, "following");
+            RoleChange::BecameFollower {
+                leader: state.leader,
+            }
+        } else {
+            RoleChange::None
+        };
+        self.refresh_high_watermark();
+        change
+    }
+
+    fn signal_leadership_lost(&self) {
+        let mut signal = self.leadership_lost.borrow_mut();
+        if let Some(tx) = signal.0.take() {
+            let _ = tx.send(());
+        }
+        *signal = leadership_signal();
+    }
+
+    pub fn is_leader(&self) -> bool {
+        matches!(*self.role.borrow(), Role::Leader(_))
+    }
+
+    /// The broker this one follows for this partition, if it is a follower.
+    pub fn following(&self) -> Option<i32> {
+        match *self.role.borrow() {
+            Role::Follower { leader, .. } => Some(leader),
+            Role::Leader(_) => None,
         }
     }
 
+    pub fn needs_truncation(&self) -> bool {
+        matches!(
+            *self.role.borrow(),
+            Role::Follower {
+                needs_truncation: true,
+                ..
+            }
+        )
+    }
+
+    /// The follower must (again) find where its log diverges before fetching more.
+    pub fn set_needs_truncation(&self, needed: bool) {
+        if let Role::Follower {
+            needs_truncation, ..
+        } = &mut *self.role.borrow_mut()
+        {
+            *needs_truncation = needed;
+        }
+    }
+
+    pub fn replicas(&self) -> Vec<i32> {
+        self.replicas.borrow().clone()
+    }
+
+    /// The committed ISR as this leader knows it; empty on a follower.
+    pub fn isr(&self) -> Vec<i32> {
+        match &*self.role.borrow() {
+            Role::Leader(leader) => leader.isr().to_vec(),
+            Role::Follower { .. } => Vec::new(),
+        }
+    }
+
+    pub fn partition_epoch(&self) -> i32 {
+        self.partition_epoch.get()
+    }
+
+    pub fn min_insync_replicas(&self) -> usize {
+        self.min_insync_replicas.get()
+    }
+
+    /// Refuses requests that must go to the leader: NOT_LEADER_OR_FOLLOWER on a follower, and
+    /// Kafka's epoch checks when the client names the leader epoch it knows (-1: it does not).
+    pub fn check_leader(&self, current_leader_epoch: i32) -> Result<(), ResponseError> {
+        if !self.is_leader() {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        let epoch = self.leader_epoch.get();
+        match current_leader_epoch {
+            -1 => Ok(()),
+            e if e < epoch => Err(ResponseError::FencedLeaderEpoch),
+            e if e > epoch => Err(ResponseError::UnknownLeaderEpoch),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves the log's high watermark as far as the ISR allows (leader), or holds it where the
+    /// leader last said it is (follower).
+    fn refresh_high_watermark(&self) {
+        let bound = match &*self.role.borrow() {
+            Role::Leader(leader) => leader.high_watermark_bound(),
+            Role::Follower { .. } => Some(self.log.high_watermark()),
+        };
+        self.log.set_high_watermark_bound(bound);
+    }
+
+    /// A follower fetched at `fetch_offset` (everything below it is on its disk). Returns an ISR
+    /// expansion to propose if the follower has just caught up, and false in `.1` if the node
+    /// is not a follower of this partition.
+    pub fn record_follower_fetch(
+        &self,
+        node_id: i32,
+        fetch_offset: i64,
+        now_ms: i64,
+        lag_time_max_ms: i64,
+        is_live: impl Fn(i32) -> bool,
+    ) -> (Option<IsrChange>, bool) {
+        let written = self.log.written_offset();
+        let mut role = self.role.borrow_mut();
+        let Role::Leader(leader) = &mut *role else {
+            return (None, false);
+        };
+        if !leader.record_fetch(node_id, fetch_offset, written, now_ms) {
+            return (None, false);
+        }
+        let change = if leader.isr().contains(&node_id) {
+            None
+        } else {
+            leader.isr_change(
+                now_ms,
+                lag_time_max_ms,
+                self.log.high_watermark(),
+                self.epoch_start_offset.get(),
+                is_live,
+            )
+        };
+        drop(role);
+        self.refresh_high_watermark();
+        (change, true)
+    }
+
+    /// The ISR change this leader should propose now (periodic check), if any.
+    pub fn isr_change_due(
+        &self,
+        now_ms: i64,
+        lag_time_max_ms: i64,
+        is_live: impl Fn(i32) -> bool,
+    ) -> Option<IsrChange> {
+        let mut role = self.role.borrow_mut();
+        let Role::Leader(leader) = &mut *role else {
+            return None;
+        };
+        let change = leader.isr_change(
+            now_ms,
+            lag_time_max_ms,
+            self.log.high_watermark(),
+            self.epoch_start_offset.get(),
+            is_live,
+        );
+        drop(role);
+        if change.as_ref().is_some_and(|c| c.expands) {
+            self.refresh_high_watermark();
+        }
+        change
+    }
+
+    /// The quorum did not take the proposed ISR change.
+    pub fn isr_change_failed(&self) {
+        if let Role::Leader(leader) = &mut *self.role.borrow_mut() {
+            leader.clear_pending();
+        }
+        self.refresh_high_watermark();
+    }
+
     /// Validates the batches of one produce request and appends them, synchronously assigning
-    /// offsets (so appends are ordered as requests were read). The caller then waits on
-    /// `log.wait_written(end_offset, durable)` before answering.
+    /// offsets (so appends are ordered as requests were read). The caller then waits with
+    /// [`Self::wait_acknowledged`] before answering.
     ///
     /// Nothing is appended unless every batch is valid: a request is all or nothing per
-    /// partition, as in Kafka.
-    pub fn append(&self, records: &Bytes, max_batch_bytes: usize) -> Result<Appended, ApiError> {
+    /// partition, as in Kafka. With `acks_all`, refused with NOT_ENOUGH_REPLICAS while the ISR
+    /// is smaller than `min.insync.replicas`.
+    pub fn append(
+        &self,
+        records: &Bytes,
+        max_batch_bytes: usize,
+        acks_all: bool,
+    ) -> Result<Appended, ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::new(
+                ResponseError::NotLeaderOrFollower,
+                format!(
+                    "this broker is not the leader of {}-{}",
+                    self.topic, self.index
+                ),
+            ));
+        }
+        if acks_all {
+            self.check_enough_replicas(ResponseError::NotEnoughReplicas)?;
+        }
         let mut headers: Vec<(BatchHeader, std::ops::Range<usize>)> = Vec::with_capacity(1);
         for item in Batches::new(records, usize::MAX) {
             let (header, range) = item.map_err(|(_, e)| batch_error(e))?;
@@ -139,6 +436,134 @@ impl Partition {
             base_offset: first_offset.expect("at least one batch"),
             end_offset,
         })
+    }
+
+    fn check_enough_replicas(&self, code: ResponseError) -> Result<(), ApiError> {
+        let isr = self.isr();
+        let required = self.min_insync_replicas.get();
+        if isr.len() < required {
+            return Err(ApiError::new(
+                code,
+                format!(
+                    "the in-sync replicas {isr:?} of {}-{} are fewer than min.insync.replicas {required}",
+                    self.topic, self.index
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until offsets below `end_offset` may be acknowledged: written on this leader
+    /// (acks=1), or fdatasync'd here and on every ISR member, i.e. below the high watermark
+    /// (acks=all). Fails if leadership is lost meanwhile (a fenced leader acknowledges
+    /// nothing), at `timeout` (REQUEST_TIMED_OUT), or with NOT_ENOUGH_REPLICAS_AFTER_APPEND if
+    /// the ISR shrank below `min.insync.replicas` before the write was replicated.
+    pub async fn wait_acknowledged(
+        &self,
+        end_offset: i64,
+        acks_all: bool,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
+        if !acks_all {
+            return self
+                .log
+                .wait_written(end_offset, false)
+                .await
+                .map_err(storage_error);
+        }
+        let lost = self.leadership_lost.borrow().1.clone();
+        let log = self.log.clone();
+        let replicated = async move {
+            log.wait_written(end_offset, true)
+                .await
+                .map_err(storage_error)?;
+            while log.high_watermark() < end_offset {
+                log.wait_for_data(end_offset - 1, ReadLimit::HighWatermark)
+                    .await;
+                if log.high_watermark() < end_offset {
+                    // The wait ends without progress only when the log closed, failed or was
+                    // truncated under it.
+                    return Err(ApiError::new(
+                        ResponseError::NotLeaderOrFollower,
+                        "the partition stopped before the write was replicated",
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let timer = glommio::timer::sleep(timeout);
+        futures::pin_mut!(replicated, timer);
+        let outcome = futures::future::select(replicated, futures::future::select(lost, timer));
+        match outcome.await {
+            futures::future::Either::Left((result, _)) => result?,
+            futures::future::Either::Right((futures::future::Either::Left(_), _)) => {
+                return Err(ApiError::new(
+                    ResponseError::NotLeaderOrFollower,
+                    "leadership moved before the write was replicated",
+                ))
+            }
+            futures::future::Either::Right((futures::future::Either::Right(_), _)) => {
+                return Err(ApiError::new(
+                    ResponseError::RequestTimedOut,
+                    "the in-sync replicas did not confirm the write within the request timeout",
+                ))
+            }
+        }
+        if !self.is_leader() {
+            return Err(ApiError::new(
+                ResponseError::NotLeaderOrFollower,
+                "leadership moved before the write was replicated",
+            ));
+        }
+        self.check_enough_replicas(ResponseError::NotEnoughReplicasAfterAppend)
+    }
+
+    /// Appends batches fetched from the leader, as the leader wrote them (same offsets, same
+    /// bytes). Stops at a trailing partial batch (the leader cut the response there). Returns
+    /// the number of batches appended.
+    pub fn append_replicated(
+        &self,
+        records: &Bytes,
+        max_batch_bytes: usize,
+    ) -> Result<usize, ApiError> {
+        let mut appended = 0;
+        let mut producers = self.producers.borrow_mut();
+        for item in Batches::new(records, max_batch_bytes) {
+            let (header, range) = match item {
+                Ok(batch) => batch,
+                Err((_, BatchError::Truncated)) => break,
+                Err((_, e)) => return Err(batch_error(e)),
+            };
+            record_batch::validate(&records[range.clone()], max_batch_bytes)
+                .map_err(batch_error)?;
+            self.log
+                .append_replica(records.slice(range), &header)
+                .map_err(storage_error)?;
+            if header.has_producer_id() {
+                producers.record(&header, header.base_offset);
+            }
+            appended += 1;
+        }
+        Ok(appended)
+    }
+
+    /// After the follower learnt from the leader where their logs agree: cuts the suffix that
+    /// diverges (if any) and rebuilds producer state.
+    pub async fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
+        if offset < self.log.log_end_offset() {
+            let end = self.log.truncate_to(offset).await?;
+            tracing::info!(topic = %self.topic, partition = self.index, offset = end, "truncated a divergent suffix");
+            self.rebuild_producer_state();
+        }
+        Ok(())
+    }
+
+    /// The follower is behind the leader's log start: starts over, empty, at `offset`.
+    pub async fn restart_at(&self, offset: i64) -> Result<(), StorageError> {
+        self.log.truncate_fully_and_start_at(offset).await?;
+        tracing::info!(topic = %self.topic, partition = self.index, offset, "behind the leader's log start; restarted the log there");
+        self.rebuild_producer_state();
+        Ok(())
     }
 }
 
