@@ -21,7 +21,7 @@ use crate::protocol::fetch_response::{self, FetchedPartition, FetchedTopic};
 use crate::protocol::{RequestFrame, ResponseFrame};
 use crate::shard::partition::storage_error;
 use crate::shard::Shard;
-use crate::storage::Records;
+use crate::storage::{ReadLimit, Records};
 
 /// Longest a fetch may be parked, whatever the client asks: bounds the memory of waiters.
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
@@ -221,7 +221,7 @@ fn read_local(owner: &Shard, requests: &[ReadRequest]) -> Vec<ReadResult> {
                 return ReadResult::error(ResponseError::NotLeaderOrFollower);
             };
             let log = &partition.log;
-            let records = match log.read(r.offset, r.max_bytes, true) {
+            let records = match log.read(r.offset, r.max_bytes, true, ReadLimit::HighWatermark) {
                 Ok(records) => records,
                 Err(e) => {
                     let code = storage_error(e).code;
@@ -274,7 +274,12 @@ async fn wait_local(owner: &Shard, requests: &[ReadRequest], deadline: Instant) 
         .filter_map(|r| {
             let partition = owner.partition(&r.topic, r.partition)?;
             let offset = r.offset;
-            let wait = async move { partition.log.wait_for_data(offset).await };
+            let wait = async move {
+                partition
+                    .log
+                    .wait_for_data(offset, ReadLimit::HighWatermark)
+                    .await
+            };
             Some(Box::pin(wait) as Pin<Box<dyn Future<Output = ()>>>)
         })
         .collect();

@@ -32,6 +32,7 @@ use futures::StreamExt;
 use glommio::io::{DmaFile, OpenOptions};
 use tracing::{info, warn};
 
+use super::epoch_cache::EpochEntry;
 use super::index::{OffsetIndex, TimeIndex};
 use super::segment::{self, read_at_most, BatchMeta, Segment};
 use super::{LogConfig, StorageError, PAGE_BYTES};
@@ -453,11 +454,22 @@ fn batch_len_so_far(bytes: &[u8]) -> usize {
 
 /// A log rebuilt from its directory, ready to hand to the writer.
 pub(crate) struct RecoveredLog {
+    /// Closed segments, oldest first, then the active one (`active.segment`, also last here).
     pub segments: Vec<Rc<Segment>>,
-    pub active_file: DmaFile,
-    /// The active segment's partial last page.
+    pub active: RecoveredActive,
+}
+
+/// The active segment as its recovery scan left it.
+pub(crate) struct RecoveredActive {
+    pub segment: Rc<Segment>,
+    /// The O_DIRECT handle the writer appends through.
+    pub file: DmaFile,
+    /// The partial last page.
     pub tail: Vec<u8>,
+    /// The last batches of each producer, oldest first.
     pub producer_batches: Vec<BatchHeader>,
+    /// Where each leader epoch seen in the segment starts (epochs only ever increase).
+    pub epoch_starts: Vec<EpochEntry>,
 }
 
 /// Lists `<base>.log` files, loads closed segments, scans and repairs the active one.
@@ -480,12 +492,17 @@ pub(crate) async fn recover_log(
     bases.sort_unstable();
 
     let Some((&active_base, closed_bases)) = bases.split_last() else {
-        let (segment, active_file) = Segment::create(dir, 0).await?;
+        let (segment, file) = Segment::create(dir, 0).await?;
+        let segment = Rc::new(segment);
         return Ok(RecoveredLog {
-            segments: vec![Rc::new(segment)],
-            active_file,
-            tail: Vec::new(),
-            producer_batches: Vec::new(),
+            segments: vec![segment.clone()],
+            active: RecoveredActive {
+                segment,
+                file,
+                tail: Vec::new(),
+                producer_batches: Vec::new(),
+                epoch_starts: Vec::new(),
+            },
         });
     };
 
@@ -497,18 +514,12 @@ pub(crate) async fn recover_log(
         }
         segments.push(Rc::new(segment));
     }
-    let (segment, active_file, tail, producer_batches) =
-        recover_active_segment(dir, active_base, config).await?;
+    let active = recover_active_segment(dir, active_base, config, None).await?;
     if let Some(previous) = segments.last().map(|s| s.next_offset()) {
-        check_order(previous, &segment)?;
+        check_order(previous, &active.segment)?;
     }
-    segments.push(Rc::new(segment));
-    Ok(RecoveredLog {
-        segments,
-        active_file,
-        tail,
-        producer_batches,
-    })
+    segments.push(active.segment.clone());
+    Ok(RecoveredLog { segments, active })
 }
 
 fn check_order(previous_next_offset: i64, segment: &Segment) -> Result<(), StorageError> {
@@ -525,11 +536,16 @@ fn check_order(previous_next_offset: i64, segment: &Segment) -> Result<(), Stora
 
 /// Scans the whole active segment, cuts it after the last valid batch, rebuilds its indexes
 /// (its index files are never trusted) and reads back its partial last page.
-async fn recover_active_segment(
+///
+/// With `scan_end`, only the bytes below it are scanned and the file is left as it is: what
+/// `PartitionLog::truncate_to` runs on the segment it cuts (which becomes the active one)
+/// before it cuts the file itself.
+pub(crate) async fn recover_active_segment(
     dir: &Path,
     base_offset: i64,
     config: &LogConfig,
-) -> Result<(Segment, DmaFile, Vec<u8>, Vec<BatchHeader>), StorageError> {
+    scan_end: Option<u64>,
+) -> Result<RecoveredActive, StorageError> {
     let path = dir.join(segment::file_name(base_offset, "log"));
     let active_file = OpenOptions::new()
         .read(true)
@@ -544,7 +560,12 @@ async fn recover_active_segment(
         ))));
     }
     let file_bytes = std::fs::metadata(&path)?.len();
-    let range = (0, file_bytes.min(i32::MAX as u64));
+    let range = (
+        0,
+        file_bytes
+            .min(i32::MAX as u64)
+            .min(scan_end.unwrap_or(u64::MAX)),
+    );
     let interval = config.index_interval_bytes;
     let mut active = ActiveScan::new(dir, base_offset, &path)?;
     let mut bounds = segment_bounds(base_offset, base_offset);
@@ -579,11 +600,15 @@ async fn recover_active_segment(
         }
         Err(e) => return Err(e),
     };
-    let ActiveScan { segment, producers } = active;
+    let ActiveScan {
+        segment,
+        producers,
+        epoch_starts,
+    } = active;
     debug_assert_eq!(scan.valid_end, segment.size_bytes());
 
     let cut_bytes = file_bytes - scan.valid_end;
-    if cut_bytes > 0 {
+    if cut_bytes > 0 && scan_end.is_none() {
         info!(
             segment = %segment.log_path().display(),
             valid_bytes = scan.valid_end,
@@ -600,14 +625,21 @@ async fn recover_active_segment(
 
     let mut producer_batches: Vec<BatchHeader> = producers.into_values().flatten().collect();
     producer_batches.sort_unstable_by_key(|h| h.base_offset);
-    Ok((segment, active_file, tail, producer_batches))
+    Ok(RecoveredActive {
+        segment: Rc::new(segment),
+        file: active_file,
+        tail,
+        producer_batches,
+        epoch_starts,
+    })
 }
 
-/// What the scan of the active segment rebuilds: the segment's indexes and size, and the last
-/// batches of each producer.
+/// What the scan of the active segment rebuilds: the segment's indexes and size, the last
+/// batches of each producer, and where each leader epoch starts.
 struct ActiveScan {
     segment: Segment,
     producers: HashMap<i64, VecDeque<BatchHeader>>,
+    epoch_starts: Vec<EpochEntry>,
 }
 
 impl ActiveScan {
@@ -622,6 +654,7 @@ impl ActiveScan {
         Ok(ActiveScan {
             segment,
             producers: HashMap::new(),
+            epoch_starts: Vec::new(),
         })
     }
 
@@ -634,6 +667,13 @@ impl ActiveScan {
                 kept.pop_front();
             }
             kept.push_back(*header);
+        }
+        let epoch = header.partition_leader_epoch;
+        if epoch >= 0 && self.epoch_starts.last().is_none_or(|e| epoch > e.epoch) {
+            self.epoch_starts.push(EpochEntry {
+                epoch,
+                start_offset: header.base_offset,
+            });
         }
     }
 }
