@@ -67,6 +67,8 @@ pub mod timestamp;
 pub mod writer;
 
 #[cfg(test)]
+mod replica_tests;
+#[cfg(test)]
 pub(crate) mod testutil;
 
 pub use self::epoch_cache::EpochEntry;
