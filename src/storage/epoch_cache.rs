@@ -87,13 +87,16 @@ impl LeaderEpochCache {
             Ok(entries) => (LeaderEpochCache::new(dir, entries), false),
             Err(reason) => {
                 let entries = rebuild_entries(segments, active_epoch_starts, max_batch_bytes)?;
-                tracing::info!(
-                    path = %path.display(),
-                    %reason,
-                    epochs = entries.len(),
-                    "leader epoch checkpoint unusable; rebuilt from the segments"
-                );
-                (LeaderEpochCache::new(dir, entries), true)
+                let damaged = path.exists();
+                if damaged {
+                    tracing::warn!(path = %path.display(), %reason, epochs = entries.len(), "leader epoch checkpoint unusable; rebuilt from the segments");
+                } else {
+                    tracing::debug!(path = %path.display(), epochs = entries.len(), "no leader epoch checkpoint; rebuilt from the segments");
+                }
+                // A new, empty log needs no file (and 1,000 new partitions no 2,000 fsyncs):
+                // its rebuild is as cheap next time. A damaged file is replaced.
+                let write = !entries.is_empty() || damaged;
+                (LeaderEpochCache::new(dir, entries), write)
             }
         };
         changed |= cache.truncate_from_end(log_end_offset);
