@@ -709,15 +709,15 @@ impl PartitionLog {
         );
         self.log_start_offset.set(log_start_offset);
         self.tail_cache.borrow_mut().evict_below(log_start_offset);
-        {
-            let mut epochs = self.epochs.borrow_mut();
-            if epochs.truncate_from_start(log_start_offset) {
-                epochs.persist()?;
-            }
-        }
         for segment in &removed {
             info!(segment = %segment.log_path().display(), log_start_offset, "retention deleted segment");
             segment.delete_files()?;
+        }
+        // After the files: a crash in between leaves entries below the log start, which
+        // opening moves up to it.
+        let mut epochs = self.epochs.borrow_mut();
+        if epochs.truncate_from_start(log_start_offset) {
+            epochs.persist()?;
         }
         Ok(removed.len())
     }
@@ -758,7 +758,7 @@ impl PartitionLog {
         }
         self.suspend_writer().await?;
         let cut = self.cut_suffix(offset).await;
-        self.resume_writer(cut).await
+        self.resume_writer(cut)
     }
 
     /// Deletes every segment and restarts the log empty at `offset`: log start, LEO, written,
@@ -772,7 +772,7 @@ impl PartitionLog {
         }
         self.suspend_writer().await?;
         let restarted = self.restart_at(offset).await;
-        self.resume_writer(restarted).await.map(|_| ())
+        self.resume_writer(restarted).map(|_| ())
     }
 
     /// Stops the writer after it wrote everything queued; appends are refused until
@@ -795,7 +795,7 @@ impl PartitionLog {
 
     /// Restarts the writer on the active segment a truncation left, or puts the log in the
     /// failed state if the truncation failed (its files are then in an unknown state).
-    async fn resume_writer(
+    fn resume_writer(
         &self,
         truncated: Result<RecoveredActive, StorageError>,
     ) -> Result<i64, StorageError> {
