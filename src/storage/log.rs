@@ -821,14 +821,6 @@ impl PartitionLog {
     /// most `new_end`, waits above `floor` failed, the tail cache cut.
     fn lower_marks(&self, floor: i64, new_end: i64) {
         let high_watermark = self.high_watermark();
-        if new_end < high_watermark {
-            warn!(
-                dir = %self.dir.display(),
-                high_watermark,
-                new_end,
-                "truncating below the high watermark"
-            );
-        }
         self.log_end_offset.set(new_end);
         let durable = self.durable_offset().min(floor).min(new_end);
         self.notifier
@@ -854,6 +846,16 @@ impl PartitionLog {
             }
         };
         assert!(new_end <= offset && new_end >= self.log_start_offset());
+        let high_watermark = self.high_watermark();
+        if new_end < high_watermark {
+            // Allowed (Kafka followers may), but consumers may have seen what goes.
+            warn!(
+                dir = %self.dir.display(),
+                high_watermark,
+                new_end,
+                "truncating below the high watermark"
+            );
+        }
         info!(
             dir = %self.dir.display(),
             requested = offset,
