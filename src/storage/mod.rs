@@ -6,8 +6,9 @@
 //! which may be sent anywhere for sendfile (see the invariants for when those bytes change).
 //!
 //! # Layout
-//! - [`log`]: [`PartitionLog`], the public API: append (synchronous offset assignment), reads,
-//!   waits, retention, lifecycle.
+//! - [`log`]: [`PartitionLog`], the public API: appends (synchronous offset assignment; a
+//!   follower's as the leader sent them), waits, the epoch cache, lifecycle; `log/read.rs`
+//!   the fetch path, `log/truncate.rs` follower truncation, `log/retention.rs` segment deletion.
 //! - [`writer`]: the per-partition writer task: coalesces queued batches into aligned O_DIRECT
 //!   writes, rolls segments, group-commits fdatasync.
 //! - [`segment`]: one `<base_offset:020>.log` file with its in-memory sparse indexes and the
