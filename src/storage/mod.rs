@@ -14,8 +14,9 @@
 //! - [`segment`]: one `<base_offset:020>.log` file with its in-memory sparse indexes and the
 //!   pread-based header scans used by reads, and the kernel read-ahead hints for consumers.
 //! - [`index`]: the `.index` / `.timeindex` entry formats, lookups, staleness checks.
-//! - [`recovery`]: [`scan_valid_prefix`] and the chunked scans that rebuild a log on open
-//!   (O_DIRECT, several reads in flight, for the active segment).
+//! - [`recovery`]: rebuilds a log on open (and the segment a truncation cuts); `recovery/scan.rs`
+//!   [`scan_valid_prefix`] and the buffered chunked scan, `recovery/direct.rs` the O_DIRECT
+//!   scan of the active segment (several reads in flight, page-cache residency).
 //! - [`retention`]: which closed segments time and size retention delete.
 //! - [`notify`]: cancel-safe waits on the written offset, the durable offset and the high
 //!   watermark; the high watermark's bound; truncation of pending waits.
