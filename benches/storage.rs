@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use broker::protocol::record_batch::{compute_crc, validate, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2};
-use broker::storage::{LogConfig, PartitionLog, Records};
+use broker::storage::{LogConfig, PartitionLog, ReadLimit, Records};
 use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
@@ -124,7 +124,8 @@ fn append(c: &mut Criterion) {
                 for _ in 0..iters {
                     log.append(b.clone(), &header, 0).unwrap();
                     if log.queued_bytes() > 8 << 20 {
-                        log.wait_for_data(log.high_watermark()).await;
+                        log.wait_for_data(log.high_watermark(), ReadLimit::HighWatermark)
+                            .await;
                     }
                 }
                 log.wait_written(log.log_end_offset(), false).await.unwrap();
@@ -241,7 +242,10 @@ fn read(c: &mut Criterion) {
                 let start = Instant::now();
                 let mut offset = 0;
                 for _ in 0..iters {
-                    let slice = log.read(offset, fetch_bytes, true).unwrap().unwrap();
+                    let slice = log
+                        .read(offset, fetch_bytes, true, ReadLimit::HighWatermark)
+                        .unwrap()
+                        .unwrap();
                     std::hint::black_box(slice);
                     offset = (offset + 7919) % end;
                 }
@@ -263,7 +267,9 @@ fn read(c: &mut Criterion) {
                 let start = Instant::now();
                 let mut offset = 0;
                 for _ in 0..iters {
-                    let Some(Records::File(slice)) = log.read(offset, fetch_bytes, true).unwrap()
+                    let Some(Records::File(slice)) = log
+                        .read(offset, fetch_bytes, true, ReadLimit::HighWatermark)
+                        .unwrap()
                     else {
                         // The newest 8 MiB come from the tail cache: nothing to pread.
                         offset = (offset + 7919) % end;
@@ -470,7 +476,10 @@ fn cold_read(dir: PathBuf) {
             .unwrap();
         if std::env::var("STORAGE_COLD_KERNEL_READ_AHEAD").is_ok_and(|v| v == "off") {
             // Halfway: any read-ahead state this leaves is far from offset 0.
-            let Some(Records::File(slice)) = log.read(end / 2, 1, true).unwrap() else {
+            let Some(Records::File(slice)) = log
+                .read(end / 2, 1, true, ReadLimit::HighWatermark)
+                .unwrap()
+            else {
                 panic!("the middle of the log is read from its segment file");
             };
             // SAFETY: advice on a descriptor the slice keeps open.
@@ -485,7 +494,10 @@ fn cold_read(dir: PathBuf) {
         let (mut offset, mut bytes, mut fetches) = (0i64, 0u64, 0u64);
         let start = Instant::now();
         while offset < end {
-            let records = log.read(offset, fetch_bytes, true).unwrap().unwrap();
+            let records = log
+                .read(offset, fetch_bytes, true, ReadLimit::HighWatermark)
+                .unwrap()
+                .unwrap();
             let len = records.len();
             // The newest batches may come from the tail cache: no I/O to time there.
             let Records::File(slice) = records else {

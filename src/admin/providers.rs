@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::coordination::ClusterMetadata;
 use crate::shard::Shard;
-use crate::storage::Records;
+use crate::storage::{ReadLimit, Records};
 
 /// The coordination quorum as the cluster module knows it.
 #[derive(Debug, Clone, Serialize)]
@@ -389,7 +389,7 @@ pub async fn newest_records(
                 None
             } else {
                 p.log
-                    .read(from_offset, max_bytes, true)
+                    .read(from_offset, max_bytes, true, ReadLimit::HighWatermark)
                     .map_err(|e| e.to_string())?
             };
             Ok(NewestRecords {

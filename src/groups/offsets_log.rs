@@ -12,7 +12,7 @@ use std::rc::Rc;
 
 use crate::protocol::record_batch::{BatchError, Batches};
 use crate::storage::Records;
-use crate::storage::{LogConfig, PartitionLog, StorageError};
+use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
 
 use super::records::{decode_batches, encode_batch, OffsetsRecord};
 use super::OFFSETS_TOPIC;
@@ -135,7 +135,10 @@ fn replay(log: &PartitionLog, max_batch_bytes: usize) -> Result<Vec<OffsetsRecor
     let end = log.high_watermark();
     let mut buf = Vec::new();
     while offset < end {
-        let Some(read) = log.read(offset, REPLAY_READ_BYTES, true).map_err(storage)? else {
+        let Some(read) = log
+            .read(offset, REPLAY_READ_BYTES, true, ReadLimit::HighWatermark)
+            .map_err(storage)?
+        else {
             break;
         };
         buf.clear();

@@ -2,21 +2,26 @@
 //!
 //! One [`PartitionLog`] per topic-partition, owned by the shard (glommio executor, one core) that
 //! leads or follows that partition. Nothing here is `Send`: other cores reach a log only through
-//! messages to its shard, except for [`ReadSlice::file`], a read-only handle to bytes that never
-//! change again (they are below the high watermark), which may be sent anywhere for sendfile.
+//! messages to its shard, except for [`ReadSlice::file`], a read-only handle to written bytes,
+//! which may be sent anywhere for sendfile (see the invariants for when those bytes change).
 //!
 //! # Layout
-//! - [`log`]: [`PartitionLog`], the public API: append (synchronous offset assignment), reads,
-//!   waits, retention, lifecycle.
+//! - [`log`]: [`PartitionLog`], the public API: appends (synchronous offset assignment; a
+//!   follower's as the leader sent them), waits, the epoch cache, lifecycle; `log/read.rs`
+//!   the fetch path, `log/truncate.rs` follower truncation, `log/retention.rs` segment deletion.
 //! - [`writer`]: the per-partition writer task: coalesces queued batches into aligned O_DIRECT
 //!   writes, rolls segments, group-commits fdatasync.
 //! - [`segment`]: one `<base_offset:020>.log` file with its in-memory sparse indexes and the
 //!   pread-based header scans used by reads, and the kernel read-ahead hints for consumers.
 //! - [`index`]: the `.index` / `.timeindex` entry formats, lookups, staleness checks.
-//! - [`recovery`]: [`scan_valid_prefix`] and the chunked scans that rebuild a log on open
-//!   (O_DIRECT, several reads in flight, for the active segment).
+//! - [`recovery`]: rebuilds a log on open (and the segment a truncation cuts); `recovery/scan.rs`
+//!   [`scan_valid_prefix`] and the buffered chunked scan, `recovery/direct.rs` the O_DIRECT
+//!   scan of the active segment (several reads in flight, page-cache residency).
 //! - [`retention`]: which closed segments time and size retention delete.
-//! - [`notify`]: cancel-safe waits on the high watermark and the durable offset.
+//! - [`notify`]: cancel-safe waits on the written offset, the durable offset and the high
+//!   watermark; the high watermark's bound; truncation of pending waits.
+//! - [`epoch_cache`]: the leader epoch cache (`leader-epoch-checkpoint`): which leader epoch
+//!   starts at which offset, for OffsetForLeaderEpoch and follower truncation.
 //! - [`timestamp`]: record-level timestamp search inside one uncompressed batch.
 //! - [`tail_cache`]: the newest batches in memory (the producer's `Bytes`), so tailing
 //!   consumers never wait for the device: O_DIRECT appends leave the page cache empty.
@@ -29,8 +34,21 @@
 //! Index files are derived data: written with buffered writes when a segment is closed, trusted
 //! only for closed segments and only after a staleness check, rebuilt otherwise.
 //!
+//! `<dir>/leader-epoch-checkpoint` is Kafka's text file: a version line `0`, an entry count,
+//! then one `epoch start_offset` line per entry.
+//!
+//! # Watermarks
+//! - written: every offset below it is in the segment file (replica fetches read up to here);
+//! - durable: also fdatasync'd (acks=all on an unreplicated log waits for this);
+//! - high watermark: visible to consumers. It follows `written` unless the replication layer
+//!   bounds it ([`PartitionLog::set_high_watermark_bound`]).
+//!
 //! # Invariants
-//! - `log_start_offset <= high_watermark <= log_end_offset`, and `durable_offset <= high_watermark`.
+//! - `log_start_offset <= high_watermark <= written <= log_end_offset`, and
+//!   `durable <= written`.
+//! - Bytes below the written offset change only by truncation ([`PartitionLog::truncate_to`],
+//!   a follower removing a divergent suffix): a sendfile racing it finds a short file and fails
+//!   that one response (Kafka has the same race). Retention and deletion only unlink files.
 //! - Every byte of a segment below its logical size holds whole valid batches with strictly
 //!   increasing offsets; closed segments are truncated to their logical size and fdatasync'd.
 //! - A segment is never larger than `i32::MAX` bytes and never spans more than `i32::MAX`
@@ -39,6 +57,7 @@
 use std::fmt;
 use std::io;
 
+pub mod epoch_cache;
 pub mod index;
 pub mod log;
 pub mod notify;
@@ -50,8 +69,11 @@ pub mod timestamp;
 pub mod writer;
 
 #[cfg(test)]
+mod replica_tests;
+#[cfg(test)]
 pub(crate) mod testutil;
 
+pub use self::epoch_cache::EpochEntry;
 pub use self::log::{LogStats, PartitionLog};
 pub use self::recovery::{scan_valid_prefix, ScanResult, ScanStop};
 
@@ -131,13 +153,32 @@ pub enum StorageError {
     Closed,
     /// A batch handed to `append` is larger than `max_batch_bytes` or disagrees with its header.
     InvalidBatch(String),
-    /// Bytes on disk below the high watermark do not parse; the segment needs recovery.
+    /// Bytes on disk below the written offset do not parse; the segment needs recovery.
     Corrupt {
         segment_base_offset: i64,
         position: u64,
         reason: String,
     },
     InvalidConfig(String),
+    /// `append_replica` got a batch that does not start at the log end offset.
+    NonMonotonicOffset {
+        expected: i64,
+        got: i64,
+    },
+    /// A batch's leader epoch is below the latest one in the log's epoch cache (a follower
+    /// must truncate diverging data first; a leader never appends with an older epoch).
+    StaleLeaderEpoch {
+        latest: i32,
+        got: i32,
+    },
+    /// The offset waited for was removed by a truncation, which left the log ending at
+    /// `log_end` (a demoted leader's produce waiters get this, never success).
+    Truncated {
+        offset: i64,
+        log_end: i64,
+    },
+    /// A truncation is in progress; appends are refused until it ends.
+    Truncating,
 }
 
 impl fmt::Display for StorageError {
@@ -165,6 +206,19 @@ impl fmt::Display for StorageError {
                 "corrupt segment {segment_base_offset:020}.log at position {position}: {reason}"
             ),
             StorageError::InvalidConfig(why) => write!(f, "invalid log config: {why}"),
+            StorageError::NonMonotonicOffset { expected, got } => write!(
+                f,
+                "replica batch starts at offset {got}, the log ends at {expected}"
+            ),
+            StorageError::StaleLeaderEpoch { latest, got } => write!(
+                f,
+                "batch leader epoch {got} is below the log's latest epoch {latest}"
+            ),
+            StorageError::Truncated { offset, log_end } => write!(
+                f,
+                "offset {offset} was removed by a truncation to offset {log_end}"
+            ),
+            StorageError::Truncating => write!(f, "log is being truncated"),
         }
     }
 }
@@ -188,6 +242,15 @@ impl<T> From<glommio::GlommioError<T>> for StorageError {
     fn from(e: glommio::GlommioError<T>) -> Self {
         StorageError::Io(e.into())
     }
+}
+
+/// Which watermark a read or a wait for data stops at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadLimit {
+    /// Consumers: only what the high watermark makes visible.
+    HighWatermark,
+    /// Replica fetches: everything written to the segment files.
+    Written,
 }
 
 /// Result of a successful [`PartitionLog::append`].
@@ -255,7 +318,8 @@ impl Records {
 /// `max_bytes` cut it), to be sent to a socket with sendfile.
 ///
 /// `file` is a plain (page-cache, not O_DIRECT) read-only handle, `Send + Sync`, so another core
-/// may sendfile from it: bytes below the high watermark are immutable. Deleting the segment
+/// may sendfile from it: written bytes change only by a follower's truncation, which a racing
+/// sendfile sees as a short file. Deleting the segment
 /// (retention) only unlinks the name; an open handle keeps the bytes readable. It is marked
 /// `POSIX_FADV_SEQUENTIAL`, and `PartitionLog::read` may already have asked the kernel to read
 /// the range and what follows it (see `Segment::hint_read_ahead`), so a catch-up consumer's

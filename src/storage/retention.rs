@@ -105,7 +105,7 @@ mod tests {
     mod with_log {
         use crate::storage::log::tests::{append, consume_all, small_config};
         use crate::storage::testutil::{batch, run};
-        use crate::storage::{LogConfig, PartitionLog, StorageError};
+        use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
 
         #[test]
         fn retention_by_bytes_deletes_the_oldest_segments_down_to_the_limit() {
@@ -143,7 +143,7 @@ mod tests {
                     assert!(!path.join(format!("{base:020}.index")).exists());
                 }
                 assert!(matches!(
-                    log.read(bases[deleted] - 1, 100, true),
+                    log.read(bases[deleted] - 1, 100, true, ReadLimit::HighWatermark),
                     Err(StorageError::OffsetOutOfRange { .. })
                 ));
                 let remaining = consume_all(&log, log.log_start_offset(), 5000);

@@ -201,7 +201,7 @@ pub struct Segment {
     /// Page-cache handle for preads and sendfile; never used for writes.
     read_file: Arc<File>,
     /// Logical size: bytes of whole batches written (for the active segment: exactly the bytes
-    /// below the high watermark). The file may be longer by zero padding.
+    /// below the written offset). The file may be longer by zero padding.
     size_bytes: Cell<u64>,
     /// Last offset + 1 of the batches written, or `base_offset` when empty.
     next_offset: Cell<i64>,

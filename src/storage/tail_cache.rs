@@ -24,8 +24,10 @@
 //! a memcpy of up to 128 KiB, from a heap allocation that malloc reuses, costs far less.
 //!
 //! The cache covers a contiguous offset range ending at the log end offset; a batch that does
-//! not fit the cap, or does not follow the last cached one, clears it. Entries above the high
-//! watermark are never served. Owned by the partition's shard, like the log.
+//! not fit the cap, or does not follow the last cached one, clears it. Only batches wholly
+//! below the caller's limit (the high watermark for consumers, the written offset for replica
+//! fetches) are served. A truncation drops the batches above its cut. Owned by the partition's
+//! shard, like the log.
 
 use std::collections::VecDeque;
 
@@ -159,6 +161,28 @@ impl TailCache {
         }
     }
 
+    /// Drops the batches at and above `offset` (a truncation cut there, at a batch boundary).
+    pub fn truncate_from(&mut self, offset: i64) {
+        while let Some(last) = self.batches.back() {
+            if last.last_offset < offset {
+                break;
+            }
+            if last.base_offset < offset {
+                // The cut falls inside this batch (the log cuts at batch boundaries, so this
+                // is defensive): keep nothing rather than a batch that no longer exists.
+                self.clear();
+                return;
+            }
+            self.pop_back();
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if let Some(b) = self.batches.pop_back() {
+            self.cost_bytes -= b.cost();
+        }
+    }
+
     pub fn clear(&mut self) {
         self.batches = VecDeque::new();
         self.cost_bytes = 0;
@@ -170,27 +194,27 @@ impl TailCache {
         }
     }
 
-    /// The batches from the one holding `offset`, only those wholly below `high_watermark`,
-    /// up to `max_bytes`. With `min_one_batch` the first batch is whole even if larger (KIP-74);
-    /// without it a first batch larger than `max_bytes` is cut (as a file read would be).
-    /// `None` when `offset` is not cached (or nothing cached is below the high watermark): the
-    /// caller reads the file.
+    /// The batches from the one holding `offset`, only those wholly below `limit_offset` (the
+    /// high watermark or the written offset), up to `max_bytes`. With `min_one_batch` the first
+    /// batch is whole even if larger (KIP-74); without it a first batch larger than `max_bytes`
+    /// is cut (as a file read would be). `None` when `offset` is not cached (or nothing cached
+    /// is below the limit): the caller reads the file.
     pub fn read(
         &self,
         offset: i64,
         max_bytes: usize,
         min_one_batch: bool,
-        high_watermark: i64,
+        limit_offset: i64,
     ) -> Option<CachedRead> {
         let first = self.batches.front()?;
-        if offset < first.base_offset || offset >= high_watermark {
+        if offset < first.base_offset || offset >= limit_offset {
             return None;
         }
         let start = self.batches.partition_point(|b| b.last_offset < offset);
         let mut chunks = Vec::new();
         let mut len = 0usize;
         for batch in self.batches.range(start..) {
-            if batch.last_offset >= high_watermark {
+            if batch.last_offset >= limit_offset {
                 break;
             }
             let batch_len = batch.len();
@@ -330,6 +354,18 @@ mod tests {
         cache.push(&fake(1000, 0), 30, 30, 0);
         assert_eq!(cache.start_offset(), Some(30));
         assert_eq!(cache.batch_count(), 1);
+        // A truncation drops the batches at and above its cut.
+        for i in 31..35 {
+            cache.push(&fake(1000, 0), i, i, 0);
+        }
+        cache.truncate_from(33);
+        assert_eq!((cache.batch_count(), cache.cost_bytes()), (3, 3 * cost));
+        assert!(cache.read(32, 1 << 20, true, 40).is_some());
+        assert!(cache.read(33, 1 << 20, true, 40).is_none());
+        cache.push(&fake(1000, 0), 33, 34, 0);
+        assert_eq!(cache.read(30, 1 << 20, true, 40).unwrap().len, 4000);
+        cache.truncate_from(34);
+        assert_eq!(cache.batch_count(), 0, "a cut inside a batch clears");
         // Disabled.
         let mut off = TailCache::new(0);
         off.push(&fake(1000, 0), 0, 0, 0);

@@ -8,9 +8,13 @@
 //!    DMA buffer, behind the partial tail page it keeps from the previous write, patches their
 //!    offsets and leader epochs there, and issues one O_DIRECT write at the page-aligned position
 //!    of that tail page (the tail page is rewritten, never read back);
-//! 3. advances the high watermark and the sparse indexes;
+//! 3. advances the written offset (and with it the high watermark, as far as its bound allows)
+//!    and the sparse indexes;
 //! 4. fdatasyncs only if a durable wait is pending, releasing every wait the sync covers (group
 //!    commit): appends arriving during a write or a sync queue up and share the next round.
+//!
+//! A truncation stops the task the same way as a close, without the index files and the final
+//! sync (it cuts the files itself), and starts a new one on the segment it leaves active.
 //!
 //! Between writes an idle partition keeps only the tail page (< 4 KiB), not a DMA buffer.
 //! Any I/O error puts the log in the failed state (waits and later appends get the error) and
@@ -29,12 +33,14 @@ use super::{StorageError, PAGE_BYTES};
 use crate::protocol::record_batch;
 
 /// Cap on one write: big enough to reach the device's sequential bandwidth, small enough that
-/// a burst does not hold megabytes of staging memory or delay the high watermark long.
+/// a burst does not hold megabytes of staging memory or delay the written offset long.
 pub const MAX_WRITE_BYTES: u64 = 4 << 20;
 
 enum Exit {
     Closed,
     Deleted,
+    /// A truncation stopped the writer after it drained the queue.
+    Suspended,
     /// The log was dropped without `close`.
     Dropped,
 }
@@ -75,7 +81,7 @@ impl Writer {
 
     pub(crate) async fn run(mut self) -> Result<(), StorageError> {
         match self.serve().await {
-            Ok(Exit::Closed | Exit::Deleted) => {
+            Ok(Exit::Closed | Exit::Deleted | Exit::Suspended) => {
                 self.file.close().await?;
                 Ok(())
             }
@@ -101,6 +107,9 @@ impl Writer {
             }
             if log.has_queued() {
                 self.write_queued(&log).await?;
+            }
+            if log.lifecycle() == Lifecycle::Truncating && !log.has_queued() {
+                return Ok(Exit::Suspended);
             }
             let closing = log.lifecycle() == Lifecycle::Closing && !log.has_queued();
             if closing {
@@ -196,18 +205,18 @@ impl Writer {
         }
         self.tail = next_tail;
         log.count_write(data_bytes);
-        let high_watermark = self.segment.next_offset();
+        let written = self.segment.next_offset();
         assert!(
-            high_watermark <= log.log_end_offset(),
-            "high watermark above the log end"
+            written <= log.log_end_offset(),
+            "written offset above the log end"
         );
-        log.notifier().advance(Mark::HighWatermark, high_watermark);
+        log.notifier().advance(Mark::Written, written);
         Ok(())
     }
 
     /// One fdatasync for everything written so far; releases every wait it covers.
     async fn sync(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
-        let covered = log.high_watermark();
+        let covered = log.written_offset();
         let started = std::time::Instant::now();
         self.file.fdatasync().await?;
         crate::metrics::DETAIL
@@ -218,12 +227,12 @@ impl Writer {
         Ok(())
     }
 
-    /// Closes the active segment and opens the next one, starting at the high watermark.
+    /// Closes the active segment and opens the next one, starting at the written offset.
     async fn roll(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
         let old = self.segment.clone();
         assert_eq!(
             old.next_offset(),
-            log.high_watermark(),
+            log.written_offset(),
             "roll with unwritten batches before it"
         );
         old.persist_indexes()?;
@@ -250,7 +259,7 @@ impl Writer {
         self.file.truncate(self.segment.size_bytes()).await?;
         self.file.fdatasync().await?;
         log.count_sync();
-        log.notifier().advance(Mark::Durable, log.high_watermark());
+        log.notifier().advance(Mark::Durable, log.written_offset());
         Ok(())
     }
 }

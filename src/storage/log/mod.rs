@@ -1,0 +1,683 @@
+//! [`PartitionLog`]: one topic-partition's log, the API the shard layer calls.
+//!
+//! This file holds the log's state, opening, appends, waits on written data, the epoch cache
+//! API and the lifecycle; [`read`] the fetch path, [`truncate`] follower truncation,
+//! [`retention`] segment deletion.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::task::Waker;
+
+use bytes::Bytes;
+use glommio::task::JoinHandle;
+
+use super::epoch_cache::LeaderEpochCache;
+use super::notify::{Mark, Notifier};
+use super::recovery::{self, RecoveredActive};
+use super::segment::{self, BatchMeta, Segment};
+use super::tail_cache::TailCache;
+use super::writer::Writer;
+use super::{AppendInfo, LogConfig, StorageError};
+use crate::protocol::record_batch::BatchHeader;
+
+mod read;
+mod retention;
+mod truncate;
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LogStats {
+    /// O_DIRECT writes issued (each may carry many batches).
+    pub writes: u64,
+    /// fdatasync calls issued (group commits, rolls, close).
+    pub syncs: u64,
+    /// Batch bytes written (excluding rewritten tail pages and padding).
+    pub bytes_written: u64,
+    /// Bytes that reads asked the kernel to read ahead (`POSIX_FADV_WILLNEED`).
+    pub read_ahead_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifecycle {
+    Open,
+    /// A truncation asked the writer to drain and stop; it restarts the writer when done.
+    /// Appends are refused meanwhile; reads go on.
+    Truncating,
+    /// `close` asked the writer to drain, sync and stop.
+    Closing,
+    /// `delete` asked the writer to drop queued batches and stop.
+    Deleting,
+    Closed,
+}
+
+/// A batch whose offsets are assigned but which the writer has not written yet.
+#[derive(Debug)]
+pub(crate) struct QueuedBatch {
+    /// The producer's (or the leader's) bytes, untouched; the writer stamps `meta.base_offset`
+    /// and `leader_epoch` into its copy in the DMA buffer. For a replica batch both are the
+    /// batch's own values, so the bytes on disk are the leader's exactly.
+    pub bytes: Bytes,
+    pub leader_epoch: i32,
+    pub meta: BatchMeta,
+}
+
+/// One topic-partition's log.
+///
+/// Owned by exactly one shard: the glommio executor (core) that the router maps this partition
+/// to creates it with [`PartitionLog::open`] and shares it only within that executor, as
+/// `Rc<PartitionLog>`; it is `!Send`. State lives in `Cell`/`RefCell`, and no borrow is held
+/// across an `.await`, so the shard's tasks and the partition's writer task interleave freely.
+///
+/// Appends assign offsets synchronously and queue the batch; the partition's writer task
+/// ([`super::writer`]) writes queued batches with O_DIRECT, then advances the written offset
+/// (and with it the high watermark, as far as its bound allows). Reads look only below the
+/// watermark their [`ReadLimit`] names.
+#[derive(Debug)]
+pub struct PartitionLog {
+    /// This log, for the writer tasks it spawns (which hold it only weakly).
+    me: Weak<PartitionLog>,
+    dir: PathBuf,
+    config: LogConfig,
+    /// Sorted by base offset; the last one is the active segment. Never empty while open.
+    segments: RefCell<Vec<Rc<Segment>>>,
+    log_start_offset: Cell<i64>,
+    /// Next offset to assign; includes queued, unwritten batches.
+    log_end_offset: Cell<i64>,
+    queue: RefCell<VecDeque<QueuedBatch>>,
+    queued_bytes: Cell<u64>,
+    /// Largest end offset a durable waiter asked for; the writer syncs while it is ahead.
+    sync_requested_offset: Cell<i64>,
+    lifecycle: Cell<Lifecycle>,
+    /// Written offset, durable offset, high watermark, failure state and the waits on them.
+    notifier: Rc<Notifier>,
+    /// Set while the writer task is parked with nothing to do.
+    writer_waker: RefCell<Option<Waker>>,
+    writer_task: RefCell<Option<JoinHandle<Result<(), StorageError>>>>,
+    /// What the last scan of the active segment saw of each producer (see
+    /// [`Self::recovered_producer_batches`]).
+    producer_batches: RefCell<Vec<BatchHeader>>,
+    /// Which leader epoch starts where; persisted in `leader-epoch-checkpoint`.
+    epochs: RefCell<LeaderEpochCache>,
+    /// The newest batches in memory, up to `config.tail_cache_bytes`: reads of them never
+    /// touch the device (appends are O_DIRECT, so the page cache does not have them).
+    tail_cache: RefCell<TailCache>,
+    stats: Cell<LogStats>,
+    /// Fault injection: the writer's next write fails.
+    #[cfg(test)]
+    pub(crate) fail_next_write: Cell<bool>,
+}
+
+impl PartitionLog {
+    /// Opens (recovering) or creates the log in `dir` and starts its writer task on the
+    /// current executor, which becomes the log's owner. The high watermark starts unbounded,
+    /// at the written offset.
+    pub async fn open(dir: PathBuf, config: LogConfig) -> Result<Rc<PartitionLog>, StorageError> {
+        config.validate()?;
+        let created = !dir.exists();
+        std::fs::create_dir_all(&dir)?;
+        if created {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                segment::sync_dir(parent).await?;
+            }
+        }
+        segment::prime_direct_io_probe(&dir).await?;
+        let recovered = recovery::recover_log(&dir, &config).await?;
+        let active = recovered.active;
+        let log_start_offset = recovered.segments[0].base_offset();
+        let log_end_offset = active.segment.next_offset();
+        let epochs = LeaderEpochCache::open(
+            &dir,
+            &recovered.segments,
+            &active.epoch_starts,
+            (log_start_offset, log_end_offset),
+            config.max_batch_bytes,
+        )?;
+        // Closed segments were fdatasync'd when rolled; the active one is not known to be
+        // durable until the first sync.
+        let durable_offset = active.segment.base_offset();
+        // Debug, not info: a broker with thousands of partitions would log a line for each.
+        tracing::debug!(
+            dir = %dir.display(),
+            log_start_offset,
+            log_end_offset,
+            segments = recovered.segments.len(),
+            latest_epoch = ?epochs.latest_epoch(),
+            "opened partition log"
+        );
+        let config_tail_cache_bytes = config.tail_cache_bytes;
+        let log = Rc::new_cyclic(|me| PartitionLog {
+            me: me.clone(),
+            dir,
+            config,
+            segments: RefCell::new(recovered.segments),
+            log_start_offset: Cell::new(log_start_offset),
+            log_end_offset: Cell::new(log_end_offset),
+            queue: RefCell::new(VecDeque::new()),
+            queued_bytes: Cell::new(0),
+            sync_requested_offset: Cell::new(durable_offset),
+            lifecycle: Cell::new(Lifecycle::Open),
+            notifier: Notifier::new(log_end_offset, durable_offset),
+            writer_waker: RefCell::new(None),
+            writer_task: RefCell::new(None),
+            producer_batches: RefCell::new(Vec::new()),
+            epochs: RefCell::new(epochs),
+            tail_cache: RefCell::new(TailCache::new(config_tail_cache_bytes)),
+            stats: Cell::new(LogStats::default()),
+            #[cfg(test)]
+            fail_next_write: Cell::new(false),
+        });
+        log.start_writer(active);
+        Ok(log)
+    }
+
+    /// Spawns the writer task on the active segment a recovery scan left behind.
+    fn start_writer(&self, active: RecoveredActive) {
+        *self.producer_batches.borrow_mut() = active.producer_batches;
+        let writer = Writer::new(self.me.clone(), active.file, active.segment, active.tail);
+        let task = glommio::spawn_local(writer.run()).detach();
+        *self.writer_task.borrow_mut() = Some(task);
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset.get()
+    }
+
+    /// The next offset to be assigned (includes queued, unwritten batches).
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end_offset.get()
+    }
+
+    /// Every offset below it is written to the segment file (what replica fetches read).
+    pub fn written_offset(&self) -> i64 {
+        self.notifier.get(Mark::Written)
+    }
+
+    /// Every offset below it is visible to consumers: the written offset for an unreplicated
+    /// log, or as far as [`Self::set_high_watermark_bound`] allows.
+    pub fn high_watermark(&self) -> i64 {
+        self.notifier.get(Mark::HighWatermark)
+    }
+
+    /// Every offset below it is written and fdatasync'd.
+    pub fn durable_offset(&self) -> i64 {
+        self.notifier.get(Mark::Durable)
+    }
+
+    /// Bounds the high watermark. `None` (the default when a log opens): it follows the
+    /// written offset. `Some(bound)`: it becomes `max(high watermark, min(written, bound))`,
+    /// now and whenever the written offset advances (the leader's ISR minimum, or on a follower
+    /// the leader's high watermark). It never moves backwards except by truncation. Waits on
+    /// the high watermark wake as it advances.
+    pub fn set_high_watermark_bound(&self, bound: Option<i64>) {
+        self.notifier.set_high_watermark_bound(bound);
+    }
+
+    /// Sets the high watermark to `offset`, clamped to `[log start, written]`, even below its
+    /// current value: for a log just (re)opened as a replica, whose high watermark starts at
+    /// the written offset only because that is the unreplicated default, and which restores
+    /// the value it had (Kafka's `replication-offset-checkpoint`). Call it before consumers
+    /// read the log: lowering it hides data they may have seen.
+    pub fn restore_high_watermark(&self, offset: i64) {
+        self.notifier
+            .reset_high_watermark(offset, self.log_start_offset());
+    }
+
+    /// Bytes of written batches in all segments (excluding queued batches).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.borrow().iter().map(|s| s.size_bytes()).sum()
+    }
+
+    /// Bytes appended but not yet written; the shard may apply backpressure on it.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes.get()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.borrow().len()
+    }
+
+    /// Logical sizes of the segments, oldest first.
+    pub fn segment_sizes_bytes(&self) -> Vec<u64> {
+        self.segments
+            .borrow()
+            .iter()
+            .map(|s| s.size_bytes())
+            .collect()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.segments
+            .borrow()
+            .iter()
+            .map(|s| s.base_offset())
+            .collect()
+    }
+
+    /// Registered `wait_written` / `wait_for_data` waits (pending ones only).
+    pub fn pending_waiters(&self) -> usize {
+        self.notifier.waiter_count()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.stats.get()
+    }
+
+    /// Bytes the tail cache counts against its cap, and its lowest cached offset.
+    pub fn tail_cache_usage(&self) -> (usize, Option<i64>) {
+        let cache = self.tail_cache.borrow();
+        (cache.cost_bytes(), cache.start_offset())
+    }
+
+    /// Assigns offsets `[LEO, LEO + record_count)` to one already-validated batch, queues it
+    /// for the writer task and wakes it. Synchronous: offsets follow call order.
+    ///
+    /// `batch` is the producer's bytes untouched; the writer copies them into an aligned DMA
+    /// buffer and patches `base_offset` and `partition_leader_epoch` there.
+    ///
+    /// `leader_epoch` above the latest cached epoch starts a new epoch at this batch (persisted
+    /// before the batch is queued); below it, the append is refused with `StaleLeaderEpoch`
+    /// (a leader never writes with an epoch older than one already in its log).
+    pub fn append(
+        &self,
+        batch: Bytes,
+        header: &BatchHeader,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError> {
+        self.check_open()?;
+        self.check_batch(&batch, header)?;
+        let base_offset = self.log_end_offset.get();
+        self.epochs.borrow_mut().assign(leader_epoch, base_offset)?;
+        Ok(self.enqueue(batch, header, base_offset, leader_epoch))
+    }
+
+    /// Appends a batch fetched from the leader as it is: its base offset and partition leader
+    /// epoch were assigned by the leader and are kept, so the bytes on disk are the leader's.
+    /// The batch must start at the log end offset (`NonMonotonicOffset` otherwise: a gap or an
+    /// overlap means the fetch and the log disagree) and carry an epoch no older than the
+    /// latest cached one (`StaleLeaderEpoch`: diverging data must be truncated first); a newer
+    /// epoch is recorded (and persisted) before the batch is queued. Same size and record-count
+    /// checks as [`Self::append`]; the caller has validated the CRC and tracks producer state.
+    pub fn append_replica(
+        &self,
+        batch: Bytes,
+        header: &BatchHeader,
+    ) -> Result<AppendInfo, StorageError> {
+        self.check_open()?;
+        self.check_batch(&batch, header)?;
+        let head_offset = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
+        let head_epoch = i32::from_be_bytes(batch[12..16].try_into().expect("4 bytes"));
+        if (head_offset, head_epoch) != (header.base_offset, header.partition_leader_epoch) {
+            return Err(StorageError::InvalidBatch(format!(
+                "header says base offset {} epoch {}, the bytes {head_offset} {head_epoch}",
+                header.base_offset, header.partition_leader_epoch
+            )));
+        }
+        let expected = self.log_end_offset.get();
+        if header.base_offset != expected {
+            return Err(StorageError::NonMonotonicOffset {
+                expected,
+                got: header.base_offset,
+            });
+        }
+        let epoch = header.partition_leader_epoch;
+        self.epochs.borrow_mut().assign(epoch, expected)?;
+        Ok(self.enqueue(batch, header, expected, epoch))
+    }
+
+    /// Length and record-count checks shared by both appends.
+    fn check_batch(&self, batch: &Bytes, header: &BatchHeader) -> Result<(), StorageError> {
+        if batch.len() != header.total_len() {
+            return Err(StorageError::InvalidBatch(format!(
+                "{} bytes but the header says {}",
+                batch.len(),
+                header.total_len()
+            )));
+        }
+        if batch.len() > self.config.max_batch_bytes
+            || batch.len() as u64 > self.config.segment_bytes
+        {
+            return Err(StorageError::InvalidBatch(format!(
+                "{} bytes exceeds max_batch_bytes {} or segment_bytes {}",
+                batch.len(),
+                self.config.max_batch_bytes,
+                self.config.segment_bytes
+            )));
+        }
+        if header.record_count <= 0 || header.last_offset_delta != header.record_count - 1 {
+            return Err(StorageError::InvalidBatch(format!(
+                "record count {} with last offset delta {}",
+                header.record_count, header.last_offset_delta
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues a checked batch at `base_offset` (the log end offset) and wakes the writer.
+    fn enqueue(
+        &self,
+        batch: Bytes,
+        header: &BatchHeader,
+        base_offset: i64,
+        leader_epoch: i32,
+    ) -> AppendInfo {
+        assert_eq!(
+            base_offset,
+            self.log_end_offset.get(),
+            "appends start at the log end"
+        );
+        let last_offset = base_offset + header.last_offset_delta as i64;
+        self.log_end_offset.set(last_offset + 1);
+        let meta = BatchMeta {
+            base_offset,
+            last_offset,
+            max_timestamp: header.max_timestamp,
+            len_bytes: batch.len() as u64,
+        };
+        // Cached now, in offset order; served only once below the reader's limit.
+        self.tail_cache
+            .borrow_mut()
+            .push(&batch, base_offset, last_offset, leader_epoch);
+        self.queue.borrow_mut().push_back(QueuedBatch {
+            bytes: batch,
+            leader_epoch,
+            meta,
+        });
+        self.queued_bytes
+            .set(self.queued_bytes.get() + meta.len_bytes);
+        self.wake_writer();
+        AppendInfo {
+            base_offset,
+            last_offset,
+            log_append_time_ms: -1,
+        }
+    }
+
+    /// A broker becoming leader with `epoch` records that the epoch starts at the log end
+    /// offset, before it appends anything (as Kafka does), so followers asking for the end of
+    /// their older epoch get this offset. No-op if `epoch` is already the latest; refused with
+    /// `StaleLeaderEpoch` if it is older.
+    pub fn assign_epoch_start(&self, epoch: i32) -> Result<(), StorageError> {
+        self.check_open()?;
+        self.epochs
+            .borrow_mut()
+            .assign(epoch, self.log_end_offset())?;
+        Ok(())
+    }
+
+    /// The newest leader epoch of the log, if any batch or [`Self::assign_epoch_start`]
+    /// recorded one.
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.epochs.borrow().latest_epoch()
+    }
+
+    /// Kafka's OffsetForLeaderEpoch answer: the largest cached epoch at or below `epoch` and
+    /// where it ends (the start of the next cached epoch, or the log end offset for the latest
+    /// epoch). When every cached epoch is above `epoch`, Kafka answers `epoch` itself with the
+    /// first cached epoch's start offset. `None` (Kafka's UNDEFINED_EPOCH -1 and offset -1)
+    /// for an empty cache, a negative epoch, or an epoch above every cached one. See
+    /// [`LeaderEpochCache::end_offset_for`].
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        self.epochs
+            .borrow()
+            .end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// The cached `(epoch, start offset)` entries, oldest first; for tests and diagnostics.
+    pub fn epoch_entries(&self) -> Vec<super::EpochEntry> {
+        self.epochs.borrow().entries().to_vec()
+    }
+
+    /// Resolves when every offset `< end_offset` is written (`durable = false`, acks=1) or also
+    /// fdatasync'd (`durable = true`, acks=all on an unreplicated log). Durable waits are
+    /// group-committed: the writer issues one fdatasync for everything written so far and
+    /// releases every wait it covers.
+    ///
+    /// Fails with `Truncated` if a truncation made after this call removes `end_offset - 1`,
+    /// even if other data reaches that offset later. The wait starts when this is called, not
+    /// when the future is first polled.
+    pub fn wait_written(
+        &self,
+        end_offset: i64,
+        durable: bool,
+    ) -> impl Future<Output = Result<(), StorageError>> + 'static {
+        let wait = if end_offset > self.log_end_offset() {
+            Err(self.out_of_range(end_offset))
+        } else {
+            let mark = if durable {
+                Mark::Durable
+            } else {
+                Mark::Written
+            };
+            if durable && self.durable_offset() < end_offset {
+                if self.sync_requested_offset.get() < end_offset {
+                    self.sync_requested_offset.set(end_offset);
+                }
+                self.wake_writer();
+            }
+            Ok(self.notifier.wait(mark, end_offset))
+        };
+        async move { wait?.await }
+    }
+
+    /// Resolves when the high watermark reaches `end_offset` (acks=all on a replicated log),
+    /// or fails like [`Self::wait_written`]: out of range, closed, failed, or `Truncated`.
+    pub fn wait_for_high_watermark(
+        &self,
+        end_offset: i64,
+    ) -> impl Future<Output = Result<(), StorageError>> + 'static {
+        let wait = if end_offset > self.log_end_offset() {
+            Err(self.out_of_range(end_offset))
+        } else {
+            Ok(self.notifier.wait(Mark::HighWatermark, end_offset))
+        };
+        async move { wait?.await }
+    }
+
+    /// Headers of batches with a producer id seen by the last scan of the active segment
+    /// (on open, or of the segment a truncation cut), oldest first: the last five per producer
+    /// (all Kafka's idempotence checks need). After [`Self::truncate_to`] the caller rebuilds
+    /// its producer state from these.
+    pub fn recovered_producer_batches(&self) -> Vec<BatchHeader> {
+        self.producer_batches.borrow().clone()
+    }
+
+    /// Drains the queue, fdatasyncs, writes the index files, stops the writer task.
+    /// Returns the writer's error if it had failed.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        if self.lifecycle.get() == Lifecycle::Open {
+            self.lifecycle.set(Lifecycle::Closing);
+        }
+        let result = self.stop_writer().await;
+        self.tail_cache.borrow_mut().clear();
+        self.lifecycle.set(Lifecycle::Closed);
+        self.notifier.close();
+        result
+    }
+
+    /// Stops the writer (dropping queued batches; their waits fail with `Closed`) and removes
+    /// the directory: topic deletion.
+    pub async fn delete(&self) -> Result<(), StorageError> {
+        if self.lifecycle.get() != Lifecycle::Closed {
+            self.lifecycle.set(Lifecycle::Deleting);
+        }
+        // A failed writer does not prevent deletion.
+        let _ = self.stop_writer().await;
+        self.lifecycle.set(Lifecycle::Closed);
+        self.notifier.close();
+        self.segments.borrow_mut().clear();
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn stop_writer(&self) -> Result<(), StorageError> {
+        self.wake_writer();
+        let task = self.writer_task.borrow_mut().take();
+        match task {
+            // None: the task was cancelled, which this code never does.
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StorageError> {
+        match self.lifecycle.get() {
+            Lifecycle::Open => {}
+            Lifecycle::Truncating => return Err(StorageError::Truncating),
+            Lifecycle::Closing | Lifecycle::Deleting | Lifecycle::Closed => {
+                return Err(StorageError::Closed)
+            }
+        }
+        match self.notifier.status_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn check_readable(&self) -> Result<(), StorageError> {
+        match self.lifecycle.get() {
+            Lifecycle::Open | Lifecycle::Truncating | Lifecycle::Closing => Ok(()),
+            Lifecycle::Deleting | Lifecycle::Closed => Err(StorageError::Closed),
+        }
+    }
+
+    fn out_of_range(&self, requested: i64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            requested,
+            log_start: self.log_start_offset(),
+            log_end: self.log_end_offset(),
+        }
+    }
+
+    fn wake_writer(&self) {
+        let waker = self.writer_waker.borrow_mut().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    // The writer task's side of the log.
+
+    pub(crate) fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.get()
+    }
+
+    pub(crate) fn notifier(&self) -> &Rc<Notifier> {
+        &self.notifier
+    }
+
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.borrow().is_empty()
+    }
+
+    /// Some durable wait is not covered yet and there is written data to cover it with.
+    pub(crate) fn sync_needed(&self) -> bool {
+        let durable = self.durable_offset();
+        self.sync_requested_offset.get() > durable && self.written_offset() > durable
+    }
+
+    pub(crate) fn writer_has_work(&self) -> bool {
+        self.has_queued() || self.sync_needed() || self.lifecycle.get() != Lifecycle::Open
+    }
+
+    pub(crate) fn park_writer(&self, waker: &Waker) {
+        *self.writer_waker.borrow_mut() = Some(waker.clone());
+    }
+
+    pub(crate) fn front_batch(&self) -> Option<BatchMeta> {
+        self.queue.borrow().front().map(|b| b.meta)
+    }
+
+    /// Dequeues the batches of the next write: at least one, then more while they fit in
+    /// `max_write_bytes`, in `room_bytes` of the segment, and in its relative offset range.
+    pub(crate) fn take_batches(
+        &self,
+        room_bytes: u64,
+        segment_base_offset: i64,
+        max_write_bytes: u64,
+    ) -> Vec<QueuedBatch> {
+        let mut queue = self.queue.borrow_mut();
+        let mut taken = Vec::new();
+        let mut total_bytes = 0u64;
+        while let Some(next) = queue.front() {
+            let len = next.meta.len_bytes;
+            let fits = total_bytes + len <= max_write_bytes
+                && total_bytes + len <= room_bytes
+                && next.meta.last_offset - segment_base_offset <= i32::MAX as i64;
+            if !taken.is_empty() && !fits {
+                break;
+            }
+            total_bytes += len;
+            taken.push(queue.pop_front().expect("front exists"));
+        }
+        self.queued_bytes.set(self.queued_bytes.get() - total_bytes);
+        taken
+    }
+
+    pub(crate) fn discard_queue(&self) {
+        self.queue.borrow_mut().clear();
+        self.queued_bytes.set(0);
+        // Failed or deleted: written data stays readable from the files.
+        self.tail_cache.borrow_mut().clear();
+    }
+
+    /// Puts the log in the failed state: later appends and unsatisfied waits get the error.
+    pub(crate) fn fail(&self, error: &StorageError) {
+        tracing::error!(dir = %self.dir.display(), %error, "partition log failed");
+        let io_error = match error {
+            StorageError::Io(e) => std::io::Error::new(e.kind(), e.to_string()),
+            other => std::io::Error::other(other.to_string()),
+        };
+        self.notifier.fail(&io_error);
+        self.discard_queue();
+    }
+
+    pub(crate) fn push_segment(&self, segment: Rc<Segment>) {
+        let mut segments = self.segments.borrow_mut();
+        let last = segments.last().expect("never empty while open");
+        assert!(
+            segment.base_offset() >= last.next_offset(),
+            "segments must not overlap"
+        );
+        segments.push(segment);
+    }
+
+    pub(crate) fn count_write(&self, bytes: u64) {
+        let mut stats = self.stats.get();
+        stats.writes += 1;
+        stats.bytes_written += bytes;
+        self.stats.set(stats);
+    }
+
+    pub(crate) fn count_sync(&self) {
+        let mut stats = self.stats.get();
+        stats.syncs += 1;
+        self.stats.set(stats);
+    }
+}
+
+impl Drop for PartitionLog {
+    /// Dropped without `close`: release the waits and let the writer notice and exit.
+    fn drop(&mut self) {
+        self.notifier.close();
+        if let Some(waker) = self.writer_waker.get_mut().take() {
+            waker.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,199 @@
+//! The read side of [`PartitionLog`]: fetches (from the tail cache or a segment file, below the
+//! caller's [`ReadLimit`]), ListOffsets by timestamp, and the waits of long-polling fetches.
+
+use std::future::Future;
+use std::ops::ControlFlow;
+
+use super::PartitionLog;
+use crate::storage::notify::Mark;
+use crate::storage::timestamp;
+use crate::storage::{ReadLimit, ReadSlice, Records, StorageError};
+
+impl PartitionLog {
+    /// Returns the batches from the one holding `offset`, up to `max_bytes`, only batches
+    /// wholly below `limit` (the high watermark for consumers, the written offset for replica
+    /// fetches). With `min_one_batch` a first batch larger than `max_bytes` is returned whole
+    /// (KIP-74).
+    ///
+    /// From the tail cache when it holds `offset` (whole batches, as memory chunks), else as a
+    /// byte range of one segment file (never across a segment end; the last batch may be cut).
+    ///
+    /// `offset` at or above the limit (but not above LEO), or `max_bytes == 0` without
+    /// `min_one_batch`: `Ok(None)`. Below log start or above LEO: `OffsetOutOfRange`.
+    ///
+    /// Where the kernel's own read-ahead is small, also asks it to start reading the range and
+    /// up to 16 MiB past it ([`Segment::hint_read_ahead`]), once per byte per consumer.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+        limit: ReadLimit,
+    ) -> Result<Option<Records>, StorageError> {
+        self.check_readable()?;
+        if offset < self.log_start_offset() || offset > self.log_end_offset() {
+            return Err(self.out_of_range(offset));
+        }
+        let limit_offset = self.limit_offset(limit);
+        if offset >= limit_offset || (max_bytes == 0 && !min_one_batch) {
+            return Ok(None);
+        }
+        let cached = self
+            .tail_cache
+            .borrow()
+            .read(offset, max_bytes, min_one_batch, limit_offset);
+        if let Some(read) = cached {
+            return Ok(Some(Records::Memory {
+                chunks: read.chunks,
+                len: read.len,
+            }));
+        }
+        Ok(self
+            .read_file(offset, max_bytes, min_one_batch, limit_offset)?
+            .map(Records::File))
+    }
+
+    fn limit_offset(&self, limit: ReadLimit) -> i64 {
+        match limit {
+            ReadLimit::HighWatermark => self.high_watermark(),
+            ReadLimit::Written => self.written_offset(),
+        }
+    }
+
+    /// [`Self::read`] from the segment files only.
+    pub(super) fn read_file(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+        limit_offset: i64,
+    ) -> Result<Option<ReadSlice>, StorageError> {
+        let segments = self.segments.borrow();
+        let Some(mut i) = segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .checked_sub(1)
+        else {
+            return Err(self.out_of_range(offset));
+        };
+        let max_batch_bytes = self.config.max_batch_bytes;
+        let mut target = offset;
+        while let Some(segment) = segments.get(i) {
+            if target >= limit_offset {
+                return Ok(None);
+            }
+            if target < segment.next_offset() {
+                let end_bytes = segment.size_bytes();
+                let Some((position, header)) =
+                    segment.find_batch(target, end_bytes, max_batch_bytes)?
+                else {
+                    return Err(segment.corrupt(
+                        end_bytes,
+                        &format!("offset {target} not found below the end"),
+                    ));
+                };
+                if header.last_offset() >= limit_offset {
+                    return Ok(None); // the limit falls inside this batch
+                }
+                let mut len_bytes = (max_bytes as u64).min(end_bytes - position);
+                if min_one_batch {
+                    len_bytes = len_bytes.max(header.total_len() as u64);
+                }
+                if limit_offset < segment.next_offset() {
+                    // The limit is inside this segment (a high watermark behind the written
+                    // offset, or a truncation in progress): stop before the first batch that
+                    // reaches it. Walks the headers of the range about to be sent anyway.
+                    let stop = position + len_bytes;
+                    let below_limit = segment
+                        .scan_headers(position, end_bytes, max_batch_bytes, |p, h| {
+                            if p >= stop || h.last_offset() >= limit_offset {
+                                ControlFlow::Break(p)
+                            } else {
+                                ControlFlow::Continue(())
+                            }
+                        })?
+                        .unwrap_or(end_bytes);
+                    len_bytes = len_bytes.min(below_limit - position);
+                }
+                let hinted = segment.hint_read_ahead(position, len_bytes);
+                if hinted > 0 {
+                    let mut stats = self.stats.get();
+                    stats.read_ahead_bytes += hinted;
+                    self.stats.set(stats);
+                }
+                return Ok(Some(ReadSlice {
+                    file: segment.read_file().clone(),
+                    position,
+                    len: len_bytes as usize,
+                }));
+            }
+            // `target` falls in a gap after this segment's batches: serve the next segment.
+            i += 1;
+            if let Some(next) = segments.get(i) {
+                target = next.base_offset();
+            }
+        }
+        Ok(None)
+    }
+
+    /// ListOffsets by timestamp: the first offset whose record timestamp is `>= timestamp`,
+    /// with that timestamp; `None` if there is none below the high watermark (Kafka answers
+    /// only with fetchable offsets). Exact per record in uncompressed CreateTime batches;
+    /// otherwise the batch's base offset and max timestamp.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        self.check_readable()?;
+        let high_watermark = self.high_watermark();
+        let found = self.search_timestamp(timestamp)?;
+        Ok(found.filter(|&(offset, _)| offset < high_watermark))
+    }
+
+    fn search_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, StorageError> {
+        let segments = self.segments.borrow();
+        for segment in segments.iter().filter(|s| s.max_timestamp() >= timestamp) {
+            let start = segment.lookup_timestamp_position(timestamp);
+            let found = segment.scan_headers(
+                start,
+                segment.size_bytes(),
+                self.config.max_batch_bytes,
+                |p, h| {
+                    if h.max_timestamp >= timestamp {
+                        ControlFlow::Break((p, *h))
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )?;
+            let Some((position, header)) = found else {
+                continue;
+            };
+            if header.compression() == 0 && !header.is_log_append_time() {
+                let bytes = segment.read_batch(position, &header)?;
+                if let Some(hit) = timestamp::first_record_at_or_after(&bytes, &header, timestamp) {
+                    return Ok(Some(hit));
+                }
+            }
+            return Ok(Some((header.base_offset, header.max_timestamp)));
+        }
+        Ok(None)
+    }
+
+    /// Resolves once the `limit` watermark passes `offset` (the high watermark for consumers,
+    /// the written offset for replica fetches), or when the log fails or closes, or a
+    /// truncation removes `offset`. Cancel-safe: dropping the future removes its registration,
+    /// so repeated long polls leak nothing.
+    pub fn wait_for_data(
+        &self,
+        offset: i64,
+        limit: ReadLimit,
+    ) -> impl Future<Output = ()> + 'static {
+        let mark = match limit {
+            ReadLimit::HighWatermark => Mark::HighWatermark,
+            ReadLimit::Written => Mark::Written,
+        };
+        let wait = self.notifier.wait(mark, offset.saturating_add(1));
+        async move {
+            // A failure, close or truncation also ends the wait; the caller's next read
+            // reports it.
+            let _ = wait.await;
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Retention of a [`PartitionLog`]: deleting old closed segments by the policy of
+//! [`crate::storage::retention`] and moving the log start (and the epoch cache's) with them.
+
+use std::rc::Rc;
+
+use tracing::info;
+
+use super::{Lifecycle, PartitionLog};
+use crate::storage::retention::{self, SegmentSummary};
+use crate::storage::segment::Segment;
+use crate::storage::StorageError;
+
+impl PartitionLog {
+    /// Deletes whole closed segments (never the active one, never one reaching past the high
+    /// watermark) whose largest timestamp is older than `now_ms - retention_ms`, or oldest
+    /// first while the log stays at or above `retention_bytes` without them (Kafka's rule);
+    /// advances the log start offset and moves the leader epoch cache's start with it.
+    /// Returns the number of segments deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
+        self.check_readable()?;
+        if self.lifecycle.get() == Lifecycle::Truncating {
+            return Ok(0); // the segment list is being rewritten; the next run catches up
+        }
+        let high_watermark = self.high_watermark();
+        let removed: Vec<Rc<Segment>> = {
+            let mut segments = self.segments.borrow_mut();
+            let closed = &segments[..segments.len() - 1];
+            // Kafka deletes only segments wholly below the high watermark: a follower may
+            // still need what consumers cannot see yet.
+            let below_high_watermark = closed
+                .iter()
+                .take_while(|s| s.next_offset() <= high_watermark)
+                .count();
+            let summaries: Vec<SegmentSummary> = closed[..below_high_watermark]
+                .iter()
+                .map(|s| SegmentSummary {
+                    retention_timestamp_ms: s.retention_timestamp(),
+                    size_bytes: s.size_bytes(),
+                })
+                .collect();
+            let total_bytes = segments.iter().map(|s| s.size_bytes()).sum();
+            let count = retention::deletable_prefix(&summaries, total_bytes, &self.config, now_ms);
+            segments.drain(..count).collect()
+        };
+        if removed.is_empty() {
+            return Ok(0);
+        }
+        let log_start_offset = self.segments.borrow()[0].base_offset();
+        assert!(
+            log_start_offset <= self.high_watermark(),
+            "retention deleted data above the high watermark"
+        );
+        self.log_start_offset.set(log_start_offset);
+        self.tail_cache.borrow_mut().evict_below(log_start_offset);
+        for segment in &removed {
+            info!(segment = %segment.log_path().display(), log_start_offset, "retention deleted segment");
+            segment.delete_files()?;
+        }
+        // After the files: a crash in between leaves entries below the log start, which
+        // opening moves up to it.
+        let mut epochs = self.epochs.borrow_mut();
+        if epochs.truncate_from_start(log_start_offset) {
+            epochs.persist()?;
+        }
+        Ok(removed.len())
+    }
+}
