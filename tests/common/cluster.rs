@@ -20,12 +20,34 @@ impl Cluster {
     /// Starts `n` brokers, all voters of the coordination quorum, and waits until every one is
     /// registered and serving.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::configure(n, extra).launch_all()
+    }
+
+    /// Like `start`, with every broker also reading `properties` from a Kafka-style properties
+    /// file (`--config`), for keys that have no flag (`min.insync.replicas`, ...). Flags still
+    /// win over the file.
+    pub fn start_with_properties(n: usize, properties: &[(&str, &str)], extra: &[&str]) -> Cluster {
         let mut cluster = Cluster::configure(n, extra);
-        let launched: Vec<_> = (0..n).map(|i| cluster.launch(i)).collect();
-        for (i, l) in launched.into_iter().enumerate() {
-            cluster.brokers[i] = Some(l.wait_ready());
-        }
+        let path = cluster.root.join("cluster.properties");
+        let text: String = properties
+            .iter()
+            .map(|(key, value)| format!("{key}={value}\n"))
+            .collect();
+        std::fs::write(&path, text).expect("write properties file");
         cluster
+            .extra
+            .extend(["--config".to_string(), path.display().to_string()]);
+        cluster.launch_all()
+    }
+
+    /// Launches every node, then waits until each serves.
+    fn launch_all(mut self) -> Cluster {
+        let n = self.brokers.len();
+        let launched: Vec<_> = (0..n).map(|i| self.launch(i)).collect();
+        for (i, l) in launched.into_iter().enumerate() {
+            self.brokers[i] = Some(l.wait_ready());
+        }
+        self
     }
 
     /// A cluster of `n` voters with nothing started yet.
@@ -67,6 +89,11 @@ impl Cluster {
         if let Some(mut b) = self.brokers[i].take() {
             b.kill9();
         }
+    }
+
+    /// Sends `signal` to node `i` (SIGSTOP pauses it without closing a socket; SIGCONT resumes).
+    pub fn signal(&self, i: usize, signal: i32) {
+        self.broker(i).signal(signal);
     }
 
     pub fn broker(&self, i: usize) -> &Broker {

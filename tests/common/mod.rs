@@ -109,6 +109,21 @@ impl Broker {
         }
     }
 
+    /// The process id while the broker runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the running broker.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid().expect("broker is running");
+        assert_eq!(
+            unsafe { libc::kill(pid as i32, signal) },
+            0,
+            "kill({pid}, {signal})"
+        );
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
