@@ -332,9 +332,7 @@ impl BrokerConfig {
             "replica.fetch.response.max.bytes" => {
                 self.replication.fetch_response_max_bytes = parse(key, value)?
             }
-            "replica.fetch.wait.max.ms" => {
-                self.replication.fetch_wait_max_ms = parse(key, value)?
-            }
+            "replica.fetch.wait.max.ms" => self.replication.fetch_wait_max_ms = parse(key, value)?,
             "replica.fetch.backoff.ms" => self.replication.fetch_backoff_ms = parse(key, value)?,
             "offset.metadata.max.bytes" => {
                 self.groups.offset_metadata_max_bytes = parse(key, value)?

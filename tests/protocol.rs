@@ -560,7 +560,11 @@ fn a_client_cannot_fetch_as_a_replica() {
     assert_eq!(fetch_as(&mut client, 12, 0, 0), refused, "v12 replica id");
     assert_eq!(fetch_as(&mut client, 12, 7, 0), refused, "unknown broker");
     // At v13+ topics go by id; by name the topic is unknown, and the claim is refused first.
-    assert_eq!(fetch_as(&mut client, 15, 0, 12345), refused, "made-up epoch");
+    assert_eq!(
+        fetch_as(&mut client, 15, 0, 12345),
+        refused,
+        "made-up epoch"
+    );
     assert_eq!(fetch_as(&mut client, 12, -1, 0), 0, "consumer");
 
     let mut request = OffsetForLeaderEpochRequest::default();

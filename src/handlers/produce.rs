@@ -232,8 +232,7 @@ fn append_all(
                 .map_or(owner.config.message_max_bytes, |t| {
                     owner.max_batch_bytes_for(t)
                 });
-            let appended =
-                partition.append(&input.records, max_batch_bytes, acks == Acks::All)?;
+            let appended = partition.append(&input.records, max_batch_bytes, acks == Acks::All)?;
             let cells = crate::metrics::shard_cells(owner.id);
             BrokerStats::add(&cells.bytes_in, input.records.len() as u64);
             BrokerStats::add(

@@ -215,7 +215,8 @@ async fn truncation_round(
     let mut next = Next::Continue;
     for topic in response.topics {
         for answer in topic.partitions {
-            let Some((sent, asked_epoch)) = sent.get(&(topic.topic.0.to_string(), answer.partition))
+            let Some((sent, asked_epoch)) =
+                sent.get(&(topic.topic.0.to_string(), answer.partition))
             else {
                 continue;
             };

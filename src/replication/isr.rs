@@ -72,9 +72,8 @@ pub async fn maintain(shard: Rc<Shard>) {
         let metadata = shard.metadata();
         let now = now_ms();
         for partition in shard.owned_partitions() {
-            let change = partition.isr_change_due(now, lag_time_max_ms, |node| {
-                metadata.broker(node).is_some()
-            });
+            let change = partition
+                .isr_change_due(now, lag_time_max_ms, |node| metadata.broker(node).is_some());
             if let Some(change) = change {
                 propose(&shard, &partition, change);
             }

@@ -269,8 +269,7 @@ impl Shard {
             }
             for (index, p) in topic.partitions.iter().enumerate() {
                 let index = index as i32;
-                if p.replicas.contains(&this_node) && self.owner_of(&topic.name, index) == self.id
-                {
+                if p.replicas.contains(&this_node) && self.owner_of(&topic.name, index) == self.id {
                     wanted.push((topic.clone(), index));
                 }
             }
@@ -303,8 +302,7 @@ impl Shard {
         }
         for (topic, partition) in kept {
             let state = &topic.partitions[partition.index as usize];
-            let change =
-                partition.apply_state(state, self.min_insync_replicas_for(&topic), now);
+            let change = partition.apply_state(state, self.min_insync_replicas_for(&topic), now);
             if let RoleChange::BecameFollower { leader } = change {
                 crate::replication::follower::ensure_fetcher(self, leader);
             }

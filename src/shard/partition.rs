@@ -34,7 +34,9 @@ pub enum RoleChange {
     None,
     BecameLeader,
     /// Follows `leader` (-1: no leader elected yet) at a new epoch.
-    BecameFollower { leader: i32 },
+    BecameFollower {
+        leader: i32,
+    },
 }
 
 /// One partition replicated on this broker. Owned by exactly one shard (see `shard::router`);
@@ -107,6 +109,17 @@ impl Partition {
             leadership_lost: RefCell::new(leadership_signal()),
         };
         partition.rebuild_producer_state();
+        if state.replicas.len() > 1 {
+            // A log opens with its high watermark at its end, right for one replica only.
+            // Replicated, the end may hold batches no other replica has (this broker died
+            // before they were replicated): consumers must not see them until the ISR has
+            // them. Without a checkpoint of the old value, start from the log start; a leader
+            // raises it as soon as its followers fetch (Kafka keeps
+            // `replication-offset-checkpoint` for the same purpose).
+            partition
+                .log
+                .restore_high_watermark(partition.log.log_start_offset());
+        }
         partition.apply_state(state, min_insync_replicas, now_ms);
         partition
     }
