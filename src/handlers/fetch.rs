@@ -77,6 +77,9 @@ pub fn dispatch(shard: &Rc<Shard>, request: &RequestFrame, body: FetchRequest) -
     }))
 }
 
+/// A requested topic (name, id) and its partitions' slots, in request order.
+type TopicLayout = (String, uuid::Uuid, Vec<(i32, Slot)>);
+
 /// Where each requested partition sits in the response, and which shard reads it.
 enum Slot {
     Failed(ResponseError),
@@ -102,8 +105,7 @@ async fn handle(
     let (replica, refused) = replica_of(&shard, version, &body);
     let by_id = version >= 13;
     let mut per_shard: Vec<Vec<ReadRequest>> = (0..shard.nr_shards).map(|_| Vec::new()).collect();
-    let mut layout: Vec<(String, uuid::Uuid, Vec<(i32, Slot)>)> =
-        Vec::with_capacity(body.topics.len());
+    let mut layout: Vec<TopicLayout> = Vec::with_capacity(body.topics.len());
     for topic in body.topics {
         let known = if by_id {
             snapshot.topic_by_id(topic.topic_id)

@@ -61,8 +61,11 @@ pub struct Partition {
     producers: RefCell<ProducerStateTable>,
     /// Completes when this broker stops leading at the epoch a produce waiter saw: an acks=all
     /// wait must then answer NOT_LEADER_OR_FOLLOWER, never success from a fenced leader.
-    leadership_lost: RefCell<(Option<oneshot::Sender<()>>, Shared<oneshot::Receiver<()>>)>,
+    leadership_lost: RefCell<LeadershipSignal>,
 }
+
+/// The sending half (taken when fired) and a clonable receiving half.
+type LeadershipSignal = (Option<oneshot::Sender<()>>, Shared<oneshot::Receiver<()>>);
 
 /// Where a produce to this partition landed.
 #[derive(Debug, Clone, Copy)]
@@ -72,13 +75,14 @@ pub struct Appended {
     pub end_offset: i64,
 }
 
-fn leadership_signal() -> (Option<oneshot::Sender<()>>, Shared<oneshot::Receiver<()>>) {
+fn leadership_signal() -> LeadershipSignal {
     let (tx, rx) = oneshot::channel();
     (Some(tx), rx.shared())
 }
 
 impl Partition {
     /// A partition whose log is open, in the role `state` gives this node.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         topic: String,
         index: i32,
