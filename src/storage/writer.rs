@@ -1,8 +1,10 @@
 //! The per-partition writer task: the only code that writes a segment file.
 //!
-//! Runs on the shard that owns the partition (spawned by [`PartitionLog::open`] with
-//! `spawn_local`). It holds the log only weakly while parked, so dropping the last `Rc` of the
-//! log ends it. Each round it:
+//! Runs on the shard that owns the partition (spawned by `PartitionLog::open` with
+//! `spawn_local`). It sees the log only through [`WriterHost`], the log's side of their
+//! contract (its queue, marks, counters and segment list), so this module does not depend on
+//! the log's. It holds the log only weakly while parked, so dropping the last `Rc` of the log
+//! ends it. Each round it:
 //! 1. rolls the segment first if the next batch would push it past `segment_bytes`;
 //! 2. drains every queued batch (up to `MAX_WRITE_BYTES`) into one freshly allocated aligned
 //!    DMA buffer, behind the partial tail page it keeps from the previous write, patches their
@@ -21,20 +23,84 @@
 //! ends the task; after a failed fdatasync nothing about the file's contents can be trusted.
 
 use std::io;
+use std::path::Path;
 use std::rc::{Rc, Weak};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 
+use bytes::Bytes;
 use glommio::io::DmaFile;
 
-use super::log::{Lifecycle, PartitionLog};
-use super::notify::Mark;
+use super::notify::{Mark, Notifier};
 use super::segment::{BatchMeta, Segment};
-use super::{StorageError, PAGE_BYTES};
+use super::{LogConfig, StorageError, PAGE_BYTES};
 use crate::protocol::record_batch;
 
 /// Cap on one write: big enough to reach the device's sequential bandwidth, small enough that
 /// a burst does not hold megabytes of staging memory or delay the written offset long.
 pub const MAX_WRITE_BYTES: u64 = 4 << 20;
+
+/// A batch whose offsets are assigned but which the writer has not written yet.
+#[derive(Debug)]
+pub(crate) struct QueuedBatch {
+    /// The producer's (or the leader's) bytes, untouched; the writer stamps `meta.base_offset`
+    /// and `leader_epoch` into its copy in the DMA buffer. For a replica batch both are the
+    /// batch's own values, so the bytes on disk are the leader's exactly.
+    pub bytes: Bytes,
+    pub leader_epoch: i32,
+    pub meta: BatchMeta,
+}
+
+/// What the log asks of its writer besides writing what is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopRequest {
+    /// Keep writing.
+    None,
+    /// Truncation: write everything queued, then stop (the truncation cuts and syncs itself).
+    Drain,
+    /// Close: write everything queued, write the index files, cut the padding, sync, stop.
+    Finish,
+    /// Deletion: drop what is queued and stop.
+    Discard,
+}
+
+/// The log's side of the writer task: everything the writer reads or changes in it.
+pub(crate) trait WriterHost: 'static {
+    fn config(&self) -> &LogConfig;
+    fn dir(&self) -> &Path;
+    /// The written and durable marks the writer advances (waits wake on them).
+    fn notifier(&self) -> &Rc<Notifier>;
+    fn log_end_offset(&self) -> i64;
+    fn stop_request(&self) -> StopRequest;
+    fn has_queued(&self) -> bool;
+    /// Some durable wait is not covered yet and there is written data to cover it with.
+    fn sync_needed(&self) -> bool;
+    fn writer_has_work(&self) -> bool;
+    /// Remembers the waker to wake when there is work.
+    fn park_writer(&self, waker: &Waker);
+    fn front_batch(&self) -> Option<BatchMeta>;
+    /// Dequeues the batches of the next write: at least one, then more while they fit in
+    /// `max_write_bytes`, in `room_bytes` of the segment, and in its relative offset range.
+    fn take_batches(
+        &self,
+        room_bytes: u64,
+        segment_base_offset: i64,
+        max_write_bytes: u64,
+    ) -> Vec<QueuedBatch>;
+    fn discard_queue(&self);
+    /// Appends the segment a roll created to the log's segment list.
+    fn push_segment(&self, segment: Rc<Segment>);
+    /// Puts the log in the failed state: later appends and unsatisfied waits get the error.
+    fn fail(&self, error: &StorageError);
+    fn count_write(&self, bytes: u64);
+    fn count_sync(&self);
+    /// Fault injection: whether the next write must fail.
+    #[cfg(test)]
+    fn take_injected_write_failure(&self) -> bool;
+
+    fn written_offset(&self) -> i64 {
+        self.notifier().get(Mark::Written)
+    }
+}
 
 enum Exit {
     Closed,
@@ -45,8 +111,8 @@ enum Exit {
     Dropped,
 }
 
-pub(crate) struct Writer {
-    log: Weak<PartitionLog>,
+pub(crate) struct Writer<Log: WriterHost> {
+    log: Weak<Log>,
     file: DmaFile,
     /// The active segment (also the last entry of the log's segment list).
     segment: Rc<Segment>,
@@ -54,13 +120,13 @@ pub(crate) struct Writer {
     tail: Vec<u8>,
 }
 
-impl Writer {
+impl<Log: WriterHost> Writer<Log> {
     pub(crate) fn new(
-        log: Weak<PartitionLog>,
+        log: Weak<Log>,
         file: DmaFile,
         segment: Rc<Segment>,
         tail: Vec<u8>,
-    ) -> Writer {
+    ) -> Writer<Log> {
         assert_eq!(
             tail.len() as u64,
             segment.size_bytes() % PAGE_BYTES,
@@ -101,20 +167,20 @@ impl Writer {
             let Some(log) = self.next_work().await else {
                 return Ok(Exit::Dropped);
             };
-            if log.lifecycle() == Lifecycle::Deleting {
+            if log.stop_request() == StopRequest::Discard {
                 log.discard_queue();
                 return Ok(Exit::Deleted);
             }
             if log.has_queued() {
                 self.write_queued(&log).await?;
             }
-            if log.lifecycle() == Lifecycle::Truncating && !log.has_queued() {
-                return Ok(Exit::Suspended);
-            }
-            let closing = log.lifecycle() == Lifecycle::Closing && !log.has_queued();
-            if closing {
-                self.finish(&log).await?;
-                return Ok(Exit::Closed);
+            match log.stop_request() {
+                StopRequest::Drain if !log.has_queued() => return Ok(Exit::Suspended),
+                StopRequest::Finish if !log.has_queued() => {
+                    self.finish(&log).await?;
+                    return Ok(Exit::Closed);
+                }
+                _ => {}
             }
             if log.sync_needed() {
                 self.sync(&log).await?;
@@ -124,7 +190,7 @@ impl Writer {
 
     /// Parks until there is work; `None` once the log is gone. The log is held only weakly
     /// while parked.
-    async fn next_work(&self) -> Option<Rc<PartitionLog>> {
+    async fn next_work(&self) -> Option<Rc<Log>> {
         futures_lite::future::poll_fn(|cx| {
             let Some(log) = self.log.upgrade() else {
                 return Poll::Ready(None);
@@ -138,14 +204,14 @@ impl Writer {
         .await
     }
 
-    fn must_roll_before(&self, next: &BatchMeta, log: &PartitionLog) -> bool {
+    fn must_roll_before(&self, next: &BatchMeta, log: &Log) -> bool {
         let size = self.segment.size_bytes();
         size > 0
             && (size + next.len_bytes > log.config().segment_bytes
                 || next.last_offset - self.segment.base_offset() > i32::MAX as i64)
     }
 
-    async fn write_queued(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+    async fn write_queued(&mut self, log: &Log) -> Result<(), StorageError> {
         let Some(front) = log.front_batch() else {
             return Ok(());
         };
@@ -185,7 +251,7 @@ impl Writer {
         let next_tail = bytes[used - used % PAGE_BYTES as usize..used].to_vec();
 
         #[cfg(test)]
-        if log.fail_next_write.take() {
+        if log.take_injected_write_failure() {
             return Err(io::Error::other("injected write failure").into());
         }
         let written = self.file.write_at(buffer, write_position).await?;
@@ -215,7 +281,7 @@ impl Writer {
     }
 
     /// One fdatasync for everything written so far; releases every wait it covers.
-    async fn sync(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+    async fn sync(&mut self, log: &Log) -> Result<(), StorageError> {
         let covered = log.written_offset();
         let started = std::time::Instant::now();
         self.file.fdatasync().await?;
@@ -228,7 +294,7 @@ impl Writer {
     }
 
     /// Closes the active segment and opens the next one, starting at the written offset.
-    async fn roll(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+    async fn roll(&mut self, log: &Log) -> Result<(), StorageError> {
         let old = self.segment.clone();
         assert_eq!(
             old.next_offset(),
@@ -254,7 +320,7 @@ impl Writer {
     }
 
     /// Clean shutdown: index files written, padding cut, everything synced.
-    async fn finish(&mut self, log: &PartitionLog) -> Result<(), StorageError> {
+    async fn finish(&mut self, log: &Log) -> Result<(), StorageError> {
         self.segment.persist_indexes()?;
         self.file.truncate(self.segment.size_bytes()).await?;
         self.file.fdatasync().await?;

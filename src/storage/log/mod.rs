@@ -19,7 +19,7 @@ use super::notify::{Mark, Notifier};
 use super::recovery::{self, RecoveredActive};
 use super::segment::{self, BatchMeta, Segment};
 use super::tail_cache::TailCache;
-use super::writer::Writer;
+use super::writer::{QueuedBatch, StopRequest, Writer, WriterHost};
 use super::{AppendInfo, LogConfig, StorageError};
 use crate::protocol::record_batch::BatchHeader;
 
@@ -41,7 +41,7 @@ pub struct LogStats {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lifecycle {
+enum Lifecycle {
     Open,
     /// A truncation asked the writer to drain and stop; it restarts the writer when done.
     /// Appends are refused meanwhile; reads go on.
@@ -51,17 +51,6 @@ pub(crate) enum Lifecycle {
     /// `delete` asked the writer to drop queued batches and stop.
     Deleting,
     Closed,
-}
-
-/// A batch whose offsets are assigned but which the writer has not written yet.
-#[derive(Debug)]
-pub(crate) struct QueuedBatch {
-    /// The producer's (or the leader's) bytes, untouched; the writer stamps `meta.base_offset`
-    /// and `leader_epoch` into its copy in the DMA buffer. For a replica batch both are the
-    /// batch's own values, so the bytes on disk are the leader's exactly.
-    pub bytes: Bytes,
-    pub leader_epoch: i32,
-    pub meta: BatchMeta,
 }
 
 /// One topic-partition's log.
@@ -568,42 +557,65 @@ impl PartitionLog {
             waker.wake();
         }
     }
+}
 
-    // The writer task's side of the log.
-
-    pub(crate) fn lifecycle(&self) -> Lifecycle {
-        self.lifecycle.get()
+/// The writer task's side of the log.
+impl WriterHost for PartitionLog {
+    fn config(&self) -> &LogConfig {
+        &self.config
     }
 
-    pub(crate) fn notifier(&self) -> &Rc<Notifier> {
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn log_end_offset(&self) -> i64 {
+        self.log_end_offset.get()
+    }
+
+    fn stop_request(&self) -> StopRequest {
+        match self.lifecycle.get() {
+            Lifecycle::Open => StopRequest::None,
+            Lifecycle::Truncating => StopRequest::Drain,
+            Lifecycle::Closing => StopRequest::Finish,
+            Lifecycle::Deleting | Lifecycle::Closed => StopRequest::Discard,
+        }
+    }
+
+    #[cfg(test)]
+    fn take_injected_write_failure(&self) -> bool {
+        self.fail_next_write.take()
+    }
+
+    fn notifier(&self) -> &Rc<Notifier> {
         &self.notifier
     }
 
-    pub(crate) fn has_queued(&self) -> bool {
+    fn has_queued(&self) -> bool {
         !self.queue.borrow().is_empty()
     }
 
     /// Some durable wait is not covered yet and there is written data to cover it with.
-    pub(crate) fn sync_needed(&self) -> bool {
+    fn sync_needed(&self) -> bool {
         let durable = self.durable_offset();
         self.sync_requested_offset.get() > durable && self.written_offset() > durable
     }
 
-    pub(crate) fn writer_has_work(&self) -> bool {
+    fn writer_has_work(&self) -> bool {
         self.has_queued() || self.sync_needed() || self.lifecycle.get() != Lifecycle::Open
     }
 
-    pub(crate) fn park_writer(&self, waker: &Waker) {
+    fn park_writer(&self, waker: &Waker) {
         *self.writer_waker.borrow_mut() = Some(waker.clone());
     }
 
-    pub(crate) fn front_batch(&self) -> Option<BatchMeta> {
+    fn front_batch(&self) -> Option<BatchMeta> {
         self.queue.borrow().front().map(|b| b.meta)
     }
 
     /// Dequeues the batches of the next write: at least one, then more while they fit in
     /// `max_write_bytes`, in `room_bytes` of the segment, and in its relative offset range.
-    pub(crate) fn take_batches(
+    fn take_batches(
         &self,
         room_bytes: u64,
         segment_base_offset: i64,
@@ -627,7 +639,7 @@ impl PartitionLog {
         taken
     }
 
-    pub(crate) fn discard_queue(&self) {
+    fn discard_queue(&self) {
         self.queue.borrow_mut().clear();
         self.queued_bytes.set(0);
         // Failed or deleted: written data stays readable from the files.
@@ -635,7 +647,7 @@ impl PartitionLog {
     }
 
     /// Puts the log in the failed state: later appends and unsatisfied waits get the error.
-    pub(crate) fn fail(&self, error: &StorageError) {
+    fn fail(&self, error: &StorageError) {
         tracing::error!(dir = %self.dir.display(), %error, "partition log failed");
         let io_error = match error {
             StorageError::Io(e) => std::io::Error::new(e.kind(), e.to_string()),
@@ -645,7 +657,7 @@ impl PartitionLog {
         self.discard_queue();
     }
 
-    pub(crate) fn push_segment(&self, segment: Rc<Segment>) {
+    fn push_segment(&self, segment: Rc<Segment>) {
         let mut segments = self.segments.borrow_mut();
         let last = segments.last().expect("never empty while open");
         assert!(
@@ -655,14 +667,14 @@ impl PartitionLog {
         segments.push(segment);
     }
 
-    pub(crate) fn count_write(&self, bytes: u64) {
+    fn count_write(&self, bytes: u64) {
         let mut stats = self.stats.get();
         stats.writes += 1;
         stats.bytes_written += bytes;
         self.stats.set(stats);
     }
 
-    pub(crate) fn count_sync(&self) {
+    fn count_sync(&self) {
         let mut stats = self.stats.get();
         stats.syncs += 1;
         self.stats.set(stats);

@@ -10,6 +10,7 @@ use super::{Lifecycle, PartitionLog};
 use crate::storage::notify::Mark;
 use crate::storage::recovery::{self, RecoveredActive};
 use crate::storage::segment::{self, Segment};
+use crate::storage::writer::WriterHost;
 use crate::storage::StorageError;
 
 impl PartitionLog {
