@@ -16,7 +16,7 @@ use crate::coordination::PartitionMetadata;
 use crate::protocol::record_batch::{self, BatchError, BatchHeader, Batches};
 use crate::protocol::ApiError;
 use crate::replication::leader::{IsrChange, LeaderState};
-use crate::storage::{PartitionLog, ReadLimit, StorageError};
+use crate::storage::{PartitionLog, StorageError};
 
 /// This broker's part in a partition's replication at the current leader epoch.
 #[derive(Debug)]
@@ -489,24 +489,12 @@ impl Partition {
                 .map_err(storage_error);
         }
         let lost = self.leadership_lost.borrow().1.clone();
-        let log = self.log.clone();
+        // Durable here, then below the high watermark: on every ISR member's disk.
+        let durable = self.log.wait_written(end_offset, true);
+        let replicated = self.log.wait_for_high_watermark(end_offset);
         let replicated = async move {
-            log.wait_written(end_offset, true)
-                .await
-                .map_err(storage_error)?;
-            while log.high_watermark() < end_offset {
-                log.wait_for_data(end_offset - 1, ReadLimit::HighWatermark)
-                    .await;
-                if log.high_watermark() < end_offset {
-                    // The wait ends without progress only when the log closed, failed or was
-                    // truncated under it.
-                    return Err(ApiError::new(
-                        ResponseError::NotLeaderOrFollower,
-                        "the partition stopped before the write was replicated",
-                    ));
-                }
-            }
-            Ok(())
+            durable.await.map_err(storage_error)?;
+            replicated.await.map_err(storage_error)
         };
         let timer = glommio::timer::sleep(timeout);
         futures::pin_mut!(replicated, timer);
@@ -591,6 +579,11 @@ fn batch_error(e: BatchError) -> ApiError {
 /// Maps a storage failure to the Kafka error a client understands.
 pub fn storage_error(e: StorageError) -> ApiError {
     match e {
+        // A follower cutting its divergent suffix under a wait: the wait belonged to a leader
+        // that no longer leads.
+        StorageError::Truncated { .. } | StorageError::Truncating => {
+            ApiError::new(ResponseError::NotLeaderOrFollower, e.to_string())
+        }
         StorageError::OffsetOutOfRange { .. } => {
             ApiError::new(ResponseError::OffsetOutOfRange, e.to_string())
         }
