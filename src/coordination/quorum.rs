@@ -14,7 +14,7 @@
 //! timeout. A new leader gives every broker at least half a session of grace, so a leader change
 //! does not fence brokers that were heartbeating to the old leader alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use protobuf::Message as _;
@@ -148,6 +148,8 @@ pub struct QuorumNode {
     last_tick_ms: u64,
     /// When this voter last heard each (node, incarnation).
     heartbeats: BTreeMap<(i32, u64), u64>,
+    /// Sessions whose broker's coordination port refused a connection (`peer_refused`).
+    refused: BTreeSet<(i32, u64)>,
     /// Fences proposed and not yet applied: (node, incarnation) -> when proposed.
     fences_in_flight: BTreeMap<(i32, u64), u64>,
     /// Set while this node leads: when it became leader.
@@ -221,6 +223,7 @@ impl QuorumNode {
             now_ms,
             last_tick_ms: now_ms,
             heartbeats: BTreeMap::new(),
+            refused: BTreeSet::new(),
             fences_in_flight: BTreeMap::new(),
             leader_since_ms: None,
             snapshots_sent: BTreeMap::new(),
@@ -274,9 +277,24 @@ impl QuorumNode {
         self.process_ready()
     }
 
+    /// A voter's coordination port refused a connection: no process listens there, so the
+    /// broker that registered from it is dead (a restarted one registers a new incarnation).
+    /// The quorum leader fences it on its next tick instead of after the session timeout (and
+    /// without a new leader's grace), which moves its partitions in tens of milliseconds. A
+    /// heartbeat from that incarnation afterwards (it was alive after all) cancels this.
+    pub fn peer_refused(&mut self, node_id: i32) {
+        if node_id == self.config.node_id {
+            return;
+        }
+        if let Some(broker) = self.state.brokers.get(&node_id) {
+            self.refused.insert((node_id, broker.incarnation));
+        }
+    }
+
     /// Notes a broker's heartbeat (also this node's own broker, without the network).
     pub fn record_heartbeat(&mut self, node_id: i32, incarnation: u64, now_ms: u64) {
         self.heartbeats.insert((node_id, incarnation), now_ms);
+        self.refused.remove(&(node_id, incarnation));
     }
 
     /// Queues `command`; its outcome appears in [`Output::applied`] under the returned id once
@@ -418,7 +436,8 @@ impl QuorumNode {
             .filter_map(|b| {
                 let last_heard = self.heartbeats.get(&(b.node_id, b.incarnation)).copied();
                 let heard = last_heard.unwrap_or(0).max(grace_from);
-                (now.saturating_sub(heard) > timeout).then_some((
+                let refused = self.refused.contains(&(b.node_id, b.incarnation));
+                (refused || now.saturating_sub(heard) > timeout).then_some((
                     b.node_id,
                     b.incarnation,
                     last_heard,
@@ -434,6 +453,7 @@ impl QuorumNode {
             if retry_due {
                 tracing::info!(
                     node_id,
+                    refused = self.refused.contains(&key),
                     silent_ms = last_heard.map(|at| now.saturating_sub(at)),
                     leader_for_ms = now.saturating_sub(leader_since),
                     session_timeout_ms = timeout,
@@ -450,6 +470,8 @@ impl QuorumNode {
         let state = &self.state;
         self.fences_in_flight
             .retain(|(id, inc), _| state.brokers.get(id).is_some_and(|b| b.incarnation == *inc));
+        self.refused
+            .retain(|(id, inc)| state.brokers.get(id).is_some_and(|b| b.incarnation == *inc));
         self.heartbeats.retain(|(id, inc), &mut at| {
             state.brokers.get(id).is_some_and(|b| b.incarnation == *inc)
                 || now.saturating_sub(at) <= 2 * timeout

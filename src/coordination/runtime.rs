@@ -188,7 +188,7 @@ impl Coordinator {
                 }
                 let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES);
                 self.peers.borrow_mut().insert(voter.node_id, tx);
-                spawn(peer_link(voter.clone(), rx).boxed_local());
+                spawn(peer_link(me.clone(), voter.clone(), rx).boxed_local());
             }
         }
         spawn(heartbeat_loop(me.clone()).boxed_local());
@@ -614,7 +614,7 @@ async fn read_peer(me: Weak<Coordinator>, mut stream: TcpStream) {
 
 /// Keeps one outbound connection to a voter and writes queued frames to it, reconnecting as
 /// needed. Logs one line when the voter becomes unreachable and one when it is back.
-async fn peer_link(voter: Voter, mut frames: mpsc::Receiver<Vec<u8>>) {
+async fn peer_link(me: Weak<Coordinator>, voter: Voter, mut frames: mpsc::Receiver<Vec<u8>>) {
     let mut unreachable_since: Option<Instant> = None;
     let mut pending: Option<Vec<u8>> = None;
     loop {
@@ -636,6 +636,12 @@ async fn peer_link(voter: Voter, mut frames: mpsc::Receiver<Vec<u8>>) {
                 if unreachable_since.is_none() {
                     tracing::warn!(voter = voter.node_id, address = %voter.address, error = %e, "cannot reach voter; retrying");
                     unreachable_since = Some(Instant::now());
+                }
+                if std::io::Error::from(e).kind() == std::io::ErrorKind::ConnectionRefused {
+                    // Nothing listens there: that broker is dead, not slow.
+                    if let Some(coordinator) = me.upgrade() {
+                        coordinator.node.borrow_mut().peer_refused(voter.node_id);
+                    }
                 }
                 // Drop what queued meanwhile: Raft resends, and stale heartbeats are useless.
                 while frames.try_recv().is_ok() {}
