@@ -47,6 +47,7 @@ fn coordinator(dir: PathBuf) -> Rc<GroupCoordinator> {
         dir,
         &LogConfig::default(),
         config,
+        false,
     ))
 }
 

@@ -965,3 +965,108 @@ fn fault_loop_three_cycles() {
     );
     assert!(stdout.contains("lost 0, duplicated 0"), "{stdout}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Committed offsets are acknowledged writes too
+
+/// The node coordinating `group`, as FindCoordinator answers it (retried while the offsets
+/// topic is being created).
+fn find_coordinator(addr: &str, group: &str, deadline: Instant) -> i32 {
+    use kafka_protocol::messages::FindCoordinatorRequest;
+    use kafka_protocol::protocol::StrBytes;
+    loop {
+        let mut client = common::raw::RawClient::connect(addr);
+        let mut request = FindCoordinatorRequest::default();
+        request.key = StrBytes::from_string(group.to_string());
+        request.key_type = 0;
+        let response = client.call(3, &request);
+        if response.error_code == 0 {
+            return response.node_id.0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no coordinator for {group}: error {}",
+            response.error_code
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Offsets committed through the group coordinator are replicated with the offsets topic:
+/// after kill -9 of the coordinator's broker, the new leader of the group's offsets partition
+/// answers OffsetFetch with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_a_kill9_of_the_group_coordinator() {
+    let mut cluster = Cluster::start_with_properties(3, PROPERTIES, &[]);
+    let bootstrap = cluster.bootstrap();
+    create_topic(&bootstrap, "tracked", 3, None).await;
+    let group = "survivors";
+    let wanted: Vec<i64> = vec![100, 101, 102];
+    let mut committed = TopicPartitionList::new();
+    for (p, &offset) in wanted.iter().enumerate() {
+        committed
+            .add_partition_offset("tracked", p as i32, Offset::Offset(offset))
+            .expect("offset");
+    }
+    let deadline = Instant::now() + WAIT;
+    {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        // The first FindCoordinator has the quorum create the offsets topic: retry meanwhile.
+        while let Err(e) = consumer.commit(&committed, rdkafka::consumer::CommitMode::Sync) {
+            assert!(Instant::now() < deadline, "commit failed: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let coordinator = find_coordinator(&cluster.broker(0).addr, group, deadline);
+    let killed_at = Instant::now();
+    cluster.kill9(coordinator as usize);
+    let survivor = (0..3).find(|&i| i != coordinator as usize).unwrap();
+    let new_coordinator = loop {
+        let found = find_coordinator(&cluster.broker(survivor).addr, group, deadline);
+        if found != coordinator {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "the coordinator did not move");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut asked = TopicPartitionList::new();
+    for p in 0..3 {
+        asked.add_partition("tracked", p);
+    }
+    let found: Vec<i64> = loop {
+        if let Ok(list) = reader.committed_offsets(asked.clone(), Duration::from_secs(5)) {
+            let offsets: Vec<i64> = (0..3)
+                .map(
+                    |p| match list.find_partition("tracked", p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o,
+                        _ => -1,
+                    },
+                )
+                .collect();
+            if offsets.iter().all(|&o| o >= 0) {
+                break offsets;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no committed offsets after the kill"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "coordinator {coordinator} killed; node {new_coordinator} coordinates the group, committed offsets read back {} ms after the kill",
+        killed_at.elapsed().as_millis()
+    );
+    assert_eq!(found, wanted, "committed offsets lost with the coordinator");
+}

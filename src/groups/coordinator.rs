@@ -22,6 +22,7 @@ use super::offsets_log::{wait_durable, OffsetsLogs};
 use super::records::{OffsetValue, OffsetsRecord};
 use super::{coordinator_for, owner_shard, GroupConfig};
 use crate::shard::now_ms;
+use crate::shard::partition::Partition;
 use crate::storage::LogConfig;
 
 /// How often the timers run (session expiry, rebalance deadlines, the initial delay).
@@ -71,12 +72,13 @@ impl GroupCoordinator {
         data_dir: PathBuf,
         log: &LogConfig,
         config: GroupConfig,
+        clustered: bool,
     ) -> GroupCoordinator {
         assert!(config.offsets_topic_partitions > 0);
         GroupCoordinator {
             shard_id,
             nr_shards,
-            logs: OffsetsLogs::new(data_dir, log),
+            logs: OffsetsLogs::new(data_dir, log, clustered),
             config,
             groups: RefCell::new(HashMap::new()),
         }
@@ -110,20 +112,58 @@ impl GroupCoordinator {
         }
         let (_, replayed) = self.logs.open(partition).await?;
         if let Some(records) = replayed {
-            let count = records.len();
-            let mut groups = self.groups.borrow_mut();
-            for record in records {
-                apply(&mut groups, record);
-            }
-            groups.retain(|_, g| !g.is_forgettable());
-            tracing::info!(
-                partition,
-                records = count,
-                groups = groups.len(),
-                "offsets partition loaded"
-            );
+            self.load_records(partition, records);
         }
         Ok(())
+    }
+
+    fn load_records(&self, partition: i32, records: Vec<OffsetsRecord>) {
+        let count = records.len();
+        let mut groups = self.groups.borrow_mut();
+        for record in records {
+            apply(&mut groups, record);
+        }
+        groups.retain(|_, g| !g.is_forgettable());
+        tracing::info!(
+            partition,
+            records = count,
+            groups = groups.len(),
+            "offsets partition loaded"
+        );
+    }
+
+    /// In a cluster: this broker became the leader of replicated offsets partition
+    /// `partition` (`Shard::apply_metadata`). Its groups are loaded from the log before any
+    /// request for them is served here.
+    pub fn adopt_partition(&self, partition: i32, replicated: Rc<Partition>) {
+        self.drop_groups_of(partition);
+        match self.logs.adopt(partition, replicated) {
+            Ok(records) => self.load_records(partition, records),
+            Err(e) => {
+                self.logs.release(partition);
+                tracing::error!(partition, error = %e, "cannot load the offsets partition");
+            }
+        }
+    }
+
+    /// In a cluster: leadership of offsets partition `partition` moved away. Its groups are
+    /// forgotten here; the new leader loads them from its replica.
+    pub fn release_partition(&self, partition: i32) {
+        if self.logs.release(partition) {
+            let dropped = self.drop_groups_of(partition);
+            tracing::info!(
+                partition,
+                groups = dropped,
+                "offsets partition moved to another broker"
+            );
+        }
+    }
+
+    fn drop_groups_of(&self, partition: i32) -> usize {
+        let mut groups = self.groups.borrow_mut();
+        let before = groups.len();
+        groups.retain(|id, _| self.partition_of(id) != partition);
+        before - groups.len()
     }
 
     /// Appends `records` to the group's partition and waits until they are durable.
@@ -167,7 +207,7 @@ impl GroupCoordinator {
 
     pub async fn join(self: &Rc<Self>, group_id: String, request: JoinRequest) -> JoinResult {
         if let Err(e) = self.ensure_open(self.partition_of(&group_id)).await {
-            tracing::error!(error = %e, "offsets log unavailable");
+            tracing::warn!(error = %e, "offsets log unavailable");
             return JoinResult::error(ResponseError::CoordinatorNotAvailable, &request.member_id);
         }
         let member_id = request.member_id.clone();
@@ -254,7 +294,7 @@ impl GroupCoordinator {
         entries: Vec<CommitEntry>,
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
         if let Err(e) = self.ensure_open(self.partition_of(&group_id)).await {
-            tracing::error!(error = %e, "offsets log unavailable");
+            tracing::warn!(error = %e, "offsets log unavailable");
             return Err(ResponseError::CoordinatorNotAvailable);
         }
         let now = now_ms();
@@ -311,7 +351,7 @@ impl GroupCoordinator {
         topics: Option<Vec<(String, Vec<i32>)>>,
     ) -> Result<TopicOffsets, ResponseError> {
         if let Err(e) = self.ensure_open(self.partition_of(group_id)).await {
-            tracing::error!(error = %e, "offsets log unavailable");
+            tracing::warn!(error = %e, "offsets log unavailable");
             return Err(ResponseError::CoordinatorNotAvailable);
         }
         let groups = self.groups.borrow();

@@ -1,6 +1,12 @@
 //! The offsets partitions a shard owns: ordinary `PartitionLog`s under
-//! `<data-dir>/__consumer_offsets-<p>/`, opened at start when they exist (and replayed) or on
-//! the first commit of a group placed on them.
+//! `<data-dir>/__consumer_offsets-<p>/`.
+//!
+//! On a single node they are this module's own logs, opened at start when they exist (and
+//! replayed) or on the first commit of a group placed on them. In a cluster the offsets topic
+//! is a replicated topic like any other: the shard opens its partitions (`shard::partition`,
+//! replicated by `replication`), and the group coordinator *adopts* a partition when this
+//! broker becomes its leader (replaying it) and releases it when leadership moves, so commits
+//! are acknowledged only once on every in-sync replica.
 //!
 //! Owned by one shard (the partitions' owner shard); `!Send`.
 
@@ -10,7 +16,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::rc::Rc;
 
+use std::time::Duration;
+
 use crate::protocol::record_batch::{BatchError, Batches};
+use crate::shard::partition::Partition;
 use crate::storage::Records;
 use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
 
@@ -23,10 +32,33 @@ const REPLAY_READ_BYTES: usize = 4 << 20;
 /// records stay far below `message.max.bytes`.
 pub const RECORDS_PER_BATCH: usize = 100;
 
+/// Longest a commit waits for the in-sync replicas of its offsets partition.
+const REPLICATED_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One offsets partition's log, as the group coordinator writes to it.
+#[derive(Clone)]
+pub enum OffsetsLog {
+    /// A single node's own log: durable once fdatasync'ed.
+    Own(Rc<PartitionLog>),
+    /// A replicated partition this broker leads: durable once on every in-sync replica.
+    Replicated(Rc<Partition>),
+}
+
+impl OffsetsLog {
+    fn log(&self) -> &Rc<PartitionLog> {
+        match self {
+            OffsetsLog::Own(log) => log,
+            OffsetsLog::Replicated(partition) => &partition.log,
+        }
+    }
+}
+
 pub struct OffsetsLogs {
     data_dir: PathBuf,
     config: LogConfig,
-    logs: RefCell<HashMap<i32, Rc<PartitionLog>>>,
+    /// In a cluster only adopted (led) partitions are written; nothing is opened here.
+    clustered: bool,
+    logs: RefCell<HashMap<i32, OffsetsLog>>,
     /// Serialises lazy opens so two commits never open the same directory twice.
     open_lock: glommio::sync::Semaphore,
 }
@@ -35,22 +67,28 @@ fn storage(e: StorageError) -> String {
     e.to_string()
 }
 
+/// The log settings of offsets partitions, from the broker's.
+pub fn offsets_log_config(broker_log: &LogConfig) -> LogConfig {
+    let mut config = broker_log.clone();
+    // Offsets must never age out: retention would silently reset consumers. Compaction
+    // (keeping the newest record per key) is the bound Kafka uses; it is not built yet.
+    config.retention_ms = -1;
+    config.retention_bytes = -1;
+    config.segment_bytes = config.segment_bytes.min(100 << 20);
+    config.tail_cache_bytes = 256 << 10;
+    // A batch of RECORDS_PER_BATCH records of bounded size (group id, topic name, commit
+    // metadata) stays under 1 MiB, whatever message.max.bytes says for client batches.
+    config.max_batch_bytes = config.max_batch_bytes.max(1 << 20);
+    config.segment_bytes = config.segment_bytes.max(config.max_batch_bytes as u64);
+    config
+}
+
 impl OffsetsLogs {
-    pub fn new(data_dir: PathBuf, broker_log: &LogConfig) -> OffsetsLogs {
-        let mut config = broker_log.clone();
-        // Offsets must never age out: retention would silently reset consumers. Compaction
-        // (keeping the newest record per key) is the bound Kafka uses; it is not built yet.
-        config.retention_ms = -1;
-        config.retention_bytes = -1;
-        config.segment_bytes = config.segment_bytes.min(100 << 20);
-        config.tail_cache_bytes = 256 << 10;
-        // A batch of RECORDS_PER_BATCH records of bounded size (group id, topic name, commit
-        // metadata) stays under 1 MiB, whatever message.max.bytes says for client batches.
-        config.max_batch_bytes = config.max_batch_bytes.max(1 << 20);
-        config.segment_bytes = config.segment_bytes.max(config.max_batch_bytes as u64);
+    pub fn new(data_dir: PathBuf, broker_log: &LogConfig, clustered: bool) -> OffsetsLogs {
         OffsetsLogs {
             data_dir,
-            config,
+            config: offsets_log_config(broker_log),
+            clustered,
             logs: RefCell::new(HashMap::new()),
             open_lock: glommio::sync::Semaphore::new(1),
         }
@@ -60,53 +98,93 @@ impl OffsetsLogs {
         self.data_dir.join(format!("{OFFSETS_TOPIC}-{partition}"))
     }
 
-    /// Partitions among `owned` that have a log on disk.
+    /// Partitions among `owned` that have a log on disk (a single node's own logs).
     pub fn existing(&self, owned: impl Iterator<Item = i32>) -> Vec<i32> {
+        if self.clustered {
+            return Vec::new();
+        }
         owned.filter(|&p| self.dir(p).is_dir()).collect()
     }
 
     /// Opens partition `partition`'s log (creating it if needed). Returns the records in it
-    /// when this call opened it, so the caller can rebuild state before anyone commits.
+    /// when this call opened it, so the caller can rebuild state before anyone commits. In a
+    /// cluster only an adopted partition is open, and nothing else can be.
     pub async fn open(
         &self,
         partition: i32,
-    ) -> Result<(Rc<PartitionLog>, Option<Vec<OffsetsRecord>>), String> {
-        if let Some(log) = self.logs.borrow().get(&partition) {
-            return Ok((log.clone(), None));
+    ) -> Result<(OffsetsLog, Option<Vec<OffsetsRecord>>), String> {
+        if let Some(log) = self.get(partition) {
+            return Ok((log, None));
+        }
+        if self.clustered {
+            return Err(format!(
+                "offsets partition {partition} is not led by this broker (or still loading)"
+            ));
         }
         let _permit = self
             .open_lock
             .acquire_permit(1)
             .await
             .map_err(|e| e.to_string())?;
-        if let Some(log) = self.logs.borrow().get(&partition) {
-            return Ok((log.clone(), None));
+        if let Some(log) = self.get(partition) {
+            return Ok((log, None));
         }
         let log = PartitionLog::open(self.dir(partition), self.config.clone())
             .await
             .map_err(storage)?;
         let records = replay(&log, self.config.max_batch_bytes)?;
+        let log = OffsetsLog::Own(log);
         self.logs.borrow_mut().insert(partition, log.clone());
         Ok((log, Some(records)))
     }
 
-    pub fn get(&self, partition: i32) -> Option<Rc<PartitionLog>> {
+    /// This broker now leads replicated offsets partition `partition`: reads what it holds
+    /// (everything written: the leader's log is the one the ISR converges to) and writes to
+    /// it from now on.
+    pub fn adopt(
+        &self,
+        partition: i32,
+        replicated: Rc<Partition>,
+    ) -> Result<Vec<OffsetsRecord>, String> {
+        assert!(
+            self.clustered,
+            "only a cluster replicates the offsets topic"
+        );
+        let records = replay(&replicated.log, self.config.max_batch_bytes)?;
+        self.logs
+            .borrow_mut()
+            .insert(partition, OffsetsLog::Replicated(replicated));
+        Ok(records)
+    }
+
+    /// Leadership of `partition` moved away: no more writes from here.
+    pub fn release(&self, partition: i32) -> bool {
+        self.logs.borrow_mut().remove(&partition).is_some()
+    }
+
+    pub fn get(&self, partition: i32) -> Option<OffsetsLog> {
         self.logs.borrow().get(&partition).cloned()
     }
 
     /// Appends `records` now (offsets assigned in call order) and returns the end offset to
     /// wait for: the caller awaits [`wait_durable`] before answering (acks=all rule).
-    pub fn append(
-        log: &PartitionLog,
-        records: &[OffsetsRecord],
-        now_ms: i64,
-    ) -> Result<i64, String> {
+    pub fn append(log: &OffsetsLog, records: &[OffsetsRecord], now_ms: i64) -> Result<i64, String> {
+        let leader_epoch = match log {
+            OffsetsLog::Own(_) => 0,
+            OffsetsLog::Replicated(partition) => {
+                if !partition.is_leader() {
+                    return Err("no longer the leader of the offsets partition".into());
+                }
+                partition.leader_epoch.get()
+            }
+        };
+        let log = log.log();
         let mut end_offset = log.log_end_offset();
         for chunk in records.chunks(RECORDS_PER_BATCH) {
             let batch = encode_batch(chunk, now_ms);
             let header = crate::protocol::record_batch::validate(&batch, usize::MAX)
                 .map_err(|e| e.to_string())?;
-            let info = log.append(batch, &header, 0).map_err(storage)?;
+            let info = log.append(batch, &header, leader_epoch).map_err(storage)?;
             end_offset = info.last_offset + 1;
         }
         Ok(end_offset)
@@ -115,28 +193,39 @@ impl OffsetsLogs {
     pub async fn close(&self) {
         let logs: Vec<_> = self.logs.borrow().values().cloned().collect();
         for log in logs {
-            if let Err(e) = log.close().await {
-                tracing::error!(error = %e, "closing an offsets log failed");
+            // Replicated partitions belong to the shard, which closes them.
+            if let OffsetsLog::Own(log) = log {
+                if let Err(e) = log.close().await {
+                    tracing::error!(error = %e, "closing an offsets log failed");
+                }
             }
         }
     }
 }
 
-/// Waits until everything below `end_offset` is fdatasync'ed (group-committed with other
-/// waiters on the same partition).
-pub async fn wait_durable(log: &PartitionLog, end_offset: i64) -> Result<(), String> {
-    log.wait_written(end_offset, true).await.map_err(storage)
+/// Waits until everything below `end_offset` is durable: fdatasync'ed (group-committed with
+/// other waiters on the same partition), and in a cluster on every in-sync replica.
+pub async fn wait_durable(log: &OffsetsLog, end_offset: i64) -> Result<(), String> {
+    match log {
+        OffsetsLog::Own(log) => log.wait_written(end_offset, true).await.map_err(storage),
+        OffsetsLog::Replicated(partition) => partition
+            .wait_acknowledged(end_offset, true, REPLICATED_COMMIT_TIMEOUT)
+            .await
+            .map_err(|e| e.message),
+    }
 }
 
 /// Reads every record of a freshly opened log, oldest first.
 fn replay(log: &PartitionLog, max_batch_bytes: usize) -> Result<Vec<OffsetsRecord>, String> {
     let mut out = Vec::new();
     let mut offset = log.log_start_offset();
-    let end = log.high_watermark();
+    // Everything written: a new leader's log is what its followers converge to, also above
+    // the high watermark it inherited.
+    let end = log.written_offset();
     let mut buf = Vec::new();
     while offset < end {
         let Some(read) = log
-            .read(offset, REPLAY_READ_BYTES, true, ReadLimit::HighWatermark)
+            .read(offset, REPLAY_READ_BYTES, true, ReadLimit::Written)
             .map_err(storage)?
         else {
             break;

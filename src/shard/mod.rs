@@ -85,6 +85,7 @@ impl Shard {
             config.data_dir.clone(),
             &config.log,
             config.groups.clone(),
+            config.is_clustered(),
         ));
         Rc::new(Shard {
             id,
@@ -195,6 +196,9 @@ impl Shard {
     /// [256 KiB, 8 MiB]. It is fixed when the log opens: partitions added later make the sum
     /// exceed the budget by at most their own caps until the shard restarts.
     pub fn log_config_for(&self, topic: &TopicMetadata) -> LogConfig {
+        if topic.name == crate::groups::OFFSETS_TOPIC {
+            return crate::groups::offsets_log::offsets_log_config(&self.config.log);
+        }
         let mut log = self.config.log.clone();
         let budget = self.config.tail_cache_bytes_per_shard;
         log.tail_cache_bytes = if budget == 0 {
@@ -262,11 +266,9 @@ impl Shard {
         let this_node = self.broker.node_id;
         let now = now_ms();
         let mut wanted: Vec<(Arc<TopicMetadata>, i32)> = Vec::new();
+        // The offsets topic is in the metadata only in a cluster, where it is replicated like
+        // any topic; its leader's group coordinator adopts the partition (`adopt_offsets`).
         for topic in snapshot.topics.values() {
-            if topic.name == crate::groups::OFFSETS_TOPIC {
-                // The group coordinators own the offsets partitions' logs (`groups::offsets_log`).
-                continue;
-            }
             for (index, p) in topic.partitions.iter().enumerate() {
                 let index = index as i32;
                 if p.replicas.contains(&this_node) && self.owner_of(&topic.name, index) == self.id {
@@ -306,6 +308,10 @@ impl Shard {
             if let RoleChange::BecameFollower { leader } = change {
                 crate::replication::follower::ensure_fetcher(self, leader);
             }
+            self.adopt_offsets(&partition, change);
+        }
+        for partition in removed.iter().chain(&dropped) {
+            self.adopt_offsets(partition, RoleChange::BecameFollower { leader: -1 });
         }
         for partition in dropped {
             tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; closing the partition");
@@ -348,13 +354,15 @@ impl Shard {
                         now,
                     );
                     let follows = partition.following();
+                    let partition = Rc::new(partition);
                     self.partitions
                         .borrow_mut()
                         .entry(topic.name.clone())
                         .or_default()
-                        .insert(index, Rc::new(partition));
-                    if let Some(leader) = follows {
-                        crate::replication::follower::ensure_fetcher(self, leader);
+                        .insert(index, partition.clone());
+                    match follows {
+                        Some(leader) => crate::replication::follower::ensure_fetcher(self, leader),
+                        None => self.adopt_offsets(&partition, RoleChange::BecameLeader),
                     }
                 }
                 // The partition stays unavailable (clients see NOT_LEADER/UNKNOWN) rather than
@@ -365,6 +373,21 @@ impl Shard {
             }
         }
         *self.metadata.borrow_mut() = snapshot;
+    }
+
+    /// Hands an offsets partition to this shard's group coordinator when this broker starts
+    /// leading it, and takes it back when it stops.
+    fn adopt_offsets(&self, partition: &Rc<Partition>, change: RoleChange) {
+        if partition.topic != crate::groups::OFFSETS_TOPIC {
+            return;
+        }
+        match change {
+            RoleChange::BecameLeader => self
+                .groups
+                .adopt_partition(partition.index, partition.clone()),
+            RoleChange::BecameFollower { .. } => self.groups.release_partition(partition.index),
+            RoleChange::None => {}
+        }
     }
 
     /// Pushes the coordinator's current snapshot to every shard and waits until all have
