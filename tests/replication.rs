@@ -1070,3 +1070,44 @@ async fn committed_offsets_survive_a_kill9_of_the_group_coordinator() {
     );
     assert_eq!(found, wanted, "committed offsets lost with the coordinator");
 }
+
+/// An acks=all write accepted with a full ISR (3 of 3, `min.insync.replicas=3`) whose ISR then
+/// shrinks below the minimum before the write is replicated is answered
+/// NOT_ENOUGH_REPLICAS_AFTER_APPEND (Kafka's answer: the write is in the leader's log, but not
+/// on as many replicas as required). The follower is paused (SIGSTOP) so it neither fetches
+/// nor refuses connections: the quorum fences it after the session timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isr_shrinking_below_min_insync_after_append_is_reported() {
+    let cluster = Cluster::start_with_properties(3, PROPERTIES, &[]);
+    create_topic(&cluster.bootstrap(), "after", 1, Some("3")).await;
+    let (m, _) = await_metadata(&cluster.broker(0).addr, WAIT, "in sync", |m| {
+        fully_in_sync(m, "after", &[0, 1, 2]) && m.controller_id.0 >= 0
+    });
+    let leader = partitions_of(&m, "after").unwrap()[0].leader;
+    let controller = m.controller_id.0;
+    let follower = (0..3)
+        .filter(|&b| b != leader)
+        .min_by_key(|&b| b == controller)
+        .unwrap();
+    let mut client = common::raw::RawClient::connect(&cluster.broker(leader as usize).addr);
+    let batch = common::raw::batch(
+        &[b"first"],
+        None,
+        kafka_protocol::records::Compression::None,
+    );
+    assert_eq!(client.produce("after", 0, batch, -1), (0, 0));
+
+    cluster.signal(follower as usize, libc::SIGSTOP);
+    let batch = common::raw::batch(
+        &[b"second"],
+        None,
+        kafka_protocol::records::Compression::None,
+    );
+    let (code, _) = client.produce("after", 0, batch, -1);
+    cluster.signal(follower as usize, libc::SIGCONT);
+    assert_eq!(
+        code,
+        kafka_protocol::ResponseError::NotEnoughReplicasAfterAppend.code(),
+        "acks=all appended with 3 in sync, answered after the ISR shrank to 2"
+    );
+}
