@@ -176,6 +176,12 @@ impl Collector for Snapshot {
         )?;
         self.shard_counter(
             &mut encoder,
+            "kafka_server_brokertopicmetrics_replicationbytesin",
+            "Record bytes fetched from partition leaders by this broker's followers, by shard.",
+            |s| get(&shards[s].replication_bytes_in),
+        )?;
+        self.shard_counter(
+            &mut encoder,
             "broker_request_bytes",
             "Request bytes read from clients, by connection shard.",
             |s| get(&shards[s].request_bytes),
