@@ -555,18 +555,22 @@ impl Segment {
     /// Unlinks the segment's files. Open handles (e.g. a `ReadSlice` on another core) keep
     /// the bytes readable until they are dropped.
     pub fn delete_files(&self) -> io::Result<()> {
-        for path in [
-            self.log_path.clone(),
-            self.index_path(),
-            self.time_index_path(),
-        ] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+        self.doomed().delete()
+    }
+
+    /// What deleting this segment takes, as a `Send` value: its paths and its read handle, so
+    /// the unlinks and the last close (where the kernel frees the file's blocks, which takes
+    /// milliseconds per GiB) can run off the shard ([`DoomedFiles::delete`] on a blocking
+    /// thread). Until then, reads through other handles keep working.
+    pub fn doomed(&self) -> DoomedFiles {
+        DoomedFiles {
+            paths: vec![
+                self.log_path.clone(),
+                self.index_path(),
+                self.time_index_path(),
+            ],
+            handles: vec![self.read_file.clone()],
         }
-        Ok(())
     }
 
     pub fn corrupt(&self, position: u64, reason: &str) -> StorageError {
@@ -575,6 +579,40 @@ impl Segment {
             position,
             reason: reason.to_string(),
         }
+    }
+}
+
+/// Files to remove, with the open handles whose last close must happen with them.
+#[derive(Debug, Default)]
+pub struct DoomedFiles {
+    pub paths: Vec<PathBuf>,
+    pub handles: Vec<Arc<File>>,
+}
+
+impl DoomedFiles {
+    pub fn extend(&mut self, other: DoomedFiles) {
+        self.paths.extend(other.paths);
+        self.handles.extend(other.handles);
+    }
+
+    /// Unlinks the paths (missing ones are fine), then drops the handles. Blocking.
+    pub fn delete(self) -> io::Result<()> {
+        for path in &self.paths {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        drop(self.handles);
+        Ok(())
+    }
+
+    /// [`Self::delete`] on glommio's blocking-work thread pool, so the shard keeps serving.
+    pub async fn delete_off_shard(self) -> io::Result<()> {
+        glommio::executor()
+            .spawn_blocking(move || self.delete())
+            .await
     }
 }
 

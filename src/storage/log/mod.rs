@@ -505,11 +505,26 @@ impl PartitionLog {
         let _ = self.stop_writer().await;
         self.lifecycle.set(Lifecycle::Closed);
         self.notifier.close();
-        self.segments.borrow_mut().clear();
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        // Removing a directory of large files frees their blocks synchronously (in unlink or
+        // in the last close): done on the blocking thread, with the last handles, so the
+        // shard keeps serving meanwhile.
+        let handles: Vec<_> = self
+            .segments
+            .borrow_mut()
+            .drain(..)
+            .map(|s| s.read_file().clone())
+            .collect();
+        let dir = self.dir.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let removed = std::fs::remove_dir_all(&dir);
+                drop(handles);
+                match removed {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                    _ => Ok(()),
+                }
+            })
+            .await
     }
 
     async fn stop_writer(&self) -> Result<(), StorageError> {
