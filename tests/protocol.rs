@@ -429,18 +429,22 @@ fn segments_roll_with_kafka_names_and_retention_deletes_old_ones() {
             > 0),
         "retention never advanced the log start offset"
     );
+    let (error, earliest) = client.list_offset("rolling", 0, -2);
+    assert_eq!(error, 0);
+    // The log start moves at once; the files go on the blocking thread right after (as Kafka
+    // deletes them after `file.delete.delay.ms`).
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(20), || {
+            segments().first() == Some(&format!("{earliest:020}.log"))
+        }),
+        "log start {earliest} is not the first remaining segment: {:?}",
+        segments()
+    );
     let names = segments();
     assert!(names.len() >= 2, "{names:?}");
     for name in &names {
         assert_eq!(name.len(), 24, "Kafka's 20-digit base offset names: {name}");
     }
-    let (error, earliest) = client.list_offset("rolling", 0, -2);
-    assert_eq!(error, 0);
-    assert_eq!(
-        names[0],
-        format!("{earliest:020}.log"),
-        "log start is the first remaining segment"
-    );
     assert_eq!(client.list_offset("rolling", 0, -1), (0, 60));
     let (error, _, _) = client.fetch("rolling", 0, 0, 0);
     assert_eq!(
