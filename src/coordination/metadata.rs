@@ -62,6 +62,9 @@ pub struct ClusterMetadata {
     /// a replica fetch must carry its broker's epoch (KIP-903), which is what stops a client
     /// from fetching as a replica and moving the high watermark (the CVE-2018-1288 class).
     pub broker_epochs: BTreeMap<i32, i64>,
+    /// Topic names by id, for Fetch v13+ (topics named by id): built with the snapshot from
+    /// `topics`, so a replica fetch never scans every topic.
+    pub topic_names_by_id: BTreeMap<Uuid, String>,
 }
 
 impl ClusterMetadata {
@@ -75,6 +78,7 @@ impl ClusterMetadata {
             topics: BTreeMap::new(),
             deleted_topics: Vec::new(),
             broker_epochs: BTreeMap::new(),
+            topic_names_by_id: BTreeMap::new(),
         }
     }
 
@@ -90,7 +94,7 @@ impl ClusterMetadata {
 
     /// A topic by its id (Fetch v13+ names topics by id).
     pub fn topic_by_id(&self, id: Uuid) -> Option<&Arc<TopicMetadata>> {
-        self.topics.values().find(|t| t.id == id)
+        self.topics.get(self.topic_names_by_id.get(&id)?)
     }
 
     pub fn broker(&self, node_id: i32) -> Option<&BrokerInfo> {

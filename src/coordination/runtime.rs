@@ -384,7 +384,7 @@ impl Coordinator {
                 registration_sequence: Some(b.sequence),
             })
             .collect();
-        let topics = state
+        let topics: std::collections::BTreeMap<String, Arc<TopicMetadata>> = state
             .topics
             .iter()
             .map(|(name, t)| {
@@ -407,6 +407,7 @@ impl Coordinator {
                 (name.clone(), Arc::new(topic))
             })
             .collect();
+        let topic_names_by_id = topics.values().map(|t| (t.id, t.name.clone())).collect();
         Arc::new(ClusterMetadata {
             version: self.published_version.get(),
             cluster_id: state.cluster_id.clone(),
@@ -423,6 +424,7 @@ impl Coordinator {
                 .values()
                 .map(|b| (b.node_id, b.incarnation as i64))
                 .collect(),
+            topic_names_by_id,
         })
     }
 
