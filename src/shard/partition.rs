@@ -455,15 +455,21 @@ impl Partition {
         })
     }
 
+    /// Runs on every acks=all produce: reads the ISR in place, formats only a refusal.
     fn check_enough_replicas(&self, code: ResponseError) -> Result<(), ApiError> {
-        let isr = self.isr();
         let required = self.min_insync_replicas.get();
-        if isr.len() < required {
+        let in_sync = match &*self.role.borrow() {
+            Role::Leader(leader) => leader.isr().len(),
+            Role::Follower { .. } => 0,
+        };
+        if in_sync < required {
             return Err(ApiError::new(
                 code,
                 format!(
-                    "the in-sync replicas {isr:?} of {}-{} are fewer than min.insync.replicas {required}",
-                    self.topic, self.index
+                    "the in-sync replicas {:?} of {}-{} are fewer than min.insync.replicas {required}",
+                    self.isr(),
+                    self.topic,
+                    self.index
                 ),
             ));
         }
