@@ -311,7 +311,9 @@ impl Shard {
             self.adopt_offsets(&partition, change);
         }
         for partition in removed.iter().chain(&dropped) {
-            self.adopt_offsets(partition, RoleChange::BecameFollower { leader: -1 });
+            if partition.topic == crate::groups::OFFSETS_TOPIC {
+                self.groups.release_partition(partition.index);
+            }
         }
         for partition in dropped {
             tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; closing the partition");
