@@ -267,12 +267,7 @@ async fn fetch_round(
 ) -> Result<Next, PeerError> {
     let config = &shard.config.replication;
     // The fetch offset promises the leader that everything below it is on this disk.
-    let syncs = partitions.iter().map(|p| {
-        let end = p.log.log_end_offset();
-        let log = p.log.clone();
-        async move { log.wait_written(end, true).await }
-    });
-    for result in join_all(syncs).await {
+    for result in sync_to_end(partitions.iter()).await {
         if let Err(e) = result {
             tracing::error!(error = %e, "follower log cannot sync; not fetching");
             return Ok(Next::Backoff);
@@ -290,15 +285,13 @@ async fn fetch_round(
     request.isolation_level = 0;
     request.session_id = 0;
     request.session_epoch = -1;
-    let mut sent: BTreeMap<(String, i32), Sent> = BTreeMap::new();
+    let mut sent: BTreeMap<(uuid::Uuid, i32), Sent> = BTreeMap::new();
+    let mut topics: BTreeMap<uuid::Uuid, FetchTopic> = BTreeMap::new();
     for p in partitions {
-        let Some(topic_id) = metadata
-            .topic(&p.topic)
-            .filter(|t| t.id == p.topic_id)
-            .map(|t| t.id)
-        else {
-            continue;
-        };
+        let topic_id = p.topic_id;
+        if metadata.topic(&p.topic).is_none_or(|t| t.id != topic_id) {
+            continue; // deleted (or re-created) meanwhile
+        }
         let offset = p.log.log_end_offset();
         let mut entry = FetchPartition::default();
         entry.partition = p.index;
@@ -307,17 +300,13 @@ async fn fetch_round(
         entry.last_fetched_epoch = -1;
         entry.log_start_offset = p.log.log_start_offset();
         entry.partition_max_bytes = config.fetch_max_bytes.min(i32::MAX as usize) as i32;
-        match request.topics.iter_mut().find(|t| t.topic_id == topic_id) {
-            Some(topic) => topic.partitions.push(entry),
-            None => {
-                let mut topic = FetchTopic::default();
-                topic.topic_id = topic_id;
-                topic.partitions.push(entry);
-                request.topics.push(topic);
-            }
-        }
+        topics
+            .entry(topic_id)
+            .or_insert_with(|| FetchTopic::default().with_topic_id(topic_id))
+            .partitions
+            .push(entry);
         sent.insert(
-            (p.topic.clone(), p.index),
+            (topic_id, p.index),
             Sent {
                 partition: p.clone(),
                 leader_epoch: p.leader_epoch.get(),
@@ -328,6 +317,7 @@ async fn fetch_round(
     if sent.is_empty() {
         return Ok(Next::Backoff);
     }
+    request.topics = topics.into_values().collect();
     let wait = Duration::from_millis(config.fetch_wait_max_ms);
     let body = conn
         .call(
@@ -349,14 +339,12 @@ async fn fetch_round(
     let mut next = Next::Continue;
     let mut appended: Vec<(Rc<Partition>, i64)> = Vec::new();
     for topic in response.responses {
-        let Some(name) = metadata.topic_by_id(topic.topic_id).map(|t| t.name.clone()) else {
-            continue;
-        };
         for data in topic.partitions {
-            let Some(sent) = sent.get(&(name.clone(), data.partition_index)) else {
+            let Some(sent) = sent.get(&(topic.topic_id, data.partition_index)) else {
                 continue;
             };
             let partition = &sent.partition;
+            let name = &partition.topic;
             if !sent.still_current(leader) || partition.log.log_end_offset() != sent.offset {
                 continue;
             }
@@ -380,13 +368,15 @@ async fn fetch_round(
                 }
             }
             if let Some(records) = data.records.filter(|r| !r.is_empty()) {
-                let max_batch_bytes = shard
-                    .metadata()
-                    .topic(&name)
+                // The topic's limit, so a batch the response cuts short reads as cut short
+                // (not as too large); never below the response, which holds whole batches.
+                let max_batch_bytes = metadata
+                    .topic(name)
                     .map_or(shard.config.message_max_bytes, |t| {
                         shard.max_batch_bytes_for(t)
-                    });
-                match partition.append_replicated(&records, max_batch_bytes.max(records.len())) {
+                    })
+                    .max(records.len());
+                match partition.append_replicated(&records, max_batch_bytes) {
                     Ok(0) => {}
                     Ok(_) => {
                         let cells = crate::metrics::shard_cells(shard.id);
@@ -405,12 +395,7 @@ async fn fetch_round(
         }
     }
     // Durable before the high watermark moves and before the next fetch says so.
-    let syncs = appended.iter().map(|(p, _)| {
-        let end = p.log.log_end_offset();
-        let log = p.log.clone();
-        async move { log.wait_written(end, true).await }
-    });
-    let synced = join_all(syncs).await;
+    let synced = sync_to_end(appended.iter().map(|(p, _)| p)).await;
     for ((partition, leader_high_watermark), result) in appended.iter().zip(synced) {
         match result {
             Ok(()) => partition
@@ -423,4 +408,12 @@ async fn fetch_round(
         }
     }
     Ok(next)
+}
+
+/// Waits until each partition's log is fdatasync'ed up to its current end (one group commit
+/// per log, all in parallel).
+async fn sync_to_end<'a>(
+    partitions: impl Iterator<Item = &'a Rc<Partition>>,
+) -> Vec<Result<(), crate::storage::StorageError>> {
+    join_all(partitions.map(|p| p.log.wait_written(p.log.log_end_offset(), true))).await
 }
