@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{await_metadata, metadata, Cluster};
+use common::cluster::{await_metadata, metadata, partitions_of, Cluster, PartitionView};
 use common::raw::{self, RawClient};
 use kafka_protocol::messages::MetadataResponse;
 use kafka_protocol::ResponseError;
@@ -30,30 +30,6 @@ fn brokers_of(m: &MetadataResponse) -> Vec<i32> {
     let mut ids: Vec<i32> = m.brokers.iter().map(|b| b.node_id.0).collect();
     ids.sort_unstable();
     ids
-}
-
-/// (leader, leader epoch, replicas, isr) per partition of `topic`.
-type PartitionView = (i32, i32, Vec<i32>, Vec<i32>);
-
-fn partitions_of(m: &MetadataResponse, topic: &str) -> Option<Vec<PartitionView>> {
-    let t = m
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic) && t.error_code == 0)?;
-    let mut ps: Vec<_> = t.partitions.iter().collect();
-    ps.sort_by_key(|p| p.partition_index);
-    Some(
-        ps.iter()
-            .map(|p| {
-                (
-                    p.leader_id.0,
-                    p.leader_epoch,
-                    p.replica_nodes.iter().map(|r| r.0).collect(),
-                    p.isr_nodes.iter().map(|r| r.0).collect(),
-                )
-            })
-            .collect(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +73,13 @@ async fn three_brokers_share_metadata_and_spread_replicas() {
         let partitions = partitions_of(&m, "spread").unwrap();
         assert_eq!(partitions.len(), 6);
         let mut leaders = BTreeMap::new();
-        for (leader, epoch, replicas, isr) in &partitions {
+        for PartitionView {
+            leader,
+            epoch,
+            replicas,
+            isr,
+        } in &partitions
+        {
             let mut sorted = replicas.clone();
             sorted.sort_unstable();
             assert_eq!(sorted, vec![0, 1, 2], "3 distinct replicas");
@@ -118,7 +100,7 @@ async fn three_brokers_share_metadata_and_spread_replicas() {
     let (follower_index, _) = partitions
         .iter()
         .enumerate()
-        .find(|(_, p)| p.0 != 0)
+        .find(|(_, p)| p.leader != 0)
         .unwrap();
     let mut at_zero = RawClient::connect(&cluster.broker(0).addr);
     let (code, _) = at_zero.produce(
@@ -234,8 +216,10 @@ fn killing_the_quorum_leader_elects_another_and_the_node_rejoins() {
         "the dead broker fenced",
         |m| {
             !brokers_of(m).contains(&(leader as i32))
-                && partitions_of(m, "before")
-                    .is_some_and(|ps| ps.iter().all(|p| p.0 >= 0 && p.0 != leader as i32))
+                && partitions_of(m, "before").is_some_and(|ps| {
+                    ps.iter()
+                        .all(|p| p.leader >= 0 && p.leader != leader as i32)
+                })
         },
     );
     let fenced_after = killed_at.elapsed();
@@ -292,26 +276,33 @@ fn killing_a_partition_leader_moves_leadership_to_the_earliest_registered_isr_me
             partitions_of(m, "moves").is_some_and(|ps| {
                 ps.iter()
                     .zip(&before)
-                    .all(|(now, was)| was.0 != victim || now.0 != victim)
+                    .all(|(now, was)| was.leader != victim || now.leader != victim)
             })
         },
     );
     let moved_after = killed_at.elapsed();
     println!("partition leader {victim} killed: leadership moved after {moved_after:?}");
     for (now, was) in partitions_of(&m, "moves").unwrap().iter().zip(&before) {
-        if was.0 == victim {
+        if was.leader == victim {
             let expected = was
-                .3
+                .isr
                 .iter()
                 .copied()
                 .filter(|&r| r != victim)
                 .min_by_key(|r| sequences[r])
                 .unwrap();
-            assert_eq!(now.0, expected, "earliest registered live ISR member leads");
-            assert_eq!(now.1, was.1 + 1, "the leader epoch is bumped");
-            assert!(!now.3.contains(&victim), "the dead broker left the ISR");
+            assert_eq!(
+                now.leader, expected,
+                "earliest registered live ISR member leads"
+            );
+            assert_eq!(now.epoch, was.epoch + 1, "the leader epoch is bumped");
+            assert!(!now.isr.contains(&victim), "the dead broker left the ISR");
         } else {
-            assert_eq!((now.0, now.1), (was.0, was.1), "other leaders stay put");
+            assert_eq!(
+                (now.leader, now.epoch),
+                (was.leader, was.epoch),
+                "other leaders stay put"
+            );
         }
     }
 

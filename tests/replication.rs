@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::cluster::{await_metadata, Cluster};
+use common::cluster::{await_metadata, partitions_of, Cluster};
 use kafka_protocol::messages::MetadataResponse;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
@@ -44,33 +44,6 @@ const PROPERTIES: &[(&str, &str)] = &[
 
 // ---------------------------------------------------------------------------------------------
 // Metadata views
-
-#[derive(Debug, Clone, PartialEq)]
-struct PartitionView {
-    leader: i32,
-    epoch: i32,
-    replicas: Vec<i32>,
-    isr: Vec<i32>,
-}
-
-fn partitions_of(m: &MetadataResponse, topic: &str) -> Option<Vec<PartitionView>> {
-    let t = m
-        .topics
-        .iter()
-        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic) && t.error_code == 0)?;
-    let mut ps: Vec<_> = t.partitions.iter().collect();
-    ps.sort_by_key(|p| p.partition_index);
-    Some(
-        ps.iter()
-            .map(|p| PartitionView {
-                leader: p.leader_id.0,
-                epoch: p.leader_epoch,
-                replicas: p.replica_nodes.iter().map(|r| r.0).collect(),
-                isr: p.isr_nodes.iter().map(|r| r.0).collect(),
-            })
-            .collect(),
-    )
-}
 
 /// True when every partition of `topic` has a leader and all `nodes` in its ISR.
 fn fully_in_sync(m: &MetadataResponse, topic: &str, nodes: &[i32]) -> bool {

@@ -178,3 +178,32 @@ pub fn await_metadata(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One partition as Metadata describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionView {
+    pub leader: i32,
+    pub epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+/// The partitions of `topic` in index order, if Metadata lists it without an error.
+pub fn partitions_of(m: &MetadataResponse, topic: &str) -> Option<Vec<PartitionView>> {
+    let t = m
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.as_str() == topic) && t.error_code == 0)?;
+    let mut ps: Vec<_> = t.partitions.iter().collect();
+    ps.sort_by_key(|p| p.partition_index);
+    Some(
+        ps.iter()
+            .map(|p| PartitionView {
+                leader: p.leader_id.0,
+                epoch: p.leader_epoch,
+                replicas: p.replica_nodes.iter().map(|r| r.0).collect(),
+                isr: p.isr_nodes.iter().map(|r| r.0).collect(),
+            })
+            .collect(),
+    )
+}
