@@ -508,10 +508,7 @@ impl Partition {
         match outcome.await {
             futures::future::Either::Left((result, _)) => result?,
             futures::future::Either::Right((futures::future::Either::Left(_), _)) => {
-                return Err(ApiError::new(
-                    ResponseError::NotLeaderOrFollower,
-                    "leadership moved before the write was replicated",
-                ))
+                return Err(leadership_moved())
             }
             futures::future::Either::Right((futures::future::Either::Right(_), _)) => {
                 return Err(ApiError::new(
@@ -521,10 +518,7 @@ impl Partition {
             }
         }
         if !self.is_leader() {
-            return Err(ApiError::new(
-                ResponseError::NotLeaderOrFollower,
-                "leadership moved before the write was replicated",
-            ));
+            return Err(leadership_moved());
         }
         self.check_enough_replicas(ResponseError::NotEnoughReplicasAfterAppend)
     }
@@ -576,6 +570,13 @@ impl Partition {
         self.rebuild_producer_state();
         Ok(())
     }
+}
+
+fn leadership_moved() -> ApiError {
+    ApiError::new(
+        ResponseError::NotLeaderOrFollower,
+        "leadership moved before the write was replicated",
+    )
 }
 
 fn batch_error(e: BatchError) -> ApiError {
