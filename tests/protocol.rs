@@ -588,3 +588,51 @@ fn a_client_cannot_fetch_as_a_replica() {
         (0, 0, 2)
     );
 }
+
+/// The response size limit (`max_bytes`) sends the first partition's first batch whole
+/// (KIP-74) and cuts the rest; a partition cut inside its first batch is sent empty, as Kafka
+/// does, since clients fail on records holding no whole batch ("no complete records").
+#[test]
+fn a_partition_cut_inside_its_first_batch_is_sent_empty() {
+    let broker = Broker::start(2);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("cut", 2), 0);
+    let value = [b'x'; 50];
+    let values: Vec<&[u8]> = (0..20).map(|_| &value[..]).collect();
+    let batch = raw::batch(&values, None, Compression::None);
+    let batch_len = batch.len() as i32;
+    assert_eq!(client.produce("cut", 0, batch.clone(), -1).0, 0);
+    assert_eq!(client.produce("cut", 1, batch.clone(), -1).0, 0);
+    assert_eq!(client.produce("cut", 1, batch, -1).0, 0);
+
+    let fetch_both = |client: &mut RawClient, max_bytes: i32| {
+        let mut topic = fetch_request::FetchTopic::default();
+        topic.topic = TopicName(StrBytes::from_static_str("cut"));
+        topic.partitions = (0..2)
+            .map(|index| {
+                let mut p = fetch_request::FetchPartition::default();
+                p.partition = index;
+                p.partition_max_bytes = 1 << 20;
+                p
+            })
+            .collect();
+        let mut request = FetchRequest::default();
+        request.max_bytes = max_bytes;
+        request.min_bytes = 1;
+        request.topics = vec![topic];
+        let response = client.call(11, &request);
+        response.responses[0]
+            .partitions
+            .iter()
+            .map(|p| p.records.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    // Room for p0's batch and 10 bytes: p1 gets nothing rather than 10 bytes of a batch.
+    let records = fetch_both(&mut client, batch_len + 10);
+    assert_eq!(records[0].len() as i32, batch_len);
+    assert!(records[1].is_empty(), "{} bytes", records[1].len());
+    // Room for one batch of p1 and 10 bytes of the next: the whole one and the cut tail.
+    let records = fetch_both(&mut client, 2 * batch_len + 10);
+    assert_eq!(records[1].len() as i32, batch_len + 10);
+    assert_eq!(raw::values(records[1].clone()).len(), 20);
+}

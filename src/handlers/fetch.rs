@@ -200,7 +200,7 @@ async fn handle(
                             first = false;
                             budget = budget.saturating_sub(records.len());
                         } else {
-                            records.truncate(budget);
+                            cut(records, budget);
                             budget -= records.len();
                         }
                         if let Records::Memory { len, .. } = records {
@@ -224,6 +224,50 @@ async fn handle(
         .collect();
     BrokerStats::add(&shard.stats.memory_fetch_bytes, memory_bytes);
     fetch_response::encode(version, correlation_id, 0, 0, topics)
+}
+
+/// Cuts a partition's records to the `budget` left of the response. A cut inside the first
+/// batch sends nothing: a partition whose records hold no whole batch makes clients fail
+/// ("no complete records were found"; kafka-python and the Java client raise), so Kafka sends
+/// such a partition empty too.
+fn cut(records: &mut Records, budget: usize) {
+    if records.len() <= budget {
+        return;
+    }
+    let whole_first_batch = first_batch_len(records).is_some_and(|len| len <= budget);
+    records.truncate(if whole_first_batch { budget } else { 0 });
+}
+
+/// The length of the first batch of `records`, from its header (`batch_length` at bytes 8..12,
+/// counting what follows it). A file range is read with one pread of those 12 bytes, which the
+/// owner's batch lookup has just brought into the page cache.
+fn first_batch_len(records: &Records) -> Option<usize> {
+    let mut header = [0u8; 12];
+    match records {
+        Records::Memory { chunks, .. } => {
+            let mut filled = 0;
+            for chunk in chunks {
+                let n = chunk.len().min(header.len() - filled);
+                header[filled..filled + n].copy_from_slice(&chunk[..n]);
+                filled += n;
+                if filled == header.len() {
+                    break;
+                }
+            }
+            if filled < header.len() {
+                return None;
+            }
+        }
+        Records::File(slice) => {
+            use std::os::unix::fs::FileExt;
+            if slice.len < header.len() {
+                return None;
+            }
+            slice.file.read_exact_at(&mut header, slice.position).ok()?;
+        }
+    }
+    let batch_length = i32::from_be_bytes(header[8..12].try_into().expect("4 bytes"));
+    usize::try_from(batch_length).ok().map(|n| n + 12)
 }
 
 /// The follower broker a fetch comes from, if it claims to be one, and whether the claim is
