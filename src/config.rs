@@ -53,6 +53,9 @@ pub struct BrokerConfig {
     pub max_inflight_requests_per_connection: usize,
     /// `max.partitions`: total partitions the broker will host.
     pub max_partitions: usize,
+    /// `max.incremental.fetch.session.cache.slots`: incremental fetch sessions (KIP-227) the
+    /// broker keeps, split over its shards. 0: no sessions (clients send full fetches).
+    pub fetch_session_cache_slots: usize,
     /// Log settings that topics inherit unless they override them.
     pub log: LogConfig,
     /// `log.retention.check.interval.ms`.
@@ -130,6 +133,7 @@ impl Default for BrokerConfig {
             max_connections: 10_000,
             max_inflight_requests_per_connection: 64,
             max_partitions: 100_000,
+            fetch_session_cache_slots: 1000,
             log: LogConfig::default(),
             retention_check_interval_ms: 300_000,
             tail_cache_bytes_per_shard: 256 << 20,
@@ -300,6 +304,9 @@ impl BrokerConfig {
                 self.max_inflight_requests_per_connection = parse(key, value)?
             }
             "max.partitions" => self.max_partitions = parse(key, value)?,
+            "max.incremental.fetch.session.cache.slots" => {
+                self.fetch_session_cache_slots = parse(key, value)?
+            }
             "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
             "log.retention.hours" => {
                 self.log.retention_ms = parse::<i64>(key, value)?.saturating_mul(3_600_000)

@@ -68,6 +68,14 @@ pub struct ShardCells {
     pub request_bytes: AtomicU64,
     /// Record bytes this shard's followers fetched from partition leaders and appended.
     pub replication_bytes_in: AtomicU64,
+    /// Incremental fetch sessions (KIP-227) open in this shard's cache (a gauge).
+    pub fetch_sessions: AtomicU64,
+    /// Partitions cached over those sessions (a gauge).
+    pub fetch_session_partitions: AtomicU64,
+    /// Sessions this shard's cache evicted to make room for new ones.
+    pub fetch_session_evictions: AtomicU64,
+    /// Incremental fetch requests served from this shard's sessions.
+    pub incremental_fetches: AtomicU64,
 }
 
 impl ShardCells {
@@ -78,6 +86,10 @@ impl ShardCells {
             bytes_out: AtomicU64::new(0),
             request_bytes: AtomicU64::new(0),
             replication_bytes_in: AtomicU64::new(0),
+            fetch_sessions: AtomicU64::new(0),
+            fetch_session_partitions: AtomicU64::new(0),
+            fetch_session_evictions: AtomicU64::new(0),
+            incremental_fetches: AtomicU64::new(0),
         }
     }
 }

@@ -304,6 +304,36 @@ impl Collector for Snapshot {
             "ISR expansions of partitions this node leads.",
             crate::metrics::DETAIL.isr_expands.load(Ordering::Relaxed),
         )?;
+        let sum_shards =
+            |cell: fn(&crate::metrics::ShardCells) -> &std::sync::atomic::AtomicU64| {
+                (0..self.shards.min(MAX_SHARD_CELLS))
+                    .map(|s| get(cell(&shards[s])))
+                    .sum::<u64>()
+            };
+        gauge(
+            &mut encoder,
+            "kafka_server_fetchsessioncache_numincrementalfetchsessions",
+            "Incremental fetch sessions (KIP-227) open.",
+            sum_shards(|c| &c.fetch_sessions) as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "kafka_server_fetchsessioncache_numincrementalfetchpartitionscached",
+            "Partitions cached over the open fetch sessions.",
+            sum_shards(|c| &c.fetch_session_partitions) as f64,
+        )?;
+        counter(
+            &mut encoder,
+            "kafka_server_fetchsessioncache_incrementalfetchsessionevictions",
+            "Fetch sessions evicted to make room for new ones (max.incremental.fetch.session.cache.slots).",
+            sum_shards(|c| &c.fetch_session_evictions),
+        )?;
+        counter(
+            &mut encoder,
+            "broker_incremental_fetch_requests",
+            "Fetch requests served from a fetch session (listing only changed partitions).",
+            sum_shards(|c| &c.incremental_fetches),
+        )?;
         counter(
             &mut encoder,
             "kafka_coordinator_group_rebalances",

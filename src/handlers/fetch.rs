@@ -9,9 +9,11 @@
 //! answers a replica fetch it does not authorize). ApiVersions advertises v12 to clients:
 //! v13+ name topics by id.
 //!
-//! Fetch sessions (KIP-227) are not implemented: every response carries session id 0, which
-//! tells clients to keep sending full fetch requests, as Kafka does when its session cache is
-//! full.
+//! Fetch sessions (KIP-227, v7+) are kept in the shard caches of [`super::fetch_session`]: a
+//! request naming a session is served on the shard that holds it (one mesh hop when the client
+//! reconnected to another shard), a full request with epoch 0 gets a session on the shard of
+//! its connection when there is room, and an incremental request reads every partition of its
+//! session (long-polling on all of them) and answers only those with something new.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,11 +21,18 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures::future::{join_all, select, select_all};
+use std::sync::atomic::Ordering::Relaxed;
+
+use kafka_protocol::messages::fetch_request::FetchPartition;
 use kafka_protocol::messages::FetchRequest;
 use kafka_protocol::ResponseError;
 
+use super::fetch_session::{
+    owner_of_session, FetchContext, PartitionKey, PartitionOutcome, PartitionParams, FINAL_EPOCH,
+    INITIAL_EPOCH, INVALID_SESSION_ID,
+};
 use super::Dispatched;
-use crate::metrics::BrokerStats;
+use crate::metrics::{self, BrokerStats};
 use crate::protocol::fetch_response::{self, FetchedPartition, FetchedTopic};
 use crate::protocol::{RequestFrame, ResponseFrame};
 use crate::shard::partition::storage_error;
@@ -77,7 +86,15 @@ pub fn dispatch(shard: &Rc<Shard>, request: &RequestFrame, body: FetchRequest) -
     }))
 }
 
-/// A requested topic (name, id) and its partitions' slots, in request order.
+/// A topic to read, as the request or the session names it, with its partitions in order.
+struct Wanted {
+    /// The name in the request (v4-12) or the session; empty at v13+, where `id` names it.
+    name: String,
+    id: uuid::Uuid,
+    partitions: Vec<(i32, PartitionParams)>,
+}
+
+/// A topic of the plan: its resolved name and id, and its partitions' slots, in order.
 type TopicLayout = (String, uuid::Uuid, Vec<(i32, Slot)>);
 
 /// Where each requested partition sits in the response, and which shard reads it.
@@ -86,33 +103,303 @@ enum Slot {
     Read { shard: usize, index: usize },
 }
 
+/// The response-wide limits and the long-poll of one fetch.
+struct Limits {
+    min_bytes: usize,
+    max_bytes: usize,
+    deadline: Instant,
+}
+
 async fn handle(
+    shard: Rc<Shard>,
+    version: i16,
+    correlation_id: i32,
+    mut body: FetchRequest,
+) -> ResponseFrame {
+    if version >= 7 && body.session_id != INVALID_SESSION_ID {
+        let full = body.session_epoch == INITIAL_EPOCH || body.session_epoch == FINAL_EPOCH;
+        match owner_of_session(body.session_id, shard.nr_shards) {
+            // The session lives on another shard (its client reconnected and the new
+            // connection landed elsewhere): serve the whole request there.
+            Some(owner) if owner != shard.id && !full => {
+                return shard
+                    .invoke_on(owner, move |owner| async move {
+                        serve(owner, version, correlation_id, body).await
+                    })
+                    .await;
+            }
+            // A full request closes the session it names; a new one is made on this shard.
+            Some(owner) if owner != shard.id => {
+                let closed = body.session_id;
+                shard
+                    .invoke_on(owner, move |owner| async move {
+                        owner.fetch_sessions.borrow_mut().remove(closed);
+                        publish_session_metrics(&owner);
+                    })
+                    .await;
+                body.session_id = INVALID_SESSION_ID;
+            }
+            _ => {}
+        }
+    }
+    serve(shard, version, correlation_id, body).await
+}
+
+/// Serves a fetch on the shard that holds its session (if it names one).
+async fn serve(
     shard: Rc<Shard>,
     version: i16,
     correlation_id: i32,
     body: FetchRequest,
 ) -> ResponseFrame {
-    if version >= 7 && (body.session_id != 0 || body.session_epoch > 0) {
-        return fetch_response::encode(
-            version,
-            correlation_id,
-            ResponseError::FetchSessionIdNotFound.code(),
-            0,
-            Vec::new(),
+    let by_id = version >= 13;
+    let context = if version >= 7 {
+        let (changes, forgotten) = session_changes(version, &body);
+        let context = shard.fetch_sessions.borrow_mut().begin(
+            Instant::now(),
+            body.session_id,
+            body.session_epoch,
+            by_id,
+            &changes,
+            &forgotten,
         );
-    }
-    let snapshot = shard.metadata();
+        publish_session_metrics(&shard);
+        context
+    } else {
+        FetchContext::Sessionless
+    };
+    let max_wait = Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let limits = Limits {
+        min_bytes: body.min_bytes.max(0) as usize,
+        max_bytes: body.max_bytes.max(0) as usize,
+        deadline: Instant::now() + max_wait,
+    };
     let (replica, refused) = replica_of(&shard, version, &body);
+    match context {
+        FetchContext::Error(code) => {
+            tracing::debug!(
+                session_id = body.session_id,
+                epoch = body.session_epoch,
+                ?code,
+                "fetch session error"
+            );
+            fetch_response::encode(
+                version,
+                correlation_id,
+                code.code(),
+                INVALID_SESSION_ID,
+                Vec::new(),
+            )
+        }
+        FetchContext::Sessionless => {
+            let wanted = wanted_from_request(version, body);
+            let topics = read_topics(&shard, version, replica, refused, &wanted, &limits).await;
+            fetch_response::encode(version, correlation_id, 0, INVALID_SESSION_ID, topics)
+        }
+        FetchContext::Full => {
+            let wanted = wanted_from_request(version, body);
+            let topics = read_topics(&shard, version, replica, refused, &wanted, &limits).await;
+            let cached: Vec<_> = wanted
+                .iter()
+                .zip(&topics)
+                .flat_map(|(w, t)| {
+                    let name: Rc<str> = Rc::from(w.name.as_str());
+                    w.partitions
+                        .iter()
+                        .zip(&t.partitions)
+                        .map(move |(&(index, params), p)| {
+                            ((name.clone(), index), params, outcome(p))
+                        })
+                })
+                .collect();
+            let session_id = shard
+                .fetch_sessions
+                .borrow_mut()
+                .create(Instant::now(), &cached);
+            publish_session_metrics(&shard);
+            if session_id != INVALID_SESSION_ID {
+                tracing::debug!(
+                    session_id,
+                    partitions = cached.len(),
+                    "fetch session created"
+                );
+            }
+            fetch_response::encode(version, correlation_id, 0, session_id, topics)
+        }
+        FetchContext::Incremental {
+            session_id,
+            epoch,
+            partitions,
+        } => {
+            let wanted = wanted_from_session(&partitions);
+            let topics = read_topics(&shard, version, replica, refused, &wanted, &limits).await;
+            let outcomes: Vec<_> = partitions
+                .into_iter()
+                .zip(topics.iter().flat_map(|t| &t.partitions))
+                .map(|((key, _), p)| (key, outcome(p)))
+                .collect();
+            let verdict = shard
+                .fetch_sessions
+                .borrow_mut()
+                .finish(session_id, epoch, &outcomes);
+            match verdict {
+                Ok(include) => {
+                    let mut include = include.into_iter();
+                    let topics = topics
+                        .into_iter()
+                        .filter_map(|mut t| {
+                            t.partitions.retain(|_| include.next().unwrap_or(true));
+                            (!t.partitions.is_empty()).then_some(t)
+                        })
+                        .collect();
+                    fetch_response::encode(version, correlation_id, 0, session_id, topics)
+                }
+                Err((code, session_id)) => {
+                    tracing::info!(
+                        session_id,
+                        epoch,
+                        ?code,
+                        "fetch session changed while reading"
+                    );
+                    fetch_response::encode(
+                        version,
+                        correlation_id,
+                        code.code(),
+                        session_id,
+                        Vec::new(),
+                    )
+                }
+            }
+        }
+    }
+}
+
+fn partition_params(version: i16, p: &FetchPartition) -> PartitionParams {
+    PartitionParams {
+        fetch_offset: p.fetch_offset,
+        max_bytes: p.partition_max_bytes,
+        current_leader_epoch: if version >= 9 {
+            p.current_leader_epoch
+        } else {
+            -1
+        },
+    }
+}
+
+/// What an incremental request changes in its session: the partitions it names (added, or with
+/// new parameters) and those it forgets. Empty for full requests, which name every partition
+/// anyway, and at v13+ (no sessions by topic id).
+fn session_changes(
+    version: i16,
+    body: &FetchRequest,
+) -> (Vec<(PartitionKey, PartitionParams)>, Vec<PartitionKey>) {
+    let full = body.session_epoch == INITIAL_EPOCH || body.session_epoch == FINAL_EPOCH;
+    if full || version >= 13 {
+        return (Vec::new(), Vec::new());
+    }
+    let changes = body
+        .topics
+        .iter()
+        .flat_map(|t| {
+            let name: Rc<str> = Rc::from(t.topic.0.as_str());
+            t.partitions
+                .iter()
+                .map(move |p| ((name.clone(), p.partition), partition_params(version, p)))
+        })
+        .collect();
+    let forgotten = body
+        .forgotten_topics_data
+        .iter()
+        .flat_map(|t| {
+            let name: Rc<str> = Rc::from(t.topic.0.as_str());
+            t.partitions.iter().map(move |&p| (name.clone(), p))
+        })
+        .collect();
+    (changes, forgotten)
+}
+
+fn wanted_from_request(version: i16, body: FetchRequest) -> Vec<Wanted> {
+    body.topics
+        .into_iter()
+        .map(|t| Wanted {
+            name: t.topic.0.to_string(),
+            id: t.topic_id,
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| (p.partition, partition_params(version, p)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// A session's partitions, consecutive ones of a topic under one entry (a topic may appear
+/// more than once; the protocol allows it and clients handle it, as Kafka's responses do).
+fn wanted_from_session(partitions: &[(PartitionKey, PartitionParams)]) -> Vec<Wanted> {
+    let mut wanted: Vec<Wanted> = Vec::new();
+    for ((topic, index), params) in partitions {
+        match wanted.last_mut() {
+            Some(last) if last.name == **topic => last.partitions.push((*index, *params)),
+            _ => wanted.push(Wanted {
+                name: topic.to_string(),
+                id: uuid::Uuid::nil(),
+                partitions: vec![(*index, *params)],
+            }),
+        }
+    }
+    wanted
+}
+
+/// What the session cache needs to know about a partition of the response.
+fn outcome(p: &FetchedPartition) -> PartitionOutcome {
+    PartitionOutcome {
+        error_code: p.error_code,
+        high_watermark: p.high_watermark,
+        last_stable_offset: p.last_stable_offset,
+        log_start_offset: p.log_start_offset,
+        has_records: p.records.as_ref().is_some_and(|r| !r.is_empty()),
+    }
+}
+
+/// Copies this shard's session cache figures into its metrics cells (this shard is their only
+/// writer, so plain stores).
+fn publish_session_metrics(shard: &Shard) {
+    let cache = shard.fetch_sessions.borrow();
+    let cells = metrics::shard_cells(shard.id);
+    cells.fetch_sessions.store(cache.len() as u64, Relaxed);
+    cells
+        .fetch_session_partitions
+        .store(cache.cached_partitions() as u64, Relaxed);
+    cells
+        .fetch_session_evictions
+        .store(cache.evictions(), Relaxed);
+    cells
+        .incremental_fetches
+        .store(cache.incremental_fetches(), Relaxed);
+}
+
+/// Reads `wanted` on the owner shards, long-polling until `min_bytes` are there (or an error,
+/// or the deadline), and returns one response topic per wanted topic, one partition per wanted
+/// partition, in order, with the response-wide `max_bytes` applied.
+async fn read_topics(
+    shard: &Rc<Shard>,
+    version: i16,
+    replica: Option<i32>,
+    refused: bool,
+    wanted: &[Wanted],
+    limits: &Limits,
+) -> Vec<FetchedTopic> {
+    let snapshot = shard.metadata();
     let by_id = version >= 13;
     let mut per_shard: Vec<Vec<ReadRequest>> = (0..shard.nr_shards).map(|_| Vec::new()).collect();
-    let mut layout: Vec<TopicLayout> = Vec::with_capacity(body.topics.len());
-    for topic in body.topics {
+    let mut layout: Vec<TopicLayout> = Vec::with_capacity(wanted.len());
+    for topic in wanted {
         let known = if by_id {
-            snapshot.topic_by_id(topic.topic_id)
+            snapshot.topic_by_id(topic.id)
         } else {
-            snapshot.topic(topic.topic.0.as_str())
+            snapshot.topic(topic.name.as_str())
         };
-        let name = known.map_or_else(|| topic.topic.0.to_string(), |t| t.name.clone());
+        let name = known.map_or_else(|| topic.name.clone(), |t| t.name.clone());
         let unknown = if by_id {
             ResponseError::UnknownTopicId
         } else {
@@ -120,9 +407,8 @@ async fn handle(
         };
         let slots = topic
             .partitions
-            .into_iter()
-            .map(|p| {
-                let index = p.partition;
+            .iter()
+            .map(|&(index, params)| {
                 let slot = match known {
                     _ if refused => Slot::Failed(ResponseError::TopicAuthorizationFailed),
                     Some(t) if index >= 0 && (index as usize) < t.partitions.len() => {
@@ -130,13 +416,9 @@ async fn handle(
                         per_shard[owner].push(ReadRequest {
                             topic: name.clone(),
                             partition: index,
-                            offset: p.fetch_offset,
-                            max_bytes: p.partition_max_bytes.max(0) as usize,
-                            current_leader_epoch: if version >= 9 {
-                                p.current_leader_epoch
-                            } else {
-                                -1
-                            },
+                            offset: params.fetch_offset,
+                            max_bytes: params.max_bytes.max(0) as usize,
+                            current_leader_epoch: params.current_leader_epoch,
                             replica,
                         });
                         Slot::Read {
@@ -149,30 +431,27 @@ async fn handle(
                 (index, slot)
             })
             .collect();
-        layout.push((name, topic.topic_id, slots));
+        layout.push((name, topic.id, slots));
     }
-    let min_bytes = body.min_bytes.max(0) as usize;
-    let max_wait = Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
-    let deadline = Instant::now() + max_wait;
-    let mut results = read_all(&shard, &per_shard, true).await;
+    let mut results = read_all(shard, &per_shard, true).await;
     loop {
         let total: usize = results.iter().flatten().map(ReadResult::len).sum();
         let any_error = results.iter().flatten().any(|r| r.error_code != 0);
         let now = Instant::now();
-        if total >= min_bytes.max(1)
+        if total >= limits.min_bytes.max(1)
             || any_error
-            || now >= deadline
+            || now >= limits.deadline
             || per_shard.iter().all(Vec::is_empty)
         {
             break;
         }
-        wait_for_data(&shard, &per_shard, deadline).await;
-        results = read_all(&shard, &per_shard, false).await;
+        wait_for_data(shard, &per_shard, limits.deadline).await;
+        results = read_all(shard, &per_shard, false).await;
     }
 
     // Apply the response-wide max_bytes: the first non-empty partition is always whole
     // (KIP-74), later ones are cut to what is left (clients drop a partial trailing batch).
-    let mut budget = body.max_bytes.max(0) as usize;
+    let mut budget = limits.max_bytes;
     let mut first = true;
     let mut memory_bytes = 0u64;
     let mut slot_results: Vec<Vec<Option<ReadResult>>> = results
@@ -223,7 +502,7 @@ async fn handle(
         })
         .collect();
     BrokerStats::add(&shard.stats.memory_fetch_bytes, memory_bytes);
-    fetch_response::encode(version, correlation_id, 0, 0, topics)
+    topics
 }
 
 /// Cuts a partition's records to the `budget` left of the response. A cut inside the first

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api_versions;
 pub mod fetch;
+pub mod fetch_session;
 pub mod groups;
 pub mod list_offsets;
 pub mod metadata;

@@ -25,6 +25,7 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use crate::config::BrokerConfig;
 use crate::coordination::{BrokerInfo, ClusterMetadata, Coordinator, TopicMetadata};
 use crate::groups::GroupCoordinator;
+use crate::handlers::fetch_session::{self, FetchSessionCache};
 use crate::metrics::BrokerStats;
 use crate::storage::{LogConfig, PartitionLog};
 use partition::{Partition, RoleChange};
@@ -52,6 +53,9 @@ pub struct Shard {
     apply_lock: glommio::sync::Semaphore,
     /// Leader brokers this shard runs a follower fetcher for (`replication::follower`).
     pub fetchers: RefCell<HashSet<i32>>,
+    /// The incremental fetch sessions whose ids fall in this shard's range
+    /// (`handlers::fetch_session`); created for connections of this shard.
+    pub fetch_sessions: RefCell<FetchSessionCache>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -87,6 +91,13 @@ impl Shard {
             config.groups.clone(),
             config.is_clustered(),
         ));
+        let fetch_sessions = FetchSessionCache::new(
+            id,
+            nr_shards,
+            fetch_session::slots_for_shard(config.fetch_session_cache_slots, id, nr_shards),
+            config.max_partitions,
+            fetch_session::EVICTION_IDLE,
+        );
         Rc::new(Shard {
             id,
             nr_shards,
@@ -100,6 +111,7 @@ impl Shard {
             coordinator,
             apply_lock: glommio::sync::Semaphore::new(1),
             fetchers: RefCell::new(HashSet::new()),
+            fetch_sessions: RefCell::new(fetch_sessions),
             shutdown,
         })
     }
