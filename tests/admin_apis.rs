@@ -187,3 +187,59 @@ fn followers_take_the_leaders_log_start_from_replica_fetches() {
         (0..3).map(checkpoint).collect::<Vec<_>>()
     );
 }
+
+/// The values of the line starting with `a b`, or None.
+fn field2(lines: &[Vec<String>], a: &str, b: &str) -> Option<Vec<String>> {
+    lines
+        .iter()
+        .find(|l| l.len() >= 2 && l[0] == a && l[1] == b)
+        .map(|l| l[2..].to_vec())
+}
+
+#[test]
+fn describe_log_dirs_lists_each_replica_with_its_size() {
+    let broker = Broker::start(2);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("dirs", 3), 0);
+    let mut size_1 = 0u64;
+    for _ in 0..5 {
+        let batch = raw::batch(&[&[1u8; 1000]], None, Compression::None);
+        size_1 += batch.len() as u64;
+        assert_eq!(client.produce("dirs", 1, batch, 1).0, 0);
+    }
+    // The bytes of the batches (segment files are padded to whole pages by O_DIRECT writes;
+    // the size is the log's, as Kafka's `Log.size`).
+    let size = |p: i32| if p == 1 { size_1 } else { 0 };
+    let out = step("describe_log_dirs", &broker.addr, "dirs");
+    let data_dir = std::fs::canonicalize(&broker.data_dir).unwrap();
+    let data_dir = data_dir.display().to_string();
+    for case in ["all", "one", "missing"] {
+        let dir = field2(&out, case, "dir").unwrap();
+        assert_eq!(dir, ["0".to_string(), data_dir.clone()], "{case}");
+        let space = field2(&out, case, "space").unwrap();
+        let (total, usable): (i64, i64) = (space[0].parse().unwrap(), space[1].parse().unwrap());
+        assert!(
+            total > 0 && (0..=total).contains(&usable),
+            "{case}: {space:?}"
+        );
+    }
+    for p in 0..3 {
+        let expected = [size(p).to_string(), "0".into(), "False".into()];
+        assert_eq!(
+            field2(&out, "all", &format!("dirs-{p}")).unwrap(),
+            expected,
+            "partition {p}"
+        );
+    }
+    assert_eq!(
+        field2(&out, "one", "dirs-1").unwrap()[0],
+        size_1.to_string()
+    );
+    assert!(field2(&out, "one", "dirs-0").is_none());
+    assert!(field2(&out, "one", "dirs-2").is_none());
+    assert_eq!(
+        out.iter().filter(|l| l[0] == "missing").count(),
+        2,
+        "only the directory lines: {out:?}"
+    );
+}

@@ -108,7 +108,31 @@ def delete_to_high_watermark(bootstrap, topic):
     earliest(bootstrap, topic)
 
 
+def describe_log_dirs(bootstrap, topic):
+    """kafka-python: every replica, then only partition 1 of the topic, then a missing topic."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    for name, wanted in (
+        ("all", None),
+        ("one", {topic: [1]}),
+        ("missing", {"no-such-topic": [0]}),
+    ):
+        (broker,) = admin.describe_log_dirs(topic_partitions=wanted)
+        (log_dir,) = broker["log_dirs"]
+        print(name, "dir", log_dir["error_code"], log_dir["log_dir"])
+        print(name, "space", log_dir["total_bytes"], log_dir["usable_bytes"])
+        for t in log_dir["topics"]:
+            for p in t["partitions"]:
+                print(
+                    name,
+                    "%s-%d" % (t["name"], p["partition_index"]),
+                    p["partition_size"],
+                    p["offset_lag"],
+                    p["is_future_key"],
+                )
+
+
 STEPS = {
+    "describe_log_dirs": describe_log_dirs,
     "max_timestamp": max_timestamp,
     "delete_records": delete_records,
     "earliest": earliest,
