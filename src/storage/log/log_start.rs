@@ -111,7 +111,7 @@ mod tests {
     use crate::storage::{LogConfig, ReadLimit};
 
     #[test]
-    fn the_log_start_moves_inside_a_segment_survives_reopening_and_retention_never_lowers_it() {
+    fn the_log_start_moves_inside_a_segment_survives_reopening_and_retention_moves_it_on() {
         run(|| async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("t-0");
