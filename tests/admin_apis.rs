@@ -167,8 +167,9 @@ fn followers_take_the_leaders_log_start_from_replica_fetches() {
     let cluster = common::cluster::Cluster::start(3, &[]);
     let out = step("replicated", &cluster.bootstrap(), "drr");
     assert_eq!(field(&out, "deleted"), ["30"]);
-    // Every replica's log start is persisted at 30: the leader's by DeleteRecords, the
-    // followers' from the log_start_offset of the leader's fetch responses.
+    // Every replica's log start is persisted at 30 when the answer comes: the leader's by
+    // DeleteRecords, the followers' from the log_start_offset of the leader's fetch responses,
+    // which they report back in their next fetch, which the leader waits for.
     let checkpoint = |i: usize| {
         std::fs::read_to_string(
             cluster
@@ -178,9 +179,7 @@ fn followers_take_the_leaders_log_start_from_replica_fetches() {
         )
         .unwrap_or_default()
     };
-    let moved = common::wait_until(std::time::Duration::from_secs(20), || {
-        (0..3).all(|i| checkpoint(i) == "0\n30\n")
-    });
+    let moved = (0..3).all(|i| checkpoint(i) == "0\n30\n");
     assert!(
         moved,
         "checkpoints: {:?}",

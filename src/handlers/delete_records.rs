@@ -1,12 +1,14 @@
 //! DeleteRecords (key 21), v0-2: moves partitions' log start offsets forward ("delete every
 //! record before offset"), on each partition's owner shard.
 //!
-//! Kafka's leader answers once every in-sync replica's log start reached the offset
-//! (`DelayedDeleteRecords`); here the leader answers once its own log start moved (durably:
-//! `log-start-offset-checkpoint`). Followers take the leader's log start from the next replica
-//! fetch response, so the low watermark answered is the leader's.
+//! The leader moves its own log start (durably: `log-start-offset-checkpoint`), then, as
+//! Kafka's `DelayedDeleteRecords`, answers once every in-sync follower reported a log start at
+//! least as far in its replica fetches (followers take the leader's from the fetch responses),
+//! or with REQUEST_TIMED_OUT after the request's timeout. The low watermark answered is the
+//! smallest log start among the leader and its in-sync followers.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use kafka_protocol::messages::delete_records_response::{
@@ -29,6 +31,7 @@ pub async fn handle(
     request: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
     let snapshot = shard.metadata();
+    let timeout = Duration::from_millis(request.timeout_ms.max(0) as u64);
     let mut work = Vec::new();
     for topic in &request.topics {
         let name = topic.name.0.to_string();
@@ -49,7 +52,7 @@ pub async fn handle(
                 let owner = shard.owner_of(&name, index);
                 shard
                     .invoke_on(owner, move |owner| async move {
-                        delete_before(&owner, &name, index, offset).await
+                        delete_before(&owner, &name, index, offset, timeout).await
                     })
                     .await
             });
@@ -92,6 +95,7 @@ async fn delete_before(
     topic: &str,
     index: i32,
     offset: i64,
+    timeout: Duration,
 ) -> Result<i64, ResponseError> {
     let Some(partition) = owner.partition(topic, index) else {
         return Err(ResponseError::NotLeaderOrFollower);
@@ -107,5 +111,16 @@ async fn delete_before(
     };
     log.advance_log_start(target)
         .await
-        .map_err(|e| storage_error(e).code)
+        .map_err(|e| storage_error(e).code)?;
+    // The followers learn it from their next fetch response and report theirs in the fetch
+    // after; poll for that (rare requests, a few fetch round trips).
+    let started = Instant::now();
+    loop {
+        match partition.low_watermark() {
+            None => return Err(ResponseError::NotLeaderOrFollower),
+            Some(low_watermark) if low_watermark >= target => return Ok(low_watermark),
+            Some(_) if started.elapsed() >= timeout => return Err(ResponseError::RequestTimedOut),
+            Some(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+        }
+    }
 }
