@@ -53,6 +53,8 @@ struct ReadRequest {
     current_leader_epoch: i32,
     /// The follower broker fetching, for replica fetches.
     replica: Option<i32>,
+    /// The follower's log start offset (-1: not given).
+    log_start_offset: i64,
 }
 
 /// A partition read, as the owner shard saw it.
@@ -283,6 +285,7 @@ fn partition_params(version: i16, p: &FetchPartition) -> PartitionParams {
         } else {
             -1
         },
+        log_start_offset: if version >= 5 { p.log_start_offset } else { -1 },
     }
 }
 
@@ -420,6 +423,7 @@ async fn read_topics(
                             max_bytes: params.max_bytes.max(0) as usize,
                             current_leader_epoch: params.current_leader_epoch,
                             replica,
+                            log_start_offset: params.log_start_offset,
                         });
                         Slot::Read {
                             shard: owner,
@@ -619,6 +623,7 @@ fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<R
                         let (change, known) = partition.record_follower_fetch(
                             node,
                             r.offset,
+                            r.log_start_offset,
                             now_ms(),
                             lag_time_max_ms,
                             |n| metadata.broker(n).is_some(),

@@ -85,6 +85,8 @@ pub struct PartitionParams {
     pub max_bytes: i32,
     /// -1: not given.
     pub current_leader_epoch: i32,
+    /// The fetcher's own log start (followers, v5+; Kafka's session keeps it too); -1 otherwise.
+    pub log_start_offset: i64,
 }
 
 /// What a response says about one partition, as far as sessions care.
@@ -506,6 +508,7 @@ mod tests {
             fetch_offset: offset,
             max_bytes: 1 << 20,
             current_leader_epoch: -1,
+            log_start_offset: -1,
         }
     }
 

@@ -104,7 +104,12 @@ fn lookup(
     match timestamp {
         LATEST => (ok, -1, log.high_watermark(), epoch),
         EARLIEST => (ok, -1, log.log_start_offset(), epoch),
-        MAX_TIMESTAMP => (Some(ResponseError::UnsupportedVersion), -1, -1, epoch),
+        // KIP-734: clients send it from v7, answered the same at every version.
+        MAX_TIMESTAMP => match log.offset_for_max_timestamp() {
+            Ok(Some((offset, found_ts))) => (ok, found_ts, offset, epoch),
+            Ok(None) => (ok, -1, -1, epoch),
+            Err(e) => (Some(storage_error(e).code), -1, -1, epoch),
+        },
         ts if ts < 0 => (Some(ResponseError::InvalidRequest), -1, -1, epoch),
         ts => match log.offset_for_timestamp(ts) {
             Ok(Some((offset, found_ts))) => (ok, found_ts, offset, epoch),

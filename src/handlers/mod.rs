@@ -7,6 +7,8 @@
 
 pub mod admin;
 pub mod api_versions;
+pub mod delete_records;
+pub mod describe_log_dirs;
 pub mod fetch;
 pub mod fetch_session;
 pub mod groups;
@@ -80,6 +82,8 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Dis
         RequestKind::Fetch(body) => fetch::dispatch(shard, &request, body),
         RequestKind::ListOffsets(body) => respond!(list_offsets::handle, body),
         RequestKind::CreateTopics(body) => respond!(admin::create_topics, body),
+        RequestKind::DeleteRecords(body) => respond!(delete_records::handle, body),
+        RequestKind::DescribeLogDirs(body) => respond!(describe_log_dirs::handle, body),
         RequestKind::DeleteTopics(body) => respond!(admin::delete_topics, body),
         RequestKind::CreatePartitions(body) => respond!(admin::create_partitions, body),
         RequestKind::DescribeConfigs(body) => respond!(admin::describe_configs, body),

@@ -337,7 +337,8 @@ async fn fetch_round(
         return Ok(Next::Backoff);
     }
     let mut next = Next::Continue;
-    let mut appended: Vec<(Rc<Partition>, i64)> = Vec::new();
+    // (partition, the leader's high watermark, the leader's log start)
+    let mut appended: Vec<(Rc<Partition>, i64, i64)> = Vec::new();
     for topic in response.responses {
         for data in topic.partitions {
             let Some(sent) = sent.get(&(topic.topic_id, data.partition_index)) else {
@@ -391,16 +392,31 @@ async fn fetch_round(
                     }
                 }
             }
-            appended.push((partition.clone(), data.high_watermark));
+            appended.push((
+                partition.clone(),
+                data.high_watermark,
+                data.log_start_offset,
+            ));
         }
     }
     // Durable before the high watermark moves and before the next fetch says so.
-    let synced = sync_to_end(appended.iter().map(|(p, _)| p)).await;
-    for ((partition, leader_high_watermark), result) in appended.iter().zip(synced) {
+    let synced = sync_to_end(appended.iter().map(|(p, _, _)| p)).await;
+    for ((partition, leader_high_watermark, leader_log_start), result) in
+        appended.iter().zip(synced)
+    {
         match result {
-            Ok(()) => partition
-                .log
-                .set_high_watermark_bound(Some(*leader_high_watermark)),
+            Ok(()) => {
+                let log = &partition.log;
+                log.set_high_watermark_bound(Some(*leader_high_watermark));
+                // DeleteRecords on the leader (or its retention) moved its log start: follow
+                // it, as Kafka's fetcher does, as far as this log's high watermark.
+                let start = (*leader_log_start).min(log.high_watermark());
+                if start > log.log_start_offset() {
+                    if let Err(e) = log.advance_log_start(start).await {
+                        tracing::warn!(topic = %partition.topic, error = %e, "cannot move the follower's log start");
+                    }
+                }
+            }
             Err(e) => {
                 tracing::error!(topic = %partition.topic, error = %e, "follower log cannot sync");
                 next = Next::Backoff;

@@ -15,6 +15,9 @@ pub struct FollowerProgress {
     /// `lastCaughtUpTimeMs`): a member whose value falls `replica.lag.time.max.ms` behind
     /// leaves the ISR.
     pub last_caught_up_ms: i64,
+    /// The follower's log start offset, as its last fetch reported it (`None` before, or when
+    /// it did not say): DeleteRecords waits for it (Kafka's `DelayedDeleteRecords`).
+    pub log_start_offset: Option<i64>,
     last_fetch_ms: i64,
     /// The leader's written offset at the follower's previous fetch.
     last_fetch_leader_end_offset: i64,
@@ -59,6 +62,7 @@ impl LeaderState {
                         // Kafka starts every follower as caught up when a leader takes over,
                         // so the ISR does not shrink before followers had time to fetch.
                         last_caught_up_ms: now_ms,
+                        log_start_offset: None,
                         last_fetch_ms: now_ms,
                         last_fetch_leader_end_offset: -1,
                     },
@@ -137,6 +141,29 @@ impl LeaderState {
         progress.last_fetch_ms = now_ms;
         progress.last_fetch_leader_end_offset = leader_written_offset;
         true
+    }
+
+    /// Records the log start offset a follower's fetch reported (negative: not reported).
+    pub fn record_log_start(&mut self, node_id: i32, log_start_offset: i64) {
+        if let Some(progress) = self.followers.get_mut(&node_id) {
+            if log_start_offset >= 0 {
+                progress.log_start_offset = Some(log_start_offset);
+            }
+        }
+    }
+
+    /// The smallest log start offset among the other (maximal) ISR members, as their fetches
+    /// reported it (Kafka's low watermark, less the leader's own); `None` when the leader is the
+    /// only member. A member that has not reported one counts as 0.
+    pub fn followers_low_watermark(&self) -> Option<i64> {
+        self.maximal_isr()
+            .map(|r| {
+                self.followers
+                    .get(&r)
+                    .and_then(|p| p.log_start_offset)
+                    .unwrap_or(0)
+            })
+            .min()
     }
 
     /// How far the followers let the high watermark go: the smallest log end offset among the
@@ -218,6 +245,27 @@ impl LeaderState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_low_watermark_is_the_smallest_isr_follower_log_start() {
+        let mut leader = LeaderState::new(0, &[0, 1, 2], &[0, 1, 2], 0);
+        assert_eq!(leader.followers_low_watermark(), Some(0), "none reported");
+        leader.record_log_start(1, 30);
+        assert_eq!(
+            leader.followers_low_watermark(),
+            Some(0),
+            "2 has not reported"
+        );
+        leader.record_log_start(2, 20);
+        assert_eq!(leader.followers_low_watermark(), Some(20));
+        leader.record_log_start(2, -1); // a fetch that did not say keeps the last report
+        leader.record_log_start(5, 0); // not a replica
+        assert_eq!(leader.followers_low_watermark(), Some(20));
+        leader.set_isr(&[0, 1]);
+        assert_eq!(leader.followers_low_watermark(), Some(30), "2 left the ISR");
+        leader.set_isr(&[0]);
+        assert_eq!(leader.followers_low_watermark(), None);
+    }
 
     #[test]
     fn the_high_watermark_waits_for_every_isr_follower() {

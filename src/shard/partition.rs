@@ -299,6 +299,7 @@ impl Partition {
         &self,
         node_id: i32,
         fetch_offset: i64,
+        log_start_offset: i64,
         now_ms: i64,
         lag_time_max_ms: i64,
         is_live: impl Fn(i32) -> bool,
@@ -311,6 +312,7 @@ impl Partition {
         if !leader.record_fetch(node_id, fetch_offset, written, now_ms) {
             return (None, false);
         }
+        leader.record_log_start(node_id, log_start_offset);
         let change = if leader.isr().contains(&node_id) {
             None
         } else {
@@ -325,6 +327,18 @@ impl Partition {
         drop(role);
         self.refresh_high_watermark();
         (change, true)
+    }
+
+    /// The smallest log start offset among this leader and its in-sync followers (Kafka's
+    /// low watermark); `None` when this broker does not lead the partition.
+    pub fn low_watermark(&self) -> Option<i64> {
+        let own = self.log.log_start_offset();
+        match &*self.role.borrow() {
+            Role::Leader(leader) => {
+                Some(leader.followers_low_watermark().map_or(own, |f| f.min(own)))
+            }
+            _ => None,
+        }
     }
 
     /// The ISR change this leader should propose now (periodic check), if any.

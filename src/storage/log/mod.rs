@@ -23,6 +23,7 @@ use super::writer::{QueuedBatch, StopRequest, Writer, WriterHost};
 use super::{AppendInfo, LogConfig, StorageError};
 use crate::protocol::record_batch::BatchHeader;
 
+mod log_start;
 mod read;
 mod retention;
 mod truncate;
@@ -115,8 +116,14 @@ impl PartitionLog {
         segment::prime_direct_io_probe(&dir).await?;
         let recovered = recovery::recover_log(&dir, &config).await?;
         let active = recovered.active;
-        let log_start_offset = recovered.segments[0].base_offset();
         let log_end_offset = active.segment.next_offset();
+        // DeleteRecords may have moved the start inside the first segment; a checkpoint from
+        // before retention removed older segments says less than the first segment does. A
+        // torn tail may leave the end below it: the log then starts (empty) at its end.
+        let log_start_offset = log_start::read_checkpoint(&dir)
+            .unwrap_or(0)
+            .max(recovered.segments[0].base_offset())
+            .min(log_end_offset);
         let epochs = LeaderEpochCache::open(
             &dir,
             &recovered.segments,

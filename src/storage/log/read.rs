@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 
 use super::PartitionLog;
 use crate::storage::notify::Mark;
+use crate::storage::segment::NO_TIMESTAMP;
 use crate::storage::timestamp;
 use crate::storage::{ReadLimit, ReadSlice, Records, StorageError};
 
@@ -144,6 +145,26 @@ impl PartitionLog {
         let high_watermark = self.high_watermark();
         let found = self.search_timestamp(timestamp)?;
         Ok(found.filter(|&(offset, _)| offset < high_watermark))
+    }
+
+    /// ListOffsets MAX_TIMESTAMP (-3, KIP-734): the first record carrying the largest timestamp
+    /// of the log, with that timestamp; `None` for a log without records or when that record is
+    /// not below the high watermark (as [`Self::offset_for_timestamp`]). Exact per record in
+    /// uncompressed CreateTime batches; otherwise the batch's base offset.
+    pub fn offset_for_max_timestamp(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        self.check_readable()?;
+        let largest = self
+            .segments
+            .borrow()
+            .iter()
+            .map(|s| s.max_timestamp())
+            .max()
+            .unwrap_or(NO_TIMESTAMP);
+        if largest == NO_TIMESTAMP {
+            return Ok(None);
+        }
+        // The first record at or after the largest timestamp is the first one carrying it.
+        self.offset_for_timestamp(largest)
     }
 
     fn search_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, StorageError> {

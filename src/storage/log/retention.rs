@@ -45,7 +45,10 @@ impl PartitionLog {
         if removed.is_empty() {
             return Ok(0);
         }
-        let log_start_offset = self.segments.borrow()[0].base_offset();
+        // Never backwards: DeleteRecords may have moved it inside the new first segment.
+        let log_start_offset = self.segments.borrow()[0]
+            .base_offset()
+            .max(self.log_start_offset());
         assert!(
             log_start_offset <= self.high_watermark(),
             "retention deleted data above the high watermark"

@@ -488,10 +488,15 @@ fn offset_for_timestamp_matches_a_brute_force_search() {
             assert_eq!(log.offset_for_timestamp(t).unwrap(), brute(t), "target {t}");
         }
         assert_eq!(log.offset_for_timestamp(i64::MAX).unwrap(), None);
+        // MAX_TIMESTAMP (KIP-734): the first record carrying the largest timestamp.
+        let largest = records.iter().map(|&(_, ts)| ts).max().unwrap();
+        let max_record = brute(largest);
+        assert_eq!(log.offset_for_max_timestamp().unwrap(), max_record);
         log.close().await.unwrap();
 
         // Again from the index files loaded on open.
         let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert_eq!(log.offset_for_max_timestamp().unwrap(), max_record);
         for &t in &targets {
             assert_eq!(
                 log.offset_for_timestamp(t).unwrap(),

@@ -216,6 +216,8 @@ impl PartitionLog {
         // Cleared before the segments go: a crash in between leaves an empty checkpoint beside
         // segments, which opening treats as missing and rebuilds.
         self.epochs.borrow_mut().replace(Vec::new())?;
+        // The new segment's base offset says where the log starts now.
+        super::log_start::remove_checkpoint(&self.dir)?;
 
         let old = self.segments.borrow().clone();
         // Newest first, everything that reaches `offset`, so a crash leaves a prefix that the

@@ -1,0 +1,244 @@
+//! Admin APIs of issue 12 through real clients: ListOffsets MAX_TIMESTAMP (KIP-734),
+//! DeleteRecords, DescribeLogDirs.
+
+mod common;
+
+use std::process::Command;
+
+use common::raw::{self, RawClient};
+use common::Broker;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::Compression;
+use kafka_protocol::ResponseError;
+
+/// Runs one step of `tests/python/admin_apis.py`; returns its `key value...` lines.
+fn step(name: &str, bootstrap: &str, topic: &str) -> Vec<Vec<String>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/admin_apis.py");
+    let output = Command::new("python3")
+        .args([script, name, bootstrap, topic])
+        .output()
+        .expect("python3 with confluent-kafka and kafka-python");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "step {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// The values printed after `key`.
+fn field(lines: &[Vec<String>], key: &str) -> Vec<String> {
+    lines
+        .iter()
+        .find(|l| l.first().map(String::as_str) == Some(key))
+        .unwrap_or_else(|| panic!("no {key} line in {lines:?}"))[1..]
+        .to_vec()
+}
+
+#[test]
+fn list_offsets_max_timestamp_finds_the_record_with_the_largest_timestamp() {
+    let broker = Broker::start(2);
+    assert_eq!(RawClient::connect(&broker.addr).create_topic("maxts", 1), 0);
+    let out = step("max_timestamp", &broker.addr, "maxts");
+    assert_eq!(field(&out, "empty"), ["-1", "-1"]);
+    // The first record carrying the largest timestamp, not the last offset.
+    assert_eq!(field(&out, "max_timestamp"), ["1", "5000"]);
+    assert_eq!(field(&out, "latest"), ["5"]);
+}
+
+/// Fetch v11 of one partition: (error, log start offset in the response, first offset read).
+fn fetch_at(client: &mut RawClient, topic: &str, offset: i64) -> (i16, i64, Option<i64>) {
+    let mut p = fetch_request::FetchPartition::default();
+    p.partition = 0;
+    p.fetch_offset = offset;
+    p.partition_max_bytes = 1 << 20;
+    let mut t = fetch_request::FetchTopic::default();
+    t.topic = TopicName(StrBytes::from_string(topic.into()));
+    t.partitions = vec![p];
+    let mut request = FetchRequest::default();
+    request.replica_id = BrokerId(-1);
+    request.max_wait_ms = 0;
+    request.max_bytes = 50 << 20;
+    request.topics = vec![t];
+    let response = client.call(11, &request);
+    let p = &response.responses[0].partitions[0];
+    let records = raw::values(p.records.clone().unwrap_or_default());
+    (
+        p.error_code,
+        p.log_start_offset,
+        records.iter().map(|(o, _)| *o).find(|&o| o >= offset),
+    )
+}
+
+/// DeleteRecords on the wire: (error, low watermark) of one partition.
+fn delete_records(client: &mut RawClient, topic: &str, partition: i32, offset: i64) -> (i16, i64) {
+    let mut p = delete_records_request::DeleteRecordsPartition::default();
+    p.partition_index = partition;
+    p.offset = offset;
+    let mut t = delete_records_request::DeleteRecordsTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.into()));
+    t.partitions = vec![p];
+    let mut request = DeleteRecordsRequest::default();
+    request.topics = vec![t];
+    request.timeout_ms = 10_000;
+    let response = client.call(2, &request);
+    let p = &response.topics[0].partitions[0];
+    (p.error_code, p.low_watermark)
+}
+
+fn log_segments(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn delete_records_moves_the_log_start_for_consumers_and_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start_in(tmp.path(), 2, &[]);
+    let mut client = RawClient::connect(&broker.addr);
+    let configs = [("segment.bytes", "20000"), ("retention.ms", "-1")];
+    assert_eq!(client.create_topic_with("dr", 1, &configs), 0);
+    let value = vec![7u8; 4000];
+    for i in 0..60 {
+        let batch = raw::batch(&[&value], None, Compression::None);
+        assert_eq!(client.produce("dr", 0, batch, 1), (0, i));
+    }
+    let dir = broker.data_dir.join("dr-0");
+    let before = log_segments(&dir);
+    assert!(before.len() > 5, "{before:?}");
+
+    // librdkafka's AdminClient: delete below 30, then the refusals.
+    let out = step("delete_records", &broker.addr, "dr");
+    assert_eq!(field(&out, "deleted"), ["30"]);
+    assert_eq!(field(&out, "beyond"), ["OFFSET_OUT_OF_RANGE"]);
+    assert_eq!(field(&out, "earliest"), ["30"]);
+    // On the wire too (librdkafka refuses the unknown partition without asking).
+    let unknown = ResponseError::UnknownTopicOrPartition.code();
+    assert_eq!(delete_records(&mut client, "dr", 7, 0), (unknown, -1));
+    assert_eq!(delete_records(&mut client, "nope", 0, 0), (unknown, -1));
+    let out_of_range = ResponseError::OffsetOutOfRange.code();
+    assert_eq!(delete_records(&mut client, "dr", 0, -2), (out_of_range, -1));
+    // Moving it back is not a thing: the low watermark stays.
+    assert_eq!(delete_records(&mut client, "dr", 0, 10), (0, 30));
+
+    // Whole segments below 30 are gone; the one holding 30 stays.
+    let after = log_segments(&dir);
+    let first_base: i64 = after[0].trim_end_matches(".log").parse().unwrap();
+    // Inside a segment, so only the checkpoint can bring it back after a restart.
+    assert!(first_base > 0 && first_base < 30, "{after:?}");
+    assert!(after.len() < before.len());
+
+    // Consumers: below the start is out of range, and fetches carry the new log start.
+    assert_eq!(fetch_at(&mut client, "dr", 10), (out_of_range, 30, None));
+    assert_eq!(fetch_at(&mut client, "dr", 30), (0, 30, Some(30)));
+    let out = step("consume_from_beginning", &broker.addr, "dr");
+    assert_eq!(field(&out, "first"), ["30"]);
+
+    // A restart keeps it (the start is inside a segment: only the checkpoint knows it).
+    broker.stop();
+    let broker = Broker::start_in(tmp.path(), 2, &[]);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.list_offset("dr", 0, -2), (0, 30));
+    assert_eq!(fetch_at(&mut client, "dr", 29), (out_of_range, 30, None));
+    let out = step("consume_from_beginning", &broker.addr, "dr");
+    assert_eq!(field(&out, "first"), ["30"]);
+
+    // kafka-python, offset -1: everything below the high watermark.
+    let out = step("delete_to_high_watermark", &broker.addr, "dr");
+    assert_eq!(field(&out, "earliest"), ["60"]);
+    assert_eq!(client.list_offset("dr", 0, -2), (0, 60));
+    // Producing goes on at the end.
+    let batch = raw::batch(&[b"after"], None, Compression::None);
+    assert_eq!(client.produce("dr", 0, batch, 1), (0, 60));
+}
+
+#[test]
+fn followers_take_the_leaders_log_start_from_replica_fetches() {
+    let cluster = common::cluster::Cluster::start(3, &[]);
+    let out = step("replicated", &cluster.bootstrap(), "drr");
+    assert_eq!(field(&out, "deleted"), ["30"]);
+    // Every replica's log start is persisted at 30 when the answer comes: the leader's by
+    // DeleteRecords, the followers' from the log_start_offset of the leader's fetch responses,
+    // which they report back in their next fetch, which the leader waits for.
+    let checkpoint = |i: usize| {
+        std::fs::read_to_string(
+            cluster
+                .broker(i)
+                .data_dir
+                .join("drr-0/log-start-offset-checkpoint"),
+        )
+        .unwrap_or_default()
+    };
+    let moved = (0..3).all(|i| checkpoint(i) == "0\n30\n");
+    assert!(
+        moved,
+        "checkpoints: {:?}",
+        (0..3).map(checkpoint).collect::<Vec<_>>()
+    );
+}
+
+/// The values of the line starting with `a b`, or None.
+fn field2(lines: &[Vec<String>], a: &str, b: &str) -> Option<Vec<String>> {
+    lines
+        .iter()
+        .find(|l| l.len() >= 2 && l[0] == a && l[1] == b)
+        .map(|l| l[2..].to_vec())
+}
+
+#[test]
+fn describe_log_dirs_lists_each_replica_with_its_size() {
+    let broker = Broker::start(2);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("dirs", 3), 0);
+    let mut size_1 = 0u64;
+    for _ in 0..5 {
+        let batch = raw::batch(&[&[1u8; 1000]], None, Compression::None);
+        size_1 += batch.len() as u64;
+        assert_eq!(client.produce("dirs", 1, batch, 1).0, 0);
+    }
+    // The bytes of the batches (segment files are padded to whole pages by O_DIRECT writes;
+    // the size is the log's, as Kafka's `Log.size`).
+    let size = |p: i32| if p == 1 { size_1 } else { 0 };
+    let out = step("describe_log_dirs", &broker.addr, "dirs");
+    let data_dir = std::fs::canonicalize(&broker.data_dir).unwrap();
+    let data_dir = data_dir.display().to_string();
+    for case in ["all", "one", "missing"] {
+        let dir = field2(&out, case, "dir").unwrap();
+        assert_eq!(dir, ["0".to_string(), data_dir.clone()], "{case}");
+        let space = field2(&out, case, "space").unwrap();
+        let (total, usable): (i64, i64) = (space[0].parse().unwrap(), space[1].parse().unwrap());
+        assert!(
+            total > 0 && (0..=total).contains(&usable),
+            "{case}: {space:?}"
+        );
+    }
+    for p in 0..3 {
+        let expected = [size(p).to_string(), "0".into(), "False".into()];
+        assert_eq!(
+            field2(&out, "all", &format!("dirs-{p}")).unwrap(),
+            expected,
+            "partition {p}"
+        );
+    }
+    assert_eq!(
+        field2(&out, "one", "dirs-1").unwrap()[0],
+        size_1.to_string()
+    );
+    assert!(field2(&out, "one", "dirs-0").is_none());
+    assert!(field2(&out, "one", "dirs-2").is_none());
+    assert_eq!(
+        out.iter().filter(|l| l[0] == "missing").count(),
+        2,
+        "only the directory lines: {out:?}"
+    );
+}
