@@ -104,6 +104,7 @@ mod tests {
 
     mod with_log {
         use crate::storage::log::tests::{append, consume_all, small_config};
+        use crate::storage::log::MAX_RECYCLED_SEGMENTS;
         use crate::storage::testutil::{batch, run};
         use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
 
@@ -157,6 +158,176 @@ mod tests {
 
                 let log = PartitionLog::open(path, config).await.unwrap();
                 assert_eq!(log.log_start_offset(), bases[deleted]);
+                log.close().await.unwrap();
+            });
+        }
+
+        fn inode(path: &std::path::Path) -> u64 {
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
+        }
+
+        #[test]
+        fn a_deleted_segment_file_is_reused_by_the_next_roll_and_never_read_past_its_end() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let config = LogConfig {
+                    retention_ms: -1,
+                    retention_bytes: 40_000,
+                    ..small_config()
+                };
+                let log = PartitionLog::open(path.clone(), config.clone())
+                    .await
+                    .unwrap();
+                for _ in 0..600 {
+                    append(&log, batch(4, 100, 1_000));
+                }
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let bases = log.segment_base_offsets();
+                let deleted = log.enforce_retention(i64::MAX).await.unwrap();
+                assert!(deleted > MAX_RECYCLED_SEGMENTS);
+                // The newest deleted files are kept (up to a bound), the others are gone.
+                let kept_from = deleted - MAX_RECYCLED_SEGMENTS;
+                for (i, base) in bases[..deleted].iter().enumerate() {
+                    assert!(!path.join(format!("{base:020}.log")).exists());
+                    let reuse = path.join(format!("{base:020}.reuse"));
+                    assert_eq!(reuse.exists(), i >= kept_from, "{}", reuse.display());
+                }
+                // The oldest of them goes first.
+                let pool = path.join(format!("{:020}.reuse", bases[kept_from]));
+                let pool_inode = inode(&pool);
+                let pool_bytes = std::fs::metadata(&pool).unwrap().len();
+                assert!(pool_bytes > 8 * 1024, "a whole segment's blocks");
+
+                // The next roll takes it: same inode, renamed to the new segment's name.
+                let active_before = *log.segment_base_offsets().last().unwrap();
+                while *log.segment_base_offsets().last().unwrap() == active_before {
+                    append(&log, batch(4, 100, 2_000));
+                    log.wait_written(log.log_end_offset(), false).await.unwrap();
+                }
+                let new_active = *log.segment_base_offsets().last().unwrap();
+                let new_path = path.join(format!("{new_active:020}.log"));
+                assert!(!pool.exists());
+                assert_eq!(inode(&new_path), pool_inode);
+                // Two small batches in it: the rest of the file is the old segment's bytes.
+                append(&log, batch(2, 50, 3_000));
+                append(&log, batch(2, 50, 3_000));
+                let written = log.log_end_offset();
+                log.wait_written(written, false).await.unwrap();
+                let expected = consume_all(&log, log.log_start_offset(), 5000);
+                assert_eq!(expected.last().unwrap().base_offset + 2, written);
+                assert!(
+                    std::fs::metadata(&new_path).unwrap().len()
+                        > log.segment_sizes_bytes().last().copied().unwrap()
+                );
+
+                // A crash (no close): recovery stops where the old bytes start, whose offsets
+                // are below the segment's base, and cuts them.
+                let log_start = log.log_start_offset();
+                drop(log);
+                let log = PartitionLog::open(path.clone(), config.clone())
+                    .await
+                    .unwrap();
+                assert_eq!(log.log_end_offset(), written);
+                assert_eq!(consume_all(&log, log_start, 5000), expected);
+                assert_eq!(
+                    std::fs::metadata(&new_path).unwrap().len(),
+                    *log.segment_sizes_bytes().last().unwrap()
+                );
+                assert_eq!(append(&log, batch(1, 10, 4_000)).base_offset, written);
+                log.close().await.unwrap();
+            });
+        }
+
+        #[test]
+        fn a_segment_file_still_being_read_is_not_reused() {
+            use crate::storage::log::tests::slice_bytes;
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let config = LogConfig {
+                    retention_ms: -1,
+                    retention_bytes: 40_000,
+                    tail_cache_bytes: 0,
+                    ..small_config()
+                };
+                let log = PartitionLog::open(path.clone(), config).await.unwrap();
+                for _ in 0..600 {
+                    append(&log, batch(4, 100, 1_000));
+                }
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let bases = log.segment_base_offsets();
+                // Fetch responses in flight from every closed segment.
+                let in_flight: Vec<_> = bases[..bases.len() - 1]
+                    .iter()
+                    .map(|&base| {
+                        log.read(base, 4096, true, ReadLimit::HighWatermark)
+                            .unwrap()
+                            .unwrap()
+                    })
+                    .collect();
+                let before: Vec<Vec<u8>> = in_flight.iter().map(slice_bytes).collect();
+                let deleted = log.enforce_retention(i64::MAX).await.unwrap();
+                assert!(deleted > 0);
+                for base in &bases[..deleted] {
+                    assert!(!path.join(format!("{base:020}.reuse")).exists());
+                    assert!(!path.join(format!("{base:020}.log")).exists());
+                }
+                // New segments come from fresh files; the in-flight bytes stay what they were.
+                for _ in 0..200 {
+                    append(&log, batch(4, 100, 2_000));
+                }
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let after: Vec<Vec<u8>> = in_flight.iter().map(slice_bytes).collect();
+                assert_eq!(after, before);
+                // Once nothing reads them, deleted files are kept for reuse again.
+                drop(in_flight);
+                assert!(log.enforce_retention(i64::MAX).await.unwrap() > 0);
+                assert!(std::fs::read_dir(&path).unwrap().any(|e| e
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "reuse")));
+                log.close().await.unwrap();
+            });
+        }
+
+        #[test]
+        fn a_recycled_file_left_by_a_previous_run_is_deleted_not_reused() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let config = LogConfig {
+                    retention_ms: -1,
+                    retention_bytes: 40_000,
+                    ..small_config()
+                };
+                let log = PartitionLog::open(path.clone(), config.clone())
+                    .await
+                    .unwrap();
+                for _ in 0..200 {
+                    append(&log, batch(4, 100, 1_000));
+                }
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                assert!(log.enforce_retention(i64::MAX).await.unwrap() > 0);
+                let reusable = || {
+                    std::fs::read_dir(&path)
+                        .unwrap()
+                        .filter(|e| {
+                            e.as_ref()
+                                .unwrap()
+                                .path()
+                                .extension()
+                                .is_some_and(|x| x == "reuse")
+                        })
+                        .count()
+                };
+                assert!(reusable() > 0);
+                log.close().await.unwrap();
+                // Which offsets they held is not recorded anywhere, so they cannot be reused
+                // safely.
+                let log = PartitionLog::open(path.clone(), config).await.unwrap();
+                assert_eq!(reusable(), 0);
                 log.close().await.unwrap();
             });
         }

@@ -272,7 +272,44 @@ impl Segment {
                 reason: format!("new segment file already holds {existing_bytes} bytes"),
             });
         }
-        let read_file = File::open(&log_path)?;
+        Self::finish_create(dir, base_offset, &log_path, dma).await
+    }
+
+    /// Creates a new, empty segment from `recycled`, a file retention left in `dir` for reuse
+    /// ([`RECYCLED_SEGMENT_EXTENSION`]): renamed, not copied, so its blocks stay allocated and
+    /// the segment's appends overwrite them. Its old bytes past the segment's size are never
+    /// read: every read is bounded by the size, which starts at 0, and recovery stops at the
+    /// first of them because their offsets are below the segment's base (the caller
+    /// guarantees it: see `PartitionLog::take_recycled_segment`).
+    pub async fn create_recycled(
+        dir: &Path,
+        base_offset: i64,
+        recycled: &Path,
+    ) -> Result<(Segment, DmaFile), StorageError> {
+        let log_path = dir.join(file_name(base_offset, "log"));
+        if log_path.exists() {
+            return Err(StorageError::Corrupt {
+                segment_base_offset: base_offset,
+                position: 0,
+                reason: "new segment file already exists".into(),
+            });
+        }
+        std::fs::rename(recycled, &log_path)?;
+        let dma = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(&log_path)
+            .await?;
+        Self::finish_create(dir, base_offset, &log_path, dma).await
+    }
+
+    async fn finish_create(
+        dir: &Path,
+        base_offset: i64,
+        log_path: &Path,
+        dma: DmaFile,
+    ) -> Result<(Segment, DmaFile), StorageError> {
+        let read_file = File::open(log_path)?;
         // Empty index files keep the directory looking like Kafka's; they are filled on close.
         File::create(log_path.with_extension("index"))?;
         File::create(log_path.with_extension("timeindex"))?;
@@ -555,7 +592,7 @@ impl Segment {
     /// Unlinks the segment's files. Open handles (e.g. a `ReadSlice` on another core) keep
     /// the bytes readable until they are dropped.
     pub fn delete_files(&self) -> io::Result<()> {
-        self.doomed().delete()
+        self.doomed().delete().map(drop)
     }
 
     /// What deleting this segment takes, as a `Send` value: its paths and its read handle, so
@@ -570,6 +607,7 @@ impl Segment {
                 self.time_index_path(),
             ],
             handles: vec![self.read_file.clone()],
+            recycle: Vec::new(),
         }
     }
 
@@ -582,21 +620,57 @@ impl Segment {
     }
 }
 
+/// The extension a deleted segment's file takes while it waits in its partition's directory
+/// for a new segment to reuse it (recovery only takes `.log` files for segments).
+pub const RECYCLED_SEGMENT_EXTENSION: &str = "reuse";
+
 /// Files to remove, with the open handles whose last close must happen with them.
 #[derive(Debug, Default)]
 pub struct DoomedFiles {
     pub paths: Vec<PathBuf>,
     pub handles: Vec<Arc<File>>,
+    /// Segment files to keep for reuse (renamed to [`RECYCLED_SEGMENT_EXTENSION`]) instead of
+    /// unlinking them, with their last read handle: freeing and reallocating a segment's
+    /// blocks costs the file system (and with online discard, the device) about as much as
+    /// writing them.
+    pub recycle: Vec<(PathBuf, Arc<File>)>,
 }
 
 impl DoomedFiles {
     pub fn extend(&mut self, other: DoomedFiles) {
         self.paths.extend(other.paths);
         self.handles.extend(other.handles);
+        self.recycle.extend(other.recycle);
     }
 
-    /// Unlinks the paths (missing ones are fine), then drops the handles. Blocking.
-    pub fn delete(self) -> io::Result<()> {
+    /// Asks to keep `segment`'s file (one of the paths) for reuse instead of unlinking it.
+    pub fn recycle(&mut self, segment: &Segment) {
+        let log_path = segment.log_path();
+        self.paths.retain(|p| p != log_path);
+        let handle = segment.read_file();
+        self.handles.retain(|h| !Arc::ptr_eq(h, handle));
+        self.recycle.push((log_path.to_path_buf(), handle.clone()));
+    }
+
+    /// Renames the files to recycle that nothing reads any more, unlinks the paths (and the
+    /// files to recycle that are still being read; missing ones are fine), then drops the
+    /// handles. Returns where the recycled files are now. Blocking.
+    ///
+    /// A file still being read (a fetch response sending from it, which holds its handle)
+    /// must keep its bytes until the send ends, so it is not reused; no new reader can get a
+    /// handle once its segment left the log.
+    pub fn delete(mut self) -> io::Result<Vec<PathBuf>> {
+        let mut recycled = Vec::new();
+        for (path, handle) in std::mem::take(&mut self.recycle) {
+            if Arc::strong_count(&handle) == 1 {
+                let reuse = path.with_extension(RECYCLED_SEGMENT_EXTENSION);
+                std::fs::rename(&path, &reuse)?;
+                recycled.push(reuse);
+            } else {
+                self.paths.push(path);
+            }
+            self.handles.push(handle);
+        }
         for path in &self.paths {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
@@ -605,11 +679,11 @@ impl DoomedFiles {
             }
         }
         drop(self.handles);
-        Ok(())
+        Ok(recycled)
     }
 
     /// [`Self::delete`] on glommio's blocking-work thread pool, so the shard keeps serving.
-    pub async fn delete_off_shard(self) -> io::Result<()> {
+    pub async fn delete_off_shard(self) -> io::Result<Vec<PathBuf>> {
         glommio::executor()
             .spawn_blocking(move || self.delete())
             .await

@@ -23,7 +23,7 @@
 //! ends the task; after a failed fdatasync nothing about the file's contents can be trusted.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 
@@ -89,6 +89,9 @@ pub(crate) trait WriterHost: 'static {
     fn discard_queue(&self);
     /// Appends the segment a roll created to the log's segment list.
     fn push_segment(&self, segment: Rc<Segment>);
+    /// A file retention left in the directory that a segment starting at `base_offset` may
+    /// reuse; it is then the writer's to rename.
+    fn take_recycled_segment(&self, base_offset: i64) -> Option<PathBuf>;
     /// Puts the log in the failed state: later appends and unsatisfied waits get the error.
     fn fail(&self, error: &StorageError);
     fn count_write(&self, bytes: u64);
@@ -309,7 +312,12 @@ impl<Log: WriterHost> Writer<Log> {
         log.count_sync();
         log.notifier().advance(Mark::Durable, old.next_offset());
 
-        let (segment, file) = Segment::create(log.dir(), old.next_offset()).await?;
+        let base_offset = old.next_offset();
+        let (segment, file) = if let Some(recycled) = log.take_recycled_segment(base_offset) {
+            Segment::create_recycled(log.dir(), base_offset, &recycled).await?
+        } else {
+            Segment::create(log.dir(), base_offset).await?
+        };
         let old_file = std::mem::replace(&mut self.file, file);
         old_file.close().await?;
         old.shrink_indexes();

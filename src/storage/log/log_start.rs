@@ -14,7 +14,7 @@ use std::rc::Rc;
 use tracing::{info, warn};
 
 use super::PartitionLog;
-use crate::storage::segment::{DoomedFiles, Segment};
+use crate::storage::segment::Segment;
 use crate::storage::StorageError;
 
 pub const LOG_START_CHECKPOINT: &str = "log-start-offset-checkpoint";
@@ -89,12 +89,7 @@ impl PartitionLog {
                 .count();
             segments.drain(..below).collect()
         };
-        let mut doomed = DoomedFiles::default();
-        for segment in &removed {
-            doomed.extend(segment.doomed());
-        }
-        drop(removed);
-        doomed.delete_off_shard().await?;
+        self.delete_segments(removed).await?;
         let mut epochs = self.epochs.borrow_mut();
         if epochs.truncate_from_start(offset) {
             epochs.persist()?;

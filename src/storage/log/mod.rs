@@ -17,7 +17,7 @@ use glommio::task::JoinHandle;
 use super::epoch_cache::LeaderEpochCache;
 use super::notify::{Mark, Notifier};
 use super::recovery::{self, RecoveredActive};
-use super::segment::{self, BatchMeta, Segment};
+use super::segment::{self, BatchMeta, DoomedFiles, Segment};
 use super::tail_cache::TailCache;
 use super::writer::{QueuedBatch, StopRequest, Writer, WriterHost};
 use super::{AppendInfo, LogConfig, StorageError};
@@ -95,6 +95,12 @@ pub struct PartitionLog {
     /// touch the device (appends are O_DIRECT, so the page cache does not have them).
     tail_cache: RefCell<TailCache>,
     stats: Cell<LogStats>,
+    /// Deleted segments' files waiting in the directory for new segments to reuse them
+    /// ([`segment::RECYCLED_SEGMENT_EXTENSION`]), oldest first, each with the offset its
+    /// batches end below. A new segment takes one only if it starts at or above that offset,
+    /// so whatever of the old bytes recovery might read past the new segment's end has
+    /// offsets below the segment's base and stops the scan.
+    recycled_segments: RefCell<VecDeque<(PathBuf, i64)>>,
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
     pub(crate) fail_next_write: Cell<bool>,
@@ -114,6 +120,23 @@ impl PartitionLog {
             }
         }
         segment::prime_direct_io_probe(&dir).await?;
+        // Files left for reuse by the previous run: which offsets they held is not recorded,
+        // so they are not reused (see `recycled_segments`).
+        let leftovers: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == segment::RECYCLED_SEGMENT_EXTENSION)
+            })
+            .collect();
+        if !leftovers.is_empty() {
+            DoomedFiles {
+                paths: leftovers,
+                ..DoomedFiles::default()
+            }
+            .delete_off_shard()
+            .await?;
+        }
         let recovered = recovery::recover_log(&dir, &config).await?;
         let active = recovered.active;
         let log_end_offset = active.segment.next_offset();
@@ -162,6 +185,7 @@ impl PartitionLog {
             epochs: RefCell::new(epochs),
             tail_cache: RefCell::new(TailCache::new(config_tail_cache_bytes)),
             stats: Cell::new(LogStats::default()),
+            recycled_segments: RefCell::new(VecDeque::new()),
             #[cfg(test)]
             fail_next_write: Cell::new(false),
         });
@@ -581,8 +605,51 @@ impl PartitionLog {
     }
 }
 
+impl PartitionLog {
+    /// Deletes segments the log no longer lists (retention, DeleteRecords) on the blocking
+    /// thread, keeping the newest of them for new segments to reuse, up to
+    /// [`MAX_RECYCLED_SEGMENTS`] waiting at a time.
+    async fn delete_segments(&self, removed: Vec<Rc<Segment>>) -> Result<(), StorageError> {
+        let mut doomed = DoomedFiles::default();
+        for segment in &removed {
+            doomed.extend(segment.doomed());
+        }
+        let room = MAX_RECYCLED_SEGMENTS.saturating_sub(self.recycled_segments.borrow().len());
+        let mut end_offsets = Vec::with_capacity(room);
+        for segment in removed.iter().rev().take(room) {
+            doomed.recycle(segment);
+            end_offsets.push((
+                segment
+                    .log_path()
+                    .with_extension(segment::RECYCLED_SEGMENT_EXTENSION),
+                segment.next_offset(),
+            ));
+        }
+        // Our last references: the files' final close happens on the blocking thread.
+        drop(removed);
+        let kept = doomed.delete_off_shard().await?;
+        // Oldest first, so the oldest is reused first.
+        end_offsets.reverse();
+        end_offsets.retain(|(path, _)| kept.contains(path));
+        let recycled = end_offsets;
+        self.recycled_segments.borrow_mut().extend(recycled);
+        Ok(())
+    }
+}
+
+/// Deleted segment files a partition keeps for reuse: enough for the segments one retention
+/// run deletes at full speed (a roll each, between two runs), at most this many segments of
+/// disk space beyond what retention keeps.
+pub const MAX_RECYCLED_SEGMENTS: usize = 4;
+
 /// The writer task's side of the log.
 impl WriterHost for PartitionLog {
+    fn take_recycled_segment(&self, base_offset: i64) -> Option<PathBuf> {
+        let mut recycled = self.recycled_segments.borrow_mut();
+        let index = recycled.iter().position(|(_, end)| *end <= base_offset)?;
+        recycled.remove(index).map(|(path, _)| path)
+    }
+
     fn config(&self) -> &LogConfig {
         &self.config
     }

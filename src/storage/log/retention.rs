@@ -7,7 +7,7 @@ use tracing::info;
 
 use super::{Lifecycle, PartitionLog};
 use crate::storage::retention::{self, SegmentSummary};
-use crate::storage::segment::{DoomedFiles, Segment};
+use crate::storage::segment::Segment;
 use crate::storage::StorageError;
 
 impl PartitionLog {
@@ -55,15 +55,11 @@ impl PartitionLog {
         );
         self.log_start_offset.set(log_start_offset);
         self.tail_cache.borrow_mut().evict_below(log_start_offset);
-        let mut doomed = DoomedFiles::default();
         for segment in &removed {
             info!(segment = %segment.log_path().display(), log_start_offset, "retention deletes segment");
-            doomed.extend(segment.doomed());
         }
         let count = removed.len();
-        // Our last references: the files' final close happens on the blocking thread.
-        drop(removed);
-        doomed.delete_off_shard().await?;
+        self.delete_segments(removed).await?;
         // After the files: a crash in between leaves entries below the log start, which
         // opening moves up to it.
         let mut epochs = self.epochs.borrow_mut();
