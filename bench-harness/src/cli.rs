@@ -71,6 +71,27 @@ pub struct Common {
     pub broker_pid: Option<u32>,
     #[arg(long, default_value = "bench-harness")]
     pub client_id: String,
+    /// How long one batch, partition or ListOffsets may keep failing with retriable errors
+    /// (leader elections, a topic just created, closed connections) before the run fails.
+    #[arg(long, default_value_t = 30.0)]
+    pub retry_timeout_secs: f64,
+    /// First wait before a retry; it doubles on every further failure.
+    #[arg(long, default_value_t = 50)]
+    pub retry_backoff_ms: u64,
+    /// Longest wait between retries.
+    #[arg(long, default_value_t = 1000)]
+    pub retry_backoff_max_ms: u64,
+}
+
+impl Common {
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        use std::time::Duration;
+        crate::retry::RetryPolicy {
+            initial: Duration::from_millis(self.retry_backoff_ms.max(1)),
+            max: Duration::from_millis(self.retry_backoff_max_ms.max(self.retry_backoff_ms)),
+            timeout: Duration::from_secs_f64(self.retry_timeout_secs.max(0.0)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -161,13 +182,10 @@ pub struct ProduceOpts {
     /// Largest Produce request (all partitions' batches for one broker together).
     #[arg(long, default_value_t = 4 << 20)]
     pub max_request_bytes: usize,
+    /// Produce timeout sent to the broker; a connection whose response takes 5 s longer is
+    /// dropped and its requests retried.
     #[arg(long, default_value_t = 30_000)]
     pub request_timeout_ms: i32,
-    /// Times a batch is resent after a retriable error.
-    #[arg(long, default_value_t = 3)]
-    pub retries: u32,
-    #[arg(long, default_value_t = 100)]
-    pub retry_backoff_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -315,4 +333,22 @@ pub struct NullBrokerArgs {
     pub echo: bool,
     #[arg(long, default_value_t = 64)]
     pub echo_retain_mib: usize,
+    /// Play a cluster still electing a new topic's leaders: for this long after a topic is
+    /// created (CreateTopics), Produce, Fetch and ListOffsets for it are answered
+    /// NOT_LEADER_OR_FOLLOWER while Metadata already names a leader (what Kafka does while the
+    /// new leader has not yet learned it leads).
+    #[arg(long, default_value_t = 0)]
+    pub not_leader_after_create_ms: u64,
+    /// For this long after a topic is created, Metadata answers its partitions
+    /// LEADER_NOT_AVAILABLE with no leader.
+    #[arg(long, default_value_t = 0)]
+    pub leader_not_available_after_create_ms: u64,
+    /// Answer every Nth partition of Produce, Fetch and ListOffsets NOT_LEADER_OR_FOLLOWER
+    /// (a leadership change at any time; 0 = never). A refused produce is not stored.
+    #[arg(long, default_value_t = 0)]
+    pub not_leader_every: u64,
+    /// Close the connection instead of answering every Nth Produce or Fetch request (the
+    /// request is dropped unread; 0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub close_every: u64,
 }

@@ -25,6 +25,7 @@ mod consumer;
 mod null_broker;
 mod payload;
 mod producer;
+mod retry;
 mod run;
 mod schedule;
 mod stats;

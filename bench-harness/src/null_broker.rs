@@ -6,9 +6,16 @@
 //! the requested offset, so a consumer can read forever. The Fetch response is hand-encoded and
 //! written straight from that one buffer: the null broker should cost as little as possible, so
 //! that what limits a run against it is the harness (and the kernel's loopback copy).
+//!
+//! It can also play a broker in trouble, to test that the harness rides out what a real cluster
+//! does: leaders still being elected after a topic is created (`--not-leader-after-create-ms`,
+//! `--leader-not-available-after-create-ms`), leadership changing at any time
+//! (`--not-leader-every`), and connections closing under load (`--close-every`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -30,6 +37,7 @@ use tokio::sync::Notify;
 use crate::cli::NullBrokerArgs;
 use crate::client::read_frame;
 use crate::payload::Payloads;
+use crate::retry::{LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, TOPIC_ALREADY_EXISTS};
 use crate::wire::{self, put_uvarint, Codec, RecordSpec};
 
 /// Versions served: the ranges the harness and common clients use, topic names throughout.
@@ -45,11 +53,55 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 /// Largest Fetch answer per partition: the fixed chunk is this big at most.
 const MAX_CHUNK_BYTES: usize = 16 << 20;
 
+/// A topic the null broker knows: its partition count and when it was created.
+#[derive(Clone, Copy)]
+struct Topic {
+    partitions: u32,
+    created: Instant,
+}
+
+/// The trouble the null broker plays (see the module doc and `NullBrokerArgs`).
+#[derive(Default)]
+struct Faults {
+    not_leader_after_create: Duration,
+    leader_not_available_after_create: Duration,
+    not_leader_every: u64,
+    close_every: u64,
+    /// Partition answers given (for `not_leader_every`).
+    answers: AtomicU64,
+    /// Produce and Fetch requests received (for `close_every`).
+    requests: AtomicU64,
+}
+
+impl Faults {
+    /// The error for one partition of a Produce, Fetch or ListOffsets for `topic` (0 = none).
+    fn partition_error(&self, topic: Option<Topic>) -> i16 {
+        if let Some(t) = topic {
+            if t.created.elapsed() < self.not_leader_after_create {
+                return NOT_LEADER_OR_FOLLOWER;
+            }
+        }
+        if self.not_leader_every > 0
+            && (self.answers.fetch_add(1, Relaxed) + 1).is_multiple_of(self.not_leader_every)
+        {
+            return NOT_LEADER_OR_FOLLOWER;
+        }
+        0
+    }
+
+    /// Whether to drop this Produce or Fetch request and close its connection.
+    fn close_now(&self) -> bool {
+        self.close_every > 0
+            && (self.requests.fetch_add(1, Relaxed) + 1).is_multiple_of(self.close_every)
+    }
+}
+
 struct State {
     host: String,
     port: i32,
     default_partitions: u32,
-    topics: Mutex<HashMap<String, u32>>,
+    topics: Mutex<HashMap<String, Topic>>,
+    faults: Faults,
     /// Next offset per (topic, partition), advanced by Produce.
     offsets: Mutex<HashMap<(String, i32), i64>>,
     /// Whole batches, back to back, each of `batch_records` records.
@@ -89,6 +141,15 @@ pub async fn serve_on(listener: TcpListener, args: NullBrokerArgs) -> Result<()>
             appended: Notify::new(),
             retain_bytes: args.echo_retain_mib << 20,
         }),
+        faults: Faults {
+            not_leader_after_create: Duration::from_millis(args.not_leader_after_create_ms),
+            leader_not_available_after_create: Duration::from_millis(
+                args.leader_not_available_after_create_ms,
+            ),
+            not_leader_every: args.not_leader_every,
+            close_every: args.close_every,
+            ..Faults::default()
+        },
     });
     eprintln!(
         "null broker on {} (advertised {advertise}): acks every Produce without storing it, \
@@ -141,6 +202,12 @@ fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
+impl State {
+    fn topic(&self, name: &str) -> Option<Topic> {
+        self.topics.lock().expect("lock").get(name).copied()
+    }
+}
+
 async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
     let (rd, mut wr) = sock.into_split();
     let mut rd = BufReader::with_capacity(256 << 10, rd);
@@ -162,6 +229,9 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
             .is_some_and(|(_, lo, hi)| (*lo..=*hi).contains(&v));
         if !supported && key != ApiKey::ApiVersions {
             bail!("unsupported request {key:?} v{v}");
+        }
+        if matches!(key, ApiKey::Produce | ApiKey::Fetch) && st.faults.close_now() {
+            return Ok(()); // dropped unanswered: the connection closes
         }
         out.clear();
         match key {
@@ -191,11 +261,18 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
                             } else {
                                 st.default_partitions
                             };
-                            topics.insert(t.name.0.to_string(), n);
+                            let created = Instant::now();
+                            topics.insert(
+                                t.name.0.to_string(),
+                                Topic {
+                                    partitions: n,
+                                    created,
+                                },
+                            );
                         }
                         CreatableTopicResult::default()
                             .with_name(t.name.clone())
-                            .with_error_code(if exists { 36 } else { 0 })
+                            .with_error_code(if exists { TOPIC_ALREADY_EXISTS } else { 0 })
                             .with_num_partitions(t.num_partitions)
                             .with_replication_factor(t.replication_factor)
                     })
@@ -211,6 +288,7 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
                     .topics
                     .iter()
                     .map(|t| {
+                        let topic = st.topic(t.name.0.as_str());
                         ListOffsetsTopicResponse::default()
                             .with_name(t.name.clone())
                             .with_partitions(
@@ -231,6 +309,7 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
                                         };
                                         ListOffsetsPartitionResponse::default()
                                             .with_partition_index(p.partition_index)
+                                            .with_error_code(st.faults.partition_error(topic))
                                             .with_timestamp(-1)
                                             .with_offset(if p.timestamp == -1 {
                                                 end
@@ -253,12 +332,20 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
                     .topic_data
                     .iter()
                     .map(|t| {
+                        let topic = st.topic(t.name.0.as_str());
                         TopicProduceResponse::default()
                             .with_name(t.name.clone())
                             .with_partition_responses(
                                 t.partition_data
                                     .iter()
                                     .map(|p| {
+                                        let error = st.faults.partition_error(topic);
+                                        if error != 0 {
+                                            return PartitionProduceResponse::default()
+                                                .with_index(p.index)
+                                                .with_error_code(error)
+                                                .with_base_offset(-1);
+                                        }
                                         let records: i64 = p
                                             .records
                                             .as_deref()
@@ -294,11 +381,12 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
             ApiKey::Fetch => {
                 let req = FetchRequest::decode(&mut body, v)?;
                 drop(body);
+                let fetch = fetch_plan(&st, &req);
                 match &st.echo {
-                    Some(echo) => echo_fetch(&mut wr, &mut out, echo, &header, &req).await?,
+                    Some(echo) => echo_fetch(&mut wr, &mut out, echo, &header, &fetch).await?,
                     None => {
                         let c = chunk.get_or_insert_with(|| BytesMut::from(&st.chunk[..]));
-                        write_fetch(&mut wr, &mut out, c, &st, &header, &req).await?;
+                        write_fetch(&mut wr, &mut out, c, &st, &header, &fetch).await?;
                     }
                 }
                 out.clear();
@@ -343,20 +431,27 @@ fn metadata(st: &State, req: &MetadataRequest) -> MetadataResponse {
     let topic_entries = names
         .iter()
         .map(|n| {
-            let Some(&parts) = topics.get(n) else {
+            let Some(&topic) = topics.get(n) else {
                 // Unknown until created, as on a broker without auto-creation.
                 return MetadataResponseTopic::default()
                     .with_name(Some(name(n)))
                     .with_error_code(3);
             };
+            let electing = topic.created.elapsed() < st.faults.leader_not_available_after_create;
+            let (error, leader) = if electing {
+                (LEADER_NOT_AVAILABLE, -1)
+            } else {
+                (0, 0)
+            };
             MetadataResponseTopic::default()
                 .with_name(Some(name(n)))
                 .with_partitions(
-                    (0..parts as i32)
+                    (0..topic.partitions as i32)
                         .map(|p| {
                             MetadataResponsePartition::default()
                                 .with_partition_index(p)
-                                .with_leader_id(BrokerId(0))
+                                .with_error_code(error)
+                                .with_leader_id(BrokerId(leader))
                                 .with_replica_nodes(vec![BrokerId(0)])
                                 .with_isr_nodes(vec![BrokerId(0)])
                         })
@@ -391,9 +486,73 @@ fn respond<R: Encodable + kafka_protocol::protocol::HeaderVersion>(
     Ok(())
 }
 
+/// One partition of a Fetch, as the answer is built for it.
+struct FetchPart {
+    partition: i32,
+    offset: i64,
+    max_bytes: i32,
+    /// An error to answer instead of records (0 = none).
+    error: i16,
+}
+
+/// What one Fetch asks for, with the faults to play applied.
+struct Fetch {
+    max_wait_ms: i32,
+    min_bytes: i32,
+    max_bytes: i32,
+    session_id: i32,
+    /// Top-level error (the partitions are then not answered).
+    error_code: i16,
+    /// Leave out partitions with neither records nor an error (an incremental fetch's answer).
+    only_changed: bool,
+    topics: Vec<(String, Vec<FetchPart>)>,
+}
+
+fn fetch_plan(st: &State, req: &FetchRequest) -> Fetch {
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let topic = st.topic(t.topic.0.as_str());
+            let parts = t
+                .partitions
+                .iter()
+                .map(|p| FetchPart {
+                    partition: p.partition,
+                    offset: p.fetch_offset,
+                    max_bytes: p.partition_max_bytes,
+                    error: st.faults.partition_error(topic),
+                })
+                .collect();
+            (t.topic.0.to_string(), parts)
+        })
+        .collect();
+    Fetch {
+        max_wait_ms: req.max_wait_ms,
+        min_bytes: req.min_bytes,
+        max_bytes: req.max_bytes,
+        session_id: 0,
+        error_code: 0,
+        only_changed: false,
+        topics,
+    }
+}
+
+/// An error answer for one partition.
+fn failed_part(p: &FetchPart) -> PartAnswer {
+    PartAnswer {
+        partition: p.partition,
+        error_code: p.error,
+        high_watermark: -1,
+        log_start_offset: -1,
+        records_len: 0,
+    }
+}
+
 /// One partition's part of a Fetch answer: everything but the record bytes.
 struct PartAnswer {
     partition: i32,
+    error_code: i16,
     high_watermark: i64,
     log_start_offset: i64,
     records_len: usize,
@@ -406,6 +565,7 @@ fn fetch_frame(
     out: &mut BytesMut,
     version: i16,
     correlation_id: i32,
+    fetch: &Fetch,
     topics: &[(&str, Vec<PartAnswer>)],
 ) -> Vec<usize> {
     let flexible = version >= 12;
@@ -424,8 +584,8 @@ fn fetch_frame(
     }
     out.put_i32(0); // throttle_time_ms
     if version >= 7 {
-        out.put_i16(0); // error_code
-        out.put_i32(0); // session_id
+        out.put_i16(fetch.error_code);
+        out.put_i32(fetch.session_id);
     }
     put_len(out, topics.len());
     let mut cuts = Vec::new();
@@ -440,7 +600,7 @@ fn fetch_frame(
         put_len(out, parts.len());
         for p in parts {
             out.put_i32(p.partition);
-            out.put_i16(0); // error_code
+            out.put_i16(p.error_code);
             out.put_i64(p.high_watermark);
             out.put_i64(p.high_watermark); // last_stable_offset
             if version >= 5 {
@@ -480,34 +640,44 @@ async fn write_fetch(
     chunk: &mut BytesMut,
     st: &State,
     header: &RequestHeader,
-    req: &FetchRequest,
+    fetch: &Fetch,
 ) -> Result<()> {
     let max_batches = chunk.len() / st.batch_len;
-    let mut budget = req.max_bytes.max(1) as usize;
+    let mut budget = fetch.max_bytes.max(1) as usize;
     let mut topics: Vec<(&str, Vec<PartAnswer>)> = Vec::new();
     let mut plan: Vec<(i64, usize)> = Vec::new(); // (fetch offset, batches) per partition
-    for t in &req.topics {
+    for (topic, ps) in fetch.topics.iter().filter(|_| fetch.error_code == 0) {
         let mut parts = Vec::new();
-        for p in &t.partitions {
-            let want = (p.partition_max_bytes.max(0) as usize).min(budget) / st.batch_len;
+        for p in ps {
+            if p.error != 0 {
+                parts.push(failed_part(p));
+                plan.push((p.offset, 0));
+                continue;
+            }
+            let want = (p.max_bytes.max(0) as usize).min(budget) / st.batch_len;
             // Like Kafka, at least one batch for the first partition even if it is too big.
             let first = plan.is_empty();
             let n = want.max(usize::from(first)).min(max_batches);
+            if n == 0 && fetch.only_changed {
+                continue;
+            }
             budget = budget.saturating_sub(n * st.batch_len);
             parts.push(PartAnswer {
                 partition: p.partition,
-                high_watermark: p.fetch_offset + n as i64 * st.batch_records,
+                error_code: 0,
+                high_watermark: p.offset + n as i64 * st.batch_records,
                 log_start_offset: 0,
                 records_len: n * st.batch_len,
             });
-            plan.push((p.fetch_offset, n));
+            plan.push((p.offset, n));
         }
-        topics.push((t.topic.0.as_str(), parts));
+        topics.push((topic.as_str(), parts));
     }
     let cuts = fetch_frame(
         out,
         header.request_api_version,
         header.correlation_id,
+        fetch,
         &topics,
     );
     let mut at = 0;
@@ -608,45 +778,59 @@ async fn echo_fetch(
     out: &mut BytesMut,
     echo: &Echo,
     header: &RequestHeader,
-    req: &FetchRequest,
+    fetch: &Fetch,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now()
-        + std::time::Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(fetch.max_wait_ms.max(0) as u64);
+    let failed = fetch.error_code != 0
+        || fetch
+            .topics
+            .iter()
+            .any(|(_, ps)| ps.iter().any(|p| p.error != 0));
     loop {
         // Register for wake-ups before looking, so an append in between is not missed.
         let appended = echo.appended.notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
 
-        let mut budget = req.max_bytes.max(1) as usize;
+        let mut budget = fetch.max_bytes.max(1) as usize;
         let mut topics: Vec<(&str, Vec<PartAnswer>)> = Vec::new();
         let mut data: Vec<Vec<Bytes>> = Vec::new();
         let mut total = 0usize;
-        for t in &req.topics {
+        for (topic, ps) in fetch.topics.iter().filter(|_| fetch.error_code == 0) {
             let mut parts = Vec::new();
-            for p in &t.partitions {
-                let max = (p.partition_max_bytes.max(0) as usize).min(budget);
-                let (batches, start, next) =
-                    echo.read(t.topic.0.as_str(), p.partition, p.fetch_offset, max);
+            for p in ps {
+                if p.error != 0 {
+                    parts.push(failed_part(p));
+                    data.push(Vec::new());
+                    continue;
+                }
+                let max = (p.max_bytes.max(0) as usize).min(budget);
+                let (batches, start, next) = echo.read(topic, p.partition, p.offset, max);
                 let len: usize = batches.iter().map(Bytes::len).sum();
+                if len == 0 && fetch.only_changed {
+                    continue;
+                }
                 budget = budget.saturating_sub(len);
                 total += len;
                 parts.push(PartAnswer {
                     partition: p.partition,
+                    error_code: 0,
                     high_watermark: next,
                     log_start_offset: start,
                     records_len: len,
                 });
                 data.push(batches);
             }
-            topics.push((t.topic.0.as_str(), parts));
+            topics.push((topic.as_str(), parts));
         }
-        let min_bytes = req.min_bytes.max(1) as usize;
-        if total >= min_bytes || tokio::time::Instant::now() >= deadline {
+        let min_bytes = fetch.min_bytes.max(1) as usize;
+        if failed || total >= min_bytes || tokio::time::Instant::now() >= deadline {
             let cuts = fetch_frame(
                 out,
                 header.request_api_version,
                 header.correlation_id,
+                fetch,
                 &topics,
             );
             let mut at = 0;
@@ -689,6 +873,7 @@ mod tests {
             batch_len,
             batch_records: 4,
             echo: None,
+            faults: Faults::default(),
         };
         for v in 4..=12i16 {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -721,7 +906,8 @@ mod tests {
                 .with_correlation_id(9);
             let mut out = BytesMut::new();
             let mut c = BytesMut::from(&chunk[..]);
-            write_fetch(&mut wr, &mut out, &mut c, &st, &header, &req)
+            let fetch = fetch_plan(&st, &req);
+            write_fetch(&mut wr, &mut out, &mut c, &st, &header, &fetch)
                 .await
                 .unwrap();
             drop(wr);

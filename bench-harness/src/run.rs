@@ -13,11 +13,12 @@ use tokio::task::JoinSet;
 use crate::cli::{
     Common, ConsumeCmd, ConsumeOpts, E2eCmd, ProduceCmd, ProduceOpts, StartAt, StopOpts, Workload,
 };
-use crate::client::{self, Layout};
+use crate::client::{self, Router};
 use crate::clock::now_ns;
 use crate::consumer;
 use crate::payload::{Keys, Payloads};
 use crate::producer;
+use crate::retry::{Op, RetrySummary};
 use crate::stats::{Figures, LatencySummary, Live, Tally};
 use crate::usage::{Sample, Usage};
 
@@ -39,25 +40,28 @@ pub struct Report {
     pub consume: Option<Figures>,
     /// Send time (carried in each payload) to receipt by a consumer.
     pub e2e_latency: Option<LatencySummary>,
+    /// Requests retried after retriable errors or failed connections, by request and reason.
+    pub retries: RetrySummary,
     pub usage: Option<Usage>,
     pub notes: Vec<String>,
 }
 
 impl Report {
-    fn new(workload: &str, common: &Common, layout: &Layout, config: serde_json::Value) -> Report {
+    fn new(workload: &str, common: &Common, router: &Router, config: serde_json::Value) -> Report {
         Report {
             tool: "bench-harness",
             version: env!("CARGO_PKG_VERSION"),
             workload: workload.to_string(),
             target: common.bootstrap.clone(),
             topic: common.topic.clone(),
-            partitions: layout.partitions(),
+            partitions: router.layout().partitions(),
             started_unix_ms: now_ns() / 1_000_000,
             warmup_secs: common.warmup_secs,
             config,
             produce: None,
             consume: None,
             e2e_latency: None,
+            retries: RetrySummary::default(),
             usage: None,
             notes: Vec::new(),
         }
@@ -89,6 +93,7 @@ impl Report {
         if let Some(l) = &self.e2e_latency {
             println!("end-to-end latency (send to receive): {}", l.line());
         }
+        println!("retries: {}", self.retries.line());
         if let Some(u) = &self.usage {
             println!("{}", u.line());
         }
@@ -117,14 +122,15 @@ fn secs_ns(s: f64) -> u64 {
     (s.max(0.0) * 1e9) as u64
 }
 
-async fn layout(common: &Common) -> Result<Layout> {
-    client::prepare_topic(
+async fn router(common: &Common) -> Result<Arc<Router>> {
+    Router::prepare(
         &common.bootstrap,
         &common.topic,
         common.create_topic,
         common.partitions,
         common.replication_factor,
         &common.client_id,
+        common.retry_policy(),
     )
     .await
 }
@@ -133,10 +139,11 @@ fn producer_plan(
     common: &Common,
     opts: &ProduceOpts,
     stop: &StopOpts,
-    layout: &Layout,
+    router: &Arc<Router>,
     start_ns: u64,
 ) -> Result<producer::Plan> {
-    producer::validate(opts, layout)?;
+    producer::validate(opts)?;
+    let partitions = router.layout().partitions();
     let measure_start_ns = start_ns + secs_ns(common.warmup_secs);
     let messages = match (stop.messages, stop.duration_secs) {
         (None, None) => Some(DEFAULT_MESSAGES),
@@ -144,14 +151,15 @@ fn producer_plan(
     };
     Ok(producer::Plan {
         opts: opts.clone(),
-        layout: layout.clone(),
+        router: router.clone(),
+        partitions,
         client_id: common.client_id.clone(),
         payloads: Payloads::new(opts.message_size, opts.payload, 0x7061_796c),
         keys: Keys::new(
             opts.key_dist,
             opts.key_count,
             opts.key_size,
-            layout.partitions(),
+            partitions,
             0x006b_6579,
         ),
         start_ns,
@@ -239,6 +247,14 @@ fn spawn_progress(
             if errors > 0 {
                 line += &format!(" | errors {errors}");
             }
+            let retries: u64 = [&produce, &consume]
+                .iter()
+                .filter_map(|l| l.as_ref())
+                .map(|l| l.retries.load(Relaxed))
+                .sum();
+            if retries > 0 {
+                line += &format!(" | retries {retries}");
+            }
             if elapsed >= 3.0 {
                 eprintln!("{line}");
             }
@@ -259,19 +275,19 @@ fn spawn_usage_start(pid: Option<u32>, at_ns: u64) -> tokio::task::JoinHandle<Sa
 }
 
 pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
-    let layout = layout(&cmd.common).await?;
+    let router = router(&cmd.common).await?;
     let start_ns = now_ns() + 20_000_000;
     let plan = Arc::new(producer_plan(
         &cmd.common,
         &cmd.produce,
         &cmd.stop,
-        &layout,
+        &router,
         start_ns,
     )?);
     let mut report = Report::new(
         "produce",
         &cmd.common,
-        &layout,
+        &router,
         serde_json::json!({
             "common": cmd.common, "stop": cmd.stop, "produce": cmd.produce,
         }),
@@ -298,6 +314,7 @@ pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
     );
     report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
     report.produce = Some(figs);
+    report.retries = router.stats.summary();
     add_notes(&mut report, Some(&cmd.produce), Some(&plan.live), None);
     Ok(report)
 }
@@ -349,7 +366,7 @@ struct Reading {
 fn consumer_plan(
     common: &Common,
     opts: &ConsumeOpts,
-    layout: &Layout,
+    router: &Arc<Router>,
     r: Reading,
 ) -> Arc<consumer::Plan> {
     let Reading {
@@ -363,7 +380,8 @@ fn consumer_plan(
     let (stop_tx, _) = watch::channel(false);
     Arc::new(consumer::Plan {
         opts: opts.clone(),
-        layout: layout.clone(),
+        router: router.clone(),
+        partitions: router.layout().partitions(),
         client_id: common.client_id.clone(),
         start_offsets,
         end_offsets,
@@ -375,18 +393,8 @@ fn consumer_plan(
         measured: Default::default(),
         messages,
         stop_tx,
+        pool: Default::default(),
     })
-}
-
-fn spawn_consumers(plan: &Arc<consumer::Plan>) -> Result<JoinSet<Result<Tally>>> {
-    let n = plan.opts.consumers;
-    let mut set = JoinSet::new();
-    for i in 0..n {
-        for (addr, groups) in consumer::assignments(plan, i, n)? {
-            set.spawn(consumer::run_conn(plan.clone(), addr, groups));
-        }
-    }
-    Ok(set)
 }
 
 /// Stops consumers at the deadline, or after `idle` without a record (once `armed` says so).
@@ -424,19 +432,19 @@ fn spawn_consume_monitor(
 pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
     consumer::validate(&cmd.consume)?;
     let common = &cmd.common;
-    let layout = layout(common).await?;
-    let all: Vec<u32> = (0..layout.partitions()).collect();
+    let router = router(common).await?;
+    let all: Vec<u32> = (0..router.layout().partitions()).collect();
     let ts = match cmd.consume.from {
         StartAt::Beginning => client::EARLIEST,
         StartAt::End => client::LATEST,
     };
-    let start_offsets = client::list_offsets(&layout, &all, ts, &common.client_id).await?;
+    let start_offsets = client::list_offsets(&router, &all, ts).await?;
     let to_end = cmd.to_end
         || (cmd.consume.from == StartAt::Beginning
             && cmd.stop.messages.is_none()
             && cmd.stop.duration_secs.is_none());
     let end_offsets = if to_end {
-        Some(client::list_offsets(&layout, &all, client::LATEST, &common.client_id).await?)
+        Some(client::list_offsets(&router, &all, client::LATEST).await?)
     } else {
         None
     };
@@ -449,7 +457,7 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
     let plan = consumer_plan(
         common,
         &cmd.consume,
-        &layout,
+        &router,
         Reading {
             start_offsets,
             end_offsets,
@@ -462,7 +470,7 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
     let mut report = Report::new(
         "consume",
         common,
-        &layout,
+        &router,
         serde_json::json!({
             "common": common, "stop": cmd.stop, "consume": cmd.consume,
             "to_end": to_end, "e2e_latency": cmd.e2e_latency,
@@ -486,7 +494,8 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
         Duration::from_secs_f64(cmd.consume.idle_timeout_secs),
         armed,
     );
-    let tally = join_all(spawn_consumers(&plan)?).await;
+    consumer::start(&plan)?;
+    let tally = consumer::join(&plan).await;
     monitor.abort();
     let idled = monitor.await.unwrap_or(false);
     if let Some(p) = progress {
@@ -504,13 +513,14 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
             None
         },
         plan.live.errors.load(Relaxed),
-        0,
+        router.stats.count(Op::Fetch),
     );
     if cmd.e2e_latency {
         report.e2e_latency = figs.latency.take();
     }
     report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
     report.consume = Some(figs);
+    report.retries = router.stats.summary();
     if to_end {
         report.notes.push(format!(
             "catch-up read of {backlog} records (end offsets taken at start)"
@@ -532,24 +542,23 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
     if cmd.produce.message_size < crate::wire::STAMP_LEN {
         bail!("e2e needs --message-size of at least 16 (the send time travels in the payload)");
     }
-    let layout = layout(common).await?;
-    let all: Vec<u32> = (0..layout.partitions()).collect();
+    let router = router(common).await?;
+    let all: Vec<u32> = (0..router.layout().partitions()).collect();
     // Consumers start at the end, so they see only this run's records.
-    let start_offsets =
-        client::list_offsets(&layout, &all, client::LATEST, &common.client_id).await?;
+    let start_offsets = client::list_offsets(&router, &all, client::LATEST).await?;
     // Leave the consumers time to connect and send their first fetch.
     let start_ns = now_ns() + 200_000_000;
     let pplan = Arc::new(producer_plan(
         common,
         &cmd.produce,
         &cmd.stop,
-        &layout,
+        &router,
         start_ns,
     )?);
     let cplan = consumer_plan(
         common,
         &cmd.consume,
-        &layout,
+        &router,
         Reading {
             start_offsets,
             end_offsets: None,
@@ -562,7 +571,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
     let mut report = Report::new(
         "e2e",
         common,
-        &layout,
+        &router,
         serde_json::json!({
             "common": common, "stop": cmd.stop, "produce": cmd.produce, "consume": cmd.consume,
         }),
@@ -574,7 +583,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         Some(pplan.live.clone()),
         Some(cplan.live.clone()),
     );
-    let consumers = spawn_consumers(&cplan)?;
+    consumer::start(&cplan)?;
     let (armed_tx, armed) = watch::channel(false);
     let monitor = spawn_consume_monitor(
         cplan.clone(),
@@ -582,7 +591,10 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         Duration::from_secs_f64(cmd.consume.idle_timeout_secs),
         armed,
     );
-    let consumers_done = tokio::spawn(join_all(consumers));
+    let consumers_done = {
+        let cplan = cplan.clone();
+        tokio::spawn(async move { consumer::join(&cplan).await })
+    };
     let produced = join_all(spawn_producers(pplan.clone()).await).await;
     let produce_end = now_ns();
     if produced.is_err() {
@@ -624,7 +636,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         pplan.measure_start_ns,
         None,
         cplan.live.errors.load(Relaxed),
-        0,
+        router.stats.count(Op::Fetch),
     );
     report.e2e_latency = cfigs.latency.take();
     report.usage = Some(Usage::between(&usage0.await?, &usage1, pfigs.bytes));
@@ -640,6 +652,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         ));
     }
     let _ = produce_end;
+    report.retries = router.stats.summary();
     report.produce = Some(pfigs);
     report.consume = Some(cfigs);
     add_notes(
