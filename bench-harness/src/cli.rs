@@ -351,4 +351,12 @@ pub struct NullBrokerArgs {
     /// request is dropped unread; 0 = never).
     #[arg(long, default_value_t = 0)]
     pub close_every: u64,
+    /// Refuse record batches larger than this with MESSAGE_TOO_LARGE, like Kafka's
+    /// `message.max.bytes` (1048588 by default there); 0 = no limit. The limit is answered to
+    /// DescribeConfigs (topic `max.message.bytes`, broker `message.max.bytes`).
+    #[arg(long, default_value_t = 0)]
+    pub message_max_bytes: usize,
+    /// Do not offer DescribeConfigs (as some Kafka-compatible brokers do not).
+    #[arg(long)]
+    pub no_describe_configs: bool,
 }

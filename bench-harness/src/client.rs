@@ -12,8 +12,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    create_topics_request::CreatableTopic, list_offsets_request, metadata_request, ApiKey,
-    ApiVersionsRequest, BrokerId, CreateTopicsRequest, ListOffsetsRequest, MetadataRequest,
+    create_topics_request::CreatableTopic, describe_configs_request::DescribeConfigsResource,
+    list_offsets_request, metadata_request, ApiKey, ApiVersionsRequest, BrokerId,
+    CreateTopicsRequest, DescribeConfigsRequest, ListOffsetsRequest, MetadataRequest,
     MetadataResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
@@ -668,4 +669,46 @@ pub async fn list_offsets(
         pending.dedup();
         tokio::time::sleep(backoff).await;
     }
+}
+
+/// A broker's limit on one record batch: `max.message.bytes` of the topic (which defaults to the
+/// broker's `message.max.bytes`), or the broker's own when the topic's cannot be read. `None`
+/// when the broker does not answer DescribeConfigs (not every Kafka-compatible broker does).
+pub async fn max_message_bytes(router: &Router) -> Option<(usize, String)> {
+    let layout = router.layout();
+    let addr = layout.leader_of(0).unwrap_or(&router.bootstrap).to_string();
+    let mut conn = Conn::open(&addr, &router.client_id).await.ok()?;
+    let version = conn.versions.pick(ApiKey::DescribeConfigs, 1, 4).ok()?;
+    let broker_id = layout.leaders.first().copied().unwrap_or(0).max(0);
+    let resources = [
+        (2i8, router.topic.clone(), "max.message.bytes"),
+        (4i8, broker_id.to_string(), "message.max.bytes"),
+    ];
+    for (kind, name, key) in resources {
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(kind)
+                .with_resource_name(StrBytes::from_string(name.clone()))
+                .with_configuration_keys(Some(vec![StrBytes::from_static_str(key)])),
+        ]);
+        let Ok(resp) = conn.call(&req, version).await else {
+            return None;
+        };
+        let found = resp
+            .results
+            .iter()
+            .filter(|r| r.error_code == 0)
+            .flat_map(|r| r.configs.iter())
+            .find(|c| c.name.as_str() == key)
+            .and_then(|c| c.value.as_ref()?.as_str().parse::<usize>().ok());
+        if let Some(v) = found {
+            let whose = if kind == 2 {
+                format!("topic {name}")
+            } else {
+                format!("broker {name}")
+            };
+            return Some((v, format!("{key} of {whose}")));
+        }
+    }
+    None
 }

@@ -10,7 +10,8 @@
 //! It can also play a broker in trouble, to test that the harness rides out what a real cluster
 //! does: leaders still being elected after a topic is created (`--not-leader-after-create-ms`,
 //! `--leader-not-available-after-create-ms`), leadership changing at any time
-//! (`--not-leader-every`), and connections closing under load (`--close-every`).
+//! (`--not-leader-every`), connections closing under load (`--close-every`), and Kafka's limit on
+//! a record batch (`--message-max-bytes`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,12 +23,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     api_versions_response::ApiVersion,
     create_topics_response::CreatableTopicResult,
+    describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult},
     list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
     produce_response::{PartitionProduceResponse, TopicProduceResponse},
-    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, FetchRequest, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Decodable, Encodable, StrBytes};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -37,7 +40,9 @@ use tokio::sync::Notify;
 use crate::cli::NullBrokerArgs;
 use crate::client::read_frame;
 use crate::payload::Payloads;
-use crate::retry::{LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, TOPIC_ALREADY_EXISTS};
+use crate::retry::{
+    LEADER_NOT_AVAILABLE, MESSAGE_TOO_LARGE, NOT_LEADER_OR_FOLLOWER, TOPIC_ALREADY_EXISTS,
+};
 use crate::wire::{self, put_uvarint, Codec, RecordSpec};
 
 /// Versions served: the ranges the harness and common clients use, topic names throughout.
@@ -48,6 +53,7 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Metadata, 1, 12),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DescribeConfigs, 1, 4),
 ];
 
 /// Largest Fetch answer per partition: the fixed chunk is this big at most.
@@ -102,6 +108,10 @@ struct State {
     default_partitions: u32,
     topics: Mutex<HashMap<String, Topic>>,
     faults: Faults,
+    /// Largest record batch accepted (0 = any).
+    message_max_bytes: usize,
+    /// Whether DescribeConfigs is offered.
+    describe_configs: bool,
     /// Next offset per (topic, partition), advanced by Produce.
     offsets: Mutex<HashMap<(String, i32), i64>>,
     /// Whole batches, back to back, each of `batch_records` records.
@@ -150,6 +160,8 @@ pub async fn serve_on(listener: TcpListener, args: NullBrokerArgs) -> Result<()>
             close_every: args.close_every,
             ..Faults::default()
         },
+        message_max_bytes: args.message_max_bytes,
+        describe_configs: args.message_max_bytes > 0 && !args.no_describe_configs,
     });
     eprintln!(
         "null broker on {} (advertised {advertise}): acks every Produce without storing it, \
@@ -206,6 +218,59 @@ impl State {
     fn topic(&self, name: &str) -> Option<Topic> {
         self.topics.lock().expect("lock").get(name).copied()
     }
+
+    /// The APIs (and versions) this broker offers.
+    fn supported(&self) -> impl Iterator<Item = &'static (ApiKey, i16, i16)> + '_ {
+        SUPPORTED
+            .iter()
+            .filter(|(k, _, _)| *k != ApiKey::DescribeConfigs || self.describe_configs)
+    }
+
+    /// MESSAGE_TOO_LARGE for a produced `records` field holding a batch over the limit.
+    fn too_large(&self, records: Option<&[u8]>) -> bool {
+        self.message_max_bytes > 0
+            && records.is_some_and(|r| {
+                wire::batches(r).any(|(h, _)| h.total_len > self.message_max_bytes)
+            })
+    }
+}
+
+/// Answers DescribeConfigs with the one limit the null broker has: topic `max.message.bytes`
+/// and broker `message.max.bytes`.
+fn describe_configs(st: &State, req: &DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let results = req
+        .resources
+        .iter()
+        .map(|r| {
+            let key = match r.resource_type {
+                2 => "max.message.bytes",
+                4 => "message.max.bytes",
+                _ => "",
+            };
+            let wanted = r
+                .configuration_keys
+                .as_ref()
+                .is_none_or(|ks| ks.iter().any(|k| k.as_str() == key));
+            let unknown_topic =
+                r.resource_type == 2 && st.topic(r.resource_name.as_str()).is_none();
+            let configs = if key.is_empty() || !wanted || unknown_topic {
+                Vec::new()
+            } else {
+                vec![DescribeConfigsResourceResult::default()
+                    .with_name(StrBytes::from_static_str(key))
+                    .with_value(Some(StrBytes::from_string(
+                        st.message_max_bytes.to_string(),
+                    )))
+                    .with_read_only(true)]
+            };
+            DescribeConfigsResult::default()
+                .with_error_code(if unknown_topic { 3 } else { 0 })
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name.clone())
+                .with_configs(configs)
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
 }
 
 async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
@@ -223,8 +288,8 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
         let key = ApiKey::try_from(header.request_api_key)
             .map_err(|_| anyhow::anyhow!("unknown api key {}", header.request_api_key))?;
         let v = header.request_api_version;
-        let supported = SUPPORTED
-            .iter()
+        let supported = st
+            .supported()
             .find(|(k, _, _)| *k == key)
             .is_some_and(|(_, lo, hi)| (*lo..=*hi).contains(&v));
         if !supported && key != ApiKey::ApiVersions {
@@ -237,11 +302,15 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
         match key {
             ApiKey::ApiVersions => {
                 let (v, resp) = if supported {
-                    (v, api_versions(0))
+                    (v, api_versions(&st, 0))
                 } else {
-                    (0, api_versions(35)) // UNSUPPORTED_VERSION, answered in v0
+                    (0, api_versions(&st, 35)) // UNSUPPORTED_VERSION, answered in v0
                 };
                 respond(&mut out, &header, key, v, &resp)?;
+            }
+            ApiKey::DescribeConfigs => {
+                let req = DescribeConfigsRequest::decode(&mut body, v)?;
+                respond(&mut out, &header, key, v, &describe_configs(&st, &req))?;
             }
             ApiKey::Metadata => {
                 let req = MetadataRequest::decode(&mut body, v)?;
@@ -339,7 +408,10 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
                                 t.partition_data
                                     .iter()
                                     .map(|p| {
-                                        let error = st.faults.partition_error(topic);
+                                        let mut error = st.faults.partition_error(topic);
+                                        if error == 0 && st.too_large(p.records.as_deref()) {
+                                            error = MESSAGE_TOO_LARGE;
+                                        }
                                         if error != 0 {
                                             return PartitionProduceResponse::default()
                                                 .with_index(p.index)
@@ -403,12 +475,11 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
     }
 }
 
-fn api_versions(error_code: i16) -> ApiVersionsResponse {
+fn api_versions(st: &State, error_code: i16) -> ApiVersionsResponse {
     ApiVersionsResponse::default()
         .with_error_code(error_code)
         .with_api_keys(
-            SUPPORTED
-                .iter()
+            st.supported()
                 .map(|(k, lo, hi)| {
                     ApiVersion::default()
                         .with_api_key(*k as i16)
@@ -874,6 +945,8 @@ mod tests {
             batch_records: 4,
             echo: None,
             faults: Faults::default(),
+            message_max_bytes: 0,
+            describe_configs: false,
         };
         for v in 4..=12i16 {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cli::{
-    Common, ConsumeCmd, ConsumeOpts, E2eCmd, ProduceCmd, ProduceOpts, StartAt, StopOpts, Workload,
+    Common, ConsumeCmd, ConsumeOpts, E2eCmd, KeyDist, ProduceCmd, ProduceOpts, StartAt, StopOpts,
+    Workload,
 };
 use crate::client::{self, Router};
 use crate::clock::now_ns;
@@ -21,6 +22,7 @@ use crate::producer;
 use crate::retry::{Op, RetrySummary};
 use crate::stats::{Figures, LatencySummary, Live, Tally};
 use crate::usage::{Sample, Usage};
+use crate::wire::{RecordSpec, BATCH_HEADER_LEN};
 
 /// Default run length when neither --messages nor --duration-secs is given.
 const DEFAULT_MESSAGES: u64 = 1_000_000;
@@ -42,6 +44,8 @@ pub struct Report {
     pub e2e_latency: Option<LatencySummary>,
     /// Requests retried after retriable errors or failed connections, by request and reason.
     pub retries: RetrySummary,
+    /// The broker's limit on one record batch, when it tells (DescribeConfigs).
+    pub batch_limit: Option<BatchLimit>,
     pub usage: Option<Usage>,
     pub notes: Vec<String>,
 }
@@ -62,6 +66,7 @@ impl Report {
             consume: None,
             e2e_latency: None,
             retries: RetrySummary::default(),
+            batch_limit: None,
             usage: None,
             notes: Vec::new(),
         }
@@ -94,12 +99,30 @@ impl Report {
             println!("end-to-end latency (send to receive): {}", l.line());
         }
         println!("retries: {}", self.retries.line());
+        if let Some(l) = &self.batch_limit {
+            println!(
+                "broker limit on a record batch: {} = {} bytes; --batch-size {} used",
+                l.source, l.max_message_bytes, l.batch_size_used
+            );
+        }
         if let Some(u) = &self.usage {
             println!("{}", u.line());
         }
         for n in &self.notes {
             println!("note: {n}");
         }
+    }
+
+    fn set_batch_limit(&mut self, limit: Option<BatchLimit>) {
+        if let Some(l) = &limit {
+            if l.batch_size_used < l.batch_size_requested {
+                self.notes.push(format!(
+                    "--batch-size {} capped to {} to fit the broker's {} = {}",
+                    l.batch_size_requested, l.batch_size_used, l.source, l.max_message_bytes
+                ));
+            }
+        }
+        self.batch_limit = limit;
     }
 
     pub fn write_json(&self, path: &std::path::Path) -> Result<()> {
@@ -133,6 +156,56 @@ async fn router(common: &Common) -> Result<Arc<Router>> {
         common.retry_policy(),
     )
     .await
+}
+
+/// What the broker allows in one record batch, and the batch size a run used because of it.
+#[derive(Debug, Serialize, Clone)]
+pub struct BatchLimit {
+    /// Largest record batch the broker accepts, bytes.
+    pub max_message_bytes: usize,
+    /// The setting it comes from, e.g. `max.message.bytes of topic w1`.
+    pub source: String,
+    pub batch_size_requested: usize,
+    pub batch_size_used: usize,
+}
+
+/// Reads the broker's limit on one record batch (if it answers DescribeConfigs) and caps
+/// `--batch-size` so that every batch fits: a batch holds at most `batch_size` bytes of records
+/// (by their upper-bound size) plus its header. Without this, a broker with Kafka's default
+/// `message.max.bytes` (1 MiB) refuses the 1 MiB batches of the max-rate workloads.
+async fn fit_batch_size(
+    router: &Router,
+    opts: &ProduceOpts,
+) -> Result<(ProduceOpts, Option<BatchLimit>)> {
+    let mut opts = opts.clone();
+    let Some((limit, source)) = client::max_message_bytes(router).await else {
+        return Ok((opts, None));
+    };
+    let key_len = (opts.key_dist != KeyDist::None).then_some(opts.key_size.max(1));
+    let record = RecordSpec::size_estimate(key_len, opts.message_size);
+    let room = limit.saturating_sub(BATCH_HEADER_LEN);
+    if record > room {
+        bail!(
+            "one record of --message-size {} (up to {record} bytes encoded, plus a              {BATCH_HEADER_LEN}-byte batch header) does not fit the broker's {source} = {limit};              raise it or send smaller messages",
+            opts.message_size
+        );
+    }
+    let requested = opts.batch_size;
+    if requested > room {
+        eprintln!(
+            "note: --batch-size {requested} does not fit the broker's {source} = {limit}:              using {room}"
+        );
+        opts.batch_size = room;
+    }
+    Ok((
+        opts.clone(),
+        Some(BatchLimit {
+            max_message_bytes: limit,
+            source,
+            batch_size_requested: requested,
+            batch_size_used: opts.batch_size,
+        }),
+    ))
 }
 
 fn producer_plan(
@@ -276,10 +349,11 @@ fn spawn_usage_start(pid: Option<u32>, at_ns: u64) -> tokio::task::JoinHandle<Sa
 
 pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
     let router = router(&cmd.common).await?;
+    let (popts, batch_limit) = fit_batch_size(&router, &cmd.produce).await?;
     let start_ns = now_ns() + 20_000_000;
     let plan = Arc::new(producer_plan(
         &cmd.common,
-        &cmd.produce,
+        &popts,
         &cmd.stop,
         &router,
         start_ns,
@@ -292,6 +366,7 @@ pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
             "common": cmd.common, "stop": cmd.stop, "produce": cmd.produce,
         }),
     );
+    report.set_batch_limit(batch_limit);
     let usage0 = spawn_usage_start(cmd.common.broker_pid, plan.measure_start_ns);
     let progress = spawn_progress(
         cmd.common.progress_secs,
@@ -543,18 +618,13 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         bail!("e2e needs --message-size of at least 16 (the send time travels in the payload)");
     }
     let router = router(common).await?;
+    let (popts, batch_limit) = fit_batch_size(&router, &cmd.produce).await?;
     let all: Vec<u32> = (0..router.layout().partitions()).collect();
     // Consumers start at the end, so they see only this run's records.
     let start_offsets = client::list_offsets(&router, &all, client::LATEST).await?;
     // Leave the consumers time to connect and send their first fetch.
     let start_ns = now_ns() + 200_000_000;
-    let pplan = Arc::new(producer_plan(
-        common,
-        &cmd.produce,
-        &cmd.stop,
-        &router,
-        start_ns,
-    )?);
+    let pplan = Arc::new(producer_plan(common, &popts, &cmd.stop, &router, start_ns)?);
     let cplan = consumer_plan(
         common,
         &cmd.consume,
@@ -576,6 +646,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
             "common": common, "stop": cmd.stop, "produce": cmd.produce, "consume": cmd.consume,
         }),
     );
+    report.set_batch_limit(batch_limit);
     let usage0 = spawn_usage_start(common.broker_pid, pplan.measure_start_ns);
     let progress = spawn_progress(
         common.progress_secs,
