@@ -81,6 +81,10 @@ pub struct Common {
     /// Longest wait between retries.
     #[arg(long, default_value_t = 1000)]
     pub retry_backoff_max_ms: u64,
+    /// Period of the timer that measures how late the harness's own event loop runs
+    /// (`harness_lateness` in the results); 0 = off.
+    #[arg(long, default_value_t = 1000)]
+    pub lateness_tick_us: u64,
 }
 
 impl Common {

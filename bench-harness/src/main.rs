@@ -22,6 +22,7 @@ mod client;
 mod clock;
 mod compare;
 mod consumer;
+mod lateness;
 mod null_broker;
 mod payload;
 mod producer;

@@ -30,10 +30,11 @@ use tokio::sync::{mpsc, Notify};
 use crate::cli::{KeyDist, ProduceOpts};
 use crate::client::{is_connection_error, Conn, FrameReader, Router};
 use crate::clock::{self, now_ns};
+use crate::lateness::Lateness;
 use crate::payload::{self, Keys, Payloads, Rng};
 use crate::retry::{describe_error, is_retriable, Op, Reason, MESSAGE_TOO_LARGE};
 use crate::schedule::Schedule;
-use crate::stats::{record_ns, Live, Tally};
+use crate::stats::{new_hist, record_ns, Live, Tally};
 use crate::timer::PreciseTimer;
 use crate::wire::{self, ProduceWriter, RecordSpec, BATCH_HEADER_LEN};
 
@@ -54,6 +55,8 @@ pub struct Plan {
     /// Measured records for all producers together (count runs).
     pub messages: Option<u64>,
     pub live: Arc<Live>,
+    /// Where the open loop's send lag goes.
+    pub lateness: Arc<Lateness>,
 }
 
 impl Plan {
@@ -244,12 +247,14 @@ pub async fn run(plan: Arc<Plan>, index: usize, count: usize) -> Result<Tally> {
         measured: 0,
         seq: 0,
         gen_done: false,
+        send_lag: new_hist(),
     };
     let layout = plan.router.layout();
     let result = match p.route(&layout).await {
         Ok(()) => p.drive(index, count).await,
         Err(e) => Err(e),
     };
+    plan.lateness.add_send_lag(&p.send_lag);
 
     // Close the request channels so readers finish, then collect what they measured.
     let mut tally = std::mem::take(&mut p.acks0_tally);
@@ -303,6 +308,8 @@ struct Producer {
     measured: u64,
     seq: u64,
     gen_done: bool,
+    /// Open loop: how late requests were written after they were due, µs.
+    send_lag: hdrhistogram::Histogram<u64>,
 }
 
 impl Producer {
@@ -775,6 +782,23 @@ impl Producer {
             });
             times.extend_from_slice(&r.times);
         } else {
+            if self.plan.lateness.open_loop() && !flushing {
+                // Due when the first of its batches filled or had lingered long enough.
+                let due = chosen
+                    .iter()
+                    .filter_map(|&p| {
+                        let recs = &self.parts[p as usize].recs;
+                        match recs.get(per_batch - 1) {
+                            Some(filled) => Some(filled.t_ns),
+                            None => recs.first().map(|r| r.t_ns + linger_ns),
+                        }
+                    })
+                    .min()
+                    .unwrap_or(now);
+                if due >= self.plan.measure_start_ns {
+                    record_ns(&mut self.send_lag, now.saturating_sub(due));
+                }
+            }
             let stamped = self.plan.stamped();
             for &p in &chosen {
                 let n = self.parts[p as usize].recs.len().min(per_batch);

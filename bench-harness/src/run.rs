@@ -17,6 +17,7 @@ use crate::cli::{
 use crate::client::{self, Router};
 use crate::clock::now_ns;
 use crate::consumer;
+use crate::lateness::{self, HarnessLateness, Lateness};
 use crate::payload::{Keys, Payloads};
 use crate::producer;
 use crate::retry::{Op, RetrySummary};
@@ -46,6 +47,8 @@ pub struct Report {
     pub retries: RetrySummary,
     /// The broker's limit on one record batch, when it tells (DescribeConfigs).
     pub batch_limit: Option<BatchLimit>,
+    /// How late the harness itself ran (its event loop, its open-loop schedule), µs.
+    pub harness_lateness: Option<HarnessLateness>,
     pub usage: Option<Usage>,
     pub notes: Vec<String>,
 }
@@ -67,6 +70,7 @@ impl Report {
             e2e_latency: None,
             retries: RetrySummary::default(),
             batch_limit: None,
+            harness_lateness: None,
             usage: None,
             notes: Vec::new(),
         }
@@ -105,12 +109,27 @@ impl Report {
                 l.source, l.max_message_bytes, l.batch_size_used
             );
         }
+        if let Some(l) = &self.harness_lateness {
+            println!("harness lateness: {}", l.line());
+        }
         if let Some(u) = &self.usage {
             println!("{}", u.line());
         }
         for n in &self.notes {
             println!("note: {n}");
         }
+    }
+
+    /// Stops the ticker and reports what it and the producers measured.
+    fn set_lateness(&mut self, l: &Lateness, ticker: Option<tokio::task::JoinHandle<()>>) {
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        let summary = l.summary();
+        if let Some(n) = summary.stall_note() {
+            self.notes.push(n);
+        }
+        self.harness_lateness = Some(summary);
     }
 
     fn set_batch_limit(&mut self, limit: Option<BatchLimit>) {
@@ -214,6 +233,7 @@ fn producer_plan(
     stop: &StopOpts,
     router: &Arc<Router>,
     start_ns: u64,
+    lateness: &Arc<Lateness>,
 ) -> Result<producer::Plan> {
     producer::validate(opts)?;
     let partitions = router.layout().partitions();
@@ -240,6 +260,7 @@ fn producer_plan(
         stop_ns: stop.duration_secs.map(|d| measure_start_ns + secs_ns(d)),
         messages,
         live: Arc::new(Live::default()),
+        lateness: lateness.clone(),
     })
 }
 
@@ -351,13 +372,16 @@ pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
     let router = router(&cmd.common).await?;
     let (popts, batch_limit) = fit_batch_size(&router, &cmd.produce).await?;
     let start_ns = now_ns() + 20_000_000;
+    let lateness = Lateness::new(cmd.common.lateness_tick_us, popts.rate.is_some());
     let plan = Arc::new(producer_plan(
         &cmd.common,
         &popts,
         &cmd.stop,
         &router,
         start_ns,
+        &lateness,
     )?);
+    let ticker = lateness::spawn_ticker(&lateness, plan.measure_start_ns);
     let mut report = Report::new(
         "produce",
         &cmd.common,
@@ -390,6 +414,7 @@ pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
     report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
     report.produce = Some(figs);
     report.retries = router.stats.summary();
+    report.set_lateness(&lateness, ticker);
     add_notes(&mut report, Some(&cmd.produce), Some(&plan.live), None);
     Ok(report)
 }
@@ -529,6 +554,8 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
         .unwrap_or(0);
     let start_ns = now_ns();
     let measure_start_ns = start_ns + secs_ns(common.warmup_secs);
+    let lateness = Lateness::new(common.lateness_tick_us, false);
+    let ticker = lateness::spawn_ticker(&lateness, measure_start_ns);
     let plan = consumer_plan(
         common,
         &cmd.consume,
@@ -596,6 +623,7 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
     report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
     report.consume = Some(figs);
     report.retries = router.stats.summary();
+    report.set_lateness(&lateness, ticker);
     if to_end {
         report.notes.push(format!(
             "catch-up read of {backlog} records (end offsets taken at start)"
@@ -624,7 +652,11 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
     let start_offsets = client::list_offsets(&router, &all, client::LATEST).await?;
     // Leave the consumers time to connect and send their first fetch.
     let start_ns = now_ns() + 200_000_000;
-    let pplan = Arc::new(producer_plan(common, &popts, &cmd.stop, &router, start_ns)?);
+    let lateness = Lateness::new(common.lateness_tick_us, popts.rate.is_some());
+    let pplan = Arc::new(producer_plan(
+        common, &popts, &cmd.stop, &router, start_ns, &lateness,
+    )?);
+    let ticker = lateness::spawn_ticker(&lateness, pplan.measure_start_ns);
     let cplan = consumer_plan(
         common,
         &cmd.consume,
@@ -724,6 +756,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
     }
     let _ = produce_end;
     report.retries = router.stats.summary();
+    report.set_lateness(&lateness, ticker);
     report.produce = Some(pfigs);
     report.consume = Some(cfigs);
     add_notes(
