@@ -199,6 +199,13 @@ pub enum StartAt {
     End,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct ConsumeOpts {
     #[arg(long, default_value_t = 1)]
@@ -220,6 +227,11 @@ pub struct ConsumeOpts {
     /// Stop after this long without a record (once producers are done, in e2e).
     #[arg(long, default_value_t = 10.0)]
     pub idle_timeout_secs: f64,
+    /// Incremental fetch sessions (KIP-227, Fetch v7+): after a first full fetch, each request
+    /// names only the partitions whose fetch offset changed. Falls back to full fetches when the
+    /// broker opens no session.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub fetch_sessions: OnOff,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -363,4 +375,12 @@ pub struct NullBrokerArgs {
     /// Do not offer DescribeConfigs (as some Kafka-compatible brokers do not).
     #[arg(long)]
     pub no_describe_configs: bool,
+    /// Open no fetch sessions: answer session id 0 to a Fetch asking for one (as a broker
+    /// without KIP-227 does, or one whose session cache is full).
+    #[arg(long)]
+    pub no_fetch_sessions: bool,
+    /// Lose a fetch session on every Nth incremental Fetch, answering
+    /// FETCH_SESSION_ID_NOT_FOUND (as after an eviction); 0 = never.
+    #[arg(long, default_value_t = 0)]
+    pub drop_fetch_session_every: u64,
 }

@@ -15,6 +15,15 @@
 //! leader (started if there is none), at the offset it had reached. A partition that keeps
 //! failing for `--retry-timeout-secs` fails the run.
 //!
+//! Each group keeps a fetch session with its leader (KIP-227, `--fetch-sessions on`, Fetch v7+):
+//! the first request is a full fetch that asks for one (session id 0, epoch 0); later requests
+//! carry the broker's session id and the next epoch, and name only the partitions whose fetch
+//! offset changed since the broker last heard it (new ones included) plus, as forgotten, those
+//! the group stopped reading. A partition left out keeps its last fetch offset in the broker's
+//! session, so only partitions the last response brought nothing for (or that errored and were
+//! taken out) are left out. A broker that answers session id 0 gets full fetches; one that lost
+//! the session (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH) gets a new one.
+//!
 //! Records are counted from batch headers (`record_count`); values are parsed only when
 //! end-to-end latency is wanted.
 
@@ -26,7 +35,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    fetch_request::{FetchPartition, FetchTopic},
+    fetch_request::{FetchPartition, FetchTopic, ForgottenTopic},
     ApiKey, BrokerId, FetchRequest, FetchResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
@@ -34,12 +43,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::ConsumeOpts;
+use crate::cli::{ConsumeOpts, OnOff};
 use crate::client::{encode_request, is_connection_error, Conn, FrameReader, Router};
 use crate::clock::{self, now_ns};
 use crate::payload::read_stamp;
 use crate::retry::{
-    describe_error, is_retriable, Op, Reason, LEADER_NOT_AVAILABLE, OFFSET_OUT_OF_RANGE,
+    describe_error, is_retriable, Op, Reason, FETCH_SESSION_ID_NOT_FOUND,
+    INVALID_FETCH_SESSION_EPOCH, LEADER_NOT_AVAILABLE, OFFSET_OUT_OF_RANGE,
 };
 use crate::stats::{record_ns, Live, Tally};
 use crate::wire;
@@ -74,11 +84,73 @@ pub struct Plan {
     pub messages: Option<u64>,
     pub stop_tx: watch::Sender<bool>,
     pub pool: Pool,
+    pub sessions: SessionStats,
 }
 
 impl Plan {
     fn topic(&self) -> &str {
         &self.router.topic
+    }
+
+    /// What the run's fetches did with sessions, for the report.
+    pub fn fetch_sessions(&self) -> FetchSessions {
+        let s = &self.sessions;
+        let established = s.established.load(Relaxed);
+        FetchSessions {
+            requested: self.opts.fetch_sessions == OnOff::On,
+            used: established > 0,
+            sessions_opened: established,
+            full_requests: s.full.load(Relaxed),
+            incremental_requests: s.incremental.load(Relaxed),
+            session_restarts: s.restarts.load(Relaxed),
+            stale_records: s.stale_records.load(Relaxed),
+        }
+    }
+}
+
+/// Fetch session counters, shared by a run's fetch tasks.
+#[derive(Default)]
+pub struct SessionStats {
+    full: AtomicU64,
+    incremental: AtomicU64,
+    restarts: AtomicU64,
+    established: AtomicU64,
+    stale_records: AtomicU64,
+}
+
+/// What a run reports as `fetch_sessions`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FetchSessions {
+    /// `--fetch-sessions on`.
+    pub requested: bool,
+    /// The broker opened at least one session.
+    pub used: bool,
+    pub sessions_opened: u64,
+    /// Fetches naming every partition (no session, or the first of one).
+    pub full_requests: u64,
+    /// Fetches naming only changed partitions.
+    pub incremental_requests: u64,
+    /// Sessions the broker lost (FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH).
+    pub session_restarts: u64,
+    /// Records received again below their partition's fetch offset (whole batches): what a
+    /// session that missed an offset update would show. 0 on a correct run.
+    pub stale_records: u64,
+}
+
+impl FetchSessions {
+    pub fn line(&self) -> String {
+        let state = match (self.requested, self.used) {
+            (false, _) => "off",
+            (true, true) => "on",
+            (true, false) => "requested, broker opened none",
+        };
+        format!(
+            "{state}; {} full and {} incremental fetches, {} session restarts, {} stale records",
+            self.full_requests,
+            self.incremental_requests,
+            self.session_restarts,
+            self.stale_records
+        )
     }
 }
 
@@ -214,6 +286,28 @@ pub async fn join(plan: &Arc<Plan>) -> Result<Tally> {
 struct Group {
     parts: Vec<u32>,
     in_flight: bool,
+    session: Session,
+}
+
+/// The group's fetch session with its leader (KIP-227).
+#[derive(Default)]
+struct Session {
+    /// 0: none; the next fetch is a full one asking for a session (epoch 0).
+    id: i32,
+    /// The epoch the next incremental fetch carries.
+    epoch: i32,
+    /// The fetch offset the broker's session holds for each partition in it: the last one sent.
+    known: HashMap<u32, i64>,
+}
+
+impl Session {
+    fn next_epoch(epoch: i32) -> i32 {
+        if epoch == i32::MAX {
+            1
+        } else {
+            epoch + 1
+        }
+    }
 }
 
 /// An open connection to the leader.
@@ -229,6 +323,8 @@ struct Pending {
     group: usize,
     /// Partitions the request named.
     sent: Vec<u32>,
+    /// Its session epoch: -1 without a session, 0 for a full fetch opening one.
+    epoch: i32,
     deadline_ns: u64,
 }
 
@@ -260,6 +356,8 @@ struct Task {
     correlation: i32,
     wbuf: BytesMut,
     tally: Tally,
+    /// Fetch sessions asked for and the broker's Fetch version allows them.
+    sessions: bool,
 }
 
 async fn next_frame(io: &mut Option<Io>, reading: bool) -> Result<Bytes> {
@@ -290,6 +388,7 @@ async fn run_conn(
         correlation: 0,
         wbuf: BytesMut::with_capacity(4096),
         tally: Tally::default(),
+        sessions: false,
     };
     for g in groups {
         let mut group = Group::default();
@@ -387,6 +486,7 @@ impl Task {
                     conn.versions
                         .pick(ApiKey::Fetch, FETCH_MIN_VERSION, FETCH_MAX_VERSION)?;
                 let (rd, writer) = conn.stream.into_split();
+                self.sessions = self.plan.opts.fetch_sessions == OnOff::On && version >= 7;
                 self.io = Some(Io {
                     reader: FrameReader::new(rd, 1 << 20),
                     writer,
@@ -408,6 +508,8 @@ impl Task {
         self.pending.clear();
         for g in 0..self.groups.len() {
             self.groups[g].in_flight = false;
+            // The broker may keep the session, but where its epoch stands is unknown now.
+            self.groups[g].session = Session::default();
             for p in std::mem::take(&mut self.groups[g].parts) {
                 self.park(p, g, reason)?;
             }
@@ -526,15 +628,55 @@ impl Task {
             return Ok(());
         };
         let opts = &self.plan.opts;
-        let sent: Vec<u32> = self.groups[g]
+        let active: Vec<u32> = self.groups[g]
             .parts
             .iter()
             .copied()
             .filter(|p| !self.state[p].done)
             .collect();
-        if sent.is_empty() {
+        if active.is_empty() {
             return Ok(());
         }
+        let state = &self.state;
+        let (session_id, epoch, sent, forgotten) = if self.sessions {
+            let s = &mut self.groups[g].session;
+            if s.id == 0 {
+                // Full fetch, asking for a session that starts from these offsets.
+                s.known = active.iter().map(|&p| (p, state[&p].offset)).collect();
+                (0, 0, active, Vec::new())
+            } else {
+                let in_session = active.iter().filter(|p| s.known.contains_key(p)).count();
+                let forgotten: Vec<u32> = if in_session == s.known.len() {
+                    Vec::new() // the common case: nobody left the group
+                } else {
+                    let keep: std::collections::HashSet<u32> = active.iter().copied().collect();
+                    s.known
+                        .keys()
+                        .copied()
+                        .filter(|p| !keep.contains(p))
+                        .collect()
+                };
+                for p in &forgotten {
+                    s.known.remove(p);
+                }
+                let changed: Vec<u32> = active
+                    .into_iter()
+                    .filter(|p| s.known.get(p) != Some(&state[p].offset))
+                    .collect();
+                for &p in &changed {
+                    s.known.insert(p, state[&p].offset);
+                }
+                (s.id, s.epoch, changed, forgotten)
+            }
+        } else {
+            (0, -1, active, Vec::new())
+        };
+        let counter = if epoch > 0 {
+            &self.plan.sessions.incremental
+        } else {
+            &self.plan.sessions.full
+        };
+        counter.fetch_add(1, Relaxed);
         let parts: Vec<FetchPartition> = sent
             .iter()
             .map(|&p| {
@@ -552,11 +694,22 @@ impl Task {
             .with_min_bytes(opts.min_bytes)
             .with_max_bytes(opts.fetch_max_bytes)
             .with_isolation_level(0)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(self.topic.clone())
-                .with_partitions(parts)]);
+            .with_session_id(session_id)
+            .with_session_epoch(epoch)
+            .with_topics(if parts.is_empty() {
+                Vec::new()
+            } else {
+                vec![FetchTopic::default()
+                    .with_topic(self.topic.clone())
+                    .with_partitions(parts)]
+            })
+            .with_forgotten_topics_data(if forgotten.is_empty() {
+                Vec::new()
+            } else {
+                vec![ForgottenTopic::default()
+                    .with_topic(self.topic.clone())
+                    .with_partitions(forgotten.iter().map(|&p| p as i32).collect())]
+            });
         self.correlation = self.correlation.wrapping_add(1);
         self.wbuf.clear();
         encode_request(
@@ -574,6 +727,7 @@ impl Task {
             correlation: self.correlation,
             group: g,
             sent,
+            epoch,
             deadline_ns: now_ns() + wait.as_nanos() as u64,
         });
         self.groups[g].in_flight = true;
@@ -598,6 +752,27 @@ impl Task {
         }
         let resp = FetchResponse::decode(&mut body, version)?;
         drop(body);
+        if self.sessions {
+            let s = &mut self.groups[g].session;
+            match resp.error_code {
+                FETCH_SESSION_ID_NOT_FOUND | INVALID_FETCH_SESSION_EPOCH => {
+                    // The broker lost or evicted the session: start a new one at once.
+                    *s = Session::default();
+                    self.plan.sessions.restarts.fetch_add(1, Relaxed);
+                    return self.send_fetch(g).await;
+                }
+                0 if pending.epoch == 0 => {
+                    s.id = resp.session_id;
+                    s.epoch = 1;
+                    if s.id != 0 {
+                        self.plan.sessions.established.fetch_add(1, Relaxed);
+                    }
+                }
+                0 if resp.session_id == s.id => s.epoch = Session::next_epoch(s.epoch),
+                // The broker closed the session (or answered another): a full fetch next.
+                _ => *s = Session::default(),
+            }
+        }
         if resp.error_code != 0 {
             let code = resp.error_code;
             if !is_retriable(code) {
@@ -608,10 +783,10 @@ impl Task {
                     describe_error(code)
                 );
             }
-            for p in pending.sent {
+            for p in self.groups[g].parts.clone() {
                 self.park(p, g, Reason::Error(code))?;
             }
-            return self.send_fetch(g).await;
+            return Ok(());
         }
         let mut measured_msgs = 0u64;
         let mut failed: Vec<(u32, i16)> = Vec::new();
@@ -698,7 +873,11 @@ fn consume_records(
     let mut measured = 0u64;
     for (h, batch) in wire::batches(records) {
         if h.last_offset() < fetch_offset {
-            continue; // a batch straddling the fetch offset, already counted
+            // Served again although the broker was told the offset past it.
+            plan.sessions
+                .stale_records
+                .fetch_add(h.record_count.max(0) as u64, Relaxed);
+            continue;
         }
         st.offset = h.last_offset() + 1;
         if h.is_control() {

@@ -12,6 +12,12 @@
 //! `--leader-not-available-after-create-ms`), leadership changing at any time
 //! (`--not-leader-every`), connections closing under load (`--close-every`), and Kafka's limit on
 //! a record batch (`--message-max-bytes`).
+//!
+//! Fetch sessions (KIP-227) are kept in their simplest correct form: a Fetch with epoch 0 opens
+//! a session holding each partition's fetch offset as the request gave it; an incremental Fetch
+//! (the session's id and next epoch) updates the partitions it names, drops the forgotten ones,
+//! and is answered for every partition in the session, at the offsets the session holds (a
+//! partition not named keeps its last fetch offset), leaving out those with nothing new.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -41,7 +47,8 @@ use crate::cli::NullBrokerArgs;
 use crate::client::read_frame;
 use crate::payload::Payloads;
 use crate::retry::{
-    LEADER_NOT_AVAILABLE, MESSAGE_TOO_LARGE, NOT_LEADER_OR_FOLLOWER, TOPIC_ALREADY_EXISTS,
+    FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH, LEADER_NOT_AVAILABLE,
+    MESSAGE_TOO_LARGE, NOT_LEADER_OR_FOLLOWER, TOPIC_ALREADY_EXISTS,
 };
 use crate::wire::{self, put_uvarint, Codec, RecordSpec};
 
@@ -112,6 +119,10 @@ struct State {
     message_max_bytes: usize,
     /// Whether DescribeConfigs is offered.
     describe_configs: bool,
+    /// Open fetch sessions; `None` with --no-fetch-sessions.
+    sessions: Option<Mutex<Sessions>>,
+    drop_session_every: u64,
+    incremental_fetches: AtomicU64,
     /// Next offset per (topic, partition), advanced by Produce.
     offsets: Mutex<HashMap<(String, i32), i64>>,
     /// Whole batches, back to back, each of `batch_records` records.
@@ -162,6 +173,9 @@ pub async fn serve_on(listener: TcpListener, args: NullBrokerArgs) -> Result<()>
         },
         message_max_bytes: args.message_max_bytes,
         describe_configs: args.message_max_bytes > 0 && !args.no_describe_configs,
+        sessions: (!args.no_fetch_sessions).then(|| Mutex::new(Sessions::default())),
+        drop_session_every: args.drop_fetch_session_every,
+        incremental_fetches: AtomicU64::new(0),
     });
     eprintln!(
         "null broker on {} (advertised {advertise}): acks every Produce without storing it, \
@@ -453,7 +467,7 @@ async fn serve_conn(sock: TcpStream, st: Arc<State>) -> Result<()> {
             ApiKey::Fetch => {
                 let req = FetchRequest::decode(&mut body, v)?;
                 drop(body);
-                let fetch = fetch_plan(&st, &req);
+                let fetch = fetch_plan(&st, &req, v);
                 match &st.echo {
                     Some(echo) => echo_fetch(&mut wr, &mut out, echo, &header, &fetch).await?,
                     None => {
@@ -579,34 +593,142 @@ struct Fetch {
     topics: Vec<(String, Vec<FetchPart>)>,
 }
 
-fn fetch_plan(st: &State, req: &FetchRequest) -> Fetch {
-    let topics = req
-        .topics
+/// Most fetch sessions kept at once; further requests for one are answered without (id 0).
+const MAX_SESSIONS: usize = 10_000;
+
+/// The fetch sessions of the null broker.
+#[derive(Default)]
+struct Sessions {
+    last_id: i32,
+    open: HashMap<i32, Session>,
+}
+
+/// One fetch session: the epoch it expects next and, per (topic, partition), the fetch offset
+/// and partition_max_bytes last sent for it.
+struct Session {
+    next_epoch: i32,
+    parts: std::collections::BTreeMap<(String, i32), (i64, i32)>,
+}
+
+/// (partition, fetch offset, partition_max_bytes)
+type Wanted = (i32, i64, i32);
+
+/// The partitions a Fetch names, at the offsets it names, by topic.
+fn requested(req: &FetchRequest) -> Vec<(String, Vec<Wanted>)> {
+    req.topics
         .iter()
         .map(|t| {
-            let topic = st.topic(t.topic.0.as_str());
             let parts = t
                 .partitions
                 .iter()
-                .map(|p| FetchPart {
-                    partition: p.partition,
-                    offset: p.fetch_offset,
-                    max_bytes: p.partition_max_bytes,
-                    error: st.faults.partition_error(topic),
-                })
+                .map(|p| (p.partition, p.fetch_offset, p.partition_max_bytes))
                 .collect();
             (t.topic.0.to_string(), parts)
         })
-        .collect();
-    Fetch {
+        .collect()
+}
+
+/// Resolves a Fetch against its session (if any) into what to answer.
+fn fetch_plan(st: &State, req: &FetchRequest, version: i16) -> Fetch {
+    let mut fetch = Fetch {
         max_wait_ms: req.max_wait_ms,
         min_bytes: req.min_bytes,
         max_bytes: req.max_bytes,
         session_id: 0,
         error_code: 0,
         only_changed: false,
-        topics,
+        topics: Vec::new(),
+    };
+    let mut wanted = requested(req);
+    match (&st.sessions, version >= 7) {
+        (Some(sessions), true) => {
+            let mut sessions = sessions.lock().expect("lock");
+            let (id, epoch) = (req.session_id, req.session_epoch);
+            if epoch <= 0 && id != 0 {
+                sessions.open.remove(&id); // closed, or replaced by a new one
+            }
+            if epoch == 0 && sessions.open.len() < MAX_SESSIONS {
+                sessions.last_id = sessions.last_id.checked_add(1).unwrap_or(1);
+                let new_id = sessions.last_id;
+                let parts = wanted
+                    .iter()
+                    .flat_map(|(t, ps)| ps.iter().map(move |&(p, o, m)| ((t.clone(), p), (o, m))))
+                    .collect();
+                sessions.open.insert(
+                    new_id,
+                    Session {
+                        next_epoch: 1,
+                        parts,
+                    },
+                );
+                fetch.session_id = new_id;
+            } else if epoch > 0 {
+                let n = st.incremental_fetches.fetch_add(1, Relaxed) + 1;
+                let dropped = st.drop_session_every > 0 && n.is_multiple_of(st.drop_session_every);
+                if dropped {
+                    sessions.open.remove(&id);
+                }
+                let Some(session) = sessions.open.get_mut(&id) else {
+                    fetch.error_code = FETCH_SESSION_ID_NOT_FOUND;
+                    return fetch;
+                };
+                if epoch != session.next_epoch {
+                    fetch.error_code = INVALID_FETCH_SESSION_EPOCH;
+                    return fetch;
+                }
+                session.next_epoch = epoch.checked_add(1).unwrap_or(1);
+                for (t, ps) in &wanted {
+                    for &(p, o, m) in ps {
+                        session.parts.insert((t.clone(), p), (o, m));
+                    }
+                }
+                for f in &req.forgotten_topics_data {
+                    for p in &f.partitions {
+                        session.parts.remove(&(f.topic.0.to_string(), *p));
+                    }
+                }
+                // Every partition in the session, starting at a different one each time so a
+                // small max_bytes does not starve the last ones.
+                let all: Vec<_> = session.parts.iter().collect();
+                let start = if all.is_empty() {
+                    0
+                } else {
+                    epoch as usize % all.len()
+                };
+                wanted = Vec::new();
+                for ((t, p), (o, m)) in all[start..].iter().chain(&all[..start]) {
+                    match wanted.last_mut() {
+                        Some((last, ps)) if last == t => ps.push((*p, *o, *m)),
+                        _ => wanted.push((t.clone(), vec![(*p, *o, *m)])),
+                    }
+                }
+                fetch.session_id = id;
+                fetch.only_changed = true;
+            }
+        }
+        (None, true) if req.session_epoch > 0 => {
+            fetch.error_code = FETCH_SESSION_ID_NOT_FOUND;
+            return fetch;
+        }
+        _ => {}
     }
+    fetch.topics = wanted
+        .into_iter()
+        .map(|(t, ps)| {
+            let topic = st.topic(&t);
+            let parts = ps
+                .into_iter()
+                .map(|(partition, offset, max_bytes)| FetchPart {
+                    partition,
+                    offset,
+                    max_bytes,
+                    error: st.faults.partition_error(topic),
+                })
+                .collect();
+            (t, parts)
+        })
+        .collect();
+    fetch
 }
 
 /// An error answer for one partition.
@@ -824,6 +946,7 @@ impl Echo {
         partition: i32,
         offset: i64,
         max_bytes: usize,
+        at_least_one: bool,
     ) -> (Vec<Bytes>, i64, i64) {
         let logs = self.logs.lock().expect("lock");
         let Some(log) = logs.get(&(topic.to_string(), partition)) else {
@@ -833,7 +956,7 @@ impl Echo {
         let mut size = 0;
         let from = log.batches.partition_point(|(_, next, _)| *next <= offset);
         for (_, _, b) in log.batches.range(from..) {
-            if !out.is_empty() && size + b.len() > max_bytes {
+            if (!out.is_empty() || !at_least_one) && size + b.len() > max_bytes {
                 break;
             }
             size += b.len();
@@ -877,7 +1000,9 @@ async fn echo_fetch(
                     continue;
                 }
                 let max = (p.max_bytes.max(0) as usize).min(budget);
-                let (batches, start, next) = echo.read(topic, p.partition, p.offset, max);
+                // Like Kafka, only the first partition with data may go over the limits.
+                let (batches, start, next) =
+                    echo.read(topic, p.partition, p.offset, max, total == 0);
                 let len: usize = batches.iter().map(Bytes::len).sum();
                 if len == 0 && fetch.only_changed {
                     continue;
@@ -947,6 +1072,9 @@ mod tests {
             faults: Faults::default(),
             message_max_bytes: 0,
             describe_configs: false,
+            sessions: None,
+            drop_session_every: 0,
+            incremental_fetches: AtomicU64::new(0),
         };
         for v in 4..=12i16 {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -979,7 +1107,7 @@ mod tests {
                 .with_correlation_id(9);
             let mut out = BytesMut::new();
             let mut c = BytesMut::from(&chunk[..]);
-            let fetch = fetch_plan(&st, &req);
+            let fetch = fetch_plan(&st, &req, v);
             write_fetch(&mut wr, &mut out, &mut c, &st, &header, &fetch)
                 .await
                 .unwrap();

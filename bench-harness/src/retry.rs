@@ -19,6 +19,8 @@ pub const LEADER_NOT_AVAILABLE: i16 = 5;
 pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub const MESSAGE_TOO_LARGE: i16 = 10;
 pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 
 /// Kafka's name for an error code (the ones a benchmark meets; others print as `error N`).
 pub fn error_name(code: i16) -> &'static str {

@@ -49,6 +49,8 @@ pub struct Report {
     pub batch_limit: Option<BatchLimit>,
     /// How late the harness itself ran (its event loop, its open-loop schedule), µs.
     pub harness_lateness: Option<HarnessLateness>,
+    /// Whether consumers used incremental fetch sessions, and how.
+    pub fetch_sessions: Option<consumer::FetchSessions>,
     pub usage: Option<Usage>,
     pub notes: Vec<String>,
 }
@@ -71,6 +73,7 @@ impl Report {
             retries: RetrySummary::default(),
             batch_limit: None,
             harness_lateness: None,
+            fetch_sessions: None,
             usage: None,
             notes: Vec::new(),
         }
@@ -108,6 +111,9 @@ impl Report {
                 "broker limit on a record batch: {} = {} bytes; --batch-size {} used",
                 l.source, l.max_message_bytes, l.batch_size_used
             );
+        }
+        if let Some(f) = &self.fetch_sessions {
+            println!("fetch sessions: {}", f.line());
         }
         if let Some(l) = &self.harness_lateness {
             println!("harness lateness: {}", l.line());
@@ -494,6 +500,7 @@ fn consumer_plan(
         messages,
         stop_tx,
         pool: Default::default(),
+        sessions: Default::default(),
     })
 }
 
@@ -622,6 +629,7 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
     }
     report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
     report.consume = Some(figs);
+    report.fetch_sessions = Some(plan.fetch_sessions());
     report.retries = router.stats.summary();
     report.set_lateness(&lateness, ticker);
     if to_end {
@@ -755,6 +763,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         ));
     }
     let _ = produce_end;
+    report.fetch_sessions = Some(cplan.fetch_sessions());
     report.retries = router.stats.summary();
     report.set_lateness(&lateness, ticker);
     report.produce = Some(pfigs);
