@@ -195,9 +195,11 @@ pub struct BatchLimit {
 }
 
 /// Reads the broker's limit on one record batch (if it answers DescribeConfigs) and caps
-/// `--batch-size` so that every batch fits: a batch holds at most `batch_size` bytes of records
-/// (by their upper-bound size) plus its header. Without this, a broker with Kafka's default
-/// `message.max.bytes` (1 MiB) refuses the 1 MiB batches of the max-rate workloads.
+/// `--batch-size` so that every batch fits: a batch holds `batch_size / record` records of at
+/// most `record` bytes (the upper-bound size the producer batches by) plus its 61-byte header.
+/// With Kafka's default `message.max.bytes` (1,048,588) the max-rate workloads' 1 MiB batches of
+/// 1 KiB records fit as they are (1,001 records, at most 1,048,108 bytes); larger records or a
+/// smaller limit get a smaller batch instead of MESSAGE_TOO_LARGE.
 async fn fit_batch_size(
     router: &Router,
     opts: &ProduceOpts,
@@ -208,19 +210,21 @@ async fn fit_batch_size(
     };
     let key_len = (opts.key_dist != KeyDist::None).then_some(opts.key_size.max(1));
     let record = RecordSpec::size_estimate(key_len, opts.message_size);
-    let room = limit.saturating_sub(BATCH_HEADER_LEN);
-    if record > room {
-        bail!(
-            "one record of --message-size {} (up to {record} bytes encoded, plus a              {BATCH_HEADER_LEN}-byte batch header) does not fit the broker's {source} = {limit};              raise it or send smaller messages",
-            opts.message_size
-        );
-    }
     let requested = opts.batch_size;
-    if requested > room {
+    opts.batch_size = batch_size_within(requested, record, limit).ok_or_else(|| {
+        anyhow::anyhow!(
+            "one record of --message-size {} (up to {record} bytes encoded, plus a \
+             {BATCH_HEADER_LEN}-byte batch header) does not fit the broker's {source} = {limit}; \
+             raise it or send smaller messages",
+            opts.message_size
+        )
+    })?;
+    if opts.batch_size != requested {
         eprintln!(
-            "note: --batch-size {requested} does not fit the broker's {source} = {limit}:              using {room}"
+            "note: --batch-size {requested} does not fit the broker's {source} = {limit}: \
+             using {}",
+            opts.batch_size
         );
-        opts.batch_size = room;
     }
     Ok((
         opts.clone(),
@@ -231,6 +235,22 @@ async fn fit_batch_size(
             batch_size_used: opts.batch_size,
         }),
     ))
+}
+
+/// The batch size to use so that a batch of `batch_size / record` records of at most `record`
+/// bytes, plus its header, stays within `limit`: `batch_size` itself if it does, the largest
+/// whole number of records that does otherwise, `None` if not even one record fits.
+fn batch_size_within(batch_size: usize, record: usize, limit: usize) -> Option<usize> {
+    let room = limit.checked_sub(BATCH_HEADER_LEN)?;
+    if record > room {
+        return None;
+    }
+    let largest = (batch_size / record).max(1) * record + BATCH_HEADER_LEN;
+    Some(if largest <= limit {
+        batch_size
+    } else {
+        room / record * record
+    })
 }
 
 fn producer_plan(
@@ -804,6 +824,29 @@ mod tests {
             Cmd::E2e(c) => Workload::E2e(c),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn batch_sizes_fit_the_brokers_limit() {
+        let kafka_default = 1_048_588;
+        let record = RecordSpec::size_estimate(None, 1024); // W1's records
+        assert_eq!(record, 1047);
+        // W1's 1 MiB batches already fit Kafka's default: 1,001 records, 1,048,108 bytes.
+        assert_eq!(
+            batch_size_within(1 << 20, record, kafka_default),
+            Some(1 << 20)
+        );
+        // 8 KiB records: 128 of them would not, 127 do.
+        let big = RecordSpec::size_estimate(None, 8192);
+        let fit = batch_size_within(1 << 20, big, kafka_default).unwrap();
+        assert_eq!(fit / big, 127);
+        assert!(fit / big * big + BATCH_HEADER_LEN <= kafka_default);
+        // Smaller than the limit: unchanged; one record too big: none.
+        assert_eq!(
+            batch_size_within(65_536, record, kafka_default),
+            Some(65_536)
+        );
+        assert_eq!(batch_size_within(65_536, record, 1000), None);
     }
 
     /// Every workload runs end to end against the null broker, over real sockets, and counts
