@@ -79,18 +79,24 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next frame, without its size prefix.
     pub async fn next(&mut self) -> Result<Bytes> {
+        // Reads go at most this far past the end of the current frame: small frames arrive
+        // several per read, while a large frame is read in place with little of the next one
+        // after it (what is left over is moved to the front of the buffer when it is reused).
+        const READ_AHEAD: usize = 64 << 10;
         loop {
-            if self.buf.len() >= 4 {
+            let want = if self.buf.len() >= 4 {
                 let len = frame_len(i32::from_be_bytes(self.buf[..4].try_into().expect("4")))?;
                 if self.buf.len() >= 4 + len {
                     self.buf.advance(4);
                     return Ok(self.buf.split_to(len).freeze());
                 }
-                self.buf.reserve(4 + len - self.buf.len());
+                4 + len - self.buf.len()
             } else {
-                self.buf.reserve(64 << 10);
-            }
-            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                0
+            };
+            self.buf.reserve(want + READ_AHEAD);
+            let mut limited = (&mut self.buf).limit(want + READ_AHEAD);
+            if self.rd.read_buf(&mut limited).await? == 0 {
                 let what = if self.buf.is_empty() {
                     "connection closed"
                 } else {
