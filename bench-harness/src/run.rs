@@ -458,11 +458,17 @@ fn add_notes(
             ),
             None => "max rate (closed loop): latency from record creation to ack".to_string(),
         });
-        if live.is_some_and(|l| l.overloaded.load(Relaxed)) {
+        if let Some(l) = live.filter(|l| l.overloaded.load(Relaxed)) {
+            let retries = l.retries.load(Relaxed);
             report.notes.push(format!(
-                "OVERLOADED: the open-loop schedule fell more than {} s behind, so generation stopped early; the target cannot sustain {} msgs/s",
+                "OVERLOADED: the open-loop schedule fell more than {} s behind, so generation stopped early; the target cannot sustain {} msgs/s{}",
                 p.max_lag_secs,
-                p.rate.unwrap_or_default()
+                p.rate.unwrap_or_default(),
+                if retries > 0 {
+                    format!(" (or was unavailable: {retries} produce retries)")
+                } else {
+                    String::new()
+                }
             ));
         }
         if p.acks.0 == 0 {
