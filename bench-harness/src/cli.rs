@@ -367,6 +367,14 @@ pub struct NullBrokerArgs {
     /// request is dropped unread; 0 = never).
     #[arg(long, default_value_t = 0)]
     pub close_every: u64,
+    /// Hand leadership of every topic to another broker (node 1 at this address, e.g. a second
+    /// null broker) --leader-moves-after-ms after the topic was created here: from then on
+    /// Metadata names it as the leader and Produce, Fetch and ListOffsets here are answered
+    /// NOT_LEADER_OR_FOLLOWER.
+    #[arg(long)]
+    pub leader_moves_to: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    pub leader_moves_after_ms: u64,
     /// Refuse record batches larger than this with MESSAGE_TOO_LARGE, like Kafka's
     /// `message.max.bytes` (1048588 by default there); 0 = no limit. The limit is answered to
     /// DescribeConfigs (topic `max.message.bytes`, broker `message.max.bytes`).

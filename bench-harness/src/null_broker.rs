@@ -10,7 +10,7 @@
 //! It can also play a broker in trouble, to test that the harness rides out what a real cluster
 //! does: leaders still being elected after a topic is created (`--not-leader-after-create-ms`,
 //! `--leader-not-available-after-create-ms`), leadership changing at any time
-//! (`--not-leader-every`), connections closing under load (`--close-every`), and Kafka's limit on
+//! (`--not-leader-every`) or moving to another broker (`--leader-moves-to`), connections closing under load (`--close-every`), and Kafka's limit on
 //! a record batch (`--message-max-bytes`).
 //!
 //! Fetch sessions (KIP-227) are kept in their simplest correct form: a Fetch with epoch 0 opens
@@ -80,6 +80,9 @@ struct Faults {
     leader_not_available_after_create: Duration,
     not_leader_every: u64,
     close_every: u64,
+    /// (host, port) of the broker leadership moves to, and when (after a topic's creation).
+    moves_to: Option<(String, i32)>,
+    moves_after: Duration,
     /// Partition answers given (for `not_leader_every`).
     answers: AtomicU64,
     /// Produce and Fetch requests received (for `close_every`).
@@ -90,7 +93,7 @@ impl Faults {
     /// The error for one partition of a Produce, Fetch or ListOffsets for `topic` (0 = none).
     fn partition_error(&self, topic: Option<Topic>) -> i16 {
         if let Some(t) = topic {
-            if t.created.elapsed() < self.not_leader_after_create {
+            if t.created.elapsed() < self.not_leader_after_create || self.moved(t) {
                 return NOT_LEADER_OR_FOLLOWER;
             }
         }
@@ -100,6 +103,11 @@ impl Faults {
             return NOT_LEADER_OR_FOLLOWER;
         }
         0
+    }
+
+    /// Whether the topic's leadership has moved to the other broker.
+    fn moved(&self, t: Topic) -> bool {
+        self.moves_to.is_some() && t.created.elapsed() >= self.moves_after
     }
 
     /// Whether to drop this Produce or Fetch request and close its connection.
@@ -169,6 +177,16 @@ pub async fn serve_on(listener: TcpListener, args: NullBrokerArgs) -> Result<()>
             ),
             not_leader_every: args.not_leader_every,
             close_every: args.close_every,
+            moves_to: match &args.leader_moves_to {
+                Some(a) => {
+                    let (h, p) = a
+                        .rsplit_once(':')
+                        .context("--leader-moves-to wants HOST:PORT")?;
+                    Some((h.to_string(), p.parse().context("--leader-moves-to port")?))
+                }
+                None => None,
+            },
+            moves_after: Duration::from_millis(args.leader_moves_after_ms),
             ..Faults::default()
         },
         message_max_bytes: args.message_max_bytes,
@@ -525,6 +543,8 @@ fn metadata(st: &State, req: &MetadataRequest) -> MetadataResponse {
             let electing = topic.created.elapsed() < st.faults.leader_not_available_after_create;
             let (error, leader) = if electing {
                 (LEADER_NOT_AVAILABLE, -1)
+            } else if st.faults.moved(topic) {
+                (0, 1)
             } else {
                 (0, 0)
             };
@@ -545,10 +565,17 @@ fn metadata(st: &State, req: &MetadataRequest) -> MetadataResponse {
         })
         .collect();
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(0))
-            .with_host(StrBytes::from_string(st.host.clone()))
-            .with_port(st.port)])
+        .with_brokers(
+            std::iter::once((0, st.host.clone(), st.port))
+                .chain(st.faults.moves_to.iter().map(|(h, p)| (1, h.clone(), *p)))
+                .map(|(id, host, port)| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(id))
+                        .with_host(StrBytes::from_string(host))
+                        .with_port(port)
+                })
+                .collect(),
+        )
         .with_cluster_id(Some(StrBytes::from_static_str("null-broker")))
         .with_controller_id(BrokerId(0))
         .with_topics(topic_entries)

@@ -127,3 +127,57 @@ fn retries_give_up_after_the_retry_timeout() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+/// Leadership moves to another broker half a second after the topic is created: producers and
+/// consumers refresh their metadata, connect to the new leader and go on there. Everything
+/// measured (after a 1 s warm-up) was served by the new leader, since the old one refuses.
+#[test]
+fn producers_and_consumers_follow_a_leader_to_another_broker() {
+    let new_leader = NullBroker::start(&[]);
+    let old_leader = NullBroker::start(&[
+        "--leader-moves-to",
+        &new_leader.addr,
+        "--leader-moves-after-ms",
+        "500",
+    ]);
+    let timed = [
+        "--create-topic",
+        "--partitions",
+        "4",
+        "--warmup-secs",
+        "1",
+        "--duration-secs",
+        "1",
+    ];
+
+    let mut args = vec![
+        "--topic",
+        "moving-p",
+        "--rate",
+        "5000",
+        "--message-size",
+        "100",
+    ];
+    args.extend_from_slice(&timed);
+    let r = run("produce", &old_leader.addr, &args);
+    let j = r.ok();
+    assert_eq!(num(j, &["produce", "msgs"]), 5000, "{}", r.stdout());
+    assert!(
+        num(
+            j,
+            &["retries", "by_request", "produce", "NOT_LEADER_OR_FOLLOWER"]
+        ) > 0
+    );
+
+    let mut args = vec!["--topic", "moving-c", "--from", "beginning"];
+    args.extend_from_slice(&timed);
+    let r = run("consume", &old_leader.addr, &args);
+    let j = r.ok();
+    assert!(num(j, &["consume", "msgs"]) > 0, "{}", r.stdout());
+    assert!(
+        num(
+            j,
+            &["retries", "by_request", "fetch", "NOT_LEADER_OR_FOLLOWER"]
+        ) > 0
+    );
+}
