@@ -71,6 +71,31 @@ pub struct Common {
     pub broker_pid: Option<u32>,
     #[arg(long, default_value = "bench-harness")]
     pub client_id: String,
+    /// How long one batch, partition or ListOffsets may keep failing with retriable errors
+    /// (leader elections, a topic just created, closed connections) before the run fails.
+    #[arg(long, default_value_t = 30.0)]
+    pub retry_timeout_secs: f64,
+    /// First wait before a retry; it doubles on every further failure.
+    #[arg(long, default_value_t = 50)]
+    pub retry_backoff_ms: u64,
+    /// Longest wait between retries.
+    #[arg(long, default_value_t = 1000)]
+    pub retry_backoff_max_ms: u64,
+    /// Period of the timer that measures how late the harness's own event loop runs
+    /// (`harness_lateness` in the results); 0 = off.
+    #[arg(long, default_value_t = 1000)]
+    pub lateness_tick_us: u64,
+}
+
+impl Common {
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        use std::time::Duration;
+        crate::retry::RetryPolicy {
+            initial: Duration::from_millis(self.retry_backoff_ms.max(1)),
+            max: Duration::from_millis(self.retry_backoff_max_ms.max(self.retry_backoff_ms)),
+            timeout: Duration::from_secs_f64(self.retry_timeout_secs.max(0.0)),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -161,13 +186,10 @@ pub struct ProduceOpts {
     /// Largest Produce request (all partitions' batches for one broker together).
     #[arg(long, default_value_t = 4 << 20)]
     pub max_request_bytes: usize,
+    /// Produce timeout sent to the broker; a connection whose response takes 5 s longer is
+    /// dropped and its requests retried.
     #[arg(long, default_value_t = 30_000)]
     pub request_timeout_ms: i32,
-    /// Times a batch is resent after a retriable error.
-    #[arg(long, default_value_t = 3)]
-    pub retries: u32,
-    #[arg(long, default_value_t = 100)]
-    pub retry_backoff_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -175,6 +197,13 @@ pub struct ProduceOpts {
 pub enum StartAt {
     Beginning,
     End,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -198,6 +227,11 @@ pub struct ConsumeOpts {
     /// Stop after this long without a record (once producers are done, in e2e).
     #[arg(long, default_value_t = 10.0)]
     pub idle_timeout_secs: f64,
+    /// Incremental fetch sessions (KIP-227, Fetch v7+): after a first full fetch, each request
+    /// names only the partitions whose fetch offset changed. Falls back to full fetches when the
+    /// broker opens no session.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub fetch_sessions: OnOff,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -315,4 +349,46 @@ pub struct NullBrokerArgs {
     pub echo: bool,
     #[arg(long, default_value_t = 64)]
     pub echo_retain_mib: usize,
+    /// Play a cluster still electing a new topic's leaders: for this long after a topic is
+    /// created (CreateTopics), Produce, Fetch and ListOffsets for it are answered
+    /// NOT_LEADER_OR_FOLLOWER while Metadata already names a leader (what Kafka does while the
+    /// new leader has not yet learned it leads).
+    #[arg(long, default_value_t = 0)]
+    pub not_leader_after_create_ms: u64,
+    /// For this long after a topic is created, Metadata answers its partitions
+    /// LEADER_NOT_AVAILABLE with no leader.
+    #[arg(long, default_value_t = 0)]
+    pub leader_not_available_after_create_ms: u64,
+    /// Answer every Nth partition of Produce, Fetch and ListOffsets NOT_LEADER_OR_FOLLOWER
+    /// (a leadership change at any time; 0 = never). A refused produce is not stored.
+    #[arg(long, default_value_t = 0)]
+    pub not_leader_every: u64,
+    /// Close the connection instead of answering every Nth Produce or Fetch request (the
+    /// request is dropped unread; 0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub close_every: u64,
+    /// Hand leadership of every topic to another broker (node 1 at this address, e.g. a second
+    /// null broker) --leader-moves-after-ms after the topic was created here: from then on
+    /// Metadata names it as the leader and Produce, Fetch and ListOffsets here are answered
+    /// NOT_LEADER_OR_FOLLOWER.
+    #[arg(long)]
+    pub leader_moves_to: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    pub leader_moves_after_ms: u64,
+    /// Refuse record batches larger than this with MESSAGE_TOO_LARGE, like Kafka's
+    /// `message.max.bytes` (1048588 by default there); 0 = no limit. The limit is answered to
+    /// DescribeConfigs (topic `max.message.bytes`, broker `message.max.bytes`).
+    #[arg(long, default_value_t = 0)]
+    pub message_max_bytes: usize,
+    /// Do not offer DescribeConfigs (as some Kafka-compatible brokers do not).
+    #[arg(long)]
+    pub no_describe_configs: bool,
+    /// Open no fetch sessions: answer session id 0 to a Fetch asking for one (as a broker
+    /// without KIP-227 does, or one whose session cache is full).
+    #[arg(long)]
+    pub no_fetch_sessions: bool,
+    /// Lose a fetch session on every Nth incremental Fetch, answering
+    /// FETCH_SESSION_ID_NOT_FOUND (as after an eviction); 0 = never.
+    #[arg(long, default_value_t = 0)]
+    pub drop_fetch_session_every: u64,
 }

@@ -1,52 +1,120 @@
 //! Connections, framing, version negotiation and the admin requests (Metadata, CreateTopics,
-//! ListOffsets). Nothing here assumes which broker is on the other end: versions come from
-//! ApiVersions, leaders and their addresses from Metadata.
+//! ListOffsets, DescribeConfigs). Nothing here assumes which broker is on the other end: versions
+//! come from ApiVersions, leaders and their addresses from Metadata, refreshed by the [`Router`]
+//! whenever a request says leadership moved.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    create_topics_request::CreatableTopic, list_offsets_request, metadata_request, ApiKey,
-    ApiVersionsRequest, BrokerId, CreateTopicsRequest, ListOffsetsRequest, MetadataRequest,
+    create_topics_request::CreatableTopic, describe_configs_request::DescribeConfigsResource,
+    list_offsets_request, metadata_request, ApiKey, ApiVersionsRequest, BrokerId,
+    CreateTopicsRequest, DescribeConfigsRequest, ListOffsetsRequest, MetadataRequest,
     MetadataResponse, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::clock::now_ns;
+use crate::retry::{
+    describe_error, is_retriable, Op, Reason, RetryPolicy, RetryStats, LEADER_NOT_AVAILABLE,
+    TOPIC_ALREADY_EXISTS, UNKNOWN_TOPIC_OR_PARTITION,
+};
+
 /// Largest response frame accepted: a length read from the network never sizes an allocation
 /// unchecked.
 pub const MAX_FRAME_BYTES: usize = 256 << 20;
 
-pub const ERR_UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-pub const ERR_TOPIC_ALREADY_EXISTS: i16 = 36;
-pub const ERR_OFFSET_OUT_OF_RANGE: i16 = 1;
+/// How long an admin request (and a connection's ApiVersions exchange) may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Kafka error codes a producer retries (Kafka's `RetriableException` subclasses that occur on
-/// produce).
-pub fn is_retriable(code: i16) -> bool {
-    matches!(code, 2 | 3 | 5 | 6 | 7 | 13 | 19 | 20 | 56 | 89)
+fn frame_len(len: i32) -> Result<usize> {
+    if len < 4 || len as usize > MAX_FRAME_BYTES {
+        bail!("bad frame size {len}");
+    }
+    Ok(len as usize)
 }
 
 /// Reads one size-prefixed frame into `buf` (cleared first), without zero-filling it.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> Result<()> {
-    let len = r.read_i32().await.context("reading frame size")?;
-    if len < 4 || len as usize > MAX_FRAME_BYTES {
-        bail!("bad frame size {len}");
-    }
-    let len = len as usize;
+    let len = frame_len(r.read_i32().await.context("reading frame size")?)?;
     buf.clear();
     buf.reserve(len);
     while buf.len() < len {
         let want = len - buf.len();
         let mut lim = (&mut *buf).limit(want);
         if r.read_buf(&mut lim).await? == 0 {
-            bail!("connection closed mid-frame");
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed mid-frame",
+            )
+            .into());
         }
     }
     Ok(())
+}
+
+/// Frames read straight from a socket into one growing buffer. Unlike [`read_frame`], `next` is
+/// cancel-safe (bytes read before a cancellation stay buffered), so it can sit in a `select!`
+/// beside timers and channels. A frame is a slice of the buffer: once the caller drops it, the
+/// buffer's space is reused, so a steady stream of frames allocates nothing.
+pub struct FrameReader<R> {
+    rd: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(rd: R, capacity: usize) -> Self {
+        FrameReader {
+            rd,
+            buf: BytesMut::with_capacity(capacity),
+        }
+    }
+
+    /// The next frame, without its size prefix.
+    pub async fn next(&mut self) -> Result<Bytes> {
+        // Reads go at most this far past the end of the current frame: small frames arrive
+        // several per read, while a large frame is read in place with little of the next one
+        // after it (what is left over is moved to the front of the buffer when it is reused).
+        const READ_AHEAD: usize = 64 << 10;
+        loop {
+            let want = if self.buf.len() >= 4 {
+                let len = frame_len(i32::from_be_bytes(self.buf[..4].try_into().expect("4")))?;
+                if self.buf.len() >= 4 + len {
+                    self.buf.advance(4);
+                    return Ok(self.buf.split_to(len).freeze());
+                }
+                4 + len - self.buf.len()
+            } else {
+                0
+            };
+            self.buf.reserve(want + READ_AHEAD);
+            let mut limited = (&mut self.buf).limit(want + READ_AHEAD);
+            if self.rd.read_buf(&mut limited).await? == 0 {
+                let what = if self.buf.is_empty() {
+                    "connection closed"
+                } else {
+                    "connection closed mid-frame"
+                };
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, what).into());
+            }
+        }
+    }
+}
+
+/// Whether an error is the connection's doing (closed, reset, refused, timed out): the request
+/// can be retried on a new connection, possibly to another broker.
+pub fn is_connection_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().is_some()
+            || c.downcast_ref::<tokio::time::error::Elapsed>().is_some()
+    })
 }
 
 /// Versions the broker supports, from ApiVersions.
@@ -137,15 +205,20 @@ impl Conn {
         self.correlation
     }
 
-    /// Sends one request and waits for its response.
+    /// Sends one request and waits for its response (at most [`ADMIN_TIMEOUT`]).
     pub async fn call<R: Request>(&mut self, req: &R, version: i16) -> Result<R::Response> {
         let correlation = self.next_correlation();
         let mut buf = BytesMut::with_capacity(256);
         encode_request(&mut buf, req, version, correlation, &self.client_id)?;
-        self.stream.write_all(&buf).await?;
-        read_frame(&mut self.stream, &mut self.rbuf)
+        let exchange = async {
+            self.stream.write_all(&buf).await?;
+            read_frame(&mut self.stream, &mut self.rbuf).await
+        };
+        tokio::time::timeout(ADMIN_TIMEOUT, exchange)
             .await
-            .with_context(|| format!("reading {:?} response from {}", R::KEY, self.addr))?;
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+            .with_context(|| format!("{:?} request to {}", R::KEY, self.addr))?;
         let mut body = self.rbuf.split().freeze();
         decode_response::<R>(&mut body, version, correlation)
     }
@@ -191,15 +264,14 @@ pub fn decode_response<R: Request>(
     R::Response::decode(body, version)
 }
 
-fn topic_name(t: &str) -> TopicName {
+pub fn topic_name(t: &str) -> TopicName {
     TopicName(StrBytes::from_string(t.to_string()))
 }
 
 /// Where a topic's partitions live.
 #[derive(Clone, Debug)]
 pub struct Layout {
-    pub topic: String,
-    /// Leader broker id of each partition, indexed by partition id.
+    /// Leader broker id of each partition, indexed by partition id; -1 while it has none.
     pub leaders: Vec<i32>,
     /// Advertised `host:port` of each broker.
     pub brokers: BTreeMap<i32, String>,
@@ -210,12 +282,19 @@ impl Layout {
         self.leaders.len() as u32
     }
 
+    /// The leader's address, if the partition has a leader this layout can reach.
+    pub fn leader_of(&self, partition: u32) -> Option<&str> {
+        let id = *self.leaders.get(partition as usize)?;
+        self.brokers.get(&id).map(String::as_str)
+    }
+
     pub fn leader_addr(&self, partition: u32) -> Result<&str> {
-        let id = self.leaders[partition as usize];
-        self.brokers
-            .get(&id)
-            .map(String::as_str)
-            .ok_or_else(|| anyhow!("partition {partition}: leader {id} not among the brokers"))
+        self.leader_of(partition).ok_or_else(|| {
+            anyhow!(
+                "partition {partition}: no reachable leader (leader id {})",
+                self.leaders.get(partition as usize).copied().unwrap_or(-1)
+            )
+        })
     }
 
     /// Partitions grouped by leader address.
@@ -244,17 +323,18 @@ async fn metadata(conn: &mut Conn, topics: Option<&[&str]>) -> Result<MetadataRe
     conn.call(&req, version).await
 }
 
-/// The topic's layout, or `None` if the broker does not know the topic.
+/// The topic's layout, or `None` if the broker does not know the topic. A topic whose leaders are
+/// being elected (LEADER_NOT_AVAILABLE) comes back with no leaders.
 pub async fn describe(conn: &mut Conn, topic: &str) -> Result<Option<Layout>> {
     let resp = metadata(conn, Some(&[topic])).await?;
     let Some(t) = resp.topics.first() else {
         return Ok(None);
     };
-    if t.error_code == ERR_UNKNOWN_TOPIC_OR_PARTITION {
+    if t.error_code == UNKNOWN_TOPIC_OR_PARTITION {
         return Ok(None);
     }
-    if t.error_code != 0 {
-        bail!("metadata for {topic}: error {}", t.error_code);
+    if t.error_code != 0 && t.error_code != LEADER_NOT_AVAILABLE {
+        bail!("metadata for {topic}: {}", describe_error(t.error_code));
     }
     let n = t.partitions.len();
     let mut leaders = vec![-1; n];
@@ -270,11 +350,7 @@ pub async fn describe(conn: &mut Conn, topic: &str) -> Result<Option<Layout>> {
         .iter()
         .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
         .collect();
-    Ok(Some(Layout {
-        topic: topic.to_string(),
-        leaders,
-        brokers,
-    }))
+    Ok(Some(Layout { leaders, brokers }))
 }
 
 /// Creates the topic; an existing topic is fine. Sent to the controller when Metadata names one
@@ -317,42 +393,74 @@ pub async fn create_topic(
         .ok_or_else(|| anyhow!("CreateTopics: empty response"))?;
     match r.error_code {
         0 => Ok(true),
-        ERR_TOPIC_ALREADY_EXISTS => Ok(false),
+        TOPIC_ALREADY_EXISTS => Ok(false),
         code => bail!(
-            "CreateTopics {topic}: error {code} {}",
+            "CreateTopics {topic}: {} {}",
+            describe_error(code),
             r.error_message.as_ref().map(|m| m.as_str()).unwrap_or("")
         ),
     }
 }
 
-/// Finds the topic, creating it first when asked to or when it does not exist, and waits until
-/// every partition has a leader.
-pub async fn prepare_topic(
-    bootstrap: &str,
-    topic: &str,
-    create: bool,
-    partitions: Option<u32>,
-    replication_factor: i16,
-    client_id: &str,
-) -> Result<Layout> {
-    let mut conn = Conn::open(bootstrap, client_id).await?;
-    let existing = if create {
-        None
-    } else {
-        describe(&mut conn, topic).await?
-    };
-    if existing.is_none() {
-        let n = partitions.unwrap_or(8);
-        let created = create_topic(&mut conn, topic, n, replication_factor, client_id).await?;
-        if created {
-            eprintln!(
-                "created topic {topic} ({n} partitions, replication factor {replication_factor})"
-            );
+/// One topic's current layout for a run, refreshed from Metadata when a request says the leader
+/// moved (or a connection to it failed), and the run's retry policy and retry counts.
+pub struct Router {
+    bootstrap: String,
+    pub client_id: String,
+    pub topic: String,
+    pub policy: RetryPolicy,
+    pub stats: RetryStats,
+    layout: Mutex<Arc<Layout>>,
+    /// When the layout was last refreshed (unix ns).
+    refreshed_ns: AtomicU64,
+    /// One refresh at a time; holds the admin connection between refreshes.
+    refresher: tokio::sync::Mutex<Option<Conn>>,
+}
+
+impl Router {
+    /// Finds the topic, creating it first when asked to or when it does not exist, and waits
+    /// (within the retry timeout) until every partition has a leader.
+    pub async fn prepare(
+        bootstrap: &str,
+        topic: &str,
+        create: bool,
+        partitions: Option<u32>,
+        replication_factor: i16,
+        client_id: &str,
+        policy: RetryPolicy,
+    ) -> Result<Arc<Router>> {
+        let mut conn = Conn::open(bootstrap, client_id).await?;
+        let existing = if create {
+            None
+        } else {
+            describe(&mut conn, topic).await?
+        };
+        if existing.is_none() {
+            let n = partitions.unwrap_or(8);
+            let created = create_topic(&mut conn, topic, n, replication_factor, client_id).await?;
+            if created {
+                eprintln!(
+                    "created topic {topic} ({n} partitions, replication factor {replication_factor})"
+                );
+            }
         }
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(layout) = describe(&mut conn, topic).await? {
+        let router = Arc::new(Router {
+            bootstrap: bootstrap.to_string(),
+            client_id: client_id.to_string(),
+            topic: topic.to_string(),
+            policy,
+            stats: RetryStats::default(),
+            layout: Mutex::new(Arc::new(Layout {
+                leaders: Vec::new(),
+                brokers: BTreeMap::new(),
+            })),
+            refreshed_ns: AtomicU64::new(0),
+            refresher: tokio::sync::Mutex::new(Some(conn)),
+        });
+        let started = now_ns();
+        let mut attempt = 0;
+        loop {
+            let layout = router.refresh().await;
             if !layout.leaders.is_empty() && layout.leaders.iter().all(|&l| l >= 0) {
                 if let Some(want) = partitions {
                     if want != layout.partitions() {
@@ -362,64 +470,251 @@ pub async fn prepare_topic(
                         );
                     }
                 }
-                return Ok(layout);
+                return Ok(router);
+            }
+            attempt += 1;
+            let backoff = policy.backoff(attempt);
+            let waited = Duration::from_nanos(now_ns() - started);
+            if waited + backoff > policy.timeout {
+                bail!(
+                    "topic {topic}: partitions still without a leader after {:.1} s ({} of {} \
+                     have none); raise --retry-timeout-secs if the cluster needs longer",
+                    waited.as_secs_f64(),
+                    layout.leaders.iter().filter(|&&l| l < 0).count(),
+                    layout.leaders.len()
+                );
+            }
+            router
+                .stats
+                .add(Op::Metadata, Reason::Error(LEADER_NOT_AVAILABLE), 1);
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// The layout as last seen.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.lock().expect("lock").clone()
+    }
+
+    /// Asks for fresh metadata and returns the new layout. Callers that arrive while a refresh is
+    /// under way share its answer. If no broker answers, the last layout stays (a caller then
+    /// fails to reach the old leader and retries later, within its retry timeout).
+    pub async fn refresh(&self) -> Arc<Layout> {
+        let asked = now_ns();
+        let mut slot = self.refresher.lock().await;
+        if self.refreshed_ns.load(Relaxed) >= asked {
+            return self.layout(); // refreshed while we waited for the lock
+        }
+        let old = self.layout();
+        let mut candidates: Vec<String> = Vec::new();
+        if let Some(c) = slot.as_ref() {
+            candidates.push(c.addr.clone());
+        }
+        candidates.push(self.bootstrap.clone());
+        candidates.extend(old.brokers.values().cloned());
+        candidates.dedup();
+        for addr in candidates {
+            let conn = match slot.take() {
+                Some(c) if c.addr == addr => c,
+                _ => match Conn::open(&addr, &self.client_id).await {
+                    Ok(c) => c,
+                    Err(_) => continue,
+                },
+            };
+            let mut conn = conn;
+            match describe(&mut conn, &self.topic).await {
+                Ok(found) => {
+                    let mut layout = found.unwrap_or_else(|| Layout {
+                        // Not known (being recreated?): no leaders, callers keep waiting.
+                        leaders: vec![-1; old.leaders.len()],
+                        brokers: old.brokers.clone(),
+                    });
+                    // A run keeps the partitions it started with.
+                    if !old.leaders.is_empty() {
+                        layout.leaders.resize(old.leaders.len(), -1);
+                    }
+                    let layout = Arc::new(layout);
+                    *self.layout.lock().expect("lock") = layout.clone();
+                    self.refreshed_ns.store(now_ns(), Relaxed);
+                    *slot = Some(conn);
+                    return layout;
+                }
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    eprintln!("metadata refresh from {addr}: {e:#}");
+                    continue;
+                }
             }
         }
-        if tokio::time::Instant::now() > deadline {
-            bail!("topic {topic}: partitions still without a leader after 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.stats.add(Op::Metadata, Reason::ConnectionClosed, 1);
+        old
     }
 }
 
 pub const EARLIEST: i64 = -2;
 pub const LATEST: i64 = -1;
 
-/// Offsets at `timestamp` (EARLIEST or LATEST) of the given partitions, asking each leader.
-pub async fn list_offsets(
-    layout: &Layout,
-    partitions: &[u32],
+/// One ListOffsets request to `addr`: (partition, error code, offset) per partition answered.
+async fn list_offsets_at(
+    addr: &str,
+    topic: &str,
+    parts: &[u32],
     timestamp: i64,
     client_id: &str,
+) -> Result<Vec<(u32, i16, i64)>> {
+    let mut conn = Conn::open(addr, client_id).await?;
+    let version = conn.versions.pick(ApiKey::ListOffsets, 1, 7)?;
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(
+                parts
+                    .iter()
+                    .map(|&p| {
+                        list_offsets_request::ListOffsetsPartition::default()
+                            .with_partition_index(p as i32)
+                            .with_current_leader_epoch(-1)
+                            .with_timestamp(timestamp)
+                    })
+                    .collect(),
+            )]);
+    let resp = conn.call(&req, version).await?;
+    Ok(resp
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| (p.partition_index as u32, p.error_code, p.offset))
+        .collect())
+}
+
+/// Offsets at `timestamp` (EARLIEST or LATEST) of the given partitions, asking each leader.
+/// Retriable errors and failed connections are retried after a metadata refresh, with backoff,
+/// within the retry timeout.
+pub async fn list_offsets(
+    router: &Router,
+    partitions: &[u32],
+    timestamp: i64,
 ) -> Result<HashMap<u32, i64>> {
+    let topic = &router.topic;
+    let policy = router.policy;
+    let started = now_ns();
     let mut out = HashMap::new();
-    for (addr, parts) in layout.by_leader(partitions)? {
-        let mut conn = Conn::open(&addr, client_id).await?;
-        let version = conn.versions.pick(ApiKey::ListOffsets, 1, 7)?;
-        let req = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
-                .with_name(topic_name(&layout.topic))
-                .with_partitions(
-                    parts
-                        .iter()
-                        .map(|&p| {
-                            list_offsets_request::ListOffsetsPartition::default()
-                                .with_partition_index(p as i32)
-                                .with_current_leader_epoch(-1)
-                                .with_timestamp(timestamp)
-                        })
-                        .collect(),
-                )]);
-        let resp = conn.call(&req, version).await?;
-        for t in &resp.topics {
-            for p in &t.partitions {
-                if p.error_code != 0 {
-                    bail!(
-                        "ListOffsets {}-{} at {addr}: error {}",
-                        layout.topic,
-                        p.partition_index,
-                        p.error_code
-                    );
-                }
-                out.insert(p.partition_index as u32, p.offset);
+    let mut pending: Vec<u32> = partitions.to_vec();
+    let mut attempt = 0u32;
+    loop {
+        let layout = if attempt == 0 {
+            router.layout()
+        } else {
+            router.refresh().await
+        };
+        let mut failed: Vec<(u32, Reason, String)> = Vec::new();
+        let mut by_leader: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for &p in &pending {
+            match layout.leader_of(p) {
+                Some(addr) => by_leader.entry(addr.to_string()).or_default().push(p),
+                None => failed.push((
+                    p,
+                    Reason::Error(LEADER_NOT_AVAILABLE),
+                    "no leader in metadata".into(),
+                )),
             }
         }
+        for (addr, parts) in by_leader {
+            match list_offsets_at(&addr, topic, &parts, timestamp, &router.client_id).await {
+                Ok(answers) => {
+                    for &(p, code, offset) in &answers {
+                        if !parts.contains(&p) {
+                            continue;
+                        }
+                        if code == 0 {
+                            out.insert(p, offset);
+                        } else if is_retriable(code) {
+                            failed.push((p, Reason::Error(code), format!("at {addr}")));
+                        } else {
+                            bail!(
+                                "ListOffsets {topic}-{p} at {addr}: {}",
+                                describe_error(code)
+                            );
+                        }
+                    }
+                    for &p in &parts {
+                        if !answers.iter().any(|a| a.0 == p) {
+                            bail!("ListOffsets at {addr}: no answer for {topic}-{p}");
+                        }
+                    }
+                }
+                Err(e) if is_connection_error(&e) => {
+                    for &p in &parts {
+                        failed.push((p, Reason::ConnectionClosed, format!("{e:#}")));
+                    }
+                }
+                Err(e) => return Err(e.context(format!("ListOffsets at {addr}"))),
+            }
+        }
+        if failed.is_empty() {
+            return Ok(out);
+        }
+        for (_, reason, _) in &failed {
+            router.stats.add(Op::ListOffsets, *reason, 1);
+        }
+        attempt += 1;
+        let backoff = policy.backoff(attempt);
+        let waited = Duration::from_nanos(now_ns() - started);
+        if waited + backoff > policy.timeout {
+            let (p, reason, detail) = &failed[0];
+            bail!(
+                "ListOffsets {topic}-{p}: still failing ({}, {detail}) after {:.1} s and {attempt} \
+                 attempts; raise --retry-timeout-secs if the cluster needs longer",
+                reason.label(),
+                waited.as_secs_f64()
+            );
+        }
+        pending = failed.into_iter().map(|f| f.0).collect();
+        pending.sort_unstable();
+        pending.dedup();
+        tokio::time::sleep(backoff).await;
     }
-    for p in partitions {
-        if !out.contains_key(p) {
-            bail!("ListOffsets: no answer for partition {p}");
+}
+
+/// A broker's limit on one record batch: `max.message.bytes` of the topic (which defaults to the
+/// broker's `message.max.bytes`), or the broker's own when the topic's cannot be read. `None`
+/// when the broker does not answer DescribeConfigs (not every Kafka-compatible broker does).
+pub async fn max_message_bytes(router: &Router) -> Option<(usize, String)> {
+    let layout = router.layout();
+    let addr = layout.leader_of(0).unwrap_or(&router.bootstrap).to_string();
+    let mut conn = Conn::open(&addr, &router.client_id).await.ok()?;
+    let version = conn.versions.pick(ApiKey::DescribeConfigs, 1, 4).ok()?;
+    let broker_id = layout.leaders.first().copied().unwrap_or(0).max(0);
+    let resources = [
+        (2i8, router.topic.clone(), "max.message.bytes"),
+        (4i8, broker_id.to_string(), "message.max.bytes"),
+    ];
+    for (kind, name, key) in resources {
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(kind)
+                .with_resource_name(StrBytes::from_string(name.clone()))
+                .with_configuration_keys(Some(vec![StrBytes::from_static_str(key)])),
+        ]);
+        let Ok(resp) = conn.call(&req, version).await else {
+            return None;
+        };
+        let found = resp
+            .results
+            .iter()
+            .filter(|r| r.error_code == 0)
+            .flat_map(|r| r.configs.iter())
+            .find(|c| c.name.as_str() == key)
+            .and_then(|c| c.value.as_ref()?.as_str().parse::<usize>().ok());
+        if let Some(v) = found {
+            let whose = if kind == 2 {
+                format!("topic {name}")
+            } else {
+                format!("broker {name}")
+            };
+            return Some((v, format!("{key} of {whose}")));
         }
     }
-    Ok(out)
+    None
 }

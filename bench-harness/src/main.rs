@@ -6,25 +6,33 @@
 //! ## Layout
 //!
 //! - `cli`: the command line (clap).
-//! - `client`: connections, framing, ApiVersions negotiation, Metadata, CreateTopics, ListOffsets.
+//! - `client`: connections, framing, ApiVersions negotiation, Metadata, CreateTopics, ListOffsets,
+//!   DescribeConfigs; the `Router` that refreshes a topic's leaders when a request says they moved.
+//! - `retry`: which errors are retried, backoff, and the per-error retry counts a run reports.
 //! - `wire`: hand-written RecordBatch v2 and Produce request encoders for the hot path; batch
 //!   header parsing for the fetch path.
 //! - `producer`: per-partition batching, pipelined Produce requests, response readers.
-//! - `consumer`: pipelined Fetch for disjoint partition groups, header-only record counting.
+//! - `consumer`: pipelined Fetch for disjoint partition groups, incremental fetch sessions,
+//!   header-only record counting; partitions follow their leader when it moves.
 //! - `schedule`, `timer`: the open-loop send schedule and the sub-millisecond timer behind it.
 //! - `payload`: precomputed payloads and keys, the send-time stamp, Kafka's murmur2 partitioner.
 //! - `stats`, `usage`: counters, HdrHistogram latency, CPU and memory from /proc.
+//! - `lateness`: how late the harness's own event loop and open-loop schedule run.
 //! - `run`: produce / consume / e2e runs and their reports; `compare`: interleaved A/B runs.
-//! - `null_broker`: a broker that stores nothing, for the harness's own ceiling.
+//! - `null_broker`: a broker that stores nothing, for the harness's own ceiling; it can also play
+//!   a cluster in trouble (leader elections, dropped connections, a batch size limit, lost fetch
+//!   sessions) for the integration tests in `tests/`.
 
 mod cli;
 mod client;
 mod clock;
 mod compare;
 mod consumer;
+mod lateness;
 mod null_broker;
 mod payload;
 mod producer;
+mod retry;
 mod run;
 mod schedule;
 mod stats;

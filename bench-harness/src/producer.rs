@@ -6,32 +6,43 @@
 //! they are encoded when a request is built, directly into the request buffer, so each payload
 //! byte is copied once by the harness. Request buffers are pooled and come back from the reader
 //! once the response is in (they are kept until then so a failed batch can be resent).
+//!
+//! Failures a Kafka producer rides out are retried the same way here: a batch answered with a
+//! retriable error (the leader moved, the topic is new, too few replicas for now), or in flight
+//! on a connection that closed or stopped answering, is sent again after a metadata refresh,
+//! possibly to another broker, with an exponential backoff, until it has been failing for
+//! `--retry-timeout-secs`. A resent batch keeps its records' original times, so its latency
+//! counts from the first send (the delay is not hidden), and it is counted once, when acked.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ProduceResponse, ResponseHeader};
 use kafka_protocol::protocol::Decodable;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Notify};
 
 use crate::cli::{KeyDist, ProduceOpts};
-use crate::client::{is_retriable, read_frame, Conn, Layout};
+use crate::client::{is_connection_error, Conn, FrameReader, Router};
 use crate::clock::{self, now_ns};
+use crate::lateness::Lateness;
 use crate::payload::{self, Keys, Payloads, Rng};
+use crate::retry::{describe_error, is_retriable, Op, Reason, MESSAGE_TOO_LARGE};
 use crate::schedule::Schedule;
-use crate::stats::{record_ns, Live, Tally};
+use crate::stats::{new_hist, record_ns, Live, Tally};
 use crate::timer::PreciseTimer;
 use crate::wire::{self, ProduceWriter, RecordSpec, BATCH_HEADER_LEN};
 
 /// What every producer of a run shares.
 pub struct Plan {
     pub opts: ProduceOpts,
-    pub layout: Layout,
+    pub router: Arc<Router>,
+    pub partitions: u32,
     pub client_id: String,
     pub payloads: Payloads,
     pub keys: Keys,
@@ -44,11 +55,17 @@ pub struct Plan {
     /// Measured records for all producers together (count runs).
     pub messages: Option<u64>,
     pub live: Arc<Live>,
+    /// Where the open loop's send lag goes.
+    pub lateness: Arc<Lateness>,
 }
 
 impl Plan {
     fn stamped(&self) -> bool {
         self.opts.message_size >= wire::STAMP_LEN
+    }
+
+    fn topic(&self) -> &str {
+        &self.router.topic
     }
 }
 
@@ -63,9 +80,13 @@ struct Queued {
 const NO_KEY: u32 = u32::MAX;
 
 struct Part {
-    conn: usize,
+    /// The connection to the partition's leader; `None` while it has no (reachable) leader.
+    conn: Option<usize>,
     recs: Vec<Queued>,
+    /// In its connection's `nonempty` list.
     queued: bool,
+    /// Since when the partition has had no reachable leader (unix ns).
+    unroutable_since: Option<u64>,
 }
 
 /// One partition's batch within an in-flight request.
@@ -74,7 +95,10 @@ struct SentPart {
     partition: i32,
     batch: std::ops::Range<usize>,
     times: std::ops::Range<usize>,
+    /// 0 for a first send.
     attempt: u32,
+    /// When this batch first failed (unix ns); meaningless on a first send.
+    first_error_ns: u64,
 }
 
 /// A request awaiting its response, with what is needed to account for it or resend parts.
@@ -91,6 +115,7 @@ struct Retry {
     batch: Bytes,
     times: Vec<u64>,
     attempt: u32,
+    first_error_ns: u64,
     not_before_ns: u64,
 }
 
@@ -102,9 +127,10 @@ struct Shared {
     notify: Notify,
     /// Responses processed, for the no-progress watchdog.
     responses: std::sync::atomic::AtomicU64,
-    in_flight: Vec<AtomicUsize>,
     failure: Mutex<Option<String>>,
-    retries: Mutex<Vec<(usize, Retry)>>,
+    retries: Mutex<Vec<Retry>>,
+    /// Connections whose reader stopped (closed, reset, no answer); their requests are retries.
+    broken: Mutex<Vec<usize>>,
     spares: Mutex<Vec<Spare>>,
 }
 
@@ -115,85 +141,100 @@ impl Shared {
     }
 }
 
+/// The retry of one batch of `inf` that failed for `reason`, or why the run must stop (it has
+/// been failing for longer than the retry timeout).
+fn make_retry(
+    plan: &Plan,
+    inf: &InFlight,
+    sp: &SentPart,
+    reason: Reason,
+    now: u64,
+) -> Result<Retry, String> {
+    let policy = plan.router.policy;
+    let first_error_ns = if sp.attempt == 0 {
+        now
+    } else {
+        sp.first_error_ns
+    };
+    let attempt = sp.attempt + 1;
+    let failing_ns = now.saturating_sub(first_error_ns);
+    if failing_ns > policy.timeout_ns() {
+        return Err(format!(
+            "produce to {}-{}: still failing ({}) after {:.1} s and {} attempts; raise \
+             --retry-timeout-secs if the cluster needs longer",
+            plan.topic(),
+            sp.partition,
+            reason.label(),
+            failing_ns as f64 / 1e9,
+            attempt
+        ));
+    }
+    plan.router.stats.add(Op::Produce, reason, 1);
+    plan.live.retries.fetch_add(1, Relaxed);
+    Ok(Retry {
+        partition: sp.partition,
+        batch: Bytes::copy_from_slice(&inf.buf[sp.batch.clone()]),
+        times: inf.times[sp.times.clone()].to_vec(),
+        attempt,
+        first_error_ns,
+        not_before_ns: now + policy.backoff_ns(attempt),
+    })
+}
+
+/// Every batch of a request that never got an answer, as retries.
+fn requeue(plan: &Plan, inf: &InFlight, reason: Reason, now: u64) -> Result<Vec<Retry>, String> {
+    inf.parts
+        .iter()
+        .map(|sp| make_retry(plan, inf, sp, reason, now))
+        .collect()
+}
+
 struct ConnState {
     addr: String,
-    writer: OwnedWriteHalf,
+    /// `None` once the connection broke; a new one is opened for the leader on refresh.
+    writer: Option<OwnedWriteHalf>,
     version: i16,
     tx: Option<mpsc::UnboundedSender<InFlight>>,
+    in_flight: Arc<AtomicUsize>,
     /// Partitions with queued records, in arrival order (drained round-robin).
     nonempty: VecDeque<u32>,
-    retries: VecDeque<Retry>,
-    reader: Option<tokio::task::JoinHandle<Result<Tally>>>,
+}
+
+impl ConnState {
+    fn alive(&self) -> bool {
+        self.writer.is_some()
+    }
 }
 
 /// Runs producer `index` of `count` to completion; returns what it measured.
 pub async fn run(plan: Arc<Plan>, index: usize, count: usize) -> Result<Tally> {
-    let opts = &plan.opts;
-    let nparts = plan.layout.partitions();
-    let all: Vec<u32> = (0..nparts).collect();
-    let by_leader = plan.layout.by_leader(&all)?;
-
+    let nparts = plan.partitions;
     let shared = Arc::new(Shared {
         notify: Notify::new(),
         responses: Default::default(),
-        in_flight: (0..by_leader.len()).map(|_| AtomicUsize::new(0)).collect(),
         failure: Mutex::new(None),
         retries: Mutex::new(Vec::new()),
+        broken: Mutex::new(Vec::new()),
         spares: Mutex::new(Vec::new()),
     });
-
-    let mut parts: Vec<Part> = (0..nparts)
-        .map(|_| Part {
-            conn: usize::MAX,
-            recs: Vec::new(),
-            queued: false,
-        })
-        .collect();
-    let mut conns = Vec::new();
-    for (ci, (addr, ps)) in by_leader.into_iter().enumerate() {
-        for &p in &ps {
-            parts[p as usize].conn = ci;
-        }
-        let conn = Conn::open(&addr, &plan.client_id).await?;
-        let version = conn.versions.pick(
-            ApiKey::Produce,
-            wire::PRODUCE_MIN_VERSION,
-            wire::PRODUCE_MAX_VERSION,
-        )?;
-        let (rd, writer) = conn.stream.into_split();
-        let (tx, reader) = if opts.acks.0 == 0 {
-            (None, None) // acks=0: the broker sends no response
-        } else {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let ctx = ReaderCtx {
-                conn: ci,
-                version,
-                shared: shared.clone(),
-                plan: plan.clone(),
-            };
-            let h = tokio::spawn(read_responses(
-                BufReader::with_capacity(64 << 10, rd),
-                rx,
-                ctx,
-            ));
-            (Some(tx), Some(h))
-        };
-        conns.push(ConnState {
-            addr,
-            writer,
-            version,
-            tx,
-            nonempty: VecDeque::new(),
-            retries: VecDeque::new(),
-            reader,
-        });
-    }
-
+    let opts = &plan.opts;
     let mut p = Producer {
         plan: plan.clone(),
         shared: shared.clone(),
-        parts,
-        conns,
+        parts: (0..nparts)
+            .map(|_| Part {
+                conn: None,
+                recs: Vec::new(),
+                queued: false,
+                unroutable_since: None,
+            })
+            .collect(),
+        conns: Vec::new(),
+        readers: Vec::new(),
+        retries: VecDeque::new(),
+        refresh_needed: false,
+        refresh_attempt: 0,
+        next_refresh_ns: 0,
         rng: Rng::new(0x5eed ^ (index as u64).wrapping_mul(0x9e37_79b9)),
         sticky: index as u32 % nparts,
         rec_size: RecordSpec::size_estimate(plan.keys.max_len(), opts.message_size),
@@ -206,27 +247,33 @@ pub async fn run(plan: Arc<Plan>, index: usize, count: usize) -> Result<Tally> {
         measured: 0,
         seq: 0,
         gen_done: false,
+        send_lag: new_hist(),
     };
-    let result = p.drive(index, count).await;
+    let layout = plan.router.layout();
+    let result = match p.route(&layout).await {
+        Ok(()) => p.drive(index, count).await,
+        Err(e) => Err(e),
+    };
+    plan.lateness.add_send_lag(&p.send_lag);
 
     // Close the request channels so readers finish, then collect what they measured.
     let mut tally = std::mem::take(&mut p.acks0_tally);
     for c in &mut p.conns {
         c.tx = None;
-        let _ = c.writer.shutdown().await;
+        if let Some(w) = c.writer.as_mut() {
+            let _ = w.shutdown().await;
+        }
     }
     let mut reader_err = None;
-    for c in &mut p.conns {
-        if let Some(h) = c.reader.take() {
-            if result.is_err() {
-                h.abort(); // it may be waiting for a response that will never come
-                continue;
-            }
-            match h.await {
-                Ok(Ok(t)) => tally.merge(&t),
-                Ok(Err(e)) => reader_err = Some(e.context(format!("reading from {}", c.addr))),
-                Err(e) => reader_err = Some(anyhow!("reader task: {e}")),
-            }
+    for (addr, h) in p.readers.drain(..) {
+        if result.is_err() {
+            h.abort(); // it may be waiting for a response that will never come
+            continue;
+        }
+        match h.await {
+            Ok(Ok(t)) => tally.merge(&t),
+            Ok(Err(e)) => reader_err = Some(e.context(format!("reading from {addr}"))),
+            Err(e) => reader_err = Some(anyhow!("reader task: {e}")),
         }
     }
     result?;
@@ -241,6 +288,14 @@ struct Producer {
     shared: Arc<Shared>,
     parts: Vec<Part>,
     conns: Vec<ConnState>,
+    /// Every reader task this producer started, live or finished, with its broker's address.
+    readers: Vec<(String, tokio::task::JoinHandle<Result<Tally>>)>,
+    /// Batches to resend, in the order they failed.
+    retries: VecDeque<Retry>,
+    /// Some partition needs a new leader (an error said so, or its connection broke).
+    refresh_needed: bool,
+    refresh_attempt: u32,
+    next_refresh_ns: u64,
     rng: Rng,
     /// Partition receiving unkeyed records until its batch is full.
     sticky: u32,
@@ -253,6 +308,8 @@ struct Producer {
     measured: u64,
     seq: u64,
     gen_done: bool,
+    /// Open loop: how late requests were written after they were due, µs.
+    send_lag: hdrhistogram::Histogram<u64>,
 }
 
 impl Producer {
@@ -300,8 +357,10 @@ impl Producer {
             key: key.unwrap_or(NO_KEY),
         });
         if !part.queued {
-            part.queued = true;
-            self.conns[part.conn].nonempty.push_back(p);
+            if let Some(ci) = part.conn {
+                part.queued = true;
+                self.conns[ci].nonempty.push_back(p);
+            }
         }
         self.seq += 1;
         if t_ns >= self.plan.measure_start_ns {
@@ -319,6 +378,146 @@ impl Producer {
             self.gen_done = true;
         }
         self.gen_done
+    }
+
+    /// The live connection to `addr`, opened (with its reader task) if there is none.
+    async fn conn_for(&mut self, addr: &str) -> Result<usize> {
+        if let Some(ci) = self.conns.iter().position(|c| c.alive() && c.addr == addr) {
+            return Ok(ci);
+        }
+        let conn = Conn::open(addr, &self.plan.client_id).await?;
+        let version = conn.versions.pick(
+            ApiKey::Produce,
+            wire::PRODUCE_MIN_VERSION,
+            wire::PRODUCE_MAX_VERSION,
+        )?;
+        let ci = self.conns.len();
+        let (rd, writer) = conn.stream.into_split();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let tx = if self.plan.opts.acks.0 == 0 {
+            None // acks=0: the broker sends no response
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let ctx = ReaderCtx {
+                conn: ci,
+                addr: addr.to_string(),
+                version,
+                in_flight: in_flight.clone(),
+                shared: self.shared.clone(),
+                plan: self.plan.clone(),
+            };
+            let h = tokio::spawn(read_responses(FrameReader::new(rd, 64 << 10), rx, ctx));
+            self.readers.push((addr.to_string(), h));
+            Some(tx)
+        };
+        self.conns.push(ConnState {
+            addr: addr.to_string(),
+            writer: Some(writer),
+            version,
+            tx,
+            in_flight,
+            nonempty: VecDeque::new(),
+        });
+        Ok(ci)
+    }
+
+    /// Points every partition at its leader's connection in `layout`, opening connections as
+    /// needed. A partition without a reachable leader waits for the next refresh.
+    async fn route(&mut self, layout: &crate::client::Layout) -> Result<()> {
+        let now = now_ns();
+        let mut unroutable = false;
+        // A broker that cannot be reached is tried once per refresh, not once per partition.
+        let mut unreachable: Vec<String> = Vec::new();
+        for p in 0..self.parts.len() as u32 {
+            let want = layout.leader_of(p).map(str::to_string);
+            let current = self.parts[p as usize]
+                .conn
+                .filter(|&ci| self.conns[ci].alive())
+                .map(|ci| self.conns[ci].addr.clone());
+            if want.is_some() && current == want {
+                continue;
+            }
+            if let Some(ci) = self.parts[p as usize].conn.take() {
+                self.conns[ci].nonempty.retain(|&q| q != p);
+            }
+            self.parts[p as usize].queued = false;
+            let routed = match want {
+                Some(addr) if !unreachable.contains(&addr) => match self.conn_for(&addr).await {
+                    Ok(ci) => Some(ci),
+                    Err(e) if is_connection_error(&e) => {
+                        unreachable.push(addr);
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
+                _ => None,
+            };
+            let part = &mut self.parts[p as usize];
+            match routed {
+                Some(ci) => {
+                    part.conn = Some(ci);
+                    part.unroutable_since = None;
+                    if !part.recs.is_empty() {
+                        part.queued = true;
+                        self.conns[ci].nonempty.push_back(p);
+                    }
+                }
+                None => {
+                    unroutable = true;
+                    let since = *part.unroutable_since.get_or_insert(now);
+                    let policy = self.plan.router.policy;
+                    if now - since > policy.timeout_ns() {
+                        bail!(
+                            "produce to {}-{p}: no reachable leader for {:.1} s; raise \
+                             --retry-timeout-secs if the cluster needs longer",
+                            self.plan.topic(),
+                            (now - since) as f64 / 1e9
+                        );
+                    }
+                }
+            }
+        }
+        let policy = self.plan.router.policy;
+        self.refresh_needed = unroutable;
+        if unroutable {
+            self.refresh_attempt += 1;
+            self.next_refresh_ns = now + policy.backoff_ns(self.refresh_attempt);
+        } else {
+            self.refresh_attempt = 0;
+            // At most one refresh per initial backoff, however many errors arrive.
+            self.next_refresh_ns = now + policy.initial.as_nanos() as u64;
+        }
+        Ok(())
+    }
+
+    /// Takes in what the readers handed back: batches to retry, connections that broke.
+    fn collect_failures(&mut self) {
+        let retries: Vec<Retry> = std::mem::take(&mut *self.shared.retries.lock().expect("lock"));
+        if !retries.is_empty() {
+            self.refresh_needed = true;
+            self.retries.extend(retries);
+        }
+        let broken: Vec<usize> = std::mem::take(&mut *self.shared.broken.lock().expect("lock"));
+        for ci in broken {
+            self.mark_broken(ci);
+        }
+    }
+
+    /// Stops using connection `ci`; its partitions are routed again on the next refresh.
+    fn mark_broken(&mut self, ci: usize) {
+        let c = &mut self.conns[ci];
+        c.writer = None;
+        c.tx = None;
+        for p in c.nonempty.drain(..) {
+            self.parts[p as usize].queued = false;
+        }
+        for part in &mut self.parts {
+            if part.conn == Some(ci) {
+                part.conn = None;
+            }
+        }
+        self.refresh_needed = true;
+        self.next_refresh_ns = 0; // at once: the leader may have moved
     }
 
     async fn drive(&mut self, index: usize, count: usize) -> Result<()> {
@@ -339,7 +538,11 @@ impl Producer {
             if let Some(msg) = self.shared.failure.lock().expect("lock").take() {
                 bail!(msg);
             }
-            self.collect_retries();
+            self.collect_failures();
+            if self.refresh_needed && now_ns() >= self.next_refresh_ns {
+                let layout = self.plan.router.refresh().await;
+                self.route(&layout).await?;
+            }
 
             // 1. Generate what is due (open loop) or what fits (max rate).
             let mut blocked = false;
@@ -395,7 +598,9 @@ impl Producer {
             // 2. Send whatever is ready on every connection with room in its window.
             let mut sent_any = false;
             for ci in 0..self.conns.len() {
-                while self.shared.in_flight[ci].load(Relaxed) < opts.max_in_flight {
+                while self.conns[ci].alive()
+                    && self.conns[ci].in_flight.load(Relaxed) < opts.max_in_flight
+                {
                     if !self.send_one(ci, linger_ns).await? {
                         break;
                     }
@@ -404,13 +609,7 @@ impl Producer {
             }
 
             // 3. Done when everything generated has been answered.
-            let idle = self
-                .conns
-                .iter()
-                .all(|c| c.nonempty.is_empty() && c.retries.is_empty())
-                && self.shared.in_flight.iter().all(|f| f.load(Relaxed) == 0)
-                && self.shared.retries.lock().expect("lock").is_empty();
-            if self.gen_done && idle {
+            if self.gen_done && self.idle() {
                 return Ok(());
             }
 
@@ -437,17 +636,24 @@ impl Producer {
                 consider(s.at(next_i) + linger_ns);
                 consider(s.at(next_i + to_fill - 1));
             }
+            if self.refresh_needed {
+                consider(self.next_refresh_ns);
+            }
             let now = now_ns();
-            for (ci, c) in self.conns.iter().enumerate() {
-                if self.shared.in_flight[ci].load(Relaxed) >= opts.max_in_flight {
-                    continue; // an ack wakes us
-                }
+            let has_room =
+                |c: &ConnState| c.alive() && c.in_flight.load(Relaxed) < opts.max_in_flight;
+            for c in self.conns.iter().filter(|c| has_room(c)) {
                 for &p in &c.nonempty {
                     if let Some(first) = self.parts[p as usize].recs.first() {
                         consider(first.t_ns + linger_ns);
                     }
                 }
-                for r in &c.retries {
+            }
+            for r in &self.retries {
+                if self.parts[r.partition as usize]
+                    .conn
+                    .is_some_and(|ci| has_room(&self.conns[ci]))
+                {
                     consider(r.not_before_ns);
                 }
             }
@@ -464,11 +670,12 @@ impl Producer {
                     }
                 }
                 None => {
-                    // Only an ack can unblock us: watch for a broker that stopped answering.
+                    // Only an ack (or a reader giving up on its connection) can unblock us.
+                    // Readers time out on their own; this only catches a harness bug.
                     let before = self.shared.responses.load(Relaxed);
-                    let watchdog = std::time::Duration::from_millis(
-                        opts.request_timeout_ms.max(0) as u64 + 5_000,
-                    );
+                    let watchdog = Duration::from_millis(opts.request_timeout_ms.max(0) as u64)
+                        + self.plan.router.policy.timeout
+                        + Duration::from_secs(10);
                     tokio::select! {
                         _ = self.shared.notify.notified() => {}
                         _ = tokio::time::sleep(watchdog) => {
@@ -482,11 +689,12 @@ impl Producer {
         }
     }
 
-    fn collect_retries(&mut self) {
-        let mut q = self.shared.retries.lock().expect("lock");
-        for (ci, r) in q.drain(..) {
-            self.conns[ci].retries.push_back(r);
-        }
+    /// Nothing queued, nothing to retry, nothing in flight.
+    fn idle(&self) -> bool {
+        self.retries.is_empty()
+            && self.conns.iter().all(|c| c.in_flight.load(Relaxed) == 0)
+            && self.parts.iter().all(|p| p.recs.is_empty())
+            && self.shared.retries.lock().expect("lock").is_empty()
     }
 
     fn spare(&self) -> Spare {
@@ -512,13 +720,12 @@ impl Producer {
         let per_batch = self.records_per_batch();
 
         // Retries first, one partition per request.
-        let retry_due = self.conns[ci]
-            .retries
-            .front()
-            .is_some_and(|r| r.not_before_ns <= now);
+        let retry_at = self.retries.iter().position(|r| {
+            r.not_before_ns <= now && self.parts[r.partition as usize].conn == Some(ci)
+        });
 
         let mut chosen: Vec<u32> = Vec::new();
-        if !retry_due {
+        if retry_at.is_none() {
             let mut budget = opts.max_request_bytes;
             let c = &self.conns[ci];
             for &p in &c.nonempty {
@@ -548,9 +755,9 @@ impl Producer {
         sent.clear();
         self.correlation = self.correlation.wrapping_add(1);
         let correlation = self.correlation;
-        let topic = self.plan.layout.topic.clone();
+        let topic = self.plan.router.topic.clone();
         let version = self.conns[ci].version;
-        let nparts = if retry_due { 1 } else { chosen.len() };
+        let nparts = if retry_at.is_some() { 1 } else { chosen.len() };
         let mut w = ProduceWriter::begin(
             &mut buf,
             version,
@@ -561,8 +768,8 @@ impl Producer {
             &topic,
             nparts,
         );
-        if retry_due {
-            let r = self.conns[ci].retries.pop_front().expect("checked");
+        if let Some(at) = retry_at {
+            let r = self.retries.remove(at).expect("found above");
             let mark = w.begin_partition(&mut buf, r.partition, r.batch.len());
             buf.extend_from_slice(&r.batch);
             let (start, end) = w.end_partition(&mut buf, mark);
@@ -571,9 +778,27 @@ impl Producer {
                 batch: start..end,
                 times: 0..r.times.len(),
                 attempt: r.attempt,
+                first_error_ns: r.first_error_ns,
             });
             times.extend_from_slice(&r.times);
         } else {
+            if self.plan.lateness.open_loop() && !flushing {
+                // Due when the first of its batches filled or had lingered long enough.
+                let due = chosen
+                    .iter()
+                    .filter_map(|&p| {
+                        let recs = &self.parts[p as usize].recs;
+                        match recs.get(per_batch - 1) {
+                            Some(filled) => Some(filled.t_ns),
+                            None => recs.first().map(|r| r.t_ns + linger_ns),
+                        }
+                    })
+                    .min()
+                    .unwrap_or(now);
+                if due >= self.plan.measure_start_ns {
+                    record_ns(&mut self.send_lag, now.saturating_sub(due));
+                }
+            }
             let stamped = self.plan.stamped();
             for &p in &chosen {
                 let n = self.parts[p as usize].recs.len().min(per_batch);
@@ -602,6 +827,7 @@ impl Producer {
                     batch: start..end,
                     times: t0..times.len(),
                     attempt: 0,
+                    first_error_ns: 0,
                 });
                 let part = &mut self.parts[p as usize];
                 part.recs.drain(..n);
@@ -622,39 +848,58 @@ impl Producer {
         }
         w.finish(&mut buf);
 
-        self.shared.in_flight[ci].fetch_add(1, Relaxed);
         let c = &mut self.conns[ci];
-        c.writer
-            .write_all(&buf)
-            .await
-            .with_context(|| format!("writing Produce to {}", c.addr))?;
+        c.in_flight.fetch_add(1, Relaxed);
+        let inflight = InFlight {
+            correlation,
+            buf,
+            times,
+            parts: sent,
+        };
+        let writer = c.writer.as_mut().expect("send_one on a live connection");
+        if writer.write_all(&inflight.buf).await.is_err() {
+            // The connection broke: what was in flight on it comes back from its reader; this
+            // request is retried from here.
+            c.in_flight.fetch_sub(1, Relaxed);
+            self.mark_broken(ci);
+            self.requeue_here(inflight, Reason::ConnectionClosed)?;
+            return Ok(false);
+        }
         match &c.tx {
             Some(tx) => {
-                let inflight = InFlight {
-                    correlation,
-                    buf,
-                    times,
-                    parts: sent,
-                };
-                if tx.send(inflight).is_err() {
-                    // The reader ended: it stored why.
-                    let why = self.shared.failure.lock().expect("lock").take();
-                    bail!(why.unwrap_or_else(|| "response reader ended".into()));
+                if let Err(mpsc::error::SendError(inflight)) = tx.send(inflight) {
+                    // The reader stopped (connection closed or silent): it handed back what it
+                    // had; this one is retried from here.
+                    c.in_flight.fetch_sub(1, Relaxed);
+                    self.mark_broken(ci);
+                    self.requeue_here(inflight, Reason::ConnectionClosed)?;
+                    return Ok(false);
                 }
             }
             None => {
                 // acks=0: written is all there is; latency is to the end of the write.
                 let done = now_ns();
-                tally_acked(&mut self.acks0_tally, &self.plan, &times, done);
-                self.shared.in_flight[ci].fetch_sub(1, Relaxed);
-                self.shared
-                    .spares
-                    .lock()
-                    .expect("lock")
-                    .push((buf, times, sent));
+                tally_acked(&mut self.acks0_tally, &self.plan, &inflight.times, done);
+                c.in_flight.fetch_sub(1, Relaxed);
+                self.shared.spares.lock().expect("lock").push((
+                    inflight.buf,
+                    inflight.times,
+                    inflight.parts,
+                ));
             }
         }
         Ok(true)
+    }
+
+    fn requeue_here(&mut self, inf: InFlight, reason: Reason) -> Result<()> {
+        let retries = requeue(&self.plan, &inf, reason, now_ns()).map_err(|m| anyhow!(m))?;
+        self.retries.extend(retries);
+        self.shared
+            .spares
+            .lock()
+            .expect("lock")
+            .push((inf.buf, inf.times, inf.parts));
+        Ok(())
     }
 }
 
@@ -679,94 +924,81 @@ fn tally_acked(tally: &mut Tally, plan: &Plan, times: &[u64], now: u64) {
 
 struct ReaderCtx {
     conn: usize,
+    addr: String,
     version: i16,
+    in_flight: Arc<AtomicUsize>,
     shared: Arc<Shared>,
     plan: Arc<Plan>,
 }
 
+/// Why a reader stopped reading its connection.
+enum Stop {
+    /// The connection failed; these requests never got an answer.
+    Connection(Reason, Vec<InFlight>),
+    /// Something the run cannot continue from (a protocol error, a non-retriable error).
+    Fatal(anyhow::Error),
+}
+
 async fn read_responses(
-    mut rd: BufReader<OwnedReadHalf>,
+    mut rd: FrameReader<OwnedReadHalf>,
     mut rx: mpsc::UnboundedReceiver<InFlight>,
     ctx: ReaderCtx,
 ) -> Result<Tally> {
-    let result = read_loop(&mut rd, &mut rx, &ctx).await;
-    if let Err(e) = &result {
-        ctx.shared.fail(format!("{e:#}"));
+    let mut tally = Tally::default();
+    match read_loop(&mut rd, &mut rx, &ctx, &mut tally).await {
+        None => Ok(tally),
+        Some(Stop::Fatal(e)) => {
+            ctx.shared.fail(format!("{e:#}"));
+            Err(e)
+        }
+        Some(Stop::Connection(reason, mut lost)) => {
+            // Nothing more is accepted; what was already queued is lost with the connection.
+            rx.close();
+            while let Ok(inf) = rx.try_recv() {
+                lost.push(inf);
+            }
+            let now = now_ns();
+            let mut retries = Vec::new();
+            for inf in &lost {
+                match requeue(&ctx.plan, inf, reason, now) {
+                    Ok(r) => retries.extend(r),
+                    Err(msg) => ctx.shared.fail(msg),
+                }
+            }
+            ctx.shared.retries.lock().expect("lock").extend(retries);
+            ctx.shared.broken.lock().expect("lock").push(ctx.conn);
+            ctx.in_flight.fetch_sub(lost.len(), Relaxed);
+            ctx.shared.notify.notify_one();
+            Ok(tally)
+        }
     }
-    result
 }
 
 async fn read_loop(
-    rd: &mut BufReader<OwnedReadHalf>,
+    rd: &mut FrameReader<OwnedReadHalf>,
     rx: &mut mpsc::UnboundedReceiver<InFlight>,
     ctx: &ReaderCtx,
-) -> Result<Tally> {
-    let mut tally = Tally::default();
-    let mut rbuf = BytesMut::with_capacity(64 << 10);
+    tally: &mut Tally,
+) -> Option<Stop> {
     let header_version = ApiKey::Produce.response_header_version(ctx.version);
-    let retries_allowed = ctx.plan.opts.retries;
-    let backoff_ns = ctx.plan.opts.retry_backoff_ms * 1_000_000;
+    let plan = &*ctx.plan;
+    // A broker that holds a response this long is treated as gone (Kafka's request.timeout.ms).
+    let no_response =
+        Duration::from_millis(plan.opts.request_timeout_ms.max(0) as u64) + Duration::from_secs(5);
     while let Some(inf) = rx.recv().await {
-        read_frame(rd, &mut rbuf).await?;
-        let now = now_ns();
-        let mut s: &[u8] = &rbuf;
-        let header = ResponseHeader::decode(&mut s, header_version)?;
-        if header.correlation_id != inf.correlation {
-            bail!(
-                "Produce response correlation id {} != {}",
-                header.correlation_id,
-                inf.correlation
-            );
-        }
-        let resp = ProduceResponse::decode(&mut s, ctx.version)?;
-        let mut answered = 0usize;
-        for topic in &resp.responses {
-            for (i, pr) in topic.partition_responses.iter().enumerate() {
-                // Brokers answer in request order; fall back to a search if one does not.
-                let sp = match inf.parts.get(i) {
-                    Some(sp) if sp.partition == pr.index => sp,
-                    _ => match inf.parts.iter().find(|sp| sp.partition == pr.index) {
-                        Some(sp) => sp,
-                        None => continue,
-                    },
-                };
-                answered += 1;
-                let times = &inf.times[sp.times.clone()];
-                if pr.error_code == 0 {
-                    tally_acked(&mut tally, &ctx.plan, times, now);
-                    continue;
-                }
-                ctx.plan.live.errors.fetch_add(1, Relaxed);
-                if is_retriable(pr.error_code) && sp.attempt < retries_allowed {
-                    ctx.plan.live.retries.fetch_add(1, Relaxed);
-                    ctx.shared.retries.lock().expect("lock").push((
-                        ctx.conn,
-                        Retry {
-                            partition: sp.partition,
-                            batch: Bytes::copy_from_slice(&inf.buf[sp.batch.clone()]),
-                            times: times.to_vec(),
-                            attempt: sp.attempt + 1,
-                            not_before_ns: now + backoff_ns,
-                        },
-                    ));
-                } else {
-                    eprintln!(
-                        "produce to {}-{} failed: error {} ({} records dropped)",
-                        ctx.plan.layout.topic,
-                        sp.partition,
-                        pr.error_code,
-                        times.len()
-                    );
-                }
+        let frame = match tokio::time::timeout(no_response, rd.next()).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) if is_connection_error(&e) => {
+                return Some(Stop::Connection(Reason::ConnectionClosed, vec![inf]))
             }
+            Ok(Err(e)) => return Some(Stop::Fatal(e.context(format!("reading {}", ctx.addr)))),
+            Err(_) => return Some(Stop::Connection(Reason::NoResponse, vec![inf])),
+        };
+        let now = now_ns();
+        if let Err(e) = handle_response(ctx, &inf, frame, header_version, now, tally) {
+            return Some(Stop::Fatal(e));
         }
-        if answered < inf.parts.len() {
-            ctx.plan
-                .live
-                .errors
-                .fetch_add((inf.parts.len() - answered) as u64, Relaxed);
-        }
-        ctx.shared.in_flight[ctx.conn].fetch_sub(1, Relaxed);
+        ctx.in_flight.fetch_sub(1, Relaxed);
         ctx.shared.responses.fetch_add(1, Relaxed);
         ctx.shared.notify.notify_one();
         ctx.shared
@@ -775,11 +1007,89 @@ async fn read_loop(
             .expect("lock")
             .push((inf.buf, inf.times, inf.parts));
     }
-    Ok(tally)
+    None
+}
+
+fn handle_response(
+    ctx: &ReaderCtx,
+    inf: &InFlight,
+    frame: Bytes,
+    header_version: i16,
+    now: u64,
+    tally: &mut Tally,
+) -> Result<()> {
+    let plan = &*ctx.plan;
+    let mut s: &[u8] = &frame;
+    let header = ResponseHeader::decode(&mut s, header_version)?;
+    if header.correlation_id != inf.correlation {
+        bail!(
+            "Produce response correlation id {} != {}",
+            header.correlation_id,
+            inf.correlation
+        );
+    }
+    let resp = ProduceResponse::decode(&mut s, ctx.version)?;
+    let mut answered = vec![false; inf.parts.len()];
+    for topic in &resp.responses {
+        for (i, pr) in topic.partition_responses.iter().enumerate() {
+            // Brokers answer in request order; fall back to a search if one does not.
+            let at = match inf.parts.get(i) {
+                Some(sp) if sp.partition == pr.index => i,
+                _ => match inf.parts.iter().position(|sp| sp.partition == pr.index) {
+                    Some(at) => at,
+                    None => continue,
+                },
+            };
+            let sp = &inf.parts[at];
+            answered[at] = true;
+            let times = &inf.times[sp.times.clone()];
+            let code = pr.error_code;
+            if code == 0 {
+                tally_acked(tally, plan, times, now);
+            } else if is_retriable(code) {
+                let retry =
+                    make_retry(plan, inf, sp, Reason::Error(code), now).map_err(|m| anyhow!(m))?;
+                ctx.shared.retries.lock().expect("lock").push(retry);
+            } else if code == MESSAGE_TOO_LARGE {
+                let batch = sp.batch.len();
+                bail!(
+                    "produce to {}-{} at {}: {}: the broker refused a record batch of {batch} \
+                     bytes ({} records of --message-size {}, --batch-size {}). Raise the broker's \
+                     message.max.bytes (or the topic's max.message.bytes) above {batch}, or run \
+                     with a smaller --batch-size",
+                    plan.topic(),
+                    sp.partition,
+                    ctx.addr,
+                    describe_error(code),
+                    times.len(),
+                    plan.opts.message_size,
+                    plan.opts.batch_size,
+                );
+            } else {
+                bail!(
+                    "produce to {}-{} at {}: {} ({} records); not retriable",
+                    plan.topic(),
+                    sp.partition,
+                    ctx.addr,
+                    describe_error(code),
+                    times.len()
+                );
+            }
+        }
+    }
+    if let Some(at) = answered.iter().position(|a| !a) {
+        bail!(
+            "Produce response from {} has no answer for {}-{}",
+            ctx.addr,
+            plan.topic(),
+            inf.parts[at].partition
+        );
+    }
+    Ok(())
 }
 
 /// Builds the run's payloads and keys and checks options that would fail later.
-pub fn validate(opts: &ProduceOpts, _layout: &Layout) -> Result<()> {
+pub fn validate(opts: &ProduceOpts) -> Result<()> {
     opts.compression.check_available()?;
     if opts.producers == 0 || opts.max_in_flight == 0 {
         bail!("--producers and --max-in-flight must be at least 1");

@@ -11,15 +11,19 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cli::{
-    Common, ConsumeCmd, ConsumeOpts, E2eCmd, ProduceCmd, ProduceOpts, StartAt, StopOpts, Workload,
+    Common, ConsumeCmd, ConsumeOpts, E2eCmd, KeyDist, ProduceCmd, ProduceOpts, StartAt, StopOpts,
+    Workload,
 };
-use crate::client::{self, Layout};
+use crate::client::{self, Router};
 use crate::clock::now_ns;
 use crate::consumer;
+use crate::lateness::{self, HarnessLateness, Lateness};
 use crate::payload::{Keys, Payloads};
 use crate::producer;
+use crate::retry::{Op, RetrySummary};
 use crate::stats::{Figures, LatencySummary, Live, Tally};
 use crate::usage::{Sample, Usage};
+use crate::wire::{RecordSpec, BATCH_HEADER_LEN};
 
 /// Default run length when neither --messages nor --duration-secs is given.
 const DEFAULT_MESSAGES: u64 = 1_000_000;
@@ -39,25 +43,37 @@ pub struct Report {
     pub consume: Option<Figures>,
     /// Send time (carried in each payload) to receipt by a consumer.
     pub e2e_latency: Option<LatencySummary>,
+    /// Requests retried after retriable errors or failed connections, by request and reason.
+    pub retries: RetrySummary,
+    /// The broker's limit on one record batch, when it tells (DescribeConfigs).
+    pub batch_limit: Option<BatchLimit>,
+    /// How late the harness itself ran (its event loop, its open-loop schedule), µs.
+    pub harness_lateness: Option<HarnessLateness>,
+    /// Whether consumers used incremental fetch sessions, and how.
+    pub fetch_sessions: Option<consumer::FetchSessions>,
     pub usage: Option<Usage>,
     pub notes: Vec<String>,
 }
 
 impl Report {
-    fn new(workload: &str, common: &Common, layout: &Layout, config: serde_json::Value) -> Report {
+    fn new(workload: &str, common: &Common, router: &Router, config: serde_json::Value) -> Report {
         Report {
             tool: "bench-harness",
             version: env!("CARGO_PKG_VERSION"),
             workload: workload.to_string(),
             target: common.bootstrap.clone(),
             topic: common.topic.clone(),
-            partitions: layout.partitions(),
+            partitions: router.layout().partitions(),
             started_unix_ms: now_ns() / 1_000_000,
             warmup_secs: common.warmup_secs,
             config,
             produce: None,
             consume: None,
             e2e_latency: None,
+            retries: RetrySummary::default(),
+            batch_limit: None,
+            harness_lateness: None,
+            fetch_sessions: None,
             usage: None,
             notes: Vec::new(),
         }
@@ -89,12 +105,49 @@ impl Report {
         if let Some(l) = &self.e2e_latency {
             println!("end-to-end latency (send to receive): {}", l.line());
         }
+        println!("retries: {}", self.retries.line());
+        if let Some(l) = &self.batch_limit {
+            println!(
+                "broker limit on a record batch: {} = {} bytes; --batch-size {} used",
+                l.source, l.max_message_bytes, l.batch_size_used
+            );
+        }
+        if let Some(f) = &self.fetch_sessions {
+            println!("fetch sessions: {}", f.line());
+        }
+        if let Some(l) = &self.harness_lateness {
+            println!("harness lateness: {}", l.line());
+        }
         if let Some(u) = &self.usage {
             println!("{}", u.line());
         }
         for n in &self.notes {
             println!("note: {n}");
         }
+    }
+
+    /// Stops the ticker and reports what it and the producers measured.
+    fn set_lateness(&mut self, l: &Lateness, ticker: Option<tokio::task::JoinHandle<()>>) {
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        let summary = l.summary();
+        if let Some(n) = summary.stall_note() {
+            self.notes.push(n);
+        }
+        self.harness_lateness = Some(summary);
+    }
+
+    fn set_batch_limit(&mut self, limit: Option<BatchLimit>) {
+        if let Some(l) = &limit {
+            if l.batch_size_used < l.batch_size_requested {
+                self.notes.push(format!(
+                    "--batch-size {} capped to {} to fit the broker's {} = {}",
+                    l.batch_size_requested, l.batch_size_used, l.source, l.max_message_bytes
+                ));
+            }
+        }
+        self.batch_limit = limit;
     }
 
     pub fn write_json(&self, path: &std::path::Path) -> Result<()> {
@@ -117,26 +170,99 @@ fn secs_ns(s: f64) -> u64 {
     (s.max(0.0) * 1e9) as u64
 }
 
-async fn layout(common: &Common) -> Result<Layout> {
-    client::prepare_topic(
+async fn router(common: &Common) -> Result<Arc<Router>> {
+    Router::prepare(
         &common.bootstrap,
         &common.topic,
         common.create_topic,
         common.partitions,
         common.replication_factor,
         &common.client_id,
+        common.retry_policy(),
     )
     .await
+}
+
+/// What the broker allows in one record batch, and the batch size a run used because of it.
+#[derive(Debug, Serialize, Clone)]
+pub struct BatchLimit {
+    /// Largest record batch the broker accepts, bytes.
+    pub max_message_bytes: usize,
+    /// The setting it comes from, e.g. `max.message.bytes of topic w1`.
+    pub source: String,
+    pub batch_size_requested: usize,
+    pub batch_size_used: usize,
+}
+
+/// Reads the broker's limit on one record batch (if it answers DescribeConfigs) and caps
+/// `--batch-size` so that every batch fits: a batch holds `batch_size / record` records of at
+/// most `record` bytes (the upper-bound size the producer batches by) plus its 61-byte header.
+/// With Kafka's default `message.max.bytes` (1,048,588) the max-rate workloads' 1 MiB batches of
+/// 1 KiB records fit as they are (1,001 records, at most 1,048,108 bytes); larger records or a
+/// smaller limit get a smaller batch instead of MESSAGE_TOO_LARGE.
+async fn fit_batch_size(
+    router: &Router,
+    opts: &ProduceOpts,
+) -> Result<(ProduceOpts, Option<BatchLimit>)> {
+    let mut opts = opts.clone();
+    let Some((limit, source)) = client::max_message_bytes(router).await else {
+        return Ok((opts, None));
+    };
+    let key_len = (opts.key_dist != KeyDist::None).then_some(opts.key_size.max(1));
+    let record = RecordSpec::size_estimate(key_len, opts.message_size);
+    let requested = opts.batch_size;
+    opts.batch_size = batch_size_within(requested, record, limit).ok_or_else(|| {
+        anyhow::anyhow!(
+            "one record of --message-size {} (up to {record} bytes encoded, plus a \
+             {BATCH_HEADER_LEN}-byte batch header) does not fit the broker's {source} = {limit}; \
+             raise it or send smaller messages",
+            opts.message_size
+        )
+    })?;
+    if opts.batch_size != requested {
+        eprintln!(
+            "note: --batch-size {requested} does not fit the broker's {source} = {limit}: \
+             using {}",
+            opts.batch_size
+        );
+    }
+    Ok((
+        opts.clone(),
+        Some(BatchLimit {
+            max_message_bytes: limit,
+            source,
+            batch_size_requested: requested,
+            batch_size_used: opts.batch_size,
+        }),
+    ))
+}
+
+/// The batch size to use so that a batch of `batch_size / record` records of at most `record`
+/// bytes, plus its header, stays within `limit`: `batch_size` itself if it does, the largest
+/// whole number of records that does otherwise, `None` if not even one record fits.
+fn batch_size_within(batch_size: usize, record: usize, limit: usize) -> Option<usize> {
+    let room = limit.checked_sub(BATCH_HEADER_LEN)?;
+    if record > room {
+        return None;
+    }
+    let largest = (batch_size / record).max(1) * record + BATCH_HEADER_LEN;
+    Some(if largest <= limit {
+        batch_size
+    } else {
+        room / record * record
+    })
 }
 
 fn producer_plan(
     common: &Common,
     opts: &ProduceOpts,
     stop: &StopOpts,
-    layout: &Layout,
+    router: &Arc<Router>,
     start_ns: u64,
+    lateness: &Arc<Lateness>,
 ) -> Result<producer::Plan> {
-    producer::validate(opts, layout)?;
+    producer::validate(opts)?;
+    let partitions = router.layout().partitions();
     let measure_start_ns = start_ns + secs_ns(common.warmup_secs);
     let messages = match (stop.messages, stop.duration_secs) {
         (None, None) => Some(DEFAULT_MESSAGES),
@@ -144,14 +270,15 @@ fn producer_plan(
     };
     Ok(producer::Plan {
         opts: opts.clone(),
-        layout: layout.clone(),
+        router: router.clone(),
+        partitions,
         client_id: common.client_id.clone(),
         payloads: Payloads::new(opts.message_size, opts.payload, 0x7061_796c),
         keys: Keys::new(
             opts.key_dist,
             opts.key_count,
             opts.key_size,
-            layout.partitions(),
+            partitions,
             0x006b_6579,
         ),
         start_ns,
@@ -159,6 +286,7 @@ fn producer_plan(
         stop_ns: stop.duration_secs.map(|d| measure_start_ns + secs_ns(d)),
         messages,
         live: Arc::new(Live::default()),
+        lateness: lateness.clone(),
     })
 }
 
@@ -239,6 +367,14 @@ fn spawn_progress(
             if errors > 0 {
                 line += &format!(" | errors {errors}");
             }
+            let retries: u64 = [&produce, &consume]
+                .iter()
+                .filter_map(|l| l.as_ref())
+                .map(|l| l.retries.load(Relaxed))
+                .sum();
+            if retries > 0 {
+                line += &format!(" | retries {retries}");
+            }
             if elapsed >= 3.0 {
                 eprintln!("{line}");
             }
@@ -259,23 +395,28 @@ fn spawn_usage_start(pid: Option<u32>, at_ns: u64) -> tokio::task::JoinHandle<Sa
 }
 
 pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
-    let layout = layout(&cmd.common).await?;
+    let router = router(&cmd.common).await?;
+    let (popts, batch_limit) = fit_batch_size(&router, &cmd.produce).await?;
     let start_ns = now_ns() + 20_000_000;
+    let lateness = Lateness::new(cmd.common.lateness_tick_us, popts.rate.is_some());
     let plan = Arc::new(producer_plan(
         &cmd.common,
-        &cmd.produce,
+        &popts,
         &cmd.stop,
-        &layout,
+        &router,
         start_ns,
+        &lateness,
     )?);
+    let ticker = lateness::spawn_ticker(&lateness, plan.measure_start_ns);
     let mut report = Report::new(
         "produce",
         &cmd.common,
-        &layout,
+        &router,
         serde_json::json!({
             "common": cmd.common, "stop": cmd.stop, "produce": cmd.produce,
         }),
     );
+    report.set_batch_limit(batch_limit);
     let usage0 = spawn_usage_start(cmd.common.broker_pid, plan.measure_start_ns);
     let progress = spawn_progress(
         cmd.common.progress_secs,
@@ -298,6 +439,8 @@ pub async fn run_produce(cmd: &ProduceCmd) -> Result<Report> {
     );
     report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
     report.produce = Some(figs);
+    report.retries = router.stats.summary();
+    report.set_lateness(&lateness, ticker);
     add_notes(&mut report, Some(&cmd.produce), Some(&plan.live), None);
     Ok(report)
 }
@@ -315,11 +458,17 @@ fn add_notes(
             ),
             None => "max rate (closed loop): latency from record creation to ack".to_string(),
         });
-        if live.is_some_and(|l| l.overloaded.load(Relaxed)) {
+        if let Some(l) = live.filter(|l| l.overloaded.load(Relaxed)) {
+            let retries = l.retries.load(Relaxed);
             report.notes.push(format!(
-                "OVERLOADED: the open-loop schedule fell more than {} s behind, so generation stopped early; the target cannot sustain {} msgs/s",
+                "OVERLOADED: the open-loop schedule fell more than {} s behind, so generation stopped early; the target cannot sustain {} msgs/s{}",
                 p.max_lag_secs,
-                p.rate.unwrap_or_default()
+                p.rate.unwrap_or_default(),
+                if retries > 0 {
+                    format!(" (or was unavailable: {retries} produce retries)")
+                } else {
+                    String::new()
+                }
             ));
         }
         if p.acks.0 == 0 {
@@ -349,7 +498,7 @@ struct Reading {
 fn consumer_plan(
     common: &Common,
     opts: &ConsumeOpts,
-    layout: &Layout,
+    router: &Arc<Router>,
     r: Reading,
 ) -> Arc<consumer::Plan> {
     let Reading {
@@ -363,7 +512,8 @@ fn consumer_plan(
     let (stop_tx, _) = watch::channel(false);
     Arc::new(consumer::Plan {
         opts: opts.clone(),
-        layout: layout.clone(),
+        router: router.clone(),
+        partitions: router.layout().partitions(),
         client_id: common.client_id.clone(),
         start_offsets,
         end_offsets,
@@ -375,18 +525,9 @@ fn consumer_plan(
         measured: Default::default(),
         messages,
         stop_tx,
+        pool: Default::default(),
+        sessions: Default::default(),
     })
-}
-
-fn spawn_consumers(plan: &Arc<consumer::Plan>) -> Result<JoinSet<Result<Tally>>> {
-    let n = plan.opts.consumers;
-    let mut set = JoinSet::new();
-    for i in 0..n {
-        for (addr, groups) in consumer::assignments(plan, i, n)? {
-            set.spawn(consumer::run_conn(plan.clone(), addr, groups));
-        }
-    }
-    Ok(set)
 }
 
 /// Stops consumers at the deadline, or after `idle` without a record (once `armed` says so).
@@ -424,19 +565,19 @@ fn spawn_consume_monitor(
 pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
     consumer::validate(&cmd.consume)?;
     let common = &cmd.common;
-    let layout = layout(common).await?;
-    let all: Vec<u32> = (0..layout.partitions()).collect();
+    let router = router(common).await?;
+    let all: Vec<u32> = (0..router.layout().partitions()).collect();
     let ts = match cmd.consume.from {
         StartAt::Beginning => client::EARLIEST,
         StartAt::End => client::LATEST,
     };
-    let start_offsets = client::list_offsets(&layout, &all, ts, &common.client_id).await?;
+    let start_offsets = client::list_offsets(&router, &all, ts).await?;
     let to_end = cmd.to_end
         || (cmd.consume.from == StartAt::Beginning
             && cmd.stop.messages.is_none()
             && cmd.stop.duration_secs.is_none());
     let end_offsets = if to_end {
-        Some(client::list_offsets(&layout, &all, client::LATEST, &common.client_id).await?)
+        Some(client::list_offsets(&router, &all, client::LATEST).await?)
     } else {
         None
     };
@@ -446,10 +587,12 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
         .unwrap_or(0);
     let start_ns = now_ns();
     let measure_start_ns = start_ns + secs_ns(common.warmup_secs);
+    let lateness = Lateness::new(common.lateness_tick_us, false);
+    let ticker = lateness::spawn_ticker(&lateness, measure_start_ns);
     let plan = consumer_plan(
         common,
         &cmd.consume,
-        &layout,
+        &router,
         Reading {
             start_offsets,
             end_offsets,
@@ -462,7 +605,7 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
     let mut report = Report::new(
         "consume",
         common,
-        &layout,
+        &router,
         serde_json::json!({
             "common": common, "stop": cmd.stop, "consume": cmd.consume,
             "to_end": to_end, "e2e_latency": cmd.e2e_latency,
@@ -486,7 +629,8 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
         Duration::from_secs_f64(cmd.consume.idle_timeout_secs),
         armed,
     );
-    let tally = join_all(spawn_consumers(&plan)?).await;
+    consumer::start(&plan)?;
+    let tally = consumer::join(&plan).await;
     monitor.abort();
     let idled = monitor.await.unwrap_or(false);
     if let Some(p) = progress {
@@ -504,13 +648,16 @@ pub async fn run_consume(cmd: &ConsumeCmd) -> Result<Report> {
             None
         },
         plan.live.errors.load(Relaxed),
-        0,
+        router.stats.count(Op::Fetch),
     );
     if cmd.e2e_latency {
         report.e2e_latency = figs.latency.take();
     }
     report.usage = Some(Usage::between(&usage0.await?, &usage1, figs.bytes));
     report.consume = Some(figs);
+    report.fetch_sessions = Some(plan.fetch_sessions());
+    report.retries = router.stats.summary();
+    report.set_lateness(&lateness, ticker);
     if to_end {
         report.notes.push(format!(
             "catch-up read of {backlog} records (end offsets taken at start)"
@@ -532,24 +679,22 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
     if cmd.produce.message_size < crate::wire::STAMP_LEN {
         bail!("e2e needs --message-size of at least 16 (the send time travels in the payload)");
     }
-    let layout = layout(common).await?;
-    let all: Vec<u32> = (0..layout.partitions()).collect();
+    let router = router(common).await?;
+    let (popts, batch_limit) = fit_batch_size(&router, &cmd.produce).await?;
+    let all: Vec<u32> = (0..router.layout().partitions()).collect();
     // Consumers start at the end, so they see only this run's records.
-    let start_offsets =
-        client::list_offsets(&layout, &all, client::LATEST, &common.client_id).await?;
+    let start_offsets = client::list_offsets(&router, &all, client::LATEST).await?;
     // Leave the consumers time to connect and send their first fetch.
     let start_ns = now_ns() + 200_000_000;
+    let lateness = Lateness::new(common.lateness_tick_us, popts.rate.is_some());
     let pplan = Arc::new(producer_plan(
-        common,
-        &cmd.produce,
-        &cmd.stop,
-        &layout,
-        start_ns,
+        common, &popts, &cmd.stop, &router, start_ns, &lateness,
     )?);
+    let ticker = lateness::spawn_ticker(&lateness, pplan.measure_start_ns);
     let cplan = consumer_plan(
         common,
         &cmd.consume,
-        &layout,
+        &router,
         Reading {
             start_offsets,
             end_offsets: None,
@@ -562,11 +707,12 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
     let mut report = Report::new(
         "e2e",
         common,
-        &layout,
+        &router,
         serde_json::json!({
             "common": common, "stop": cmd.stop, "produce": cmd.produce, "consume": cmd.consume,
         }),
     );
+    report.set_batch_limit(batch_limit);
     let usage0 = spawn_usage_start(common.broker_pid, pplan.measure_start_ns);
     let progress = spawn_progress(
         common.progress_secs,
@@ -574,7 +720,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         Some(pplan.live.clone()),
         Some(cplan.live.clone()),
     );
-    let consumers = spawn_consumers(&cplan)?;
+    consumer::start(&cplan)?;
     let (armed_tx, armed) = watch::channel(false);
     let monitor = spawn_consume_monitor(
         cplan.clone(),
@@ -582,7 +728,10 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         Duration::from_secs_f64(cmd.consume.idle_timeout_secs),
         armed,
     );
-    let consumers_done = tokio::spawn(join_all(consumers));
+    let consumers_done = {
+        let cplan = cplan.clone();
+        tokio::spawn(async move { consumer::join(&cplan).await })
+    };
     let produced = join_all(spawn_producers(pplan.clone()).await).await;
     let produce_end = now_ns();
     if produced.is_err() {
@@ -624,7 +773,7 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         pplan.measure_start_ns,
         None,
         cplan.live.errors.load(Relaxed),
-        0,
+        router.stats.count(Op::Fetch),
     );
     report.e2e_latency = cfigs.latency.take();
     report.usage = Some(Usage::between(&usage0.await?, &usage1, pfigs.bytes));
@@ -640,6 +789,9 @@ pub async fn run_e2e(cmd: &E2eCmd) -> Result<Report> {
         ));
     }
     let _ = produce_end;
+    report.fetch_sessions = Some(cplan.fetch_sessions());
+    report.retries = router.stats.summary();
+    report.set_lateness(&lateness, ticker);
     report.produce = Some(pfigs);
     report.consume = Some(cfigs);
     add_notes(
@@ -678,6 +830,29 @@ mod tests {
             Cmd::E2e(c) => Workload::E2e(c),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn batch_sizes_fit_the_brokers_limit() {
+        let kafka_default = 1_048_588;
+        let record = RecordSpec::size_estimate(None, 1024); // W1's records
+        assert_eq!(record, 1047);
+        // W1's 1 MiB batches already fit Kafka's default: 1,001 records, 1,048,108 bytes.
+        assert_eq!(
+            batch_size_within(1 << 20, record, kafka_default),
+            Some(1 << 20)
+        );
+        // 8 KiB records: 128 of them would not, 127 do.
+        let big = RecordSpec::size_estimate(None, 8192);
+        let fit = batch_size_within(1 << 20, big, kafka_default).unwrap();
+        assert_eq!(fit / big, 127);
+        assert!(fit / big * big + BATCH_HEADER_LEN <= kafka_default);
+        // Smaller than the limit: unchanged; one record too big: none.
+        assert_eq!(
+            batch_size_within(65_536, record, kafka_default),
+            Some(65_536)
+        );
+        assert_eq!(batch_size_within(65_536, record, 1000), None);
     }
 
     /// Every workload runs end to end against the null broker, over real sockets, and counts

@@ -36,6 +36,31 @@ impl PreciseTimer {
         Ok(PreciseTimer { fd })
     }
 
+    /// A timer that fires every `period` from now on; see [`PreciseTimer::expirations`].
+    pub fn periodic(period: std::time::Duration) -> io::Result<PreciseTimer> {
+        let t = PreciseTimer::new()?;
+        let ts = libc::timespec {
+            tv_sec: period.as_secs() as libc::time_t,
+            tv_nsec: period.subsec_nanos().max(1) as libc::c_long,
+        };
+        let spec = libc::itimerspec {
+            it_interval: ts,
+            it_value: ts,
+        };
+        // SAFETY: valid descriptor and pointers to initialized structs for the call's duration.
+        let rc = unsafe { libc::timerfd_settime(t.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(t)
+    }
+
+    /// Waits for a periodic timer to fire; returns how many periods elapsed since the last call
+    /// (more than one when this task ran late).
+    pub async fn expirations(&mut self) -> io::Result<u64> {
+        self.read_expirations().await
+    }
+
     /// Sleeps until `deadline` (returns at once if it has passed).
     pub async fn sleep_until(&mut self, deadline: Instant) -> io::Result<()> {
         let now = Instant::now();
@@ -59,6 +84,10 @@ impl PreciseTimer {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        self.read_expirations().await.map(|_| ())
+    }
+
+    async fn read_expirations(&mut self) -> io::Result<u64> {
         loop {
             let mut guard = self.fd.readable().await?;
             let mut expirations = [0u8; 8];
@@ -71,7 +100,7 @@ impl PreciseTimer {
                 )
             };
             if n == 8 {
-                return Ok(());
+                return Ok(u64::from_ne_bytes(expirations));
             }
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::WouldBlock {
