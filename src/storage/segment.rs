@@ -294,7 +294,11 @@ impl Segment {
                 reason: "new segment file already exists".into(),
             });
         }
-        std::fs::rename(recycled, &log_path)?;
+        // A rename waits for the journal like a create (see `finish_create`).
+        let (from, to) = (recycled.to_path_buf(), log_path.clone());
+        glommio::executor()
+            .spawn_blocking(move || std::fs::rename(from, to))
+            .await?;
         let dma = OpenOptions::new()
             .read(true)
             .write(true)
@@ -309,10 +313,21 @@ impl Segment {
         log_path: &Path,
         dma: DmaFile,
     ) -> Result<(Segment, DmaFile), StorageError> {
-        let read_file = File::open(log_path)?;
         // Empty index files keep the directory looking like Kafka's; they are filled on close.
-        File::create(log_path.with_extension("index"))?;
-        File::create(log_path.with_extension("timeindex"))?;
+        // Created on the blocking thread: creating a file waits for room in the file system's
+        // journal, which a busy device can hold up for a long time.
+        let (index, time_index) = (
+            log_path.with_extension("index"),
+            log_path.with_extension("timeindex"),
+        );
+        let open_log = log_path.to_path_buf();
+        let read_file = glommio::executor()
+            .spawn_blocking(move || -> io::Result<File> {
+                File::create(index)?;
+                File::create(time_index)?;
+                File::open(open_log)
+            })
+            .await?;
         sync_dir(dir).await?;
         let segment = Segment::new(
             dir,
