@@ -243,6 +243,21 @@ impl Shard {
         log
     }
 
+    /// (`retention.ms`, `retention.bytes`) of a topic: its own settings, else the broker's.
+    pub fn retention_for(&self, topic: &TopicMetadata) -> (i64, i64) {
+        let get = |key: &str, default: i64| {
+            topic
+                .configs
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        (
+            get("retention.ms", self.config.log.retention_ms),
+            get("retention.bytes", self.config.log.retention_bytes),
+        )
+    }
+
     /// `min.insync.replicas` of a topic: its own setting, else the broker's.
     pub fn min_insync_replicas_for(&self, topic: &TopicMetadata) -> usize {
         topic
@@ -495,8 +510,20 @@ impl Shard {
 
     async fn enforce_retention(&self) {
         let now = now_ms();
+        let snapshot = self.metadata();
         for partition in self.owned_partitions() {
-            match partition.log.enforce_retention(now).await {
+            // The topic's current limits: an AlterConfigs since the log opened counts.
+            let limits = snapshot
+                .topic(&partition.topic)
+                .filter(|t| {
+                    partition.topic != crate::groups::OFFSETS_TOPIC && t.id == partition.topic_id
+                })
+                .map(|t| self.retention_for(t));
+            let deleted = match limits {
+                Some((ms, bytes)) => partition.log.enforce_retention_with(now, ms, bytes).await,
+                None => partition.log.enforce_retention(now).await,
+            };
+            match deleted {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(
                     topic = %partition.topic,
