@@ -351,6 +351,14 @@ fn topic_configs_are_altered_described_applied_and_survive_a_restart() {
         ("-1".into(), dynamic.clone())
     );
 
+    // Batches written under a max.message.bytes above the broker's message.max.bytes must stay
+    // readable: that limit may rise but not fall back.
+    let out = step("configs_raise_then_lower", &broker.addr, "roll");
+    assert_eq!(field(&out, "raise"), ["NONE"]);
+    assert_eq!(field(&out, "lower"), ["INVALID_CONFIG"]);
+    assert_eq!(field(&out, "delete"), ["INVALID_CONFIG"]);
+    assert_eq!(field(&out, "raise_more"), ["NONE"]);
+
     // A restart keeps every override (they live in the coordination log).
     broker.stop();
     let broker = Broker::start_in(tmp.path(), 2, &flags);
@@ -369,5 +377,9 @@ fn topic_configs_are_altered_described_applied_and_survive_a_restart() {
         ("60000".into(), dynamic)
     );
     let mut client = RawClient::connect(&broker.addr);
+    // The 4000-byte batch written before max.message.bytes went down to 1000 is still there:
+    // the limit is for produce, not for reading what the log holds.
+    assert_eq!(client.list_offset("cfg", 0, -1), (0, 1));
+    assert_eq!(fetch_at(&mut client, "cfg", 0), (0, 0, Some(0)));
     assert_eq!(client.produce("cfg", 0, batch(), 1).0, too_large);
 }

@@ -692,6 +692,7 @@ async fn alter_resources(
     validate_only: bool,
 ) -> Vec<AlterResult> {
     let node_id = shard.config.node_id;
+    let message_max = shard.config.message_max_bytes;
     coordinate(shard, move |coordinator| async move {
         let mut results = Vec::new();
         for r in resources {
@@ -699,6 +700,16 @@ async fn alter_resources(
                 Err(e)
             } else {
                 match r.resource_type {
+                    RESOURCE_TOPIC if lowers_log_bound(&coordinator, &r, replace, message_max) => {
+                        Err(ApiError::new(
+                            ResponseError::InvalidConfig,
+                            format!(
+                                "max.message.bytes of {} is above message.max.bytes ({message_max}) \
+                                 and cannot be lowered: the log reads its batches with that bound",
+                                r.name
+                            ),
+                        ))
+                    }
                     RESOURCE_TOPIC if validate_only => coordinator.check(|s| {
                         s.altered_topic_configs(&r.name, replace, &r.changes)
                             .map(|_| ())
@@ -744,6 +755,41 @@ async fn alter_resources(
         results
     })
     .await
+}
+
+/// Whether a change lowers a topic's `max.message.bytes` from above the broker's
+/// `message.max.bytes`: the topic's logs open with the larger of the two as the bound on batch
+/// lengths read from disk, so batches written under the higher limit would be unreadable (and
+/// cut by recovery) after a restart.
+fn lowers_log_bound(
+    coordinator: &Coordinator,
+    r: &AlterResource,
+    replace: bool,
+    message_max: usize,
+) -> bool {
+    let key = "max.message.bytes";
+    let current = coordinator.with_state(|s| {
+        s.topics
+            .get(&r.name)
+            .and_then(|t| t.configs.get(key))
+            .and_then(|v| v.parse::<usize>().ok())
+    });
+    let Some(current) = current.filter(|&c| c > message_max) else {
+        return false;
+    };
+    let mut next = if replace { None } else { Some(current) };
+    for change in &r.changes {
+        match change {
+            ConfigChange::Set { key: k, value } if k == key => match value.trim().parse() {
+                Ok(v) => next = Some(v),
+                // Refused by validation, with the reason.
+                Err(_) => return false,
+            },
+            ConfigChange::Delete { key: k } if k == key => next = None,
+            _ => {}
+        }
+    }
+    next.unwrap_or(message_max) < current
 }
 
 fn alter_response_entry(

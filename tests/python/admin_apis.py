@@ -222,7 +222,22 @@ def configs_retention_bytes(bootstrap, topic):
     print("result", admin.alter_configs([resource], incremental=False))
 
 
+def configs_raise_then_lower(bootstrap, topic):
+    """max.message.bytes above the broker's message.max.bytes may go up, not back down."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    SET, DELETE = AlterConfigOpType.SET, AlterConfigOpType.DELETE
+    for name, value, op in (
+        ("raise", "2000000", SET),
+        ("lower", "1500000", SET),
+        ("delete", None, DELETE),
+        ("raise_more", "3000000", SET),
+    ):
+        resource = incremental(topic, ("max.message.bytes", value, op))
+        print(name, config_error(admin.incremental_alter_configs([resource])[resource]))
+
+
 STEPS = {
+    "configs_raise_then_lower": configs_raise_then_lower,
     "configs_alter": configs_alter,
     "configs_delete": configs_delete,
     "configs_describe": configs_describe,
