@@ -353,11 +353,16 @@ fn topic_configs_are_altered_described_applied_and_survive_a_restart() {
 
     // Batches written under a max.message.bytes above the broker's message.max.bytes must stay
     // readable: that limit may rise but not fall back.
-    let out = step("configs_raise_then_lower", &broker.addr, "roll");
+    assert_eq!(client.create_topic("big", 1), 0);
+    let out = step("configs_raise_then_lower", &broker.addr, "big");
     assert_eq!(field(&out, "raise"), ["NONE"]);
     assert_eq!(field(&out, "lower"), ["INVALID_CONFIG"]);
     assert_eq!(field(&out, "delete"), ["INVALID_CONFIG"]);
     assert_eq!(field(&out, "raise_more"), ["NONE"]);
+    // Raised above the bound the log opened with: refused cleanly until the log reopens.
+    let huge = vec![6u8; 1_500_000];
+    let huge_batch = || raw::batch(&[&huge], None, Compression::None);
+    assert_eq!(client.produce("big", 0, huge_batch(), 1).0, too_large);
 
     // A restart keeps every override (they live in the coordination log).
     broker.stop();
@@ -377,6 +382,7 @@ fn topic_configs_are_altered_described_applied_and_survive_a_restart() {
         ("60000".into(), dynamic)
     );
     let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.produce("big", 0, huge_batch(), 1), (0, 0));
     // The 4000-byte batch written before max.message.bytes went down to 1000 is still there:
     // the limit is for produce, not for reading what the log holds.
     assert_eq!(client.list_offset("cfg", 0, -1), (0, 1));
