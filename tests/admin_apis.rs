@@ -389,3 +389,64 @@ fn topic_configs_are_altered_described_applied_and_survive_a_restart() {
     assert_eq!(fetch_at(&mut client, "cfg", 0), (0, 0, Some(0)));
     assert_eq!(client.produce("cfg", 0, batch(), 1).0, too_large);
 }
+
+/// DescribeConfigs v4 of one topic key on one broker: (value, source).
+fn describe_on(addr: &str, topic: &str, key: &str) -> (Option<String>, i8) {
+    let mut resource = describe_configs_request::DescribeConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = StrBytes::from_string(topic.into());
+    resource.configuration_keys = Some(vec![StrBytes::from_string(key.into())]);
+    let mut request = DescribeConfigsRequest::default();
+    request.resources = vec![resource];
+    let response = RawClient::connect(addr).call(4, &request);
+    let result = &response.results[0];
+    assert_eq!(result.error_code, 0, "{result:?}");
+    let entry = &result.configs[0];
+    (
+        entry.value.as_ref().map(|v| v.to_string()),
+        entry.config_source,
+    )
+}
+
+#[test]
+fn a_topic_config_change_reaches_every_broker_of_a_cluster() {
+    let cluster = common::cluster::Cluster::start(3, &[]);
+    let first = cluster.broker(0).addr.clone();
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(20), || RawClient::connect(
+            &first
+        )
+        .create_topic("spread", 3)
+            == 0),
+        "topic not created"
+    );
+    // IncrementalAlterConfigs on the wire, to broker 0.
+    let mut change = incremental_alter_configs_request::AlterableConfig::default();
+    change.name = StrBytes::from_string("retention.ms".into());
+    change.config_operation = 0;
+    change.value = Some(StrBytes::from_string("123456".into()));
+    let mut resource = incremental_alter_configs_request::AlterConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = StrBytes::from_string("spread".into());
+    resource.configs = vec![change];
+    let mut request = IncrementalAlterConfigsRequest::default();
+    request.resources = vec![resource];
+    let response = RawClient::connect(&first).call(1, &request);
+    assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+    // Every broker answers from its own copy of the coordination state.
+    for i in 0..3 {
+        let addr = cluster.broker(i).addr.clone();
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(10), || describe_on(
+                &addr,
+                "spread",
+                "retention.ms"
+            ) == (
+                Some("123456".into()),
+                1
+            )),
+            "broker {i} never saw the change: {:?}",
+            describe_on(&addr, "spread", "retention.ms")
+        );
+    }
+}
