@@ -1,5 +1,5 @@
 //! Admin APIs of issue 12 through real clients: ListOffsets MAX_TIMESTAMP (KIP-734),
-//! DeleteRecords, DescribeLogDirs.
+//! DeleteRecords, DescribeLogDirs, topic configs (Incremental/AlterConfigs, DescribeConfigs).
 
 mod common;
 
@@ -241,4 +241,212 @@ fn describe_log_dirs_lists_each_replica_with_its_size() {
         2,
         "only the directory lines: {out:?}"
     );
+}
+
+/// (key, value, source) of the `describe` lines of a configs step.
+fn described(lines: &[Vec<String>], key: &str) -> (String, String) {
+    let line = lines
+        .iter()
+        .find(|l| l.len() >= 4 && l[0] == "describe" && l[1] == key)
+        .unwrap_or_else(|| panic!("{key} not described in {lines:?}"));
+    (line[2].clone(), line[3].clone())
+}
+
+fn synonyms(lines: &[Vec<String>], key: &str) -> Vec<String> {
+    lines
+        .iter()
+        .find(|l| l.len() >= 2 && l[0] == "synonyms" && l[1] == key)
+        .unwrap_or_else(|| panic!("no synonyms of {key} in {lines:?}"))[2..]
+        .to_vec()
+}
+
+#[test]
+fn topic_configs_are_altered_described_applied_and_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("server.properties");
+    std::fs::write(&config, "log.retention.check.interval.ms=100\n").unwrap();
+    let flags = ["--config", config.to_str().unwrap()];
+    let mut broker = Broker::start_in(tmp.path(), 2, &flags);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("cfg", 1), 0);
+    let big = vec![5u8; 4000];
+    let batch = || raw::batch(&[&big], None, Compression::None);
+    assert_eq!(client.produce("cfg", 0, batch(), 1), (0, 0));
+
+    // confluent-kafka: SET two keys, then what must be refused, then describe.
+    let out = step("configs_alter", &broker.addr, "cfg");
+    assert_eq!(field(&out, "set"), ["NONE"]);
+    assert_eq!(field(&out, "bad_value"), ["INVALID_CONFIG"]);
+    assert_eq!(field(&out, "unknown_key"), ["INVALID_CONFIG"]);
+    assert_eq!(field(&out, "unknown_topic"), ["UNKNOWN_TOPIC_OR_PART"]);
+    assert_eq!(field(&out, "append_long"), ["INVALID_CONFIG"]);
+    // Broker configs are static here, as Kafka's read-only ones.
+    assert_eq!(field(&out, "broker"), ["INVALID_REQUEST"]);
+    assert_eq!(field(&out, "validate_only"), ["NONE"]);
+    let dynamic = "DYNAMIC_TOPIC_CONFIG".to_string();
+    assert_eq!(
+        described(&out, "retention.ms"),
+        ("60000".into(), dynamic.clone())
+    );
+    assert_eq!(
+        described(&out, "max.message.bytes"),
+        ("1000".into(), dynamic.clone())
+    );
+    // validate_only changed nothing.
+    assert_eq!(
+        described(&out, "retention.bytes"),
+        ("-1".into(), "DEFAULT_CONFIG".into())
+    );
+    // kafka-python with include_synonyms: the override, then the broker key it overrides.
+    assert_eq!(
+        synonyms(&out, "retention.ms"),
+        [
+            "retention.ms:DYNAMIC_TOPIC_CONFIG",
+            "log.retention.ms:DEFAULT_CONFIG"
+        ]
+    );
+
+    // The running partition takes the smaller max.message.bytes at once.
+    let too_large = ResponseError::MessageTooLarge.code();
+    assert_eq!(client.produce("cfg", 0, batch(), 1).0, too_large);
+
+    // DELETE: back to the broker default.
+    let out = step("configs_delete", &broker.addr, "cfg");
+    assert_eq!(field(&out, "delete"), ["NONE"]);
+    assert_eq!(
+        described(&out, "retention.ms"),
+        ("604800000".into(), "DEFAULT_CONFIG".into())
+    );
+
+    // A topic with many segments and no retention; kafka-python's AlterConfigs (which
+    // replaces every override, so it re-sends those it describes as DYNAMIC_TOPIC_CONFIG) sets
+    // retention.bytes: the running partition deletes its old segments.
+    let configs = [("segment.bytes", "20000"), ("retention.ms", "-1")];
+    assert_eq!(client.create_topic_with("roll", 1, &configs), 0);
+    for i in 0..60 {
+        assert_eq!(client.produce("roll", 0, batch(), 1), (0, i));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(client.list_offset("roll", 0, -2), (0, 0));
+    let out = step("configs_retention_bytes", &broker.addr, "roll");
+    assert_eq!(field(&out, "result"), ["{'topic':", "{'roll':", "'OK'}}"]);
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(20), || client
+            .list_offset("roll", 0, -2)
+            .1
+            > 0),
+        "retention.bytes set at run time deleted nothing"
+    );
+    let out = step("configs_describe", &broker.addr, "roll");
+    assert_eq!(
+        described(&out, "retention.bytes"),
+        ("60000".into(), dynamic.clone())
+    );
+    assert_eq!(
+        described(&out, "segment.bytes"),
+        ("20000".into(), dynamic.clone())
+    );
+    assert_eq!(
+        described(&out, "retention.ms"),
+        ("-1".into(), dynamic.clone())
+    );
+
+    // Batches written under a max.message.bytes above the broker's message.max.bytes must stay
+    // readable: that limit may rise but not fall back.
+    assert_eq!(client.create_topic("big", 1), 0);
+    let out = step("configs_raise_then_lower", &broker.addr, "big");
+    assert_eq!(field(&out, "raise"), ["NONE"]);
+    assert_eq!(field(&out, "lower"), ["INVALID_CONFIG"]);
+    assert_eq!(field(&out, "delete"), ["INVALID_CONFIG"]);
+    assert_eq!(field(&out, "raise_more"), ["NONE"]);
+    // Raised above the bound the log opened with: refused cleanly until the log reopens.
+    let huge = vec![6u8; 1_500_000];
+    let huge_batch = || raw::batch(&[&huge], None, Compression::None);
+    assert_eq!(client.produce("big", 0, huge_batch(), 1).0, too_large);
+
+    // A restart keeps every override (they live in the coordination log).
+    broker.stop();
+    let broker = Broker::start_in(tmp.path(), 2, &flags);
+    let out = step("configs_describe", &broker.addr, "cfg");
+    assert_eq!(
+        described(&out, "max.message.bytes"),
+        ("1000".into(), dynamic.clone())
+    );
+    assert_eq!(
+        described(&out, "retention.ms"),
+        ("604800000".into(), "DEFAULT_CONFIG".into())
+    );
+    let out = step("configs_describe", &broker.addr, "roll");
+    assert_eq!(
+        described(&out, "retention.bytes"),
+        ("60000".into(), dynamic)
+    );
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.produce("big", 0, huge_batch(), 1), (0, 0));
+    // The 4000-byte batch written before max.message.bytes went down to 1000 is still there:
+    // the limit is for produce, not for reading what the log holds.
+    assert_eq!(client.list_offset("cfg", 0, -1), (0, 1));
+    assert_eq!(fetch_at(&mut client, "cfg", 0), (0, 0, Some(0)));
+    assert_eq!(client.produce("cfg", 0, batch(), 1).0, too_large);
+}
+
+/// DescribeConfigs v4 of one topic key on one broker: (value, source).
+fn describe_on(addr: &str, topic: &str, key: &str) -> (Option<String>, i8) {
+    let mut resource = describe_configs_request::DescribeConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = StrBytes::from_string(topic.into());
+    resource.configuration_keys = Some(vec![StrBytes::from_string(key.into())]);
+    let mut request = DescribeConfigsRequest::default();
+    request.resources = vec![resource];
+    let response = RawClient::connect(addr).call(4, &request);
+    let result = &response.results[0];
+    assert_eq!(result.error_code, 0, "{result:?}");
+    let entry = &result.configs[0];
+    (
+        entry.value.as_ref().map(|v| v.to_string()),
+        entry.config_source,
+    )
+}
+
+#[test]
+fn a_topic_config_change_reaches_every_broker_of_a_cluster() {
+    let cluster = common::cluster::Cluster::start(3, &[]);
+    let first = cluster.broker(0).addr.clone();
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(20), || RawClient::connect(
+            &first
+        )
+        .create_topic("spread", 3)
+            == 0),
+        "topic not created"
+    );
+    // IncrementalAlterConfigs on the wire, to broker 0.
+    let mut change = incremental_alter_configs_request::AlterableConfig::default();
+    change.name = StrBytes::from_string("retention.ms".into());
+    change.config_operation = 0;
+    change.value = Some(StrBytes::from_string("123456".into()));
+    let mut resource = incremental_alter_configs_request::AlterConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = StrBytes::from_string("spread".into());
+    resource.configs = vec![change];
+    let mut request = IncrementalAlterConfigsRequest::default();
+    request.resources = vec![resource];
+    let response = RawClient::connect(&first).call(1, &request);
+    assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+    // Every broker answers from its own copy of the coordination state.
+    for i in 0..3 {
+        let addr = cluster.broker(i).addr.clone();
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(10), || describe_on(
+                &addr,
+                "spread",
+                "retention.ms"
+            ) == (
+                Some("123456".into()),
+                1
+            )),
+            "broker {i} never saw the change: {:?}",
+            describe_on(&addr, "spread", "retention.ms")
+        );
+    }
 }

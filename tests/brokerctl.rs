@@ -353,6 +353,42 @@ fn brokerctl_walkthrough() {
         None,
     );
     assert!(all.lines().count() > 1, "{all}");
+    let alter = |change: &[&str]| {
+        let mut args = vec![
+            "configs",
+            "--bootstrap-server",
+            b,
+            "--alter",
+            "--entity-type",
+            "topics",
+            "--entity-name",
+            "walk",
+        ];
+        args.extend_from_slice(change);
+        ok(&args, None)
+    };
+    let describe = || {
+        ok(
+            &[
+                "configs",
+                "--bootstrap-server",
+                b,
+                "--describe",
+                "--entity-type",
+                "topics",
+                "--entity-name",
+                "walk",
+            ],
+            None,
+        )
+    };
+    assert_eq!(
+        alter(&["--add-config", "retention.ms=1000"]),
+        "Completed updating config for topic walk.\n"
+    );
+    assert!(describe().contains("  retention.ms=1000\n"));
+    alter(&["--delete-config", "retention.ms"]);
+    assert!(!describe().contains("retention.ms"));
     let error = fails(&[
         "configs",
         "--bootstrap-server",
@@ -363,12 +399,9 @@ fn brokerctl_walkthrough() {
         "--entity-name",
         "walk",
         "--add-config",
-        "retention.ms=1000",
+        "retention.ms=soon",
     ]);
-    assert!(
-        error.contains("does not support IncrementalAlterConfigs"),
-        "{error}"
-    );
+    assert!(error.contains("INVALID_CONFIG"), "{error}");
 
     assert_eq!(
         run(topics(&["--delete", "--topic", "walk"])),

@@ -2101,6 +2101,9 @@ fn command_name(command: &Command) -> String {
              {partition_epoch} isr={isr:?}"
         ),
         Command::AllocateProducerIds { node_id } => format!("AllocateProducerIds {node_id}"),
+        Command::AlterTopicConfigs { name, changes, .. } => {
+            format!("AlterTopicConfigs {name} {changes:?}")
+        }
     }
 }
 

@@ -141,6 +141,81 @@ pub enum Command {
     AllocateProducerIds {
         node_id: i32,
     },
+    /// Changes a topic's config overrides (AlterConfigs / IncrementalAlterConfigs). With
+    /// `replace`, every override not set by `changes` is removed (AlterConfigs' semantics).
+    /// Refused as a whole when one change is invalid.
+    AlterTopicConfigs {
+        name: String,
+        replace: bool,
+        changes: Vec<ConfigChange>,
+    },
+}
+
+/// One change to a topic config override (IncrementalAlterConfigs' operations).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ConfigChange {
+    Set {
+        key: String,
+        value: String,
+    },
+    Delete {
+        key: String,
+    },
+    /// Adds items to a list-valued key (`cleanup.policy`), starting from its current value.
+    Append {
+        key: String,
+        value: String,
+    },
+    /// Removes items from a list-valued key.
+    Subtract {
+        key: String,
+        value: String,
+    },
+}
+
+/// Topic config keys whose value is a comma-separated list.
+pub const LIST_TOPIC_CONFIG_KEYS: &[&str] = &["cleanup.policy"];
+
+/// Checks (and normalises) a topic config value as Kafka's `LogConfig` would: the error is
+/// INVALID_CONFIG's message.
+pub fn validate_topic_config(key: &str, value: &str) -> Result<String, String> {
+    let invalid = |why: &str| format!("Invalid value {value} for configuration {key}: {why}");
+    let long_at_least = |min: i64| match value.trim().parse::<i64>() {
+        Ok(v) if v >= min => Ok(v.to_string()),
+        Ok(_) => Err(invalid(&format!("Value must be at least {min}"))),
+        Err(_) => Err(invalid("Not a number of type LONG")),
+    };
+    let int_at_least = |min: i64| match value.trim().parse::<i32>() {
+        Ok(v) if v as i64 >= min => Ok(v.to_string()),
+        Ok(_) => Err(invalid(&format!("Value must be at least {min}"))),
+        Err(_) => Err(invalid("Not a number of type INT")),
+    };
+    match key {
+        "retention.ms" | "retention.bytes" => long_at_least(-1),
+        // The storage layer's bounds (`LogConfig::validate`): a page to i32::MAX.
+        "segment.bytes" => int_at_least(crate::storage::PAGE_BYTES as i64),
+        "max.message.bytes" => int_at_least(0),
+        "min.insync.replicas" => int_at_least(1),
+        "cleanup.policy" => {
+            let items: Vec<&str> = value.split(',').map(str::trim).collect();
+            if items.iter().all(|i| *i == "delete") {
+                Ok("delete".into())
+            } else if items.iter().all(|i| ["delete", "compact"].contains(i)) {
+                Err(invalid("log compaction is not supported by this broker"))
+            } else {
+                Err(invalid("String must be one of: compact, delete"))
+            }
+        }
+        "message.timestamp.type" => match value {
+            "CreateTime" | "LogAppendTime" => Ok(value.into()),
+            _ => Err(invalid("String must be one of: CreateTime, LogAppendTime")),
+        },
+        "unclean.leader.election.enable" => match value.trim().to_ascii_lowercase().as_str() {
+            v @ ("true" | "false") => Ok(v.into()),
+            _ => Err(invalid("Expected value to be either true or false")),
+        },
+        _ => Err(format!("Unknown topic config name: {key}")),
+    }
 }
 
 /// What applying a command means for its proposer.
@@ -216,6 +291,22 @@ impl ClusterState {
                 partition_epoch,
                 isr,
             ),
+            Command::AlterTopicConfigs {
+                name,
+                replace,
+                changes,
+            } => match self.altered_topic_configs(&name, replace, &changes) {
+                Ok(configs) => {
+                    let topic = self.topics.get_mut(&name).expect("checked");
+                    if topic.configs == configs {
+                        // Nothing changed: no new version, no metadata to publish.
+                        return Outcome::Done;
+                    }
+                    topic.configs = configs;
+                    Outcome::Done
+                }
+                Err(refused) => refused,
+            },
             Command::AllocateProducerIds { node_id: _ } => {
                 let first = self.producer_id_block_end;
                 self.producer_id_block_end += PRODUCER_ID_BLOCK_SIZE;
@@ -422,6 +513,76 @@ impl ClusterState {
             }
         }
         self.check_partition_limit(topic.partitions as u64, max_partitions)
+    }
+
+    /// The config overrides `name` would have after `changes`, or why they are refused.
+    /// Pure: validate-only requests call it against the committed state.
+    pub fn altered_topic_configs(
+        &self,
+        name: &str,
+        replace: bool,
+        changes: &[ConfigChange],
+    ) -> Result<BTreeMap<String, String>, Outcome> {
+        let Some(topic) = self.topics.get(name) else {
+            return Err(Outcome::refused(
+                ResponseError::UnknownTopicOrPartition,
+                format!("Topic {name} does not exist"),
+            ));
+        };
+        let invalid = |m: String| Outcome::refused(ResponseError::InvalidConfig, m);
+        let mut configs = if replace {
+            BTreeMap::new()
+        } else {
+            topic.configs.clone()
+        };
+        for change in changes {
+            match change {
+                ConfigChange::Set { key, value } => {
+                    let value = validate_topic_config(key, value).map_err(invalid)?;
+                    configs.insert(key.clone(), value);
+                }
+                ConfigChange::Delete { key } => {
+                    if !TOPIC_CONFIG_KEYS.contains(&key.as_str()) {
+                        return Err(invalid(format!("Unknown topic config name: {key}")));
+                    }
+                    configs.remove(key);
+                }
+                ConfigChange::Append { key, value } | ConfigChange::Subtract { key, value } => {
+                    if !TOPIC_CONFIG_KEYS.contains(&key.as_str()) {
+                        return Err(invalid(format!("Unknown topic config name: {key}")));
+                    }
+                    if !LIST_TOPIC_CONFIG_KEYS.contains(&key.as_str()) {
+                        return Err(invalid(format!(
+                            "Config value append/subtract is not allowed for config key: {key}"
+                        )));
+                    }
+                    // The current value, else the broker default (only `delete` today).
+                    let current = configs.get(key).cloned().unwrap_or_else(|| "delete".into());
+                    let mut items: Vec<String> = current
+                        .split(',')
+                        .map(|i| i.trim().to_string())
+                        .filter(|i| !i.is_empty())
+                        .collect();
+                    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                        if matches!(change, ConfigChange::Append { .. }) {
+                            if !items.iter().any(|i| i == item) {
+                                items.push(item.to_string());
+                            }
+                        } else {
+                            items.retain(|i| i != item);
+                        }
+                    }
+                    if items.is_empty() {
+                        configs.remove(key);
+                    } else {
+                        let value =
+                            validate_topic_config(key, &items.join(",")).map_err(invalid)?;
+                        configs.insert(key.clone(), value);
+                    }
+                }
+            }
+        }
+        Ok(configs)
     }
 
     fn create_topic(&mut self, topic: NewTopic, max_partitions: u64) -> Outcome {
@@ -814,5 +975,100 @@ mod tests {
         let back: ClusterState =
             rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(&bytes).unwrap();
         assert_eq!(back, state);
+    }
+
+    fn set(key: &str, value: &str) -> ConfigChange {
+        ConfigChange::Set {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn refusal(outcome: Outcome) -> (ResponseError, String) {
+        match outcome {
+            Outcome::Refused { code, message } => (code, message),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn topic_configs_are_set_deleted_and_validated_as_a_whole() {
+        let mut state = three_brokers();
+        assert_eq!(state.apply(topic("t", 1, 1)), Outcome::Done);
+        let alter = |replace, changes| Command::AlterTopicConfigs {
+            name: "t".into(),
+            replace,
+            changes,
+        };
+        let version = state.version;
+        assert_eq!(
+            state.apply(alter(
+                false,
+                vec![
+                    set("retention.ms", "60000"),
+                    set("unclean.leader.election.enable", "TRUE")
+                ]
+            )),
+            Outcome::Done
+        );
+        assert_eq!(state.version, version + 1);
+        assert_eq!(state.topics["t"].configs["retention.ms"], "60000");
+        assert_eq!(
+            state.topics["t"].configs["unclean.leader.election.enable"],
+            "true"
+        );
+        // A bad value refuses the whole change: retention.ms stays as it was.
+        let (code, message) = refusal(state.apply(alter(
+            false,
+            vec![set("retention.ms", "1"), set("retention.bytes", "lots")],
+        )));
+        assert_eq!(code, ResponseError::InvalidConfig);
+        assert!(message.contains("retention.bytes"), "{message}");
+        assert_eq!(state.topics["t"].configs["retention.ms"], "60000");
+        let (code, _) = refusal(state.apply(alter(false, vec![set("no.such.key", "1")])));
+        assert_eq!(code, ResponseError::InvalidConfig);
+        let (code, _) = refusal(state.apply(alter(false, vec![set("min.insync.replicas", "0")])));
+        assert_eq!(code, ResponseError::InvalidConfig);
+        // Append/subtract only on list keys.
+        let (code, _) = refusal(state.apply(alter(
+            false,
+            vec![ConfigChange::Append {
+                key: "retention.ms".into(),
+                value: "1".into(),
+            }],
+        )));
+        assert_eq!(code, ResponseError::InvalidConfig);
+        assert_eq!(
+            state.apply(alter(
+                false,
+                vec![ConfigChange::Delete {
+                    key: "retention.ms".into()
+                }]
+            )),
+            Outcome::Done
+        );
+        assert!(!state.topics["t"].configs.contains_key("retention.ms"));
+        // AlterConfigs replaces every override.
+        assert_eq!(
+            state.apply(alter(true, vec![set("retention.bytes", "1024")])),
+            Outcome::Done
+        );
+        assert_eq!(
+            state.topics["t"].configs,
+            BTreeMap::from([("retention.bytes".to_string(), "1024".to_string())])
+        );
+        // The same change again changes nothing, not even the version.
+        let version = state.version;
+        assert_eq!(
+            state.apply(alter(true, vec![set("retention.bytes", "1024")])),
+            Outcome::Done
+        );
+        assert_eq!(state.version, version);
+        let (code, _) = refusal(state.apply(Command::AlterTopicConfigs {
+            name: "missing".into(),
+            replace: false,
+            changes: vec![],
+        }));
+        assert_eq!(code, ResponseError::UnknownTopicOrPartition);
     }
 }

@@ -1,5 +1,6 @@
 //! Administrative APIs: CreateTopics (19), DeleteTopics (20), CreatePartitions (37),
-//! DescribeConfigs (32), InitProducerId (22), DescribeCluster (60).
+//! DescribeConfigs (32), AlterConfigs (33), IncrementalAlterConfigs (44), InitProducerId (22),
+//! DescribeCluster (60).
 //!
 //! Changes go to the coordinator on shard 0, which makes them durable in the metadata log and
 //! publishes the new snapshot to every shard before the response is sent: when a client hears
@@ -22,7 +23,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::coordination::state_machine::{Command, NewTopic};
+use crate::coordination::state_machine::{Command, ConfigChange, NewTopic};
 use crate::coordination::Coordinator;
 use crate::protocol::ApiError;
 use crate::shard::Shard;
@@ -340,6 +341,7 @@ const RESOURCE_BROKER: i8 = 4;
 const CONFIG_SOURCE_TOPIC: i8 = 1;
 const CONFIG_SOURCE_STATIC_BROKER: i8 = 4;
 const CONFIG_SOURCE_DEFAULT: i8 = 5;
+const CONFIG_TYPE_BOOLEAN: i8 = 1;
 const CONFIG_TYPE_STRING: i8 = 2;
 const CONFIG_TYPE_INT: i8 = 3;
 const CONFIG_TYPE_LONG: i8 = 5;
@@ -390,6 +392,12 @@ fn topic_defaults(shard: &Shard) -> Vec<(&'static str, &'static str, String, i8)
             "CreateTime".to_string(),
             CONFIG_TYPE_STRING,
         ),
+        (
+            "unclean.leader.election.enable",
+            "unclean.leader.election.enable",
+            shard.config.unclean_leader_election_enable.to_string(),
+            CONFIG_TYPE_BOOLEAN,
+        ),
     ]
 }
 
@@ -432,11 +440,15 @@ fn broker_configs(shard: &Shard) -> Vec<(&'static str, String, i8)> {
             c.log.retention_bytes.to_string(),
             CONFIG_TYPE_LONG,
         ),
-        ("delete.topic.enable", c.delete_topic_enable.to_string(), 1),
+        (
+            "delete.topic.enable",
+            c.delete_topic_enable.to_string(),
+            CONFIG_TYPE_BOOLEAN,
+        ),
         (
             "auto.create.topics.enable",
             c.auto_create_topics_enable.to_string(),
-            1,
+            CONFIG_TYPE_BOOLEAN,
         ),
         (
             "message.max.bytes",
@@ -451,22 +463,49 @@ fn broker_configs(shard: &Shard) -> Vec<(&'static str, String, i8)> {
     ]
 }
 
-fn config_entry(
-    version: i16,
-    name: &str,
+/// One described config: (name, value, source, type, read-only, synonyms as (name, value,
+/// source), most specific first).
+struct Described {
+    name: &'static str,
     value: String,
     source: i8,
     config_type: i8,
+    read_only: bool,
+    synonyms: Vec<(&'static str, String, i8)>,
+}
+
+fn config_entry(
+    version: i16,
+    include_synonyms: bool,
+    d: Described,
 ) -> DescribeConfigsResourceResult {
     let mut entry = DescribeConfigsResourceResult::default();
-    entry.name = str(name);
-    entry.value = Some(str(value));
-    entry.read_only = version == 0 || source != CONFIG_SOURCE_TOPIC;
-    if version >= 1 {
-        entry.config_source = source;
+    entry.name = str(d.name);
+    entry.value = Some(str(d.value));
+    // v0 has no source: "is default" travels in its place.
+    entry.read_only = d.read_only;
+    entry.is_sensitive = false;
+    entry.config_source = if version == 0 {
+        (d.source == CONFIG_SOURCE_DEFAULT) as i8
+    } else {
+        d.source
+    };
+    if version >= 1 && include_synonyms {
+        entry.synonyms = d
+            .synonyms
+            .into_iter()
+            .map(|(name, value, source)| {
+                let mut s = describe_configs_response::DescribeConfigsSynonym::default();
+                s.name = str(name);
+                s.value = Some(str(value));
+                s.source = source;
+                s
+            })
+            .collect();
     }
     if version >= 3 {
-        entry.config_type = config_type;
+        entry.config_type = d.config_type;
+        entry.documentation = None;
     }
     entry
 }
@@ -477,6 +516,7 @@ pub async fn describe_configs(
     request: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
     let snapshot = shard.metadata();
+    let include_synonyms = request.include_synonyms;
     let mut response = DescribeConfigsResponse::default();
     response.results = request
         .resources
@@ -498,13 +538,27 @@ pub async fn describe_configs(
                         result.configs = topic_defaults(shard)
                             .into_iter()
                             .filter(|(key, ..)| wanted(key))
-                            .map(|(key, _, default, ty)| match topic.configs.get(key) {
-                                Some(v) => {
-                                    config_entry(version, key, v.clone(), CONFIG_SOURCE_TOPIC, ty)
-                                }
-                                None => {
-                                    config_entry(version, key, default, CONFIG_SOURCE_DEFAULT, ty)
-                                }
+                            .map(|(key, broker_key, default, ty)| {
+                                // Kafka lists the topic override, then the broker key it
+                                // overrides (static here: no dynamic broker configs).
+                                let mut synonyms = Vec::new();
+                                let (value, source) = match topic.configs.get(key) {
+                                    Some(v) => {
+                                        synonyms.push((key, v.clone(), CONFIG_SOURCE_TOPIC));
+                                        (v.clone(), CONFIG_SOURCE_TOPIC)
+                                    }
+                                    None => (default.clone(), CONFIG_SOURCE_DEFAULT),
+                                };
+                                synonyms.push((broker_key, default, CONFIG_SOURCE_DEFAULT));
+                                let described = Described {
+                                    name: key,
+                                    value,
+                                    source,
+                                    config_type: ty,
+                                    read_only: false,
+                                    synonyms,
+                                };
+                                config_entry(version, include_synonyms, described)
                             })
                             .collect();
                     }
@@ -518,7 +572,16 @@ pub async fn describe_configs(
                         .into_iter()
                         .filter(|(key, ..)| wanted(key))
                         .map(|(key, value, ty)| {
-                            config_entry(version, key, value, CONFIG_SOURCE_STATIC_BROKER, ty)
+                            let described = Described {
+                                name: key,
+                                value: value.clone(),
+                                source: CONFIG_SOURCE_STATIC_BROKER,
+                                config_type: ty,
+                                // No dynamic broker configs: every one is read-only.
+                                read_only: true,
+                                synonyms: vec![(key, value, CONFIG_SOURCE_STATIC_BROKER)],
+                            };
+                            config_entry(version, include_synonyms, described)
                         })
                         .collect();
                 }
@@ -528,6 +591,293 @@ pub async fn describe_configs(
                 }
             }
             result
+        })
+        .collect();
+    response
+}
+
+/// One resource of an AlterConfigs / IncrementalAlterConfigs request, decoded.
+struct AlterResource {
+    resource_type: i8,
+    name: String,
+    /// Refused before reaching the coordinator (bad operation, null value, duplicate key).
+    malformed: Option<ApiError>,
+    changes: Vec<ConfigChange>,
+}
+
+/// What a topic alteration resolved to: (type, name, result).
+type AlterResult = (i8, String, Result<(), ApiError>);
+
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+fn decode_change(key: String, op: i8, value: Option<String>) -> Result<ConfigChange, ApiError> {
+    let null = || {
+        ApiError::new(
+            ResponseError::InvalidRequest,
+            format!("Null value not supported for : {key}"),
+        )
+    };
+    Ok(match op {
+        OP_SET => ConfigChange::Set {
+            value: value.ok_or_else(null)?,
+            key,
+        },
+        OP_DELETE => ConfigChange::Delete { key },
+        OP_APPEND => ConfigChange::Append {
+            value: value.ok_or_else(null)?,
+            key,
+        },
+        OP_SUBTRACT => ConfigChange::Subtract {
+            value: value.ok_or_else(null)?,
+            key,
+        },
+        _ => {
+            return Err(ApiError::new(
+                ResponseError::InvalidRequest,
+                format!("Unknown config operation {op} for {key}"),
+            ))
+        }
+    })
+}
+
+fn change_key(change: &ConfigChange) -> &str {
+    match change {
+        ConfigChange::Set { key, .. }
+        | ConfigChange::Delete { key }
+        | ConfigChange::Append { key, .. }
+        | ConfigChange::Subtract { key, .. } => key,
+    }
+}
+
+fn alter_resource(
+    resource_type: i8,
+    name: String,
+    configs: impl Iterator<Item = (String, i8, Option<String>)>,
+) -> AlterResource {
+    let mut malformed = None;
+    let mut changes = Vec::new();
+    for (key, op, value) in configs {
+        match decode_change(key, op, value) {
+            Ok(change) => {
+                if changes.iter().any(|c| change_key(c) == change_key(&change)) {
+                    malformed.get_or_insert(ApiError::new(
+                        ResponseError::InvalidRequest,
+                        "Error due to duplicate config keys",
+                    ));
+                }
+                changes.push(change);
+            }
+            Err(e) => {
+                malformed.get_or_insert(e);
+            }
+        }
+    }
+    AlterResource {
+        resource_type,
+        name,
+        malformed,
+        changes,
+    }
+}
+
+/// Applies config changes: topics through the coordination quorum (so every broker applies
+/// them and they survive restarts), brokers refused (no dynamic broker configs).
+async fn alter_resources(
+    shard: &Rc<Shard>,
+    resources: Vec<AlterResource>,
+    replace: bool,
+    validate_only: bool,
+) -> Vec<AlterResult> {
+    let node_id = shard.config.node_id;
+    let message_max = shard.config.message_max_bytes;
+    coordinate(shard, move |coordinator| async move {
+        let mut results = Vec::new();
+        for r in resources {
+            let result = if let Some(e) = r.malformed {
+                Err(e)
+            } else {
+                match r.resource_type {
+                    RESOURCE_TOPIC if lowers_log_bound(&coordinator, &r, replace, message_max) => {
+                        Err(ApiError::new(
+                            ResponseError::InvalidConfig,
+                            format!(
+                                "max.message.bytes of {} is above message.max.bytes ({message_max}) \
+                                 and cannot be lowered: the log reads its batches with that bound",
+                                r.name
+                            ),
+                        ))
+                    }
+                    RESOURCE_TOPIC if validate_only => coordinator.check(|s| {
+                        s.altered_topic_configs(&r.name, replace, &r.changes)
+                            .map(|_| ())
+                    }),
+                    RESOURCE_TOPIC => coordinator
+                        .change(
+                            Command::AlterTopicConfigs {
+                                name: r.name.clone(),
+                                replace,
+                                changes: r.changes,
+                            },
+                            DEFAULT_COORDINATION_TIMEOUT,
+                        )
+                        .await
+                        .map(|_| tracing::info!(topic = %r.name, "altered topic configs")),
+                    RESOURCE_BROKER
+                        if !r.name.is_empty() && r.name.parse::<i32>().is_err() =>
+                    {
+                        Err(ApiError::new(
+                            ResponseError::InvalidRequest,
+                            format!("Invalid broker id {}", r.name),
+                        ))
+                    }
+                    RESOURCE_BROKER if r.changes.is_empty() => Ok(()),
+                    RESOURCE_BROKER => {
+                        let keys: Vec<&str> = r.changes.iter().map(change_key).collect();
+                        Err(ApiError::new(
+                            ResponseError::InvalidRequest,
+                            format!(
+                                "Cannot update these configs dynamically: Set({}) (broker {node_id} has no dynamic configs)",
+                                keys.join(", ")
+                            ),
+                        ))
+                    }
+                    other => Err(ApiError::new(
+                        ResponseError::InvalidRequest,
+                        format!("Unsupported resource type {other}"),
+                    )),
+                }
+            };
+            results.push((r.resource_type, r.name, result));
+        }
+        results
+    })
+    .await
+}
+
+/// Whether a change lowers a topic's `max.message.bytes` from above the broker's
+/// `message.max.bytes`: the topic's logs open with the larger of the two as the bound on batch
+/// lengths read from disk, so batches written under the higher limit would be unreadable (and
+/// cut by recovery) after a restart.
+fn lowers_log_bound(
+    coordinator: &Coordinator,
+    r: &AlterResource,
+    replace: bool,
+    message_max: usize,
+) -> bool {
+    let key = "max.message.bytes";
+    let current = coordinator.with_state(|s| {
+        s.topics
+            .get(&r.name)
+            .and_then(|t| t.configs.get(key))
+            .and_then(|v| v.parse::<usize>().ok())
+    });
+    let Some(current) = current.filter(|&c| c > message_max) else {
+        return false;
+    };
+    let mut next = if replace { None } else { Some(current) };
+    for change in &r.changes {
+        match change {
+            ConfigChange::Set { key: k, value } if k == key => match value.trim().parse() {
+                Ok(v) => next = Some(v),
+                // Refused by validation, with the reason.
+                Err(_) => return false,
+            },
+            ConfigChange::Delete { key: k } if k == key => next = None,
+            _ => {}
+        }
+    }
+    next.unwrap_or(message_max) < current
+}
+
+fn alter_response_entry(
+    (resource_type, name, result): AlterResult,
+) -> (i16, Option<StrBytes>, i8, StrBytes) {
+    match result {
+        Ok(()) => (0, None, resource_type, str(name)),
+        Err(e) => (
+            e.code.code(),
+            Some(str(e.message)),
+            resource_type,
+            str(name),
+        ),
+    }
+}
+
+pub async fn incremental_alter_configs(
+    shard: &Rc<Shard>,
+    _version: i16,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let resources = request
+        .resources
+        .into_iter()
+        .map(|r| {
+            alter_resource(
+                r.resource_type,
+                r.resource_name.to_string(),
+                r.configs.into_iter().map(|c| {
+                    (
+                        c.name.to_string(),
+                        c.config_operation,
+                        c.value.map(|v| v.to_string()),
+                    )
+                }),
+            )
+        })
+        .collect();
+    let results = alter_resources(shard, resources, false, request.validate_only).await;
+    let mut response = IncrementalAlterConfigsResponse::default();
+    response.responses = results
+        .into_iter()
+        .map(|r| {
+            let (code, message, resource_type, name) = alter_response_entry(r);
+            let mut out =
+                incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+            out.error_code = code;
+            out.error_message = message;
+            out.resource_type = resource_type;
+            out.resource_name = name;
+            out
+        })
+        .collect();
+    response
+}
+
+/// AlterConfigs: the given configs replace all of a resource's overrides; a null value is
+/// refused (Kafka's `AlterConfigs` treats every listed key as a SET).
+pub async fn alter_configs(
+    shard: &Rc<Shard>,
+    _version: i16,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
+    let resources = request
+        .resources
+        .into_iter()
+        .map(|r| {
+            alter_resource(
+                r.resource_type,
+                r.resource_name.to_string(),
+                r.configs
+                    .into_iter()
+                    .map(|c| (c.name.to_string(), OP_SET, c.value.map(|v| v.to_string()))),
+            )
+        })
+        .collect();
+    let results = alter_resources(shard, resources, true, request.validate_only).await;
+    let mut response = AlterConfigsResponse::default();
+    response.responses = results
+        .into_iter()
+        .map(|r| {
+            let (code, message, resource_type, name) = alter_response_entry(r);
+            let mut out = alter_configs_response::AlterConfigsResourceResponse::default();
+            out.error_code = code;
+            out.error_message = message;
+            out.resource_type = resource_type;
+            out.resource_name = name;
+            out
         })
         .collect();
     response

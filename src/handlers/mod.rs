@@ -87,6 +87,10 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Dis
         RequestKind::DeleteTopics(body) => respond!(admin::delete_topics, body),
         RequestKind::CreatePartitions(body) => respond!(admin::create_partitions, body),
         RequestKind::DescribeConfigs(body) => respond!(admin::describe_configs, body),
+        RequestKind::AlterConfigs(body) => respond!(admin::alter_configs, body),
+        RequestKind::IncrementalAlterConfigs(body) => {
+            respond!(admin::incremental_alter_configs, body)
+        }
         RequestKind::InitProducerId(body) => respond!(admin::init_producer_id, body),
         RequestKind::DescribeCluster(body) => respond!(admin::describe_cluster, body),
         RequestKind::OffsetForLeaderEpoch(body) => {

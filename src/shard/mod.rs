@@ -236,11 +236,31 @@ impl Shard {
                 ("retention.ms", Some(v)) => log.retention_ms = v,
                 ("retention.bytes", Some(v)) => log.retention_bytes = v,
                 ("segment.bytes", Some(v)) if v > 0 => log.segment_bytes = v as u64,
-                ("max.message.bytes", Some(v)) if v > 0 => log.max_batch_bytes = v as usize,
+                // The log's bound is for lengths read from disk: never below the broker's, so
+                // a max.message.bytes lowered at run time does not make the batches written
+                // before it unreadable (recovery would cut them as torn).
+                ("max.message.bytes", Some(v)) if v > 0 => {
+                    log.max_batch_bytes = log.max_batch_bytes.max(v as usize)
+                }
                 _ => {}
             }
         }
         log
+    }
+
+    /// (`retention.ms`, `retention.bytes`) of a topic: its own settings, else the broker's.
+    pub fn retention_for(&self, topic: &TopicMetadata) -> (i64, i64) {
+        let get = |key: &str, default: i64| {
+            topic
+                .configs
+                .get(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        (
+            get("retention.ms", self.config.log.retention_ms),
+            get("retention.bytes", self.config.log.retention_bytes),
+        )
     }
 
     /// `min.insync.replicas` of a topic: its own setting, else the broker's.
@@ -495,8 +515,20 @@ impl Shard {
 
     async fn enforce_retention(&self) {
         let now = now_ms();
+        let snapshot = self.metadata();
         for partition in self.owned_partitions() {
-            match partition.log.enforce_retention(now).await {
+            // The topic's current limits: an AlterConfigs since the log opened counts.
+            let limits = snapshot
+                .topic(&partition.topic)
+                .filter(|t| {
+                    partition.topic != crate::groups::OFFSETS_TOPIC && t.id == partition.topic_id
+                })
+                .map(|t| self.retention_for(t));
+            let deleted = match limits {
+                Some((ms, bytes)) => partition.log.enforce_retention_with(now, ms, bytes).await,
+                None => partition.log.enforce_retention(now).await,
+            };
+            match deleted {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(
                     topic = %partition.topic,

@@ -7,8 +7,18 @@ import sys
 import time
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    NewTopic,
+    OffsetSpec,
+    ResourceType,
+)
 from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource as KafkaConfigResource
 from kafka import TopicPartition as KafkaTopicPartition
 
 
@@ -131,7 +141,107 @@ def describe_log_dirs(bootstrap, topic):
                 )
 
 
+def config_error(future):
+    try:
+        future.result()
+        return "NONE"
+    except KafkaException as e:
+        return e.args[0].name()
+
+
+def describe_topic(admin, topic, keys):
+    """Prints "describe KEY VALUE SOURCE READ_ONLY" and "synonyms KEY NAME:SOURCE..." lines."""
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    entries = admin.describe_configs([resource])[resource].result()
+    for key in keys:
+        e = entries[key]
+        print("describe", key, e.value, ConfigSource(e.source).name, e.is_read_only)
+
+
+def incremental(topic, *ops):
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry(k, v, incremental_operation=op) for k, v, op in ops],
+    )
+    return resource
+
+
+def configs_alter(bootstrap, topic):
+    """confluent-kafka: SET, refusals, validate_only, then describe."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    SET = AlterConfigOpType.SET
+    ok = incremental(topic, ("retention.ms", "60000", SET), ("max.message.bytes", "1000", SET))
+    print("set", config_error(admin.incremental_alter_configs([ok])[ok]))
+    for name, resource in (
+        ("bad_value", incremental(topic, ("retention.ms", "soon", SET))),
+        ("unknown_key", incremental(topic, ("no.such.config", "1", SET))),
+        ("unknown_topic", incremental("no-such-topic", ("retention.ms", "1", SET))),
+        ("append_long", incremental(topic, ("retention.ms", "1", AlterConfigOpType.APPEND))),
+    ):
+        print(name, config_error(admin.incremental_alter_configs([resource])[resource]))
+    broker = ConfigResource(
+        ResourceType.BROKER,
+        "0",
+        incremental_configs=[ConfigEntry("log.dirs", "/elsewhere", incremental_operation=SET)],
+    )
+    print("broker", config_error(admin.incremental_alter_configs([broker])[broker]))
+    checked = incremental(topic, ("retention.bytes", "4096", SET))
+    print(
+        "validate_only",
+        config_error(admin.incremental_alter_configs([checked], validate_only=True)[checked]),
+    )
+    describe_topic(admin, topic, ["retention.ms", "max.message.bytes", "retention.bytes"])
+    # kafka-python asks for synonyms (and shows only the modified keys by default).
+    described = KafkaAdminClient(bootstrap_servers=bootstrap).describe_configs(
+        [KafkaConfigResource("TOPIC", topic)], include_synonyms=True
+    )
+    for key, entry in sorted(described["topic"][topic].items()):
+        print("synonyms", key, *["%s:%s" % (s["name"], s["source"]) for s in entry["synonyms"]])
+
+
+def configs_delete(bootstrap, topic):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    gone = incremental(topic, ("retention.ms", None, AlterConfigOpType.DELETE))
+    print("delete", config_error(admin.incremental_alter_configs([gone])[gone]))
+    describe_topic(admin, topic, ["retention.ms", "max.message.bytes"])
+
+
+def configs_describe(bootstrap, topic):
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    describe_topic(
+        admin, topic, ["retention.ms", "retention.bytes", "segment.bytes", "max.message.bytes"]
+    )
+
+
+def configs_retention_bytes(bootstrap, topic):
+    """kafka-python's non-incremental AlterConfigs: it re-sends the other overrides it
+    describes as DYNAMIC_TOPIC_CONFIG, since AlterConfigs replaces them all."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    resource = KafkaConfigResource("TOPIC", topic, {"retention.bytes": "60000"})
+    print("result", admin.alter_configs([resource], incremental=False))
+
+
+def configs_raise_then_lower(bootstrap, topic):
+    """max.message.bytes above the broker's message.max.bytes may go up, not back down."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    SET, DELETE = AlterConfigOpType.SET, AlterConfigOpType.DELETE
+    for name, value, op in (
+        ("raise", "2000000", SET),
+        ("lower", "1500000", SET),
+        ("delete", None, DELETE),
+        ("raise_more", "3000000", SET),
+    ):
+        resource = incremental(topic, ("max.message.bytes", value, op))
+        print(name, config_error(admin.incremental_alter_configs([resource])[resource]))
+
+
 STEPS = {
+    "configs_raise_then_lower": configs_raise_then_lower,
+    "configs_alter": configs_alter,
+    "configs_delete": configs_delete,
+    "configs_describe": configs_describe,
+    "configs_retention_bytes": configs_retention_bytes,
     "describe_log_dirs": describe_log_dirs,
     "max_timestamp": max_timestamp,
     "delete_records": delete_records,

@@ -17,6 +17,21 @@ impl PartitionLog {
     /// advances the log start offset and moves the leader epoch cache's start with it.
     /// Returns the number of segments deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
+        let (retention_ms, retention_bytes) =
+            (self.config.retention_ms, self.config.retention_bytes);
+        self.enforce_retention_with(now_ms, retention_ms, retention_bytes)
+            .await
+    }
+
+    /// [`enforce_retention`](Self::enforce_retention) with the limits given rather than those
+    /// the log was opened with: a topic's `retention.ms` / `retention.bytes` changed while it
+    /// runs (AlterConfigs) take effect at the next run.
+    pub async fn enforce_retention_with(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+    ) -> Result<usize, StorageError> {
         self.check_readable()?;
         if self.lifecycle.get() == Lifecycle::Truncating {
             return Ok(0); // the segment list is being rewritten; the next run catches up
@@ -39,7 +54,12 @@ impl PartitionLog {
                 })
                 .collect();
             let total_bytes = segments.iter().map(|s| s.size_bytes()).sum();
-            let count = retention::deletable_prefix(&summaries, total_bytes, &self.config, now_ms);
+            let policy = crate::storage::LogConfig {
+                retention_ms,
+                retention_bytes,
+                ..self.config.clone()
+            };
+            let count = retention::deletable_prefix(&summaries, total_bytes, &policy, now_ms);
             segments.drain(..count).collect()
         };
         if removed.is_empty() {
