@@ -108,23 +108,38 @@ mod tests {
         use crate::storage::testutil::{batch, run};
         use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
 
+        use std::path::Path;
+        use std::rc::Rc;
+
+        /// A log in `path` that keeps about 40,000 bytes, with `batches` batches of 4 records of
+        /// 100 bytes written (several closed segments beyond what retention keeps).
+        async fn filled_log(
+            path: &Path,
+            batches: usize,
+            tail_cache_bytes: usize,
+        ) -> (Rc<PartitionLog>, LogConfig) {
+            let config = LogConfig {
+                retention_ms: -1,
+                retention_bytes: 40_000,
+                tail_cache_bytes,
+                ..small_config()
+            };
+            let log = PartitionLog::open(path.to_path_buf(), config.clone())
+                .await
+                .unwrap();
+            for _ in 0..batches {
+                append(&log, batch(4, 100, 1_000));
+            }
+            log.wait_written(log.log_end_offset(), false).await.unwrap();
+            (log, config)
+        }
+
         #[test]
         fn retention_by_bytes_deletes_the_oldest_segments_down_to_the_limit() {
             run(|| async {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("t-0");
-                let config = LogConfig {
-                    retention_ms: -1,
-                    retention_bytes: 40_000,
-                    ..small_config()
-                };
-                let log = PartitionLog::open(path.clone(), config.clone())
-                    .await
-                    .unwrap();
-                for _ in 0..200 {
-                    append(&log, batch(4, 100, 1_000));
-                }
-                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let (log, config) = filled_log(&path, 200, small_config().tail_cache_bytes).await;
                 let bases = log.segment_base_offsets();
                 let before_bytes = log.size_bytes();
                 assert!(before_bytes > 80_000);
@@ -171,18 +186,7 @@ mod tests {
             run(|| async {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("t-0");
-                let config = LogConfig {
-                    retention_ms: -1,
-                    retention_bytes: 40_000,
-                    ..small_config()
-                };
-                let log = PartitionLog::open(path.clone(), config.clone())
-                    .await
-                    .unwrap();
-                for _ in 0..600 {
-                    append(&log, batch(4, 100, 1_000));
-                }
-                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let (log, config) = filled_log(&path, 600, small_config().tail_cache_bytes).await;
                 let bases = log.segment_base_offsets();
                 let deleted = log.enforce_retention(i64::MAX).await.unwrap();
                 assert!(deleted > MAX_RECYCLED_SEGMENTS);
@@ -245,17 +249,8 @@ mod tests {
             run(|| async {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("t-0");
-                let config = LogConfig {
-                    retention_ms: -1,
-                    retention_bytes: 40_000,
-                    tail_cache_bytes: 0,
-                    ..small_config()
-                };
-                let log = PartitionLog::open(path.clone(), config).await.unwrap();
-                for _ in 0..600 {
-                    append(&log, batch(4, 100, 1_000));
-                }
-                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                // No tail cache: reads come from the segment files.
+                let (log, _) = filled_log(&path, 600, 0).await;
                 let bases = log.segment_base_offsets();
                 // Fetch responses in flight from every closed segment.
                 let in_flight: Vec<_> = bases[..bases.len() - 1]
@@ -297,18 +292,7 @@ mod tests {
             run(|| async {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("t-0");
-                let config = LogConfig {
-                    retention_ms: -1,
-                    retention_bytes: 40_000,
-                    ..small_config()
-                };
-                let log = PartitionLog::open(path.clone(), config.clone())
-                    .await
-                    .unwrap();
-                for _ in 0..200 {
-                    append(&log, batch(4, 100, 1_000));
-                }
-                log.wait_written(log.log_end_offset(), false).await.unwrap();
+                let (log, config) = filled_log(&path, 200, small_config().tail_cache_bytes).await;
                 assert!(log.enforce_retention(i64::MAX).await.unwrap() > 0);
                 let reusable = || {
                     std::fs::read_dir(&path)
