@@ -639,6 +639,11 @@ impl Segment {
 /// for a new segment to reuse it (recovery only takes `.log` files for segments).
 pub const RECYCLED_SEGMENT_EXTENSION: &str = "reuse";
 
+/// Where a deleted segment's file waits for reuse.
+pub fn recycled_path(log_path: &Path) -> PathBuf {
+    log_path.with_extension(RECYCLED_SEGMENT_EXTENSION)
+}
+
 /// Files to remove, with the open handles whose last close must happen with them.
 #[derive(Debug, Default)]
 pub struct DoomedFiles {
@@ -678,7 +683,7 @@ impl DoomedFiles {
         let mut recycled = Vec::new();
         for (path, handle) in std::mem::take(&mut self.recycle) {
             if Arc::strong_count(&handle) == 1 {
-                let reuse = path.with_extension(RECYCLED_SEGMENT_EXTENSION);
+                let reuse = recycled_path(&path);
                 std::fs::rename(&path, &reuse)?;
                 recycled.push(reuse);
             } else {

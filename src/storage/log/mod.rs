@@ -619,9 +619,7 @@ impl PartitionLog {
         for segment in removed.iter().rev().take(room) {
             doomed.recycle(segment);
             end_offsets.push((
-                segment
-                    .log_path()
-                    .with_extension(segment::RECYCLED_SEGMENT_EXTENSION),
+                segment::recycled_path(segment.log_path()),
                 segment.next_offset(),
             ));
         }
