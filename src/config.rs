@@ -17,8 +17,9 @@ use crate::storage::LogConfig;
 pub struct BrokerConfig {
     /// `broker.id` / `--node-id`.
     pub node_id: i32,
-    /// Number of shards (glommio executors, one per core when pinned).
-    pub cores: usize,
+    /// `num.cores` / `--cores`: number of shards (glommio executors, one per core when pinned).
+    /// `None`: one per CPU this process may run on ([`default_cores`]), as Redpanda does.
+    pub cores: Option<usize>,
     /// `listeners` / `--listen`: where clients connect. Port 0 picks a free port.
     pub listen: SocketAddr,
     /// `advertised.listeners` / `--advertise`: host and port returned in Metadata.
@@ -114,7 +115,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             node_id: 0,
-            cores: 1,
+            cores: None,
             listen: "0.0.0.0:9092".parse().expect("static address"),
             advertise: None,
             data_dir: PathBuf::from("./data"),
@@ -192,6 +193,27 @@ pub fn parse_voters(value: &str) -> Result<Vec<Voter>, ConfigError> {
     Ok(voters)
 }
 
+/// Shards when neither `--cores` nor `num.cores` says: the CPUs this process may run on.
+/// `available_parallelism` counts the affinity mask (`taskset`, a cpuset) and a cgroup CPU
+/// quota, not every online CPU.
+pub fn default_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The CPUs this process may run on (its affinity mask), ascending: where shards are pinned.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity writes into a zeroed, properly sized cpu_set_t.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
 /// Resolves `host:port` (names allowed) to a socket address.
 pub fn resolve(addr: &str) -> Result<SocketAddr, ConfigError> {
     addr.to_socket_addrs()
@@ -255,7 +277,7 @@ impl BrokerConfig {
     fn apply(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "broker.id" | "node.id" => self.node_id = parse(key, value)?,
-            "num.cores" => self.cores = parse(key, value)?,
+            "num.cores" => self.cores = Some(parse(key, value)?),
             "listeners" => {
                 let (host, port) = parse_listener(key, value)?;
                 self.listen = resolve(&format!("{host}:{port}"))?;
@@ -359,7 +381,7 @@ impl BrokerConfig {
 
     /// Checks cross-field rules once flags and file are merged.
     pub fn validate(&mut self) -> Result<(), ConfigError> {
-        if self.cores == 0 {
+        if self.cores == Some(0) {
             return Err(ConfigError("--cores must be at least 1".into()));
         }
         if self.message_max_bytes > self.socket_request_max_bytes {
@@ -403,6 +425,11 @@ impl BrokerConfig {
         }
         self.log.max_batch_bytes = self.message_max_bytes;
         Ok(())
+    }
+
+    /// Shards to start: `num.cores` / `--cores`, else [`default_cores`].
+    pub fn shards(&self) -> usize {
+        self.cores.unwrap_or_else(default_cores)
     }
 
     /// True for a node of a multi-voter cluster (not a single node, its own quorum of one).
@@ -513,6 +540,23 @@ mod tests {
             assert_eq!(config.controller_listen.unwrap().port(), 9192 + i as u16);
             assert_eq!(config.quorum_voters.len(), 3);
         }
+    }
+
+    #[test]
+    fn shards_default_to_the_cpus_this_process_may_use() {
+        let mut config = BrokerConfig::default();
+        assert_eq!(config.cores, None);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(config.shards(), cpus);
+        assert!(
+            allowed_cpus().len() >= cpus,
+            "pinning has a CPU for every default shard"
+        );
+        let props = HashMap::from([("num.cores".to_string(), "3".to_string())]);
+        config.apply_properties(&props).unwrap();
+        assert_eq!((config.cores, config.shards()), (Some(3), 3));
+        config.cores = Some(0);
+        assert!(config.validate().is_err());
     }
 
     #[test]

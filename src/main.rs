@@ -16,7 +16,8 @@ struct Args {
     /// Kafka-style properties file (broker.id, listeners, log.dirs, ...). Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Shards (glommio executors). Pinned to CPUs when not more than the online CPUs.
+    /// Shards (glommio executors). Default: one per CPU this process may run on (its affinity
+    /// mask). Pinned to CPUs when not more than those CPUs.
     #[arg(long)]
     cores: Option<usize>,
     /// broker.id
@@ -57,7 +58,7 @@ fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> 
         config.apply_override(assignment)?;
     }
     if let Some(cores) = args.cores {
-        config.cores = cores;
+        config.cores = Some(cores);
     }
     if let Some(id) = args.node_id {
         config.node_id = id;

@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{CpuSet, LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::admin;
 use crate::config::BrokerConfig;
@@ -33,18 +33,17 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| format!("cannot resolve data dir {}: {e}", config.data_dir.display()))?;
     let config = Arc::new(config);
-    let shards = config.cores;
-    let online = CpuSet::online().map(|s| s.len()).unwrap_or(1);
-    let cpus: Vec<usize> = CpuSet::online()
-        .map(|s| {
-            let mut v: Vec<usize> = s.iter().map(|l| l.cpu).collect();
-            v.sort_unstable();
-            v
-        })
-        .unwrap_or_default();
+    let shards = config.shards();
+    // Pinned to the CPUs this process may run on (its affinity mask), in order, when there
+    // is one for every shard.
+    let cpus: Vec<usize> = crate::config::allowed_cpus();
     let pinned = shards <= cpus.len();
     if !pinned {
-        tracing::warn!(shards, online, "more shards than CPUs: shards run unpinned");
+        tracing::warn!(
+            shards,
+            cpus = cpus.len(),
+            "more shards than CPUs: shards run unpinned"
+        );
     }
     let (fds, bound) = listener::bind_all(config.listen, shards)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -130,8 +129,14 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let console_note = console
         .map(|addr| format!(", console http://{addr}"))
         .unwrap_or_default();
+    // Without --cores / num.cores the shard count is the machine's; say where it came from.
+    let shards_note = if config.cores.is_none() {
+        " (default: one per CPU; --cores N to change)"
+    } else {
+        ""
+    };
     println!(
-        "broker {} ready: listening on {bound} with {shards} shards ({startup_ms:.1} ms){console_note}",
+        "broker {} ready: listening on {bound} with {shards} shards{shards_note} ({startup_ms:.1} ms){console_note}",
         config.node_id
     );
 

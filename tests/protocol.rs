@@ -500,11 +500,20 @@ fn connection_and_inflight_limits_hold() {
     );
 }
 
-/// The README's first command runs with the default, relative `./data`.
+/// The README's first command runs with the defaults: the relative `./data`, and one shard per
+/// CPU (no `--cores`), which the ready line says. Partitions land on every shard.
 #[test]
-fn a_relative_data_dir_works() {
+fn the_defaults_work_a_relative_data_dir_and_one_shard_per_cpu() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start_relative(tmp.path(), 2);
+    let broker = Broker::start_relative(tmp.path(), 0);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        broker.ready_line.contains(&format!(
+            "with {cpus} shards (default: one per CPU; --cores N to change)"
+        )),
+        "{}",
+        broker.ready_line
+    );
     let mut client = RawClient::connect(&broker.addr);
     assert_eq!(client.create_topic("relative", 4), 0);
     for partition in 0..4 {

@@ -17,11 +17,14 @@ pub struct Broker {
     pub console: Option<String>,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// The line the broker printed when ready.
+    pub ready_line: String,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl Broker {
-    /// Starts a broker with `cores` shards on a fresh data directory.
+    /// Starts a broker with `cores` shards on a fresh data directory. `cores == 0` passes no
+    /// `--cores` (the default: one shard per CPU), everywhere below too.
     pub fn start(cores: usize) -> Broker {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut broker = Broker::start_in(tmp.path(), cores, &[]);
@@ -63,10 +66,17 @@ impl Broker {
         } else {
             &["--listen", "127.0.0.1:0"]
         };
+        let cores_flag = cores.to_string();
+        let cores_args: &[&str] = if cores == 0 {
+            &[]
+        } else {
+            &["--cores", &cores_flag]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_broker"))
             .current_dir(cwd)
             .args(listen)
-            .args(["--cores", &cores.to_string(), "--data-dir"])
+            .args(cores_args)
+            .arg("--data-dir")
             .arg(data_arg)
             .args(extra)
             .env(
@@ -164,6 +174,7 @@ impl Launched {
             console,
             data_dir: self.data_dir,
             log_path: self.log_path,
+            ready_line: line,
             _tmp: None,
         }
     }
