@@ -68,6 +68,9 @@ pub struct ShardCells {
     pub request_bytes: AtomicU64,
     /// Record bytes this shard's followers fetched from partition leaders and appended.
     pub replication_bytes_in: AtomicU64,
+    /// Times this shard's event loop did not come back within `shard.stall.threshold.ms`
+    /// (`shard::stall`).
+    pub stalls: AtomicU64,
 }
 
 impl ShardCells {
@@ -78,6 +81,7 @@ impl ShardCells {
             bytes_out: AtomicU64::new(0),
             request_bytes: AtomicU64::new(0),
             replication_bytes_in: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
         }
     }
 }
@@ -166,6 +170,8 @@ pub struct DetailedMetrics {
     pub fetch_latency: LatencyHistogram,
     /// One partition writer's fdatasync.
     pub fdatasync_latency: LatencyHistogram,
+    /// How long each detected shard stall kept the event loop away (`shard::stall`).
+    pub stall_duration: LatencyHistogram,
     /// Partitions led by this node whose ISR lost a member / gained one, as committed by the
     /// coordination quorum (Kafka's IsrShrinksPerSec / IsrExpandsPerSec, as totals).
     pub isr_shrinks: AtomicU64,
@@ -183,6 +189,7 @@ pub static DETAIL: DetailedMetrics = DetailedMetrics {
     produce_latency: LatencyHistogram::new(),
     fetch_latency: LatencyHistogram::new(),
     fdatasync_latency: LatencyHistogram::new(),
+    stall_duration: LatencyHistogram::new(),
     isr_shrinks: AtomicU64::new(0),
     isr_expands: AtomicU64::new(0),
     group_rebalances: AtomicU64::new(0),

@@ -9,6 +9,7 @@
 pub mod partition;
 pub mod producer_state;
 pub mod router;
+pub mod stall;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
