@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::channel::oneshot;
 use futures::future::join_all;
+use futures::StreamExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::config::BrokerConfig;
@@ -29,6 +30,9 @@ use crate::groups::GroupCoordinator;
 use crate::metrics::BrokerStats;
 use crate::storage::{LogConfig, PartitionLog};
 use partition::{Partition, RoleChange};
+
+/// Partition logs a shard opens at once (`apply_metadata`).
+const OPENS_IN_FLIGHT: usize = 32;
 
 /// Work sent to another shard: runs there, on that shard's thread.
 pub type Job = Box<dyn FnOnce(&Rc<Shard>) + Send>;
@@ -192,11 +196,11 @@ impl Shard {
 
     /// The log settings of a topic: broker defaults overridden by the topic's configs.
     ///
-    /// The tail cache cap is the shard's `log.tail.cache.bytes` split over the partitions it
-    /// will own (those it owns of other topics plus this topic's), clamped to
-    /// [256 KiB, 8 MiB]. It is fixed when the log opens: partitions added later make the sum
-    /// exceed the budget by at most their own caps until the shard restarts.
-    pub fn log_config_for(&self, topic: &TopicMetadata) -> LogConfig {
+    /// The tail cache cap is the shard's `log.tail.cache.bytes` split over the
+    /// `partitions_on_shard` it owns, clamped to [256 KiB, 8 MiB]. It is fixed when the log
+    /// opens: partitions added later make the sum exceed the budget by at most their own caps
+    /// until the shard restarts.
+    pub fn log_config_for(&self, topic: &TopicMetadata, partitions_on_shard: usize) -> LogConfig {
         if topic.name == crate::groups::OFFSETS_TOPIC {
             return crate::groups::offsets_log::offsets_log_config(&self.config.log);
         }
@@ -205,18 +209,7 @@ impl Shard {
         log.tail_cache_bytes = if budget == 0 {
             0
         } else {
-            let of_topic = (0..topic.partitions.len())
-                .filter(|&i| {
-                    topic.partitions[i].replicas.contains(&self.broker.node_id)
-                        && self.owner_of(&topic.name, i as i32) == self.id
-                })
-                .count();
-            let others = self
-                .owned_partitions()
-                .iter()
-                .filter(|p| p.topic != topic.name)
-                .count();
-            let partitions = (of_topic + others).max(1) as u64;
+            let partitions = partitions_on_shard.max(1) as u64;
             (budget / partitions).clamp(256 << 10, 8 << 20) as usize
         };
         for (key, value) in &topic.configs {
@@ -304,6 +297,9 @@ impl Shard {
             owned.retain(|_, partitions| !partitions.is_empty());
         }
         for (topic, partition) in kept {
+            // A leader change writes the partition's epoch checkpoint: thousands of them must
+            // not hold the shard.
+            glommio::yield_if_needed().await;
             let state = &topic.partitions[partition.index as usize];
             let change = partition.apply_state(state, self.min_insync_replicas_for(&topic), now);
             if let RoleChange::BecameFollower { leader } = change {
@@ -328,6 +324,8 @@ impl Shard {
                 tracing::error!(topic = %partition.topic, error = %e, "deleting partition log failed");
             }
         }
+        // Every partition this shard will own: the tail cache budget's split.
+        let on_shard = wanted.len();
         let opens = wanted.into_iter().filter_map(|(topic, index)| {
             if self.partition(&topic.name, index).is_some() {
                 return None;
@@ -336,13 +334,19 @@ impl Shard {
                 .config
                 .data_dir
                 .join(format!("{}-{}", topic.name, index));
-            let log_config = self.log_config_for(&topic);
+            let log_config = self.log_config_for(&topic, on_shard);
             Some(async move {
+                // Opening an empty log is a few system calls and no await: let the rest of the
+                // shard (Raft ticks, heartbeats, clients) run between them.
+                glommio::yield_if_needed().await;
                 let opened = PartitionLog::open(dir.clone(), log_config).await;
                 (topic, index, dir, opened)
             })
         });
-        for (topic, index, dir, opened) in join_all(opens).await {
+        // A bounded number at a time: each holds descriptors (and a scan's buffers) while it
+        // recovers, and a restart opens every partition at once.
+        let mut opened = futures::stream::iter(opens).buffer_unordered(OPENS_IN_FLIGHT);
+        while let Some((topic, index, dir, opened)) = opened.next().await {
             match opened {
                 Ok(log) => {
                     let state = &topic.partitions[index as usize];

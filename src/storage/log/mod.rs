@@ -165,7 +165,12 @@ impl PartitionLog {
     /// Spawns the writer task on the active segment a recovery scan left behind.
     fn start_writer(&self, active: RecoveredActive) {
         *self.producer_batches.borrow_mut() = active.producer_batches;
-        let writer = Writer::new(self.me.clone(), active.file, active.segment, active.tail);
+        let writer = Writer::new(
+            self.me.clone(),
+            active.file,
+            active.segment,
+            Some(active.tail),
+        );
         let task = glommio::spawn_local(writer.run()).detach();
         *self.writer_task.borrow_mut() = Some(task);
     }
@@ -287,7 +292,11 @@ impl PartitionLog {
         self.check_open()?;
         self.check_batch(&batch, header)?;
         let base_offset = self.log_end_offset.get();
-        self.epochs.borrow_mut().assign(leader_epoch, base_offset)?;
+        {
+            let mut epochs = self.epochs.borrow_mut();
+            epochs.before_append()?;
+            epochs.assign(leader_epoch, base_offset)?;
+        }
         Ok(self.enqueue(batch, header, base_offset, leader_epoch))
     }
 
@@ -321,7 +330,11 @@ impl PartitionLog {
             });
         }
         let epoch = header.partition_leader_epoch;
-        self.epochs.borrow_mut().assign(epoch, expected)?;
+        {
+            let mut epochs = self.epochs.borrow_mut();
+            epochs.before_append()?;
+            epochs.assign(epoch, expected)?;
+        }
         Ok(self.enqueue(batch, header, expected, epoch))
     }
 
@@ -512,7 +525,7 @@ impl PartitionLog {
             .segments
             .borrow_mut()
             .drain(..)
-            .map(|s| s.read_file().clone())
+            .flat_map(|s| s.doomed().handles)
             .collect();
         let dir = self.dir.clone();
         glommio::executor()
@@ -618,6 +631,10 @@ impl WriterHost for PartitionLog {
 
     fn writer_has_work(&self) -> bool {
         self.has_queued() || self.sync_needed() || self.lifecycle.get() != Lifecycle::Open
+    }
+
+    fn sync_epoch_checkpoint(&self) -> Result<(), StorageError> {
+        self.epochs.borrow_mut().sync()
     }
 
     fn park_writer(&self, waker: &Waker) {

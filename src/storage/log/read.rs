@@ -121,7 +121,7 @@ impl PartitionLog {
                     self.stats.set(stats);
                 }
                 return Ok(Some(ReadSlice {
-                    file: segment.read_file().clone(),
+                    file: segment.read_file()?,
                     position,
                     len: len_bytes as usize,
                 }));

@@ -594,7 +594,7 @@ fn reads_hint_the_kernel_to_read_ahead_of_the_consumer() {
         log.wait_written(log.log_end_offset(), false).await.unwrap();
         // Force hints whatever this machine's read_ahead_kb says.
         log.segments.borrow()[0].set_read_ahead_piece_bytes(1 << 20);
-        let file = log.segments.borrow()[0].read_file().clone();
+        let file = log.segments.borrow()[0].read_file().unwrap();
         let mib_pages = (1 << 20) / 4096;
         assert!(
             !resident_pages(&file, 8 * mib_pages).iter().any(|&r| r),
