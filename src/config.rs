@@ -74,6 +74,10 @@ pub struct BrokerConfig {
     /// served to tailing consumers without touching the device; split over the shard's
     /// partitions (`Shard::log_config_for`). 0 disables the cache.
     pub tail_cache_bytes_per_shard: u64,
+    /// `log.idle.release.ms`: a partition not appended to or read for this long gives back its
+    /// tail cache, its file descriptors and its partial last page (reopened on the next use).
+    /// 0: never.
+    pub idle_release_ms: u64,
     /// `shard.stall.threshold.ms`: a shard whose event loop does not come back for longer is
     /// reported (warning, `broker_shard_stalls_total`); half of it is the executors' preempt
     /// timer. 0 turns detection off (and leaves glommio's 100 ms preempt timer).
@@ -143,6 +147,7 @@ impl Default for BrokerConfig {
             tail_cache_bytes_per_shard: 256 << 20,
             stall_threshold_ms: DEFAULT_STALL_THRESHOLD_MS,
             stall_stack_interval_ms: 60_000,
+            idle_release_ms: 30_000,
             quorum_voters: Vec::new(),
             controller_listen: None,
             broker_heartbeat_interval_ms: 250,
@@ -348,6 +353,7 @@ impl BrokerConfig {
             "log.tail.cache.bytes" => self.tail_cache_bytes_per_shard = parse(key, value)?,
             "shard.stall.threshold.ms" => self.stall_threshold_ms = parse(key, value)?,
             "shard.stall.stack.interval.ms" => self.stall_stack_interval_ms = parse(key, value)?,
+            "log.idle.release.ms" => self.idle_release_ms = parse(key, value)?,
             "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
             "log.retention.check.interval.ms" => {
                 self.retention_check_interval_ms = parse(key, value)?

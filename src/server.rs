@@ -175,6 +175,10 @@ async fn run_shard(
         Duration::from_millis(config.stall_threshold_ms),
         Duration::from_millis(config.stall_stack_interval_ms),
     );
+    // All this shard's tail caches together stay under log.tail.cache.bytes.
+    crate::storage::tail_cache::set_shard_budget(
+        usize::try_from(config.tail_cache_bytes_per_shard).unwrap_or(usize::MAX),
+    );
     let (senders, receivers) = if shards > 1 {
         let (s, r) = mesh.join().await.expect("joining the shard mesh");
         (Some(s), Some(r))

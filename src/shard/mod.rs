@@ -197,9 +197,9 @@ impl Shard {
     /// The log settings of a topic: broker defaults overridden by the topic's configs.
     ///
     /// The tail cache cap is the shard's `log.tail.cache.bytes` split over the
-    /// `partitions_on_shard` it owns, clamped to [256 KiB, 8 MiB]. It is fixed when the log
-    /// opens: partitions added later make the sum exceed the budget by at most their own caps
-    /// until the shard restarts.
+    /// `partitions_on_shard` it owns, clamped to [256 KiB, 8 MiB]; the shard's caches together
+    /// never exceed the budget (`storage::tail_cache`'s per-shard accounting evicts the least
+    /// recently used).
     pub fn log_config_for(&self, topic: &TopicMetadata, partitions_on_shard: usize) -> LogConfig {
         if topic.name == crate::groups::OFFSETS_TOPIC {
             return crate::groups::offsets_log::offsets_log_config(&self.config.log);
@@ -458,22 +458,32 @@ impl Shard {
         }
     }
 
-    /// Periodic work: retention, the stats log line (shard 0), and noticing shutdown.
+    /// Periodic work: retention, releasing idle partitions, the stats log line (shard 0), and
+    /// noticing shutdown.
     pub async fn housekeeping(self: Rc<Self>) {
         const STATS_EVERY: Duration = Duration::from_secs(60);
         let tick = Duration::from_millis(100);
         let retention_every =
             Duration::from_millis(self.config.retention_check_interval_ms.max(100));
+        let idle = Duration::from_millis(self.config.idle_release_ms);
+        // Often enough that a partition is released within a quarter of the idle time after it.
+        let idle_every = (idle / 4).clamp(tick, Duration::from_secs(10));
         let mut since_retention = Duration::ZERO;
+        let mut since_idle = Duration::ZERO;
         let mut since_stats = Duration::ZERO;
         let mut last_summary = String::new();
         while !self.is_shutting_down() {
             glommio::timer::sleep(tick).await;
             since_retention += tick;
+            since_idle += tick;
             since_stats += tick;
             if since_retention >= retention_every {
                 since_retention = Duration::ZERO;
                 self.enforce_retention().await;
+            }
+            if !idle.is_zero() && since_idle >= idle_every {
+                since_idle = Duration::ZERO;
+                self.release_idle_partitions(idle).await;
             }
             if self.id == 0 && since_stats >= STATS_EVERY {
                 since_stats = Duration::ZERO;
@@ -483,6 +493,26 @@ impl Shard {
                     last_summary = summary;
                 }
             }
+        }
+    }
+
+    /// Partitions not appended to or read for `idle` give back their tail cache, descriptors
+    /// and tail page (`PartitionLog::release_if_idle`).
+    async fn release_idle_partitions(&self, idle: Duration) {
+        let now = std::time::Instant::now();
+        let mut released = 0usize;
+        for partition in self.owned_partitions() {
+            if partition.log.release_if_idle(now, idle) {
+                released += 1;
+            }
+            glommio::yield_if_needed().await;
+        }
+        if released > 0 {
+            tracing::debug!(shard = self.id, released, "released idle partitions");
+            // The caches' buffers went back to malloc, which keeps them: hand the free pages
+            // to the kernel, or the released memory still counts in the process's RSS.
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe { libc::malloc_trim(0) };
         }
     }
 

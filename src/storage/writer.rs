@@ -19,8 +19,10 @@
 //! sync (it cuts the files itself), and starts a new one on the segment it leaves active.
 //!
 //! Between writes a partition keeps only the tail page (< 4 KiB), not a DMA buffer. The
-//! segment's O_DIRECT descriptor is opened at the first write (a log that is only read holds
-//! none).
+//! segment's O_DIRECT descriptor is opened at the first write, and an idle partition (see
+//! `PartitionLog::release_if_idle`) gives it and the tail page back: the writer syncs, writes
+//! the index files, cuts the padding, and closes the file, as a clean close does. The next write
+//! reads the tail page back and opens the file again.
 //! Any I/O error puts the log in the failed state (waits and later appends get the error) and
 //! ends the task; after a failed fdatasync nothing about the file's contents can be trusted.
 
@@ -95,6 +97,10 @@ pub(crate) trait WriterHost: 'static {
     fn fail(&self, error: &StorageError);
     fn count_write(&self, bytes: u64);
     fn count_sync(&self);
+    /// The log asks the writer to close its file and drop its tail page (the partition is
+    /// idle); [`Self::writer_released`] acknowledges.
+    fn release_requested(&self) -> bool;
+    fn writer_released(&self);
     /// Makes the leader epoch checkpoint durable if it changed since its last sync: before a
     /// segment is closed (closed segments are not rescanned, so their epochs must be in it).
     fn sync_epoch_checkpoint(&self) -> Result<(), StorageError>;
@@ -226,6 +232,12 @@ impl<Log: WriterHost> Writer<Log> {
             }
             if log.sync_needed() {
                 self.sync(&log).await?;
+            }
+            if log.release_requested() {
+                if !log.has_queued() && log.stop_request() == StopRequest::None {
+                    self.release(&log).await?;
+                }
+                log.writer_released();
             }
         }
     }
@@ -369,12 +381,22 @@ impl<Log: WriterHost> Writer<Log> {
     }
 
     /// Clean shutdown: index files written, padding cut, everything synced. Nothing to do if
-    /// the file is not open (never written since the log opened).
+    /// the file is not open (never written since the log opened, or released since, which did
+    /// the same).
     async fn finish(&mut self, log: &Log) -> Result<(), StorageError> {
         if self.file.is_none() {
             return Ok(());
         }
         self.flush_and_close(log).await
+    }
+
+    /// The partition went idle: what a clean close does, then the file and the tail page go.
+    async fn release(&mut self, log: &Log) -> Result<(), StorageError> {
+        if self.file.is_some() {
+            self.flush_and_close(log).await?;
+        }
+        self.tail = None;
+        Ok(())
     }
 
     async fn flush_and_close(&mut self, log: &Log) -> Result<(), StorageError> {

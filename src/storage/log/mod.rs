@@ -10,6 +10,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::task::JoinHandle;
@@ -94,6 +95,13 @@ pub struct PartitionLog {
     /// touch the device (appends are O_DIRECT, so the page cache does not have them).
     tail_cache: RefCell<TailCache>,
     stats: Cell<LogStats>,
+    /// Last append or read: an idle log gives back its memory and descriptors
+    /// ([`Self::release_if_idle`]).
+    last_used: Cell<Instant>,
+    /// Set when [`Self::release_if_idle`] released this log (cleared by the next use).
+    released: Cell<bool>,
+    /// The writer is asked to close its file and drop its tail page.
+    writer_release_requested: Cell<bool>,
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
     pub(crate) fail_next_write: Cell<bool>,
@@ -155,6 +163,9 @@ impl PartitionLog {
             epochs: RefCell::new(epochs),
             tail_cache: RefCell::new(TailCache::new(config_tail_cache_bytes)),
             stats: Cell::new(LogStats::default()),
+            last_used: Cell::new(Instant::now()),
+            released: Cell::new(false),
+            writer_release_requested: Cell::new(false),
             #[cfg(test)]
             fail_next_write: Cell::new(false),
         });
@@ -381,6 +392,7 @@ impl PartitionLog {
         );
         let last_offset = base_offset + header.last_offset_delta as i64;
         self.log_end_offset.set(last_offset + 1);
+        self.mark_used();
         let meta = BatchMeta {
             base_offset,
             last_offset,
@@ -493,6 +505,46 @@ impl PartitionLog {
     /// its producer state from these.
     pub fn recovered_producer_batches(&self) -> Vec<BatchHeader> {
         self.producer_batches.borrow().clone()
+    }
+
+    /// Records a use (append or read) for [`Self::release_if_idle`].
+    pub(crate) fn mark_used(&self) {
+        self.last_used.set(Instant::now());
+        self.released.set(false);
+        // In use again before the writer got to the release: it keeps its file.
+        self.writer_release_requested.set(false);
+    }
+
+    /// If nothing appended to or read this log for `idle`, gives back what it holds for
+    /// speed: the tail cache, the segments' read descriptors, and (through the writer, after
+    /// it synced, wrote the index files and cut the padding, as a clean close does) the active
+    /// segment's O_DIRECT descriptor and tail page. Readers and the writer open them again when
+    /// needed. Returns whether it released anything now.
+    pub fn release_if_idle(&self, now: Instant, idle: Duration) -> bool {
+        if self.released.get()
+            || now.saturating_duration_since(self.last_used.get()) < idle
+            || self.lifecycle.get() != Lifecycle::Open
+        {
+            return false;
+        }
+        self.released.set(true);
+        self.tail_cache.borrow_mut().clear();
+        for segment in self.segments.borrow().iter() {
+            segment.release_read_file();
+        }
+        self.writer_release_requested.set(true);
+        self.wake_writer();
+        true
+    }
+
+    /// Descriptors this log holds open now: segment read descriptors (tests, diagnostics; the
+    /// writer's is not counted).
+    pub fn open_read_files(&self) -> usize {
+        self.segments
+            .borrow()
+            .iter()
+            .filter(|s| s.has_read_file())
+            .count()
     }
 
     /// Drains the queue, fdatasyncs, writes the index files, stops the writer task.
@@ -630,7 +682,18 @@ impl WriterHost for PartitionLog {
     }
 
     fn writer_has_work(&self) -> bool {
-        self.has_queued() || self.sync_needed() || self.lifecycle.get() != Lifecycle::Open
+        self.has_queued()
+            || self.sync_needed()
+            || self.writer_release_requested.get()
+            || self.lifecycle.get() != Lifecycle::Open
+    }
+
+    fn release_requested(&self) -> bool {
+        self.writer_release_requested.get()
+    }
+
+    fn writer_released(&self) {
+        self.writer_release_requested.set(false);
     }
 
     fn sync_epoch_checkpoint(&self) -> Result<(), StorageError> {

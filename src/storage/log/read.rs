@@ -38,6 +38,7 @@ impl PartitionLog {
         if offset >= limit_offset || (max_bytes == 0 && !min_one_batch) {
             return Ok(None);
         }
+        self.mark_used();
         let cached = self
             .tail_cache
             .borrow()
