@@ -89,7 +89,7 @@ fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> 
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -97,7 +97,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in log files and journald.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    // `log` records (glommio's) go to tracing, and glommio's stall reports to the detector.
+    broker::shard::stall::install_log_bridge();
     let config = match build_config(Args::parse()) {
         Ok(config) => config,
         Err(e) => {

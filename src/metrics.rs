@@ -76,6 +76,9 @@ pub struct ShardCells {
     pub fetch_session_evictions: AtomicU64,
     /// Incremental fetch requests served from this shard's sessions.
     pub incremental_fetches: AtomicU64,
+    /// Times this shard's event loop did not come back within `shard.stall.threshold.ms`
+    /// (`shard::stall`).
+    pub stalls: AtomicU64,
 }
 
 impl ShardCells {
@@ -90,6 +93,7 @@ impl ShardCells {
             fetch_session_partitions: AtomicU64::new(0),
             fetch_session_evictions: AtomicU64::new(0),
             incremental_fetches: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
         }
     }
 }
@@ -178,6 +182,8 @@ pub struct DetailedMetrics {
     pub fetch_latency: LatencyHistogram,
     /// One partition writer's fdatasync.
     pub fdatasync_latency: LatencyHistogram,
+    /// How long each detected shard stall kept the event loop away (`shard::stall`).
+    pub stall_duration: LatencyHistogram,
     /// Partitions led by this node whose ISR lost a member / gained one, as committed by the
     /// coordination quorum (Kafka's IsrShrinksPerSec / IsrExpandsPerSec, as totals).
     pub isr_shrinks: AtomicU64,
@@ -195,6 +201,7 @@ pub static DETAIL: DetailedMetrics = DetailedMetrics {
     produce_latency: LatencyHistogram::new(),
     fetch_latency: LatencyHistogram::new(),
     fdatasync_latency: LatencyHistogram::new(),
+    stall_duration: LatencyHistogram::new(),
     isr_shrinks: AtomicU64::new(0),
     isr_expands: AtomicU64::new(0),
     group_rebalances: AtomicU64::new(0),

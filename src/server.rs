@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -83,8 +83,11 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             shutdown.clone(),
             ready_tx.clone(),
         );
-        let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("shard-{id}"))
+        let builder = crate::shard::stall::configure(
+            LocalExecutorBuilder::new(placement).name(&format!("shard-{id}")),
+            Duration::from_millis(config.stall_threshold_ms),
+        );
+        let handle = builder
             .spawn(move || async move {
                 run_shard(
                     id,
@@ -167,6 +170,15 @@ async fn run_shard(
     ready: mpsc::Sender<Result<usize, String>>,
     admin_endpoint: Option<admin::ShardEndpoint>,
 ) {
+    crate::shard::stall::enter_shard(
+        id,
+        Duration::from_millis(config.stall_threshold_ms),
+        Duration::from_millis(config.stall_stack_interval_ms),
+    );
+    // All this shard's tail caches together stay under log.tail.cache.bytes.
+    crate::storage::tail_cache::set_shard_budget(
+        usize::try_from(config.tail_cache_bytes_per_shard).unwrap_or(usize::MAX),
+    );
     let (senders, receivers) = if shards > 1 {
         let (s, r) = mesh.join().await.expect("joining the shard mesh");
         (Some(s), Some(r))

@@ -182,6 +182,12 @@ impl Collector for Snapshot {
         )?;
         self.shard_counter(
             &mut encoder,
+            "broker_shard_stalls",
+            "Times the shard's event loop did not come back within shard.stall.threshold.ms (a task that did not yield).",
+            |s| get(&shards[s].stalls),
+        )?;
+        self.shard_counter(
+            &mut encoder,
             "broker_request_bytes",
             "Request bytes read from clients, by connection shard.",
             |s| get(&shards[s].request_bytes),
@@ -221,6 +227,16 @@ impl Collector for Snapshot {
             let mut metric = encoder.encode_descriptor(
                 "kafka_log_logflushstats_logflush_seconds",
                 "fdatasync of a partition's active segment (one per group commit).",
+                None,
+                MetricType::Histogram,
+            )?;
+            metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        {
+            let (sum, count, buckets) = histogram_parts(&DETAIL.stall_duration);
+            let mut metric = encoder.encode_descriptor(
+                "broker_shard_stall_seconds",
+                "How long each detected shard stall kept its event loop away, all shards.",
                 None,
                 MetricType::Histogram,
             )?;

@@ -91,6 +91,7 @@ pub fn serve_on_shard(shard: Rc<Shard>, endpoint: ShardEndpoint) {
         Latency::NotImportant,
         "admin",
     );
+    crate::shard::stall::name_queue(queue, "admin");
     let mut jobs = endpoint.jobs;
     let spawned = glommio::spawn_local_into(
         async move {

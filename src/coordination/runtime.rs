@@ -123,6 +123,7 @@ impl Coordinator {
             Latency::Matters(Duration::from_millis(5)),
             "coordination",
         );
+        crate::shard::stall::name_queue(queue, "coordination");
         tracing::info!(
             node_id = config.node_id,
             voters = ?config.voters.iter().map(|v| format!("{}@{}", v.node_id, v.address)).collect::<Vec<_>>(),

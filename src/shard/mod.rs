@@ -9,6 +9,7 @@
 pub mod partition;
 pub mod producer_state;
 pub mod router;
+pub mod stall;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -20,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::channel::oneshot;
 use futures::future::join_all;
+use futures::StreamExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use crate::config::BrokerConfig;
@@ -29,6 +31,9 @@ use crate::handlers::fetch_session::{self, FetchSessionCache};
 use crate::metrics::BrokerStats;
 use crate::storage::{LogConfig, PartitionLog};
 use partition::{Partition, RoleChange};
+
+/// Partition logs a shard opens at once (`apply_metadata`).
+const OPENS_IN_FLIGHT: usize = 32;
 
 /// Work sent to another shard: runs there, on that shard's thread.
 pub type Job = Box<dyn FnOnce(&Rc<Shard>) + Send>;
@@ -203,11 +208,11 @@ impl Shard {
 
     /// The log settings of a topic: broker defaults overridden by the topic's configs.
     ///
-    /// The tail cache cap is the shard's `log.tail.cache.bytes` split over the partitions it
-    /// will own (those it owns of other topics plus this topic's), clamped to
-    /// [256 KiB, 8 MiB]. It is fixed when the log opens: partitions added later make the sum
-    /// exceed the budget by at most their own caps until the shard restarts.
-    pub fn log_config_for(&self, topic: &TopicMetadata) -> LogConfig {
+    /// The tail cache cap is the shard's `log.tail.cache.bytes` split over the
+    /// `partitions_on_shard` it owns, clamped to [256 KiB, 8 MiB]; the shard's caches together
+    /// never exceed the budget (`storage::tail_cache`'s per-shard accounting evicts the least
+    /// recently used).
+    pub fn log_config_for(&self, topic: &TopicMetadata, partitions_on_shard: usize) -> LogConfig {
         if topic.name == crate::groups::OFFSETS_TOPIC {
             return crate::groups::offsets_log::offsets_log_config(&self.config.log);
         }
@@ -216,18 +221,7 @@ impl Shard {
         log.tail_cache_bytes = if budget == 0 {
             0
         } else {
-            let of_topic = (0..topic.partitions.len())
-                .filter(|&i| {
-                    topic.partitions[i].replicas.contains(&self.broker.node_id)
-                        && self.owner_of(&topic.name, i as i32) == self.id
-                })
-                .count();
-            let others = self
-                .owned_partitions()
-                .iter()
-                .filter(|p| p.topic != topic.name)
-                .count();
-            let partitions = (of_topic + others).max(1) as u64;
+            let partitions = partitions_on_shard.max(1) as u64;
             (budget / partitions).clamp(256 << 10, 8 << 20) as usize
         };
         for (key, value) in &topic.configs {
@@ -335,6 +329,9 @@ impl Shard {
             owned.retain(|_, partitions| !partitions.is_empty());
         }
         for (topic, partition) in kept {
+            // A leader change writes the partition's epoch checkpoint: thousands of them must
+            // not hold the shard.
+            glommio::yield_if_needed().await;
             let state = &topic.partitions[partition.index as usize];
             let change = partition.apply_state(state, self.min_insync_replicas_for(&topic), now);
             if let RoleChange::BecameFollower { leader } = change {
@@ -359,6 +356,8 @@ impl Shard {
                 tracing::error!(topic = %partition.topic, error = %e, "deleting partition log failed");
             }
         }
+        // Every partition this shard will own: the tail cache budget's split.
+        let on_shard = wanted.len();
         let opens = wanted.into_iter().filter_map(|(topic, index)| {
             if self.partition(&topic.name, index).is_some() {
                 return None;
@@ -367,13 +366,19 @@ impl Shard {
                 .config
                 .data_dir
                 .join(format!("{}-{}", topic.name, index));
-            let log_config = self.log_config_for(&topic);
+            let log_config = self.log_config_for(&topic, on_shard);
             Some(async move {
+                // Opening an empty log is a few system calls and no await: let the rest of the
+                // shard (Raft ticks, heartbeats, clients) run between them.
+                glommio::yield_if_needed().await;
                 let opened = PartitionLog::open(dir.clone(), log_config).await;
                 (topic, index, dir, opened)
             })
         });
-        for (topic, index, dir, opened) in join_all(opens).await {
+        // A bounded number at a time: each holds descriptors (and a scan's buffers) while it
+        // recovers, and a restart opens every partition at once.
+        let mut opened = futures::stream::iter(opens).buffer_unordered(OPENS_IN_FLIGHT);
+        while let Some((topic, index, dir, opened)) = opened.next().await {
             match opened {
                 Ok(log) => {
                     let state = &topic.partitions[index as usize];
@@ -485,22 +490,32 @@ impl Shard {
         }
     }
 
-    /// Periodic work: retention, the stats log line (shard 0), and noticing shutdown.
+    /// Periodic work: retention, releasing idle partitions, the stats log line (shard 0), and
+    /// noticing shutdown.
     pub async fn housekeeping(self: Rc<Self>) {
         const STATS_EVERY: Duration = Duration::from_secs(60);
         let tick = Duration::from_millis(100);
         let retention_every =
             Duration::from_millis(self.config.retention_check_interval_ms.max(100));
+        let idle = Duration::from_millis(self.config.idle_release_ms);
+        // Often enough that a partition is released within a quarter of the idle time after it.
+        let idle_every = (idle / 4).clamp(tick, Duration::from_secs(10));
         let mut since_retention = Duration::ZERO;
+        let mut since_idle = Duration::ZERO;
         let mut since_stats = Duration::ZERO;
         let mut last_summary = String::new();
         while !self.is_shutting_down() {
             glommio::timer::sleep(tick).await;
             since_retention += tick;
+            since_idle += tick;
             since_stats += tick;
             if since_retention >= retention_every {
                 since_retention = Duration::ZERO;
                 self.enforce_retention().await;
+            }
+            if !idle.is_zero() && since_idle >= idle_every {
+                since_idle = Duration::ZERO;
+                self.release_idle_partitions(idle).await;
             }
             if self.id == 0 && since_stats >= STATS_EVERY {
                 since_stats = Duration::ZERO;
@@ -510,6 +525,26 @@ impl Shard {
                     last_summary = summary;
                 }
             }
+        }
+    }
+
+    /// Partitions not appended to or read for `idle` give back their tail cache, descriptors
+    /// and tail page (`PartitionLog::release_if_idle`).
+    async fn release_idle_partitions(&self, idle: Duration) {
+        let now = std::time::Instant::now();
+        let mut released = 0usize;
+        for partition in self.owned_partitions() {
+            if partition.log.release_if_idle(now, idle) {
+                released += 1;
+            }
+            glommio::yield_if_needed().await;
+        }
+        if released > 0 {
+            tracing::debug!(shard = self.id, released, "released idle partitions");
+            // The caches' buffers went back to malloc, which keeps them: hand the free pages
+            // to the kernel, or the released memory still counts in the process's RSS.
+            // SAFETY: malloc_trim only returns free heap pages to the kernel.
+            unsafe { libc::malloc_trim(0) };
         }
     }
 

@@ -10,10 +10,19 @@
 //! 0 0          <- epoch start_offset
 //! 3 150
 //! ```
-//! Every change is written to a temporary file, fsync'd, renamed over the checkpoint and the
-//! directory fsync'd, with blocking `std::fs` calls on the shard's thread: a change happens once
-//! per leader change (plus truncations and retention), so a few milliseconds there are cheaper
-//! than the machinery to do it asynchronously.
+//! The file is replaced atomically (a temporary file renamed over it), with blocking `std::fs`
+//! calls on the shard's thread, and only where it must hold what the log no longer shows:
+//! truncations and retention write and fsync it before they go on (they are rare), and so does
+//! a segment roll, because closed segments are not rescanned on open. A new leader epoch
+//! ([`LeaderEpochCache::assign`], at every leader change, so on every partition of a restarting
+//! broker) is kept in memory only until then: 10,000 partitions would pay 20,000 fsyncs (25 s
+//! here) before serving, and even without fsync ext4 starts a device write for every rename
+//! over an existing file. Opening a log instead fits the checkpoint to the log and adds the
+//! epochs that the active segment's batches carry beyond it (the recovery scan reads them
+//! anyway), as Kafka's log recovery does. An epoch that no batch carries only says where a
+//! leader started, and opening drops it (it starts at the log end) whether or not the file had
+//! it; before the log grows past an entry that opening dropped, the file is rewritten without
+//! it ([`LeaderEpochCache::before_append`]).
 //!
 //! Entries strictly increase in both epoch and start offset. Batches with a negative leader
 //! epoch (none assigned) add no entry, as in Kafka.
@@ -49,6 +58,13 @@ pub struct LeaderEpochCache {
     /// The checkpoint file's path.
     path: PathBuf,
     entries: Vec<EpochEntry>,
+    /// The file may not hold `entries` durably yet ([`Self::assign`] writes without fsync,
+    /// opening fits entries to the log without writing): [`Self::sync`] writes and syncs it.
+    dirty: bool,
+    /// Opening dropped entries at or past the log end without writing the file: the next
+    /// append rewrites it first (else batches appended there at an older epoch would sit under
+    /// an entry that opening no longer drops).
+    file_has_dropped_entries: bool,
 }
 
 impl LeaderEpochCache {
@@ -58,6 +74,8 @@ impl LeaderEpochCache {
         LeaderEpochCache {
             path: dir.join(CHECKPOINT_FILE),
             entries,
+            dirty: false,
+            file_has_dropped_entries: false,
         }
     }
 
@@ -83,6 +101,7 @@ impl LeaderEpochCache {
             }
             other => other,
         };
+        // `changed`: the file should be rewritten; `dirty`: it differs from the entries.
         let (mut cache, mut changed) = match loaded {
             Ok(entries) => (LeaderEpochCache::new(dir, entries), false),
             Err(reason) => {
@@ -99,11 +118,31 @@ impl LeaderEpochCache {
                 (LeaderEpochCache::new(dir, entries), write)
             }
         };
-        changed |= cache.truncate_from_end(log_end_offset);
+        // Entries at or past the log end are epochs that never got a batch (every restart of
+        // a leader leaves one) or whose batches recovery cut: every open drops them again, so
+        // the file is rewritten only before the log grows past them (`assign`), not by every
+        // partition of a restarting broker.
+        let dropped = cache.truncate_from_end(log_end_offset);
         changed |= cache.truncate_from_start(log_start_offset);
-        if changed {
-            cache.persist()?;
+        // Epochs the active segment's batches carry beyond the checkpoint: a new epoch is
+        // written without fsync, so after a power loss the batches can be newer than the file.
+        for start in active_epoch_starts.iter().filter(|_| !segments.is_empty()) {
+            if start.start_offset < log_end_offset
+                && cache
+                    .latest_epoch()
+                    .is_none_or(|latest| start.epoch > latest)
+            {
+                cache.push_epoch(*start);
+                changed = true;
+            }
         }
+        // Not synced: every open fits the entries to the log again, and a segment closing
+        // makes them durable ([`Self::sync`]).
+        if changed {
+            write_checkpoint(&cache.path, &cache.entries, false)?;
+        }
+        cache.dirty = changed || dropped;
+        cache.file_has_dropped_entries = dropped && !changed;
         Ok(cache)
     }
 
@@ -119,11 +158,11 @@ impl LeaderEpochCache {
         self.latest().map(|e| e.epoch)
     }
 
-    /// Records that `epoch` starts at `start_offset` and persists the change before returning.
-    /// `Ok(false)` when nothing changes: a negative epoch, or `epoch` is already the latest.
-    /// An epoch below the latest is refused. Like Kafka, earlier entries starting at or after
-    /// `start_offset` (epochs that never got a batch) are replaced. On an I/O error neither the
-    /// file nor the cache changed.
+    /// Records that `epoch` starts at `start_offset` (in memory; the file follows when a
+    /// segment closes, see the module doc). `Ok(false)` when nothing changes: a negative epoch,
+    /// or `epoch` is already the latest. An epoch below the latest is refused. Like Kafka,
+    /// earlier entries starting at or after `start_offset` (epochs that never got a batch) are
+    /// replaced.
     pub fn assign(&mut self, epoch: i32, start_offset: i64) -> Result<bool, StorageError> {
         if epoch < 0 {
             return Ok(false);
@@ -139,19 +178,46 @@ impl LeaderEpochCache {
                 return Ok(false);
             }
         }
-        let mut entries = self.entries.clone();
-        while entries
-            .last()
-            .is_some_and(|e| e.start_offset >= start_offset)
-        {
-            entries.pop();
-        }
-        entries.push(EpochEntry {
+        self.push_epoch(EpochEntry {
             epoch,
             start_offset,
         });
-        self.replace(entries)?;
+        // In memory until a segment closes (see the module doc).
+        self.dirty = true;
         Ok(true)
+    }
+
+    /// Called before every append: if opening dropped entries at the log end (see the module
+    /// doc), the file loses them before the log grows past them; otherwise a batch appended
+    /// there at an older epoch would sit under an entry that the next open keeps.
+    pub fn before_append(&mut self) -> Result<(), StorageError> {
+        if self.file_has_dropped_entries {
+            write_checkpoint(&self.path, &self.entries, false)?;
+            self.file_has_dropped_entries = false;
+        }
+        Ok(())
+    }
+
+    /// Appends a newer epoch; earlier entries starting at or after it (epochs that never got a
+    /// batch) go, as Kafka does. Nothing is written.
+    fn push_epoch(&mut self, entry: EpochEntry) {
+        while self
+            .entries
+            .last()
+            .is_some_and(|e| e.start_offset >= entry.start_offset)
+        {
+            self.entries.pop();
+        }
+        self.entries.push(entry);
+        assert_increasing(&self.entries);
+    }
+
+    /// Makes the checkpoint file hold the entries durably, if it may not.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        if self.dirty {
+            self.persist()?;
+        }
+        Ok(())
     }
 
     /// Kafka's OffsetForLeaderEpoch answer for `epoch` (`LeaderEpochFileCache.endOffsetFor`):
@@ -215,14 +281,18 @@ impl LeaderEpochCache {
     /// Replaces every entry, persisting first; on an I/O error nothing changed.
     pub fn replace(&mut self, entries: Vec<EpochEntry>) -> Result<(), StorageError> {
         assert_increasing(&entries);
-        write_checkpoint(&self.path, &entries)?;
+        write_checkpoint(&self.path, &entries, true)?;
         self.entries = entries;
+        self.dirty = false;
+        self.file_has_dropped_entries = false;
         Ok(())
     }
 
-    /// Writes the entries to the checkpoint file.
-    pub fn persist(&self) -> Result<(), StorageError> {
-        write_checkpoint(&self.path, &self.entries)?;
+    /// Writes the entries to the checkpoint file, durably.
+    pub fn persist(&mut self) -> Result<(), StorageError> {
+        write_checkpoint(&self.path, &self.entries, true)?;
+        self.dirty = false;
+        self.file_has_dropped_entries = false;
         Ok(())
     }
 }
@@ -315,15 +385,25 @@ fn read_checkpoint(path: &Path) -> Result<Vec<EpochEntry>, String> {
     decode(&text)
 }
 
-/// Atomically replaces the checkpoint: temporary file, fsync, rename, fsync of the directory.
-fn write_checkpoint(path: &Path, entries: &[EpochEntry]) -> io::Result<()> {
+/// Atomically replaces the checkpoint: temporary file, rename; with `sync`, the file is
+/// fsync'd before the rename and the directory after it.
+fn write_checkpoint(path: &Path, entries: &[EpochEntry], sync: bool) -> io::Result<()> {
     let temporary = path.with_extension("tmp");
     {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(encode(entries).as_bytes())?;
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
     }
     std::fs::rename(&temporary, path)?;
+    if sync {
+        sync_dir_of(path)?;
+    }
+    Ok(())
+}
+
+fn sync_dir_of(path: &Path) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -442,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn assign_appends_newer_epochs_persists_and_refuses_older_ones() {
+    fn assign_appends_newer_epochs_and_refuses_older_ones_sync_persists() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = cache(dir.path(), &[]);
         assert_eq!(c.latest_epoch(), None);
@@ -457,6 +537,11 @@ mod tests {
         // An epoch that never got a batch is replaced by the next starting at the same offset.
         assert!(c.assign(6, 100).unwrap());
         assert_eq!(c.entries(), entries(&[(2, 0), (6, 100)]));
+        assert!(
+            !dir.path().join(CHECKPOINT_FILE).exists(),
+            "kept in memory until a segment closes"
+        );
+        c.sync().unwrap();
         let on_disk = std::fs::read_to_string(dir.path().join(CHECKPOINT_FILE)).unwrap();
         assert_eq!(decode(&on_disk).unwrap(), c.entries());
         assert!(!dir.path().join("leader-epoch-checkpoint.tmp").exists());
@@ -510,6 +595,48 @@ mod tests {
         assert!(c.truncate_from_end(0));
         assert!(c.entries().is_empty());
         assert!(!c.truncate_from_start(100));
+    }
+
+    /// A new epoch is written without fsync: after a power loss the checkpoint may lack the
+    /// newest epochs that the active segment's batches carry. Opening adds them, and `sync`
+    /// (when a segment closes) writes them durably.
+    #[test]
+    fn epochs_newer_than_the_checkpoint_come_from_the_active_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000000.log");
+        std::fs::write(&path, b"").unwrap();
+        let segment = Rc::new(Segment::new(
+            dir.path(),
+            0,
+            None,
+            crate::storage::index::OffsetIndex::default(),
+            crate::storage::index::TimeIndex::default(),
+        ));
+        std::fs::write(
+            dir.path().join(CHECKPOINT_FILE),
+            encode(&entries(&[(1, 0), (2, 40)])),
+        )
+        .unwrap();
+        let active = entries(&[(2, 40), (3, 70), (5, 90)]);
+        let mut c =
+            LeaderEpochCache::open(dir.path(), &[segment], &active, (0, 100), 1 << 20).unwrap();
+        assert_eq!(c.entries(), entries(&[(1, 0), (2, 40), (3, 70), (5, 90)]));
+        assert!(c.dirty, "written, not synced, until a segment closes");
+        let on_disk = std::fs::read_to_string(dir.path().join(CHECKPOINT_FILE)).unwrap();
+        assert_eq!(decode(&on_disk).unwrap(), c.entries());
+        c.sync().unwrap();
+        assert!(!c.dirty);
+        assert!(c.assign(7, 100).unwrap());
+        assert!(c.dirty, "a new epoch is kept in memory");
+        let on_disk = std::fs::read_to_string(dir.path().join(CHECKPOINT_FILE)).unwrap();
+        assert_eq!(decode(&on_disk).unwrap().len(), 4);
+        c.sync().unwrap();
+        let on_disk = std::fs::read_to_string(dir.path().join(CHECKPOINT_FILE)).unwrap();
+        assert_eq!(
+            decode(&on_disk).unwrap(),
+            c.entries(),
+            "until a segment closes"
+        );
     }
 
     #[test]

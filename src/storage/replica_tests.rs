@@ -269,7 +269,6 @@ fn epoch_cache_through_the_log_and_after_a_torn_tail() {
             Err(StorageError::StaleLeaderEpoch { .. })
         ));
         assert_eq!(log.epoch_entries(), entries(&[(1, 0), (3, 4), (5, 6)]));
-        assert_eq!(checkpoint(&path), log.epoch_entries(), "persisted at once");
         assert_eq!(log.end_offset_for_epoch(1), Some((1, 4)));
         assert_eq!(log.end_offset_for_epoch(2), Some((1, 4)));
         assert_eq!(log.end_offset_for_epoch(3), Some((3, 6)));
@@ -308,6 +307,25 @@ fn epoch_cache_through_the_log_and_after_a_torn_tail() {
             .unwrap();
         assert_eq!(log.log_end_offset(), 8);
         assert_eq!(log.epoch_entries(), entries(&[(1, 0), (3, 4), (5, 6)]));
+        // The file loses the dropped entry before the log grows past it (opening does not
+        // write: every restarting leader drops its empty epoch).
+        std::fs::write(
+            path.join(CHECKPOINT_FILE),
+            epoch_cache::encode(&entries(&[(1, 0), (3, 4), (5, 6), (7, 8)])),
+        )
+        .unwrap();
+        let log = {
+            log.close().await.unwrap();
+            PartitionLog::open(path.clone(), LogConfig::default())
+                .await
+                .unwrap()
+        };
+        assert_eq!(log.epoch_entries(), entries(&[(1, 0), (3, 4), (5, 6)]));
+        assert_eq!(
+            checkpoint(&path),
+            entries(&[(1, 0), (3, 4), (5, 6), (7, 8)])
+        );
+        append_at_epoch(&log, batch(1, 10, 1), 5);
         assert_eq!(checkpoint(&path), log.epoch_entries());
         log.close().await.unwrap();
 

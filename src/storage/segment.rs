@@ -5,6 +5,10 @@
 //! Owned by the shard that owns the partition (shared there as `Rc<Segment>` between the log and
 //! its writer task). Mutable fields are `Cell`/`RefCell` and only the writer task (appends) and
 //! recovery (before the log is shared) change them.
+//!
+//! The read descriptor is opened on first use and dropped when the partition goes idle
+//! ([`Segment::release_read_file`]): a broker with 10,000 partitions keeps no descriptor for
+//! the ones nobody reads.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -14,7 +18,7 @@ use std::ops::ControlFlow;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use glommio::io::{DmaFile, OpenOptions};
 
@@ -198,8 +202,13 @@ fn block_queue_kb(major: u32, minor: u32, name: &str) -> Option<u64> {
 pub struct Segment {
     base_offset: i64,
     log_path: PathBuf,
-    /// Page-cache handle for preads and sendfile; never used for writes.
-    read_file: Arc<File>,
+    /// Page-cache handle for preads and sendfile, opened on first use; never used for writes.
+    /// Readers on other shards hold clones, so dropping it here never cuts a send short.
+    read_file: RefCell<Option<Arc<File>>>,
+    /// Every read descriptor this segment opened that may still be alive (a release drops only
+    /// this segment's own reference): reusing the file for a new segment must wait until no
+    /// send can still read the old bytes through any of them.
+    read_files_handed_out: RefCell<Vec<Weak<File>>>,
     /// Logical size: bytes of whole batches written (for the active segment: exactly the bytes
     /// below the written offset). The file may be longer by zero padding.
     size_bytes: Cell<u64>,
@@ -209,19 +218,21 @@ pub struct Segment {
     bytes_since_index_entry: Cell<u64>,
     offset_index: RefCell<OffsetIndex>,
     time_index: RefCell<TimeIndex>,
-    /// Bytes per WILLNEED call, 0 when fetches leave read-ahead to the kernel.
-    read_ahead_piece_bytes: Cell<u64>,
+    /// Bytes per WILLNEED call, 0 when fetches leave read-ahead to the kernel; `None` until the
+    /// read descriptor is first opened.
+    read_ahead_piece_bytes: Cell<Option<u64>>,
     read_ahead: RefCell<ReadAheadStreams>,
 }
 
 impl Segment {
     /// A segment whose first `size_bytes` are described by `offset_index`/`time_index`, whose
     /// last index entry sits at the batch starting at `size_bytes` (or which is empty). Recovery
-    /// then feeds the batches from there through [`Segment::record_batch`].
+    /// then feeds the batches from there through [`Segment::record_batch`]. `read_file`, if
+    /// given, is the segment's read descriptor (else it is opened on first use).
     pub fn new(
         dir: &Path,
         base_offset: i64,
-        read_file: File,
+        read_file: Option<File>,
         offset_index: OffsetIndex,
         time_index: TimeIndex,
     ) -> Segment {
@@ -234,24 +245,60 @@ impl Segment {
             None => (0, base_offset),
         };
         let max_timestamp = time_index.last().map_or(NO_TIMESTAMP, |e| e.timestamp);
-        // Consumers read a segment front to back: let the kernel use its largest read-ahead
-        // window on this fd. Advice only, so a failure changes nothing but speed.
-        // SAFETY: posix_fadvise on a descriptor `read_file` keeps open; no memory is passed.
-        unsafe { libc::posix_fadvise(read_file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
-        let read_ahead_piece_bytes = read_ahead_piece_bytes(&read_file);
-        Segment {
+        let segment = Segment {
             base_offset,
             log_path: dir.join(file_name(base_offset, "log")),
-            read_file: Arc::new(read_file),
+            read_file: RefCell::new(None),
+            read_files_handed_out: RefCell::new(Vec::new()),
             size_bytes: Cell::new(size_bytes),
             next_offset: Cell::new(next_offset),
             max_timestamp: Cell::new(max_timestamp),
             bytes_since_index_entry: Cell::new(0),
             offset_index: RefCell::new(offset_index),
             time_index: RefCell::new(time_index),
-            read_ahead_piece_bytes: Cell::new(read_ahead_piece_bytes),
+            read_ahead_piece_bytes: Cell::new(None),
             read_ahead: RefCell::new(ReadAheadStreams::default()),
+        };
+        if let Some(file) = read_file {
+            segment.adopt_read_file(file);
         }
+        segment
+    }
+
+    fn adopt_read_file(&self, file: File) -> Arc<File> {
+        // Consumers read a segment front to back: let the kernel use its largest read-ahead
+        // window on this fd. Advice only, so a failure changes nothing but speed.
+        // SAFETY: posix_fadvise on a descriptor `file` keeps open; no memory is passed.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+        if self.read_ahead_piece_bytes.get().is_none() {
+            self.read_ahead_piece_bytes
+                .set(Some(read_ahead_piece_bytes(&file)));
+        }
+        let file = Arc::new(file);
+        *self.read_file.borrow_mut() = Some(file.clone());
+        let mut handed_out = self.read_files_handed_out.borrow_mut();
+        handed_out.retain(|weak| weak.strong_count() > 0);
+        handed_out.push(Arc::downgrade(&file));
+        file
+    }
+
+    /// The read descriptor (opened now if it is not open): for preads and sendfile.
+    pub fn read_file(&self) -> io::Result<Arc<File>> {
+        if let Some(file) = &*self.read_file.borrow() {
+            return Ok(file.clone());
+        }
+        Ok(self.adopt_read_file(File::open(&self.log_path)?))
+    }
+
+    /// Closes the read descriptor (an idle partition); the next read opens it again. Clones
+    /// held by reads in flight keep it open until they end.
+    pub fn release_read_file(&self) {
+        self.read_file.borrow_mut().take();
+    }
+
+    /// Whether the read descriptor is open (tests, diagnostics).
+    pub fn has_read_file(&self) -> bool {
+        self.read_file.borrow().is_some()
     }
 
     /// Creates the files of a new, empty segment and returns it with its O_DIRECT write handle.
@@ -332,7 +379,7 @@ impl Segment {
         let segment = Segment::new(
             dir,
             base_offset,
-            read_file,
+            Some(read_file),
             OffsetIndex::default(),
             TimeIndex::default(),
         );
@@ -365,10 +412,6 @@ impl Segment {
 
     pub fn time_index_path(&self) -> PathBuf {
         self.log_path.with_extension("timeindex")
-    }
-
-    pub fn read_file(&self) -> &Arc<File> {
-        &self.read_file
     }
 
     pub fn index_entry_count(&self) -> usize {
@@ -466,7 +509,7 @@ impl Segment {
             }
             if position < buf_start || header_end > buf_start + buf_len as u64 {
                 let want = (end_bytes - position).min(HEADER_SCAN_BYTES as u64) as usize;
-                buf_len = read_at_most(&self.read_file, &mut buf[..want], position)?;
+                buf_len = read_at_most(&*self.read_file()?, &mut buf[..want], position)?;
                 buf_start = position;
                 if buf_len < HEADER_LEN {
                     return Err(self.corrupt(position, "file shorter than its logical size"));
@@ -511,7 +554,7 @@ impl Segment {
     /// Reads one whole batch (its length was bounded by `max_batch_bytes` when parsed).
     pub fn read_batch(&self, position: u64, header: &BatchHeader) -> Result<Vec<u8>, StorageError> {
         let mut bytes = vec![0u8; header.total_len()];
-        let n = read_at_most(&self.read_file, &mut bytes, position)?;
+        let n = read_at_most(&*self.read_file()?, &mut bytes, position)?;
         if n != bytes.len() {
             return Err(self.corrupt(position, "batch shorter than its length"));
         }
@@ -528,7 +571,10 @@ impl Segment {
     /// page below the logical end: the partial last page of the active segment is rewritten by
     /// O_DIRECT writes, and a read of it racing one could leave stale bytes in the page cache.
     pub fn hint_read_ahead(&self, position: u64, len: u64) -> u64 {
-        let piece = self.read_ahead_piece_bytes.get();
+        let Some(file) = self.read_file.borrow().clone() else {
+            return 0; // the read that wants the hint opened it; released since: nothing to do
+        };
+        let piece = self.read_ahead_piece_bytes.get().unwrap_or(0);
         if piece == 0 {
             return 0;
         }
@@ -543,7 +589,7 @@ impl Segment {
             // SAFETY: posix_fadvise on a descriptor this segment keeps open; no memory passed.
             let failed = unsafe {
                 libc::posix_fadvise(
-                    self.read_file.as_raw_fd(),
+                    file.as_raw_fd(),
                     at as libc::off_t,
                     n as libc::off_t,
                     libc::POSIX_FADV_WILLNEED,
@@ -560,7 +606,7 @@ impl Segment {
     /// Makes fetches hint read-ahead in pieces of `piece_bytes` whatever the device (0: never).
     #[cfg(test)]
     pub(crate) fn set_read_ahead_piece_bytes(&self, piece_bytes: u64) {
-        self.read_ahead_piece_bytes.set(piece_bytes);
+        self.read_ahead_piece_bytes.set(Some(piece_bytes));
     }
 
     /// Bytes `[align_down(size), size)`: the partial last page the writer must rewrite.
@@ -568,7 +614,10 @@ impl Segment {
         let size = self.size_bytes();
         let start = size - size % page_bytes;
         let mut tail = vec![0u8; (size - start) as usize];
-        let n = read_at_most(&self.read_file, &mut tail, start)?;
+        if tail.is_empty() {
+            return Ok(tail);
+        }
+        let n = read_at_most(&*self.read_file()?, &mut tail, start)?;
         if n != tail.len() {
             return Err(self.corrupt(start, "file shorter than its logical size"));
         }
@@ -596,8 +645,7 @@ impl Segment {
         if max >= 0 {
             return max;
         }
-        self.read_file
-            .metadata()
+        std::fs::metadata(&self.log_path)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -621,7 +669,7 @@ impl Segment {
                 self.index_path(),
                 self.time_index_path(),
             ],
-            handles: vec![self.read_file.clone()],
+            handles: self.read_file.borrow().iter().cloned().collect(),
             recycle: Vec::new(),
         }
     }
@@ -650,10 +698,10 @@ pub struct DoomedFiles {
     pub paths: Vec<PathBuf>,
     pub handles: Vec<Arc<File>>,
     /// Segment files to keep for reuse (renamed to [`RECYCLED_SEGMENT_EXTENSION`]) instead of
-    /// unlinking them, with their last read handle: freeing and reallocating a segment's
-    /// blocks costs the file system (and with online discard, the device) about as much as
-    /// writing them.
-    pub recycle: Vec<(PathBuf, Arc<File>)>,
+    /// unlinking them, with every read handle of theirs still alive: freeing and reallocating
+    /// a segment's blocks costs the file system (and with online discard, the device) about as
+    /// much as writing them.
+    pub recycle: Vec<(PathBuf, Vec<Arc<File>>)>,
 }
 
 impl DoomedFiles {
@@ -667,9 +715,15 @@ impl DoomedFiles {
     pub fn recycle(&mut self, segment: &Segment) {
         let log_path = segment.log_path();
         self.paths.retain(|p| p != log_path);
-        let handle = segment.read_file();
-        self.handles.retain(|h| !Arc::ptr_eq(h, handle));
-        self.recycle.push((log_path.to_path_buf(), handle.clone()));
+        let live: Vec<Arc<File>> = segment
+            .read_files_handed_out
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        self.handles
+            .retain(|h| !live.iter().any(|l| Arc::ptr_eq(h, l)));
+        self.recycle.push((log_path.to_path_buf(), live));
     }
 
     /// Renames the files to recycle that nothing reads any more, unlinks the paths (and the
@@ -681,15 +735,16 @@ impl DoomedFiles {
     /// handle once its segment left the log.
     pub fn delete(mut self) -> io::Result<Vec<PathBuf>> {
         let mut recycled = Vec::new();
-        for (path, handle) in std::mem::take(&mut self.recycle) {
-            if Arc::strong_count(&handle) == 1 {
+        for (path, handles) in std::mem::take(&mut self.recycle) {
+            // Each handle is then held here only: no send reads through it any more.
+            if handles.iter().all(|h| Arc::strong_count(h) == 1) {
                 let reuse = recycled_path(&path);
                 std::fs::rename(&path, &reuse)?;
                 recycled.push(reuse);
             } else {
                 self.paths.push(path);
             }
-            self.handles.push(handle);
+            self.handles.extend(handles);
         }
         for path in &self.paths {
             match std::fs::remove_file(path) {
@@ -713,6 +768,11 @@ impl DoomedFiles {
 thread_local! {
     /// Devices (`st_dev`) whose O_DIRECT polling support glommio has probed on this thread.
     static PROBED_DEVICES: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    /// One probe at a time per thread: a shard opening thousands of logs at once would
+    /// otherwise probe once per log (each writes, opens and removes a file) before the first
+    /// probe finishes.
+    static PROBE_LOCK: std::rc::Rc<glommio::sync::Semaphore> =
+        std::rc::Rc::new(glommio::sync::Semaphore::new(1));
 }
 
 /// Makes glommio's io_uring polling probe for `dir`'s device run on a file that holds data.
@@ -727,8 +787,17 @@ thread_local! {
 pub async fn prime_direct_io_probe(dir: &Path) -> Result<(), StorageError> {
     use std::os::unix::fs::MetadataExt;
     let device = std::fs::metadata(dir)?.dev();
-    if PROBED_DEVICES.with(|p| p.borrow().contains(&device)) {
+    let probed = || PROBED_DEVICES.with(|p| p.borrow().contains(&device));
+    if probed() {
         return Ok(());
+    }
+    let lock = PROBE_LOCK.with(|l| l.clone());
+    let _permit = lock
+        .acquire_permit(1)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    if probed() {
+        return Ok(()); // another log's open probed it while this one waited
     }
     let path = dir.join(".direct-io-probe");
     // Buffered write: the O_DIRECT probe read then flushes it and reads the device itself.
@@ -842,7 +911,7 @@ mod tests {
         let segment = Segment::new(
             dir.path(),
             0,
-            File::open(&path).unwrap(),
+            Some(File::open(&path).unwrap()),
             OffsetIndex::default(),
             TimeIndex::default(),
         );
@@ -872,7 +941,7 @@ mod tests {
         let segment = Segment::new(
             dir.path(),
             100,
-            File::open(&path).unwrap(),
+            Some(File::open(&path).unwrap()),
             OffsetIndex::default(),
             TimeIndex::default(),
         );

@@ -23,13 +23,24 @@
 //! throughput fell by a third (fresh, page-faulting request buffers instead of reused ones);
 //! a memcpy of up to 128 KiB, from a heap allocation that malloc reuses, costs far less.
 //!
+//! # The shard's budget
+//! Every cache also counts against its shard's `log.tail.cache.bytes` ([`set_shard_budget`]):
+//! the caches of one shard (one thread) are registered in a thread-local [`ShardCaches`], and
+//! a push that takes the shard over its budget clears the least recently used other caches
+//! (appended to or read longest ago), then the oldest batches of its own. So the sum stays
+//! under the budget however many partitions the shard has; the per-partition cap only keeps
+//! one busy partition from taking it all. Idle partitions also give their cache back on their
+//! own (`PartitionLog::release_if_idle`).
+//!
 //! The cache covers a contiguous offset range ending at the log end offset; a batch that does
 //! not fit the cap, or does not follow the last cached one, clears it. Only batches wholly
 //! below the caller's limit (the high watermark for consumers, the written offset for replica
 //! fetches) are served. A truncation drops the batches above its cut. Owned by the partition's
 //! shard, like the log.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::{Rc, Weak};
 
 use bytes::{Bytes, BytesMut};
 
@@ -71,43 +82,232 @@ pub struct CachedRead {
     pub len: usize,
 }
 
-#[derive(Debug, Default)]
+/// One partition's cache: owned by its log, registered with its shard's [`ShardCaches`].
+#[derive(Debug)]
 pub struct TailCache {
+    data: Rc<RefCell<CacheData>>,
+    id: u64,
+}
+
+#[derive(Debug, Default)]
+struct CacheData {
     cap_bytes: usize,
     batches: VecDeque<CachedBatch>,
     cost_bytes: usize,
 }
 
+/// The tail caches of the shard on this thread: their total, checked against the shard's
+/// budget, and the order they were last used in.
+#[derive(Debug)]
+struct ShardCaches {
+    budget_bytes: usize,
+    used_bytes: usize,
+    next_id: u64,
+    /// Use counter: each push or read of a cache takes the next value.
+    clock: u64,
+    caches: HashMap<u64, (Weak<RefCell<CacheData>>, u64)>,
+    /// `last use -> cache id`, oldest first: the eviction order.
+    by_last_use: BTreeMap<u64, u64>,
+}
+
+impl Default for ShardCaches {
+    fn default() -> Self {
+        ShardCaches {
+            budget_bytes: usize::MAX,
+            used_bytes: 0,
+            next_id: 0,
+            clock: 0,
+            caches: HashMap::new(),
+            by_last_use: BTreeMap::new(),
+        }
+    }
+}
+
+thread_local! {
+    static SHARD_CACHES: RefCell<ShardCaches> = RefCell::new(ShardCaches::default());
+}
+
+/// Sets the budget of the tail caches on this thread (the shard's `log.tail.cache.bytes`);
+/// until then they are bounded only by their own caps. Evicts at once if they exceed it.
+pub fn set_shard_budget(bytes: usize) {
+    SHARD_CACHES.with(|caches| {
+        let mut caches = caches.borrow_mut();
+        caches.budget_bytes = bytes;
+        caches.evict_over_budget(None);
+    });
+}
+
+/// Bytes the tail caches on this thread hold, counted as against their caps.
+pub fn shard_used_bytes() -> usize {
+    SHARD_CACHES.with(|caches| caches.borrow().used_bytes)
+}
+
+impl ShardCaches {
+    fn touch(&mut self, id: u64) {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some((_, last_use)) = self.caches.get_mut(&id) {
+            self.by_last_use.remove(last_use);
+            *last_use = clock;
+            self.by_last_use.insert(clock, id);
+        }
+    }
+
+    /// Clears the least recently used caches other than `keep` while over the budget; returns
+    /// the bytes still over it (what `keep` must shed itself).
+    fn evict_over_budget(&mut self, keep: Option<u64>) -> usize {
+        let mut skipped = Vec::new();
+        while self.used_bytes > self.budget_bytes {
+            let Some((last_use, id)) = self.by_last_use.pop_first() else {
+                break;
+            };
+            if Some(id) == keep {
+                skipped.push((last_use, id));
+                continue;
+            }
+            let data = self.caches.get(&id).and_then(|(weak, _)| weak.upgrade());
+            if let Some(data) = data {
+                let mut data = data.borrow_mut();
+                self.used_bytes -= data.cost_bytes;
+                data.clear();
+            }
+            // Cleared caches re-enter the order at their next push.
+            if let Some((_, last)) = self.caches.get_mut(&id) {
+                *last = 0;
+            }
+        }
+        for (last_use, id) in skipped {
+            self.by_last_use.insert(last_use, id);
+        }
+        self.used_bytes.saturating_sub(self.budget_bytes)
+    }
+}
+
+impl Drop for TailCache {
+    fn drop(&mut self) {
+        let cost = self.data.borrow().cost_bytes;
+        let id = self.id;
+        // The thread's registry may be gone already at thread exit.
+        let _ = SHARD_CACHES.try_with(|caches| {
+            let mut caches = caches.borrow_mut();
+            caches.used_bytes -= cost;
+            if let Some((_, last_use)) = caches.caches.remove(&id) {
+                caches.by_last_use.remove(&last_use);
+            }
+        });
+    }
+}
+
 impl TailCache {
     pub fn new(cap_bytes: usize) -> TailCache {
-        TailCache {
+        let data = Rc::new(RefCell::new(CacheData {
             cap_bytes,
-            batches: VecDeque::new(),
-            cost_bytes: 0,
-        }
+            ..CacheData::default()
+        }));
+        let id = SHARD_CACHES.with(|caches| {
+            let mut caches = caches.borrow_mut();
+            let id = caches.next_id;
+            caches.next_id += 1;
+            caches.caches.insert(id, (Rc::downgrade(&data), 0));
+            id
+        });
+        TailCache { data, id }
     }
 
     /// Bytes counted against the cap (batch bytes plus per-entry overhead).
     pub fn cost_bytes(&self) -> usize {
-        self.cost_bytes
+        self.data.borrow().cost_bytes
     }
 
     pub fn cap_bytes(&self) -> usize {
-        self.cap_bytes
+        self.data.borrow().cap_bytes
     }
 
     pub fn batch_count(&self) -> usize {
-        self.batches.len()
+        self.data.borrow().batches.len()
     }
 
     /// Lowest offset cached, if any.
     pub fn start_offset(&self) -> Option<i64> {
-        self.batches.front().map(|b| b.base_offset)
+        self.data.borrow().batches.front().map(|b| b.base_offset)
     }
 
-    /// Caches one batch just assigned `[base_offset, last_offset]`; evicts oldest-first.
+    /// Runs `change` on the data and accounts its size change to the shard.
+    fn change<R>(&mut self, change: impl FnOnce(&mut CacheData) -> R) -> R {
+        let mut data = self.data.borrow_mut();
+        let before = data.cost_bytes;
+        let result = change(&mut data);
+        let after = data.cost_bytes;
+        drop(data);
+        if before != after {
+            SHARD_CACHES.with(|caches| {
+                let mut caches = caches.borrow_mut();
+                caches.used_bytes = caches.used_bytes + after - before;
+            });
+        }
+        result
+    }
+
+    /// Caches one batch just assigned `[base_offset, last_offset]`; evicts oldest-first, and
+    /// other partitions' caches (least recently used first) if the shard is over its budget.
     /// `batch` is the producer's bytes, whole and validated (at least a header long).
     pub fn push(&mut self, batch: &Bytes, base_offset: i64, last_offset: i64, leader_epoch: i32) {
+        self.change(|data| data.push(batch, base_offset, last_offset, leader_epoch));
+        let id = self.id;
+        let over = SHARD_CACHES.with(|caches| {
+            let mut caches = caches.borrow_mut();
+            caches.touch(id);
+            caches.evict_over_budget(Some(id))
+        });
+        if over > 0 {
+            // Only this cache is left to shed.
+            self.change(|data| {
+                let target = data.cost_bytes.saturating_sub(over);
+                while data.cost_bytes > target {
+                    data.pop_front();
+                }
+            });
+        }
+    }
+
+    /// Drops batches wholly below `offset` (the log start moved past them).
+    pub fn evict_below(&mut self, offset: i64) {
+        self.change(|data| data.evict_below(offset));
+    }
+
+    /// Drops the batches at and above `offset` (a truncation cut there, at a batch boundary).
+    pub fn truncate_from(&mut self, offset: i64) {
+        self.change(|data| data.truncate_from(offset));
+    }
+
+    pub fn clear(&mut self) {
+        self.change(CacheData::clear);
+    }
+
+    /// The batches from the one holding `offset`, only those wholly below `limit_offset` (the
+    /// high watermark or the written offset), up to `max_bytes`. With `min_one_batch` the first
+    /// batch is whole even if larger (KIP-74); without it a first batch larger than `max_bytes`
+    /// is cut (as a file read would be). `None` when `offset` is not cached (or nothing cached
+    /// is below the limit): the caller reads the file.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+        limit_offset: i64,
+    ) -> Option<CachedRead> {
+        let read = self
+            .data
+            .borrow()
+            .read(offset, max_bytes, min_one_batch, limit_offset)?;
+        let id = self.id;
+        SHARD_CACHES.with(|caches| caches.borrow_mut().touch(id));
+        Some(read)
+    }
+}
+
+impl CacheData {
+    fn push(&mut self, batch: &Bytes, base_offset: i64, last_offset: i64, leader_epoch: i32) {
         if self.cap_bytes == 0 || batch.len() < HEAD_BYTES {
             return;
         }
@@ -154,15 +354,13 @@ impl TailCache {
         }
     }
 
-    /// Drops batches wholly below `offset` (the log start moved past them).
-    pub fn evict_below(&mut self, offset: i64) {
+    fn evict_below(&mut self, offset: i64) {
         while self.batches.front().is_some_and(|b| b.last_offset < offset) {
             self.pop_front();
         }
     }
 
-    /// Drops the batches at and above `offset` (a truncation cut there, at a batch boundary).
-    pub fn truncate_from(&mut self, offset: i64) {
+    fn truncate_from(&mut self, offset: i64) {
         while let Some(last) = self.batches.back() {
             if last.last_offset < offset {
                 break;
@@ -183,7 +381,7 @@ impl TailCache {
         }
     }
 
-    pub fn clear(&mut self) {
+    fn clear(&mut self) {
         self.batches = VecDeque::new();
         self.cost_bytes = 0;
     }
@@ -194,12 +392,7 @@ impl TailCache {
         }
     }
 
-    /// The batches from the one holding `offset`, only those wholly below `limit_offset` (the
-    /// high watermark or the written offset), up to `max_bytes`. With `min_one_batch` the first
-    /// batch is whole even if larger (KIP-74); without it a first batch larger than `max_bytes`
-    /// is cut (as a file read would be). `None` when `offset` is not cached (or nothing cached
-    /// is below the limit): the caller reads the file.
-    pub fn read(
+    fn read(
         &self,
         offset: i64,
         max_bytes: usize,
@@ -370,5 +563,47 @@ mod tests {
         let mut off = TailCache::new(0);
         off.push(&fake(1000, 0), 0, 0, 0);
         assert_eq!(off.batch_count(), 0);
+    }
+
+    /// The caches of one shard stay under its budget together: a push over it clears the
+    /// least recently used other cache (appended to or read longest ago), and a cache alone
+    /// over it sheds its own oldest batches. Dropping a cache returns its bytes.
+    #[test]
+    fn a_shard_budget_bounds_all_its_caches_evicting_the_least_recently_used() {
+        // A thread of its own: the budget is per thread (per shard).
+        std::thread::spawn(|| {
+            let cost = 1000 + ENTRY_OVERHEAD_BYTES;
+            set_shard_budget(5 * cost);
+            let mut a = TailCache::new(4 * cost);
+            let mut b = TailCache::new(4 * cost);
+            let mut c = TailCache::new(4 * cost);
+            a.push(&fake(1000, 1), 0, 0, 0);
+            a.push(&fake(1000, 1), 1, 1, 0);
+            b.push(&fake(1000, 2), 0, 0, 0);
+            b.push(&fake(1000, 2), 1, 1, 0);
+            assert_eq!(shard_used_bytes(), 4 * cost);
+            // `a` is read: now `b` is the least recently used.
+            assert!(a.read(0, 1 << 20, true, 2).is_some());
+            c.push(&fake(1000, 3), 0, 0, 0);
+            assert_eq!(shard_used_bytes(), 5 * cost, "at the budget, not over");
+            c.push(&fake(1000, 3), 1, 1, 0);
+            assert_eq!(b.batch_count(), 0, "the least recently used went");
+            assert_eq!((a.batch_count(), c.batch_count()), (2, 2));
+            assert_eq!(shard_used_bytes(), 4 * cost);
+            // Alone over the budget: its own oldest batches go.
+            drop(a);
+            drop(b);
+            assert_eq!(shard_used_bytes(), 2 * cost);
+            set_shard_budget(3 * cost);
+            for i in 2..6 {
+                c.push(&fake(1000, 3), i, i, 0);
+                assert!(shard_used_bytes() <= 3 * cost);
+            }
+            assert_eq!(c.start_offset(), Some(3));
+            c.clear();
+            assert_eq!(shard_used_bytes(), 0);
+        })
+        .join()
+        .unwrap();
     }
 }

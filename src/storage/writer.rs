@@ -18,7 +18,11 @@
 //! A truncation stops the task the same way as a close, without the index files and the final
 //! sync (it cuts the files itself), and starts a new one on the segment it leaves active.
 //!
-//! Between writes an idle partition keeps only the tail page (< 4 KiB), not a DMA buffer.
+//! Between writes a partition keeps only the tail page (< 4 KiB), not a DMA buffer. The
+//! segment's O_DIRECT descriptor is opened at the first write, and an idle partition (see
+//! `PartitionLog::release_if_idle`) gives it and the tail page back: the writer syncs, writes
+//! the index files, cuts the padding, and closes the file, as a clean close does. The next write
+//! reads the tail page back and opens the file again.
 //! Any I/O error puts the log in the failed state (waits and later appends get the error) and
 //! ends the task; after a failed fdatasync nothing about the file's contents can be trusted.
 
@@ -28,7 +32,7 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
-use glommio::io::DmaFile;
+use glommio::io::{DmaFile, OpenOptions};
 
 use super::notify::{Mark, Notifier};
 use super::segment::{BatchMeta, Segment};
@@ -96,6 +100,13 @@ pub(crate) trait WriterHost: 'static {
     fn fail(&self, error: &StorageError);
     fn count_write(&self, bytes: u64);
     fn count_sync(&self);
+    /// The log asks the writer to close its file and drop its tail page (the partition is
+    /// idle); [`Self::writer_released`] acknowledges.
+    fn release_requested(&self) -> bool;
+    fn writer_released(&self);
+    /// Makes the leader epoch checkpoint durable if it changed since its last sync: before a
+    /// segment is closed (closed segments are not rescanned, so their epochs must be in it).
+    fn sync_epoch_checkpoint(&self) -> Result<(), StorageError>;
     /// Fault injection: whether the next write must fail.
     #[cfg(test)]
     fn take_injected_write_failure(&self) -> bool;
@@ -116,30 +127,37 @@ enum Exit {
 
 pub(crate) struct Writer<Log: WriterHost> {
     log: Weak<Log>,
-    file: DmaFile,
+    /// The active segment's O_DIRECT handle: opened at the first write, closed when the
+    /// partition goes idle.
+    file: Option<DmaFile>,
     /// The active segment (also the last entry of the log's segment list).
     segment: Rc<Segment>,
-    /// Bytes `[align_down(size), size)` of the active segment: the partial last page.
-    tail: Vec<u8>,
+    /// Bytes `[align_down(size), size)` of the active segment: the partial last page; `None`
+    /// while released (read back from the file before the next write).
+    tail: Option<Vec<u8>>,
 }
 
 impl<Log: WriterHost> Writer<Log> {
     pub(crate) fn new(
         log: Weak<Log>,
-        file: DmaFile,
+        file: Option<DmaFile>,
         segment: Rc<Segment>,
-        tail: Vec<u8>,
+        tail: Option<Vec<u8>>,
     ) -> Writer<Log> {
-        assert_eq!(
-            tail.len() as u64,
-            segment.size_bytes() % PAGE_BYTES,
-            "tail page must match the segment size"
-        );
-        assert_eq!(
-            PAGE_BYTES % file.alignment(),
-            0,
-            "device alignment above the page size"
-        );
+        if let Some(tail) = &tail {
+            assert_eq!(
+                tail.len() as u64,
+                segment.size_bytes() % PAGE_BYTES,
+                "tail page must match the segment size"
+            );
+        }
+        if let Some(file) = &file {
+            assert_eq!(
+                PAGE_BYTES % file.alignment(),
+                0,
+                "device alignment above the page size"
+            );
+        }
         Writer {
             log,
             file,
@@ -151,7 +169,9 @@ impl<Log: WriterHost> Writer<Log> {
     pub(crate) async fn run(mut self) -> Result<(), StorageError> {
         match self.serve().await {
             Ok(Exit::Closed | Exit::Deleted | Exit::Suspended) => {
-                self.file.close().await?;
+                if let Some(file) = self.file.take() {
+                    file.close().await?;
+                }
                 Ok(())
             }
             // The file descriptor closes on drop; recovery handles the padding left behind.
@@ -163,6 +183,34 @@ impl<Log: WriterHost> Writer<Log> {
                 Err(error)
             }
         }
+    }
+
+    /// The active segment's O_DIRECT handle, opened if it is not.
+    async fn file(&mut self) -> Result<&DmaFile, StorageError> {
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .dma_open(self.segment.log_path())
+                .await?;
+            if !PAGE_BYTES.is_multiple_of(file.alignment()) {
+                let alignment = file.alignment();
+                file.close().await?;
+                return Err(StorageError::Io(io::Error::other(format!(
+                    "device needs {alignment}-byte O_DIRECT alignment, above the {PAGE_BYTES}-byte page"
+                ))));
+            }
+            self.file = Some(file);
+        }
+        Ok(self.file.as_ref().expect("opened above"))
+    }
+
+    /// The partial last page, read back from the segment if it was released.
+    fn tail(&mut self) -> Result<&mut Vec<u8>, StorageError> {
+        if self.tail.is_none() {
+            self.tail = Some(self.segment.read_tail_page(PAGE_BYTES)?);
+        }
+        Ok(self.tail.as_mut().expect("read above"))
     }
 
     async fn serve(&mut self) -> Result<Exit, StorageError> {
@@ -187,6 +235,12 @@ impl<Log: WriterHost> Writer<Log> {
             }
             if log.sync_needed() {
                 self.sync(&log).await?;
+            }
+            if log.release_requested() {
+                if !log.has_queued() && log.stop_request() == StopRequest::None {
+                    self.release(&log).await?;
+                }
+                log.writer_released();
             }
         }
     }
@@ -228,14 +282,16 @@ impl<Log: WriterHost> Writer<Log> {
         assert!(!batches.is_empty(), "the queue had a batch");
 
         let write_position = size - size % PAGE_BYTES;
-        assert_eq!(self.tail.len() as u64, size - write_position);
+        let tail = std::mem::take(self.tail()?);
+        assert_eq!(tail.len() as u64, size - write_position);
         let data_bytes: u64 = batches.iter().map(|b| b.meta.len_bytes).sum();
-        let used = self.tail.len() + data_bytes as usize;
+        let used = tail.len() + data_bytes as usize;
         let buffer_bytes = used.next_multiple_of(PAGE_BYTES as usize);
-        let mut buffer = self.file.alloc_dma_buffer(buffer_bytes);
+        let file = self.file().await?;
+        let mut buffer = file.alloc_dma_buffer(buffer_bytes);
         let bytes = buffer.as_bytes_mut();
-        bytes[..self.tail.len()].copy_from_slice(&self.tail);
-        let mut at = self.tail.len();
+        bytes[..tail.len()].copy_from_slice(&tail);
+        let mut at = tail.len();
         let mut metas = Vec::with_capacity(batches.len());
         for batch in batches {
             let end = at + batch.bytes.len();
@@ -257,7 +313,7 @@ impl<Log: WriterHost> Writer<Log> {
         if log.take_injected_write_failure() {
             return Err(io::Error::other("injected write failure").into());
         }
-        let written = self.file.write_at(buffer, write_position).await?;
+        let written = file.write_at(buffer, write_position).await?;
         if written != buffer_bytes {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -272,7 +328,7 @@ impl<Log: WriterHost> Writer<Log> {
                 .record_batch(position, meta, config.index_interval_bytes);
             position += meta.len_bytes;
         }
-        self.tail = next_tail;
+        self.tail = Some(next_tail);
         log.count_write(data_bytes);
         let written = self.segment.next_offset();
         assert!(
@@ -287,7 +343,7 @@ impl<Log: WriterHost> Writer<Log> {
     async fn sync(&mut self, log: &Log) -> Result<(), StorageError> {
         let covered = log.written_offset();
         let started = std::time::Instant::now();
-        self.file.fdatasync().await?;
+        self.file().await?.fdatasync().await?;
         crate::metrics::DETAIL
             .fdatasync_latency
             .observe(started.elapsed());
@@ -306,9 +362,12 @@ impl<Log: WriterHost> Writer<Log> {
         );
         old.persist_indexes()?;
         // A closed segment is exactly its batches and durable, so recovery only scans the
-        // active one and a sync of the active file covers the whole log.
-        self.file.truncate(old.size_bytes()).await?;
-        self.file.fdatasync().await?;
+        // active one and a sync of the active file covers the whole log. Its leader epochs are
+        // not rescanned either: the checkpoint must hold them.
+        let file = self.file().await?;
+        file.truncate(old.size_bytes()).await?;
+        file.fdatasync().await?;
+        log.sync_epoch_checkpoint()?;
         log.count_sync();
         log.notifier().advance(Mark::Durable, old.next_offset());
 
@@ -318,20 +377,42 @@ impl<Log: WriterHost> Writer<Log> {
         } else {
             Segment::create(log.dir(), base_offset).await?
         };
-        let old_file = std::mem::replace(&mut self.file, file);
-        old_file.close().await?;
+        if let Some(old_file) = self.file.replace(file) {
+            old_file.close().await?;
+        }
         old.shrink_indexes();
+        old.release_read_file();
         self.segment = Rc::new(segment);
-        self.tail.clear();
+        self.tail = Some(Vec::new());
         log.push_segment(self.segment.clone());
         Ok(())
     }
 
-    /// Clean shutdown: index files written, padding cut, everything synced.
+    /// Clean shutdown: index files written, padding cut, everything synced. Nothing to do if
+    /// the file is not open (never written since the log opened, or released since, which did
+    /// the same).
     async fn finish(&mut self, log: &Log) -> Result<(), StorageError> {
+        if self.file.is_none() {
+            return Ok(());
+        }
+        self.flush_and_close(log).await
+    }
+
+    /// The partition went idle: what a clean close does, then the file and the tail page go.
+    async fn release(&mut self, log: &Log) -> Result<(), StorageError> {
+        if self.file.is_some() {
+            self.flush_and_close(log).await?;
+        }
+        self.tail = None;
+        Ok(())
+    }
+
+    async fn flush_and_close(&mut self, log: &Log) -> Result<(), StorageError> {
+        let file = self.file.take().expect("callers check");
         self.segment.persist_indexes()?;
-        self.file.truncate(self.segment.size_bytes()).await?;
-        self.file.fdatasync().await?;
+        file.truncate(self.segment.size_bytes()).await?;
+        file.fdatasync().await?;
+        file.close().await?;
         log.count_sync();
         log.notifier().advance(Mark::Durable, log.written_offset());
         Ok(())

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::task::JoinHandle;
@@ -101,6 +102,13 @@ pub struct PartitionLog {
     /// so whatever of the old bytes recovery might read past the new segment's end has
     /// offsets below the segment's base and stops the scan.
     recycled_segments: RefCell<VecDeque<(PathBuf, i64)>>,
+    /// Last append or read: an idle log gives back its memory and descriptors
+    /// ([`Self::release_if_idle`]).
+    last_used: Cell<Instant>,
+    /// Set when [`Self::release_if_idle`] released this log (cleared by the next use).
+    released: Cell<bool>,
+    /// The writer is asked to close its file and drop its tail page.
+    writer_release_requested: Cell<bool>,
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
     pub(crate) fail_next_write: Cell<bool>,
@@ -186,6 +194,9 @@ impl PartitionLog {
             tail_cache: RefCell::new(TailCache::new(config_tail_cache_bytes)),
             stats: Cell::new(LogStats::default()),
             recycled_segments: RefCell::new(VecDeque::new()),
+            last_used: Cell::new(Instant::now()),
+            released: Cell::new(false),
+            writer_release_requested: Cell::new(false),
             #[cfg(test)]
             fail_next_write: Cell::new(false),
         });
@@ -196,7 +207,12 @@ impl PartitionLog {
     /// Spawns the writer task on the active segment a recovery scan left behind.
     fn start_writer(&self, active: RecoveredActive) {
         *self.producer_batches.borrow_mut() = active.producer_batches;
-        let writer = Writer::new(self.me.clone(), active.file, active.segment, active.tail);
+        let writer = Writer::new(
+            self.me.clone(),
+            active.file,
+            active.segment,
+            Some(active.tail),
+        );
         let task = glommio::spawn_local(writer.run()).detach();
         *self.writer_task.borrow_mut() = Some(task);
     }
@@ -318,7 +334,11 @@ impl PartitionLog {
         self.check_open()?;
         self.check_batch(&batch, header)?;
         let base_offset = self.log_end_offset.get();
-        self.epochs.borrow_mut().assign(leader_epoch, base_offset)?;
+        {
+            let mut epochs = self.epochs.borrow_mut();
+            epochs.before_append()?;
+            epochs.assign(leader_epoch, base_offset)?;
+        }
         Ok(self.enqueue(batch, header, base_offset, leader_epoch))
     }
 
@@ -352,7 +372,11 @@ impl PartitionLog {
             });
         }
         let epoch = header.partition_leader_epoch;
-        self.epochs.borrow_mut().assign(epoch, expected)?;
+        {
+            let mut epochs = self.epochs.borrow_mut();
+            epochs.before_append()?;
+            epochs.assign(epoch, expected)?;
+        }
         Ok(self.enqueue(batch, header, expected, epoch))
     }
 
@@ -399,6 +423,7 @@ impl PartitionLog {
         );
         let last_offset = base_offset + header.last_offset_delta as i64;
         self.log_end_offset.set(last_offset + 1);
+        self.mark_used();
         let meta = BatchMeta {
             base_offset,
             last_offset,
@@ -513,6 +538,46 @@ impl PartitionLog {
         self.producer_batches.borrow().clone()
     }
 
+    /// Records a use (append or read) for [`Self::release_if_idle`].
+    pub(crate) fn mark_used(&self) {
+        self.last_used.set(Instant::now());
+        self.released.set(false);
+        // In use again before the writer got to the release: it keeps its file.
+        self.writer_release_requested.set(false);
+    }
+
+    /// If nothing appended to or read this log for `idle`, gives back what it holds for
+    /// speed: the tail cache, the segments' read descriptors, and (through the writer, after
+    /// it synced, wrote the index files and cut the padding, as a clean close does) the active
+    /// segment's O_DIRECT descriptor and tail page. Readers and the writer open them again when
+    /// needed. Returns whether it released anything now.
+    pub fn release_if_idle(&self, now: Instant, idle: Duration) -> bool {
+        if self.released.get()
+            || now.saturating_duration_since(self.last_used.get()) < idle
+            || self.lifecycle.get() != Lifecycle::Open
+        {
+            return false;
+        }
+        self.released.set(true);
+        self.tail_cache.borrow_mut().clear();
+        for segment in self.segments.borrow().iter() {
+            segment.release_read_file();
+        }
+        self.writer_release_requested.set(true);
+        self.wake_writer();
+        true
+    }
+
+    /// Descriptors this log holds open now: segment read descriptors (tests, diagnostics; the
+    /// writer's is not counted).
+    pub fn open_read_files(&self) -> usize {
+        self.segments
+            .borrow()
+            .iter()
+            .filter(|s| s.has_read_file())
+            .count()
+    }
+
     /// Drains the queue, fdatasyncs, writes the index files, stops the writer task.
     /// Returns the writer's error if it had failed.
     pub async fn close(&self) -> Result<(), StorageError> {
@@ -543,7 +608,7 @@ impl PartitionLog {
             .segments
             .borrow_mut()
             .drain(..)
-            .map(|s| s.read_file().clone())
+            .flat_map(|s| s.doomed().handles)
             .collect();
         let dir = self.dir.clone();
         glommio::executor()
@@ -689,7 +754,22 @@ impl WriterHost for PartitionLog {
     }
 
     fn writer_has_work(&self) -> bool {
-        self.has_queued() || self.sync_needed() || self.lifecycle.get() != Lifecycle::Open
+        self.has_queued()
+            || self.sync_needed()
+            || self.writer_release_requested.get()
+            || self.lifecycle.get() != Lifecycle::Open
+    }
+
+    fn release_requested(&self) -> bool {
+        self.writer_release_requested.get()
+    }
+
+    fn writer_released(&self) {
+        self.writer_release_requested.set(false);
+    }
+
+    fn sync_epoch_checkpoint(&self) -> Result<(), StorageError> {
+        self.epochs.borrow_mut().sync()
     }
 
     fn park_writer(&self, waker: &Waker) {

@@ -39,6 +39,7 @@ impl PartitionLog {
         if offset >= limit_offset || (max_bytes == 0 && !min_one_batch) {
             return Ok(None);
         }
+        self.mark_used();
         let cached = self
             .tail_cache
             .borrow()
@@ -122,7 +123,7 @@ impl PartitionLog {
                     self.stats.set(stats);
                 }
                 return Ok(Some(ReadSlice {
-                    file: segment.read_file().clone(),
+                    file: segment.read_file()?,
                     position,
                     len: len_bytes as usize,
                 }));

@@ -599,7 +599,7 @@ fn reads_hint_the_kernel_to_read_ahead_of_the_consumer() {
         log.wait_written(log.log_end_offset(), false).await.unwrap();
         // Force hints whatever this machine's read_ahead_kb says.
         log.segments.borrow()[0].set_read_ahead_piece_bytes(1 << 20);
-        let file = log.segments.borrow()[0].read_file().clone();
+        let file = log.segments.borrow()[0].read_file().unwrap();
         let mib_pages = (1 << 20) / 4096;
         assert!(
             !resident_pages(&file, 8 * mib_pages).iter().any(|&r| r),
@@ -759,5 +759,68 @@ fn delete_removes_the_directory_and_fails_queued_waits() {
             log.read(0, 10, true, ReadLimit::HighWatermark),
             Err(StorageError::Closed)
         ));
+    });
+}
+
+/// A log nobody appends to or reads for the idle time gives back its tail cache, its read
+/// descriptors and (through the writer, after syncing what it wrote) its O_DIRECT descriptor;
+/// reads and appends afterwards open them again and see every byte. A log used meanwhile keeps
+/// them.
+#[test]
+fn an_idle_log_releases_its_cache_and_descriptors() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path().join("t-0"), small_config())
+            .await
+            .unwrap();
+        let first = append(&log, batch(3, 100, 1_000));
+        log.wait_written(log.log_end_offset(), false).await.unwrap();
+        // Read from the file once so its read descriptor is open.
+        let from_file = log.read_file(0, 1 << 20, true, log.high_watermark());
+        assert!(from_file.unwrap().is_some());
+        assert!(log.tail_cache_usage().0 > 0);
+        assert_eq!(log.open_read_files(), 1);
+        let idle = Duration::from_secs(30);
+        let now = Instant::now();
+        assert!(!log.release_if_idle(now, idle), "just used");
+        let later = now + idle + Duration::from_secs(1);
+        let syncs_before = log.stats().syncs;
+        assert!(log.release_if_idle(later, idle));
+        assert!(!log.release_if_idle(later, idle), "released once");
+        assert_eq!(log.tail_cache_usage(), (0, None), "the cache is released");
+        assert_eq!(log.open_read_files(), 0, "the read descriptors are closed");
+        // The writer syncs, writes the indexes and closes its file when it next runs.
+        while log.writer_release_requested.get() {
+            glommio::yield_if_needed().await;
+            glommio::executor().yield_task_queue_now().await;
+        }
+        assert_eq!(
+            log.stats().syncs,
+            syncs_before + 1,
+            "what it wrote is synced"
+        );
+        assert_eq!(log.durable_offset(), log.log_end_offset());
+        // Everything is still there, and the log works on.
+        let read = log
+            .read(first.base_offset, 1 << 20, true, ReadLimit::HighWatermark)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(read, Records::File(_)), "from the file now");
+        assert_eq!(whole_batches(&slice_bytes(&read)).len(), 1);
+        let second = append(&log, batch(2, 100, 2_000));
+        log.wait_written(log.log_end_offset(), true).await.unwrap();
+        let read = log
+            .read(0, 1 << 20, true, ReadLimit::HighWatermark)
+            .unwrap()
+            .unwrap();
+        let batches = whole_batches(&slice_bytes(&read));
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[1].base_offset, second.base_offset);
+        log.close().await.unwrap();
+        let reopened = PartitionLog::open(dir.path().join("t-0"), small_config())
+            .await
+            .unwrap();
+        assert_eq!(reopened.log_end_offset(), second.last_offset + 1);
+        reopened.close().await.unwrap();
     });
 }

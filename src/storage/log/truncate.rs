@@ -178,8 +178,12 @@ impl PartitionLog {
             segments.truncate(index);
             segments.push(active.segment.clone());
         }
-        active.file.truncate(cut_position).await?;
-        active.file.fdatasync().await?;
+        let file = active
+            .file
+            .as_ref()
+            .expect("a cut segment is scanned through its file");
+        file.truncate(cut_position).await?;
+        file.fdatasync().await?;
         self.count_sync();
         // The cut segment is active now: its index files are rebuilt by scans and written
         // when it closes; empty ones keep the directory looking like Kafka's meanwhile.
@@ -243,7 +247,7 @@ impl PartitionLog {
         self.notifier.truncate(floor, offset, offset, offset);
         Ok(RecoveredActive {
             segment,
-            file,
+            file: Some(file),
             tail: Vec::new(),
             producer_batches: Vec::new(),
             epoch_starts: Vec::new(),

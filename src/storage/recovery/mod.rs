@@ -74,8 +74,9 @@ pub(crate) struct RecoveredLog {
 /// The active segment as its recovery scan left it.
 pub(crate) struct RecoveredActive {
     pub segment: Rc<Segment>,
-    /// The O_DIRECT handle the writer appends through.
-    pub file: DmaFile,
+    /// The O_DIRECT handle the scan read through (`None` when nothing was scanned); opening a
+    /// log closes it, and the writer opens its own at its first write.
+    pub file: Option<DmaFile>,
     /// The partial last page.
     pub tail: Vec<u8>,
     /// The last batches of each producer, oldest first.
@@ -105,12 +106,14 @@ pub(crate) async fn recover_log(
 
     let Some((&active_base, closed_bases)) = bases.split_last() else {
         let (segment, file) = Segment::create(dir, 0).await?;
+        // No descriptor stays open for a partition nobody writes yet.
+        file.close().await?;
         let segment = Rc::new(segment);
         return Ok(RecoveredLog {
             segments: vec![segment.clone()],
             active: RecoveredActive {
                 segment,
-                file,
+                file: None,
                 tail: Vec::new(),
                 producer_batches: Vec::new(),
                 epoch_starts: Vec::new(),
@@ -126,7 +129,13 @@ pub(crate) async fn recover_log(
         }
         segments.push(Rc::new(segment));
     }
-    let active = recover_active_segment(dir, active_base, config, None).await?;
+    let mut active = recover_active_segment(dir, active_base, config, None).await?;
+    // The scan's descriptors close: the writer and readers open their own when they need
+    // them, so a restarted broker holds none for partitions nobody uses.
+    if let Some(file) = active.file.take() {
+        file.close().await?;
+    }
+    active.segment.release_read_file();
     if let Some(previous) = segments.last().map(|s| s.next_offset()) {
         check_order(previous, &active.segment)?;
     }
@@ -159,6 +168,23 @@ pub(crate) async fn recover_active_segment(
     scan_end: Option<u64>,
 ) -> Result<RecoveredActive, StorageError> {
     let path = dir.join(segment::file_name(base_offset, "log"));
+    if scan_end.is_none() && std::fs::metadata(&path)?.len() == 0 {
+        // Nothing to scan or cut (a partition never written, or rolled and never written
+        // since): no descriptor either. Most partitions of a broker with thousands are this.
+        return Ok(RecoveredActive {
+            segment: Rc::new(Segment::new(
+                dir,
+                base_offset,
+                None,
+                OffsetIndex::default(),
+                TimeIndex::default(),
+            )),
+            file: None,
+            tail: Vec::new(),
+            producer_batches: Vec::new(),
+            epoch_starts: Vec::new(),
+        });
+    }
     let active_file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -181,7 +207,7 @@ pub(crate) async fn recover_active_segment(
     let interval = config.index_interval_bytes;
     let mut active = ActiveScan::new(dir, base_offset, &path)?;
     let mut bounds = segment_bounds(base_offset, base_offset);
-    let page_cache = active.segment.read_file().clone();
+    let page_cache = active.segment.read_file()?;
     let direct = scan_file_direct(
         &active_file,
         Some(&page_cache),
@@ -200,7 +226,7 @@ pub(crate) async fn recover_active_segment(
             warn!(segment = %path.display(), error = %e, "O_DIRECT reads refused; recovering through the page cache");
             active = ActiveScan::new(dir, base_offset, &path)?;
             bounds = segment_bounds(base_offset, base_offset);
-            let read_file = active.segment.read_file().clone();
+            let read_file = active.segment.read_file()?;
             scan_file(
                 &read_file,
                 range,
@@ -239,7 +265,7 @@ pub(crate) async fn recover_active_segment(
     producer_batches.sort_unstable_by_key(|h| h.base_offset);
     Ok(RecoveredActive {
         segment: Rc::new(segment),
-        file: active_file,
+        file: Some(active_file),
         tail,
         producer_batches,
         epoch_starts,
@@ -259,7 +285,7 @@ impl ActiveScan {
         let segment = Segment::new(
             dir,
             base_offset,
-            File::open(path)?,
+            Some(File::open(path)?),
             OffsetIndex::default(),
             TimeIndex::default(),
         );
@@ -307,7 +333,7 @@ fn load_closed_segment(
     config: &LogConfig,
 ) -> Result<Segment, StorageError> {
     let path = dir.join(segment::file_name(base_offset, "log"));
-    let file_bytes = File::open(&path)?.metadata()?.len();
+    let file_bytes = std::fs::metadata(&path)?.len();
     let (segment, scan, rebuilt) = match load_indexes(&path, file_bytes) {
         Ok((offset_index, time_index)) => {
             let expected_first = offset_index
@@ -317,7 +343,7 @@ fn load_closed_segment(
             let segment = Segment::new(
                 dir,
                 base_offset,
-                File::open(&path)?,
+                Some(File::open(&path)?),
                 offset_index,
                 time_index,
             );
@@ -353,6 +379,8 @@ fn load_closed_segment(
         segment.persist_indexes()?;
     }
     segment.shrink_indexes();
+    // Readers open it again when they need it (most closed segments are never read again).
+    segment.release_read_file();
     Ok(segment)
 }
 
@@ -366,7 +394,7 @@ fn rescan_closed(
     let segment = Segment::new(
         dir,
         base_offset,
-        File::open(path)?,
+        Some(File::open(path)?),
         OffsetIndex::default(),
         TimeIndex::default(),
     );
@@ -388,7 +416,7 @@ fn scan_segment_from(
     let mut bounds = segment_bounds(base, segment.next_offset());
     let mut first = true;
     let mut mismatch = false;
-    let read_file = segment.read_file().clone();
+    let read_file = segment.read_file()?;
     let scan = scan_file(
         &read_file,
         (start, file_bytes.min(i32::MAX as u64)),
