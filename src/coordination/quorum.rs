@@ -140,6 +140,12 @@ pub struct QuorumNode {
     incarnation: u64,
     raw: RawNode<RaftMemory>,
     durable: Box<dyn DurableLog>,
+    /// Term and vote of the hard state last made durable. Only they must reach the disk before
+    /// messages leave: the commit index is volatile state in Raft (a restarted voter learns it
+    /// again from the leader, or as leader commits its log again), so a change of the commit
+    /// alone is kept in memory instead of costing two file syncs on the coordination shard
+    /// (which also serves partitions) at every commit.
+    durable_term_vote: (u64, u64),
     state: ClusterState,
     applied_index: u64,
     applied_term: u64,
@@ -178,6 +184,7 @@ impl QuorumNode {
         );
         let voters: Vec<u64> = config.voters.iter().map(|&v| raft_id(v)).collect();
         let memory = RaftMemory::new(recovered, &voters);
+        let durable_term_vote = (memory.hard_state().term, memory.hard_state().vote);
         let mut persisted: Vec<u64> = memory.conf_state().voters.clone();
         persisted.sort_unstable();
         let mut configured = voters.clone();
@@ -216,6 +223,7 @@ impl QuorumNode {
             incarnation,
             raw,
             durable,
+            durable_term_vote,
             state,
             applied_index: snapshot_index,
             applied_term: snapshot_term,
@@ -498,16 +506,18 @@ impl QuorumNode {
                 self.raw.mut_store().append(ready.entries());
             }
             if let Some(hard_state) = ready.hs() {
-                self.durable.set_hard_state(hard_state)?;
+                let term_vote = (hard_state.term, hard_state.vote);
+                if term_vote != self.durable_term_vote {
+                    self.durable.set_hard_state(hard_state)?;
+                    self.durable_term_vote = term_vote;
+                }
                 self.raw.mut_store().set_hard_state(hard_state.clone());
             }
             self.send(ready.take_persisted_messages());
             let mut light = self.raw.advance(ready);
             if let Some(commit) = light.commit_index() {
+                // In memory only: see `durable_term_vote`.
                 self.raw.mut_store().set_commit(commit);
-                let mut hard_state = self.raw.store().hard_state().clone();
-                hard_state.commit = commit;
-                self.durable.set_hard_state(&hard_state)?;
             }
             self.send(light.take_messages());
             let committed = light.take_committed_entries();
