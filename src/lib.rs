@@ -30,6 +30,7 @@ pub mod protocol;
 pub mod replication;
 pub mod server;
 pub mod shard;
+pub mod startup;
 pub mod storage;
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ const MESH_CHANNEL_CAPACITY: usize = 1024;
 
 /// Runs a broker until SIGINT or SIGTERM. Prints one `ready` line on stdout when every shard
 /// serves clients; scripts and tests wait for it.
+/// Below this `ulimit -n`, start-up warns (Kafka's operations guide asks for 100,000).
+const MIN_OPEN_FILES_ADVISED: u64 = 65_536;
+
 pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut config = config;
@@ -32,6 +35,19 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     // default data dir is the relative ./data.
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .map_err(|e| format!("cannot resolve data dir {}: {e}", config.data_dir.display()))?;
+    // Held until `run` returns (the process exits right after).
+    let _data_dir_lock = crate::startup::lock_data_dir(&config.data_dir)?;
+    let open_files_limit = crate::startup::raise_open_files_limit();
+    if open_files_limit < MIN_OPEN_FILES_ADVISED {
+        tracing::warn!(
+            open_files_limit,
+            advised = MIN_OPEN_FILES_ADVISED,
+            "the open files limit (ulimit -n) is low: every partition being written and every \
+             client holds a descriptor; raise it as for Kafka (e.g. LimitNOFILE=100000)"
+        );
+    } else {
+        tracing::info!(open_files_limit, "open files limit");
+    }
     let config = Arc::new(config);
     let shards = config.shards();
     // Pinned to the CPUs this process may run on (its affinity mask), in order, when there

@@ -287,3 +287,36 @@ fn ten_thousand_partitions_restart_and_every_one_is_readable() {
     let broker = Broker::start_in(tmp.path(), 2, &[]);
     check(&broker, "after kill -9");
 }
+
+/// Two brokers on one data directory would append to the same segments and Raft log: the
+/// second refuses to start, names the holder's pid, and the first keeps serving.
+#[test]
+fn a_second_broker_on_the_same_data_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Broker::start_in(dir.path(), 1, &[]);
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--http",
+            "off",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run a second broker");
+    assert!(!second.status.success(), "the second broker started");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let pid = first.pid().unwrap().to_string();
+    assert!(
+        stderr.contains("is in use by another broker process") && stderr.contains(&pid),
+        "{stderr}"
+    );
+    assert!(first.is_running());
+    first.stop();
+    // Once the holder stopped, the directory is free again.
+    let mut again = Broker::start_in(dir.path(), 1, &[]);
+    again.stop();
+}

@@ -1,0 +1,118 @@
+//! What the process claims before any shard starts: its data directory, exclusively, and the
+//! file descriptors it may need.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Name of the lock file in the data directory (Kafka's log dirs hold one of the same name).
+pub const LOCK_FILE_NAME: &str = ".lock";
+
+/// An exclusive `flock` on `<data dir>/.lock`, held for the life of the process (the kernel
+/// drops it when the process dies, however it dies). Two brokers on one data directory would
+/// append to the same segment files and Raft log and corrupt both.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Takes the data directory's lock, or says which process holds it.
+pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, String> {
+    let path = data_dir.join(LOCK_FILE_NAME);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor `file` owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        return Err(if error.kind() == io::ErrorKind::WouldBlock {
+            format!(
+                "data dir {} is in use by another broker process (pid {}); \
+                 each broker needs its own log.dirs",
+                data_dir.display(),
+                holder.trim()
+            )
+        } else {
+            format!("cannot lock {}: {error}", path.display())
+        });
+    }
+    // The holder's pid, for the message above: informative only, the flock is the lock.
+    let pid = std::process::id().to_string();
+    let written = file
+        .set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| file.write_all(pid.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the pid into the lock file");
+    }
+    Ok(DataDirLock { _file: file })
+}
+
+/// Raises the soft limit on open files to the hard limit and returns the limit in force. Each
+/// partition being written holds its active segment open (and one more descriptor while it is
+/// read), each client a socket: 10,000 busy partitions need more than the usual 1,024.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a live, initialised rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_dir_is_refused_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path()).unwrap();
+        let refused = lock_data_dir(dir.path()).unwrap_err();
+        assert!(
+            refused.contains("in use by another broker process"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains(&std::process::id().to_string()),
+            "{refused}"
+        );
+        drop(held);
+        lock_data_dir(dir.path()).expect("free again once the holder is gone");
+    }
+
+    #[test]
+    fn the_open_files_limit_is_at_least_what_it_was() {
+        let mut before = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit with a pointer to a live rlimit.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut before) },
+            0
+        );
+        assert!(raise_open_files_limit() >= before.rlim_cur);
+    }
+}
