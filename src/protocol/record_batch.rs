@@ -121,6 +121,40 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
 }
 
 impl BatchHeader {
+    /// A header standing for a producer's batch in saved producer state (the clean-close
+    /// record): only what idempotence checks read is meaningful (producer id and epoch, the
+    /// sequence range, the base offset).
+    pub fn for_producer_state(
+        producer_id: i64,
+        producer_epoch: i16,
+        (first_sequence, last_sequence): (i32, i32),
+        base_offset: i64,
+    ) -> BatchHeader {
+        let last_offset_delta = if first_sequence < 0 {
+            0
+        } else if last_sequence >= first_sequence {
+            last_sequence - first_sequence
+        } else {
+            // Sequences wrap from i32::MAX to 0.
+            (i32::MAX - first_sequence) + last_sequence + 1
+        };
+        BatchHeader {
+            base_offset,
+            batch_length: (HEADER_LEN - LOG_OVERHEAD) as i32,
+            partition_leader_epoch: -1,
+            magic: MAGIC_V2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta,
+            base_timestamp: -1,
+            max_timestamp: -1,
+            producer_id,
+            producer_epoch,
+            base_sequence: first_sequence,
+            record_count: last_offset_delta + 1,
+        }
+    }
+
     /// Parses the header at the start of `buf` without checking the CRC.
     ///
     /// Checks the length field against `max_batch_bytes` before anything trusts it, so a

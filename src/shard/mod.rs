@@ -346,7 +346,8 @@ impl Shard {
         }
         for partition in dropped {
             tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; closing the partition");
-            if let Err(e) = partition.log.close().await {
+            let producers = partition.producer_state_snapshot();
+            if let Err(e) = partition.log.close_clean(producers).await {
                 tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
             }
         }
@@ -576,10 +577,11 @@ impl Shard {
         }
     }
 
-    /// Flushes and closes every partition log.
+    /// Flushes and closes every partition log, each leaving its clean-close record.
     pub async fn close_partitions(&self) {
         for partition in self.owned_partitions() {
-            if let Err(e) = partition.log.close().await {
+            let producers = partition.producer_state_snapshot();
+            if let Err(e) = partition.log.close_clean(producers).await {
                 tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
             }
         }

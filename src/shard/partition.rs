@@ -128,6 +128,11 @@ impl Partition {
         partition
     }
 
+    /// The idempotent producers' state, as a clean close saves it.
+    pub fn producer_state_snapshot(&self) -> Vec<BatchHeader> {
+        self.producers.borrow().snapshot()
+    }
+
     /// Rebuilds the idempotent-producer table from the batches the log's recovery scan saw
     /// (at open, and after a truncation removed batches).
     pub fn rebuild_producer_state(&self) {

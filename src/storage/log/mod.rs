@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::task::JoinHandle;
 
+use super::clean_close;
 use super::epoch_cache::LeaderEpochCache;
 use super::notify::{Mark, Notifier};
 use super::recovery::{self, RecoveredActive};
@@ -109,6 +110,8 @@ pub struct PartitionLog {
     released: Cell<bool>,
     /// The writer is asked to close its file and drop its tail page.
     writer_release_requested: Cell<bool>,
+    /// The open trusted a clean close's record instead of scanning the active segment.
+    opened_after_clean_close: bool,
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
     pub(crate) fail_next_write: Cell<bool>,
@@ -147,6 +150,7 @@ impl PartitionLog {
         }
         let recovered = recovery::recover_log(&dir, &config).await?;
         let active = recovered.active;
+        let opened_after_clean_close = active.trusted_clean_close;
         let log_end_offset = active.segment.next_offset();
         // DeleteRecords may have moved the start inside the first segment; a checkpoint from
         // before retention removed older segments says less than the first segment does. A
@@ -197,6 +201,7 @@ impl PartitionLog {
             last_used: Cell::new(Instant::now()),
             released: Cell::new(false),
             writer_release_requested: Cell::new(false),
+            opened_after_clean_close,
             #[cfg(test)]
             fail_next_write: Cell::new(false),
         });
@@ -589,6 +594,48 @@ impl PartitionLog {
         self.lifecycle.set(Lifecycle::Closed);
         self.notifier.close();
         result
+    }
+
+    /// Whether this open trusted a clean close's record ([`clean_close`]) instead of scanning
+    /// the active segment.
+    pub fn opened_after_clean_close(&self) -> bool {
+        self.opened_after_clean_close
+    }
+
+    /// A broker's clean shutdown: [`Self::close`], then the clean-close record
+    /// ([`clean_close`]) with the idempotent producers' state, so the next open trusts the
+    /// active segment instead of scanning it. Nothing is recorded if the close failed.
+    pub async fn close_clean(
+        &self,
+        producer_batches: Vec<BatchHeader>,
+    ) -> Result<(), StorageError> {
+        // A writer that failed makes this an error: nothing is recorded.
+        self.close().await?;
+        let active = self
+            .segments
+            .borrow()
+            .last()
+            .cloned()
+            .expect("a log always has an active segment");
+        if self.durable_offset() < self.log_end_offset() {
+            // Never written since it was opened: recovery's cut of the torn tail (if any) and
+            // the bytes before it are not known to be synced yet.
+            std::fs::File::open(active.log_path())?.sync_data()?;
+        }
+        self.epochs.borrow_mut().sync()?;
+        debug_assert_eq!(
+            std::fs::metadata(active.log_path())?.len(),
+            active.size_bytes(),
+            "a closed active segment has no padding"
+        );
+        clean_close::CleanClose {
+            active_base_offset: active.base_offset(),
+            active_size_bytes: active.size_bytes(),
+            next_offset: active.next_offset(),
+            producer_batches,
+        }
+        .write(&self.dir)?;
+        Ok(())
     }
 
     /// Stops the writer (dropping queued batches; their waits fail with `Closed`) and removes

@@ -251,6 +251,7 @@ impl PartitionLog {
             tail: Vec::new(),
             producer_batches: Vec::new(),
             epoch_starts: Vec::new(),
+            trusted_clean_close: false,
         })
     }
 }

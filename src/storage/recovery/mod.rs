@@ -33,6 +33,7 @@ use std::rc::Rc;
 use glommio::io::{DmaFile, OpenOptions};
 use tracing::{info, warn};
 
+use super::clean_close;
 use super::epoch_cache::EpochEntry;
 use super::index::{OffsetIndex, TimeIndex};
 use super::segment::{self, BatchMeta, Segment};
@@ -83,6 +84,8 @@ pub(crate) struct RecoveredActive {
     pub producer_batches: Vec<BatchHeader>,
     /// Where each leader epoch seen in the segment starts (epochs only ever increase).
     pub epoch_starts: Vec<EpochEntry>,
+    /// Loaded from a clean close's record instead of scanned ([`clean_close`]).
+    pub trusted_clean_close: bool,
 }
 
 /// Lists `<base>.log` files, loads closed segments, scans and repairs the active one.
@@ -117,6 +120,7 @@ pub(crate) async fn recover_log(
                 tail: Vec::new(),
                 producer_batches: Vec::new(),
                 epoch_starts: Vec::new(),
+                trusted_clean_close: false,
             },
         });
     };
@@ -129,7 +133,15 @@ pub(crate) async fn recover_log(
         }
         segments.push(Rc::new(segment));
     }
-    let mut active = recover_active_segment(dir, active_base, config, None).await?;
+    let clean = clean_close::take(dir).filter(|c| c.active_base_offset == active_base);
+    let trusted = match clean {
+        Some(clean) => trust_cleanly_closed_segment(dir, config, clean)?,
+        None => None,
+    };
+    let mut active = match trusted {
+        Some(active) => active,
+        None => recover_active_segment(dir, active_base, config, None).await?,
+    };
     // The scan's descriptors close: the writer and readers open their own when they need
     // them, so a restarted broker holds none for partitions nobody uses.
     if let Some(file) = active.file.take() {
@@ -141,6 +153,42 @@ pub(crate) async fn recover_log(
     }
     segments.push(active.segment.clone());
     Ok(RecoveredLog { segments, active })
+}
+
+/// The active segment as a clean close left it ([`clean_close`]): loaded like a closed one
+/// (index files checked, the batches after the last entry CRC-checked) instead of scanned
+/// whole. `None`, and the caller scans, unless the file is exactly the recorded size and what
+/// loads ends at the recorded next offset.
+fn trust_cleanly_closed_segment(
+    dir: &Path,
+    config: &LogConfig,
+    clean: clean_close::CleanClose,
+) -> Result<Option<RecoveredActive>, StorageError> {
+    let base_offset = clean.active_base_offset;
+    let path = dir.join(segment::file_name(base_offset, "log"));
+    let file_bytes = std::fs::metadata(&path)?.len();
+    if file_bytes != clean.active_size_bytes || file_bytes == 0 {
+        return Ok(None);
+    }
+    let segment = load_closed_segment(dir, base_offset, config)?;
+    if segment.size_bytes() != file_bytes || segment.next_offset() != clean.next_offset {
+        info!(
+            segment = %path.display(),
+            "active segment does not match its clean-close record; scanning it"
+        );
+        return Ok(None);
+    }
+    let tail = segment.read_tail_page(PAGE_BYTES)?;
+    segment.release_read_file();
+    Ok(Some(RecoveredActive {
+        segment: Rc::new(segment),
+        file: None,
+        tail,
+        producer_batches: clean.producer_batches,
+        // The clean close synced the leader epoch checkpoint: it has every epoch.
+        epoch_starts: Vec::new(),
+        trusted_clean_close: true,
+    }))
 }
 
 fn check_order(previous_next_offset: i64, segment: &Segment) -> Result<(), StorageError> {
@@ -183,6 +231,7 @@ pub(crate) async fn recover_active_segment(
             tail: Vec::new(),
             producer_batches: Vec::new(),
             epoch_starts: Vec::new(),
+            trusted_clean_close: false,
         });
     }
     let active_file = OpenOptions::new()
@@ -269,6 +318,7 @@ pub(crate) async fn recover_active_segment(
         tail,
         producer_batches,
         epoch_starts,
+        trusted_clean_close: false,
     })
 }
 
