@@ -82,6 +82,9 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let (admin_link, admin_endpoint) = admin::link();
     let mut admin_endpoint = Some(admin_endpoint);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, String>>();
+    // Set once every shard is ready: a shard that panics before says so on the ready channel
+    // (start-up fails), after it the process aborts (`ShardPanicGuard`).
+    let started_flag = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::with_capacity(shards);
     for (id, fd) in fds.into_iter().enumerate() {
         let placement = if pinned {
@@ -103,8 +106,14 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             LocalExecutorBuilder::new(placement).name(&format!("shard-{id}")),
             Duration::from_millis(config.stall_threshold_ms),
         );
+        let guard = ShardPanicGuard {
+            id,
+            started: started_flag.clone(),
+            ready: ready_tx.clone(),
+        };
         let handle = builder
             .spawn(move || async move {
+                let _guard = guard;
                 run_shard(
                     id,
                     shards,
@@ -130,6 +139,7 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             Err(_) => return Err("a shard exited during start-up".into()),
         }
     }
+    started_flag.store(true, Ordering::SeqCst);
     let console = match http_listener {
         Some(listener) => Some(admin::http::start(
             listener,
@@ -173,6 +183,41 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Dropped with its shard's future. If that happens while the thread panics, the shard is
+/// gone and the broker cannot go on without it (its partitions, and every other shard waiting
+/// on it, would hang): during start-up the ready channel gets the error and `run` returns it,
+/// later the process aborts (a crash; recovery is built for that) rather than serve half.
+struct ShardPanicGuard {
+    id: usize,
+    started: Arc<AtomicBool>,
+    ready: mpsc::Sender<Result<usize, String>>,
+}
+
+impl Drop for ShardPanicGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        if self.started.load(Ordering::SeqCst) {
+            tracing::error!(shard = self.id, "shard panicked; aborting the broker");
+            std::process::abort();
+        }
+        let _ = self
+            .ready
+            .send(Err(format!("shard {} panicked during start-up", self.id)));
+    }
+}
+
+/// Fault injection for tests (debug builds only): `BROKER_FAULT_PANIC_SHARD=<id>` makes that
+/// shard panic during start-up.
+fn inject_start_up_panic(id: usize) {
+    if cfg!(debug_assertions)
+        && std::env::var("BROKER_FAULT_PANIC_SHARD").is_ok_and(|v| v == id.to_string())
+    {
+        panic!("injected start-up panic (BROKER_FAULT_PANIC_SHARD={id})");
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_shard(
     id: usize,
@@ -201,6 +246,7 @@ async fn run_shard(
     } else {
         (None, None)
     };
+    inject_start_up_panic(id);
     let coordinator = if id == 0 {
         let coordinator_config = CoordinatorConfig {
             node_id: config.node_id,

@@ -320,3 +320,43 @@ fn a_second_broker_on_the_same_data_dir_refuses_to_start() {
     let mut again = Broker::start_in(dir.path(), 1, &[]);
     again.stop();
 }
+
+/// A shard that panics during start-up ends the process with an error naming it, whichever
+/// shard it is (before, the other shards waited for it forever and the broker never exited).
+#[test]
+fn a_shard_panicking_at_start_up_ends_the_process_with_an_error() {
+    for shard in ["0", "1"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broker"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--cores",
+                "2",
+                "--http",
+                "off",
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .env("BROKER_FAULT_PANIC_SHARD", shard)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut status = None;
+        assert!(
+            common::wait_until(Duration::from_secs(30), || {
+                status = child.try_wait().unwrap();
+                status.is_some()
+            }),
+            "shard {shard} panicked and the broker is still running"
+        );
+        assert!(!status.unwrap().success());
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(
+            stderr.contains(&format!("shard {shard} panicked during start-up")),
+            "{stderr}"
+        );
+    }
+}
