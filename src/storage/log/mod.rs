@@ -618,9 +618,13 @@ impl PartitionLog {
             .cloned()
             .expect("a log always has an active segment");
         if self.durable_offset() < self.log_end_offset() {
-            // Never written since it was opened: recovery's cut of the torn tail (if any) and
-            // the bytes before it are not known to be synced yet.
+            // Never written since it was opened (a writer that wrote, or was released, synced
+            // and wrote the index files): recovery's cut of the torn tail (if any) and the
+            // bytes before it are not known to be synced, and the index files on disk are
+            // from before (recovery rebuilt the active segment's in memory only); without
+            // them the next open would scan the segment anyway.
             std::fs::File::open(active.log_path())?.sync_data()?;
+            active.persist_indexes()?;
         }
         self.epochs.borrow_mut().sync()?;
         debug_assert_eq!(
