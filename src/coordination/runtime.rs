@@ -401,6 +401,8 @@ impl Coordinator {
                             partition_epoch: p.partition_epoch,
                             replicas: p.replicas.clone(),
                             isr: p.isr.clone(),
+                            adding_replicas: p.adding_replicas.clone(),
+                            removing_replicas: p.removing_replicas.clone(),
                         })
                         .collect(),
                     configs: t.configs.clone(),
@@ -426,6 +428,7 @@ impl Coordinator {
                 .map(|b| (b.node_id, b.incarnation as i64))
                 .collect(),
             topic_names_by_id,
+            broker_configs: state.broker_configs.clone(),
         })
     }
 
