@@ -14,13 +14,14 @@ use kafka_protocol::ResponseError;
 
 use super::state_machine::{validate_topic_config, ClusterState, ConfigChange, Outcome};
 
-/// (broker key, the topic config it is the default of) of the dynamic broker configs.
-pub const DYNAMIC_BROKER_CONFIGS: &[(&str, &str)] = &[
-    ("log.retention.ms", "retention.ms"),
-    ("log.retention.bytes", "retention.bytes"),
-    ("log.segment.bytes", "segment.bytes"),
-    ("message.max.bytes", "max.message.bytes"),
-    ("min.insync.replicas", "min.insync.replicas"),
+/// (broker key, the topic config it is the default of, if any) of the dynamic broker configs.
+pub const DYNAMIC_BROKER_CONFIGS: &[(&str, Option<&str>)] = &[
+    ("log.retention.ms", Some("retention.ms")),
+    ("log.retention.bytes", Some("retention.bytes")),
+    ("log.segment.bytes", Some("segment.bytes")),
+    ("message.max.bytes", Some("max.message.bytes")),
+    ("min.insync.replicas", Some("min.insync.replicas")),
+    ("max.connections", None),
 ];
 
 /// Whether `key` may change at run time.
@@ -33,6 +34,18 @@ pub fn is_dynamic(key: &str) -> bool {
 pub fn validate_broker_config(key: &str, value: &str) -> Result<String, String> {
     let Some((_, topic_key)) = DYNAMIC_BROKER_CONFIGS.iter().find(|(k, _)| *k == key) else {
         return Err(format!("Cannot update these configs dynamically: Set({key})"));
+    };
+    let Some(topic_key) = topic_key else {
+        // max.connections: an INT, at least 0.
+        return match value.trim().parse::<i32>() {
+            Ok(v) if v >= 0 => Ok(v.to_string()),
+            Ok(_) => Err(format!(
+                "Invalid value {value} for configuration {key}: Value must be at least 0"
+            )),
+            Err(_) => Err(format!(
+                "Invalid value {value} for configuration {key}: Not a number of type INT"
+            )),
+        };
     };
     validate_topic_config(topic_key, value).map_err(|m| {
         m.replace(

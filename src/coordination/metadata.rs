@@ -110,6 +110,10 @@ impl ClusterMetadata {
     /// The dynamic value of broker config `key` for `node_id`: its own, else the cluster
     /// default; `None` when neither is set (the static value applies).
     pub fn dynamic_broker_config(&self, node_id: i32, key: &str) -> Option<&str> {
+        if self.broker_configs.is_empty() {
+            // The common case, on the produce path: no allocation for the id's string.
+            return None;
+        }
         self.broker_configs
             .get(&node_id.to_string())
             .and_then(|c| c.get(key))

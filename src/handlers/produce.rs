@@ -229,7 +229,7 @@ fn append_all(
                 })?;
             let max_batch_bytes = snapshot
                 .topic(&input.topic)
-                .map_or(owner.config.message_max_bytes, |t| {
+                .map_or_else(|| owner.message_max_bytes(), |t| {
                     owner.max_batch_bytes_for(t)
                 })
                 // A max.message.bytes raised since the log opened applies from its next open:

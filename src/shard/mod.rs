@@ -206,6 +206,24 @@ impl Shard {
         self.shutdown.load(Ordering::Relaxed)
     }
 
+    /// A dynamic broker config of this broker (its own value, else the cluster default) from
+    /// the current metadata snapshot, parsed; `None` when none is set or it does not parse.
+    pub fn dynamic_config<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
+        self.metadata
+            .borrow()
+            .dynamic_broker_config(self.broker.node_id, key)
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// The broker's `message.max.bytes`: dynamic if set, else static. A dynamic value is never
+    /// above the static one (refused when altered): logs read their batches with that bound.
+    pub fn message_max_bytes(&self) -> usize {
+        self.dynamic_config::<usize>("message.max.bytes")
+            .map_or(self.config.message_max_bytes, |v| {
+                v.min(self.config.message_max_bytes)
+            })
+    }
+
     /// The log settings of a topic: broker defaults overridden by the topic's configs.
     ///
     /// The tail cache cap is the shard's `log.tail.cache.bytes` split over the
@@ -217,6 +235,15 @@ impl Shard {
             return crate::groups::offsets_log::offsets_log_config(&self.config.log);
         }
         let mut log = self.config.log.clone();
+        if let Some(v) = self.dynamic_config::<i64>("log.retention.ms") {
+            log.retention_ms = v;
+        }
+        if let Some(v) = self.dynamic_config::<i64>("log.retention.bytes") {
+            log.retention_bytes = v;
+        }
+        if let Some(v) = self.dynamic_config::<u64>("log.segment.bytes") {
+            log.segment_bytes = v;
+        }
         let budget = self.config.tail_cache_bytes_per_shard;
         log.tail_cache_bytes = if budget == 0 {
             0
@@ -251,9 +278,15 @@ impl Shard {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
+        let broker_retention_ms = self
+            .dynamic_config("log.retention.ms")
+            .unwrap_or(self.config.log.retention_ms);
+        let broker_retention_bytes = self
+            .dynamic_config("log.retention.bytes")
+            .unwrap_or(self.config.log.retention_bytes);
         (
-            get("retention.ms", self.config.log.retention_ms),
-            get("retention.bytes", self.config.log.retention_bytes),
+            get("retention.ms", broker_retention_ms),
+            get("retention.bytes", broker_retention_bytes),
         )
     }
 
@@ -263,6 +296,7 @@ impl Shard {
             .configs
             .get("min.insync.replicas")
             .and_then(|v| v.parse::<usize>().ok())
+            .or_else(|| self.dynamic_config::<usize>("min.insync.replicas"))
             .unwrap_or(self.config.min_insync_replicas.max(1) as usize)
             .max(1)
     }
@@ -273,7 +307,7 @@ impl Shard {
             .configs
             .get("max.message.bytes")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(self.config.message_max_bytes)
+            .unwrap_or_else(|| self.message_max_bytes())
     }
 
     /// Makes this shard match a metadata snapshot: opens the logs of partitions it now holds a
@@ -314,7 +348,8 @@ impl Shard {
                     });
                     match topic {
                         None => removed.push(partition.clone()),
-                        // No replica here any more: stop serving, keep the files.
+                        // No replica here any more (a reassignment moved it away): stop
+                        // serving and delete the files, as Kafka's StopReplica(delete) does.
                         Some(t) if !t.partitions[*index as usize].replicas.contains(&this_node) => {
                             dropped.push(partition.clone())
                         }
@@ -345,9 +380,9 @@ impl Shard {
             }
         }
         for partition in dropped {
-            tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; closing the partition");
-            if let Err(e) = partition.log.close().await {
-                tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
+            tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; deleting the partition's log");
+            if let Err(e) = partition.log.delete().await {
+                tracing::error!(topic = %partition.topic, error = %e, "deleting a moved replica's log failed");
             }
         }
         for partition in removed {

@@ -156,6 +156,7 @@ impl Partition {
         now_ms: i64,
     ) -> RoleChange {
         self.min_insync_replicas.set(min_insync_replicas);
+        let replicas_changed = *self.replicas.borrow() != state.replicas;
         *self.replicas.borrow_mut() = state.replicas.clone();
         let epoch_changed = state.leader_epoch != self.leader_epoch.get();
         let partition_changed = state.partition_epoch != self.partition_epoch.get();
@@ -168,6 +169,9 @@ impl Partition {
             // must not drop a joining member from the high watermark's count early.
             if partition_changed {
                 if let Role::Leader(leader) = &mut *self.role.borrow_mut() {
+                    if replicas_changed {
+                        leader.set_replicas(&state.replicas, now_ms);
+                    }
                     leader.set_isr(&state.isr);
                 }
             }
