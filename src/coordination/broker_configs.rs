@@ -33,7 +33,9 @@ pub fn is_dynamic(key: &str) -> bool {
 /// it is the default of; the error is INVALID_CONFIG's message.
 pub fn validate_broker_config(key: &str, value: &str) -> Result<String, String> {
     let Some((_, topic_key)) = DYNAMIC_BROKER_CONFIGS.iter().find(|(k, _)| *k == key) else {
-        return Err(format!("Cannot update these configs dynamically: Set({key})"));
+        return Err(format!(
+            "Cannot update these configs dynamically: Set({key})"
+        ));
     };
     let Some(topic_key) = topic_key else {
         // max.connections: an INT, at least 0.
@@ -61,7 +63,7 @@ pub fn entity_key(broker: Option<i32>) -> String {
 }
 
 /// The dynamic configs of `broker` after `changes`, or why they are refused (as a whole).
-pub(super) fn altered(
+pub fn altered(
     state: &ClusterState,
     broker: Option<i32>,
     replace: bool,
@@ -162,7 +164,10 @@ mod tests {
             panic!("a static config was changed");
         };
         assert_eq!(code, ResponseError::InvalidRequest);
-        assert_eq!(message, "Cannot update these configs dynamically: Set(broker.id)");
+        assert_eq!(
+            message,
+            "Cannot update these configs dynamically: Set(broker.id)"
+        );
         let Outcome::Refused { code, message } =
             state.apply(alter(Some(1), vec![set("log.retention.bytes", "x")]))
         else {

@@ -70,7 +70,12 @@ impl ClusterState {
             let clean = p.isr.iter().filter(|r| live(r)).min_by_key(|r| sequence(r));
             match clean {
                 Some(&leader) => (leader, None),
-                None => match p.replicas.iter().filter(|r| live(r)).min_by_key(|r| sequence(r)) {
+                None => match p
+                    .replicas
+                    .iter()
+                    .filter(|r| live(r))
+                    .min_by_key(|r| sequence(r))
+                {
                     Some(&leader) => (leader, Some(vec![leader])),
                     None => {
                         return Err((
@@ -276,7 +281,9 @@ impl ClusterState {
                 t.partitions
                     .iter()
                     .enumerate()
-                    .filter(|(_, p)| !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty())
+                    .filter(|(_, p)| {
+                        !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty()
+                    })
                     .map(move |(i, p)| (name.as_str(), i as i32, p))
             })
             .collect()
@@ -424,7 +431,10 @@ mod tests {
         assert_eq!(errors(state.apply(reassign(Some(vec![2, 3])))), vec![None]);
         let p = state.topics["t"].partitions[0].clone();
         assert_eq!(p.replicas, vec![2, 3, 1]);
-        assert_eq!((p.adding_replicas, p.removing_replicas), (vec![2, 3], vec![1]));
+        assert_eq!(
+            (p.adding_replicas, p.removing_replicas),
+            (vec![2, 3], vec![1])
+        );
         assert_eq!((p.leader, p.isr.clone()), (1, vec![1]));
         assert_eq!(state.ongoing_reassignments().len(), 1);
         // 2 catches up: not yet complete.
@@ -445,8 +455,14 @@ mod tests {
         let mut state = cluster(&[1, 2]);
         let invalid = Some(ResponseError::InvalidReplicaAssignment);
         assert_eq!(errors(state.apply(reassign(Some(vec![])))), vec![invalid]);
-        assert_eq!(errors(state.apply(reassign(Some(vec![2, 2])))), vec![invalid]);
-        assert_eq!(errors(state.apply(reassign(Some(vec![2, 9])))), vec![invalid]);
+        assert_eq!(
+            errors(state.apply(reassign(Some(vec![2, 2])))),
+            vec![invalid]
+        );
+        assert_eq!(
+            errors(state.apply(reassign(Some(vec![2, 9])))),
+            vec![invalid]
+        );
         assert_eq!(
             errors(state.apply(reassign(None))),
             vec![Some(ResponseError::NoReassignmentInProgress)]
@@ -456,10 +472,16 @@ mod tests {
         assert_eq!(errors(state.apply(reassign(None))), vec![None]);
         let p = &state.topics["t"].partitions[0];
         // Kafka's revert: the current replicas without the adding ones, in their order.
-        assert_eq!((p.replicas.clone(), p.isr.clone(), p.leader), (vec![2, 1], vec![1, 2], 1));
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![2, 1], vec![1, 2], 1)
+        );
         // Shrinking to in-sync replicas completes at once, moving the leader.
         assert_eq!(errors(state.apply(reassign(Some(vec![2])))), vec![None]);
         let p = &state.topics["t"].partitions[0];
-        assert_eq!((p.replicas.clone(), p.isr.clone(), p.leader), (vec![2], vec![2], 2));
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![2], vec![2], 2)
+        );
     }
 }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod alter_replica_log_dirs;
 pub mod api_versions;
+pub mod broker_configs;
 pub mod delete_records;
 pub mod describe_log_dirs;
 pub mod fetch;

@@ -56,9 +56,7 @@ async fn propose_for_partitions(
 }
 
 /// Results grouped by topic, in request order within each topic.
-fn by_topic<T>(
-    results: impl IntoIterator<Item = (String, T)>,
-) -> BTreeMap<String, Vec<T>> {
+fn by_topic<T>(results: impl IntoIterator<Item = (String, T)>) -> BTreeMap<String, Vec<T>> {
     let mut topics: BTreeMap<String, Vec<T>> = BTreeMap::new();
     for (topic, result) in results {
         topics.entry(topic).or_default().push(result);
@@ -114,10 +112,7 @@ pub async fn elect_leaders(
             .collect(),
     };
     for (topic, partitions) in by_topic(results.into_iter().map(|(t, p, e)| (t, (p, e)))) {
-        if partitions
-            .iter()
-            .any(|(_, e)| e.is_none())
-        {
+        if partitions.iter().any(|(_, e)| e.is_none()) {
             tracing::info!(%topic, election_type, "elected leaders");
         }
         let mut out = ReplicaElectionResult::default();

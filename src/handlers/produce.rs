@@ -229,9 +229,10 @@ fn append_all(
                 })?;
             let max_batch_bytes = snapshot
                 .topic(&input.topic)
-                .map_or_else(|| owner.message_max_bytes(), |t| {
-                    owner.max_batch_bytes_for(t)
-                })
+                .map_or_else(
+                    || owner.message_max_bytes(),
+                    |t| owner.max_batch_bytes_for(t),
+                )
                 // A max.message.bytes raised since the log opened applies from its next open:
                 // until then the log's bound on batch lengths (MESSAGE_TOO_LARGE here) holds.
                 .min(partition.log.config().max_batch_bytes)

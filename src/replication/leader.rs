@@ -305,7 +305,11 @@ mod tests {
         let mut leader = LeaderState::new(1, &[1], &[1], 0);
         assert!(!leader.record_fetch(2, 0, 10, 1), "not a replica yet");
         leader.set_replicas(&[2, 3, 1], 5);
-        assert_eq!(leader.high_watermark_bound(), None, "joiners do not hold it");
+        assert_eq!(
+            leader.high_watermark_bound(),
+            None,
+            "joiners do not hold it"
+        );
         assert!(leader.record_fetch(2, 10, 10, 6));
         let change = leader.isr_change(6, 3_000, 10, 0, |_| true).unwrap();
         assert_eq!(change.isr, vec![1, 2]);

@@ -1,0 +1,329 @@
+//! Operator APIs on partitions and brokers through real admin clients: partition
+//! reassignments (kafka-python), preferred and unclean leader elections (kafka-python and
+//! confluent-kafka), AlterReplicaLogDirs (kafka-python), dynamic broker configs (kafka-python
+//! and confluent-kafka). Reassignments and elections run in a three-broker cluster.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::cluster::{await_metadata, partitions_of, Cluster};
+use common::raw::{self, RawClient};
+use common::Broker;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::Compression;
+use kafka_protocol::ResponseError;
+
+/// Runs one step of `tests/python/partition_admin.py`; returns its `key value...` lines.
+fn step(name: &str, bootstrap: &str, topic: &str, arg: &str) -> Vec<Vec<String>> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/partition_admin.py"
+    );
+    let output = Command::new("python3")
+        .args([script, name, bootstrap, topic, arg])
+        .output()
+        .expect("python3 with confluent-kafka and kafka-python");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "step {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// The values printed after the line starting with `keys`.
+fn field(lines: &[Vec<String>], keys: &[&str]) -> Vec<String> {
+    lines
+        .iter()
+        .find(|l| l.len() >= keys.len() && l.iter().zip(keys).all(|(a, b)| a == b))
+        .unwrap_or_else(|| panic!("no {keys:?} line in {lines:?}"))[keys.len()..]
+        .to_vec()
+}
+
+fn create_topic(cluster: &Cluster, name: &str, replication_factor: i16) {
+    let addr = cluster.broker(0).addr.clone();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || {
+            RawClient::connect(&addr)
+                .create_topic_rf(name, 1, replication_factor)
+                .0
+                == 0
+        }),
+        "topic {name} not created"
+    );
+}
+
+fn partition_dir(cluster: &Cluster, node: i32, topic: &str) -> std::path::PathBuf {
+    cluster
+        .root
+        .join(format!("data-{node}"))
+        .join(format!("{topic}-0"))
+}
+
+#[test]
+fn a_reassignment_moves_a_partition_while_an_idempotent_producer_runs() {
+    let cluster = Cluster::start(3, &[]);
+    create_topic(&cluster, "moving", 1);
+    let addr = cluster.broker(0).addr.clone();
+    let (m, _) = await_metadata(&addr, Duration::from_secs(10), "the topic's leader", |m| {
+        partitions_of(m, "moving").is_some_and(|ps| ps[0].leader >= 0)
+    });
+    let source = partitions_of(&m, "moving").unwrap()[0].replicas[0];
+    let target: Vec<i32> = (0..3).filter(|&b| b != source).collect();
+    let target_arg = target
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let out = step("reassign", &cluster.bootstrap(), "moving", &target_arg);
+    assert_eq!(field(&out, &["alter"]), ["NONE"]);
+    // Listed while in progress: replicas = target + removing, adding = target.
+    let mut replicas = target.clone();
+    replicas.push(source);
+    let join = |ids: &[i32]| {
+        ids.iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    assert_eq!(
+        field(&out, &["in_progress", "moving-0"]),
+        [join(&replicas), target_arg.clone(), source.to_string()]
+    );
+    assert_eq!(field(&out, &["completed"]), Vec::<String>::new());
+    assert_eq!(field(&out, &["failed"]), ["0"]);
+    let acked: usize = field(&out, &["acked"])[0].parse().unwrap();
+    assert!(acked >= 1000, "{out:?}");
+    assert_eq!(field(&out, &["duplicates"]), ["0"]);
+    assert_eq!(field(&out, &["missing"]), ["0"]);
+
+    // Every broker describes the new replicas, all in sync, led by one of them.
+    for i in 0..3 {
+        let addr = cluster.broker(i).addr.clone();
+        await_metadata(&addr, Duration::from_secs(10), "the new replicas", |m| {
+            partitions_of(m, "moving").is_some_and(|ps| {
+                let mut isr = ps[0].isr.clone();
+                isr.sort_unstable();
+                ps[0].replicas == target && isr == target && target.contains(&ps[0].leader)
+            })
+        });
+    }
+    // The old replica's files are gone; the new replicas have theirs.
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !partition_dir(
+            &cluster, source, "moving"
+        )
+        .exists()),
+        "the removed replica's log was not deleted"
+    );
+    for &b in &target {
+        assert!(partition_dir(&cluster, b, "moving").exists());
+    }
+}
+
+#[test]
+fn preferred_leader_election_restores_the_first_replica_as_leader() {
+    let mut cluster = Cluster::start(3, &[]);
+    create_topic(&cluster, "elect", 3);
+    let addr = cluster.broker(0).addr.clone();
+    let (m, _) = await_metadata(&addr, Duration::from_secs(10), "the topic", |m| {
+        partitions_of(m, "elect").is_some_and(|ps| ps[0].leader >= 0)
+    });
+    let p = partitions_of(&m, "elect").unwrap()[0].clone();
+    // Same replicas, another order: the second replica becomes the preferred one; nothing
+    // moves, so no reassignment stays in progress.
+    let (first, second, third) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+    let order = format!("{second},{first},{third}");
+    let out = step("reorder", &cluster.bootstrap(), "elect", &order);
+    assert_eq!(field(&out, &["reorder"]), ["NONE"]);
+    assert_eq!(field(&out, &["listed"]), ["0"]);
+    // kafka-python's name for INVALID_REPLICA_ASSIGNMENT.
+    let invalid = "INVALID_REPLICATION_ASSIGNMENT";
+    assert_eq!(field(&out, &["duplicate"]), [invalid]);
+    assert_eq!(field(&out, &["unknown_broker"]), [invalid]);
+    assert_eq!(field(&out, &["empty"]), ["NO_REASSIGNMENT_IN_PROGRESS"]);
+    assert_eq!(
+        field(&out, &["unknown_topic"]),
+        ["UNKNOWN_TOPIC_OR_PARTITION"]
+    );
+    await_metadata(&addr, Duration::from_secs(10), "the new order", |m| {
+        partitions_of(m, "elect").is_some_and(|ps| ps[0].replicas[0] == second)
+    });
+    assert_eq!(
+        partitions_of(&common::cluster::metadata(&addr), "elect").unwrap()[0].leader,
+        first,
+        "a new order alone does not move leadership"
+    );
+
+    // kafka-python elects the preferred replica; confluent-kafka then finds nothing to do.
+    let out = step("elect", &cluster.bootstrap(), "elect", "first");
+    assert_eq!(field(&out, &["first", "kafka_python", "elect-0"]), ["NONE"]);
+    assert_eq!(
+        field(&out, &["first", "confluent", "elect-0"]),
+        ["ELECTION_NOT_NEEDED"]
+    );
+    for i in 0..3 {
+        let addr = cluster.broker(i).addr.clone();
+        await_metadata(
+            &addr,
+            Duration::from_secs(10),
+            "the preferred leader",
+            |m| partitions_of(m, "elect").is_some_and(|ps| ps[0].leader == second),
+        );
+    }
+    let out = step("elect_refusals", &cluster.bootstrap(), "elect", "");
+    let unknown = "UNKNOWN_TOPIC_OR_PARTITION";
+    assert_eq!(
+        field(&out, &["preferred_unknown", "no-such-topic-0"]),
+        [unknown]
+    );
+    assert_eq!(field(&out, &["preferred_unknown", "elect-5"]), [unknown]);
+    assert_eq!(
+        field(&out, &["unclean", "elect-0"]),
+        ["ELECTION_NOT_NEEDED"]
+    );
+
+    // The preferred leader dies: leadership moves; electing it back is refused until it is in
+    // sync again.
+    cluster.kill9(second as usize);
+    let survivor = cluster.broker(first as usize).addr.clone();
+    await_metadata(&survivor, Duration::from_secs(10), "a new leader", |m| {
+        partitions_of(m, "elect")
+            .is_some_and(|ps| ps[0].leader != second && !ps[0].isr.contains(&second))
+    });
+    let out = step("elect", &survivor, "elect", "dead");
+    assert_eq!(
+        field(&out, &["dead", "kafka_python", "elect-0"]),
+        ["PREFERRED_LEADER_NOT_AVAILABLE"]
+    );
+    cluster.restart(second as usize);
+    await_metadata(
+        &survivor,
+        Duration::from_secs(30),
+        "the restarted replica in sync",
+        |m| partitions_of(m, "elect").is_some_and(|ps| ps[0].isr.contains(&second)),
+    );
+    let out = step("elect", &cluster.bootstrap(), "elect", "back");
+    assert_eq!(field(&out, &["back", "kafka_python", "elect-0"]), ["NONE"]);
+    await_metadata(
+        &survivor,
+        Duration::from_secs(10),
+        "the preferred leader back",
+        |m| partitions_of(m, "elect").is_some_and(|ps| ps[0].leader == second),
+    );
+}
+
+#[test]
+fn alter_replica_log_dirs_answers_for_the_one_data_directory() {
+    let broker = Broker::start(1);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("dirs", 1), 0);
+    let out = step("log_dirs", &broker.addr, "dirs", "0");
+    assert_eq!(field(&out, &["same_dir"]), ["NoError"]);
+    assert_eq!(field(&out, &["other_dir"]), ["LogDirNotFoundError"]);
+    assert_eq!(
+        field(&out, &["unknown_topic"]),
+        ["UnknownTopicOrPartitionError"]
+    );
+}
+
+/// IncrementalAlterConfigs SET of one key of broker resource `name`.
+fn set_broker_config(name: &str, key: &str, value: &str) -> IncrementalAlterConfigsRequest {
+    let mut change = incremental_alter_configs_request::AlterableConfig::default();
+    change.name = StrBytes::from_string(key.into());
+    change.config_operation = 0;
+    change.value = Some(StrBytes::from_string(value.into()));
+    let mut resource = incremental_alter_configs_request::AlterConfigsResource::default();
+    resource.resource_type = 4;
+    resource.resource_name = StrBytes::from_string(name.into());
+    resource.configs = vec![change];
+    let mut request = IncrementalAlterConfigsRequest::default();
+    request.resources = vec![resource];
+    request
+}
+
+#[test]
+fn dynamic_broker_configs_are_set_described_applied_and_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start_in(tmp.path(), 2, &[]);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("limits", 1), 0);
+    let big = vec![5u8; 4000];
+    let batch = || raw::batch(&[&big], None, Compression::None);
+    assert_eq!(client.produce("limits", 0, batch(), 1), (0, 0));
+
+    // The cluster-wide default (resource ""), on the wire: neither Python client names it.
+    let response = RawClient::connect(&broker.addr)
+        .call(1, &set_broker_config("", "message.max.bytes", "2000"));
+    assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+    // Above the static message.max.bytes: refused (logs read batches with that bound).
+    let response = RawClient::connect(&broker.addr)
+        .call(1, &set_broker_config("", "message.max.bytes", "999999999"));
+    assert_eq!(
+        response.responses[0].error_code,
+        ResponseError::InvalidConfig.code()
+    );
+
+    let out = step("broker_configs", &broker.addr, "", "0");
+    assert_eq!(field(&out, &["set_retention"]), ["OK"]);
+    assert_eq!(
+        field(&out, &["set_read_only"]),
+        ["[Error", "42]", "InvalidRequestError"]
+    );
+    assert_eq!(
+        field(&out, &["bad_value"]),
+        ["[Error", "40]", "InvalidConfigurationError"]
+    );
+    assert_eq!(
+        field(&out, &["describe", "log.retention.ms"]),
+        [
+            "120000",
+            "DYNAMIC_BROKER_CONFIG",
+            "False",
+            "log.retention.ms:DYNAMIC_BROKER_CONFIG",
+            "log.retention.ms:STATIC_BROKER_CONFIG"
+        ]
+    );
+    assert_eq!(
+        field(&out, &["describe", "broker.id"])[..3],
+        ["0", "STATIC_BROKER_CONFIG", "True"]
+    );
+    assert_eq!(field(&out, &["set_segment"]), ["NONE"]);
+    assert_eq!(
+        field(&out, &["confluent", "log.segment.bytes"]),
+        ["2097152", "DYNAMIC_BROKER_CONFIG", "False"]
+    );
+    assert_eq!(
+        field(&out, &["confluent", "message.max.bytes"]),
+        ["2000", "DYNAMIC_DEFAULT_BROKER_CONFIG", "False"]
+    );
+    assert_eq!(
+        field(&out, &["confluent", "log.retention.ms"]),
+        ["120000", "DYNAMIC_BROKER_CONFIG", "False"]
+    );
+
+    // Applied at once: a 4000-byte batch is now too large for the running partition.
+    let too_large = ResponseError::MessageTooLarge.code();
+    assert_eq!(client.produce("limits", 0, batch(), 1).0, too_large);
+
+    // Persisted by the coordination quorum: the same after a restart.
+    drop(client);
+    broker.stop();
+    let broker = Broker::start_in(tmp.path(), 2, &[]);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.produce("limits", 0, batch(), 1).0, too_large);
+    let out = step("broker_configs_reset", &broker.addr, "", "0");
+    assert_eq!(field(&out, &["reset"]), ["OK"]);
+    assert_eq!(
+        field(&out, &["describe", "log.retention.ms"]),
+        ["604800000", "STATIC_BROKER_CONFIG"]
+    );
+}
