@@ -327,3 +327,190 @@ fn dynamic_broker_configs_are_set_described_applied_and_survive_a_restart() {
         ["604800000", "STATIC_BROKER_CONFIG"]
     );
 }
+
+/// Runs brokerctl; returns (success, stdout, stderr).
+fn brokerctl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_brokerctl"))
+        .args(args)
+        .output()
+        .expect("run brokerctl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn brokerctl_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = brokerctl(args);
+    assert!(ok, "brokerctl {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[test]
+fn brokerctl_reassigns_cancels_elects_and_sets_broker_defaults() {
+    // A long session, so a paused broker stays registered while the tools run.
+    let cluster = Cluster::start(3, &["--override", "broker.session.timeout.ms=20000"]);
+    create_topic(&cluster, "tool", 1);
+    let addr = cluster.broker(0).addr.clone();
+    let (m, _) = await_metadata(&addr, Duration::from_secs(10), "the topic", |m| {
+        partitions_of(m, "tool").is_some_and(|ps| ps[0].leader >= 0)
+    });
+    let source = partitions_of(&m, "tool").unwrap()[0].replicas[0];
+    let others: Vec<i32> = (0..3).filter(|&b| b != source).collect();
+    let (b, c) = (others[0], others[1]);
+    let bootstrap = cluster.broker(b as usize).addr.clone();
+    let plan = |replicas: &[i32]| {
+        let path = cluster.root.join(format!("plan-{replicas:?}.json"));
+        let dirs = vec!["\"any\""; replicas.len()].join(",");
+        let list = replicas
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"version":1,"partitions":[{{"topic":"tool","partition":0,"replicas":[{list}],"log_dirs":[{dirs}]}}]}}"#
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let reassign = |file: &str, action: &str| {
+        brokerctl_ok(&[
+            "kafka-reassign-partitions",
+            "--bootstrap-server",
+            &bootstrap,
+            "--reassignment-json-file",
+            file,
+            action,
+        ])
+    };
+
+    // Execute: the rollback plan (the current replicas), then the start.
+    let to_others = plan(&[b, c]);
+    let out = reassign(&to_others, "--execute");
+    assert!(
+        out.starts_with("Current partition replica assignment\n"),
+        "{out}"
+    );
+    assert!(out.contains(&format!(r#""replicas":[{source}]"#)), "{out}");
+    assert!(
+        out.ends_with("Successfully started partition reassignments for tool-0\n"),
+        "{out}"
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            reassign(&to_others, "--verify")
+            == "Status of partition reassignment:\nReassignment of partition tool-0 is completed.\n"
+        }),
+        "{}",
+        reassign(&to_others, "--verify")
+    );
+    assert_eq!(
+        reassign(&to_others, "--cancel"),
+        "None of the specified partition reassignments are active.\n"
+    );
+
+    // A reassignment that cannot finish (its new replica's broker is paused) is listed as in
+    // progress and cancelled back to the replicas it started from.
+    cluster.signal(source as usize, libc::SIGSTOP);
+    let back = plan(&[b, c, source]);
+    reassign(&back, "--execute");
+    assert_eq!(
+        reassign(&back, "--verify"),
+        "Status of partition reassignment:\nReassignment of partition tool-0 is still in progress.\n"
+    );
+    assert_eq!(
+        reassign(&back, "--cancel"),
+        "Successfully cancelled partition reassignments for: tool-0\n"
+    );
+    assert_eq!(
+        reassign(&back, "--verify"),
+        format!(
+            "Status of partition reassignment:\nThere is no active reassignment of partition \
+             tool-0, but replica set is [{b}, {c}] rather than [{b}, {c}, {source}].\n"
+        )
+    );
+    cluster.signal(source as usize, libc::SIGCONT);
+
+    // Leader election: the preferred replica (b) already leads.
+    let elect = |topic: &str| {
+        brokerctl(&[
+            "kafka-leader-election",
+            "--bootstrap-server",
+            &bootstrap,
+            "--election-type",
+            "preferred",
+            "--topic",
+            topic,
+            "--partition",
+            "0",
+        ])
+    };
+    let (ok, stdout, _) = elect("tool");
+    assert!(ok);
+    assert_eq!(
+        stdout,
+        "Valid replica already elected for partitions tool-0\n"
+    );
+    let (ok, stdout, stderr) = elect("no-such-topic");
+    assert!(!ok);
+    assert!(
+        stdout.starts_with("Failed to elect leader for partition no-such-topic-0 with error UNKNOWN_TOPIC_OR_PARTITION"),
+        "{stdout}"
+    );
+    assert_eq!(stderr, "Error: 1 replica(s) could not be elected\n");
+    brokerctl_ok(&[
+        "leader-election",
+        "--bootstrap-server",
+        &bootstrap,
+        "--election-type",
+        "preferred",
+        "--all-topic-partitions",
+    ]);
+
+    // The cluster-wide default of a broker config, seen by every broker.
+    let configs = |args: &[&str]| {
+        let mut all = vec![
+            "configs",
+            "--bootstrap-server",
+            &bootstrap,
+            "--entity-type",
+            "brokers",
+        ];
+        all.extend_from_slice(args);
+        brokerctl(&all)
+    };
+    let (ok, stdout, _) = configs(&[
+        "--entity-default",
+        "--alter",
+        "--add-config",
+        "log.retention.ms=3600000",
+    ]);
+    assert!(ok);
+    assert_eq!(
+        stdout,
+        "Completed updating default config for brokers in the cluster.\n"
+    );
+    let (_, stdout, _) = configs(&["--entity-default", "--describe"]);
+    assert_eq!(
+        stdout,
+        "Dynamic configs for the default broker are:\n  log.retention.ms=3600000\n"
+    );
+    let (_, stdout, _) = configs(&["--entity-name", &b.to_string(), "--describe"]);
+    assert_eq!(
+        stdout,
+        format!("Dynamic configs for broker {b} are:\n  log.retention.ms=3600000\n")
+    );
+    let (ok, _, stderr) = configs(&[
+        "--entity-name",
+        &b.to_string(),
+        "--alter",
+        "--add-config",
+        "broker.id=7",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("INVALID_REQUEST"), "{stderr}");
+}
