@@ -2,7 +2,7 @@
 //! change at run time, for one broker or as the cluster-wide default, as Kafka's
 //! `DynamicBrokerConfig` allows them. They live in `ClusterState::broker_configs` (so every
 //! broker agrees and they survive restarts); each shard reads the effective value from its
-//! metadata snapshot (`Shard::broker_config`).
+//! metadata snapshot (`Shard::dynamic_config`).
 //!
 //! Precedence, most specific first, as Kafka's: the broker's own dynamic value
 //! (DYNAMIC_BROKER_CONFIG), the cluster default (DYNAMIC_DEFAULT_BROKER_CONFIG), the

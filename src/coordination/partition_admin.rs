@@ -148,6 +148,7 @@ impl ClusterState {
         target: Vec<i32>,
     ) -> Result<(), PartitionError> {
         let invalid = |m: String| (ResponseError::InvalidReplicaAssignment, m);
+        let live: Vec<i32> = self.brokers.keys().copied().collect();
         if target.is_empty() {
             return Err(invalid(
                 "The manual partition assignment includes an empty replica list.".into(),
@@ -197,11 +198,25 @@ impl ClusterState {
         {
             return Ok(());
         }
+        // Replacing a running reassignment drops the joiners the new target does not keep;
+        // the ISR must keep a member.
+        let isr: Vec<i32> = p
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| replicas.contains(r))
+            .collect();
+        if isr.is_empty() {
+            return Err(invalid(format!(
+                "The new target of {topic}-{index} would leave no in-sync replica"
+            )));
+        }
         p.replicas = replicas;
         p.adding_replicas = adding;
         p.removing_replicas = removing;
-        p.isr.retain(|r| original.contains(r) || target.contains(r));
+        p.isr = isr;
         p.partition_epoch += 1;
+        move_leader_into(p, &live);
         self.complete_reassignment_if_caught_up(topic, index);
         Ok(())
     }
@@ -448,6 +463,28 @@ mod tests {
         assert_eq!((p.leader, p.leader_epoch), (2, 1));
         assert!(p.adding_replicas.is_empty() && p.removing_replicas.is_empty());
         assert!(state.ongoing_reassignments().is_empty());
+    }
+
+    #[test]
+    fn a_new_target_replaces_a_running_reassignment() {
+        let mut state = cluster(&[1]);
+        assert_eq!(errors(state.apply(reassign(Some(vec![2, 3])))), vec![None]);
+        assert_eq!(expand_isr(&mut state, vec![1, 3]), Outcome::Done);
+        // From the original [1]: 2 joins, 3 (in sync already) is dropped, 1 leaves.
+        assert_eq!(errors(state.apply(reassign(Some(vec![2])))), vec![None]);
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!(p.replicas, vec![2, 1]);
+        assert_eq!(
+            (p.adding_replicas.clone(), p.removing_replicas.clone()),
+            (vec![2], vec![1])
+        );
+        assert_eq!((p.isr.clone(), p.leader), (vec![1], 1));
+        assert_eq!(expand_isr(&mut state, vec![1, 2]), Outcome::Done);
+        let p = &state.topics["t"].partitions[0];
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![2], vec![2], 2)
+        );
     }
 
     #[test]
