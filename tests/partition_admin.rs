@@ -514,3 +514,56 @@ fn brokerctl_reassigns_cancels_elects_and_sets_broker_defaults() {
     assert!(!ok);
     assert!(stderr.contains("INVALID_REQUEST"), "{stderr}");
 }
+
+#[test]
+fn raw_requests_get_kafka_errors_and_bounded_entries() {
+    let broker = Broker::start(1);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("raw", 1), 0);
+
+    // ElectLeaders v0 (preferred only, no top-level error): the one replica already leads.
+    let mut topic = elect_leaders_request::TopicPartitions::default();
+    topic.topic = TopicName(StrBytes::from_static_str("raw"));
+    topic.partitions = vec![0, 3];
+    let mut request = ElectLeadersRequest::default();
+    request.topic_partitions = Some(vec![topic]);
+    request.timeout_ms = 10_000;
+    let response = client.call(0, &request);
+    let results = &response.replica_election_results[0].partition_result;
+    assert_eq!(
+        results
+            .iter()
+            .map(|p| (p.partition_id, p.error_code))
+            .collect::<Vec<_>>(),
+        [
+            (0, ResponseError::ElectionNotNeeded.code()),
+            (3, ResponseError::UnknownTopicOrPartition.code())
+        ]
+    );
+    // An unknown election type.
+    request.election_type = 7;
+    assert_eq!(
+        client.call(2, &request).error_code,
+        ResponseError::InvalidRequest.code()
+    );
+
+    // A target of 100,000 replicas: refused per partition, never copied into the log whole.
+    let mut partition = alter_partition_reassignments_request::ReassignablePartition::default();
+    partition.partition_index = 0;
+    partition.replicas = Some((0..100_000).map(BrokerId).collect());
+    let mut topic = alter_partition_reassignments_request::ReassignableTopic::default();
+    topic.name = TopicName(StrBytes::from_static_str("raw"));
+    topic.partitions = vec![partition];
+    let mut request = AlterPartitionReassignmentsRequest::default();
+    request.topics = vec![topic];
+    request.timeout_ms = 10_000;
+    let response = client.call(0, &request);
+    assert_eq!(response.error_code, 0);
+    assert_eq!(
+        response.responses[0].partitions[0].error_code,
+        ResponseError::InvalidReplicaAssignment.code()
+    );
+    let listed = client.call(0, &ListPartitionReassignmentsRequest::default());
+    assert!(listed.topics.is_empty(), "{listed:?}");
+    assert!(client.api_versions_ok(), "the connection still serves");
+}

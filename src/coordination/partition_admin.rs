@@ -154,6 +154,16 @@ impl ClusterState {
                 "The manual partition assignment includes an empty replica list.".into(),
             ));
         }
+        if target.len() > self.brokers.len() {
+            // Longer than the live brokers: a duplicate or an unknown broker, found without
+            // comparing every pair of a huge list.
+            return Err(invalid(format!(
+                "The manual partition assignment has {} replicas but only {} brokers are \
+                 registered.",
+                target.len(),
+                self.brokers.len()
+            )));
+        }
         for (i, r) in target.iter().enumerate() {
             if target[..i].contains(r) {
                 return Err(invalid(format!(

@@ -85,6 +85,14 @@ pub async fn elect_leaders(
             })
             .collect()
     });
+    if partitions
+        .as_ref()
+        .is_some_and(|p| p.len() > shard.config.max_partitions)
+    {
+        // No cluster has more partitions: nothing this large goes into the coordination log.
+        response.error_code = ResponseError::InvalidRequest.code();
+        return response;
+    }
     let requested = partitions.clone().unwrap_or_default();
     let results = match election_type {
         ELECTION_PREFERRED | ELECTION_UNCLEAN => {
@@ -157,6 +165,26 @@ pub async fn alter_partition_reassignments(
     if reassignments.is_empty() {
         return response;
     }
+    // Bounds what goes into the coordination log: no cluster has more partitions than
+    // `max.partitions`, and no target more replicas than there are brokers (the state machine
+    // refuses those with a message; here they are cut short before they reach the log).
+    if reassignments.len() > shard.config.max_partitions {
+        response.error_code = ResponseError::InvalidRequest.code();
+        response.error_message = Some(str("more partitions than max.partitions"));
+        return response;
+    }
+    let brokers = shard.metadata().brokers.len();
+    let reassignments = reassignments
+        .into_iter()
+        .map(|(topic, index, target)| {
+            // Still more replicas than brokers, so still refused, but bounded.
+            let target = target.map(|mut t| {
+                t.truncate(brokers + 1);
+                t
+            });
+            (topic, index, target)
+        })
+        .collect::<Vec<_>>();
     tracing::info!(?reassignments, "reassigning partitions");
     let command = Command::ReassignPartitions { reassignments };
     let results = match propose_for_partitions(shard, command, request.timeout_ms).await {
