@@ -416,6 +416,14 @@ fn brokerctl_reassigns_cancels_elects_and_sets_broker_defaults() {
     // A reassignment that cannot finish (its new replica's broker is paused) is listed as in
     // progress and cancelled back to the replicas it started from.
     cluster.signal(source as usize, libc::SIGSTOP);
+    // If it led the coordination quorum, the others elect a new leader first (a proposal
+    // forwarded to the paused one would wait for its timeout).
+    await_metadata(
+        &bootstrap,
+        Duration::from_secs(10),
+        "a live quorum leader",
+        |m| m.controller_id.0 >= 0 && m.controller_id.0 != source,
+    );
     let back = plan(&[b, c, source]);
     reassign(&back, "--execute");
     assert_eq!(
@@ -566,4 +574,38 @@ fn raw_requests_get_kafka_errors_and_bounded_entries() {
     let listed = client.call(0, &ListPartitionReassignmentsRequest::default());
     assert!(listed.topics.is_empty(), "{listed:?}");
     assert!(client.api_versions_ok(), "the connection still serves");
+}
+
+#[test]
+fn auto_leader_rebalance_gives_leadership_back_to_the_preferred_replica() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--override",
+            "auto.leader.rebalance.enable=true",
+            "--override",
+            "leader.imbalance.check.interval.seconds=1",
+        ],
+    );
+    create_topic(&cluster, "balance", 3);
+    let addr = cluster.broker(0).addr.clone();
+    let (m, _) = await_metadata(&addr, Duration::from_secs(10), "the topic", |m| {
+        partitions_of(m, "balance").is_some_and(|ps| ps[0].leader >= 0 && ps[0].isr.len() == 3)
+    });
+    let preferred = partitions_of(&m, "balance").unwrap()[0].replicas[0];
+    assert_eq!(partitions_of(&m, "balance").unwrap()[0].leader, preferred);
+    cluster.kill9(preferred as usize);
+    let other = cluster.broker(((preferred + 1) % 3) as usize).addr.clone();
+    await_metadata(&other, Duration::from_secs(10), "another leader", |m| {
+        partitions_of(m, "balance").is_some_and(|ps| ps[0].leader >= 0 && ps[0].leader != preferred)
+    });
+    // Back, in sync again, and (with no election asked for) leading again.
+    cluster.restart(preferred as usize);
+    let (_, took) = await_metadata(
+        &other,
+        Duration::from_secs(30),
+        "the preferred leader back",
+        |m| partitions_of(m, "balance").is_some_and(|ps| ps[0].leader == preferred),
+    );
+    eprintln!("leadership back on the preferred replica {took:?} after its restart");
 }

@@ -12,6 +12,7 @@
 //! - [`sim`]: a seeded, deterministic simulation of voters and brokers over a faulty network.
 //! - [`legacy_import`]: the upgrade path from the single-node metadata log.
 //! - [`partition_admin`]: leader elections and replica reassignments asked for by operators.
+//! - [`rebalance`]: the periodic preferred-leader election (`auto.leader.rebalance.enable`).
 //! - [`broker_configs`]: which broker configs are dynamic, and their validation.
 //! - [`metadata`]: the immutable [`ClusterMetadata`] snapshot every shard reads.
 //!
@@ -25,6 +26,7 @@ pub mod partition_admin;
 pub mod quorum;
 pub mod raft_logging;
 pub mod raft_store;
+pub mod rebalance;
 pub mod runtime;
 pub mod sim;
 pub mod state_machine;

@@ -348,6 +348,11 @@ impl Coordinator {
     }
 
     /// The voter leading the quorum, as far as this node knows.
+    /// Whether this voter leads the coordination quorum now.
+    pub fn leads_quorum(&self) -> bool {
+        self.node.borrow().is_leader()
+    }
+
     pub fn quorum_leader(&self) -> Option<i32> {
         self.node.borrow().leader()
     }
