@@ -430,6 +430,20 @@ fn brokerctl_reassigns_cancels_elects_and_sets_broker_defaults() {
         reassign(&back, "--verify"),
         "Status of partition reassignment:\nReassignment of partition tool-0 is still in progress.\n"
     );
+    let described = brokerctl_ok(&[
+        "topics",
+        "--bootstrap-server",
+        &bootstrap,
+        "--describe",
+        "--topic",
+        "tool",
+    ]);
+    assert!(
+        described.contains(&format!(
+            "\tReplicas: {b},{c},{source}\tIsr: {b},{c}\tAdding Replicas: {source}\tRemoving Replicas: \n"
+        )),
+        "{described}"
+    );
     assert_eq!(
         reassign(&back, "--cancel"),
         "Successfully cancelled partition reassignments for: tool-0\n"
