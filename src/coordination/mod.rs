@@ -29,6 +29,7 @@ pub mod raft_store;
 pub mod rebalance;
 pub mod runtime;
 pub mod sim;
+pub mod snapshot_compat;
 pub mod state_machine;
 
 pub use metadata::{BrokerInfo, ClusterMetadata, PartitionMetadata, TopicMetadata};
