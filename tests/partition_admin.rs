@@ -623,3 +623,58 @@ fn auto_leader_rebalance_gives_leadership_back_to_the_preferred_replica() {
     );
     eprintln!("leadership back on the preferred replica {took:?} after its restart");
 }
+
+fn log_segments(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_changed_segment_size_applies_to_the_running_log_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start_in(tmp.path(), 1, &[]);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("seg", 1), 0);
+    let dir = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("seg-0").exists())
+        .map_or_else(|| tmp.path().join("seg-0"), |p| p.join("seg-0"));
+    let big = vec![5u8; 4000];
+    let batch = || raw::batch(&[&big], None, Compression::None);
+    for i in 0..5 {
+        assert_eq!(client.produce("seg", 0, batch(), 1), (0, i));
+    }
+    assert_eq!(log_segments(&dir), 1, "{}", dir.display());
+    // The topic's segment.bytes, then the broker's dynamic log.segment.bytes for topics that
+    // do not set it: both reach the running log.
+    let mut change = incremental_alter_configs_request::AlterableConfig::default();
+    change.name = StrBytes::from_static_str("segment.bytes");
+    change.value = Some(StrBytes::from_static_str("20000"));
+    let mut resource = incremental_alter_configs_request::AlterConfigsResource::default();
+    resource.resource_type = 2;
+    resource.resource_name = StrBytes::from_static_str("seg");
+    resource.configs = vec![change];
+    let mut request = IncrementalAlterConfigsRequest::default();
+    request.resources = vec![resource];
+    assert_eq!(client.call(1, &request).responses[0].error_code, 0);
+    for i in 5..25 {
+        assert_eq!(client.produce("seg", 0, batch(), 1), (0, i));
+    }
+    assert!(log_segments(&dir) >= 4, "{} segments", log_segments(&dir));
+    assert_eq!(client.create_topic("seg2", 1), 0);
+    let response = client.call(1, &set_broker_config("0", "log.segment.bytes", "40000"));
+    assert_eq!(response.responses[0].error_code, 0, "{response:?}");
+    for i in 0..25 {
+        assert_eq!(client.produce("seg2", 0, batch(), 1), (0, i));
+    }
+    let dir2 = dir.with_file_name("seg2-0");
+    assert!(log_segments(&dir2) >= 2, "{} segments", log_segments(&dir2));
+}

@@ -48,6 +48,10 @@ pub struct Shard {
     pub stats: Arc<BrokerStats>,
     mesh: Option<Senders<Job>>,
     metadata: RefCell<Arc<ClusterMetadata>>,
+    /// The newest snapshot this shard started applying: dynamic broker configs are read from
+    /// it, so they hold while the partitions are brought in line with it (`metadata` swaps
+    /// only once they are).
+    applying: RefCell<Arc<ClusterMetadata>>,
     /// Partitions this shard owns, by topic then partition index.
     partitions: RefCell<HashMap<String, HashMap<i32, Rc<Partition>>>>,
     /// Present on shard 0 only.
@@ -112,6 +116,7 @@ impl Shard {
             stats,
             mesh,
             metadata: RefCell::new(Arc::new(ClusterMetadata::empty())),
+            applying: RefCell::new(Arc::new(ClusterMetadata::empty())),
             partitions: RefCell::new(HashMap::new()),
             coordinator,
             apply_lock: glommio::sync::Semaphore::new(1),
@@ -207,9 +212,9 @@ impl Shard {
     }
 
     /// A dynamic broker config of this broker (its own value, else the cluster default) from
-    /// the current metadata snapshot, parsed; `None` when none is set or it does not parse.
+    /// the newest metadata snapshot (`applying`), parsed; `None` when none is set or it does not parse.
     pub fn dynamic_config<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
-        self.metadata
+        self.applying
             .borrow()
             .dynamic_broker_config(self.broker.node_id, key)
             .and_then(|v| v.parse().ok())
@@ -323,6 +328,7 @@ impl Shard {
         if snapshot.version <= self.metadata.borrow().version {
             return;
         }
+        *self.applying.borrow_mut() = snapshot.clone();
         let this_node = self.broker.node_id;
         let now = now_ms();
         let mut wanted: Vec<(Arc<TopicMetadata>, i32)> = Vec::new();
@@ -368,6 +374,12 @@ impl Shard {
             // not hold the shard.
             glommio::yield_if_needed().await;
             let state = &topic.partitions[partition.index as usize];
+            // A changed segment.bytes (topic or dynamic broker config) or a raised
+            // max.message.bytes applies to the running log at once.
+            let limits = self.log_config_for(&topic, 1);
+            partition
+                .log
+                .set_limits(limits.segment_bytes, limits.max_batch_bytes);
             let change = partition.apply_state(state, self.min_insync_replicas_for(&topic), now);
             if let RoleChange::BecameFollower { leader } = change {
                 crate::replication::follower::ensure_fetcher(self, leader);
