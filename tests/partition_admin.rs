@@ -99,6 +99,7 @@ fn a_reassignment_moves_a_partition_while_an_idempotent_producer_runs() {
         [join(&replicas), target_arg.clone(), source.to_string()]
     );
     assert_eq!(field(&out, &["completed"]), Vec::<String>::new());
+    eprintln!("reassignment: {:?}", field(&out, &["took_ms"]));
     assert_eq!(field(&out, &["failed"]), ["0"]);
     let acked: usize = field(&out, &["acked"])[0].parse().unwrap();
     assert!(acked >= 1000, "{out:?}");

@@ -65,6 +65,8 @@ def reassign(bootstrap, topic, target):
         producer.poll(0.05)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     tp = KafkaTopicPartition(topic, 0)
+    started = time.time()
+    acked_before = len(acked)
     result = admin.alter_partition_reassignments({tp: target})
     print("alter", name_of(result.get(tp)))
     listed = admin.list_partition_reassignments()
@@ -82,6 +84,7 @@ def reassign(bootstrap, topic, target):
         produce(20)
         producer.poll(0.05)
     print("completed")
+    print("took_ms", int((time.time() - started) * 1000), "acked_meanwhile", len(acked) - acked_before)
     # And more once the replicas moved (the leader may have moved too).
     before = len(acked)
     deadline = time.time() + 30
