@@ -212,7 +212,8 @@ impl Shard {
     }
 
     /// A dynamic broker config of this broker (its own value, else the cluster default) from
-    /// the newest metadata snapshot (`applying`), parsed; `None` when none is set or it does not parse.
+    /// the newest metadata snapshot (`applying`), parsed; `None` when none is set or it does
+    /// not parse.
     pub fn dynamic_config<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
         self.applying
             .borrow()
@@ -393,6 +394,7 @@ impl Shard {
         }
         for partition in dropped {
             tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; deleting the partition's log");
+            partition.stop_replicating();
             if let Err(e) = partition.log.delete().await {
                 tracing::error!(topic = %partition.topic, error = %e, "deleting a moved replica's log failed");
             }

@@ -211,6 +211,19 @@ impl Partition {
         change
     }
 
+    /// This broker is no longer a replica (a reassignment moved the partition away): waiting
+    /// produces answer NOT_LEADER_OR_FOLLOWER, so producers go to the new leader, before the
+    /// log is deleted under them.
+    pub fn stop_replicating(&self) {
+        if self.is_leader() {
+            self.signal_leadership_lost();
+        }
+        *self.role.borrow_mut() = Role::Follower {
+            leader: -1,
+            needs_truncation: true,
+        };
+    }
+
     fn signal_leadership_lost(&self) {
         let mut signal = self.leadership_lost.borrow_mut();
         if let Some(tx) = signal.0.take() {
