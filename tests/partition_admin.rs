@@ -679,3 +679,95 @@ fn a_changed_segment_size_applies_to_the_running_log_at_once() {
     let dir2 = dir.with_file_name("seg2-0");
     assert!(log_segments(&dir2) >= 2, "{} segments", log_segments(&dir2));
 }
+
+fn reassign_raw(addr: &str, topic: &str, target: &[i32]) -> (i16, i16) {
+    let mut partition = alter_partition_reassignments_request::ReassignablePartition::default();
+    partition.partition_index = 0;
+    partition.replicas = Some(target.iter().map(|&b| BrokerId(b)).collect());
+    let mut t = alter_partition_reassignments_request::ReassignableTopic::default();
+    t.name = TopicName(StrBytes::from_string(topic.into()));
+    t.partitions = vec![partition];
+    let mut request = AlterPartitionReassignmentsRequest::default();
+    request.topics = vec![t];
+    request.timeout_ms = 20_000;
+    let response = RawClient::connect(addr).call(0, &request);
+    let partition_error = response
+        .responses
+        .first()
+        .map_or(-1, |t| t.partitions[0].error_code);
+    (response.error_code, partition_error)
+}
+
+/// (replicas, adding, removing) of the reassignments `addr` lists.
+fn listed_raw(addr: &str) -> Vec<(Vec<i32>, Vec<i32>, Vec<i32>)> {
+    let response = RawClient::connect(addr).call(0, &ListPartitionReassignmentsRequest::default());
+    let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+    response
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| {
+            (
+                ids(&p.replicas),
+                ids(&p.adding_replicas),
+                ids(&p.removing_replicas),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_running_reassignment_survives_a_broker_restart_and_completes_later() {
+    // Sessions long enough for a paused broker to stay registered while the move starts, short
+    // enough that a killed broker's old session ends soon (with only one voter left running,
+    // the quorum cannot fence it at once; the restart registers once it expires).
+    let mut cluster = Cluster::start(3, &["--override", "broker.session.timeout.ms=5000"]);
+    create_topic(&cluster, "durable-move", 1);
+    let addr = cluster.broker(0).addr.clone();
+    let (m, _) = await_metadata(&addr, Duration::from_secs(10), "the topic", |m| {
+        partitions_of(m, "durable-move").is_some_and(|ps| ps[0].leader >= 0)
+    });
+    let source = partitions_of(&m, "durable-move").unwrap()[0].replicas[0];
+    let others: Vec<i32> = (0..3).filter(|&b| b != source).collect();
+    let (joining, bystander) = (others[0], others[1]);
+    // The joining replica's broker is paused: the reassignment cannot complete.
+    cluster.signal(joining as usize, libc::SIGSTOP);
+    let source_addr = cluster.broker(source as usize).addr.clone();
+    await_metadata(
+        &source_addr,
+        Duration::from_secs(10),
+        "a live quorum leader",
+        |m| m.controller_id.0 >= 0 && m.controller_id.0 != joining,
+    );
+    assert_eq!(
+        reassign_raw(&source_addr, "durable-move", &[source, joining]),
+        (0, 0)
+    );
+    let expected = (vec![source, joining], vec![joining], vec![]);
+    assert_eq!(listed_raw(&source_addr), [expected.clone()]);
+    // Another broker restarts: it reads the reassignment back from the coordination log.
+    cluster.kill9(bystander as usize);
+    cluster.restart(bystander as usize);
+    let bystander_addr = cluster.broker(bystander as usize).addr.clone();
+    assert!(
+        common::wait_until(Duration::from_secs(20), || listed_raw(&bystander_addr)
+            == [expected.clone()]),
+        "{:?}",
+        listed_raw(&bystander_addr)
+    );
+    // The joining broker resumes, catches up, and the reassignment completes.
+    cluster.signal(joining as usize, libc::SIGCONT);
+    for i in 0..3 {
+        let addr = cluster.broker(i).addr.clone();
+        await_metadata(&addr, Duration::from_secs(30), "the completed move", |m| {
+            partitions_of(m, "durable-move").is_some_and(|ps| {
+                let mut isr = ps[0].isr.clone();
+                isr.sort_unstable();
+                let mut both = vec![source, joining];
+                both.sort_unstable();
+                ps[0].replicas == [source, joining] && isr == both
+            })
+        });
+    }
+    assert!(listed_raw(&bystander_addr).is_empty());
+}
