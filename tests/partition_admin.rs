@@ -744,7 +744,7 @@ fn a_running_reassignment_survives_a_broker_restart_and_completes_later() {
         (0, 0)
     );
     let expected = (vec![source, joining], vec![joining], vec![]);
-    assert_eq!(listed_raw(&source_addr), [expected.clone()]);
+    assert_eq!(listed_raw(&source_addr), std::slice::from_ref(&expected));
     // Another broker restarts: it reads the reassignment back from the coordination log.
     cluster.kill9(bystander as usize);
     cluster.restart(bystander as usize);
