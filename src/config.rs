@@ -92,6 +92,8 @@ pub struct BrokerConfig {
     pub groups: crate::groups::GroupConfig,
     /// Follower fetching and ISR upkeep (`replica.*`).
     pub replication: ReplicationConfig,
+    /// Periodic preferred-leader election (`auto.leader.rebalance.enable`, ...).
+    pub leader_rebalance: crate::coordination::rebalance::RebalanceConfig,
 }
 
 /// How followers fetch and when a leader drops a lagging follower from the ISR.
@@ -159,6 +161,7 @@ impl Default for BrokerConfig {
             unclean_leader_election_enable: false,
             groups: crate::groups::GroupConfig::default(),
             replication: ReplicationConfig::default(),
+            leader_rebalance: Default::default(),
         }
     }
 }
@@ -320,6 +323,13 @@ impl BrokerConfig {
             "broker.session.timeout.ms" => self.broker_session_timeout_ms = parse(key, value)?,
             "unclean.leader.election.enable" => {
                 self.unclean_leader_election_enable = parse(key, value)?
+            }
+            "auto.leader.rebalance.enable" => self.leader_rebalance.enable = parse(key, value)?,
+            "leader.imbalance.check.interval.seconds" => {
+                self.leader_rebalance.check_interval_seconds = parse(key, value)?
+            }
+            "leader.imbalance.per.broker.percentage" => {
+                self.leader_rebalance.imbalance_percentage = parse(key, value)?
             }
             // Kafka's KRaft keys with no other meaning here.
             "process.roles"

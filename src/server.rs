@@ -292,6 +292,13 @@ async fn run_shard(
                 return;
             }
         };
+        if shard.config.leader_rebalance.enable {
+            let rebalance = crate::coordination::rebalance::rebalance_loop(
+                Rc::downgrade(coordinator),
+                shard.config.leader_rebalance.clone(),
+            );
+            glommio::spawn_local(rebalance).detach();
+        }
         // Every shard waits for a first snapshot; then this one republishes on every change.
         shard.publish_metadata().await;
         let publisher = shard.clone();

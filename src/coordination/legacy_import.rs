@@ -50,6 +50,8 @@ fn partition(replicas: Vec<i32>) -> Option<PartitionState> {
         replicas,
         leader_epoch: 0,
         partition_epoch: 0,
+        adding_replicas: Vec::new(),
+        removing_replicas: Vec::new(),
     })
 }
 

@@ -32,6 +32,9 @@ pub struct PartitionMetadata {
     pub partition_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
+    /// A running reassignment's joining and leaving replicas (both empty otherwise).
+    pub adding_replicas: Vec<i32>,
+    pub removing_replicas: Vec<i32>,
 }
 
 /// A topic as clients see it.
@@ -65,6 +68,8 @@ pub struct ClusterMetadata {
     /// Topic names by id, for Fetch v13+ (topics named by id): built with the snapshot from
     /// `topics`, so a replica fetch never scans every topic.
     pub topic_names_by_id: BTreeMap<Uuid, String>,
+    /// Dynamic broker configs by broker id as a string, `""` for the cluster default.
+    pub broker_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl ClusterMetadata {
@@ -79,6 +84,7 @@ impl ClusterMetadata {
             deleted_topics: Vec::new(),
             broker_epochs: BTreeMap::new(),
             topic_names_by_id: BTreeMap::new(),
+            broker_configs: BTreeMap::new(),
         }
     }
 
@@ -99,6 +105,20 @@ impl ClusterMetadata {
 
     pub fn broker(&self, node_id: i32) -> Option<&BrokerInfo> {
         self.brokers.iter().find(|b| b.node_id == node_id)
+    }
+
+    /// The dynamic value of broker config `key` for `node_id`: its own, else the cluster
+    /// default; `None` when neither is set (the static value applies).
+    pub fn dynamic_broker_config(&self, node_id: i32, key: &str) -> Option<&str> {
+        if self.broker_configs.is_empty() {
+            // The common case, on the produce path: no allocation for the id's string.
+            return None;
+        }
+        self.broker_configs
+            .get(&node_id.to_string())
+            .and_then(|c| c.get(key))
+            .or_else(|| self.broker_configs.get("").and_then(|c| c.get(key)))
+            .map(String::as_str)
     }
 
     pub fn partition_count(&self) -> usize {

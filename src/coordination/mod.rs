@@ -11,18 +11,25 @@
 //!   voters, this broker's registration and heartbeats, metadata publication.
 //! - [`sim`]: a seeded, deterministic simulation of voters and brokers over a faulty network.
 //! - [`legacy_import`]: the upgrade path from the single-node metadata log.
+//! - [`partition_admin`]: leader elections and replica reassignments asked for by operators.
+//! - [`rebalance`]: the periodic preferred-leader election (`auto.leader.rebalance.enable`).
+//! - [`broker_configs`]: which broker configs are dynamic, and their validation.
 //! - [`metadata`]: the immutable [`ClusterMetadata`] snapshot every shard reads.
 //!
 //! A single node is a quorum of one, embedded: the same code, no network.
 
+pub mod broker_configs;
 pub mod frames;
 pub mod legacy_import;
 pub mod metadata;
+pub mod partition_admin;
 pub mod quorum;
 pub mod raft_logging;
 pub mod raft_store;
+pub mod rebalance;
 pub mod runtime;
 pub mod sim;
+pub mod snapshot_compat;
 pub mod state_machine;
 
 pub use metadata::{BrokerInfo, ClusterMetadata, PartitionMetadata, TopicMetadata};

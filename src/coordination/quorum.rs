@@ -640,8 +640,12 @@ impl QuorumNode {
 fn decode_state(snapshot: &Snapshot) -> io::Result<ClusterState> {
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(snapshot.data.len());
     aligned.extend_from_slice(&snapshot.data);
-    rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}")))
+    match rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(&aligned) {
+        Ok(state) => Ok(state),
+        // Written by a broker from before reassignments and dynamic broker configs.
+        Err(e) => super::snapshot_compat::decode_v1(&snapshot.data)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}"))),
+    }
 }
 
 /// Encodes a peer message for the wire: a kind byte, then the body.

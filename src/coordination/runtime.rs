@@ -348,6 +348,11 @@ impl Coordinator {
     }
 
     /// The voter leading the quorum, as far as this node knows.
+    /// Whether this voter leads the coordination quorum now.
+    pub fn leads_quorum(&self) -> bool {
+        self.node.borrow().is_leader()
+    }
+
     pub fn quorum_leader(&self) -> Option<i32> {
         self.node.borrow().leader()
     }
@@ -401,6 +406,8 @@ impl Coordinator {
                             partition_epoch: p.partition_epoch,
                             replicas: p.replicas.clone(),
                             isr: p.isr.clone(),
+                            adding_replicas: p.adding_replicas.clone(),
+                            removing_replicas: p.removing_replicas.clone(),
                         })
                         .collect(),
                     configs: t.configs.clone(),
@@ -426,6 +433,7 @@ impl Coordinator {
                 .map(|b| (b.node_id, b.incarnation as i64))
                 .collect(),
             topic_names_by_id,
+            broker_configs: state.broker_configs.clone(),
         })
     }
 

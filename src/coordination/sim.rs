@@ -2104,6 +2104,7 @@ fn command_name(command: &Command) -> String {
         Command::AlterTopicConfigs { name, changes, .. } => {
             format!("AlterTopicConfigs {name} {changes:?}")
         }
+        other => format!("{other:?}"),
     }
 }
 

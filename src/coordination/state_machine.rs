@@ -59,6 +59,11 @@ pub struct PartitionState {
     pub leader_epoch: i32,
     /// Increases on every change to leader or ISR (Kafka's partition epoch).
     pub partition_epoch: i32,
+    /// While a reassignment runs: target replicas not in the original set (they catch up as
+    /// followers) and original replicas not in the target (they leave when it completes).
+    /// `replicas` is then the target followed by `removing_replicas`.
+    pub adding_replicas: Vec<i32>,
+    pub removing_replicas: Vec<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -82,6 +87,9 @@ pub struct ClusterState {
     pub deleted_topics: Vec<(String, [u8; 16])>,
     /// Producer ids below this were handed out in some block.
     pub producer_id_block_end: i64,
+    /// Dynamic broker configs (AlterConfigs on BROKER resources): by broker id as a string,
+    /// `""` for the cluster-wide default. See `broker_configs`.
+    pub broker_configs: BTreeMap<String, BTreeMap<String, String>>,
     /// Counts applied commands that changed anything: a cheap change detector.
     pub version: u64,
 }
@@ -146,6 +154,24 @@ pub enum Command {
     /// Refused as a whole when one change is invalid.
     AlterTopicConfigs {
         name: String,
+        replace: bool,
+        changes: Vec<ConfigChange>,
+    },
+    /// ElectLeaders: preferred (the first replica) or unclean election; `None` names every
+    /// partition. Answered per partition (`Outcome::Partitions`).
+    ElectLeaders {
+        unclean: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    },
+    /// AlterPartitionReassignments: per partition a target replica list, or `None` to cancel
+    /// the running reassignment. Answered per partition (`Outcome::Partitions`).
+    ReassignPartitions {
+        reassignments: Vec<(String, i32, Option<Vec<i32>>)>,
+    },
+    /// Dynamic broker configs of one broker (`Some(id)`) or the cluster default (`None`);
+    /// `replace` as in `AlterTopicConfigs`. Refused as a whole when one change is invalid.
+    AlterBrokerConfigs {
+        broker: Option<i32>,
         replace: bool,
         changes: Vec<ConfigChange>,
     },
@@ -233,10 +259,15 @@ pub enum Outcome {
         code: ResponseError,
         message: String,
     },
+    /// A command about many partitions: each one's (topic, partition, error if any).
+    Partitions(Vec<PartitionOutcome>),
 }
 
+/// One partition's result in `Outcome::Partitions`; `error` is `None` on success.
+pub type PartitionOutcome = (String, i32, Option<(ResponseError, String)>);
+
 impl Outcome {
-    fn refused(code: ResponseError, message: impl Into<String>) -> Outcome {
+    pub(super) fn refused(code: ResponseError, message: impl Into<String>) -> Outcome {
         Outcome::Refused {
             code,
             message: message.into(),
@@ -303,6 +334,32 @@ impl ClusterState {
                         return Outcome::Done;
                     }
                     topic.configs = configs;
+                    Outcome::Done
+                }
+                Err(refused) => refused,
+            },
+            Command::ElectLeaders {
+                unclean,
+                partitions,
+            } => self.elect_requested_leaders(unclean, partitions),
+            Command::ReassignPartitions { reassignments } => {
+                self.reassign_partitions(reassignments)
+            }
+            Command::AlterBrokerConfigs {
+                broker,
+                replace,
+                changes,
+            } => match super::broker_configs::altered(self, broker, replace, &changes) {
+                Ok(configs) => {
+                    let key = broker.map(|b| b.to_string()).unwrap_or_default();
+                    if self.broker_configs.get(&key).cloned().unwrap_or_default() == configs {
+                        return Outcome::Done;
+                    }
+                    if configs.is_empty() {
+                        self.broker_configs.remove(&key);
+                    } else {
+                        self.broker_configs.insert(key, configs);
+                    }
                     Outcome::Done
                 }
                 Err(refused) => refused,
@@ -402,7 +459,7 @@ impl ClusterState {
     /// Re-chooses the leader of every partition matching `needs_election`: the live in-sync
     /// replica registered earliest; with unclean election enabled for the topic and no live
     /// in-sync replica, the live replica registered earliest. Bumps the epochs on change.
-    fn elect_leaders(&mut self, needs_election: impl Fn(&PartitionState) -> bool) {
+    pub(super) fn elect_leaders(&mut self, needs_election: impl Fn(&PartitionState) -> bool) {
         let sequence_of: BTreeMap<i32, u64> = self
             .brokers
             .iter()
@@ -620,6 +677,8 @@ impl ClusterState {
                     replicas,
                     leader_epoch: 0,
                     partition_epoch: 0,
+                    adding_replicas: Vec::new(),
+                    removing_replicas: Vec::new(),
                 }
             })
             .collect()
@@ -731,11 +790,14 @@ impl ClusterState {
         isr.dedup();
         p.isr = isr;
         p.partition_epoch += 1;
+        // A reassignment completes once every target replica is in sync.
+        let name = topic.to_string();
+        self.complete_reassignment_if_caught_up(&name, index);
         Outcome::Done
     }
 }
 
-fn unknown_topic() -> Outcome {
+pub(super) fn unknown_topic() -> Outcome {
     Outcome::refused(
         ResponseError::UnknownTopicOrPartition,
         "This server does not host this topic-partition.",

@@ -339,7 +339,6 @@ pub async fn create_partitions(
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
 const CONFIG_SOURCE_TOPIC: i8 = 1;
-const CONFIG_SOURCE_STATIC_BROKER: i8 = 4;
 const CONFIG_SOURCE_DEFAULT: i8 = 5;
 const CONFIG_TYPE_BOOLEAN: i8 = 1;
 const CONFIG_TYPE_STRING: i8 = 2;
@@ -460,21 +459,26 @@ fn broker_configs(shard: &Shard) -> Vec<(&'static str, String, i8)> {
             c.socket_request_max_bytes.to_string(),
             CONFIG_TYPE_INT,
         ),
+        (
+            "max.connections",
+            c.max_connections.to_string(),
+            CONFIG_TYPE_INT,
+        ),
     ]
 }
 
 /// One described config: (name, value, source, type, read-only, synonyms as (name, value,
 /// source), most specific first).
-struct Described {
-    name: &'static str,
-    value: String,
-    source: i8,
-    config_type: i8,
-    read_only: bool,
-    synonyms: Vec<(&'static str, String, i8)>,
+pub(super) struct Described {
+    pub name: &'static str,
+    pub value: String,
+    pub source: i8,
+    pub config_type: i8,
+    pub read_only: bool,
+    pub synonyms: Vec<(&'static str, String, i8)>,
 }
 
-fn config_entry(
+pub(super) fn config_entry(
     version: i16,
     include_synonyms: bool,
     d: Described,
@@ -540,13 +544,18 @@ pub async fn describe_configs(
                             .filter(|(key, ..)| wanted(key))
                             .map(|(key, broker_key, default, ty)| {
                                 // Kafka lists the topic override, then the broker key it
-                                // overrides (static here: no dynamic broker configs).
+                                // overrides: dynamic for this broker, dynamic default, static.
                                 let mut synonyms = Vec::new();
-                                let (value, source) = match topic.configs.get(key) {
-                                    Some(v) => {
-                                        synonyms.push((key, v.clone(), CONFIG_SOURCE_TOPIC));
-                                        (v.clone(), CONFIG_SOURCE_TOPIC)
-                                    }
+                                if let Some(v) = topic.configs.get(key) {
+                                    synonyms.push((key, v.clone(), CONFIG_SOURCE_TOPIC));
+                                }
+                                for (v, source) in
+                                    super::broker_configs::dynamic_synonyms(shard, broker_key)
+                                {
+                                    synonyms.push((broker_key, v, source));
+                                }
+                                let (value, source) = match synonyms.first() {
+                                    Some((_, v, source)) => (v.clone(), *source),
                                     None => (default.clone(), CONFIG_SOURCE_DEFAULT),
                                 };
                                 synonyms.push((broker_key, default, CONFIG_SOURCE_DEFAULT));
@@ -567,24 +576,20 @@ pub async fn describe_configs(
                         result.error_message = Some(str(format!("Topic {name} does not exist")));
                     }
                 },
-                RESOURCE_BROKER if name.is_empty() || name == shard.config.node_id.to_string() => {
-                    result.configs = broker_configs(shard)
-                        .into_iter()
-                        .filter(|(key, ..)| wanted(key))
-                        .map(|(key, value, ty)| {
-                            let described = Described {
-                                name: key,
-                                value: value.clone(),
-                                source: CONFIG_SOURCE_STATIC_BROKER,
-                                config_type: ty,
-                                // No dynamic broker configs: every one is read-only.
-                                read_only: true,
-                                synonyms: vec![(key, value, CONFIG_SOURCE_STATIC_BROKER)],
-                            };
-                            config_entry(version, include_synonyms, described)
-                        })
-                        .collect();
-                }
+                RESOURCE_BROKER => match super::broker_configs::describe(
+                    shard,
+                    &name,
+                    broker_configs(shard),
+                    wanted,
+                    version,
+                    include_synonyms,
+                ) {
+                    Ok(configs) => result.configs = configs,
+                    Err(e) => {
+                        result.error_code = e.code.code();
+                        result.error_message = Some(str(e.message));
+                    }
+                },
                 _ => {
                     result.error_code = ResponseError::InvalidRequest.code();
                     result.error_message = Some(str("unsupported resource"));
@@ -683,15 +688,14 @@ fn alter_resource(
     }
 }
 
-/// Applies config changes: topics through the coordination quorum (so every broker applies
-/// them and they survive restarts), brokers refused (no dynamic broker configs).
+/// Applies config changes through the coordination quorum (so every broker applies them and
+/// they survive restarts): topic overrides, and dynamic broker configs (`broker_configs`).
 async fn alter_resources(
     shard: &Rc<Shard>,
     resources: Vec<AlterResource>,
     replace: bool,
     validate_only: bool,
 ) -> Vec<AlterResult> {
-    let node_id = shard.config.node_id;
     let message_max = shard.config.message_max_bytes;
     coordinate(shard, move |coordinator| async move {
         let mut results = Vec::new();
@@ -725,24 +729,17 @@ async fn alter_resources(
                         )
                         .await
                         .map(|_| tracing::info!(topic = %r.name, "altered topic configs")),
-                    RESOURCE_BROKER
-                        if !r.name.is_empty() && r.name.parse::<i32>().is_err() =>
-                    {
-                        Err(ApiError::new(
-                            ResponseError::InvalidRequest,
-                            format!("Invalid broker id {}", r.name),
-                        ))
-                    }
-                    RESOURCE_BROKER if r.changes.is_empty() => Ok(()),
                     RESOURCE_BROKER => {
-                        let keys: Vec<&str> = r.changes.iter().map(change_key).collect();
-                        Err(ApiError::new(
-                            ResponseError::InvalidRequest,
-                            format!(
-                                "Cannot update these configs dynamically: Set({}) (broker {node_id} has no dynamic configs)",
-                                keys.join(", ")
-                            ),
-                        ))
+                        super::broker_configs::alter(
+                            &coordinator,
+                            &r.name,
+                            r.changes,
+                            replace,
+                            validate_only,
+                            message_max,
+                            DEFAULT_COORDINATION_TIMEOUT,
+                        )
+                        .await
                     }
                     other => Err(ApiError::new(
                         ResponseError::InvalidRequest,

@@ -6,7 +6,9 @@
 //! goes through `Shard::invoke_on`; coordination work goes to shard 0.
 
 pub mod admin;
+pub mod alter_replica_log_dirs;
 pub mod api_versions;
+pub mod broker_configs;
 pub mod delete_records;
 pub mod describe_log_dirs;
 pub mod fetch;
@@ -15,6 +17,7 @@ pub mod groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
+pub mod partition_admin;
 pub mod produce;
 
 use std::future::Future;
@@ -121,6 +124,14 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Dis
         RequestKind::DescribeGroups(body) => respond!(groups::describe_groups, body),
         RequestKind::DeleteGroups(body) => respond!(groups::delete_groups, body),
         RequestKind::OffsetDelete(body) => respond!(groups::offset_delete, body),
+        RequestKind::ElectLeaders(body) => respond!(partition_admin::elect_leaders, body),
+        RequestKind::AlterPartitionReassignments(body) => {
+            respond!(partition_admin::alter_partition_reassignments, body)
+        }
+        RequestKind::ListPartitionReassignments(body) => {
+            respond!(partition_admin::list_partition_reassignments, body)
+        }
+        RequestKind::AlterReplicaLogDirs(body) => respond!(alter_replica_log_dirs::handle, body),
         _ => {
             // decode_frame only lets supported keys through.
             tracing::error!(?api_key, "dispatch has no handler for a supported api");

@@ -229,14 +229,15 @@ fn append_all(
                 })?;
             let max_batch_bytes = snapshot
                 .topic(&input.topic)
-                .map_or(owner.config.message_max_bytes, |t| {
-                    owner.max_batch_bytes_for(t)
-                })
-                // A max.message.bytes raised since the log opened applies from its next open:
-                // until then the log's bound on batch lengths (MESSAGE_TOO_LARGE here) holds.
-                .min(partition.log.config().max_batch_bytes)
+                .map_or_else(
+                    || owner.message_max_bytes(),
+                    |t| owner.max_batch_bytes_for(t),
+                )
+                // The log's bound on batch lengths (raised with max.message.bytes when the
+                // metadata changes) holds: MESSAGE_TOO_LARGE here.
+                .min(partition.log.max_batch_bytes())
                 // A batch fits in one segment (Kafka: RecordBatchTooLargeException).
-                .min(partition.log.config().segment_bytes as usize);
+                .min(partition.log.segment_bytes() as usize);
             let appended = partition.append(&input.records, max_batch_bytes, acks == Acks::All)?;
             let cells = crate::metrics::shard_cells(owner.id);
             BrokerStats::add(&cells.bytes_in, input.records.len() as u64);

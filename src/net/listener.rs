@@ -60,11 +60,14 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd) {
             break;
         }
         let open = shard.stats.connections.fetch_add(1, Ordering::Relaxed);
-        if open >= shard.config.max_connections {
+        let max_connections = shard
+            .dynamic_config::<usize>("max.connections")
+            .unwrap_or(shard.config.max_connections);
+        if open >= max_connections {
             shard.stats.connections.fetch_sub(1, Ordering::Relaxed);
             BrokerStats::add(&shard.stats.connections_refused, 1);
             tracing::warn!(
-                limit = shard.config.max_connections,
+                limit = max_connections,
                 "max.connections reached; closing new connection"
             );
             drop(stream);

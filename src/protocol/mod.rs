@@ -36,6 +36,11 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    // Operator APIs on partitions (handlers::partition_admin, handlers::alter_replica_log_dirs).
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::AlterReplicaLogDirs, 1, 2),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     // Consumer groups (handlers::groups).
     (ApiKey::OffsetCommit, 2, 8),

@@ -93,6 +93,24 @@ impl LeaderState {
         self.pending = None;
     }
 
+    /// A new replica set at the same leader epoch (a reassignment started, completed or was
+    /// cancelled): joining replicas start as followers that have not fetched (out of the ISR
+    /// until they catch up); leaving ones are forgotten.
+    pub fn set_replicas(&mut self, replicas: &[i32], now_ms: i64) {
+        self.followers
+            .retain(|r, _| replicas.contains(r) && *r != self.this_node);
+        for &r in replicas.iter().filter(|&&r| r != self.this_node) {
+            self.followers.entry(r).or_insert(FollowerProgress {
+                log_end_offset: None,
+                last_caught_up_ms: now_ms,
+                log_start_offset: None,
+                last_fetch_ms: now_ms,
+                last_fetch_leader_end_offset: -1,
+            });
+        }
+        self.replicas = replicas.to_vec();
+    }
+
     /// The quorum refused or did not commit the pending change.
     pub fn clear_pending(&mut self) {
         self.pending = None;
@@ -280,6 +298,24 @@ mod tests {
         assert_eq!(leader.high_watermark_bound(), Some(10));
         leader.set_isr(&[0]);
         assert_eq!(leader.high_watermark_bound(), None);
+    }
+
+    #[test]
+    fn a_joining_replica_is_tracked_and_added_once_caught_up() {
+        let mut leader = LeaderState::new(1, &[1], &[1], 0);
+        assert!(!leader.record_fetch(2, 0, 10, 1), "not a replica yet");
+        leader.set_replicas(&[2, 3, 1], 5);
+        assert_eq!(
+            leader.high_watermark_bound(),
+            None,
+            "joiners do not hold it"
+        );
+        assert!(leader.record_fetch(2, 10, 10, 6));
+        let change = leader.isr_change(6, 3_000, 10, 0, |_| true).unwrap();
+        assert_eq!(change.isr, vec![1, 2]);
+        leader.set_isr(&change.isr);
+        leader.set_replicas(&[2, 1], 7);
+        assert!(!leader.record_fetch(3, 10, 10, 8), "3 left");
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct Shard {
     pub stats: Arc<BrokerStats>,
     mesh: Option<Senders<Job>>,
     metadata: RefCell<Arc<ClusterMetadata>>,
+    /// The newest snapshot this shard started applying: dynamic broker configs are read from
+    /// it, so they hold while the partitions are brought in line with it (`metadata` swaps
+    /// only once they are).
+    applying: RefCell<Arc<ClusterMetadata>>,
     /// Partitions this shard owns, by topic then partition index.
     partitions: RefCell<HashMap<String, HashMap<i32, Rc<Partition>>>>,
     /// Present on shard 0 only.
@@ -112,6 +116,7 @@ impl Shard {
             stats,
             mesh,
             metadata: RefCell::new(Arc::new(ClusterMetadata::empty())),
+            applying: RefCell::new(Arc::new(ClusterMetadata::empty())),
             partitions: RefCell::new(HashMap::new()),
             coordinator,
             apply_lock: glommio::sync::Semaphore::new(1),
@@ -206,6 +211,25 @@ impl Shard {
         self.shutdown.load(Ordering::Relaxed)
     }
 
+    /// A dynamic broker config of this broker (its own value, else the cluster default) from
+    /// the newest metadata snapshot (`applying`), parsed; `None` when none is set or it does
+    /// not parse.
+    pub fn dynamic_config<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
+        self.applying
+            .borrow()
+            .dynamic_broker_config(self.broker.node_id, key)
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// The broker's `message.max.bytes`: dynamic if set, else static. A dynamic value is never
+    /// above the static one (refused when altered): logs read their batches with that bound.
+    pub fn message_max_bytes(&self) -> usize {
+        self.dynamic_config::<usize>("message.max.bytes")
+            .map_or(self.config.message_max_bytes, |v| {
+                v.min(self.config.message_max_bytes)
+            })
+    }
+
     /// The log settings of a topic: broker defaults overridden by the topic's configs.
     ///
     /// The tail cache cap is the shard's `log.tail.cache.bytes` split over the
@@ -217,6 +241,15 @@ impl Shard {
             return crate::groups::offsets_log::offsets_log_config(&self.config.log);
         }
         let mut log = self.config.log.clone();
+        if let Some(v) = self.dynamic_config::<i64>("log.retention.ms") {
+            log.retention_ms = v;
+        }
+        if let Some(v) = self.dynamic_config::<i64>("log.retention.bytes") {
+            log.retention_bytes = v;
+        }
+        if let Some(v) = self.dynamic_config::<u64>("log.segment.bytes") {
+            log.segment_bytes = v;
+        }
         let budget = self.config.tail_cache_bytes_per_shard;
         log.tail_cache_bytes = if budget == 0 {
             0
@@ -251,9 +284,15 @@ impl Shard {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(default)
         };
+        let broker_retention_ms = self
+            .dynamic_config("log.retention.ms")
+            .unwrap_or(self.config.log.retention_ms);
+        let broker_retention_bytes = self
+            .dynamic_config("log.retention.bytes")
+            .unwrap_or(self.config.log.retention_bytes);
         (
-            get("retention.ms", self.config.log.retention_ms),
-            get("retention.bytes", self.config.log.retention_bytes),
+            get("retention.ms", broker_retention_ms),
+            get("retention.bytes", broker_retention_bytes),
         )
     }
 
@@ -263,6 +302,7 @@ impl Shard {
             .configs
             .get("min.insync.replicas")
             .and_then(|v| v.parse::<usize>().ok())
+            .or_else(|| self.dynamic_config::<usize>("min.insync.replicas"))
             .unwrap_or(self.config.min_insync_replicas.max(1) as usize)
             .max(1)
     }
@@ -273,7 +313,7 @@ impl Shard {
             .configs
             .get("max.message.bytes")
             .and_then(|v| v.parse().ok())
-            .unwrap_or(self.config.message_max_bytes)
+            .unwrap_or_else(|| self.message_max_bytes())
     }
 
     /// Makes this shard match a metadata snapshot: opens the logs of partitions it now holds a
@@ -289,6 +329,7 @@ impl Shard {
         if snapshot.version <= self.metadata.borrow().version {
             return;
         }
+        *self.applying.borrow_mut() = snapshot.clone();
         let this_node = self.broker.node_id;
         let now = now_ms();
         let mut wanted: Vec<(Arc<TopicMetadata>, i32)> = Vec::new();
@@ -314,7 +355,8 @@ impl Shard {
                     });
                     match topic {
                         None => removed.push(partition.clone()),
-                        // No replica here any more: stop serving, keep the files.
+                        // No replica here any more (a reassignment moved it away): stop
+                        // serving and delete the files, as Kafka's StopReplica(delete) does.
                         Some(t) if !t.partitions[*index as usize].replicas.contains(&this_node) => {
                             dropped.push(partition.clone())
                         }
@@ -333,6 +375,12 @@ impl Shard {
             // not hold the shard.
             glommio::yield_if_needed().await;
             let state = &topic.partitions[partition.index as usize];
+            // A changed segment.bytes (topic or dynamic broker config) or a raised
+            // max.message.bytes applies to the running log at once.
+            let limits = self.log_config_for(&topic, 1);
+            partition
+                .log
+                .set_limits(limits.segment_bytes, limits.max_batch_bytes);
             let change = partition.apply_state(state, self.min_insync_replicas_for(&topic), now);
             if let RoleChange::BecameFollower { leader } = change {
                 crate::replication::follower::ensure_fetcher(self, leader);
@@ -345,10 +393,10 @@ impl Shard {
             }
         }
         for partition in dropped {
-            tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; closing the partition");
-            let producers = partition.producer_state_snapshot();
-            if let Err(e) = partition.log.close_clean(producers).await {
-                tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
+            tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; deleting the partition's log");
+            partition.stop_replicating();
+            if let Err(e) = partition.log.delete().await {
+                tracing::error!(topic = %partition.topic, error = %e, "deleting a moved replica's log failed");
             }
         }
         for partition in removed {

@@ -161,6 +161,7 @@ impl Partition {
         now_ms: i64,
     ) -> RoleChange {
         self.min_insync_replicas.set(min_insync_replicas);
+        let replicas_changed = *self.replicas.borrow() != state.replicas;
         *self.replicas.borrow_mut() = state.replicas.clone();
         let epoch_changed = state.leader_epoch != self.leader_epoch.get();
         let partition_changed = state.partition_epoch != self.partition_epoch.get();
@@ -173,6 +174,9 @@ impl Partition {
             // must not drop a joining member from the high watermark's count early.
             if partition_changed {
                 if let Role::Leader(leader) = &mut *self.role.borrow_mut() {
+                    if replicas_changed {
+                        leader.set_replicas(&state.replicas, now_ms);
+                    }
                     leader.set_isr(&state.isr);
                 }
             }
@@ -210,6 +214,19 @@ impl Partition {
         };
         self.refresh_high_watermark();
         change
+    }
+
+    /// This broker is no longer a replica (a reassignment moved the partition away): waiting
+    /// produces answer NOT_LEADER_OR_FOLLOWER, so producers go to the new leader, before the
+    /// log is deleted under them.
+    pub fn stop_replicating(&self) {
+        if self.is_leader() {
+            self.signal_leadership_lost();
+        }
+        *self.role.borrow_mut() = Role::Follower {
+            leader: -1,
+            needs_truncation: true,
+        };
     }
 
     fn signal_leadership_lost(&self) {

@@ -70,6 +70,10 @@ pub(crate) enum StopRequest {
 /// The log's side of the writer task: everything the writer reads or changes in it.
 pub(crate) trait WriterHost: 'static {
     fn config(&self) -> &LogConfig;
+    /// The segment size to roll at: `config().segment_bytes` unless changed at run time.
+    fn segment_bytes(&self) -> u64 {
+        self.config().segment_bytes
+    }
     fn dir(&self) -> &Path;
     /// The written and durable marks the writer advances (waits wake on them).
     fn notifier(&self) -> &Rc<Notifier>;
@@ -264,7 +268,7 @@ impl<Log: WriterHost> Writer<Log> {
     fn must_roll_before(&self, next: &BatchMeta, log: &Log) -> bool {
         let size = self.segment.size_bytes();
         size > 0
-            && (size + next.len_bytes > log.config().segment_bytes
+            && (size + next.len_bytes > log.segment_bytes()
                 || next.last_offset - self.segment.base_offset() > i32::MAX as i64)
     }
 
@@ -275,9 +279,8 @@ impl<Log: WriterHost> Writer<Log> {
         if self.must_roll_before(&front, log) {
             self.roll(log).await?;
         }
-        let config = log.config();
         let size = self.segment.size_bytes();
-        let room_bytes = config.segment_bytes.saturating_sub(size);
+        let room_bytes = log.segment_bytes().saturating_sub(size);
         let batches = log.take_batches(room_bytes, self.segment.base_offset(), MAX_WRITE_BYTES);
         assert!(!batches.is_empty(), "the queue had a batch");
 
@@ -325,7 +328,7 @@ impl<Log: WriterHost> Writer<Log> {
         let mut position = size;
         for meta in &metas {
             self.segment
-                .record_batch(position, meta, config.index_interval_bytes);
+                .record_batch(position, meta, log.config().index_interval_bytes);
             position += meta.len_bytes;
         }
         self.tail = Some(next_tail);

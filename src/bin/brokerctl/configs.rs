@@ -19,8 +19,12 @@ pub struct Args {
     /// `topics` or `brokers`.
     #[arg(long)]
     entity_type: String,
-    #[arg(long)]
-    entity_name: String,
+    /// A topic name or broker id.
+    #[arg(long, required_unless_present = "entity_default")]
+    entity_name: Option<String>,
+    /// The cluster-wide default of broker configs (with `--entity-type brokers`).
+    #[arg(long, conflicts_with = "entity_name")]
+    entity_default: bool,
     /// `k=v[,k=v...]` to set (with --alter).
     #[arg(long)]
     add_config: Option<String>,
@@ -44,11 +48,16 @@ fn resource_type(entity_type: &str) -> Result<i8> {
 
 pub fn run(args: Args) -> Result<()> {
     let kind = resource_type(&args.entity_type)?;
+    if args.entity_default && kind != 4 {
+        return Err("--entity-default is for --entity-type brokers".into());
+    }
+    // The cluster default of broker configs is the resource named "".
+    let entity_name = args.entity_name.clone().unwrap_or_default();
     let mut conn = Conn::connect(&args.bootstrap_server)?;
     if args.describe {
         let mut resource = DescribeConfigsResource::default();
         resource.resource_type = kind;
-        resource.resource_name = s(args.entity_name.clone());
+        resource.resource_name = s(entity_name.clone());
         resource.configuration_keys = None; // all of them
         let mut request = DescribeConfigsRequest::default();
         request.resources = vec![resource];
@@ -57,12 +66,27 @@ pub fn run(args: Args) -> Result<()> {
         if result.error_code != 0 {
             return Err(error_text(result.error_code, result.error_message.as_ref()));
         }
-        let what = if kind == 2 { "topic" } else { "broker" };
-        println!("Configs for {what} {} are:", args.entity_name);
+        let what = match (kind, args.entity_default) {
+            (2, _) => format!("topic {entity_name}"),
+            (_, true) => "the default broker".to_string(),
+            _ => format!("broker {entity_name}"),
+        };
+        // Kafka's: a topic's overrides; a broker's dynamic configs (2: DYNAMIC_BROKER_CONFIG,
+        // 3: DYNAMIC_DEFAULT_BROKER_CONFIG); everything with --all.
+        let shown = |source: i8| match kind {
+            2 => source != 5,
+            _ => source == 2 || source == 3,
+        };
+        let label = if args.all { "All" } else { "Dynamic" };
+        if kind == 2 {
+            println!("Configs for {what} are:");
+        } else {
+            println!("{label} configs for {what} are:");
+        }
         let mut configs: Vec<_> = result
             .configs
             .iter()
-            .filter(|c| args.all || c.config_source != 5) // 5: DEFAULT_CONFIG
+            .filter(|c| args.all || shown(c.config_source))
             .collect();
         configs.sort_by(|a, b| a.name.cmp(&b.name));
         for c in configs {
@@ -95,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         let mut resource = AlterConfigsResource::default();
         resource.resource_type = kind;
-        resource.resource_name = s(args.entity_name.clone());
+        resource.resource_name = s(entity_name.clone());
         resource.configs = configs;
         let mut request = IncrementalAlterConfigsRequest::default();
         request.resources = vec![resource];
@@ -104,11 +128,14 @@ pub fn run(args: Args) -> Result<()> {
         if result.error_code != 0 {
             return Err(error_text(result.error_code, result.error_message.as_ref()));
         }
-        println!(
-            "Completed updating config for {} {}.",
-            args.entity_type.trim_end_matches('s'),
-            args.entity_name
-        );
+        if args.entity_default {
+            println!("Completed updating default config for brokers in the cluster.");
+        } else {
+            println!(
+                "Completed updating config for {} {entity_name}.",
+                args.entity_type.trim_end_matches('s'),
+            );
+        }
         Ok(())
     } else {
         Err("one of --describe, --alter is required".into())

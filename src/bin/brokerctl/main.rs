@@ -1,6 +1,8 @@
 //! `brokerctl`: Kafka's command-line tools as subcommands, with Kafka's flags:
 //! `topics` (kafka-topics.sh), `console-producer`, `console-consumer`, `consumer-groups`
-//! (kafka-consumer-groups.sh) and `configs` (kafka-configs.sh).
+//! (kafka-consumer-groups.sh), `configs` (kafka-configs.sh), `leader-election`
+//! (kafka-leader-election.sh) and `reassign-partitions` (kafka-reassign-partitions.sh); each
+//! also answers to its script's name (`kafka-leader-election`, ...).
 //!
 //! It talks only the Kafka protocol, so it works against Apache Kafka too: admin requests use
 //! the `kafka-protocol` crate's messages over one connection ([`client`]), producing and
@@ -12,11 +14,13 @@
 //! - [`topics`], [`configs`]: topic and config administration.
 //! - [`console`]: console producer and consumer.
 //! - [`groups`]: consumer group listing, description, deletion, offset resets.
+//! - [`partitions`]: leader elections and partition reassignments.
 
 mod client;
 mod configs;
 mod console;
 mod groups;
+mod partitions;
 mod topics;
 
 use clap::{Parser, Subcommand};
@@ -43,7 +47,14 @@ enum Command {
     /// List, describe and delete groups, reset their offsets (kafka-consumer-groups.sh).
     ConsumerGroups(groups::Args),
     /// Describe and alter topic and broker configs (kafka-configs.sh).
+    #[command(alias = "kafka-configs")]
     Configs(configs::Args),
+    /// Elect preferred (or unclean) leaders (kafka-leader-election.sh).
+    #[command(alias = "kafka-leader-election")]
+    LeaderElection(partitions::ElectionArgs),
+    /// Move partition replicas between brokers (kafka-reassign-partitions.sh).
+    #[command(alias = "kafka-reassign-partitions")]
+    ReassignPartitions(partitions::ReassignArgs),
 }
 
 fn main() {
@@ -54,6 +65,8 @@ fn main() {
         Command::ConsoleConsumer(args) => console::consume(args),
         Command::ConsumerGroups(args) => groups::run(args),
         Command::Configs(args) => configs::run(args),
+        Command::LeaderElection(args) => partitions::elect(args),
+        Command::ReassignPartitions(args) => partitions::reassign(args),
     };
     if let Err(message) = result {
         eprintln!("Error: {message}");

@@ -148,6 +148,7 @@ fn describe(conn: &mut Conn, only: Option<&str>) -> Result<()> {
         vec![t]
     });
     let response = conn.call(12, &request)?;
+    let reassigning = reassignments(conn);
     let mut topics = response.topics;
     topics.sort_by(|a, b| a.name.cmp(&b.name));
     for t in topics {
@@ -177,8 +178,19 @@ fn describe(conn: &mut Conn, only: Option<&str>) -> Result<()> {
                 .join(",")
         };
         for p in partitions {
+            // Kafka's describe adds the moving replicas of a running reassignment.
+            let moving = reassigning
+                .get(&(name.clone(), p.partition_index))
+                .map(|(adding, removing)| {
+                    format!(
+                        "\tAdding Replicas: {}\tRemoving Replicas: {}",
+                        join(adding),
+                        join(removing)
+                    )
+                })
+                .unwrap_or_default();
             println!(
-                "\tTopic: {name}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}",
+                "\tTopic: {name}\tPartition: {}\tLeader: {}\tReplicas: {}\tIsr: {}{moving}",
                 p.partition_index,
                 if p.leader_id.0 < 0 {
                     "none".to_string()
@@ -191,6 +203,31 @@ fn describe(conn: &mut Conn, only: Option<&str>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Running reassignments: (topic, partition) -> (adding, removing). Empty when the broker
+/// does not offer ListPartitionReassignments.
+fn reassignments(
+    conn: &mut Conn,
+) -> std::collections::HashMap<(String, i32), (Vec<BrokerId>, Vec<BrokerId>)> {
+    let mut request = ListPartitionReassignmentsRequest::default();
+    request.timeout_ms = 30_000;
+    let Ok(response) = conn.call(0, &request) else {
+        return Default::default();
+    };
+    response
+        .topics
+        .into_iter()
+        .flat_map(|t| {
+            let name = t.name.to_string();
+            t.partitions.into_iter().map(move |p| {
+                (
+                    (name.clone(), p.partition_index),
+                    (p.adding_replicas, p.removing_replicas),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Kafka prints topic ids in URL-safe base64 without padding.

@@ -73,6 +73,13 @@ pub struct PartitionLog {
     me: Weak<PartitionLog>,
     dir: PathBuf,
     config: LogConfig,
+    /// `config.segment_bytes` as changed since the open (a topic's `segment.bytes`): the next
+    /// roll uses it.
+    segment_bytes: Cell<u64>,
+    /// The bound on batch lengths, at least `config.max_batch_bytes`: raised at run time (a
+    /// topic's `max.message.bytes`), never lowered, so every batch written stays readable.
+    /// Whatever reads batches of this log bounds their lengths with it.
+    max_batch_bytes: Cell<usize>,
     /// Sorted by base offset; the last one is the active segment. Never empty while open.
     segments: RefCell<Vec<Rc<Segment>>>,
     log_start_offset: Cell<i64>,
@@ -182,6 +189,8 @@ impl PartitionLog {
         let log = Rc::new_cyclic(|me| PartitionLog {
             me: me.clone(),
             dir,
+            segment_bytes: Cell::new(config.segment_bytes),
+            max_batch_bytes: Cell::new(config.max_batch_bytes),
             config,
             segments: RefCell::new(recovered.segments),
             log_start_offset: Cell::new(log_start_offset),
@@ -394,14 +403,12 @@ impl PartitionLog {
                 header.total_len()
             )));
         }
-        if batch.len() > self.config.max_batch_bytes
-            || batch.len() as u64 > self.config.segment_bytes
-        {
+        if batch.len() > self.max_batch_bytes() || batch.len() as u64 > self.segment_bytes() {
             return Err(StorageError::InvalidBatch(format!(
                 "{} bytes exceeds max_batch_bytes {} or segment_bytes {}",
                 batch.len(),
-                self.config.max_batch_bytes,
-                self.config.segment_bytes
+                self.max_batch_bytes(),
+                self.segment_bytes()
             )));
         }
         if header.record_count <= 0 || header.last_offset_delta != header.record_count - 1 {
@@ -756,8 +763,37 @@ impl PartitionLog {
 /// disk space beyond what retention keeps.
 pub const MAX_RECYCLED_SEGMENTS: usize = 4;
 
+impl PartitionLog {
+    /// Takes a running log's new limits (a topic's `segment.bytes` or `max.message.bytes`
+    /// changed): the next segment roll uses `segment_bytes`; the bound on batch lengths only
+    /// grows (batches written under a higher one must stay readable).
+    pub fn set_limits(&self, segment_bytes: u64, max_batch_bytes: usize) {
+        if segment_bytes >= crate::storage::PAGE_BYTES && segment_bytes <= i32::MAX as u64 {
+            self.segment_bytes.set(segment_bytes);
+        }
+        if max_batch_bytes <= i32::MAX as usize {
+            self.max_batch_bytes
+                .set(self.max_batch_bytes.get().max(max_batch_bytes));
+        }
+    }
+
+    /// The segment size the next roll happens at.
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes.get()
+    }
+
+    /// The bound on batch lengths: appends above it are refused, reads bound lengths with it.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.max_batch_bytes.get()
+    }
+}
+
 /// The writer task's side of the log.
 impl WriterHost for PartitionLog {
+    fn segment_bytes(&self) -> u64 {
+        PartitionLog::segment_bytes(self)
+    }
+
     fn take_recycled_segment(&self, base_offset: i64) -> Option<PathBuf> {
         let mut recycled = self.recycled_segments.borrow_mut();
         let index = recycled.iter().position(|(_, end)| *end <= base_offset)?;

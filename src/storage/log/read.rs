@@ -77,7 +77,7 @@ impl PartitionLog {
         else {
             return Err(self.out_of_range(offset));
         };
-        let max_batch_bytes = self.config.max_batch_bytes;
+        let max_batch_bytes = self.max_batch_bytes();
         let mut target = offset;
         while let Some(segment) = segments.get(i) {
             if target >= limit_offset {
@@ -175,7 +175,7 @@ impl PartitionLog {
             let found = segment.scan_headers(
                 start,
                 segment.size_bytes(),
-                self.config.max_batch_bytes,
+                self.max_batch_bytes(),
                 |p, h| {
                     if h.max_timestamp >= timestamp {
                         ControlFlow::Break((p, *h))

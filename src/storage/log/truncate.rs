@@ -124,7 +124,7 @@ impl PartitionLog {
                 .checked_sub(1)
                 .expect("offset >= log start, so a segment starts at or below it");
             let segment = &segments[index];
-            match segment.find_batch(offset, segment.size_bytes(), self.config.max_batch_bytes)? {
+            match segment.find_batch(offset, segment.size_bytes(), self.max_batch_bytes())? {
                 Some((position, header)) => (index, position, header.base_offset),
                 None => (index, segment.size_bytes(), segment.next_offset()),
             }
