@@ -57,6 +57,7 @@
 use std::fmt;
 use std::io;
 
+pub mod cleaner;
 pub mod epoch_cache;
 pub mod index;
 pub mod log;

@@ -24,6 +24,7 @@ use super::writer::{QueuedBatch, StopRequest, Writer, WriterHost};
 use super::{AppendInfo, LogConfig, StorageError};
 use crate::protocol::record_batch::BatchHeader;
 
+pub mod compact;
 mod log_start;
 mod read;
 mod retention;
@@ -109,6 +110,8 @@ pub struct PartitionLog {
     released: Cell<bool>,
     /// The writer is asked to close its file and drop its tail page.
     writer_release_requested: Cell<bool>,
+    /// Log compaction's progress ([`compact`]).
+    compaction: compact::CompactionState,
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
     pub(crate) fail_next_write: Cell<bool>,
@@ -197,6 +200,7 @@ impl PartitionLog {
             last_used: Cell::new(Instant::now()),
             released: Cell::new(false),
             writer_release_requested: Cell::new(false),
+            compaction: compact::CompactionState::default(),
             #[cfg(test)]
             fail_next_write: Cell::new(false),
         });
@@ -553,6 +557,7 @@ impl PartitionLog {
     /// needed. Returns whether it released anything now.
     pub fn release_if_idle(&self, now: Instant, idle: Duration) -> bool {
         if self.released.get()
+            || self.cleaning()
             || now.saturating_duration_since(self.last_used.get()) < idle
             || self.lifecycle.get() != Lifecycle::Open
         {
