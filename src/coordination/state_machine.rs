@@ -517,13 +517,16 @@ impl ClusterState {
                 ),
             ));
         }
-        for (key, _) in &topic.configs {
+        for (key, value) in &topic.configs {
             if !TOPIC_CONFIG_KEYS.contains(&key.as_str()) {
                 return Err(Outcome::refused(
                     ResponseError::InvalidConfig,
                     format!("Unknown topic config name: {key}"),
                 ));
             }
+            // Values as AlterConfigs checks them (a dirty ratio of 2 never reaches a log).
+            validate_topic_config(key, value)
+                .map_err(|message| Outcome::refused(ResponseError::InvalidConfig, message))?;
         }
         self.check_partition_limit(topic.partitions as u64, max_partitions)
     }
