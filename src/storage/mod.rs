@@ -18,6 +18,8 @@
 //!   [`scan_valid_prefix`] and the buffered chunked scan, `recovery/direct.rs` the O_DIRECT
 //!   scan of the active segment (several reads in flight, page-cache residency).
 //! - [`retention`]: which closed segments time and size retention delete.
+//! - [`cleaner`]: log compaction (`cleanup.policy=compact`): latest record per key in closed
+//!   segments, rewritten with their offsets and swapped in crash-safely.
 //! - [`notify`]: cancel-safe waits on the written offset, the durable offset and the high
 //!   watermark; the high watermark's bound; truncation of pending waits.
 //! - [`epoch_cache`]: the leader epoch cache (`leader-epoch-checkpoint`): which leader epoch
@@ -48,7 +50,9 @@
 //!   `durable <= written`.
 //! - Bytes below the written offset change only by truncation ([`PartitionLog::truncate_to`],
 //!   a follower removing a divergent suffix): a sendfile racing it finds a short file and fails
-//!   that one response (Kafka has the same race). Retention and deletion only unlink files.
+//!   that one response (Kafka has the same race). Retention and deletion only unlink files;
+//!   the log cleaner ([`cleaner`]) renames a new file over a closed segment, so open handles
+//!   keep the old bytes.
 //! - Every byte of a segment below its logical size holds whole valid batches with strictly
 //!   increasing offsets; closed segments are truncated to their logical size and fdatasync'd.
 //! - A segment is never larger than `i32::MAX` bytes and never spans more than `i32::MAX`
