@@ -378,6 +378,10 @@ impl BrokerConfig {
                 self.fetch_session_cache_slots = parse(key, value)?
             }
             "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
+            "log.roll.ms" => self.log.segment_ms = parse(key, value)?,
+            "log.roll.hours" => {
+                self.log.segment_ms = parse::<i64>(key, value)?.saturating_mul(3_600_000)
+            }
             "log.retention.hours" => {
                 self.log.retention_ms = parse::<i64>(key, value)?.saturating_mul(3_600_000)
             }

@@ -23,6 +23,7 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "retention.ms",
     "retention.bytes",
     "segment.bytes",
+    "segment.ms",
     "max.message.bytes",
     "cleanup.policy",
     "min.insync.replicas",
@@ -213,7 +214,7 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<String, String> {
             }
         }
         "delete.retention.ms" | "min.compaction.lag.ms" => long_at_least(0),
-        "max.compaction.lag.ms" => long_at_least(1),
+        "segment.ms" | "max.compaction.lag.ms" => long_at_least(1),
         "min.cleanable.dirty.ratio" => match value.trim().parse::<f64>() {
             Ok(v) if (0.0..=1.0).contains(&v) => Ok(v.to_string()),
             Ok(_) => Err(invalid("Value must be between 0 and 1")),

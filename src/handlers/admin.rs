@@ -371,6 +371,12 @@ fn topic_defaults(shard: &Shard) -> Vec<(&'static str, &'static str, String, i8)
             CONFIG_TYPE_INT,
         ),
         (
+            "segment.ms",
+            "log.roll.ms",
+            log.segment_ms.to_string(),
+            CONFIG_TYPE_LONG,
+        ),
+        (
             "max.message.bytes",
             "message.max.bytes",
             shard.config.message_max_bytes.to_string(),
@@ -455,6 +461,11 @@ fn broker_configs(shard: &Shard) -> Vec<(&'static str, String, i8)> {
             "log.segment.bytes",
             c.log.segment_bytes.to_string(),
             CONFIG_TYPE_INT,
+        ),
+        (
+            "log.roll.ms",
+            c.log.segment_ms.to_string(),
+            CONFIG_TYPE_LONG,
         ),
         (
             "log.retention.ms",

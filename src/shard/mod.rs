@@ -231,6 +231,7 @@ impl Shard {
                 ("retention.ms", Some(v)) => log.retention_ms = v,
                 ("retention.bytes", Some(v)) => log.retention_bytes = v,
                 ("segment.bytes", Some(v)) if v > 0 => log.segment_bytes = v as u64,
+                ("segment.ms", Some(v)) if v > 0 => log.segment_ms = v,
                 // The log's bound is for lengths read from disk: never below the broker's, so
                 // a max.message.bytes lowered at run time does not make the batches written
                 // before it unreadable (recovery would cut them as torn).

@@ -91,6 +91,10 @@ pub const PAGE_BYTES: u64 = 4096;
 pub struct LogConfig {
     /// `log.segment.bytes`: roll before a batch would push the active segment past this.
     pub segment_bytes: u64,
+    /// `log.roll.ms` / `segment.ms`: roll before a batch arriving when the active segment was
+    /// created this long ago (in this process: a restart starts the clock again), so that
+    /// retention and compaction, which never touch the active segment, reach quiet data too.
+    pub segment_ms: i64,
     /// `log.retention.ms`; -1 = unlimited.
     pub retention_ms: i64,
     /// `log.retention.bytes`; -1 = unlimited.
@@ -108,6 +112,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
+            // Kafka's log.roll.hours=168.
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
             retention_ms: 7 * 24 * 60 * 60 * 1000,
             retention_bytes: -1,
             index_interval_bytes: 4096,

@@ -307,6 +307,50 @@ fn a_crash_after_the_swap_commits_is_finished_on_open() {
 }
 
 #[test]
+fn segment_ms_rolls_so_the_cleaner_reaches_the_newest_updates() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        // segment.ms 0: every segment is old enough to roll at the next append.
+        let config = LogConfig {
+            segment_ms: 0,
+            ..config()
+        };
+        let log = PartitionLog::open(dir.path().to_path_buf(), config)
+            .await
+            .unwrap();
+        for round in 0..3 {
+            put(
+                &log,
+                &[("a", Some(&format!("{round}"))), ("b", Some("x"))],
+                0,
+            );
+            log.wait_written(log.log_end_offset(), false).await.unwrap();
+        }
+        assert_eq!(log.segment_count(), 3, "one segment per append");
+        clean(&log, &eager(), now_ms(), 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
+        let read = read_all(&log);
+        let values: Vec<_> = read
+            .iter()
+            .map(|(o, k, v)| (*o, k.as_str(), v.as_deref()))
+            .collect();
+        // Closed segments hold round 1's records, superseded by nothing closed after them.
+        assert_eq!(
+            values,
+            vec![
+                (2, "a", Some("1")),
+                (3, "b", Some("x")),
+                (4, "a", Some("2")),
+                (5, "b", Some("x"))
+            ]
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn an_unfinished_run_is_rolled_back_on_open() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
