@@ -553,7 +553,7 @@ impl Partition {
                 Err((_, BatchError::Truncated)) => break,
                 Err((_, e)) => return Err(batch_error(e)),
             };
-            record_batch::validate(&records[range.clone()], max_batch_bytes)
+            record_batch::validate_replicated(&records[range.clone()], max_batch_bytes)
                 .map_err(batch_error)?;
             self.log
                 .append_replica(records.slice(range), &header)

@@ -351,6 +351,45 @@ fn segment_ms_rolls_so_the_cleaner_reaches_the_newest_updates() {
 }
 
 #[test]
+fn a_follower_copies_a_cleaned_log_across_its_gaps() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let leader = filled(&dir.path().join("leader")).await;
+        clean(&leader, &eager(), now_ms(), 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
+        let follower = PartitionLog::open(dir.path().join("follower"), config())
+            .await
+            .unwrap();
+        let mut next = 0;
+        while let Some(read) = leader
+            .read(next, 64 << 10, true, ReadLimit::Written)
+            .unwrap()
+        {
+            let bytes = Bytes::from(slice_bytes(&read));
+            for item in crate::protocol::record_batch::Batches::new(&bytes, 1 << 20) {
+                let Ok((_, range)) = item else { break };
+                let header = crate::protocol::record_batch::validate_replicated(
+                    &bytes[range.clone()],
+                    1 << 20,
+                )
+                .unwrap();
+                follower
+                    .append_replica(bytes.slice(range), &header)
+                    .unwrap();
+                next = header.last_offset() + 1;
+            }
+        }
+        follower.wait_written(next, false).await.unwrap();
+        assert_eq!(follower.log_end_offset(), leader.log_end_offset());
+        assert_eq!(read_all(&follower), read_all(&leader));
+        leader.close().await.unwrap();
+        follower.close().await.unwrap();
+    });
+}
+
+#[test]
 fn an_unfinished_run_is_rolled_back_on_open() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();

@@ -336,7 +336,7 @@ impl PartitionLog {
         leader_epoch: i32,
     ) -> Result<AppendInfo, StorageError> {
         self.check_open()?;
-        self.check_batch(&batch, header)?;
+        self.check_batch(&batch, header, false)?;
         let base_offset = self.log_end_offset.get();
         {
             let mut epochs = self.epochs.borrow_mut();
@@ -348,8 +348,9 @@ impl PartitionLog {
 
     /// Appends a batch fetched from the leader as it is: its base offset and partition leader
     /// epoch were assigned by the leader and are kept, so the bytes on disk are the leader's.
-    /// The batch must start at the log end offset (`NonMonotonicOffset` otherwise: a gap or an
-    /// overlap means the fetch and the log disagree) and carry an epoch no older than the
+    /// The batch must start at or above the log end offset (`NonMonotonicOffset` otherwise:
+    /// an overlap means the fetch and the log disagree; a gap is what a compacted leader
+    /// sends where its cleaner removed records, and the log end moves up to the batch) and carry an epoch no older than the
     /// latest cached one (`StaleLeaderEpoch`: diverging data must be truncated first); a newer
     /// epoch is recorded (and persisted) before the batch is queued. Same size and record-count
     /// checks as [`Self::append`]; the caller has validated the CRC and tracks producer state.
@@ -359,7 +360,7 @@ impl PartitionLog {
         header: &BatchHeader,
     ) -> Result<AppendInfo, StorageError> {
         self.check_open()?;
-        self.check_batch(&batch, header)?;
+        self.check_batch(&batch, header, true)?;
         let head_offset = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
         let head_epoch = i32::from_be_bytes(batch[12..16].try_into().expect("4 bytes"));
         if (head_offset, head_epoch) != (header.base_offset, header.partition_leader_epoch) {
@@ -369,7 +370,7 @@ impl PartitionLog {
             )));
         }
         let expected = self.log_end_offset.get();
-        if header.base_offset != expected {
+        if header.base_offset < expected {
             return Err(StorageError::NonMonotonicOffset {
                 expected,
                 got: header.base_offset,
@@ -379,13 +380,20 @@ impl PartitionLog {
         {
             let mut epochs = self.epochs.borrow_mut();
             epochs.before_append()?;
-            epochs.assign(epoch, expected)?;
+            epochs.assign(epoch, header.base_offset)?;
         }
-        Ok(self.enqueue(batch, header, expected, epoch))
+        self.log_end_offset.set(header.base_offset);
+        Ok(self.enqueue(batch, header, header.base_offset, epoch))
     }
 
-    /// Length and record-count checks shared by both appends.
-    fn check_batch(&self, batch: &Bytes, header: &BatchHeader) -> Result<(), StorageError> {
+    /// Length and record-count checks shared by both appends; `compacted_ok` accepts fewer
+    /// records than the offset range (a leader's cleaned batch).
+    fn check_batch(
+        &self,
+        batch: &Bytes,
+        header: &BatchHeader,
+        compacted_ok: bool,
+    ) -> Result<(), StorageError> {
         if batch.len() != header.total_len() {
             return Err(StorageError::InvalidBatch(format!(
                 "{} bytes but the header says {}",
@@ -403,7 +411,12 @@ impl PartitionLog {
                 self.config.segment_bytes
             )));
         }
-        if header.record_count <= 0 || header.last_offset_delta != header.record_count - 1 {
+        let count_ok = if compacted_ok {
+            header.record_count as i64 <= header.last_offset_delta as i64 + 1
+        } else {
+            header.last_offset_delta == header.record_count - 1
+        };
+        if header.record_count <= 0 || !count_ok {
             return Err(StorageError::InvalidBatch(format!(
                 "record count {} with last offset delta {}",
                 header.record_count, header.last_offset_delta
