@@ -343,17 +343,19 @@ async fn a_broker_killed_while_cleaning_loses_nothing() {
     let producer = producer(&broker);
     let last = fill(&producer, "crashy").await;
     drop(producer);
-    // Kill as soon as the cleaner has started on it (or finished a first run).
-    common::wait_until(TIMEOUT, || {
-        broker.log().contains("log cleaner compacted segments")
-            || std::fs::read_dir(broker.data_dir.join("crashy-0"))
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.file_name().to_string_lossy().contains(".log."))
-                })
-                .unwrap_or(false)
+    // Kill while a run has cleaned files on disk (`.log.cleaned` / `.log.swap`), when the
+    // 20 ms polls catch one; else a little later, after or between runs.
+    let dir_of_partition = broker.data_dir.join("crashy-0");
+    let caught = common::wait_until(Duration::from_secs(5), || {
+        std::fs::read_dir(&dir_of_partition)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains(".log."))
+            })
+            .unwrap_or(false)
     });
     broker.kill9();
+    eprintln!("killed with a cleaner run's files on disk: {caught}");
     let broker = start(dir.path(), &[]);
     let read = await_compacted(&broker, "crashy", last);
     assert_eq!(read.len(), KEYS + FILLERS);
