@@ -180,13 +180,12 @@ pub(crate) mod tests {
         }
     }
 
+    /// A test record: key and value, each possibly null.
+    pub(crate) type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
     /// A batch at `base_offset` of records `(key, value)` with one header each, compressed
     /// with `codec`, as a producer would build it.
-    pub(crate) fn keyed_batch(
-        base_offset: i64,
-        records: &[(Option<&[u8]>, Option<&[u8]>)],
-        codec: u8,
-    ) -> Vec<u8> {
+    pub(crate) fn keyed_batch(base_offset: i64, records: &[KeyValue<'_>], codec: u8) -> Vec<u8> {
         let mut body = Vec::new();
         for (i, (key, value)) in records.iter().enumerate() {
             let mut record = vec![0u8]; // attributes

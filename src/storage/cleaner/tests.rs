@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::records::tests::keyed_batch;
+use super::records::tests::{keyed_batch, KeyValue};
 use super::{clean, swap, CompactionConfig};
 use crate::protocol::record_batch::validate;
 use crate::storage::log::tests::slice_bytes;
@@ -38,7 +38,7 @@ fn eager() -> CompactionConfig {
 
 /// Appends one batch of `(key, value)` records compressed with `codec`.
 fn put(log: &PartitionLog, records: &[(&str, Option<&str>)], codec: u8) {
-    let records: Vec<(Option<&[u8]>, Option<&[u8]>)> = records
+    let records: Vec<KeyValue<'_>> = records
         .iter()
         .map(|(k, v)| (Some(k.as_bytes()), v.map(str::as_bytes)))
         .collect();
