@@ -143,10 +143,15 @@ fn a_run_keeps_the_latest_record_of_every_key_at_its_offset() {
         let log = filled(dir.path()).await;
         let before = read_all(&log);
         assert_eq!(before.len(), 200);
+        let segments_before = log.segment_count();
         let stats = clean(&log, &eager(), now_ms(), 1 << 20)
             .await
             .unwrap()
             .unwrap();
+        assert!(
+            log.segment_count() < segments_before,
+            "emptied segments are gone"
+        );
         assert!(
             stats.records_removed > 0 && stats.segments_rewritten > 0,
             "{stats:?}"

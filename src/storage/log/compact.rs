@@ -131,6 +131,20 @@ impl PartitionLog {
                 // The paths now name the cleaned files: only the handles go.
                 doomed.handles.extend(old.doomed().handles);
             }
+            // Segments the run emptied go (files included), so a compacted log does not keep
+            // a file for every segment it ever rolled. Never the first (the log start stays
+            // where it is) nor the active one; reads of their offsets fall through to the next
+            // segment as reads of any gap do.
+            let last = segments.len() - 1;
+            let mut index = 0;
+            segments.retain(|segment| {
+                index += 1;
+                let empty_middle = index > 1 && index - 1 < last && segment.size_bytes() == 0;
+                if empty_middle {
+                    doomed.extend(segment.doomed());
+                }
+                !empty_middle
+            });
         }
         self.compaction
             .first_dirty_offset
