@@ -484,3 +484,41 @@ async fn committed_offsets_survive_compaction_of_the_offsets_log_and_a_restart()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_applies_to_compact_delete_topics_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(
+        dir.path(),
+        &["--override", "log.retention.check.interval.ms=100"],
+    );
+    // Records older than a millisecond: retention would delete every closed segment.
+    create_compacted(&broker, "kept", &[("retention.ms", "1")]).await;
+    create_compacted(
+        &broker,
+        "aged",
+        &[("retention.ms", "1"), ("cleanup.policy", "compact,delete")],
+    )
+    .await;
+    let producer = producer(&broker);
+    let mut raw = common::raw::RawClient::connect(&broker.addr);
+    for topic in ["kept", "aged"] {
+        // Distinct keys: compaction removes nothing, only retention could.
+        let round: Vec<_> = (0..300)
+            .map(|i| (format!("unique-{i}"), Some(noise(i))))
+            .collect();
+        send(&producer, topic, &round).await;
+    }
+    let moved = common::wait_until(TIMEOUT, || raw.list_offset("aged", 0, -2).1 > 0);
+    assert!(
+        moved,
+        "retention moved the log start of the compact,delete topic"
+    );
+    assert_eq!(
+        raw.list_offset("kept", 0, -2),
+        (0, 0),
+        "compact alone: no retention"
+    );
+    let read = read_all(&broker, "kept", 299);
+    assert_eq!(read.len(), 300);
+}

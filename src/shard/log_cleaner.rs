@@ -134,3 +134,37 @@ async fn clean_once(shard: &Shard) {
         glommio::yield_if_needed().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn policies_and_settings_come_from_the_topic_over_the_broker() {
+        assert_eq!(cleanup_policy(&configs(&[])), (false, true));
+        let compact = configs(&[("cleanup.policy", "compact")]);
+        assert_eq!(cleanup_policy(&compact), (true, false));
+        let both = configs(&[("cleanup.policy", "compact,delete")]);
+        assert_eq!(cleanup_policy(&both), (true, true));
+        let defaults = CompactionConfig {
+            delete_retention_ms: 5,
+            ..CompactionConfig::default()
+        };
+        let topic = configs(&[
+            ("min.cleanable.dirty.ratio", "0.25"),
+            ("min.compaction.lag.ms", "7"),
+        ]);
+        let config = compaction_config(&defaults, &topic);
+        assert_eq!(config.min_cleanable_dirty_ratio, 0.25);
+        assert_eq!(config.min_compaction_lag_ms, 7);
+        assert_eq!(config.delete_retention_ms, 5, "the broker's default");
+        assert_eq!(config.max_compaction_lag_ms, i64::MAX);
+    }
+}
