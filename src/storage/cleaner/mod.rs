@@ -31,6 +31,7 @@ pub mod swap;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -93,49 +94,56 @@ pub async fn clean(
                 log_path: s.log_path().to_path_buf(),
                 file: s.read_file()?,
                 size_bytes: s.size_bytes(),
+                next_offset: s.next_offset(),
                 already_clean: i < plan.dirty_start,
             })
         })
         .collect::<Result<Vec<_>, StorageError>>()?;
     let dir = log.dir().to_path_buf();
-    let (index_interval_bytes, max_batch_bytes) = (
+    let (index_interval_bytes, max_batch_bytes, segment_bytes) = (
         log.config().index_interval_bytes,
         log.config().max_batch_bytes,
+        log.config().segment_bytes,
     );
     let delete_retention_ms = config.delete_retention_ms;
     let dirty_start = plan.dirty_start;
     let work_dir = dir.clone();
+    type Groups = Vec<(Range<usize>, SegmentOutcome)>;
     let (outcomes, mapped, keys_mapped) = glommio::executor()
-        .spawn_blocking(
-            move || -> Result<(Vec<SegmentOutcome>, usize, usize), StorageError> {
-                let mut map = KeyOffsetMap::new(dedupe_buffer_bytes);
-                let mapped =
-                    rewrite::build_offset_map(&sources[dirty_start..], &mut map, max_batch_bytes)?;
-                let end = dirty_start + mapped;
-                let mut outcomes = Vec::with_capacity(end);
-                for source in &sources[..end] {
-                    let outcome = rewrite::clean_segment(
-                        &work_dir,
-                        source,
-                        &map,
-                        now_ms,
-                        delete_retention_ms,
-                        index_interval_bytes,
-                        max_batch_bytes,
-                    );
-                    match outcome {
-                        Ok(outcome) => outcomes.push(outcome),
-                        Err(e) => {
-                            let written: Vec<Segment> =
-                                outcomes.into_iter().filter_map(|o| o.cleaned).collect();
-                            let _ = swap::abandon(&written);
-                            return Err(e);
-                        }
+        .spawn_blocking(move || -> Result<(Groups, usize, usize), StorageError> {
+            let mut map = KeyOffsetMap::new(dedupe_buffer_bytes);
+            let mapped =
+                rewrite::build_offset_map(&sources[dirty_start..], &mut map, max_batch_bytes)?;
+            let end = dirty_start + mapped;
+            let spans: Vec<(u64, i64, i64)> = sources[..end]
+                .iter()
+                .map(|s| (s.size_bytes, s.base_offset, s.next_offset))
+                .collect();
+            let mut outcomes: Groups = Vec::with_capacity(end);
+            for group in plan::group_by_size(&spans, segment_bytes) {
+                let outcome = rewrite::clean_group(
+                    &work_dir,
+                    &sources[group.clone()],
+                    &map,
+                    now_ms,
+                    delete_retention_ms,
+                    index_interval_bytes,
+                    max_batch_bytes,
+                );
+                match outcome {
+                    Ok(outcome) => outcomes.push((group, outcome)),
+                    Err(e) => {
+                        let written: Vec<Segment> = outcomes
+                            .into_iter()
+                            .filter_map(|(_, o)| o.cleaned)
+                            .collect();
+                        let _ = swap::abandon(&written);
+                        return Err(e);
                     }
                 }
-                Ok((outcomes, mapped, map.len()))
-            },
-        )
+            }
+            Ok((outcomes, mapped, map.len()))
+        })
         .await?;
     if mapped < plan.dirty_end - plan.dirty_start {
         tracing::warn!(
@@ -153,25 +161,37 @@ pub async fn clean(
             .unwrap_or(closed[last].next_offset()),
         _ => log.first_dirty_offset(),
     };
-    let tombstones_due_ms = outcomes.iter().filter_map(|o| o.tombstones_due_ms).min();
+    let tombstones_due_ms = outcomes
+        .iter()
+        .filter_map(|(_, o)| o.tombstones_due_ms)
+        .min();
     let mut stats = RunStats {
         dirty_ratio: plan.dirty_ratio,
         keys_mapped,
         ..RunStats::default()
     };
-    let mut replacements: Vec<(Rc<Segment>, Segment)> = Vec::new();
-    for (old, outcome) in candidates.iter().zip(outcomes) {
+    let mut old_segments: Vec<Vec<Rc<Segment>>> = Vec::new();
+    let mut cleaned: Vec<swap::Replacement> = Vec::new();
+    for (group, outcome) in outcomes {
         stats.records_removed += outcome.records_removed;
-        if let Some(cleaned) = outcome.cleaned {
-            stats.segments_rewritten += 1;
+        if let Some(segment) = outcome.cleaned {
+            let members = &candidates[group];
+            stats.segments_rewritten += members.len();
             stats.bytes_read += outcome.bytes_before;
             stats.bytes_written += outcome.bytes_after;
-            replacements.push((old.clone(), cleaned));
+            cleaned.push(swap::Replacement {
+                segment,
+                members: members[1..]
+                    .iter()
+                    .map(|s| s.log_path().to_path_buf())
+                    .collect(),
+            });
+            old_segments.push(members.to_vec());
         }
     }
-    let old: Vec<Rc<Segment>> = replacements.iter().map(|(o, _)| o.clone()).collect();
-    let (old_segments, cleaned): (Vec<_>, Vec<_>) = replacements.into_iter().unzip();
+    let old: Vec<Rc<Segment>> = old_segments.iter().flatten().cloned().collect();
     if !log.segments_unchanged(&old) {
+        let cleaned: Vec<Segment> = cleaned.into_iter().map(|r| r.segment).collect();
         glommio::executor()
             .spawn_blocking(move || swap::abandon(&cleaned))
             .await?;
@@ -180,12 +200,17 @@ pub async fn clean(
     let commit_dir = dir.clone();
     let cleaned = glommio::executor()
         .spawn_blocking(move || -> Result<Vec<Segment>, StorageError> {
-            swap::commit(&commit_dir, &cleaned)?;
+            if let Err(e) = swap::commit(&commit_dir, &cleaned) {
+                // Before the commit point the `.cleaned` files must not outlive the run.
+                let segments: Vec<Segment> = cleaned.into_iter().map(|r| r.segment).collect();
+                let _ = swap::abandon(&segments);
+                return Err(e.into());
+            }
             std::fs::write(
                 commit_dir.join(CLEANER_CHECKPOINT_FILE),
                 first_dirty_offset.to_string(),
             )?;
-            Ok(cleaned)
+            Ok(cleaned.into_iter().map(|r| r.segment).collect())
         })
         .await?;
     let doomed = log.install_cleaned(

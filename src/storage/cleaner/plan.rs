@@ -98,6 +98,29 @@ pub fn choose(
     }
 }
 
+/// Consecutive segments rewritten into one file: runs of `(size, base offset, next offset)`
+/// whose sizes add up to at most `max_bytes` (`segment.bytes`) and whose offsets span less
+/// than `i32::MAX` (Kafka's `groupSegmentsBySize`). Segments cleaned before are small, so
+/// they merge, and a compacted log does not keep one small file per segment it ever rolled.
+pub fn group_by_size(segments: &[(u64, i64, i64)], max_bytes: u64) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    while start < segments.len() {
+        let (mut bytes, base, _) = segments[start];
+        let mut end = start + 1;
+        while let Some(&(size, _, next_offset)) = segments.get(end) {
+            if bytes + size > max_bytes || next_offset - base > i32::MAX as i64 {
+                break;
+            }
+            bytes += size;
+            end += 1;
+        }
+        groups.push(start..end);
+        start = end;
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +177,22 @@ mod tests {
             (1, 3),
             "overdue at ratio 2/3"
         );
+    }
+
+    #[test]
+    fn small_neighbours_are_grouped_up_to_the_segment_size() {
+        let segments = [
+            (100, 0, 10),
+            (4000, 10, 20),
+            (50, 20, 30),
+            (50, 30, 40),
+            (10, 40, 50),
+        ];
+        assert_eq!(group_by_size(&segments, 4096), vec![0..1, 1..3, 3..5]);
+        assert_eq!(group_by_size(&segments, 100), vec![0..1, 1..2, 2..4, 4..5]);
+        assert!(group_by_size(&[], 100).is_empty());
+        let wide = [(1, 0, 10), (1, 10, i32::MAX as i64 + 1)];
+        assert_eq!(group_by_size(&wide, 100), vec![0..1, 1..2], "offset span");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct SourceSegment {
     pub log_path: PathBuf,
     pub file: Arc<File>,
     pub size_bytes: u64,
+    /// Last offset + 1 of its batches.
+    pub next_offset: i64,
     /// Below the first dirty offset: cleaned by an earlier run.
     pub already_clean: bool,
 }
@@ -101,16 +103,17 @@ pub fn build_offset_map(
     Ok(dirty.len())
 }
 
-/// What cleaning one segment did.
+/// What cleaning one group of segments did.
 #[derive(Debug, Default)]
 pub struct SegmentOutcome {
-    /// The cleaned copy, written to `<base>.log.cleaned` and fsync'ed; `None` when nothing
-    /// was removed (the segment stays as it is).
+    /// The cleaned copy of the group, written to `<first base>.log.cleaned` and fsync'ed;
+    /// `None` when the group is one segment from which nothing was removed (it stays).
     pub cleaned: Option<Segment>,
     pub records_removed: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
-    /// When the tombstones this segment keeps may go (its clean time + `delete.retention.ms`).
+    /// When the tombstones the cleaned copy keeps may go (its clean time +
+    /// `delete.retention.ms`).
     pub tombstones_due_ms: Option<i64>,
 }
 
@@ -119,13 +122,15 @@ fn millis(time: SystemTime) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Writes the records of `source` that `map` does not supersede to `<base>.log.cleaned`.
+/// Writes the records of the consecutive segments `group` that `map` does not supersede to
+/// one file, `<first base>.log.cleaned`.
 ///
 /// A record goes when its key has a later offset in `map`, when it has no key (Kafka counts
 /// it as invalid and drops it), or when it is a tombstone in a segment cleaned more than
-/// `delete_retention_ms` ago (its modification time, which rewrites of an already clean
-/// segment preserve). A batch whose records all go disappears; a batch that loses some is
-/// rebuilt with its own base offset, so offsets keep increasing with gaps.
+/// `delete_retention_ms` ago (its modification time, which rewrites of already clean
+/// segments preserve: the copy takes the latest of its members'). A batch whose records all
+/// go disappears; a batch that loses some is rebuilt with its own base offset, so offsets
+/// keep increasing with gaps.
 ///
 /// Control batches and transactional batches are kept whole for now: removing aborted data
 /// and transaction markers needs the transaction index the transactions work adds.
@@ -134,34 +139,40 @@ fn millis(time: SystemTime) -> i64 {
 /// (`PartitionLog::recovered_producer_batches`), which is never cleaned, so dropping a
 /// producer's last batch from a closed segment does not break idempotence here (Kafka keeps
 /// it, `retainLastBatchSequence`, because it rebuilds producer state from the whole log).
-pub fn clean_segment(
+pub fn clean_group(
     dir: &Path,
-    source: &SourceSegment,
+    group: &[SourceSegment],
     map: &KeyOffsetMap,
     now_ms: i64,
     delete_retention_ms: i64,
     index_interval_bytes: u32,
     max_batch_bytes: usize,
 ) -> Result<SegmentOutcome, StorageError> {
-    let modified = std::fs::metadata(&source.log_path)?.modified()?;
-    let clean_time_ms = if source.already_clean {
-        millis(modified)
-    } else {
-        now_ms
+    let first = &group[0];
+    let mut modified_times = Vec::with_capacity(group.len());
+    for source in group {
+        modified_times.push(std::fs::metadata(&source.log_path)?.modified()?);
+    }
+    let clean_time_ms = |i: usize| {
+        if group[i].already_clean {
+            millis(modified_times[i])
+        } else {
+            now_ms
+        }
     };
-    let tombstones_removable =
-        source.already_clean && clean_time_ms <= now_ms.saturating_sub(delete_retention_ms);
-    let cleaned_path = cleaned_path(&source.log_path);
+    // The copy's clean time: the latest of its members', so no tombstone goes early.
+    let copy_clean_time_ms = (0..group.len()).map(clean_time_ms).max().unwrap_or(now_ms);
+    let cleaned_path = cleaned_path(&first.log_path);
     let mut out = BufWriter::new(File::create(&cleaned_path)?);
     let segment = Segment::new(
         dir,
-        source.base_offset,
+        first.base_offset,
         None,
         OffsetIndex::default(),
         TimeIndex::default(),
     );
     let mut outcome = SegmentOutcome {
-        bytes_before: source.size_bytes,
+        bytes_before: group.iter().map(|s| s.size_bytes).sum(),
         ..SegmentOutcome::default()
     };
     let mut kept_tombstone = false;
@@ -176,67 +187,72 @@ pub fn clean_segment(
         position += bytes.len() as u64;
         Ok(())
     };
-    source.for_each_batch(max_batch_bytes, |at, header, batch| {
-        if header.is_control() || header.is_transactional() {
-            write(batch, header)?;
-            return Ok(true);
-        }
-        let body = batch_body(batch, header).map_err(|e| source.corrupt(at, &e))?;
-        let records =
-            parse_records(&body, header.record_count).map_err(|e| source.corrupt(at, &e))?;
-        let kept: Vec<_> = records
-            .iter()
-            .filter(|record| {
-                let Some(key) = &record.key else {
-                    return false;
-                };
-                let offset = header.base_offset + record.offset_delta as i64;
-                if map
-                    .get(&body[key.clone()])
-                    .is_some_and(|latest| offset < latest)
-                {
-                    return false;
-                }
-                if !record.has_value {
-                    if tombstones_removable {
+    for (i, source) in group.iter().enumerate() {
+        let tombstones_removable =
+            source.already_clean && clean_time_ms(i) <= now_ms.saturating_sub(delete_retention_ms);
+        source.for_each_batch(max_batch_bytes, |at, header, batch| {
+            if header.is_control() || header.is_transactional() {
+                write(batch, header)?;
+                return Ok(true);
+            }
+            let body = batch_body(batch, header).map_err(|e| source.corrupt(at, &e))?;
+            let records =
+                parse_records(&body, header.record_count).map_err(|e| source.corrupt(at, &e))?;
+            let kept: Vec<_> = records
+                .iter()
+                .filter(|record| {
+                    let Some(key) = &record.key else {
+                        return false;
+                    };
+                    let offset = header.base_offset + record.offset_delta as i64;
+                    if map
+                        .get(&body[key.clone()])
+                        .is_some_and(|latest| offset < latest)
+                    {
                         return false;
                     }
-                    kept_tombstone = true;
-                }
-                true
-            })
-            .collect();
-        outcome.records_removed += (records.len() - kept.len()) as u64;
-        if kept.len() == records.len() {
-            write(batch, header)?;
-        } else if !kept.is_empty() {
-            let rebuilt =
-                rebuild_batch(batch, header, &body, &kept).map_err(|e| source.corrupt(at, &e))?;
-            write(&rebuilt, header)?;
-        }
-        Ok(true)
-    })?;
+                    if !record.has_value {
+                        if tombstones_removable {
+                            return false;
+                        }
+                        kept_tombstone = true;
+                    }
+                    true
+                })
+                .collect();
+            outcome.records_removed += (records.len() - kept.len()) as u64;
+            if kept.len() == records.len() {
+                write(batch, header)?;
+            } else if !kept.is_empty() {
+                let rebuilt = rebuild_batch(batch, header, &body, &kept)
+                    .map_err(|e| source.corrupt(at, &e))?;
+                write(&rebuilt, header)?;
+            }
+            Ok(true)
+        })?;
+    }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     outcome.bytes_after = position;
     if kept_tombstone {
-        outcome.tombstones_due_ms = Some(clean_time_ms.saturating_add(delete_retention_ms));
+        outcome.tombstones_due_ms = Some(copy_clean_time_ms.saturating_add(delete_retention_ms));
     }
-    if outcome.records_removed == 0 {
+    if outcome.records_removed == 0 && group.len() == 1 {
         drop(file);
         std::fs::remove_file(&cleaned_path)?;
-        if kept_tombstone && !source.already_clean {
+        if kept_tombstone && !first.already_clean {
             // Clean from now: its tombstones' delete.retention.ms starts here.
             let now = UNIX_EPOCH + Duration::from_millis(now_ms.max(0) as u64);
             File::options()
                 .write(true)
-                .open(&source.log_path)?
+                .open(&first.log_path)?
                 .set_modified(now)?;
         }
         return Ok(outcome);
     }
-    if source.already_clean {
-        // Rewriting a clean segment does not restart its tombstones' retention.
-        file.set_modified(modified)?;
+    if group.iter().all(|s| s.already_clean) {
+        // Rewriting clean segments does not restart their tombstones' retention.
+        let latest = modified_times.iter().max().copied().unwrap_or(UNIX_EPOCH);
+        file.set_modified(latest)?;
     }
     file.sync_all()?;
     segment.shrink_indexes();

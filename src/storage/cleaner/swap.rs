@@ -47,33 +47,80 @@ fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Renames one committed `.swap` over its `.log`, dropping the old index files first.
-fn finish_one(log_path: &Path) -> io::Result<()> {
+/// `<first>.log.cleaned.members` / `<first>.log.swap.members`: the other segments a merged
+/// copy replaces, one `.log` file name per line.
+fn members_path(stage_path: &Path) -> PathBuf {
+    with_suffix(stage_path, MEMBERS_SUFFIX)
+}
+
+pub const MEMBERS_SUFFIX: &str = ".members";
+
+/// Removes a segment's `.log` and index files.
+fn remove_segment_files(log_path: &Path) -> io::Result<()> {
     remove_if_present(&log_path.with_extension("index"))?;
     remove_if_present(&log_path.with_extension("timeindex"))?;
-    std::fs::rename(swap_path(log_path), log_path)
+    remove_if_present(log_path)
+}
+
+/// Finishes one committed `.swap`: the members it replaces go, then the old index files of
+/// its first segment, then the rename over `<first>.log`, then the members list.
+fn finish_one(dir: &Path, log_path: &Path) -> io::Result<()> {
+    let members = members_path(&swap_path(log_path));
+    if let Ok(list) = std::fs::read_to_string(&members) {
+        for name in list.lines().filter(|l| !l.is_empty()) {
+            remove_segment_files(&dir.join(name))?;
+        }
+    }
+    remove_if_present(&log_path.with_extension("index"))?;
+    remove_if_present(&log_path.with_extension("timeindex"))?;
+    std::fs::rename(swap_path(log_path), log_path)?;
+    remove_if_present(&members)
+}
+
+/// One cleaned copy to put in place: the new segment and the `.log` paths of the other
+/// segments it replaces (empty unless it merges several).
+pub struct Replacement {
+    pub segment: Segment,
+    pub members: Vec<PathBuf>,
 }
 
 /// Commits a run whose cleaned files are written and fsync'ed, then puts them in place and
 /// writes their index files. Blocking.
-pub fn commit(dir: &Path, cleaned: &[Segment]) -> io::Result<()> {
-    for segment in cleaned {
-        std::fs::rename(
-            cleaned_path(segment.log_path()),
-            swap_path(segment.log_path()),
-        )?;
+pub fn commit(dir: &Path, cleaned: &[Replacement]) -> io::Result<()> {
+    for replacement in cleaned {
+        if replacement.members.is_empty() {
+            continue;
+        }
+        let names: Vec<String> = replacement
+            .members
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        let path = members_path(&cleaned_path(replacement.segment.log_path()));
+        std::fs::write(&path, names.join("\n"))?;
+        std::fs::File::open(&path)?.sync_all()?;
+    }
+    for replacement in cleaned {
+        let log_path = replacement.segment.log_path();
+        if !replacement.members.is_empty() {
+            std::fs::rename(
+                members_path(&cleaned_path(log_path)),
+                members_path(&swap_path(log_path)),
+            )?;
+        }
+        std::fs::rename(cleaned_path(log_path), swap_path(log_path))?;
     }
     sync_dir(dir)?;
     #[cfg(test)]
     if crash_after_swap_rename(dir) {
         return Err(io::Error::other("injected crash after the .swap renames"));
     }
-    for segment in cleaned {
-        finish_one(segment.log_path())?;
+    for replacement in cleaned {
+        finish_one(dir, replacement.segment.log_path())?;
     }
     sync_dir(dir)?;
-    for segment in cleaned {
-        segment.persist_indexes()?;
+    for replacement in cleaned {
+        replacement.segment.persist_indexes()?;
     }
     Ok(())
 }
@@ -82,30 +129,51 @@ pub fn commit(dir: &Path, cleaned: &[Segment]) -> io::Result<()> {
 pub fn abandon(cleaned: &[Segment]) -> io::Result<()> {
     for segment in cleaned {
         remove_if_present(&cleaned_path(segment.log_path()))?;
+        remove_if_present(&members_path(&cleaned_path(segment.log_path())))?;
     }
     Ok(())
 }
 
-/// At open, before segments are listed: rolls back unfinished runs (deletes `.cleaned`) and
-/// finishes committed ones (each `.swap` renamed over its `.log`). Returns how many swaps it
-/// finished.
+/// At open, before segments are listed: rolls back unfinished runs (deletes `.cleaned` files
+/// and their members lists) and finishes committed ones (each `.swap` renamed over its
+/// `.log`, the segments it merged removed). Returns how many swaps it finished.
 pub fn recover(dir: &Path) -> io::Result<usize> {
+    let mut names: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        if let Some(name) = entry?.file_name().to_str() {
+            names.push(name.to_string());
+        }
+    }
     let mut finished = 0;
     let mut changed = false;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if let Some(log_name) = name.strip_suffix(SWAP_SUFFIX) {
-            finish_one(&dir.join(log_name))?;
+    for name in &names {
+        if name.ends_with(CLEANED_SUFFIX)
+            || name.ends_with(&format!("{CLEANED_SUFFIX}{MEMBERS_SUFFIX}"))
+        {
+            remove_if_present(&dir.join(name))?;
+            tracing::info!(file = %dir.join(name).display(), "rolled back an unfinished log cleaner run");
+            changed = true;
+        } else if let Some(log_name) = name.strip_suffix(SWAP_SUFFIX) {
+            finish_one(dir, &dir.join(log_name))?;
             tracing::info!(segment = %dir.join(log_name).display(), "finished an interrupted log cleaner swap");
             finished += 1;
             changed = true;
-        } else if name.ends_with(CLEANED_SUFFIX) {
-            std::fs::remove_file(&path)?;
-            tracing::info!(file = %path.display(), "rolled back an unfinished log cleaner run");
-            changed = true;
+        }
+    }
+    // A members list left after its swap was finished (a crash just before its removal):
+    // its members are gone already; removing them again is harmless.
+    for name in &names {
+        if let Some(swap_name) = name.strip_suffix(MEMBERS_SUFFIX) {
+            if swap_name.ends_with(SWAP_SUFFIX) && !dir.join(swap_name).exists() {
+                let path = dir.join(name);
+                if let Ok(list) = std::fs::read_to_string(&path) {
+                    for member in list.lines().filter(|l| !l.is_empty()) {
+                        remove_segment_files(&dir.join(member))?;
+                    }
+                }
+                remove_if_present(&path)?;
+                changed = true;
+            }
         }
     }
     if changed {

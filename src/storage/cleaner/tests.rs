@@ -395,6 +395,74 @@ fn a_follower_copies_a_cleaned_log_across_its_gaps() {
 }
 
 #[test]
+fn cleaned_segments_merge_and_a_crash_mid_merge_is_finished_on_open() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path()).await;
+        clean(&log, &eager(), now_ms(), 1 << 20)
+            .await
+            .unwrap()
+            .unwrap();
+        // More updates, so the next run has dirty segments and small clean ones to merge.
+        for round in 10..14 {
+            for chunk in 0..4 {
+                let values: Vec<String> = (0..5)
+                    .map(|i| format!("v{round}-{}-{}", chunk * 5 + i, noise(round * 20 + i)))
+                    .collect();
+                let keys: Vec<String> = (0..5).map(|i| format!("key{}", chunk * 5 + i)).collect();
+                let records: Vec<(&str, Option<&str>)> = keys
+                    .iter()
+                    .zip(&values)
+                    .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                    .collect();
+                put(&log, &records, 0);
+            }
+        }
+        log.wait_written(log.log_end_offset(), true).await.unwrap();
+        let expected = latest(&read_all(&log));
+        let before = log.segment_count();
+        swap::inject_crash_after_swap_rename(dir.path());
+        assert!(clean(&log, &eager(), now_ms(), 1 << 20).await.is_err());
+        assert_eq!(
+            latest(&read_all(&log)),
+            expected,
+            "old segments still serve reads"
+        );
+        let merges = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".swap.members"))
+            .count();
+        assert!(merges > 0, "the crash left a merge half done");
+        drop(log);
+        let log = PartitionLog::open(dir.path().to_path_buf(), config())
+            .await
+            .unwrap();
+        assert_eq!(latest(&read_all(&log)), expected);
+        assert!(
+            log.segment_count() < before,
+            "merged: {} of {before}",
+            log.segment_count()
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".log."))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // And without a crash, the next runs keep merging and keep every latest value.
+        put(&log, &[("key0", Some("last"))], 0);
+        log.wait_written(log.log_end_offset(), true).await.unwrap();
+        clean(&log, &eager(), now_ms(), 1 << 20).await.unwrap();
+        let mut expected = expected;
+        expected.insert("key0".into(), Some("last".into()));
+        assert_eq!(latest(&read_all(&log)), expected);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn an_unfinished_run_is_rolled_back_on_open() {
     run(|| async {
         let dir = tempfile::tempdir().unwrap();

@@ -116,20 +116,25 @@ impl PartitionLog {
     /// sendfile on another shard) keep reading the old file; new reads see the cleaned one.
     pub fn install_cleaned(
         &self,
-        replacements: Vec<(Rc<Segment>, Segment)>,
+        replacements: Vec<(Vec<Rc<Segment>>, Segment)>,
         first_dirty_offset: i64,
         tombstones_due_ms: Option<i64>,
     ) -> DoomedFiles {
         let mut doomed = DoomedFiles::default();
         {
             let mut segments = self.segments.borrow_mut();
-            for (old, new) in replacements {
-                let Some(i) = segments.iter().position(|s| Rc::ptr_eq(s, &old)) else {
+            for (members, new) in replacements {
+                let Some(i) = segments.iter().position(|s| Rc::ptr_eq(s, &members[0])) else {
                     continue; // checked before the commit; gone only if the log was deleted
                 };
                 segments[i] = Rc::new(new);
-                // The paths now name the cleaned files: only the handles go.
-                doomed.handles.extend(old.doomed().handles);
+                // Merged members leave the list; their files are gone already (the commit
+                // removed them). The first one's path names the cleaned file: only the
+                // handles go, closed off the shard.
+                segments.retain(|s| !members[1..].iter().any(|m| Rc::ptr_eq(s, m)));
+                for old in &members {
+                    doomed.handles.extend(old.doomed().handles);
+                }
             }
             // Segments the run emptied go (files included), so a compacted log does not keep
             // a file for every segment it ever rolled. Never the first (the log start stays
