@@ -94,7 +94,12 @@ fn replica_appends_keep_the_leaders_bytes_and_refuse_gaps() {
             }
             assert_eq!(log.epoch_entries(), entries(&[(4, 0), (6, 90)]));
 
-            // An overlap, an older epoch, a header that is not the bytes'.
+            // A gap, an overlap, an older epoch, a header that is not the bytes'.
+            let (gap, gap_header) = leader_batch(batch(1, 10, 1), next + 1, 6);
+            assert!(matches!(
+                log.append_replica(gap, &gap_header),
+                Err(StorageError::NonMonotonicOffset { expected, got }) if expected == next && got == next + 1
+            ));
             let (old, old_header) = leader_batch(batch(1, 10, 1), next - 3, 6);
             assert!(matches!(
                 log.append_replica(old, &old_header),
@@ -115,7 +120,9 @@ fn replica_appends_keep_the_leaders_bytes_and_refuse_gaps() {
             // A gap (a compacted leader's cleaned segment): the log end moves up to it.
             let (gap, gap_header) = leader_batch(batch(1, 10, 1), next + 5, 6);
             sent.push(gap.to_vec());
-            let info = log.append_replica(gap, &gap_header).unwrap();
+            let info = log
+                .append_replica_with_gaps(gap, &gap_header, true)
+                .unwrap();
             assert_eq!(info.base_offset, next + 5);
             next += 6;
 

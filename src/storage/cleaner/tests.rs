@@ -381,7 +381,7 @@ fn a_follower_copies_a_cleaned_log_across_its_gaps() {
                 )
                 .unwrap();
                 follower
-                    .append_replica(bytes.slice(range), &header)
+                    .append_replica_with_gaps(bytes.slice(range), &header, true)
                     .unwrap();
                 next = header.last_offset() + 1;
             }

@@ -348,9 +348,9 @@ impl PartitionLog {
 
     /// Appends a batch fetched from the leader as it is: its base offset and partition leader
     /// epoch were assigned by the leader and are kept, so the bytes on disk are the leader's.
-    /// The batch must start at or above the log end offset (`NonMonotonicOffset` otherwise:
-    /// an overlap means the fetch and the log disagree; a gap is what a compacted leader
-    /// sends where its cleaner removed records, and the log end moves up to the batch) and carry an epoch no older than the
+    /// The batch must start at the log end offset (`NonMonotonicOffset` otherwise: a gap or
+    /// an overlap means the fetch and the log disagree; see [`Self::append_replica_with_gaps`]
+    /// for compacted logs) and carry an epoch no older than the
     /// latest cached one (`StaleLeaderEpoch`: diverging data must be truncated first); a newer
     /// epoch is recorded (and persisted) before the batch is queued. Same size and record-count
     /// checks as [`Self::append`]; the caller has validated the CRC and tracks producer state.
@@ -359,8 +359,21 @@ impl PartitionLog {
         batch: Bytes,
         header: &BatchHeader,
     ) -> Result<AppendInfo, StorageError> {
+        self.append_replica_with_gaps(batch, header, false)
+    }
+
+    /// [`Self::append_replica`] for a compacted topic when `compacted`: a batch may start
+    /// above the log end offset (the leader's cleaner removed the records between; the log
+    /// end moves up to the batch, as Kafka's followers do) and hold fewer records than its
+    /// offset range.
+    pub fn append_replica_with_gaps(
+        &self,
+        batch: Bytes,
+        header: &BatchHeader,
+        compacted: bool,
+    ) -> Result<AppendInfo, StorageError> {
         self.check_open()?;
-        self.check_batch(&batch, header, true)?;
+        self.check_batch(&batch, header, compacted)?;
         let head_offset = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
         let head_epoch = i32::from_be_bytes(batch[12..16].try_into().expect("4 bytes"));
         if (head_offset, head_epoch) != (header.base_offset, header.partition_leader_epoch) {
@@ -370,7 +383,7 @@ impl PartitionLog {
             )));
         }
         let expected = self.log_end_offset.get();
-        if header.base_offset < expected {
+        if header.base_offset < expected || (!compacted && header.base_offset != expected) {
             return Err(StorageError::NonMonotonicOffset {
                 expected,
                 got: header.base_offset,
