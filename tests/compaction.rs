@@ -58,9 +58,13 @@ async fn create_compacted(broker: &Broker, name: &str, configs: &[(&str, &str)])
 }
 
 fn producer(broker: &Broker) -> FutureProducer {
+    producer_with(&broker.addr, "all")
+}
+
+fn producer_with(bootstrap: &str, acks: &str) -> FutureProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("acks", "all")
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", acks)
         .set("linger.ms", "2")
         .set("compression.type", "lz4")
         // Batches must fit the topics' 16 KiB segments.
@@ -123,9 +127,9 @@ type Read = Vec<(i64, String, Option<String>)>;
 
 /// Every record from the start through `last_offset`, as librdkafka delivers them; offsets
 /// must strictly increase (gaps allowed).
-fn read_all(broker: &Broker, topic: &str, last_offset: i64) -> Read {
+fn read_all(addr: &str, topic: &str, last_offset: i64) -> Read {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
+        .set("bootstrap.servers", addr)
         .set("group.id", "compaction-reader")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "100")
@@ -176,10 +180,10 @@ fn counts(read: &Read) -> HashMap<String, usize> {
 }
 
 /// Reads until every `key-*` appears once (the cleaner finished), checking each pass.
-fn await_compacted(broker: &Broker, topic: &str, last_offset: i64) -> Read {
+fn await_compacted(addr: &str, topic: &str, last_offset: i64) -> Read {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let read = read_all(broker, topic, last_offset);
+        let read = read_all(addr, topic, last_offset);
         // Whatever the cleaner did so far, every key reads its final value.
         for k in 0..KEYS {
             assert_eq!(
@@ -206,7 +210,7 @@ async fn many_updates_compact_to_the_latest_value_per_key_and_clients_read_acros
     let broker = start(dir.path(), &[]);
     create_compacted(&broker, "latest", &[]).await;
     let last = fill(&producer(&broker), "latest").await;
-    let read = await_compacted(&broker, "latest", last);
+    let read = await_compacted(&broker.addr, "latest", last);
     assert_eq!(read.len(), KEYS + FILLERS, "one record per key");
     // Offsets 0..4900 are a gap now: consumers starting at the log start (0) skip it.
     assert_eq!(
@@ -290,7 +294,7 @@ async fn tombstones_stay_for_delete_retention_then_the_key_is_gone() {
     last += (doomed.len() + FILLERS) as i64;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let read = read_all(&broker, "deletes", last);
+        let read = read_all(&broker.addr, "deletes", last);
         let latest = latest(&read);
         for k in 0..10 {
             // Deleted: a tombstone, or nothing at all once it expired; never an old value.
@@ -322,7 +326,7 @@ async fn a_consumer_reading_while_the_cleaner_runs_sees_a_consistent_log() {
     let mut passes = 0;
     let start = Instant::now();
     while passes < 5 || start.elapsed() < Duration::from_secs(2) {
-        let read = read_all(&broker, "racing", last);
+        let read = read_all(&broker.addr, "racing", last);
         let latest = latest(&read);
         for k in 0..KEYS {
             assert_eq!(
@@ -332,7 +336,7 @@ async fn a_consumer_reading_while_the_cleaner_runs_sees_a_consistent_log() {
         }
         passes += 1;
     }
-    await_compacted(&broker, "racing", last);
+    await_compacted(&broker.addr, "racing", last);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,7 +361,7 @@ async fn a_broker_killed_while_cleaning_loses_nothing() {
     broker.kill9();
     eprintln!("killed with a cleaner run's files on disk: {caught}");
     let broker = start(dir.path(), &[]);
-    let read = await_compacted(&broker, "crashy", last);
+    let read = await_compacted(&broker.addr, "crashy", last);
     assert_eq!(read.len(), KEYS + FILLERS);
 }
 
@@ -519,6 +523,62 @@ async fn retention_applies_to_compact_delete_topics_only() {
         (0, 0),
         "compact alone: no retention"
     );
-    let read = read_all(&broker, "kept", 299);
+    let read = read_all(&broker.addr, "kept", 299);
     assert_eq!(read.len(), 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_was_down_catches_up_across_a_compacted_leaders_gaps() {
+    use common::cluster::{await_metadata, partitions_of, Cluster};
+    let mut cluster = Cluster::start(3, &["--override", "log.cleaner.backoff.ms=200"]);
+    let bootstrap = cluster.bootstrap();
+    let topic = NewTopic::new("replicated", 1, TopicReplication::Fixed(3))
+        .set("cleanup.policy", "compact")
+        .set("segment.bytes", "16384")
+        .set("min.cleanable.dirty.ratio", "0.01");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .unwrap();
+    let created = admin
+        .create_topics(&[topic], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+    let all_in_sync = |m: &kafka_protocol::messages::MetadataResponse| {
+        partitions_of(m, "replicated").is_some_and(|ps| ps[0].leader >= 0 && ps[0].isr.len() == 3)
+    };
+    let addr0 = cluster.broker(0).addr.clone();
+    let (m, _) = await_metadata(&addr0, TIMEOUT, "all in sync", all_in_sync);
+    let leader = partitions_of(&m, "replicated").unwrap()[0].leader as usize;
+    let down = (leader + 1) % 3;
+    cluster.kill9(down);
+    // Written and compacted on the leader while `down` is away.
+    let producer = producer_with(&bootstrap, "1");
+    let last = fill(&producer, "replicated").await;
+    let leader_addr = cluster.broker(leader).addr.clone();
+    await_compacted(&leader_addr, "replicated", last);
+    // Back: it fetches the cleaned batches, gaps included, and rejoins the ISR.
+    cluster.restart(down);
+    let (m, _) = await_metadata(&leader_addr, Duration::from_secs(60), "back in sync", |m| {
+        partitions_of(m, "replicated").is_some_and(|ps| ps[0].isr.contains(&(down as i32)))
+    });
+    assert_eq!(
+        partitions_of(&m, "replicated").unwrap()[0].leader as usize,
+        leader
+    );
+    // Its copy serves the same latest values once it leads.
+    cluster.kill9(leader);
+    let survivor = cluster.broker(down).addr.clone();
+    await_metadata(&survivor, Duration::from_secs(60), "a new leader", |m| {
+        partitions_of(m, "replicated")
+            .is_some_and(|ps| ps[0].leader >= 0 && ps[0].leader as usize != leader)
+    });
+    let read = read_all(&survivor, "replicated", last);
+    for k in 0..KEYS {
+        assert_eq!(
+            latest(&read)[&format!("key-{k}")].as_deref(),
+            Some(value(k, UPDATES - 1).as_str())
+        );
+    }
 }
