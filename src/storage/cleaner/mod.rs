@@ -38,7 +38,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use self::offset_map::KeyOffsetMap;
 pub use self::plan::CompactionConfig;
 use self::rewrite::{SegmentOutcome, SourceSegment};
-use super::log::compact::CLEANER_CHECKPOINT_FILE;
+use super::log::compact::{checkpoint_text, CLEANER_CHECKPOINT_FILE};
 use super::segment::Segment;
 use super::{PartitionLog, StorageError};
 
@@ -208,7 +208,7 @@ pub async fn clean(
             }
             std::fs::write(
                 commit_dir.join(CLEANER_CHECKPOINT_FILE),
-                first_dirty_offset.to_string(),
+                checkpoint_text(first_dirty_offset, tombstones_due_ms),
             )?;
             Ok(cleaned.into_iter().map(|r| r.segment).collect())
         })

@@ -265,8 +265,16 @@ fn tombstones_stay_for_delete_retention_then_go() {
         );
         assert!(!after.iter().any(|(_, k, v)| k == "key3" && v.is_some()));
         assert!(!log.tombstones_due(now_ms()));
-        // delete.retention.ms after the run, with slack for the files' write times.
+        // delete.retention.ms after the run, with slack for the files' write times; a restart
+        // keeps the due time (the checkpoint).
         let later = now_ms() + 65_000;
+        assert!(log.tombstones_due(later));
+        let log_config = log.config().clone();
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.path().to_path_buf(), log_config)
+            .await
+            .unwrap();
+        assert!(!log.tombstones_due(now_ms()));
         assert!(log.tombstones_due(later));
         clean(&log, &config, later, 1 << 20).await.unwrap().unwrap();
         let after = read_all(&log);

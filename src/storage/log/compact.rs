@@ -10,8 +10,8 @@ use super::{Lifecycle, PartitionLog};
 use crate::storage::segment::{DoomedFiles, Segment};
 
 /// Kafka keeps one `cleaner-offset-checkpoint` per log directory; here each partition keeps
-/// its own, holding the first offset not cleaned yet. Losing it only makes the next run
-/// re-clean the log.
+/// its own: the first offset not cleaned yet, then (second line, if any) when the tombstones
+/// the last run kept are due. Losing it only makes the next run re-clean the log.
 pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-offset-checkpoint";
 
 /// A log's compaction progress, in memory on the owning shard.
@@ -36,12 +36,19 @@ impl Drop for CleaningGuard<'_> {
     }
 }
 
-fn read_checkpoint(dir: &Path) -> Option<i64> {
-    std::fs::read_to_string(dir.join(CLEANER_CHECKPOINT_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// `(first dirty offset, tombstones due)` from the checkpoint file.
+fn read_checkpoint(dir: &Path) -> (Option<i64>, Option<i64>) {
+    let text = std::fs::read_to_string(dir.join(CLEANER_CHECKPOINT_FILE)).unwrap_or_default();
+    let mut lines = text.lines().map(|l| l.trim().parse::<i64>().ok());
+    (lines.next().flatten(), lines.next().flatten())
+}
+
+/// The checkpoint file's text for [`read_checkpoint`].
+pub fn checkpoint_text(first_dirty_offset: i64, tombstones_due_ms: Option<i64>) -> String {
+    match tombstones_due_ms {
+        Some(due) => format!("{first_dirty_offset}\n{due}\n"),
+        None => format!("{first_dirty_offset}\n"),
+    }
 }
 
 impl PartitionLog {
@@ -76,16 +83,22 @@ impl PartitionLog {
         let offset = match self.compaction.first_dirty_offset.get() {
             Some(offset) => offset,
             None => {
-                let offset = read_checkpoint(&self.dir).unwrap_or(0);
+                let (offset, tombstones_due_ms) = read_checkpoint(&self.dir);
+                let offset = offset.unwrap_or(0);
                 self.compaction.first_dirty_offset.set(Some(offset));
+                if self.compaction.tombstones_due_ms.get().is_none() {
+                    self.compaction.tombstones_due_ms.set(tombstones_due_ms);
+                }
                 offset
             }
         };
         offset.max(self.log_start_offset())
     }
 
-    /// Whether tombstones kept by an earlier run may be removed now.
+    /// Whether tombstones kept by an earlier run (of this process, or recorded in the
+    /// checkpoint) may be removed now.
     pub fn tombstones_due(&self, now_ms: i64) -> bool {
+        self.first_dirty_offset(); // loads the checkpoint once
         self.compaction
             .tombstones_due_ms
             .get()
