@@ -94,6 +94,34 @@ pub struct BrokerConfig {
     pub replication: ReplicationConfig,
     /// Periodic preferred-leader election (`auto.leader.rebalance.enable`, ...).
     pub leader_rebalance: crate::coordination::rebalance::RebalanceConfig,
+    /// Log compaction (`log.cleaner.*`).
+    pub cleaner: LogCleanerConfig,
+}
+
+/// The log cleaner's broker settings: Kafka's `log.cleaner.*` keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogCleanerConfig {
+    /// `log.cleaner.enable`: run the cleaner for topics with `compact` in `cleanup.policy`.
+    pub enable: bool,
+    /// `log.cleaner.backoff.ms`: pause between two passes over a shard's compacted logs.
+    pub backoff_ms: u64,
+    /// `log.cleaner.dedupe.buffer.size`: memory for one run's key map, per shard (Kafka's is
+    /// shared by its cleaner threads). A run whose dirty keys do not fit cleans a prefix.
+    pub dedupe_buffer_bytes: usize,
+    /// Topic defaults: `log.cleaner.delete.retention.ms`, `log.cleaner.min.cleanable.ratio`,
+    /// `log.cleaner.min.compaction.lag.ms`, `log.cleaner.max.compaction.lag.ms`.
+    pub defaults: crate::storage::cleaner::CompactionConfig,
+}
+
+impl Default for LogCleanerConfig {
+    fn default() -> Self {
+        LogCleanerConfig {
+            enable: true,
+            backoff_ms: 15_000,
+            dedupe_buffer_bytes: 128 << 20,
+            defaults: crate::storage::cleaner::CompactionConfig::default(),
+        }
+    }
 }
 
 /// How followers fetch and when a leader drops a lagging follower from the ISR.
@@ -162,6 +190,7 @@ impl Default for BrokerConfig {
             groups: crate::groups::GroupConfig::default(),
             replication: ReplicationConfig::default(),
             leader_rebalance: Default::default(),
+            cleaner: LogCleanerConfig::default(),
         }
     }
 }
@@ -359,6 +388,10 @@ impl BrokerConfig {
                 self.fetch_session_cache_slots = parse(key, value)?
             }
             "log.segment.bytes" => self.log.segment_bytes = parse(key, value)?,
+            "log.roll.ms" => self.log.segment_ms = parse(key, value)?,
+            "log.roll.hours" => {
+                self.log.segment_ms = parse::<i64>(key, value)?.saturating_mul(3_600_000)
+            }
             "log.retention.hours" => {
                 self.log.retention_ms = parse::<i64>(key, value)?.saturating_mul(3_600_000)
             }
@@ -397,6 +430,23 @@ impl BrokerConfig {
             "replica.fetch.backoff.ms" => self.replication.fetch_backoff_ms = parse(key, value)?,
             "offset.metadata.max.bytes" => {
                 self.groups.offset_metadata_max_bytes = parse(key, value)?
+            }
+            "log.cleaner.enable" => self.cleaner.enable = parse(key, value)?,
+            "log.cleaner.backoff.ms" => self.cleaner.backoff_ms = parse(key, value)?,
+            "log.cleaner.dedupe.buffer.size" => {
+                self.cleaner.dedupe_buffer_bytes = parse(key, value)?
+            }
+            "log.cleaner.delete.retention.ms" => {
+                self.cleaner.defaults.delete_retention_ms = parse(key, value)?
+            }
+            "log.cleaner.min.cleanable.ratio" => {
+                self.cleaner.defaults.min_cleanable_dirty_ratio = parse(key, value)?
+            }
+            "log.cleaner.min.compaction.lag.ms" => {
+                self.cleaner.defaults.min_compaction_lag_ms = parse(key, value)?
+            }
+            "log.cleaner.max.compaction.lag.ms" => {
+                self.cleaner.defaults.max_compaction_lag_ms = parse(key, value)?
             }
             // Kafka keys that have no meaning for this broker (threads, ZooKeeper, ...).
             _ => tracing::warn!(key, "ignoring unknown configuration key"),

@@ -190,6 +190,12 @@ pub struct DetailedMetrics {
     pub isr_expands: AtomicU64,
     /// Consumer group rebalances completed (a join phase ended with a new generation).
     pub group_rebalances: AtomicU64,
+    /// Log cleaner runs that rewrote segments, the bytes they read and wrote back, and the
+    /// records they removed (`storage::cleaner`).
+    pub cleaner_runs: AtomicU64,
+    pub cleaner_bytes_read: AtomicU64,
+    pub cleaner_bytes_written: AtomicU64,
+    pub cleaner_records_removed: AtomicU64,
 }
 
 /// The process's detailed metrics. A static so that storage (which has no `BrokerStats`) can
@@ -205,6 +211,10 @@ pub static DETAIL: DetailedMetrics = DetailedMetrics {
     isr_shrinks: AtomicU64::new(0),
     isr_expands: AtomicU64::new(0),
     group_rebalances: AtomicU64::new(0),
+    cleaner_runs: AtomicU64::new(0),
+    cleaner_bytes_read: AtomicU64::new(0),
+    cleaner_bytes_written: AtomicU64::new(0),
+    cleaner_records_removed: AtomicU64::new(0),
 };
 
 /// The cells of shard `id`.

@@ -346,6 +346,7 @@ async fn run_shard(
     if let Some(endpoint) = admin_endpoint {
         admin::serve_on_shard(shard.clone(), endpoint);
     }
+    crate::shard::log_cleaner::spawn(shard.clone());
     let _ = ready.send(Ok(id));
     shard.clone().housekeeping().await;
     if let Some(coordinator) = &coordinator {

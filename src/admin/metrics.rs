@@ -320,6 +320,30 @@ impl Collector for Snapshot {
             "ISR expansions of partitions this node leads.",
             crate::metrics::DETAIL.isr_expands.load(Ordering::Relaxed),
         )?;
+        for (name, help, value) in [
+            (
+                "broker_log_cleaner_runs",
+                "Log cleaner runs that rewrote segments of compacted topics.",
+                &crate::metrics::DETAIL.cleaner_runs,
+            ),
+            (
+                "broker_log_cleaner_bytes_read",
+                "Bytes of segments the log cleaner rewrote, before cleaning.",
+                &crate::metrics::DETAIL.cleaner_bytes_read,
+            ),
+            (
+                "broker_log_cleaner_bytes_written",
+                "Bytes of the cleaned segments the log cleaner wrote.",
+                &crate::metrics::DETAIL.cleaner_bytes_written,
+            ),
+            (
+                "broker_log_cleaner_records_removed",
+                "Records the log cleaner removed (superseded, expired tombstones, keyless).",
+                &crate::metrics::DETAIL.cleaner_records_removed,
+            ),
+        ] {
+            counter(&mut encoder, name, help, value.load(Ordering::Relaxed))?;
+        }
         let sum_shards =
             |cell: fn(&crate::metrics::ShardCells) -> &std::sync::atomic::AtomicU64| {
                 (0..self.shards.min(MAX_SHARD_CELLS))

@@ -23,11 +23,16 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "retention.ms",
     "retention.bytes",
     "segment.bytes",
+    "segment.ms",
     "max.message.bytes",
     "cleanup.policy",
     "min.insync.replicas",
     "message.timestamp.type",
     "unclean.leader.election.enable",
+    "delete.retention.ms",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "max.compaction.lag.ms",
 ];
 
 /// Deleted topics remembered so that a broker that was down during a delete can remove the
@@ -224,14 +229,23 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<String, String> {
         "min.insync.replicas" => int_at_least(1),
         "cleanup.policy" => {
             let items: Vec<&str> = value.split(',').map(str::trim).collect();
-            if items.iter().all(|i| *i == "delete") {
-                Ok("delete".into())
-            } else if items.iter().all(|i| ["delete", "compact"].contains(i)) {
-                Err(invalid("log compaction is not supported by this broker"))
-            } else {
-                Err(invalid("String must be one of: compact, delete"))
+            if !items.iter().all(|i| ["delete", "compact"].contains(i)) {
+                return Err(invalid("String must be one of: compact, delete"));
+            }
+            // Normalised, so `delete,compact` and `compact,delete` compare equal.
+            match (items.contains(&"compact"), items.contains(&"delete")) {
+                (true, true) => Ok("compact,delete".into()),
+                (true, false) => Ok("compact".into()),
+                _ => Ok("delete".into()),
             }
         }
+        "delete.retention.ms" | "min.compaction.lag.ms" => long_at_least(0),
+        "segment.ms" | "max.compaction.lag.ms" => long_at_least(1),
+        "min.cleanable.dirty.ratio" => match value.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(v.to_string()),
+            Ok(_) => Err(invalid("Value must be between 0 and 1")),
+            Err(_) => Err(invalid("Not a number of type DOUBLE")),
+        },
         "message.timestamp.type" => match value {
             "CreateTime" | "LogAppendTime" => Ok(value.into()),
             _ => Err(invalid("String must be one of: CreateTime, LogAppendTime")),
@@ -561,13 +575,16 @@ impl ClusterState {
                 ),
             ));
         }
-        for (key, _) in &topic.configs {
+        for (key, value) in &topic.configs {
             if !TOPIC_CONFIG_KEYS.contains(&key.as_str()) {
                 return Err(Outcome::refused(
                     ResponseError::InvalidConfig,
                     format!("Unknown topic config name: {key}"),
                 ));
             }
+            // Values as AlterConfigs checks them (a dirty ratio of 2 never reaches a log).
+            validate_topic_config(key, value)
+                .map_err(|message| Outcome::refused(ResponseError::InvalidConfig, message))?;
         }
         self.check_partition_limit(topic.partitions as u64, max_partitions)
     }

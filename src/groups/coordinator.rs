@@ -84,6 +84,11 @@ impl GroupCoordinator {
         }
     }
 
+    /// This shard's own offsets logs (single node), which the log cleaner compacts.
+    pub fn own_offsets_logs(&self) -> Vec<std::rc::Rc<crate::storage::PartitionLog>> {
+        self.logs.own_logs()
+    }
+
     /// The offsets partition of `group_id`.
     pub fn partition_of(&self, group_id: &str) -> i32 {
         coordinator_for(group_id, self.config.offsets_topic_partitions)

@@ -71,7 +71,7 @@ fn storage(e: StorageError) -> String {
 pub fn offsets_log_config(broker_log: &LogConfig) -> LogConfig {
     let mut config = broker_log.clone();
     // Offsets must never age out: retention would silently reset consumers. Compaction
-    // (keeping the newest record per key) is the bound Kafka uses; it is not built yet.
+    // (keeping the newest record per key, `storage::cleaner`) is the bound, as in Kafka.
     config.retention_ms = -1;
     config.retention_bytes = -1;
     config.segment_bytes = config.segment_bytes.min(100 << 20);
@@ -155,6 +155,19 @@ impl OffsetsLogs {
             .borrow_mut()
             .insert(partition, OffsetsLog::Replicated(replicated));
         Ok(records)
+    }
+
+    /// A single node's own offsets logs, for the log cleaner (replicated ones are the shard's
+    /// partitions, which it cleans as any compacted topic).
+    pub fn own_logs(&self) -> Vec<Rc<PartitionLog>> {
+        self.logs
+            .borrow()
+            .values()
+            .filter_map(|log| match log {
+                OffsetsLog::Own(log) => Some(log.clone()),
+                OffsetsLog::Replicated(_) => None,
+            })
+            .collect()
     }
 
     /// Leadership of `partition` moved away: no more writes from here.

@@ -344,10 +344,12 @@ const CONFIG_TYPE_BOOLEAN: i8 = 1;
 const CONFIG_TYPE_STRING: i8 = 2;
 const CONFIG_TYPE_INT: i8 = 3;
 const CONFIG_TYPE_LONG: i8 = 5;
+const CONFIG_TYPE_DOUBLE: i8 = 6;
 
 /// (topic key, broker key, value, type) of the settings a topic inherits from the broker.
 fn topic_defaults(shard: &Shard) -> Vec<(&'static str, &'static str, String, i8)> {
     let log = &shard.config.log;
+    let cleaner = &shard.config.cleaner.defaults;
     vec![
         (
             "retention.ms",
@@ -368,6 +370,12 @@ fn topic_defaults(shard: &Shard) -> Vec<(&'static str, &'static str, String, i8)
             CONFIG_TYPE_INT,
         ),
         (
+            "segment.ms",
+            "log.roll.ms",
+            log.segment_ms.to_string(),
+            CONFIG_TYPE_LONG,
+        ),
+        (
             "max.message.bytes",
             "message.max.bytes",
             shard.config.message_max_bytes.to_string(),
@@ -384,6 +392,30 @@ fn topic_defaults(shard: &Shard) -> Vec<(&'static str, &'static str, String, i8)
             "min.insync.replicas",
             shard.config.min_insync_replicas.to_string(),
             CONFIG_TYPE_INT,
+        ),
+        (
+            "delete.retention.ms",
+            "log.cleaner.delete.retention.ms",
+            cleaner.delete_retention_ms.to_string(),
+            CONFIG_TYPE_LONG,
+        ),
+        (
+            "min.cleanable.dirty.ratio",
+            "log.cleaner.min.cleanable.ratio",
+            cleaner.min_cleanable_dirty_ratio.to_string(),
+            CONFIG_TYPE_DOUBLE,
+        ),
+        (
+            "min.compaction.lag.ms",
+            "log.cleaner.min.compaction.lag.ms",
+            cleaner.min_compaction_lag_ms.to_string(),
+            CONFIG_TYPE_LONG,
+        ),
+        (
+            "max.compaction.lag.ms",
+            "log.cleaner.max.compaction.lag.ms",
+            cleaner.max_compaction_lag_ms.to_string(),
+            CONFIG_TYPE_LONG,
         ),
         (
             "message.timestamp.type",
@@ -430,6 +462,11 @@ fn broker_configs(shard: &Shard) -> Vec<(&'static str, String, i8)> {
             CONFIG_TYPE_INT,
         ),
         (
+            "log.roll.ms",
+            c.log.segment_ms.to_string(),
+            CONFIG_TYPE_LONG,
+        ),
+        (
             "log.retention.ms",
             c.log.retention_ms.to_string(),
             CONFIG_TYPE_LONG,
@@ -443,6 +480,21 @@ fn broker_configs(shard: &Shard) -> Vec<(&'static str, String, i8)> {
             "delete.topic.enable",
             c.delete_topic_enable.to_string(),
             CONFIG_TYPE_BOOLEAN,
+        ),
+        (
+            "log.cleaner.enable",
+            c.cleaner.enable.to_string(),
+            CONFIG_TYPE_BOOLEAN,
+        ),
+        (
+            "log.cleaner.backoff.ms",
+            c.cleaner.backoff_ms.to_string(),
+            CONFIG_TYPE_LONG,
+        ),
+        (
+            "log.cleaner.dedupe.buffer.size",
+            c.cleaner.dedupe_buffer_bytes.to_string(),
+            CONFIG_TYPE_LONG,
         ),
         (
             "auto.create.topics.enable",

@@ -238,6 +238,14 @@ fn append_all(
                 .min(partition.log.max_batch_bytes())
                 // A batch fits in one segment (Kafka: RecordBatchTooLargeException).
                 .min(partition.log.segment_bytes() as usize);
+            let compacted = snapshot
+                .topic(&input.topic)
+                .is_some_and(|t| crate::shard::log_cleaner::cleanup_policy(&t.configs).0);
+            if compacted {
+                // Kafka's LogValidator: a compacted topic refuses records without a key.
+                crate::storage::cleaner::records::check_keys(&input.records)
+                    .map_err(|e| ApiError::new(ResponseError::InvalidRecord, e))?;
+            }
             let appended = partition.append(&input.records, max_batch_bytes, acks == Acks::All)?;
             let cells = crate::metrics::shard_cells(owner.id);
             BrokerStats::add(&cells.bytes_in, input.records.len() as u64);

@@ -264,6 +264,34 @@ pub fn validate(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Bat
     Ok(header)
 }
 
+/// [`validate`] for a batch a leader sent to its follower, which may come from a compacted
+/// segment: the log cleaner removes records but keeps the batch's last offset delta, so the
+/// record count may be anything from 1 to `last_offset_delta + 1`.
+pub fn validate_replicated(
+    batch: &[u8],
+    max_batch_bytes: usize,
+) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(batch, max_batch_bytes)?;
+    if header.total_len() != batch.len() {
+        return Err(BatchError::Truncated);
+    }
+    if header.record_count <= 0 || header.record_count as i64 > header.last_offset_delta as i64 + 1
+    {
+        return Err(BatchError::BadRecordCount {
+            record_count: header.record_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    let computed = compute_crc(batch);
+    if computed != header.crc {
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
+    }
+    Ok(header)
+}
+
 /// Rewrites the two header fields the leader owns. Neither is covered by the CRC.
 pub fn assign(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     assert!(

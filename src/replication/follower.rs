@@ -377,7 +377,11 @@ async fn fetch_round(
                         shard.max_batch_bytes_for(t)
                     })
                     .max(records.len());
-                match partition.append_replicated(&records, max_batch_bytes) {
+                let compacted = name == crate::groups::OFFSETS_TOPIC
+                    || metadata
+                        .topic(name)
+                        .is_some_and(|t| crate::shard::log_cleaner::cleanup_policy(&t.configs).0);
+                match partition.append_replicated(&records, max_batch_bytes, compacted) {
                     Ok(0) => {}
                     Ok(_) => {
                         let cells = crate::metrics::shard_cells(shard.id);

@@ -6,6 +6,7 @@
 //! [`Shard::invoke_on`] and await the reply. That is the only way work crosses cores, and it is
 //! why nothing on the produce/fetch path needs a lock.
 
+pub mod log_cleaner;
 pub mod partition;
 pub mod producer_state;
 pub mod router;
@@ -263,6 +264,7 @@ impl Shard {
                 ("retention.ms", Some(v)) => log.retention_ms = v,
                 ("retention.bytes", Some(v)) => log.retention_bytes = v,
                 ("segment.bytes", Some(v)) if v > 0 => log.segment_bytes = v as u64,
+                ("segment.ms", Some(v)) if v > 0 => log.segment_ms = v,
                 // The log's bound is for lengths read from disk: never below the broker's, so
                 // a max.message.bytes lowered at run time does not make the batches written
                 // before it unreadable (recovery would cut them as torn).
@@ -602,12 +604,14 @@ impl Shard {
         let snapshot = self.metadata();
         for partition in self.owned_partitions() {
             // The topic's current limits: an AlterConfigs since the log opened counts.
-            let limits = snapshot
-                .topic(&partition.topic)
-                .filter(|t| {
-                    partition.topic != crate::groups::OFFSETS_TOPIC && t.id == partition.topic_id
-                })
-                .map(|t| self.retention_for(t));
+            let topic = snapshot.topic(&partition.topic).filter(|t| {
+                partition.topic != crate::groups::OFFSETS_TOPIC && t.id == partition.topic_id
+            });
+            // `cleanup.policy=compact` alone: the cleaner bounds the log, retention does not.
+            if topic.is_some_and(|t| !log_cleaner::cleanup_policy(&t.configs).1) {
+                continue;
+            }
+            let limits = topic.map(|t| self.retention_for(t));
             let deleted = match limits {
                 Some((ms, bytes)) => partition.log.enforce_retention_with(now, ms, bytes).await,
                 None => partition.log.enforce_retention(now).await,

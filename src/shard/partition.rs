@@ -561,11 +561,13 @@ impl Partition {
 
     /// Appends batches fetched from the leader, as the leader wrote them (same offsets, same
     /// bytes). Stops at a trailing partial batch (the leader cut the response there). Returns
-    /// the number of batches appended.
+    /// the number of batches appended. `compacted`: the topic is compacted, so the leader's
+    /// batches may have gaps between them and fewer records than their offset range.
     pub fn append_replicated(
         &self,
         records: &Bytes,
         max_batch_bytes: usize,
+        compacted: bool,
     ) -> Result<usize, ApiError> {
         let mut appended = 0;
         let mut producers = self.producers.borrow_mut();
@@ -575,10 +577,15 @@ impl Partition {
                 Err((_, BatchError::Truncated)) => break,
                 Err((_, e)) => return Err(batch_error(e)),
             };
-            record_batch::validate(&records[range.clone()], max_batch_bytes)
-                .map_err(batch_error)?;
+            let batch = &records[range.clone()];
+            if compacted {
+                record_batch::validate_replicated(batch, max_batch_bytes)
+            } else {
+                record_batch::validate(batch, max_batch_bytes)
+            }
+            .map_err(batch_error)?;
             self.log
-                .append_replica(records.slice(range), &header)
+                .append_replica_with_gaps(records.slice(range), &header, compacted)
                 .map_err(storage_error)?;
             if header.has_producer_id() {
                 producers.record(&header, header.base_offset);

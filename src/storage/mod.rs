@@ -18,6 +18,8 @@
 //!   [`scan_valid_prefix`] and the buffered chunked scan, `recovery/direct.rs` the O_DIRECT
 //!   scan of the active segment (several reads in flight, page-cache residency).
 //! - [`retention`]: which closed segments time and size retention delete.
+//! - [`cleaner`]: log compaction (`cleanup.policy=compact`): latest record per key in closed
+//!   segments, rewritten with their offsets and swapped in crash-safely.
 //! - [`notify`]: cancel-safe waits on the written offset, the durable offset and the high
 //!   watermark; the high watermark's bound; truncation of pending waits.
 //! - [`epoch_cache`]: the leader epoch cache (`leader-epoch-checkpoint`): which leader epoch
@@ -48,7 +50,9 @@
 //!   `durable <= written`.
 //! - Bytes below the written offset change only by truncation ([`PartitionLog::truncate_to`],
 //!   a follower removing a divergent suffix): a sendfile racing it finds a short file and fails
-//!   that one response (Kafka has the same race). Retention and deletion only unlink files.
+//!   that one response (Kafka has the same race). Retention and deletion only unlink files;
+//!   the log cleaner ([`cleaner`]) renames a new file over a closed segment, so open handles
+//!   keep the old bytes.
 //! - Every byte of a segment below its logical size holds whole valid batches with strictly
 //!   increasing offsets; closed segments are truncated to their logical size and fdatasync'd.
 //! - A segment is never larger than `i32::MAX` bytes and never spans more than `i32::MAX`
@@ -58,6 +62,7 @@ use std::fmt;
 use std::io;
 
 pub mod clean_close;
+pub mod cleaner;
 pub mod epoch_cache;
 pub mod index;
 pub mod log;
@@ -87,6 +92,10 @@ pub const PAGE_BYTES: u64 = 4096;
 pub struct LogConfig {
     /// `log.segment.bytes`: roll before a batch would push the active segment past this.
     pub segment_bytes: u64,
+    /// `log.roll.ms` / `segment.ms`: roll before a batch arriving when the active segment was
+    /// created this long ago (in this process: a restart starts the clock again), so that
+    /// retention and compaction, which never touch the active segment, reach quiet data too.
+    pub segment_ms: i64,
     /// `log.retention.ms`; -1 = unlimited.
     pub retention_ms: i64,
     /// `log.retention.bytes`; -1 = unlimited.
@@ -104,6 +113,8 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             segment_bytes: 1 << 30,
+            // Kafka's log.roll.hours=168.
+            segment_ms: 7 * 24 * 60 * 60 * 1000,
             retention_ms: 7 * 24 * 60 * 60 * 1000,
             retention_bytes: -1,
             index_interval_bytes: 4096,

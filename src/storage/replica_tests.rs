@@ -117,6 +117,14 @@ fn replica_appends_keep_the_leaders_bytes_and_refuse_gaps() {
                 Err(StorageError::InvalidBatch(_))
             ));
             assert_eq!(log.log_end_offset(), next, "nothing refused was appended");
+            // A gap (a compacted leader's cleaned segment): the log end moves up to it.
+            let (gap, gap_header) = leader_batch(batch(1, 10, 1), next + 5, 6);
+            sent.push(gap.to_vec());
+            let info = log
+                .append_replica_with_gaps(gap, &gap_header, true)
+                .unwrap();
+            assert_eq!(info.base_offset, next + 5);
+            next += 6;
 
             log.wait_written(next, false).await.unwrap();
             let read = read_all(&log, 0, ReadLimit::Written);

@@ -139,6 +139,8 @@ pub(crate) struct Writer<Log: WriterHost> {
     /// Bytes `[align_down(size), size)` of the active segment: the partial last page; `None`
     /// while released (read back from the file before the next write).
     tail: Option<Vec<u8>>,
+    /// When the active segment became active here (for `segment_ms`).
+    segment_started: std::time::Instant,
 }
 
 impl<Log: WriterHost> Writer<Log> {
@@ -167,6 +169,7 @@ impl<Log: WriterHost> Writer<Log> {
             file,
             segment,
             tail,
+            segment_started: std::time::Instant::now(),
         }
     }
 
@@ -267,9 +270,13 @@ impl<Log: WriterHost> Writer<Log> {
 
     fn must_roll_before(&self, next: &BatchMeta, log: &Log) -> bool {
         let size = self.segment.size_bytes();
+        let segment_ms = log.config().segment_ms;
+        let too_old =
+            segment_ms >= 0 && self.segment_started.elapsed().as_millis() >= segment_ms as u128;
         size > 0
             && (size + next.len_bytes > log.segment_bytes()
-                || next.last_offset - self.segment.base_offset() > i32::MAX as i64)
+                || next.last_offset - self.segment.base_offset() > i32::MAX as i64
+                || too_old)
     }
 
     async fn write_queued(&mut self, log: &Log) -> Result<(), StorageError> {
@@ -386,6 +393,7 @@ impl<Log: WriterHost> Writer<Log> {
         old.shrink_indexes();
         old.release_read_file();
         self.segment = Rc::new(segment);
+        self.segment_started = std::time::Instant::now();
         self.tail = Some(Vec::new());
         log.push_segment(self.segment.clone());
         Ok(())

@@ -25,6 +25,7 @@ use super::writer::{QueuedBatch, StopRequest, Writer, WriterHost};
 use super::{AppendInfo, LogConfig, StorageError};
 use crate::protocol::record_batch::BatchHeader;
 
+pub mod compact;
 mod log_start;
 mod read;
 mod retention;
@@ -119,6 +120,8 @@ pub struct PartitionLog {
     writer_release_requested: Cell<bool>,
     /// The open trusted a clean close's record instead of scanning the active segment.
     opened_after_clean_close: bool,
+    /// Log compaction's progress ([`compact`]).
+    compaction: compact::CompactionState,
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
     pub(crate) fail_next_write: Cell<bool>,
@@ -211,6 +214,7 @@ impl PartitionLog {
             released: Cell::new(false),
             writer_release_requested: Cell::new(false),
             opened_after_clean_close,
+            compaction: compact::CompactionState::default(),
             #[cfg(test)]
             fail_next_write: Cell::new(false),
         });
@@ -346,7 +350,7 @@ impl PartitionLog {
         leader_epoch: i32,
     ) -> Result<AppendInfo, StorageError> {
         self.check_open()?;
-        self.check_batch(&batch, header)?;
+        self.check_batch(&batch, header, false)?;
         let base_offset = self.log_end_offset.get();
         {
             let mut epochs = self.epochs.borrow_mut();
@@ -358,8 +362,9 @@ impl PartitionLog {
 
     /// Appends a batch fetched from the leader as it is: its base offset and partition leader
     /// epoch were assigned by the leader and are kept, so the bytes on disk are the leader's.
-    /// The batch must start at the log end offset (`NonMonotonicOffset` otherwise: a gap or an
-    /// overlap means the fetch and the log disagree) and carry an epoch no older than the
+    /// The batch must start at the log end offset (`NonMonotonicOffset` otherwise: a gap or
+    /// an overlap means the fetch and the log disagree; see [`Self::append_replica_with_gaps`]
+    /// for compacted logs) and carry an epoch no older than the
     /// latest cached one (`StaleLeaderEpoch`: diverging data must be truncated first); a newer
     /// epoch is recorded (and persisted) before the batch is queued. Same size and record-count
     /// checks as [`Self::append`]; the caller has validated the CRC and tracks producer state.
@@ -368,8 +373,21 @@ impl PartitionLog {
         batch: Bytes,
         header: &BatchHeader,
     ) -> Result<AppendInfo, StorageError> {
+        self.append_replica_with_gaps(batch, header, false)
+    }
+
+    /// [`Self::append_replica`] for a compacted topic when `compacted`: a batch may start
+    /// above the log end offset (the leader's cleaner removed the records between; the log
+    /// end moves up to the batch, as Kafka's followers do) and hold fewer records than its
+    /// offset range.
+    pub fn append_replica_with_gaps(
+        &self,
+        batch: Bytes,
+        header: &BatchHeader,
+        compacted: bool,
+    ) -> Result<AppendInfo, StorageError> {
         self.check_open()?;
-        self.check_batch(&batch, header)?;
+        self.check_batch(&batch, header, compacted)?;
         let head_offset = i64::from_be_bytes(batch[0..8].try_into().expect("8 bytes"));
         let head_epoch = i32::from_be_bytes(batch[12..16].try_into().expect("4 bytes"));
         if (head_offset, head_epoch) != (header.base_offset, header.partition_leader_epoch) {
@@ -379,7 +397,7 @@ impl PartitionLog {
             )));
         }
         let expected = self.log_end_offset.get();
-        if header.base_offset != expected {
+        if header.base_offset < expected || (!compacted && header.base_offset != expected) {
             return Err(StorageError::NonMonotonicOffset {
                 expected,
                 got: header.base_offset,
@@ -389,13 +407,20 @@ impl PartitionLog {
         {
             let mut epochs = self.epochs.borrow_mut();
             epochs.before_append()?;
-            epochs.assign(epoch, expected)?;
+            epochs.assign(epoch, header.base_offset)?;
         }
-        Ok(self.enqueue(batch, header, expected, epoch))
+        self.log_end_offset.set(header.base_offset);
+        Ok(self.enqueue(batch, header, header.base_offset, epoch))
     }
 
-    /// Length and record-count checks shared by both appends.
-    fn check_batch(&self, batch: &Bytes, header: &BatchHeader) -> Result<(), StorageError> {
+    /// Length and record-count checks shared by both appends; `compacted_ok` accepts fewer
+    /// records than the offset range (a leader's cleaned batch).
+    fn check_batch(
+        &self,
+        batch: &Bytes,
+        header: &BatchHeader,
+        compacted_ok: bool,
+    ) -> Result<(), StorageError> {
         if batch.len() != header.total_len() {
             return Err(StorageError::InvalidBatch(format!(
                 "{} bytes but the header says {}",
@@ -411,7 +436,12 @@ impl PartitionLog {
                 self.segment_bytes()
             )));
         }
-        if header.record_count <= 0 || header.last_offset_delta != header.record_count - 1 {
+        let count_ok = if compacted_ok {
+            header.record_count as i64 <= header.last_offset_delta as i64 + 1
+        } else {
+            header.last_offset_delta == header.record_count - 1
+        };
+        if header.record_count <= 0 || !count_ok {
             return Err(StorageError::InvalidBatch(format!(
                 "record count {} with last offset delta {}",
                 header.record_count, header.last_offset_delta
@@ -565,6 +595,7 @@ impl PartitionLog {
     /// needed. Returns whether it released anything now.
     pub fn release_if_idle(&self, now: Instant, idle: Duration) -> bool {
         if self.released.get()
+            || self.cleaning()
             || now.saturating_duration_since(self.last_used.get()) < idle
             || self.lifecycle.get() != Lifecycle::Open
         {

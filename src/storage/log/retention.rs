@@ -33,7 +33,7 @@ impl PartitionLog {
         retention_bytes: i64,
     ) -> Result<usize, StorageError> {
         self.check_readable()?;
-        if self.lifecycle.get() == Lifecycle::Truncating {
+        if self.lifecycle.get() == Lifecycle::Truncating || self.cleaning() {
             return Ok(0); // the segment list is being rewritten; the next run catches up
         }
         let high_watermark = self.high_watermark();

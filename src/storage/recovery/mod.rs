@@ -94,6 +94,8 @@ pub(crate) async fn recover_log(
     dir: &Path,
     config: &LogConfig,
 ) -> Result<RecoveredLog, StorageError> {
+    // A log cleaner run interrupted by a crash: finished if it committed, else rolled back.
+    crate::storage::cleaner::swap::recover(dir)?;
     let mut bases = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
