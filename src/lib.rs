@@ -31,6 +31,7 @@ pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod storage;
+pub mod transactions;
 
 #[cfg(test)]
 #[global_allocator]

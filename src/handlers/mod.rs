@@ -16,6 +16,7 @@ pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod transactions;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -121,6 +122,17 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Dis
         RequestKind::DescribeGroups(body) => respond!(groups::describe_groups, body),
         RequestKind::DeleteGroups(body) => respond!(groups::delete_groups, body),
         RequestKind::OffsetDelete(body) => respond!(groups::offset_delete, body),
+        RequestKind::AddPartitionsToTxn(body) => {
+            respond!(transactions::add_partitions_to_txn, body)
+        }
+        RequestKind::AddOffsetsToTxn(body) => respond!(transactions::add_offsets_to_txn, body),
+        RequestKind::EndTxn(body) => respond!(transactions::end_txn, body),
+        RequestKind::TxnOffsetCommit(body) => respond!(transactions::txn_offset_commit, body),
+        RequestKind::DescribeTransactions(body) => {
+            respond!(transactions::describe_transactions, body)
+        }
+        RequestKind::ListTransactions(body) => respond!(transactions::list_transactions, body),
+        RequestKind::DescribeProducers(body) => respond!(transactions::describe_producers, body),
         _ => {
             // decode_frame only lets supported keys through.
             tracing::error!(?api_key, "dispatch has no handler for a supported api");

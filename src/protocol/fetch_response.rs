@@ -11,6 +11,7 @@ use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::ApiKey;
 
 use super::{begin_response, Chunk, ResponseFrame};
+use crate::shard::producer_state::AbortedTxn;
 use crate::storage::Records;
 
 /// One partition of a fetch response.
@@ -21,6 +22,8 @@ pub struct FetchedPartition {
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub records: Option<Records>,
+    /// read_committed: the aborted transactions the records overlap.
+    pub aborted: Vec<AbortedTxn>,
 }
 
 /// One topic of a fetch response.
@@ -94,8 +97,14 @@ pub fn encode(
             if version >= 5 {
                 buf.put_i64(p.log_start_offset);
             }
-            // aborted_transactions: empty (no transactions are ever aborted here).
-            put_array_len(&mut buf, flexible, 0);
+            put_array_len(&mut buf, flexible, p.aborted.len());
+            for aborted in &p.aborted {
+                buf.put_i64(aborted.producer_id);
+                buf.put_i64(aborted.first_offset);
+                if flexible {
+                    buf.put_u8(0); // tagged fields
+                }
+            }
             if version >= 11 {
                 buf.put_i32(-1); // preferred_read_replica
             }
@@ -201,6 +210,7 @@ mod tests {
                         last_stable_offset: -1,
                         log_start_offset: -1,
                         records: None,
+                        aborted: Vec::new(),
                     },
                 ],
             }];

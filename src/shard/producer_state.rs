@@ -24,6 +24,15 @@ struct ProducerEntry {
     batches: VecDeque<CachedBatch>,
 }
 
+/// One producer as DescribeProducers reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSummary {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub current_txn_start_offset: i64,
+}
+
 /// What to do with a batch from a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SequenceCheck {
@@ -37,6 +46,21 @@ pub enum SequenceCheck {
 #[derive(Debug, Default)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
+    /// Transactions open on this partition: producer id to the offset of its first batch.
+    /// The smallest bounds the last stable offset.
+    ongoing: HashMap<i64, i64>,
+    /// Aborted transactions, in marker order: what read_committed fetches report so that
+    /// clients drop their records.
+    aborted: Vec<AbortedTxn>,
+}
+
+/// A transaction whose abort marker is in the log: its records span
+/// `first_offset..=last_offset` (the marker's offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 fn next_sequence(sequence: i32) -> i32 {
@@ -86,7 +110,8 @@ impl ProducerStateTable {
 
     /// Records a batch that was appended at `base_offset`.
     pub fn record(&mut self, batch: &BatchHeader, base_offset: i64) {
-        if !batch.has_producer_id() {
+        // Control batches carry no sequence numbers: markers go through `end_transaction`.
+        if !batch.has_producer_id() || batch.is_control() {
             return;
         }
         let entry = self
@@ -108,6 +133,81 @@ impl ProducerStateTable {
             last_sequence: batch.last_sequence(),
             base_offset,
         });
+    }
+
+    /// Tracks a transactional data batch appended at `base_offset`: the first one of a
+    /// producer opens its transaction on this partition.
+    pub fn begin_transaction(&mut self, producer_id: i64, base_offset: i64) {
+        self.ongoing.entry(producer_id).or_insert(base_offset);
+    }
+
+    /// A commit or abort marker of `producer_id` at `marker_offset` closes its transaction; an
+    /// abort is remembered for read_committed fetches. The marker's epoch fences older ones.
+    pub fn end_transaction(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        committed: bool,
+        marker_offset: i64,
+    ) {
+        let first_offset = self.ongoing.remove(&producer_id);
+        if !committed {
+            if let Some(first_offset) = first_offset {
+                self.aborted.push(AbortedTxn {
+                    producer_id,
+                    first_offset,
+                    last_offset: marker_offset,
+                });
+            }
+        }
+        let entry = self
+            .producers
+            .entry(producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: producer_epoch,
+                batches: VecDeque::new(),
+            });
+        if producer_epoch > entry.epoch {
+            entry.epoch = producer_epoch;
+            entry.batches.clear();
+        }
+    }
+
+    /// The first offset of the oldest open transaction, if any.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.values().copied().min()
+    }
+
+    /// The first offset of `producer_id`'s open transaction, if it has one here.
+    pub fn ongoing_start(&self, producer_id: i64) -> Option<i64> {
+        self.ongoing.get(&producer_id).copied()
+    }
+
+    /// Aborted transactions overlapping `from..below`.
+    pub fn aborted_between(&self, from: i64, below: i64) -> Vec<AbortedTxn> {
+        self.aborted
+            .iter()
+            .filter(|a| a.last_offset >= from && a.first_offset < below)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets aborted transactions wholly below `log_start_offset` (deleted by retention).
+    pub fn forget_aborted_below(&mut self, log_start_offset: i64) {
+        self.aborted.retain(|a| a.last_offset >= log_start_offset);
+    }
+
+    /// Every producer's id, epoch, last sequence and open transaction start (DescribeProducers).
+    pub fn producers(&self) -> Vec<ProducerSummary> {
+        self.producers
+            .iter()
+            .map(|(&producer_id, entry)| ProducerSummary {
+                producer_id,
+                epoch: entry.epoch,
+                last_sequence: entry.batches.back().map_or(-1, |b| b.last_sequence),
+                current_txn_start_offset: self.ongoing_start(producer_id).unwrap_or(-1),
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {

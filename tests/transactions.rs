@@ -1,0 +1,323 @@
+//! Transactions (exactly-once) with librdkafka's transactional producer (through the `rdkafka`
+//! crate) against the real broker binary: commit and abort, isolation levels, fencing,
+//! timeouts, offsets committed in a transaction, and a kill -9 mid-transaction.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Broker;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn create_topic(broker: &Broker, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .expect("admin client");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .expect("create topics");
+    results[0].as_ref().expect("topic created");
+}
+
+type TxnProducer = ThreadedProducer<DefaultProducerContext>;
+
+fn transactional_producer(broker: &Broker, transactional_id: &str, timeout_ms: u32) -> TxnProducer {
+    let producer: TxnProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", timeout_ms.to_string())
+        .set("message.timeout.ms", timeout_ms.to_string())
+        .set("linger.ms", "5")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(TIMEOUT)
+        .expect("init_transactions");
+    producer
+}
+
+/// Sends `values` to `topic` (round-robin over `partitions`) and waits until they are written.
+fn send(producer: &TxnProducer, topic: &str, partitions: i32, values: &[String]) {
+    for (i, value) in values.iter().enumerate() {
+        let partition = i as i32 % partitions;
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .partition(partition)
+                    .key(value.as_str())
+                    .payload(value.as_str()),
+            )
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+    }
+    producer.flush(TIMEOUT).expect("flush");
+}
+
+fn values(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn consumer(broker: &Broker, group: &str, isolation: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer")
+}
+
+/// Reads `topic` from the beginning with `isolation` until a record with value `last` is seen
+/// (or the timeout); returns every value read, in order per partition.
+fn read_until(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    last: &str,
+) -> Vec<String> {
+    let consumer = consumer(broker, "txn-test-reader", isolation);
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while !out.iter().any(|v| v == last) && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let m = message.expect("consume");
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    assert!(
+        out.iter().any(|v| v == last),
+        "{last} never arrived ({isolation}); read {out:?}"
+    );
+    out
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn read_committed_sees_only_committed_transactions() {
+    let broker = Broker::start(2);
+    create_topic(&broker, "txn-visibility", 3);
+    let producer = transactional_producer(&broker, "visibility", 60_000);
+
+    let committed_first = values("committed-a", 9);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-visibility", 3, &committed_first);
+    producer.commit_transaction(TIMEOUT).expect("commit");
+
+    let aborted = values("aborted", 6);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-visibility", 3, &aborted);
+    producer.abort_transaction(TIMEOUT).expect("abort");
+
+    let committed_last = values("committed-b", 3);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-visibility", 3, &committed_last);
+    producer.commit_transaction(TIMEOUT).expect("commit");
+
+    // committed-b-0 .. -2 land on partitions 0, 1, 2: wait for each partition's last one.
+    let mut expected_committed: Vec<String> = committed_first.clone();
+    expected_committed.extend(committed_last.clone());
+    let committed = wait_for_all(
+        &broker,
+        "txn-visibility",
+        3,
+        "read_committed",
+        &expected_committed,
+    );
+    assert_eq!(sorted(committed), sorted(expected_committed.clone()));
+
+    let mut everything = expected_committed;
+    everything.extend(aborted);
+    let uncommitted = wait_for_all(
+        &broker,
+        "txn-visibility",
+        3,
+        "read_uncommitted",
+        &everything,
+    );
+    assert_eq!(sorted(uncommitted), sorted(everything));
+}
+
+/// Reads until every value of `expected` was seen, then a little longer to catch extras.
+fn wait_for_all(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    expected: &[String],
+) -> Vec<String> {
+    let consumer = consumer(broker, "txn-test-reader", isolation);
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out: Vec<String> = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while !expected.iter().all(|e| out.contains(e)) && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let m = message.expect("consume");
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    // Anything that should not be visible would have come with what was read.
+    while let Some(message) = consumer.poll(Duration::from_millis(300)) {
+        let m = message.expect("consume");
+        out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+    }
+    out
+}
+
+fn is_fenced(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(e) => {
+            e.is_fatal()
+                && matches!(
+                    e.code(),
+                    RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::Fenced
+                )
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
+    let broker = Broker::start(2);
+    create_topic(&broker, "txn-fencing", 2);
+    let first = transactional_producer(&broker, "fenced-id", 60_000);
+    first.begin_transaction().unwrap();
+    send(&first, "txn-fencing", 2, &values("zombie", 4));
+
+    // The second producer's init aborts what the first left open and bumps the epoch.
+    let second = transactional_producer(&broker, "fenced-id", 60_000);
+    second.begin_transaction().unwrap();
+    send(&second, "txn-fencing", 2, &values("fresh", 4));
+    second.commit_transaction(TIMEOUT).expect("second commits");
+
+    let error = first
+        .commit_transaction(TIMEOUT)
+        .expect_err("the fenced producer cannot commit");
+    assert!(
+        is_fenced(&error),
+        "expected a fatal fencing error, got {error:?}"
+    );
+
+    let seen = wait_for_all(
+        &broker,
+        "txn-fencing",
+        2,
+        "read_committed",
+        &values("fresh", 4),
+    );
+    assert_eq!(sorted(seen), sorted(values("fresh", 4)));
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted() {
+    let broker = Broker::start(2);
+    create_topic(&broker, "txn-timeout", 1);
+    let abandoned = transactional_producer(&broker, "slow", 2_000);
+    abandoned.begin_transaction().unwrap();
+    send(&abandoned, "txn-timeout", 1, &values("abandoned", 5));
+
+    // A later committed transaction of another producer sits behind the open one: a
+    // read_committed consumer reaches it only once the coordinator aborted the open one.
+    let other = transactional_producer(&broker, "other", 60_000);
+    other.begin_transaction().unwrap();
+    send(&other, "txn-timeout", 1, &values("after", 2));
+    other.commit_transaction(TIMEOUT).unwrap();
+
+    let started = Instant::now();
+    let seen = read_until(&broker, "txn-timeout", 1, "read_committed", "after-1");
+    assert_eq!(
+        seen,
+        values("after", 2),
+        "the abandoned records must never appear"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(abandoned);
+}
+
+#[test]
+fn offsets_sent_to_a_transaction_become_visible_on_commit() {
+    let broker = Broker::start(2);
+    create_topic(&broker, "txn-input", 1);
+    create_topic(&broker, "txn-output", 1);
+    let group = "txn-transformer";
+    let producer = transactional_producer(&broker, "transformer", 60_000);
+    let input = consumer(&broker, group, "read_committed");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset("txn-input", 0, Offset::Beginning)
+        .unwrap();
+    input.assign(&assignment).unwrap();
+
+    let committed_offset = |consumer: &BaseConsumer| -> Offset {
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition("txn-input", 0);
+        let committed = consumer
+            .committed_offsets(wanted, TIMEOUT)
+            .expect("committed");
+        committed.elements()[0].offset()
+    };
+
+    // Aborted: the offsets never reach the group.
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-output", 1, &values("out-aborted", 2));
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("txn-input", 0, Offset::Offset(5))
+        .unwrap();
+    producer
+        .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
+        .expect("send offsets");
+    assert_eq!(committed_offset(&input), Offset::Invalid);
+    producer.abort_transaction(TIMEOUT).unwrap();
+    assert_eq!(committed_offset(&input), Offset::Invalid);
+
+    // Committed: visible once the transaction commits, not before.
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-output", 1, &values("out", 2));
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("txn-input", 0, Offset::Offset(7))
+        .unwrap();
+    producer
+        .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
+        .expect("send offsets");
+    assert_eq!(committed_offset(&input), Offset::Invalid);
+    producer.commit_transaction(TIMEOUT).unwrap();
+    assert_eq!(committed_offset(&input), Offset::Offset(7));
+}
