@@ -321,3 +321,40 @@ fn offsets_sent_to_a_transaction_become_visible_on_commit() {
     producer.commit_transaction(TIMEOUT).unwrap();
     assert_eq!(committed_offset(&input), Offset::Offset(7));
 }
+
+#[test]
+fn kill9_mid_transaction_keeps_committed_records_and_aborts_the_open_transaction() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = Broker::start_in(dir.path(), 2, &[]);
+    create_topic(&broker, "txn-crash", 2);
+    let producer = transactional_producer(&broker, "crashing", 3_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-crash", 2, &values("committed", 6));
+    producer.commit_transaction(TIMEOUT).expect("commit");
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-crash", 2, &values("open", 6));
+    broker.kill9();
+    drop(producer);
+
+    // Same data directory: the partitions find the open transaction in their logs (the last
+    // stable offset stays before it) and the coordinator, from its state log, aborts it once
+    // its 3 s timeout has passed.
+    let broker = Broker::start_in(dir.path(), 2, &[]);
+    let other = transactional_producer(&broker, "after-crash", 60_000);
+    other.begin_transaction().unwrap();
+    send(&other, "txn-crash", 2, &values("after", 2));
+    other
+        .commit_transaction(TIMEOUT)
+        .expect("commit after restart");
+
+    let mut expected = values("committed", 6);
+    expected.extend(values("after", 2));
+    let seen = wait_for_all(&broker, "txn-crash", 2, "read_committed", &expected);
+    assert_eq!(sorted(seen), sorted(expected));
+
+    let mut everything = values("committed", 6);
+    everything.extend(values("open", 6));
+    everything.extend(values("after", 2));
+    let seen = wait_for_all(&broker, "txn-crash", 2, "read_uncommitted", &everything);
+    assert_eq!(sorted(seen), sorted(everything));
+}

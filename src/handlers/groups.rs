@@ -789,5 +789,5 @@ pub fn offsets_topic_metadata(
 
 /// True for the internal offsets topic, which clients may not create, write or delete.
 pub fn is_internal_topic(name: &str) -> bool {
-    name == OFFSETS_TOPIC
+    name == OFFSETS_TOPIC || name == crate::transactions::TRANSACTION_STATE_TOPIC
 }

@@ -123,12 +123,9 @@ pub async fn add_partitions_to_txn(
             );
             shard
                 .invoke_on(0, move |s| async move {
-                    coordinator(&s).add_partitions(
-                        &transactional_id,
-                        producer_id,
-                        epoch,
-                        partitions,
-                    )
+                    coordinator(&s)
+                        .add_partitions(&transactional_id, producer_id, epoch, partitions)
+                        .await
                 })
                 .await
         }
@@ -173,7 +170,9 @@ pub async fn add_offsets_to_txn(
             let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
             shard
                 .invoke_on(0, move |s| async move {
-                    coordinator(&s).add_offsets(&transactional_id, producer_id, epoch, group_id)
+                    coordinator(&s)
+                        .add_offsets(&transactional_id, producer_id, epoch, group_id)
+                        .await
                 })
                 .await
         }

@@ -141,6 +141,14 @@ impl Partition {
             producers.record(&header, header.base_offset);
             recovered += 1;
         }
+        let transactions = self.log.recovered_transactions();
+        for (producer_id, first_offset, marker_offset) in transactions.aborted {
+            producers.begin_transaction(producer_id, first_offset);
+            producers.end_transaction(producer_id, -1, false, marker_offset);
+        }
+        for (producer_id, first_offset) in transactions.open {
+            producers.begin_transaction(producer_id, first_offset);
+        }
         if recovered > 0 {
             tracing::debug!(
                 topic = %self.topic,

@@ -160,6 +160,10 @@ impl ProducerStateTable {
                 });
             }
         }
+        if producer_epoch < 0 {
+            // Rebuilt from recovery, which knows the producers' epochs from their batches.
+            return;
+        }
         let entry = self
             .producers
             .entry(producer_id)

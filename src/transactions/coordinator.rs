@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use kafka_protocol::ResponseError;
 
+use super::state_log::StateLog;
 use super::{
     MAX_PARTITIONS_PER_TRANSACTION, MAX_TRANSACTION_TIMEOUT_MS, TIMEOUT_CHECK_INTERVAL_MS,
 };
@@ -68,7 +69,7 @@ pub struct TxnMetadata {
     /// Groups whose offsets the open transaction commits (AddOffsetsToTxn).
     pub groups: BTreeSet<String>,
     /// Offsets sent with TxnOffsetCommit, by group, applied on commit.
-    pending_offsets: BTreeMap<String, Vec<CommitEntry>>,
+    pub(crate) pending_offsets: BTreeMap<String, Vec<CommitEntry>>,
     /// When the open transaction started (-1: none open).
     pub start_ms: i64,
     pub last_update_ms: i64,
@@ -79,6 +80,9 @@ pub struct TxnMetadata {
 pub struct TxnCoordinator {
     txns: RefCell<HashMap<String, TxnMetadata>>,
     timer_started: Cell<bool>,
+    /// The durable state (a single node's `__transaction_state-0`); `None` in a cluster,
+    /// where the state lives in memory only for now.
+    state_log: RefCell<Option<Rc<StateLog>>>,
 }
 
 thread_local! {
@@ -97,6 +101,36 @@ pub fn coordinator(shard: &Rc<Shard>) -> Rc<TxnCoordinator> {
     coordinator
 }
 
+/// Opens and replays the state log (single node), before clients are served: prepared
+/// transactions are completed and open ones aborted past their timeout by the timer.
+pub async fn load(shard: &Rc<Shard>) -> Result<(), String> {
+    if shard.config.is_clustered() {
+        return Ok(());
+    }
+    let config = crate::groups::offsets_log::offsets_log_config(&shard.config.log);
+    let (log, replayed) = StateLog::open(&shard.config.data_dir, config).await?;
+    let coordinator = coordinator(shard);
+    let mut txns = coordinator.txns.borrow_mut();
+    for (transactional_id, mut meta) in replayed {
+        if meta.state.preparing() {
+            // Its markers may be missing: the timer writes them at its next run.
+            meta.last_update_ms = 0;
+            tracing::info!(%transactional_id, state = meta.state.name(), "completing a prepared transaction");
+        }
+        txns.insert(transactional_id, meta);
+    }
+    *coordinator.state_log.borrow_mut() = Some(Rc::new(log));
+    Ok(())
+}
+
+/// Closes the state log at shutdown.
+pub async fn close() {
+    let log = COORDINATOR.with(|c| c.state_log.borrow_mut().take());
+    if let Some(log) = log {
+        log.close().await;
+    }
+}
+
 /// Kafka's check of a request's producer against the transactional id's current one.
 fn check_producer(meta: &TxnMetadata, producer_id: i64, epoch: i16) -> Result<(), ResponseError> {
     if meta.producer_id != producer_id {
@@ -112,6 +146,21 @@ fn check_producer(meta: &TxnMetadata, producer_id: i64, epoch: i16) -> Result<()
 }
 
 impl TxnCoordinator {
+    /// Writes the current state of `transactional_id` to the state log (if there is one) and
+    /// waits until it is durable.
+    async fn persist(&self, transactional_id: &str) -> Result<(), ResponseError> {
+        let log = self.state_log.borrow().clone();
+        let (Some(log), Some(meta)) = (log, self.describe(transactional_id)) else {
+            return Ok(());
+        };
+        log.write(transactional_id, &meta, now_ms())
+            .await
+            .map_err(|e| {
+                tracing::error!(transactional_id, error = %e, "transaction state not durable");
+                ResponseError::CoordinatorNotAvailable
+            })
+    }
+
     /// A copy of one transactional id's state.
     pub fn describe(&self, transactional_id: &str) -> Option<TxnMetadata> {
         self.txns.borrow().get(transactional_id).cloned()
@@ -160,6 +209,7 @@ impl TxnCoordinator {
                     last_update_ms: now,
                 },
             );
+            self.persist(transactional_id).await?;
             return Ok((producer_id, 0));
         };
         if meta.state.preparing() {
@@ -195,6 +245,8 @@ impl TxnCoordinator {
             meta.state = TxnState::Empty;
         }
         meta.last_update_ms = now_ms();
+        drop(txns);
+        self.persist(transactional_id).await?;
         Ok((producer_id, epoch))
     }
 
@@ -223,23 +275,32 @@ impl TxnCoordinator {
         change(meta)
     }
 
-    pub fn add_partitions(
+    /// AddPartitionsToTxn: durable before the producer writes to them, so that a restarted
+    /// coordinator knows where to write the markers.
+    pub async fn add_partitions(
         &self,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
         partitions: Vec<(String, i32)>,
     ) -> Result<(), ResponseError> {
+        let mut added = false;
         self.with_open_transaction(transactional_id, producer_id, epoch, |meta| {
             if meta.partitions.len() + partitions.len() > MAX_PARTITIONS_PER_TRANSACTION {
                 return Err(ResponseError::InvalidRequest);
             }
-            meta.partitions.extend(partitions);
+            for partition in partitions {
+                added |= meta.partitions.insert(partition);
+            }
             Ok(())
-        })
+        })?;
+        if added {
+            self.persist(transactional_id).await?;
+        }
+        Ok(())
     }
 
-    pub fn add_offsets(
+    pub async fn add_offsets(
         &self,
         transactional_id: &str,
         producer_id: i64,
@@ -249,7 +310,8 @@ impl TxnCoordinator {
         self.with_open_transaction(transactional_id, producer_id, epoch, |meta| {
             meta.groups.insert(group_id);
             Ok(())
-        })
+        })?;
+        self.persist(transactional_id).await
     }
 
     /// Keeps offsets of a TxnOffsetCommit until the transaction ends.
@@ -316,6 +378,8 @@ impl TxnCoordinator {
             };
             meta.last_update_ms = now_ms();
         }
+        // Durable before any marker: a restarted coordinator finishes the same decision.
+        self.persist(transactional_id).await?;
         self.complete(shard, transactional_id, commit).await
     }
 
@@ -340,6 +404,7 @@ impl TxnCoordinator {
             meta.state = TxnState::PrepareAbort;
             meta.last_update_ms = now_ms();
         }
+        self.persist(transactional_id).await?;
         self.complete(shard, transactional_id, false).await
     }
 
@@ -406,7 +471,8 @@ impl TxnCoordinator {
             meta.start_ms = -1;
             meta.last_update_ms = now_ms();
         }
-        Ok(())
+        drop(txns);
+        self.persist(transactional_id).await
     }
 
     /// Runs forever on shard 0: aborts transactions open past their timeout, and retries

@@ -17,6 +17,7 @@
 
 pub mod coordinator;
 pub mod markers;
+pub mod state_log;
 
 /// `transaction.max.timeout.ms` (Kafka's default): a producer asking for more gets
 /// INVALID_TRANSACTION_TIMEOUT.
@@ -32,3 +33,6 @@ pub const MAX_TRANSACTIONAL_ID_BYTES: usize = 1024;
 
 /// Partitions one transaction may span: bounds the coordinator's memory per id.
 pub const MAX_PARTITIONS_PER_TRANSACTION: usize = 100_000;
+
+/// The internal log of the coordinator's state (Kafka's name). Clients cannot create it.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
