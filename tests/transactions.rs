@@ -358,3 +358,72 @@ fn kill9_mid_transaction_keeps_committed_records_and_aborts_the_open_transaction
     let seen = wait_for_all(&broker, "txn-crash", 2, "read_uncommitted", &everything);
     assert_eq!(sorted(seen), sorted(everything));
 }
+
+/// DescribeTransactions, ListTransactions and DescribeProducers through raw protocol requests
+/// (the Rust and Python admin clients available here expose none of the three).
+#[test]
+fn transactions_and_producers_are_described() {
+    use common::raw::RawClient;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let broker = Broker::start(2);
+    create_topic(&broker, "txn-described", 2);
+    let producer = transactional_producer(&broker, "described", 60_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-described", 1, &values("open", 3));
+
+    let mut raw = RawClient::connect(&broker.addr);
+    let describe = |raw: &mut RawClient| {
+        let mut request = DescribeTransactionsRequest::default();
+        request.transactional_ids = vec![
+            TransactionalId(StrBytes::from_static_str("described")),
+            TransactionalId(StrBytes::from_static_str("nobody")),
+        ];
+        raw.call(0, &request).transaction_states
+    };
+    let states = describe(&mut raw);
+    assert_eq!(states[0].error_code, 0);
+    assert_eq!(states[0].transaction_state.as_str(), "Ongoing");
+    assert_eq!(states[0].transaction_timeout_ms, 60_000);
+    assert_eq!(states[0].topics.len(), 1);
+    assert_eq!(states[0].topics[0].topic.0.as_str(), "txn-described");
+    assert_eq!(states[0].topics[0].partitions, vec![0]);
+    assert!(states[0].transaction_start_time_ms > 0);
+    let producer_id = states[0].producer_id;
+    // TRANSACTIONAL_ID_NOT_FOUND
+    assert_eq!(states[1].error_code, 105);
+
+    let mut list = ListTransactionsRequest::default();
+    list.state_filters = vec![StrBytes::from_static_str("Ongoing")];
+    list.duration_filter = -1;
+    let listed = raw.call(1, &list).transaction_states;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].transactional_id.0.as_str(), "described");
+    assert_eq!(listed[0].producer_id, producer_id);
+
+    let describe_producers = |raw: &mut RawClient| {
+        let mut topic = describe_producers_request::TopicRequest::default();
+        topic.name = TopicName(StrBytes::from_static_str("txn-described"));
+        topic.partition_indexes = vec![0];
+        let mut request = DescribeProducersRequest::default();
+        request.topics = vec![topic];
+        raw.call(0, &request).topics[0].partitions[0].clone()
+    };
+    let partition = describe_producers(&mut raw);
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.active_producers.len(), 1);
+    let active = &partition.active_producers[0];
+    assert_eq!(active.producer_id, producer_id);
+    assert_eq!(active.last_sequence, 2);
+    assert_eq!(active.current_txn_start_offset, 0);
+
+    producer.commit_transaction(TIMEOUT).unwrap();
+    assert_eq!(
+        describe(&mut raw)[0].transaction_state.as_str(),
+        "CompleteCommit"
+    );
+    assert!(raw.call(1, &list).transaction_states.is_empty());
+    let partition = describe_producers(&mut raw);
+    assert_eq!(partition.active_producers[0].current_txn_start_offset, -1);
+}

@@ -188,6 +188,11 @@ mod tests {
                             position: 4,
                             len: 8,
                         })),
+                        aborted: vec![AbortedTxn {
+                            producer_id: 5,
+                            first_offset: 3,
+                            last_offset: 9,
+                        }],
                     },
                     FetchedPartition {
                         partition: 2,
@@ -202,6 +207,7 @@ mod tests {
                             ],
                             len: 9,
                         }),
+                        aborted: Vec::new(),
                     },
                     FetchedPartition {
                         partition: 1,
@@ -251,6 +257,12 @@ mod tests {
                 "v{version}"
             );
             assert_eq!(p[0].high_watermark, 10);
+            let aborted = p[0].aborted_transactions.as_ref().expect("aborted list");
+            assert_eq!(
+                (aborted[0].producer_id.0, aborted[0].first_offset),
+                (5, 3),
+                "v{version}"
+            );
             assert_eq!(
                 p[1].records.as_deref(),
                 Some(&b"headbody!"[..]),

@@ -285,4 +285,34 @@ mod tests {
             Err(ResponseError::OutOfOrderSequenceNumber)
         );
     }
+
+    #[test]
+    fn open_transactions_bound_the_stable_offset_and_aborts_are_remembered() {
+        let mut table = ProducerStateTable::default();
+        assert_eq!(table.first_unstable_offset(), None);
+        table.begin_transaction(1, 10);
+        table.begin_transaction(1, 12);
+        table.begin_transaction(2, 11);
+        assert_eq!(table.first_unstable_offset(), Some(10));
+        table.end_transaction(1, 0, true, 13);
+        assert_eq!(table.first_unstable_offset(), Some(11));
+        table.end_transaction(2, 0, false, 14);
+        assert_eq!(table.first_unstable_offset(), None);
+        let aborted = AbortedTxn {
+            producer_id: 2,
+            first_offset: 11,
+            last_offset: 14,
+        };
+        assert_eq!(table.aborted_between(0, 20), vec![aborted]);
+        assert!(table.aborted_between(15, 20).is_empty());
+        assert!(table.aborted_between(0, 11).is_empty());
+        // A marker at a newer epoch fences the older one.
+        table.end_transaction(2, 1, false, 15);
+        assert_eq!(
+            table.check(&header(2, 0, 0, 1)),
+            Err(ResponseError::InvalidProducerEpoch)
+        );
+        table.forget_aborted_below(15);
+        assert!(table.aborted_between(0, 20).is_empty());
+    }
 }
