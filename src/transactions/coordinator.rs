@@ -236,16 +236,17 @@ impl TxnCoordinator {
         } else {
             (producer_id, epoch + 1)
         };
-        let mut txns = self.txns.borrow_mut();
-        let meta = txns.get_mut(transactional_id).expect("still known");
-        meta.producer_id = producer_id;
-        meta.producer_epoch = epoch;
-        meta.timeout_ms = timeout_ms;
-        if meta.state == TxnState::Dead {
-            meta.state = TxnState::Empty;
+        {
+            let mut txns = self.txns.borrow_mut();
+            let meta = txns.get_mut(transactional_id).expect("still known");
+            meta.producer_id = producer_id;
+            meta.producer_epoch = epoch;
+            meta.timeout_ms = timeout_ms;
+            if meta.state == TxnState::Dead {
+                meta.state = TxnState::Empty;
+            }
+            meta.last_update_ms = now_ms();
         }
-        meta.last_update_ms = now_ms();
-        drop(txns);
         self.persist(transactional_id).await?;
         Ok((producer_id, epoch))
     }
@@ -458,8 +459,7 @@ impl TxnCoordinator {
                 }
             }
         }
-        let mut txns = self.txns.borrow_mut();
-        if let Some(meta) = txns.get_mut(transactional_id) {
+        if let Some(meta) = self.txns.borrow_mut().get_mut(transactional_id) {
             meta.state = if commit {
                 TxnState::CompleteCommit
             } else {
@@ -471,7 +471,6 @@ impl TxnCoordinator {
             meta.start_ms = -1;
             meta.last_update_ms = now_ms();
         }
-        drop(txns);
         self.persist(transactional_id).await
     }
 
