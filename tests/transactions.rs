@@ -427,3 +427,22 @@ fn transactions_and_producers_are_described() {
     let partition = describe_producers(&mut raw);
     assert_eq!(partition.active_producers[0].current_txn_start_offset, -1);
 }
+
+/// confluent-kafka's transactional producer and read_committed consumer, and kafka-python's
+/// admin client (describe_transactions, list_transactions, describe_producers).
+#[test]
+fn python_clients_use_transactions_and_describe_them() {
+    let broker = Broker::start(2);
+    create_topic(&broker, "py-txn", 1);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/transactions.py");
+    let output = std::process::Command::new("python3")
+        .args([script, &broker.addr, "py-txn"])
+        .output()
+        .expect("python3 (run the README's test command, which installs the clients)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("transactions ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -429,7 +429,7 @@ pub async fn describe_producers(
                             state.producer_id = ProducerId(summary.producer_id);
                             state.producer_epoch = summary.epoch as i32;
                             state.last_sequence = summary.last_sequence;
-                            state.last_timestamp = -1;
+                            state.last_timestamp = summary.last_timestamp;
                             state.coordinator_epoch = 0;
                             state.current_txn_start_offset = summary.current_txn_start_offset;
                             state

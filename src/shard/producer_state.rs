@@ -22,6 +22,8 @@ struct CachedBatch {
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<CachedBatch>,
+    /// The max timestamp of the producer's last batch (DescribeProducers).
+    last_timestamp: i64,
 }
 
 /// One producer as DescribeProducers reports it.
@@ -30,6 +32,7 @@ pub struct ProducerSummary {
     pub producer_id: i64,
     pub epoch: i16,
     pub last_sequence: i32,
+    pub last_timestamp: i64,
     pub current_txn_start_offset: i64,
 }
 
@@ -120,6 +123,7 @@ impl ProducerStateTable {
             .or_insert_with(|| ProducerEntry {
                 epoch: batch.producer_epoch,
                 batches: VecDeque::new(),
+                last_timestamp: -1,
             });
         if batch.producer_epoch != entry.epoch {
             entry.epoch = batch.producer_epoch;
@@ -128,6 +132,7 @@ impl ProducerStateTable {
         if entry.batches.len() == CACHED_BATCHES_PER_PRODUCER {
             entry.batches.pop_front();
         }
+        entry.last_timestamp = batch.max_timestamp;
         entry.batches.push_back(CachedBatch {
             first_sequence: batch.base_sequence,
             last_sequence: batch.last_sequence(),
@@ -170,6 +175,7 @@ impl ProducerStateTable {
             .or_insert_with(|| ProducerEntry {
                 epoch: producer_epoch,
                 batches: VecDeque::new(),
+                last_timestamp: -1,
             });
         if producer_epoch > entry.epoch {
             entry.epoch = producer_epoch;
@@ -209,6 +215,7 @@ impl ProducerStateTable {
                 producer_id,
                 epoch: entry.epoch,
                 last_sequence: entry.batches.back().map_or(-1, |b| b.last_sequence),
+                last_timestamp: entry.last_timestamp,
                 current_txn_start_offset: self.ongoing_start(producer_id).unwrap_or(-1),
             })
             .collect()
