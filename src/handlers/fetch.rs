@@ -722,10 +722,17 @@ async fn wait_local(owner: &Shard, requests: &[ReadRequest], deadline: Instant) 
                 ReadLimit::HighWatermark
             };
             if r.read_committed {
-                // Data below the high watermark may be waiting for its transaction to end:
-                // wake on new data or on a transaction event, whichever comes first.
-                let data = partition.log.wait_for_data(offset, limit);
                 let stable = partition.stable_change();
+                if partition.log.high_watermark() > offset {
+                    // Data is there but nothing was readable: an open transaction holds the
+                    // last stable offset at the fetch offset, and only its end moves it.
+                    let wait = async move {
+                        let _ = stable.await;
+                    };
+                    return Some(Box::pin(wait) as Pin<Box<dyn Future<Output = ()>>>);
+                }
+                // Wake on new data or on a transaction event, whichever comes first.
+                let data = partition.log.wait_for_data(offset, limit);
                 let wait = async move {
                     select(Box::pin(data), stable).await;
                 };
