@@ -446,3 +446,54 @@ fn python_clients_use_transactions_and_describe_them() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// WriteTxnMarkers (what `kafka-transactions.sh abort` sends for a hanging transaction): an
+/// abort marker written directly to the partition releases read_committed consumers; a marker
+/// at an older epoch than the partition knows is refused.
+#[test]
+fn write_txn_markers_aborts_a_hanging_transaction() {
+    use common::raw::RawClient;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let broker = Broker::start(2);
+    create_topic(&broker, "txn-hanging", 1);
+    let producer = transactional_producer(&broker, "hanging", 600_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-hanging", 1, &values("hanging", 3));
+
+    let mut raw = RawClient::connect(&broker.addr);
+    let mut topic = describe_producers_request::TopicRequest::default();
+    topic.name = TopicName(StrBytes::from_static_str("txn-hanging"));
+    topic.partition_indexes = vec![0];
+    let mut describe = DescribeProducersRequest::default();
+    describe.topics = vec![topic];
+    let active = raw.call(0, &describe).topics[0].partitions[0].active_producers[0].clone();
+
+    let markers = |epoch: i16| {
+        let mut topic = write_txn_markers_request::WritableTxnMarkerTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("txn-hanging"));
+        topic.partition_indexes = vec![0];
+        let mut marker = write_txn_markers_request::WritableTxnMarker::default();
+        marker.producer_id = active.producer_id;
+        marker.producer_epoch = epoch;
+        marker.transaction_result = false;
+        marker.topics = vec![topic];
+        let mut request = WriteTxnMarkersRequest::default();
+        request.markers = vec![marker];
+        request
+    };
+    let stale = raw.call(1, &markers(active.producer_epoch as i16 - 1));
+    // INVALID_PRODUCER_EPOCH
+    assert_eq!(stale.markers[0].topics[0].partitions[0].error_code, 47);
+    let written = raw.call(1, &markers(active.producer_epoch as i16));
+    assert_eq!(written.markers[0].topics[0].partitions[0].error_code, 0);
+
+    let other = transactional_producer(&broker, "after-hanging", 60_000);
+    other.begin_transaction().unwrap();
+    send(&other, "txn-hanging", 1, &values("after", 1));
+    other.commit_transaction(TIMEOUT).unwrap();
+    let seen = read_until(&broker, "txn-hanging", 1, "read_committed", "after-0");
+    assert_eq!(seen, values("after", 1));
+    drop(producer);
+}

@@ -133,6 +133,7 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Dis
         }
         RequestKind::ListTransactions(body) => respond!(transactions::list_transactions, body),
         RequestKind::DescribeProducers(body) => respond!(transactions::describe_producers, body),
+        RequestKind::WriteTxnMarkers(body) => respond!(transactions::write_txn_markers, body),
         _ => {
             // decode_frame only lets supported keys through.
             tracing::error!(?api_key, "dispatch has no handler for a supported api");

@@ -15,13 +15,16 @@ use kafka_protocol::messages::list_transactions_response::TransactionState as Li
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use crate::groups::{self, coordinator::CommitEntry};
 use crate::shard::Shard;
-use crate::transactions::coordinator::{coordinator, TxnMetadata};
+use crate::transactions::coordinator::{coordinator, write_marker, TxnMetadata};
 use crate::transactions::MAX_TRANSACTIONAL_ID_BYTES;
 
 fn code(result: Result<(), ResponseError>) -> i16 {
@@ -442,6 +445,61 @@ pub async fn describe_producers(
         }
         out.name = topic.name;
         response.topics.push(out);
+    }
+    response
+}
+
+/// WriteTxnMarkers: appends the given commit or abort markers to partitions this broker
+/// leads (what a coordinator on another broker sends, and what `kafka-transactions.sh abort`
+/// uses to end a hanging transaction).
+pub async fn write_txn_markers(
+    shard: &Rc<Shard>,
+    _version: i16,
+    request: WriteTxnMarkersRequest,
+) -> WriteTxnMarkersResponse {
+    let snapshot = shard.metadata();
+    let mut response = WriteTxnMarkersResponse::default();
+    for marker in request.markers {
+        let mut result = WritableTxnMarkerResult::default();
+        result.producer_id = marker.producer_id;
+        for topic in marker.topics {
+            let name = topic.name.0.to_string();
+            let known = snapshot.topic(&name).map(|t| t.partitions.len() as i32);
+            let writes = topic.partition_indexes.iter().map(|&index| {
+                let name = name.clone();
+                async move {
+                    if !known.is_some_and(|n| index >= 0 && index < n) {
+                        return Err(ResponseError::UnknownTopicOrPartition);
+                    }
+                    write_marker(
+                        shard,
+                        name,
+                        index,
+                        marker.producer_id.0,
+                        marker.producer_epoch,
+                        marker.transaction_result,
+                        marker.coordinator_epoch,
+                    )
+                    .await
+                }
+            });
+            let outcomes = futures::future::join_all(writes).await;
+            let mut t = WritableTxnMarkerTopicResult::default();
+            t.partitions = topic
+                .partition_indexes
+                .iter()
+                .zip(outcomes)
+                .map(|(&index, outcome)| {
+                    let mut p = WritableTxnMarkerPartitionResult::default();
+                    p.partition_index = index;
+                    p.error_code = code(outcome);
+                    p
+                })
+                .collect();
+            t.name = topic.name;
+            result.topics.push(t);
+        }
+        response.markers.push(result);
     }
     response
 }

@@ -208,6 +208,17 @@ impl Partition {
                 ),
             ));
         }
+        if self
+            .producers
+            .borrow()
+            .epoch_of(producer_id)
+            .is_some_and(|known| producer_epoch < known)
+        {
+            return Err(ApiError::new(
+                ResponseError::InvalidProducerEpoch,
+                format!("marker of producer {producer_id} at an older epoch {producer_epoch}"),
+            ));
+        }
         let batch = markers::encode_marker(
             producer_id,
             producer_epoch,

@@ -183,6 +183,11 @@ impl ProducerStateTable {
         }
     }
 
+    /// The epoch this partition knows `producer_id` at, if it knows the producer.
+    pub fn epoch_of(&self, producer_id: i64) -> Option<i16> {
+        self.producers.get(&producer_id).map(|entry| entry.epoch)
+    }
+
     /// The first offset of the oldest open transaction, if any.
     pub fn first_unstable_offset(&self) -> Option<i64> {
         self.ongoing.values().copied().min()

@@ -427,6 +427,7 @@ impl TxnCoordinator {
                 meta.producer_id,
                 meta.producer_epoch,
                 commit,
+                0,
             )
         });
         let failed = join_all(writes)
@@ -521,13 +522,14 @@ async fn allocate_producer_id(shard: &Rc<Shard>) -> Result<i64, ResponseError> {
 
 /// Appends one marker on the partition's owner shard and waits until it is durable on the
 /// in-sync replicas. A partition that no longer exists needs no marker.
-async fn write_marker(
+pub(crate) async fn write_marker(
     shard: &Rc<Shard>,
     topic: String,
     index: i32,
     producer_id: i64,
     epoch: i16,
     commit: bool,
+    coordinator_epoch: i32,
 ) -> Result<(), ResponseError> {
     let owner = shard.owner_of(&topic, index);
     let exists = shard.metadata().topic(&topic).is_some();
@@ -542,7 +544,7 @@ async fn write_marker(
                 };
             };
             let appended = partition
-                .write_marker(producer_id, epoch, commit, 0, now_ms())
+                .write_marker(producer_id, epoch, commit, coordinator_epoch, now_ms())
                 .map_err(|e| e.code)?;
             partition
                 .wait_acknowledged(appended.end_offset, true, MARKER_WRITE_TIMEOUT)
