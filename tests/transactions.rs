@@ -19,9 +19,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn create_topic(broker: &Broker, name: &str, partitions: i32) {
+fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
+        .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -36,9 +36,9 @@ fn create_topic(broker: &Broker, name: &str, partitions: i32) {
 
 type TxnProducer = ThreadedProducer<DefaultProducerContext>;
 
-fn transactional_producer(broker: &Broker, transactional_id: &str, timeout_ms: u32) -> TxnProducer {
+fn transactional_producer(bootstrap: &str, transactional_id: &str, timeout_ms: u32) -> TxnProducer {
     let producer: TxnProducer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
+        .set("bootstrap.servers", bootstrap)
         .set("transactional.id", transactional_id)
         .set("transaction.timeout.ms", timeout_ms.to_string())
         .set("message.timeout.ms", timeout_ms.to_string())
@@ -72,9 +72,9 @@ fn values(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
-fn consumer(broker: &Broker, group: &str, isolation: &str) -> BaseConsumer {
+fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
     ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("isolation.level", isolation)
@@ -86,13 +86,13 @@ fn consumer(broker: &Broker, group: &str, isolation: &str) -> BaseConsumer {
 /// Reads `topic` from the beginning with `isolation` until a record with value `last` is seen
 /// (or the timeout); returns every value read, in order per partition.
 fn read_until(
-    broker: &Broker,
+    bootstrap: &str,
     topic: &str,
     partitions: i32,
     isolation: &str,
     last: &str,
 ) -> Vec<String> {
-    let consumer = consumer(broker, "txn-test-reader", isolation);
+    let consumer = consumer(bootstrap, "txn-test-reader", isolation);
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         assignment
@@ -123,8 +123,8 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 #[test]
 fn read_committed_sees_only_committed_transactions() {
     let broker = Broker::start(2);
-    create_topic(&broker, "txn-visibility", 3);
-    let producer = transactional_producer(&broker, "visibility", 60_000);
+    create_topic(&broker.addr, "txn-visibility", 3);
+    let producer = transactional_producer(&broker.addr, "visibility", 60_000);
 
     let committed_first = values("committed-a", 9);
     producer.begin_transaction().unwrap();
@@ -145,7 +145,7 @@ fn read_committed_sees_only_committed_transactions() {
     let mut expected_committed: Vec<String> = committed_first.clone();
     expected_committed.extend(committed_last.clone());
     let committed = wait_for_all(
-        &broker,
+        &broker.addr,
         "txn-visibility",
         3,
         "read_committed",
@@ -156,7 +156,7 @@ fn read_committed_sees_only_committed_transactions() {
     let mut everything = expected_committed;
     everything.extend(aborted);
     let uncommitted = wait_for_all(
-        &broker,
+        &broker.addr,
         "txn-visibility",
         3,
         "read_uncommitted",
@@ -167,13 +167,13 @@ fn read_committed_sees_only_committed_transactions() {
 
 /// Reads until every value of `expected` was seen, then a little longer to catch extras.
 fn wait_for_all(
-    broker: &Broker,
+    bootstrap: &str,
     topic: &str,
     partitions: i32,
     isolation: &str,
     expected: &[String],
 ) -> Vec<String> {
-    let consumer = consumer(broker, "txn-test-reader", isolation);
+    let consumer = consumer(bootstrap, "txn-test-reader", isolation);
     let mut assignment = TopicPartitionList::new();
     for p in 0..partitions {
         assignment
@@ -215,13 +215,13 @@ fn is_fenced(error: &KafkaError) -> bool {
 #[test]
 fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
     let broker = Broker::start(2);
-    create_topic(&broker, "txn-fencing", 2);
-    let first = transactional_producer(&broker, "fenced-id", 60_000);
+    create_topic(&broker.addr, "txn-fencing", 2);
+    let first = transactional_producer(&broker.addr, "fenced-id", 60_000);
     first.begin_transaction().unwrap();
     send(&first, "txn-fencing", 2, &values("zombie", 4));
 
     // The second producer's init aborts what the first left open and bumps the epoch.
-    let second = transactional_producer(&broker, "fenced-id", 60_000);
+    let second = transactional_producer(&broker.addr, "fenced-id", 60_000);
     second.begin_transaction().unwrap();
     send(&second, "txn-fencing", 2, &values("fresh", 4));
     second.commit_transaction(TIMEOUT).expect("second commits");
@@ -235,7 +235,7 @@ fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
     );
 
     let seen = wait_for_all(
-        &broker,
+        &broker.addr,
         "txn-fencing",
         2,
         "read_committed",
@@ -247,20 +247,20 @@ fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
 #[test]
 fn a_transaction_past_its_timeout_is_aborted() {
     let broker = Broker::start(2);
-    create_topic(&broker, "txn-timeout", 1);
-    let abandoned = transactional_producer(&broker, "slow", 2_000);
+    create_topic(&broker.addr, "txn-timeout", 1);
+    let abandoned = transactional_producer(&broker.addr, "slow", 2_000);
     abandoned.begin_transaction().unwrap();
     send(&abandoned, "txn-timeout", 1, &values("abandoned", 5));
 
     // A later committed transaction of another producer sits behind the open one: a
     // read_committed consumer reaches it only once the coordinator aborted the open one.
-    let other = transactional_producer(&broker, "other", 60_000);
+    let other = transactional_producer(&broker.addr, "other", 60_000);
     other.begin_transaction().unwrap();
     send(&other, "txn-timeout", 1, &values("after", 2));
     other.commit_transaction(TIMEOUT).unwrap();
 
     let started = Instant::now();
-    let seen = read_until(&broker, "txn-timeout", 1, "read_committed", "after-1");
+    let seen = read_until(&broker.addr, "txn-timeout", 1, "read_committed", "after-1");
     assert_eq!(
         seen,
         values("after", 2),
@@ -273,11 +273,11 @@ fn a_transaction_past_its_timeout_is_aborted() {
 #[test]
 fn offsets_sent_to_a_transaction_become_visible_on_commit() {
     let broker = Broker::start(2);
-    create_topic(&broker, "txn-input", 1);
-    create_topic(&broker, "txn-output", 1);
+    create_topic(&broker.addr, "txn-input", 1);
+    create_topic(&broker.addr, "txn-output", 1);
     let group = "txn-transformer";
-    let producer = transactional_producer(&broker, "transformer", 60_000);
-    let input = consumer(&broker, group, "read_committed");
+    let producer = transactional_producer(&broker.addr, "transformer", 60_000);
+    let input = consumer(&broker.addr, group, "read_committed");
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset("txn-input", 0, Offset::Beginning)
@@ -326,8 +326,8 @@ fn offsets_sent_to_a_transaction_become_visible_on_commit() {
 fn kill9_mid_transaction_keeps_committed_records_and_aborts_the_open_transaction() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut broker = Broker::start_in(dir.path(), 2, &[]);
-    create_topic(&broker, "txn-crash", 2);
-    let producer = transactional_producer(&broker, "crashing", 3_000);
+    create_topic(&broker.addr, "txn-crash", 2);
+    let producer = transactional_producer(&broker.addr, "crashing", 3_000);
     producer.begin_transaction().unwrap();
     send(&producer, "txn-crash", 2, &values("committed", 6));
     producer.commit_transaction(TIMEOUT).expect("commit");
@@ -340,7 +340,7 @@ fn kill9_mid_transaction_keeps_committed_records_and_aborts_the_open_transaction
     // stable offset stays before it) and the coordinator, from its state log, aborts it once
     // its 3 s timeout has passed.
     let broker = Broker::start_in(dir.path(), 2, &[]);
-    let other = transactional_producer(&broker, "after-crash", 60_000);
+    let other = transactional_producer(&broker.addr, "after-crash", 60_000);
     other.begin_transaction().unwrap();
     send(&other, "txn-crash", 2, &values("after", 2));
     other
@@ -349,13 +349,19 @@ fn kill9_mid_transaction_keeps_committed_records_and_aborts_the_open_transaction
 
     let mut expected = values("committed", 6);
     expected.extend(values("after", 2));
-    let seen = wait_for_all(&broker, "txn-crash", 2, "read_committed", &expected);
+    let seen = wait_for_all(&broker.addr, "txn-crash", 2, "read_committed", &expected);
     assert_eq!(sorted(seen), sorted(expected));
 
     let mut everything = values("committed", 6);
     everything.extend(values("open", 6));
     everything.extend(values("after", 2));
-    let seen = wait_for_all(&broker, "txn-crash", 2, "read_uncommitted", &everything);
+    let seen = wait_for_all(
+        &broker.addr,
+        "txn-crash",
+        2,
+        "read_uncommitted",
+        &everything,
+    );
     assert_eq!(sorted(seen), sorted(everything));
 }
 
@@ -368,8 +374,8 @@ fn transactions_and_producers_are_described() {
     use kafka_protocol::protocol::StrBytes;
 
     let broker = Broker::start(2);
-    create_topic(&broker, "txn-described", 2);
-    let producer = transactional_producer(&broker, "described", 60_000);
+    create_topic(&broker.addr, "txn-described", 2);
+    let producer = transactional_producer(&broker.addr, "described", 60_000);
     producer.begin_transaction().unwrap();
     send(&producer, "txn-described", 1, &values("open", 3));
 
@@ -433,7 +439,7 @@ fn transactions_and_producers_are_described() {
 #[test]
 fn python_clients_use_transactions_and_describe_them() {
     let broker = Broker::start(2);
-    create_topic(&broker, "py-txn", 1);
+    create_topic(&broker.addr, "py-txn", 1);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/transactions.py");
     let output = std::process::Command::new("python3")
         .args([script, &broker.addr, "py-txn"])
@@ -457,8 +463,8 @@ fn write_txn_markers_aborts_a_hanging_transaction() {
     use kafka_protocol::protocol::StrBytes;
 
     let broker = Broker::start(2);
-    create_topic(&broker, "txn-hanging", 1);
-    let producer = transactional_producer(&broker, "hanging", 600_000);
+    create_topic(&broker.addr, "txn-hanging", 1);
+    let producer = transactional_producer(&broker.addr, "hanging", 600_000);
     producer.begin_transaction().unwrap();
     send(&producer, "txn-hanging", 1, &values("hanging", 3));
 
@@ -489,11 +495,47 @@ fn write_txn_markers_aborts_a_hanging_transaction() {
     let written = raw.call(1, &markers(active.producer_epoch as i16));
     assert_eq!(written.markers[0].topics[0].partitions[0].error_code, 0);
 
-    let other = transactional_producer(&broker, "after-hanging", 60_000);
+    let other = transactional_producer(&broker.addr, "after-hanging", 60_000);
     other.begin_transaction().unwrap();
     send(&other, "txn-hanging", 1, &values("after", 1));
     other.commit_transaction(TIMEOUT).unwrap();
-    let seen = read_until(&broker, "txn-hanging", 1, "read_committed", "after-0");
+    let seen = read_until(&broker.addr, "txn-hanging", 1, "read_committed", "after-0");
     assert_eq!(seen, values("after", 1));
     drop(producer);
+}
+
+/// Three brokers: the coordinator writes markers to partitions other brokers lead with
+/// WriteTxnMarkers (its state is in memory in a cluster for now).
+#[test]
+fn transactions_span_partitions_led_by_other_brokers() {
+    let cluster = common::cluster::Cluster::start(3, &[]);
+    let bootstrap = cluster.bootstrap();
+    let mut client = common::raw::RawClient::connect(&cluster.broker(0).addr);
+    assert_eq!(client.create_topic_rf("txn-cluster", 3, 1).0, 0);
+    let metadata = common::cluster::metadata(&cluster.broker(0).addr);
+    let leaders: std::collections::HashSet<i32> =
+        common::cluster::partitions_of(&metadata, "txn-cluster")
+            .expect("topic in metadata")
+            .iter()
+            .map(|p| p.leader)
+            .collect();
+    assert!(
+        leaders.len() > 1,
+        "partitions led by more than one broker: {leaders:?}"
+    );
+    let producer = transactional_producer(&bootstrap, "clustered", 60_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-cluster", 3, &values("committed", 6));
+    producer.commit_transaction(TIMEOUT).expect("commit");
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-cluster", 3, &values("aborted", 6));
+    producer.abort_transaction(TIMEOUT).expect("abort");
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-cluster", 3, &values("last", 3));
+    producer.commit_transaction(TIMEOUT).expect("commit");
+
+    let mut expected = values("committed", 6);
+    expected.extend(values("last", 3));
+    let seen = wait_for_all(&bootstrap, "txn-cluster", 3, "read_committed", &expected);
+    assert_eq!(sorted(seen), sorted(expected));
 }

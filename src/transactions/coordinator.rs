@@ -531,8 +531,29 @@ pub(crate) async fn write_marker(
     commit: bool,
     coordinator_epoch: i32,
 ) -> Result<(), ResponseError> {
+    let snapshot = shard.metadata();
+    let exists = snapshot.topic(&topic).is_some();
+    let leader = snapshot
+        .topic(&topic)
+        .and_then(|t| t.partitions.get(index as usize))
+        .map(|p| p.leader);
+    if let Some(leader) = leader.filter(|&l| l >= 0 && l != shard.broker.node_id) {
+        let address = snapshot
+            .broker(leader)
+            .map(|b| format!("{}:{}", b.host, b.port))
+            .ok_or(ResponseError::NotLeaderOrFollower)?;
+        return write_remote_marker(
+            shard,
+            &address,
+            topic,
+            index,
+            (producer_id, epoch),
+            commit,
+            coordinator_epoch,
+        )
+        .await;
+    }
     let owner = shard.owner_of(&topic, index);
-    let exists = shard.metadata().topic(&topic).is_some();
     shard
         .invoke_on(owner, move |owner| async move {
             let Some(partition) = owner.partition(&topic, index) else {
@@ -552,4 +573,66 @@ pub(crate) async fn write_marker(
                 .map_err(|e| e.code)
         })
         .await
+}
+
+/// WriteTxnMarkers to the broker that leads the partition (a coordinator in a cluster).
+async fn write_remote_marker(
+    shard: &Rc<Shard>,
+    address: &str,
+    topic: String,
+    index: i32,
+    (producer_id, epoch): (i64, i16),
+    commit: bool,
+    coordinator_epoch: i32,
+) -> Result<(), ResponseError> {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, ProducerId, TopicName, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    };
+    use kafka_protocol::protocol::StrBytes;
+
+    use crate::replication::peer::{self, PeerConnection};
+
+    const VERSION: i16 = 1;
+    let mut marker_topic = WritableTxnMarkerTopic::default();
+    marker_topic.name = TopicName(StrBytes::from_string(topic));
+    marker_topic.partition_indexes = vec![index];
+    let mut marker = WritableTxnMarker::default();
+    marker.producer_id = ProducerId(producer_id);
+    marker.producer_epoch = epoch;
+    marker.transaction_result = commit;
+    marker.coordinator_epoch = coordinator_epoch;
+    marker.topics = vec![marker_topic];
+    let mut request = WriteTxnMarkersRequest::default();
+    request.markers = vec![marker];
+    let client_id = format!("txn-coordinator-{}", shard.broker.node_id);
+    let unreachable = |e: peer::PeerError| {
+        tracing::warn!(address, error = %e, "cannot write a transaction marker on the leader");
+        ResponseError::NotLeaderOrFollower
+    };
+    let mut connection = PeerConnection::connect(address, client_id, 1 << 20, MARKER_WRITE_TIMEOUT)
+        .await
+        .map_err(unreachable)?;
+    let body = connection
+        .call(
+            ApiKey::WriteTxnMarkers,
+            VERSION,
+            &request,
+            MARKER_WRITE_TIMEOUT,
+        )
+        .await
+        .map_err(unreachable)?;
+    let response: WriteTxnMarkersResponse = peer::decode(body, VERSION).map_err(unreachable)?;
+    let code = response
+        .markers
+        .first()
+        .and_then(|m| m.topics.first())
+        .and_then(|t| t.partitions.first())
+        .map_or(ResponseError::UnknownServerError.code(), |p| p.error_code);
+    match ResponseError::try_from_code(code) {
+        None => Ok(()),
+        Some(error) => Err(error),
+    }
 }
