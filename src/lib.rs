@@ -32,6 +32,7 @@ pub mod server;
 pub mod shard;
 pub mod startup;
 pub mod storage;
+pub mod transactions;
 
 #[cfg(test)]
 #[global_allocator]

@@ -333,6 +333,13 @@ async fn run_shard(
         let _ = ready.send(Err(format!("cannot load the offsets log: {e}")));
         return;
     }
+    // Transactions the coordinator prepared or left open are finished from its state log.
+    if id == 0 {
+        if let Err(e) = crate::transactions::coordinator::load(&shard).await {
+            let _ = ready.send(Err(format!("cannot load the transaction state log: {e}")));
+            return;
+        }
+    }
     let timers_shard = shard.clone();
     glommio::spawn_local(
         shard
@@ -355,6 +362,9 @@ async fn run_shard(
     }
     shard.close_partitions().await;
     shard.groups.close().await;
+    if id == 0 {
+        crate::transactions::coordinator::close().await;
+    }
     if id == 0 {
         tracing::debug!(stats = %stats.summary(), "shard 0 stopped");
     }

@@ -349,6 +349,52 @@ impl GroupCoordinator {
         Ok(results)
     }
 
+    /// Stores the offsets a transaction committed (TxnOffsetCommit, made visible by its
+    /// EndTxn): membership was checked when they were sent, so none is checked here.
+    pub async fn commit_transactional(
+        &self,
+        group_id: String,
+        entries: Vec<CommitEntry>,
+    ) -> Result<(), String> {
+        self.ensure_open(self.partition_of(&group_id)).await?;
+        let now = now_ms();
+        let records = self.with_group(&group_id, |g| {
+            entries
+                .into_iter()
+                .map(|e| {
+                    let value = OffsetValue {
+                        offset: e.offset,
+                        leader_epoch: e.leader_epoch,
+                        metadata: e.metadata.unwrap_or_default(),
+                        commit_timestamp_ms: now,
+                    };
+                    g.offsets
+                        .insert((e.topic.clone(), e.partition), value.clone());
+                    OffsetsRecord::Offset {
+                        group: group_id.clone(),
+                        topic: e.topic,
+                        partition: e.partition,
+                        value: Some(value),
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        self.persist(&group_id, records).await
+    }
+
+    /// Checks a TxnOffsetCommit's member against the group as an OffsetCommit would be.
+    pub fn check_transactional_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        self.with_group(group_id, |g| {
+            g.check_commit(member_id, instance_id, generation, now_ms())
+        })
+    }
+
     /// Committed offsets of a group: of the given (topic, partitions), or all of them.
     pub async fn fetch(
         &self,

@@ -934,16 +934,13 @@ pub async fn alter_configs(
 
 pub async fn init_producer_id(
     shard: &Rc<Shard>,
-    _version: i16,
+    version: i16,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
-    let mut response = InitProducerIdResponse::default();
     if request.transactional_id.is_some() {
-        response.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
-        response.producer_id = ProducerId(-1);
-        response.producer_epoch = -1;
-        return response;
+        return crate::handlers::transactions::init_producer_id(shard, version, request).await;
     }
+    let mut response = InitProducerIdResponse::default();
     // KIP-360: a producer that already has an id may ask for its epoch to be bumped.
     let (current_id, current_epoch) = (request.producer_id.0, request.producer_epoch);
     if current_id >= 0 && (0..i16::MAX - 1).contains(&current_epoch) {

@@ -36,6 +36,7 @@ use crate::metrics::{self, BrokerStats};
 use crate::protocol::fetch_response::{self, FetchedPartition, FetchedTopic};
 use crate::protocol::{RequestFrame, ResponseFrame};
 use crate::shard::partition::storage_error;
+use crate::shard::producer_state::AbortedTxn;
 use crate::shard::{now_ms, Shard};
 use crate::storage::{ReadLimit, Records};
 
@@ -55,14 +56,20 @@ struct ReadRequest {
     replica: Option<i32>,
     /// The follower's log start offset (-1: not given).
     log_start_offset: i64,
+    /// isolation_level 1: only what the last stable offset makes visible.
+    read_committed: bool,
 }
 
 /// A partition read, as the owner shard saw it.
 struct ReadResult {
     error_code: i16,
     high_watermark: i64,
+    last_stable_offset: i64,
     log_start_offset: i64,
     records: Option<Records>,
+    /// read_committed: aborted transactions the records overlap (empty otherwise; no
+    /// allocation then).
+    aborted: Vec<AbortedTxn>,
 }
 
 impl ReadResult {
@@ -70,8 +77,10 @@ impl ReadResult {
         ReadResult {
             error_code: code.code(),
             high_watermark: -1,
+            last_stable_offset: -1,
             log_start_offset: -1,
             records: None,
+            aborted: Vec::new(),
         }
     }
 
@@ -110,6 +119,7 @@ struct Limits {
     min_bytes: usize,
     max_bytes: usize,
     deadline: Instant,
+    read_committed: bool,
 }
 
 async fn handle(
@@ -175,6 +185,7 @@ async fn serve(
         min_bytes: body.min_bytes.max(0) as usize,
         max_bytes: body.max_bytes.max(0) as usize,
         deadline: Instant::now() + max_wait,
+        read_committed: body.isolation_level == 1,
     };
     let (replica, refused) = replica_of(&shard, version, &body);
     match context {
@@ -424,6 +435,7 @@ async fn read_topics(
                             current_leader_epoch: params.current_leader_epoch,
                             replica,
                             log_start_offset: params.log_start_offset,
+                            read_committed: limits.read_committed && replica.is_none(),
                         });
                         Slot::Read {
                             shard: owner,
@@ -497,9 +509,10 @@ async fn read_topics(
                         partition: index,
                         error_code: result.error_code,
                         high_watermark: result.high_watermark,
-                        last_stable_offset: result.high_watermark,
+                        last_stable_offset: result.last_stable_offset,
                         log_start_offset: result.log_start_offset,
                         records: result.records,
+                        aborted: result.aborted,
                     }
                 })
                 .collect(),
@@ -637,8 +650,10 @@ fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<R
                     }
                     ReadLimit::Written
                 }
+                None if r.read_committed => ReadLimit::Below(partition.last_stable_offset()),
                 None => ReadLimit::HighWatermark,
             };
+            let last_stable_offset = partition.last_stable_offset();
             let records = match log.read(r.offset, r.max_bytes, true, limit) {
                 Ok(records) => records,
                 Err(e) => {
@@ -646,16 +661,25 @@ fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<R
                     return ReadResult {
                         error_code: code.code(),
                         high_watermark: log.high_watermark(),
+                        last_stable_offset,
                         log_start_offset: log.log_start_offset(),
                         records: None,
+                        aborted: Vec::new(),
                     };
                 }
+            };
+            let aborted = if r.read_committed && records.is_some() {
+                partition.aborted_transactions(r.offset, last_stable_offset)
+            } else {
+                Vec::new()
             };
             ReadResult {
                 error_code: 0,
                 high_watermark: log.high_watermark(),
+                last_stable_offset,
                 log_start_offset: log.log_start_offset(),
                 records,
+                aborted,
             }
         })
         .collect()
@@ -697,6 +721,23 @@ async fn wait_local(owner: &Shard, requests: &[ReadRequest], deadline: Instant) 
             } else {
                 ReadLimit::HighWatermark
             };
+            if r.read_committed {
+                let stable = partition.stable_change();
+                if partition.log.high_watermark() > offset {
+                    // Data is there but nothing was readable: an open transaction holds the
+                    // last stable offset at the fetch offset, and only its end moves it.
+                    let wait = async move {
+                        let _ = stable.await;
+                    };
+                    return Some(Box::pin(wait) as Pin<Box<dyn Future<Output = ()>>>);
+                }
+                // Wake on new data or on a transaction event, whichever comes first.
+                let data = partition.log.wait_for_data(offset, limit);
+                let wait = async move {
+                    select(Box::pin(data), stable).await;
+                };
+                return Some(Box::pin(wait) as Pin<Box<dyn Future<Output = ()>>>);
+            }
             let wait = async move { partition.log.wait_for_data(offset, limit).await };
             Some(Box::pin(wait) as Pin<Box<dyn Future<Output = ()>>>)
         })

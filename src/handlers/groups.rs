@@ -134,10 +134,11 @@ pub async fn find_coordinator(
     ensure_offsets_topic(shard);
     let metadata = shard.metadata();
     let lookup = |key: &str| -> (Option<ResponseError>, String, i32, String, i32) {
-        if request.key_type != 0 {
+        // Key type 1 (a transactional id) is placed like a group id (`transactions`).
+        if !(0..=1).contains(&request.key_type) {
             return (
-                Some(ResponseError::CoordinatorNotAvailable),
-                "transactions are not supported by this broker".into(),
+                Some(ResponseError::InvalidRequest),
+                "unknown coordinator key type".into(),
                 -1,
                 String::new(),
                 -1,
@@ -788,5 +789,5 @@ pub fn offsets_topic_metadata(
 
 /// True for the internal offsets topic, which clients may not create, write or delete.
 pub fn is_internal_topic(name: &str) -> bool {
-    name == OFFSETS_TOPIC
+    name == OFFSETS_TOPIC || name == crate::transactions::TRANSACTION_STATE_TOPIC
 }

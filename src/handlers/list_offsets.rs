@@ -26,6 +26,8 @@ pub async fn handle(
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let snapshot = shard.metadata();
+    // read_committed: the latest offset is the last stable offset.
+    let read_committed = request.isolation_level == 1;
     let mut lookups = Vec::new();
     for topic in &request.topics {
         let name = topic.name.0.to_string();
@@ -48,7 +50,14 @@ pub async fn handle(
                 let owner = shard.owner_of(&name, index);
                 shard
                     .invoke_on(owner, move |owner| async move {
-                        lookup(&owner, &name, index, timestamp, current_leader_epoch)
+                        lookup(
+                            &owner,
+                            &name,
+                            index,
+                            timestamp,
+                            current_leader_epoch,
+                            read_committed,
+                        )
                     })
                     .await
             });
@@ -91,6 +100,7 @@ fn lookup(
     index: i32,
     timestamp: i64,
     current_leader_epoch: i32,
+    read_committed: bool,
 ) -> Answer {
     let ok = None;
     let Some(partition) = owner.partition(topic, index) else {
@@ -102,6 +112,7 @@ fn lookup(
     let log = &partition.log;
     let epoch = partition.leader_epoch.get();
     match timestamp {
+        LATEST if read_committed => (ok, -1, partition.last_stable_offset(), epoch),
         LATEST => (ok, -1, log.high_watermark(), epoch),
         EARLIEST => (ok, -1, log.log_start_offset(), epoch),
         // KIP-734: clients send it from v7, answered the same at every version.

@@ -19,6 +19,7 @@ pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod partition_admin;
 pub mod produce;
+pub mod transactions;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -132,6 +133,18 @@ pub async fn dispatch(shard: &Rc<Shard>, frame: Bytes, client_host: &str) -> Dis
             respond!(partition_admin::list_partition_reassignments, body)
         }
         RequestKind::AlterReplicaLogDirs(body) => respond!(alter_replica_log_dirs::handle, body),
+        RequestKind::AddPartitionsToTxn(body) => {
+            respond!(transactions::add_partitions_to_txn, body)
+        }
+        RequestKind::AddOffsetsToTxn(body) => respond!(transactions::add_offsets_to_txn, body),
+        RequestKind::EndTxn(body) => respond!(transactions::end_txn, body),
+        RequestKind::TxnOffsetCommit(body) => respond!(transactions::txn_offset_commit, body),
+        RequestKind::DescribeTransactions(body) => {
+            respond!(transactions::describe_transactions, body)
+        }
+        RequestKind::ListTransactions(body) => respond!(transactions::list_transactions, body),
+        RequestKind::DescribeProducers(body) => respond!(transactions::describe_producers, body),
+        RequestKind::WriteTxnMarkers(body) => respond!(transactions::write_txn_markers, body),
         _ => {
             // decode_frame only lets supported keys through.
             tracing::error!(?api_key, "dispatch has no handler for a supported api");

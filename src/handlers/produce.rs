@@ -95,7 +95,6 @@ pub async fn dispatch(
             }
         };
     let snapshot = shard.metadata();
-    let transactional = body.transactional_id.is_some();
     // How long acks=all may wait for the in-sync replicas (Kafka's produce timeout).
     let timeout = Duration::from_millis(body.timeout_ms.clamp(1, MAX_PRODUCE_TIMEOUT_MS) as u64);
     let mut per_shard: Vec<Vec<PartitionInput>> =
@@ -108,10 +107,6 @@ pub async fn dispatch(
         for data in topic.partition_data {
             let index = data.index;
             let slot = match (&known, data.records) {
-                _ if transactional => Slot::Done(PartitionResult::failed(ApiError::new(
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    "transactions are not supported by this broker",
-                ))),
                 (Some(t), Some(records)) if index >= 0 && (index as usize) < t.partitions.len() => {
                     BrokerStats::add(&shard.stats.produced_bytes, records.len() as u64);
                     let owner = shard.owner_of(&name, index);

@@ -11,6 +11,7 @@ use bytes::{BufMut, BytesMut};
 use kafka_protocol::messages::ApiKey;
 
 use super::{begin_response, Chunk, ResponseFrame};
+use crate::shard::producer_state::AbortedTxn;
 use crate::storage::Records;
 
 /// One partition of a fetch response.
@@ -21,6 +22,8 @@ pub struct FetchedPartition {
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub records: Option<Records>,
+    /// read_committed: the aborted transactions the records overlap.
+    pub aborted: Vec<AbortedTxn>,
 }
 
 /// One topic of a fetch response.
@@ -94,8 +97,14 @@ pub fn encode(
             if version >= 5 {
                 buf.put_i64(p.log_start_offset);
             }
-            // aborted_transactions: empty (no transactions are ever aborted here).
-            put_array_len(&mut buf, flexible, 0);
+            put_array_len(&mut buf, flexible, p.aborted.len());
+            for aborted in &p.aborted {
+                buf.put_i64(aborted.producer_id);
+                buf.put_i64(aborted.first_offset);
+                if flexible {
+                    buf.put_u8(0); // tagged fields
+                }
+            }
             if version >= 11 {
                 buf.put_i32(-1); // preferred_read_replica
             }
@@ -179,6 +188,11 @@ mod tests {
                             position: 4,
                             len: 8,
                         })),
+                        aborted: vec![AbortedTxn {
+                            producer_id: 5,
+                            first_offset: 3,
+                            last_offset: 9,
+                        }],
                     },
                     FetchedPartition {
                         partition: 2,
@@ -193,6 +207,7 @@ mod tests {
                             ],
                             len: 9,
                         }),
+                        aborted: Vec::new(),
                     },
                     FetchedPartition {
                         partition: 1,
@@ -201,6 +216,7 @@ mod tests {
                         last_stable_offset: -1,
                         log_start_offset: -1,
                         records: None,
+                        aborted: Vec::new(),
                     },
                 ],
             }];
@@ -241,6 +257,12 @@ mod tests {
                 "v{version}"
             );
             assert_eq!(p[0].high_watermark, 10);
+            let aborted = p[0].aborted_transactions.as_ref().expect("aborted list");
+            assert_eq!(
+                (aborted[0].producer_id.0, aborted[0].first_offset),
+                (5, 3),
+                "v{version}"
+            );
             assert_eq!(
                 p[1].records.as_deref(),
                 Some(&b"headbody!"[..]),

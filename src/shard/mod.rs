@@ -632,8 +632,11 @@ impl Shard {
     /// Flushes and closes every partition log, each leaving its clean-close record.
     pub async fn close_partitions(&self) {
         for partition in self.owned_partitions() {
-            let producers = partition.producer_state_snapshot();
-            if let Err(e) = partition.log.close_clean(producers).await {
+            let closed = match partition.producer_state_snapshot() {
+                Some(producers) => partition.log.close_clean(producers).await,
+                None => partition.log.close().await,
+            };
+            if let Err(e) = closed {
                 tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
             }
         }

@@ -11,12 +11,13 @@ use futures::future::{FutureExt, Shared};
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use super::producer_state::{ProducerStateTable, SequenceCheck};
+use super::producer_state::{AbortedTxn, ProducerStateTable, ProducerSummary, SequenceCheck};
 use crate::coordination::PartitionMetadata;
 use crate::protocol::record_batch::{self, BatchError, BatchHeader, Batches};
 use crate::protocol::ApiError;
 use crate::replication::leader::{IsrChange, LeaderState};
 use crate::storage::{PartitionLog, StorageError};
+use crate::transactions::markers;
 
 /// This broker's part in a partition's replication at the current leader epoch.
 #[derive(Debug)]
@@ -62,6 +63,8 @@ pub struct Partition {
     /// Completes when this broker stops leading at the epoch a produce waiter saw: an acks=all
     /// wait must then answer NOT_LEADER_OR_FOLLOWER, never success from a fenced leader.
     leadership_lost: RefCell<LeadershipSignal>,
+    /// Fetches parked until the last stable offset moves (see [`Self::stable_change`]).
+    stable_waiters: RefCell<Vec<oneshot::Sender<()>>>,
 }
 
 /// The sending half (taken when fired) and a clonable receiving half.
@@ -111,6 +114,7 @@ impl Partition {
             min_insync_replicas: Cell::new(min_insync_replicas),
             producers: RefCell::new(ProducerStateTable::default()),
             leadership_lost: RefCell::new(leadership_signal()),
+            stable_waiters: RefCell::new(Vec::new()),
         };
         partition.rebuild_producer_state();
         if state.replicas.len() > 1 {
@@ -128,8 +132,9 @@ impl Partition {
         partition
     }
 
-    /// The idempotent producers' state, as a clean close saves it.
-    pub fn producer_state_snapshot(&self) -> Vec<BatchHeader> {
+    /// The idempotent producers' state, as a clean close saves it (`None`: not saved, see
+    /// `ProducerStateTable::snapshot`).
+    pub fn producer_state_snapshot(&self) -> Option<Vec<BatchHeader>> {
         self.producers.borrow().snapshot()
     }
 
@@ -142,6 +147,14 @@ impl Partition {
             producers.record(&header, header.base_offset);
             recovered += 1;
         }
+        let transactions = self.log.recovered_transactions();
+        for (producer_id, first_offset, marker_offset) in transactions.aborted {
+            producers.begin_transaction(producer_id, first_offset);
+            producers.end_transaction(producer_id, -1, false, marker_offset);
+        }
+        for (producer_id, first_offset) in transactions.open {
+            producers.begin_transaction(producer_id, first_offset);
+        }
         if recovered > 0 {
             tracing::debug!(
                 topic = %self.topic,
@@ -151,6 +164,128 @@ impl Partition {
             );
         }
         *self.producers.borrow_mut() = producers;
+    }
+
+    /// Opens or closes a producer's transaction for a transactional batch now in the log
+    /// (replicated, or read back at recovery); `batch` is the batch's bytes.
+    fn track_transaction(
+        &self,
+        producers: &mut ProducerStateTable,
+        header: &BatchHeader,
+        batch: &[u8],
+    ) {
+        if !header.is_transactional() {
+            return;
+        }
+        if header.is_control() {
+            match markers::marker_committed(batch) {
+                Some(committed) => producers.end_transaction(
+                    header.producer_id,
+                    header.producer_epoch,
+                    committed,
+                    header.base_offset,
+                ),
+                None => {
+                    tracing::warn!(topic = %self.topic, partition = self.index, offset = header.base_offset, "unreadable control batch")
+                }
+            }
+        } else {
+            producers.begin_transaction(header.producer_id, header.base_offset);
+        }
+        self.notify_stable_change();
+    }
+
+    /// Appends a commit or abort marker for `producer_id` (the coordinator ending its
+    /// transaction); only the leader writes markers. Returns where it landed.
+    pub fn write_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        committed: bool,
+        coordinator_epoch: i32,
+        now_ms: i64,
+    ) -> Result<Appended, ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::new(
+                ResponseError::NotLeaderOrFollower,
+                format!(
+                    "this broker is not the leader of {}-{}",
+                    self.topic, self.index
+                ),
+            ));
+        }
+        if self
+            .producers
+            .borrow()
+            .epoch_of(producer_id)
+            .is_some_and(|known| producer_epoch < known)
+        {
+            return Err(ApiError::new(
+                ResponseError::InvalidProducerEpoch,
+                format!("marker of producer {producer_id} at an older epoch {producer_epoch}"),
+            ));
+        }
+        let batch = markers::encode_marker(
+            producer_id,
+            producer_epoch,
+            committed,
+            coordinator_epoch,
+            now_ms,
+        );
+        let header = record_batch::validate(&batch, usize::MAX).map_err(batch_error)?;
+        let info = self
+            .log
+            .append(batch, &header, self.leader_epoch.get())
+            .map_err(storage_error)?;
+        self.producers.borrow_mut().end_transaction(
+            producer_id,
+            producer_epoch,
+            committed,
+            info.base_offset,
+        );
+        self.notify_stable_change();
+        Ok(Appended {
+            base_offset: info.base_offset,
+            end_offset: info.last_offset + 1,
+        })
+    }
+
+    /// The last stable offset: below it every transaction is decided (read_committed
+    /// consumers read up to it). Never above the high watermark.
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.log.high_watermark();
+        self.producers
+            .borrow()
+            .first_unstable_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// Aborted transactions a read_committed fetch of `from..below` must report.
+    pub fn aborted_transactions(&self, from: i64, below: i64) -> Vec<AbortedTxn> {
+        let mut producers = self.producers.borrow_mut();
+        producers.forget_aborted_below(self.log.log_start_offset());
+        producers.aborted_between(from, below)
+    }
+
+    /// Producers with state here, for DescribeProducers.
+    pub fn producer_summaries(&self) -> Vec<ProducerSummary> {
+        self.producers.borrow().producers()
+    }
+
+    /// Resolves at the next transaction start or end on this partition (the last stable offset
+    /// may have moved): what a parked read_committed fetch waits for besides new data.
+    pub fn stable_change(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut waiters = self.stable_waiters.borrow_mut();
+        waiters.retain(|w| !w.is_canceled());
+        waiters.push(tx);
+        rx
+    }
+
+    fn notify_stable_change(&self) {
+        for waiter in self.stable_waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
     }
 
     /// Takes a new committed state of this partition: leadership, epochs, ISR.
@@ -435,10 +570,11 @@ impl Partition {
             }
             record_batch::validate(&records[range.clone()], max_batch_bytes)
                 .map_err(batch_error)?;
-            if header.is_transactional() || header.is_control() {
+            if header.is_control() {
+                // Markers are the transaction coordinator's to write.
                 return Err(ApiError::new(
-                    ResponseError::UnsupportedForMessageFormat,
-                    "transactional batches are not supported",
+                    ResponseError::InvalidRecord,
+                    "clients cannot produce control batches",
                 ));
             }
             headers.push((header, range));
@@ -482,6 +618,9 @@ impl Partition {
                 .append(records.slice(range), &header, self.leader_epoch.get())
                 .map_err(storage_error)?;
             producers.record(&header, info.base_offset);
+            if header.is_transactional() {
+                producers.begin_transaction(header.producer_id, info.base_offset);
+            }
             first_offset.get_or_insert(info.base_offset);
             end_offset = info.last_offset + 1;
         }
@@ -585,10 +724,11 @@ impl Partition {
             }
             .map_err(batch_error)?;
             self.log
-                .append_replica_with_gaps(records.slice(range), &header, compacted)
+                .append_replica_with_gaps(records.slice(range.clone()), &header, compacted)
                 .map_err(storage_error)?;
             if header.has_producer_id() {
                 producers.record(&header, header.base_offset);
+                self.track_transaction(&mut producers, &header, &records[range]);
             }
             appended += 1;
         }

@@ -22,6 +22,18 @@ struct CachedBatch {
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<CachedBatch>,
+    /// The max timestamp of the producer's last batch (DescribeProducers).
+    last_timestamp: i64,
+}
+
+/// One producer as DescribeProducers reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSummary {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
+    pub current_txn_start_offset: i64,
 }
 
 /// What to do with a batch from a producer.
@@ -37,6 +49,21 @@ pub enum SequenceCheck {
 #[derive(Debug, Default)]
 pub struct ProducerStateTable {
     producers: HashMap<i64, ProducerEntry>,
+    /// Transactions open on this partition: producer id to the offset of its first batch.
+    /// The smallest bounds the last stable offset.
+    ongoing: HashMap<i64, i64>,
+    /// Aborted transactions, in marker order: what read_committed fetches report so that
+    /// clients drop their records.
+    aborted: Vec<AbortedTxn>,
+}
+
+/// A transaction whose abort marker is in the log: its records span
+/// `first_offset..=last_offset` (the marker's offset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 fn next_sequence(sequence: i32) -> i32 {
@@ -86,7 +113,8 @@ impl ProducerStateTable {
 
     /// Records a batch that was appended at `base_offset`.
     pub fn record(&mut self, batch: &BatchHeader, base_offset: i64) {
-        if !batch.has_producer_id() {
+        // Control batches carry no sequence numbers: markers go through `end_transaction`.
+        if !batch.has_producer_id() || batch.is_control() {
             return;
         }
         let entry = self
@@ -95,6 +123,7 @@ impl ProducerStateTable {
             .or_insert_with(|| ProducerEntry {
                 epoch: batch.producer_epoch,
                 batches: VecDeque::new(),
+                last_timestamp: -1,
             });
         if batch.producer_epoch != entry.epoch {
             entry.epoch = batch.producer_epoch;
@@ -103,6 +132,7 @@ impl ProducerStateTable {
         if entry.batches.len() == CACHED_BATCHES_PER_PRODUCER {
             entry.batches.pop_front();
         }
+        entry.last_timestamp = batch.max_timestamp;
         entry.batches.push_back(CachedBatch {
             first_sequence: batch.base_sequence,
             last_sequence: batch.last_sequence(),
@@ -111,8 +141,13 @@ impl ProducerStateTable {
     }
 
     /// The table as batches that [`Self::record`] turns back into the same table, oldest
-    /// first: what a clean close saves so the next open needs no scan of the log.
-    pub fn snapshot(&self) -> Vec<BatchHeader> {
+    /// first: what a clean close saves so the next open needs no scan of the log. `None` when
+    /// the partition has open or aborted transactions: the clean-close record does not carry
+    /// them, so the next open must rebuild them with its scan.
+    pub fn snapshot(&self) -> Option<Vec<BatchHeader>> {
+        if !self.ongoing.is_empty() || !self.aborted.is_empty() {
+            return None;
+        }
         let mut batches: Vec<BatchHeader> = self
             .producers
             .iter()
@@ -128,7 +163,93 @@ impl ProducerStateTable {
             })
             .collect();
         batches.sort_unstable_by_key(|b| b.base_offset);
-        batches
+        Some(batches)
+    }
+
+    /// Tracks a transactional data batch appended at `base_offset`: the first one of a
+    /// producer opens its transaction on this partition.
+    pub fn begin_transaction(&mut self, producer_id: i64, base_offset: i64) {
+        self.ongoing.entry(producer_id).or_insert(base_offset);
+    }
+
+    /// A commit or abort marker of `producer_id` at `marker_offset` closes its transaction; an
+    /// abort is remembered for read_committed fetches. The marker's epoch fences older ones.
+    pub fn end_transaction(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        committed: bool,
+        marker_offset: i64,
+    ) {
+        let first_offset = self.ongoing.remove(&producer_id);
+        if !committed {
+            if let Some(first_offset) = first_offset {
+                self.aborted.push(AbortedTxn {
+                    producer_id,
+                    first_offset,
+                    last_offset: marker_offset,
+                });
+            }
+        }
+        if producer_epoch < 0 {
+            // Rebuilt from recovery, which knows the producers' epochs from their batches.
+            return;
+        }
+        let entry = self
+            .producers
+            .entry(producer_id)
+            .or_insert_with(|| ProducerEntry {
+                epoch: producer_epoch,
+                batches: VecDeque::new(),
+                last_timestamp: -1,
+            });
+        if producer_epoch > entry.epoch {
+            entry.epoch = producer_epoch;
+            entry.batches.clear();
+        }
+    }
+
+    /// The epoch this partition knows `producer_id` at, if it knows the producer.
+    pub fn epoch_of(&self, producer_id: i64) -> Option<i16> {
+        self.producers.get(&producer_id).map(|entry| entry.epoch)
+    }
+
+    /// The first offset of the oldest open transaction, if any.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        self.ongoing.values().copied().min()
+    }
+
+    /// The first offset of `producer_id`'s open transaction, if it has one here.
+    pub fn ongoing_start(&self, producer_id: i64) -> Option<i64> {
+        self.ongoing.get(&producer_id).copied()
+    }
+
+    /// Aborted transactions overlapping `from..below`.
+    pub fn aborted_between(&self, from: i64, below: i64) -> Vec<AbortedTxn> {
+        self.aborted
+            .iter()
+            .filter(|a| a.last_offset >= from && a.first_offset < below)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets aborted transactions wholly below `log_start_offset` (deleted by retention).
+    pub fn forget_aborted_below(&mut self, log_start_offset: i64) {
+        self.aborted.retain(|a| a.last_offset >= log_start_offset);
+    }
+
+    /// Every producer's id, epoch, last sequence and open transaction start (DescribeProducers).
+    pub fn producers(&self) -> Vec<ProducerSummary> {
+        self.producers
+            .iter()
+            .map(|(&producer_id, entry)| ProducerSummary {
+                producer_id,
+                epoch: entry.epoch,
+                last_sequence: entry.batches.back().map_or(-1, |b| b.last_sequence),
+                last_timestamp: entry.last_timestamp,
+                current_txn_start_offset: self.ongoing_start(producer_id).unwrap_or(-1),
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -193,7 +314,7 @@ mod tests {
         }
         table.record(&header(2, 3, i32::MAX - 1, 4), 40); // sequences 2147483646..=1
         let mut rebuilt = ProducerStateTable::default();
-        for batch in table.snapshot() {
+        for batch in table.snapshot().unwrap() {
             rebuilt.record(&batch, batch.base_offset);
         }
         for probe in [
@@ -230,5 +351,35 @@ mod tests {
             table.check(&header(1, 0, 1, 1)),
             Err(ResponseError::OutOfOrderSequenceNumber)
         );
+    }
+
+    #[test]
+    fn open_transactions_bound_the_stable_offset_and_aborts_are_remembered() {
+        let mut table = ProducerStateTable::default();
+        assert_eq!(table.first_unstable_offset(), None);
+        table.begin_transaction(1, 10);
+        table.begin_transaction(1, 12);
+        table.begin_transaction(2, 11);
+        assert_eq!(table.first_unstable_offset(), Some(10));
+        table.end_transaction(1, 0, true, 13);
+        assert_eq!(table.first_unstable_offset(), Some(11));
+        table.end_transaction(2, 0, false, 14);
+        assert_eq!(table.first_unstable_offset(), None);
+        let aborted = AbortedTxn {
+            producer_id: 2,
+            first_offset: 11,
+            last_offset: 14,
+        };
+        assert_eq!(table.aborted_between(0, 20), vec![aborted]);
+        assert!(table.aborted_between(15, 20).is_empty());
+        assert!(table.aborted_between(0, 11).is_empty());
+        // A marker at a newer epoch fences the older one.
+        table.end_transaction(2, 1, false, 15);
+        assert_eq!(
+            table.check(&header(2, 0, 0, 1)),
+            Err(ResponseError::InvalidProducerEpoch)
+        );
+        table.forget_aborted_below(15);
+        assert!(table.aborted_between(0, 20).is_empty());
     }
 }

@@ -263,6 +263,9 @@ pub enum ReadLimit {
     HighWatermark,
     /// Replica fetches: everything written to the segment files.
     Written,
+    /// read_committed consumers: below the high watermark and below this offset (the last
+    /// stable offset).
+    Below(i64),
 }
 
 /// Result of a successful [`PartitionLog::append`].

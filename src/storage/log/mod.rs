@@ -18,7 +18,7 @@ use glommio::task::JoinHandle;
 use super::clean_close;
 use super::epoch_cache::LeaderEpochCache;
 use super::notify::{Mark, Notifier};
-use super::recovery::{self, RecoveredActive};
+use super::recovery::{self, RecoveredActive, RecoveredTransactions};
 use super::segment::{self, BatchMeta, DoomedFiles, Segment};
 use super::tail_cache::TailCache;
 use super::writer::{QueuedBatch, StopRequest, Writer, WriterHost};
@@ -99,6 +99,8 @@ pub struct PartitionLog {
     /// What the last scan of the active segment saw of each producer (see
     /// [`Self::recovered_producer_batches`]).
     producer_batches: RefCell<Vec<BatchHeader>>,
+    /// What the last scan of the active segment saw of transactions.
+    recovered_transactions: RefCell<RecoveredTransactions>,
     /// Which leader epoch starts where; persisted in `leader-epoch-checkpoint`.
     epochs: RefCell<LeaderEpochCache>,
     /// The newest batches in memory, up to `config.tail_cache_bytes`: reads of them never
@@ -206,6 +208,7 @@ impl PartitionLog {
             writer_waker: RefCell::new(None),
             writer_task: RefCell::new(None),
             producer_batches: RefCell::new(Vec::new()),
+            recovered_transactions: RefCell::new(RecoveredTransactions::default()),
             epochs: RefCell::new(epochs),
             tail_cache: RefCell::new(TailCache::new(config_tail_cache_bytes)),
             stats: Cell::new(LogStats::default()),
@@ -225,6 +228,7 @@ impl PartitionLog {
     /// Spawns the writer task on the active segment a recovery scan left behind.
     fn start_writer(&self, active: RecoveredActive) {
         *self.producer_batches.borrow_mut() = active.producer_batches;
+        *self.recovered_transactions.borrow_mut() = active.transactions;
         let writer = Writer::new(
             self.me.clone(),
             active.file,
@@ -578,6 +582,12 @@ impl PartitionLog {
     /// its producer state from these.
     pub fn recovered_producer_batches(&self) -> Vec<BatchHeader> {
         self.producer_batches.borrow().clone()
+    }
+
+    /// The transactions the last scan of the active segment left open, and those it saw
+    /// aborted; the partition rebuilds its transaction state from these with the producers'.
+    pub fn recovered_transactions(&self) -> RecoveredTransactions {
+        self.recovered_transactions.borrow().clone()
     }
 
     /// Records a use (append or read) for [`Self::release_if_idle`].

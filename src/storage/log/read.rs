@@ -59,6 +59,7 @@ impl PartitionLog {
         match limit {
             ReadLimit::HighWatermark => self.high_watermark(),
             ReadLimit::Written => self.written_offset(),
+            ReadLimit::Below(offset) => self.high_watermark().min(offset),
         }
     }
 
@@ -208,7 +209,9 @@ impl PartitionLog {
         limit: ReadLimit,
     ) -> impl Future<Output = ()> + 'static {
         let mark = match limit {
-            ReadLimit::HighWatermark => Mark::HighWatermark,
+            // A wait below the last stable offset also needs the partition's transaction
+            // events (`Partition::stable_change`); the data part is the high watermark's.
+            ReadLimit::HighWatermark | ReadLimit::Below(_) => Mark::HighWatermark,
             ReadLimit::Written => Mark::Written,
         };
         let wait = self.notifier.wait(mark, offset.saturating_add(1));

@@ -217,6 +217,7 @@ impl PartitionLog {
         self.lower_marks(floor, floor);
         self.tail_cache.borrow_mut().clear();
         self.producer_batches.borrow_mut().clear();
+        *self.recovered_transactions.borrow_mut() = Default::default();
         // Cleared before the segments go: a crash in between leaves an empty checkpoint beside
         // segments, which opening treats as missing and rebuilds.
         self.epochs.borrow_mut().replace(Vec::new())?;
@@ -252,6 +253,7 @@ impl PartitionLog {
             producer_batches: Vec::new(),
             epoch_starts: Vec::new(),
             trusted_clean_close: false,
+            transactions: Default::default(),
         })
     }
 }

@@ -65,6 +65,9 @@ const DIRECT_READS_IN_FLIGHT: usize = 4;
 /// five batches of each producer, so older ones carry no state.
 const PRODUCER_BATCHES_KEPT: usize = 5;
 
+/// Bytes of a control batch that hold its marker type (header, record prefix, key).
+const MARKER_PREFIX_BYTES: usize = 96;
+
 /// A log rebuilt from its directory, ready to hand to the writer.
 pub(crate) struct RecoveredLog {
     /// Closed segments, oldest first, then the active one (`active.segment`, also last here).
@@ -86,6 +89,47 @@ pub(crate) struct RecoveredActive {
     pub epoch_starts: Vec<EpochEntry>,
     /// Loaded from a clean close's record instead of scanned ([`clean_close`]).
     pub trusted_clean_close: bool,
+    /// Transactions the segment's batches and markers leave open, and those it aborts.
+    pub transactions: RecoveredTransactions,
+}
+
+/// What the scan of the active segment saw of transactions: the producers whose transaction
+/// has no marker yet (with their first batch's offset), and the aborted transactions (producer,
+/// first offset, marker offset). A transaction that started in an older segment counts from
+/// the active segment's first batch of it.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveredTransactions {
+    pub open: HashMap<i64, i64>,
+    pub aborted: Vec<(i64, i64, i64)>,
+}
+
+impl RecoveredTransactions {
+    /// Takes one transactional batch; `read_marker` reads a control batch's commit flag.
+    fn record(&mut self, header: &BatchHeader, read_marker: impl FnOnce() -> Option<bool>) {
+        if !header.is_transactional() {
+            return;
+        }
+        if !header.is_control() {
+            self.open
+                .entry(header.producer_id)
+                .or_insert(header.base_offset);
+            return;
+        }
+        let first = self.open.remove(&header.producer_id);
+        match read_marker() {
+            Some(false) => {
+                if let Some(first) = first {
+                    self.aborted
+                        .push((header.producer_id, first, header.base_offset));
+                }
+            }
+            Some(true) => {}
+            None => warn!(
+                offset = header.base_offset,
+                "unreadable transaction marker at recovery"
+            ),
+        }
+    }
 }
 
 /// Lists `<base>.log` files, loads closed segments, scans and repairs the active one.
@@ -123,6 +167,7 @@ pub(crate) async fn recover_log(
                 producer_batches: Vec::new(),
                 epoch_starts: Vec::new(),
                 trusted_clean_close: false,
+                transactions: RecoveredTransactions::default(),
             },
         });
     };
@@ -190,6 +235,9 @@ fn trust_cleanly_closed_segment(
         // The clean close synced the leader epoch checkpoint: it has every epoch.
         epoch_starts: Vec::new(),
         trusted_clean_close: true,
+        // A clean close records nothing for a partition with open or aborted transactions
+        // (`Partition::producer_state_snapshot`): there are none to rebuild.
+        transactions: RecoveredTransactions::default(),
     }))
 }
 
@@ -234,6 +282,7 @@ pub(crate) async fn recover_active_segment(
             producer_batches: Vec::new(),
             epoch_starts: Vec::new(),
             trusted_clean_close: false,
+            transactions: RecoveredTransactions::default(),
         });
     }
     let active_file = OpenOptions::new()
@@ -293,6 +342,7 @@ pub(crate) async fn recover_active_segment(
         segment,
         producers,
         epoch_starts,
+        transactions,
     } = active;
     debug_assert_eq!(scan.valid_end, segment.size_bytes());
 
@@ -321,6 +371,7 @@ pub(crate) async fn recover_active_segment(
         producer_batches,
         epoch_starts,
         trusted_clean_close: false,
+        transactions,
     })
 }
 
@@ -330,6 +381,7 @@ struct ActiveScan {
     segment: Segment,
     producers: HashMap<i64, VecDeque<BatchHeader>>,
     epoch_starts: Vec<EpochEntry>,
+    transactions: RecoveredTransactions,
 }
 
 impl ActiveScan {
@@ -345,6 +397,7 @@ impl ActiveScan {
             segment,
             producers: HashMap::new(),
             epoch_starts: Vec::new(),
+            transactions: RecoveredTransactions::default(),
         })
     }
 
@@ -357,6 +410,14 @@ impl ActiveScan {
                 kept.pop_front();
             }
             kept.push_back(*header);
+            let segment = &self.segment;
+            self.transactions.record(header, || {
+                // Markers are rare (one per transaction and partition): one small read each.
+                let mut marker = [0u8; MARKER_PREFIX_BYTES];
+                let file = segment.read_file().ok()?;
+                let read = segment::read_at_most(&file, &mut marker, position).ok()?;
+                crate::transactions::markers::marker_committed(&marker[..read])
+            });
         }
         let epoch = header.partition_leader_epoch;
         if epoch >= 0 && self.epoch_starts.last().is_none_or(|e| epoch > e.epoch) {

@@ -1,0 +1,38 @@
+//! Transactions (exactly-once): the transaction coordinator and the markers it writes.
+//!
+//! # Where a transaction lives
+//! A transactional id hashes to a partition exactly as a group id does
+//! ([`crate::groups::coordinator_for`]), so the node that coordinates a transactional id is
+//! the one that coordinates a group of the same name. On that node the coordinator runs on
+//! shard 0 ([`coordinator::TxnCoordinator`]); partitions of the transaction are reached on
+//! their owner shards to append markers.
+//!
+//! # Layout
+//! - [`markers`]: control batches (commit / abort markers) and reading them back.
+//! - [`coordinator`]: transactional ids, producer ids and epochs, transaction states, the
+//!   timeout that aborts, ending a transaction (markers, then the pending offsets).
+//!
+//! The partition side (open transactions, last stable offset, aborted transactions) is in
+//! `shard::producer_state` and `shard::partition`.
+
+pub mod coordinator;
+pub mod markers;
+pub mod state_log;
+
+/// `transaction.max.timeout.ms` (Kafka's default): a producer asking for more gets
+/// INVALID_TRANSACTION_TIMEOUT.
+pub const MAX_TRANSACTION_TIMEOUT_MS: i32 = 900_000;
+
+/// How often the coordinator looks for transactions past their timeout (Kafka's
+/// `transaction.abort.timed.out.transaction.cleanup.interval.ms` is 10 s; ours is shorter so
+/// an abandoned transaction blocks read_committed consumers for less long).
+pub const TIMEOUT_CHECK_INTERVAL_MS: u64 = 500;
+
+/// Transactional ids longer than this are refused: it bounds the coordinator's memory per id.
+pub const MAX_TRANSACTIONAL_ID_BYTES: usize = 1024;
+
+/// Partitions one transaction may span: bounds the coordinator's memory per id.
+pub const MAX_PARTITIONS_PER_TRANSACTION: usize = 100_000;
+
+/// The internal log of the coordinator's state (Kafka's name). Clients cannot create it.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";

@@ -1,0 +1,541 @@
+//! Transactions (exactly-once) with librdkafka's transactional producer (through the `rdkafka`
+//! crate) against the real broker binary: commit and abort, isolation levels, fencing,
+//! timeouts, offsets committed in a transaction, and a kill -9 mid-transaction.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Broker;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .expect("create topics");
+    results[0].as_ref().expect("topic created");
+}
+
+type TxnProducer = ThreadedProducer<DefaultProducerContext>;
+
+fn transactional_producer(bootstrap: &str, transactional_id: &str, timeout_ms: u32) -> TxnProducer {
+    let producer: TxnProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("transactional.id", transactional_id)
+        .set("transaction.timeout.ms", timeout_ms.to_string())
+        .set("message.timeout.ms", timeout_ms.to_string())
+        .set("linger.ms", "5")
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(TIMEOUT)
+        .expect("init_transactions");
+    producer
+}
+
+/// Sends `values` to `topic` (round-robin over `partitions`) and waits until they are written.
+fn send(producer: &TxnProducer, topic: &str, partitions: i32, values: &[String]) {
+    for (i, value) in values.iter().enumerate() {
+        let partition = i as i32 % partitions;
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .partition(partition)
+                    .key(value.as_str())
+                    .payload(value.as_str()),
+            )
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+    }
+    producer.flush(TIMEOUT).expect("flush");
+}
+
+fn values(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer")
+}
+
+/// Reads `topic` from the beginning with `isolation` until a record with value `last` is seen
+/// (or the timeout); returns every value read, in order per partition.
+fn read_until(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    last: &str,
+) -> Vec<String> {
+    let consumer = consumer(bootstrap, "txn-test-reader", isolation);
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while !out.iter().any(|v| v == last) && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let m = message.expect("consume");
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    assert!(
+        out.iter().any(|v| v == last),
+        "{last} never arrived ({isolation}); read {out:?}"
+    );
+    out
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn read_committed_sees_only_committed_transactions() {
+    let broker = Broker::start(2);
+    create_topic(&broker.addr, "txn-visibility", 3);
+    let producer = transactional_producer(&broker.addr, "visibility", 60_000);
+
+    let committed_first = values("committed-a", 9);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-visibility", 3, &committed_first);
+    producer.commit_transaction(TIMEOUT).expect("commit");
+
+    let aborted = values("aborted", 6);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-visibility", 3, &aborted);
+    producer.abort_transaction(TIMEOUT).expect("abort");
+
+    let committed_last = values("committed-b", 3);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-visibility", 3, &committed_last);
+    producer.commit_transaction(TIMEOUT).expect("commit");
+
+    // committed-b-0 .. -2 land on partitions 0, 1, 2: wait for each partition's last one.
+    let mut expected_committed: Vec<String> = committed_first.clone();
+    expected_committed.extend(committed_last.clone());
+    let committed = wait_for_all(
+        &broker.addr,
+        "txn-visibility",
+        3,
+        "read_committed",
+        &expected_committed,
+    );
+    assert_eq!(sorted(committed), sorted(expected_committed.clone()));
+
+    let mut everything = expected_committed;
+    everything.extend(aborted);
+    let uncommitted = wait_for_all(
+        &broker.addr,
+        "txn-visibility",
+        3,
+        "read_uncommitted",
+        &everything,
+    );
+    assert_eq!(sorted(uncommitted), sorted(everything));
+}
+
+/// Reads until every value of `expected` was seen, then a little longer to catch extras.
+fn wait_for_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    expected: &[String],
+) -> Vec<String> {
+    let consumer = consumer(bootstrap, "txn-test-reader", isolation);
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out: Vec<String> = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while !expected.iter().all(|e| out.contains(e)) && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let m = message.expect("consume");
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    // Anything that should not be visible would have come with what was read.
+    while let Some(message) = consumer.poll(Duration::from_millis(300)) {
+        let m = message.expect("consume");
+        out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+    }
+    out
+}
+
+fn is_fenced(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(e) => {
+            e.is_fatal()
+                && matches!(
+                    e.code(),
+                    RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::Fenced
+                )
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn a_new_producer_with_the_same_transactional_id_fences_the_old_one() {
+    let broker = Broker::start(2);
+    create_topic(&broker.addr, "txn-fencing", 2);
+    let first = transactional_producer(&broker.addr, "fenced-id", 60_000);
+    first.begin_transaction().unwrap();
+    send(&first, "txn-fencing", 2, &values("zombie", 4));
+
+    // The second producer's init aborts what the first left open and bumps the epoch.
+    let second = transactional_producer(&broker.addr, "fenced-id", 60_000);
+    second.begin_transaction().unwrap();
+    send(&second, "txn-fencing", 2, &values("fresh", 4));
+    second.commit_transaction(TIMEOUT).expect("second commits");
+
+    let error = first
+        .commit_transaction(TIMEOUT)
+        .expect_err("the fenced producer cannot commit");
+    assert!(
+        is_fenced(&error),
+        "expected a fatal fencing error, got {error:?}"
+    );
+
+    let seen = wait_for_all(
+        &broker.addr,
+        "txn-fencing",
+        2,
+        "read_committed",
+        &values("fresh", 4),
+    );
+    assert_eq!(sorted(seen), sorted(values("fresh", 4)));
+}
+
+#[test]
+fn a_transaction_past_its_timeout_is_aborted() {
+    let broker = Broker::start(2);
+    create_topic(&broker.addr, "txn-timeout", 1);
+    let abandoned = transactional_producer(&broker.addr, "slow", 2_000);
+    abandoned.begin_transaction().unwrap();
+    send(&abandoned, "txn-timeout", 1, &values("abandoned", 5));
+
+    // A later committed transaction of another producer sits behind the open one: a
+    // read_committed consumer reaches it only once the coordinator aborted the open one.
+    let other = transactional_producer(&broker.addr, "other", 60_000);
+    other.begin_transaction().unwrap();
+    send(&other, "txn-timeout", 1, &values("after", 2));
+    other.commit_transaction(TIMEOUT).unwrap();
+
+    let started = Instant::now();
+    let seen = read_until(&broker.addr, "txn-timeout", 1, "read_committed", "after-1");
+    assert_eq!(
+        seen,
+        values("after", 2),
+        "the abandoned records must never appear"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(abandoned);
+}
+
+#[test]
+fn offsets_sent_to_a_transaction_become_visible_on_commit() {
+    let broker = Broker::start(2);
+    create_topic(&broker.addr, "txn-input", 1);
+    create_topic(&broker.addr, "txn-output", 1);
+    let group = "txn-transformer";
+    let producer = transactional_producer(&broker.addr, "transformer", 60_000);
+    let input = consumer(&broker.addr, group, "read_committed");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset("txn-input", 0, Offset::Beginning)
+        .unwrap();
+    input.assign(&assignment).unwrap();
+
+    let committed_offset = |consumer: &BaseConsumer| -> Offset {
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition("txn-input", 0);
+        let committed = consumer
+            .committed_offsets(wanted, TIMEOUT)
+            .expect("committed");
+        committed.elements()[0].offset()
+    };
+
+    // Aborted: the offsets never reach the group.
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-output", 1, &values("out-aborted", 2));
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("txn-input", 0, Offset::Offset(5))
+        .unwrap();
+    producer
+        .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
+        .expect("send offsets");
+    assert_eq!(committed_offset(&input), Offset::Invalid);
+    producer.abort_transaction(TIMEOUT).unwrap();
+    assert_eq!(committed_offset(&input), Offset::Invalid);
+
+    // Committed: visible once the transaction commits, not before.
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-output", 1, &values("out", 2));
+    let mut offsets = TopicPartitionList::new();
+    offsets
+        .add_partition_offset("txn-input", 0, Offset::Offset(7))
+        .unwrap();
+    producer
+        .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
+        .expect("send offsets");
+    assert_eq!(committed_offset(&input), Offset::Invalid);
+    producer.commit_transaction(TIMEOUT).unwrap();
+    assert_eq!(committed_offset(&input), Offset::Offset(7));
+}
+
+#[test]
+fn kill9_mid_transaction_keeps_committed_records_and_aborts_the_open_transaction() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = Broker::start_in(dir.path(), 2, &[]);
+    create_topic(&broker.addr, "txn-crash", 2);
+    let producer = transactional_producer(&broker.addr, "crashing", 3_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-crash", 2, &values("committed", 6));
+    producer.commit_transaction(TIMEOUT).expect("commit");
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-crash", 2, &values("open", 6));
+    broker.kill9();
+    drop(producer);
+
+    // Same data directory: the partitions find the open transaction in their logs (the last
+    // stable offset stays before it) and the coordinator, from its state log, aborts it once
+    // its 3 s timeout has passed.
+    let broker = Broker::start_in(dir.path(), 2, &[]);
+    let other = transactional_producer(&broker.addr, "after-crash", 60_000);
+    other.begin_transaction().unwrap();
+    send(&other, "txn-crash", 2, &values("after", 2));
+    other
+        .commit_transaction(TIMEOUT)
+        .expect("commit after restart");
+
+    let mut expected = values("committed", 6);
+    expected.extend(values("after", 2));
+    let seen = wait_for_all(&broker.addr, "txn-crash", 2, "read_committed", &expected);
+    assert_eq!(sorted(seen), sorted(expected));
+
+    let mut everything = values("committed", 6);
+    everything.extend(values("open", 6));
+    everything.extend(values("after", 2));
+    let seen = wait_for_all(
+        &broker.addr,
+        "txn-crash",
+        2,
+        "read_uncommitted",
+        &everything,
+    );
+    assert_eq!(sorted(seen), sorted(everything));
+}
+
+/// DescribeTransactions, ListTransactions and DescribeProducers through raw protocol requests
+/// (the Rust and Python admin clients available here expose none of the three).
+#[test]
+fn transactions_and_producers_are_described() {
+    use common::raw::RawClient;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let broker = Broker::start(2);
+    create_topic(&broker.addr, "txn-described", 2);
+    let producer = transactional_producer(&broker.addr, "described", 60_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-described", 1, &values("open", 3));
+
+    let mut raw = RawClient::connect(&broker.addr);
+    let describe = |raw: &mut RawClient| {
+        let mut request = DescribeTransactionsRequest::default();
+        request.transactional_ids = vec![
+            TransactionalId(StrBytes::from_static_str("described")),
+            TransactionalId(StrBytes::from_static_str("nobody")),
+        ];
+        raw.call(0, &request).transaction_states
+    };
+    let states = describe(&mut raw);
+    assert_eq!(states[0].error_code, 0);
+    assert_eq!(states[0].transaction_state.as_str(), "Ongoing");
+    assert_eq!(states[0].transaction_timeout_ms, 60_000);
+    assert_eq!(states[0].topics.len(), 1);
+    assert_eq!(states[0].topics[0].topic.0.as_str(), "txn-described");
+    assert_eq!(states[0].topics[0].partitions, vec![0]);
+    assert!(states[0].transaction_start_time_ms > 0);
+    let producer_id = states[0].producer_id;
+    // TRANSACTIONAL_ID_NOT_FOUND
+    assert_eq!(states[1].error_code, 105);
+
+    let mut list = ListTransactionsRequest::default();
+    list.state_filters = vec![StrBytes::from_static_str("Ongoing")];
+    list.duration_filter = -1;
+    let listed = raw.call(1, &list).transaction_states;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].transactional_id.0.as_str(), "described");
+    assert_eq!(listed[0].producer_id, producer_id);
+
+    let describe_producers = |raw: &mut RawClient| {
+        let mut topic = describe_producers_request::TopicRequest::default();
+        topic.name = TopicName(StrBytes::from_static_str("txn-described"));
+        topic.partition_indexes = vec![0];
+        let mut request = DescribeProducersRequest::default();
+        request.topics = vec![topic];
+        raw.call(0, &request).topics[0].partitions[0].clone()
+    };
+    let partition = describe_producers(&mut raw);
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.active_producers.len(), 1);
+    let active = &partition.active_producers[0];
+    assert_eq!(active.producer_id, producer_id);
+    assert_eq!(active.last_sequence, 2);
+    assert_eq!(active.current_txn_start_offset, 0);
+
+    producer.commit_transaction(TIMEOUT).unwrap();
+    assert_eq!(
+        describe(&mut raw)[0].transaction_state.as_str(),
+        "CompleteCommit"
+    );
+    assert!(raw.call(1, &list).transaction_states.is_empty());
+    let partition = describe_producers(&mut raw);
+    assert_eq!(partition.active_producers[0].current_txn_start_offset, -1);
+}
+
+/// confluent-kafka's transactional producer and read_committed consumer, and kafka-python's
+/// admin client (describe_transactions, list_transactions, describe_producers).
+#[test]
+fn python_clients_use_transactions_and_describe_them() {
+    let broker = Broker::start(2);
+    create_topic(&broker.addr, "py-txn", 1);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/transactions.py");
+    let output = std::process::Command::new("python3")
+        .args([script, &broker.addr, "py-txn"])
+        .output()
+        .expect("python3 (run the README's test command, which installs the clients)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("transactions ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// WriteTxnMarkers (what `kafka-transactions.sh abort` sends for a hanging transaction): an
+/// abort marker written directly to the partition releases read_committed consumers; a marker
+/// at an older epoch than the partition knows is refused.
+#[test]
+fn write_txn_markers_aborts_a_hanging_transaction() {
+    use common::raw::RawClient;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let broker = Broker::start(2);
+    create_topic(&broker.addr, "txn-hanging", 1);
+    let producer = transactional_producer(&broker.addr, "hanging", 600_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-hanging", 1, &values("hanging", 3));
+
+    let mut raw = RawClient::connect(&broker.addr);
+    let mut topic = describe_producers_request::TopicRequest::default();
+    topic.name = TopicName(StrBytes::from_static_str("txn-hanging"));
+    topic.partition_indexes = vec![0];
+    let mut describe = DescribeProducersRequest::default();
+    describe.topics = vec![topic];
+    let active = raw.call(0, &describe).topics[0].partitions[0].active_producers[0].clone();
+
+    let markers = |epoch: i16| {
+        let mut topic = write_txn_markers_request::WritableTxnMarkerTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("txn-hanging"));
+        topic.partition_indexes = vec![0];
+        let mut marker = write_txn_markers_request::WritableTxnMarker::default();
+        marker.producer_id = active.producer_id;
+        marker.producer_epoch = epoch;
+        marker.transaction_result = false;
+        marker.topics = vec![topic];
+        let mut request = WriteTxnMarkersRequest::default();
+        request.markers = vec![marker];
+        request
+    };
+    let stale = raw.call(1, &markers(active.producer_epoch as i16 - 1));
+    // INVALID_PRODUCER_EPOCH
+    assert_eq!(stale.markers[0].topics[0].partitions[0].error_code, 47);
+    let written = raw.call(1, &markers(active.producer_epoch as i16));
+    assert_eq!(written.markers[0].topics[0].partitions[0].error_code, 0);
+
+    let other = transactional_producer(&broker.addr, "after-hanging", 60_000);
+    other.begin_transaction().unwrap();
+    send(&other, "txn-hanging", 1, &values("after", 1));
+    other.commit_transaction(TIMEOUT).unwrap();
+    let seen = read_until(&broker.addr, "txn-hanging", 1, "read_committed", "after-0");
+    assert_eq!(seen, values("after", 1));
+    drop(producer);
+}
+
+/// Three brokers: the coordinator writes markers to partitions other brokers lead with
+/// WriteTxnMarkers (its state is in memory in a cluster for now).
+#[test]
+fn transactions_span_partitions_led_by_other_brokers() {
+    let cluster = common::cluster::Cluster::start(3, &[]);
+    let bootstrap = cluster.bootstrap();
+    let mut client = common::raw::RawClient::connect(&cluster.broker(0).addr);
+    assert_eq!(client.create_topic_rf("txn-cluster", 3, 1).0, 0);
+    let metadata = common::cluster::metadata(&cluster.broker(0).addr);
+    let leaders: std::collections::HashSet<i32> =
+        common::cluster::partitions_of(&metadata, "txn-cluster")
+            .expect("topic in metadata")
+            .iter()
+            .map(|p| p.leader)
+            .collect();
+    assert!(
+        leaders.len() > 1,
+        "partitions led by more than one broker: {leaders:?}"
+    );
+    let producer = transactional_producer(&bootstrap, "clustered", 60_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-cluster", 3, &values("committed", 6));
+    producer.commit_transaction(TIMEOUT).expect("commit");
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-cluster", 3, &values("aborted", 6));
+    producer.abort_transaction(TIMEOUT).expect("abort");
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-cluster", 3, &values("last", 3));
+    producer.commit_transaction(TIMEOUT).expect("commit");
+
+    let mut expected = values("committed", 6);
+    expected.extend(values("last", 3));
+    let seen = wait_for_all(&bootstrap, "txn-cluster", 3, "read_committed", &expected);
+    assert_eq!(sorted(seen), sorted(expected));
+}
