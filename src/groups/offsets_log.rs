@@ -12,7 +12,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -20,7 +19,6 @@ use std::time::Duration;
 
 use crate::protocol::record_batch::{BatchError, Batches};
 use crate::shard::partition::Partition;
-use crate::storage::Records;
 use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
 
 use super::records::{decode_batches, encode_batch, OffsetsRecord};
@@ -244,20 +242,8 @@ fn replay(log: &PartitionLog, max_batch_bytes: usize) -> Result<Vec<OffsetsRecor
             break;
         };
         buf.clear();
-        match read {
-            Records::File(slice) => {
-                buf.resize(slice.len, 0);
-                slice
-                    .file
-                    .read_exact_at(&mut buf, slice.position)
-                    .map_err(|e| format!("reading the offsets log: {e}"))?;
-            }
-            Records::Memory { chunks, .. } => {
-                for chunk in chunks {
-                    buf.extend_from_slice(&chunk);
-                }
-            }
-        }
+        read.copy_into(&mut buf)
+            .map_err(|e| format!("reading the offsets log: {e}"))?;
         // A read may end inside a batch: keep whole batches, continue after the last one.
         let mut whole = 0;
         let mut next = offset;

@@ -55,7 +55,13 @@ fn coordinator_error(shard: &Shard, group_id: &str) -> Option<ResponseError> {
     if !valid_group_id(group_id) {
         return Some(ResponseError::InvalidGroupId);
     }
-    let partition = shard.groups.partition_of(group_id);
+    not_coordinator_here(shard, group_id)
+}
+
+/// NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE unless this node leads the offsets partition
+/// `key` hashes to (a group id, or a transactional id: both are placed the same way).
+pub(crate) fn not_coordinator_here(shard: &Shard, key: &str) -> Option<ResponseError> {
+    let partition = shard.groups.partition_of(key);
     match groups::coordinator_node(
         &shard.metadata(),
         partition,

@@ -37,17 +37,7 @@ fn coordinator_error(shard: &Shard, transactional_id: &str) -> Option<ResponseEr
     if transactional_id.is_empty() || transactional_id.len() > MAX_TRANSACTIONAL_ID_BYTES {
         return Some(ResponseError::InvalidRequest);
     }
-    let partition = shard.groups.partition_of(transactional_id);
-    match groups::coordinator_node(
-        &shard.metadata(),
-        partition,
-        shard.broker.node_id,
-        shard.config.is_clustered(),
-    ) {
-        Some(node) if node == shard.broker.node_id => None,
-        Some(_) => Some(ResponseError::NotCoordinator),
-        None => Some(ResponseError::CoordinatorNotAvailable),
-    }
+    super::groups::not_coordinator_here(shard, transactional_id)
 }
 
 /// Old request versions know INVALID_PRODUCER_EPOCH only; PRODUCER_FENCED came with the

@@ -291,6 +291,27 @@ pub enum Records {
 }
 
 impl Records {
+    /// Appends the bytes to `buf` (a replay of an internal log: never on the fetch path).
+    pub fn copy_into(&self, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        match self {
+            Records::File(slice) => {
+                let start = buf.len();
+                buf.resize(start + slice.len, 0);
+                std::os::unix::fs::FileExt::read_exact_at(
+                    &*slice.file,
+                    &mut buf[start..],
+                    slice.position,
+                )
+            }
+            Records::Memory { chunks, .. } => {
+                for chunk in chunks {
+                    buf.extend_from_slice(chunk);
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Records::File(slice) => slice.len,

@@ -10,7 +10,6 @@
 //! nullable str]]; strings are i16 length + UTF-8, arrays i32 count.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::rc::Rc;
 
@@ -20,7 +19,7 @@ use super::coordinator::{TxnMetadata, TxnState};
 use super::TRANSACTION_STATE_TOPIC;
 use crate::groups::coordinator::CommitEntry;
 use crate::protocol::record_batch::{self, BatchError, Batches};
-use crate::storage::{LogConfig, PartitionLog, ReadLimit, Records};
+use crate::storage::{LogConfig, PartitionLog, ReadLimit};
 
 const BATCH_HEADER_BYTES: usize = 61;
 const REPLAY_READ_BYTES: usize = 1 << 20;
@@ -269,20 +268,8 @@ impl StateLog {
                 break;
             };
             buf.clear();
-            match read {
-                Records::File(slice) => {
-                    buf.resize(slice.len, 0);
-                    slice
-                        .file
-                        .read_exact_at(&mut buf, slice.position)
-                        .map_err(|e| format!("reading the transaction state log: {e}"))?;
-                }
-                Records::Memory { chunks, .. } => {
-                    for chunk in chunks {
-                        buf.extend_from_slice(&chunk);
-                    }
-                }
-            }
+            read.copy_into(&mut buf)
+                .map_err(|e| format!("reading the transaction state log: {e}"))?;
             let mut next = offset;
             for item in Batches::new(&buf, usize::MAX) {
                 match item {
