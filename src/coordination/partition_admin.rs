@@ -181,12 +181,7 @@ impl ClusterState {
             .partition_mut(topic, index)
             .ok_or_else(|| unknown_partition(topic, index))?;
         // A new target replaces a running reassignment: it starts from the original replicas.
-        let original: Vec<i32> = p
-            .replicas
-            .iter()
-            .copied()
-            .filter(|r| !p.adding_replicas.contains(r))
-            .collect();
+        let original = replicas_before_reassignment(p);
         let adding: Vec<i32> = target
             .iter()
             .copied()
@@ -242,12 +237,7 @@ impl ClusterState {
                 format!("No ongoing reassignment for {topic}-{index}"),
             ));
         }
-        let original: Vec<i32> = p
-            .replicas
-            .iter()
-            .copied()
-            .filter(|r| !p.adding_replicas.contains(r))
-            .collect();
+        let original = replicas_before_reassignment(p);
         let isr: Vec<i32> = p
             .isr
             .iter()
@@ -317,6 +307,16 @@ impl ClusterState {
 
 /// A leader that is no longer a replica hands over to the first live in-sync replica in
 /// replica order (the preferred one when it can), with a new leader epoch.
+/// The replicas a running reassignment started from (its joiners left out); all of them when
+/// none runs.
+fn replicas_before_reassignment(p: &PartitionState) -> Vec<i32> {
+    p.replicas
+        .iter()
+        .copied()
+        .filter(|r| !p.adding_replicas.contains(r))
+        .collect()
+}
+
 fn move_leader_into(p: &mut PartitionState, live: &[i32]) {
     if p.replicas.contains(&p.leader) {
         return;

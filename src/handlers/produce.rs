@@ -222,8 +222,8 @@ fn append_all(
                         "partition is not hosted here",
                     )
                 })?;
-            let max_batch_bytes = snapshot
-                .topic(&input.topic)
+            let topic = snapshot.topic(&input.topic);
+            let max_batch_bytes = topic
                 .map_or_else(
                     || owner.message_max_bytes(),
                     |t| owner.max_batch_bytes_for(t),
@@ -233,10 +233,7 @@ fn append_all(
                 .min(partition.log.max_batch_bytes())
                 // A batch fits in one segment (Kafka: RecordBatchTooLargeException).
                 .min(partition.log.segment_bytes() as usize);
-            let compacted = snapshot
-                .topic(&input.topic)
-                .is_some_and(|t| crate::shard::log_cleaner::cleanup_policy(&t.configs).0);
-            if compacted {
+            if topic.is_some_and(|t| crate::shard::log_cleaner::cleanup_policy(&t.configs).0) {
                 // Kafka's LogValidator: a compacted topic refuses records without a key.
                 crate::storage::cleaner::records::check_keys(&input.records)
                     .map_err(|e| ApiError::new(ResponseError::InvalidRecord, e))?;
