@@ -20,6 +20,12 @@ pub struct BrokerConfig {
     /// `num.cores` / `--cores`: number of shards (glommio executors, one per core when pinned).
     /// `None`: one per CPU this process may run on ([`default_cores`]), as Redpanda does.
     pub cores: Option<usize>,
+    /// `overprovisioned` / `--overprovisioned` (Redpanda's flag): the machine's CPUs are shared
+    /// with other busy processes (clients, other services), so shards run unpinned and the
+    /// kernel may move a woken shard to an idle CPU instead of queueing it behind another
+    /// process's thread on its own. Measured on a 2-CPU VM running the load generator beside
+    /// the broker (docs/benchmarks.md, W3): e2e p50 about a third lower, p99.9 up to 3x lower.
+    pub overprovisioned: bool,
     /// `listeners` / `--listen`: where clients connect. Port 0 picks a free port.
     pub listen: SocketAddr,
     /// `advertised.listeners` / `--advertise`: host and port returned in Metadata.
@@ -160,6 +166,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             node_id: 0,
             cores: None,
+            overprovisioned: false,
             listen: "0.0.0.0:9092".parse().expect("static address"),
             advertise: None,
             data_dir: PathBuf::from("./data"),
@@ -333,6 +340,7 @@ impl BrokerConfig {
         match key {
             "broker.id" | "node.id" => self.node_id = parse(key, value)?,
             "num.cores" => self.cores = Some(parse(key, value)?),
+            "overprovisioned" => self.overprovisioned = parse(key, value)?,
             "listeners" => {
                 let (host, port) = parse_listener(key, value)?;
                 self.listen = resolve(&format!("{host}:{port}"))?;
@@ -514,6 +522,12 @@ impl BrokerConfig {
         }
         self.log.max_batch_bytes = self.message_max_bytes;
         Ok(())
+    }
+
+    /// Whether shard `i` runs on CPU `allowed[i]` only: when there is a CPU for every shard and
+    /// the machine is not `overprovisioned`.
+    pub fn pins_shards(&self, allowed_cpus: usize) -> bool {
+        !self.overprovisioned && self.shards() <= allowed_cpus
     }
 
     /// Shards to start: `num.cores` / `--cores`, else [`default_cores`].

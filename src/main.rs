@@ -20,6 +20,10 @@ struct Args {
     /// mask). Pinned to CPUs when not more than those CPUs.
     #[arg(long)]
     cores: Option<usize>,
+    /// The CPUs are shared with other busy processes (clients, other services): run shards
+    /// unpinned (`overprovisioned=true`).
+    #[arg(long)]
+    overprovisioned: bool,
     /// broker.id
     #[arg(long)]
     node_id: Option<i32>,
@@ -59,6 +63,9 @@ fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> 
     }
     if let Some(cores) = args.cores {
         config.cores = Some(cores);
+    }
+    if args.overprovisioned {
+        config.overprovisioned = true;
     }
     if let Some(id) = args.node_id {
         config.node_id = id;

@@ -182,6 +182,9 @@ pub struct DetailedMetrics {
     pub fetch_latency: LatencyHistogram,
     /// One partition writer's fdatasync.
     pub fdatasync_latency: LatencyHistogram,
+    /// One partition writer's O_DIRECT write (what an acks=1 produce and a tailing consumer
+    /// wait for), from submission to completion.
+    pub segment_write_latency: LatencyHistogram,
     /// How long each detected shard stall kept the event loop away (`shard::stall`).
     pub stall_duration: LatencyHistogram,
     /// Partitions led by this node whose ISR lost a member / gained one, as committed by the
@@ -207,6 +210,7 @@ pub static DETAIL: DetailedMetrics = DetailedMetrics {
     produce_latency: LatencyHistogram::new(),
     fetch_latency: LatencyHistogram::new(),
     fdatasync_latency: LatencyHistogram::new(),
+    segment_write_latency: LatencyHistogram::new(),
     stall_duration: LatencyHistogram::new(),
     isr_shrinks: AtomicU64::new(0),
     isr_expands: AtomicU64::new(0),

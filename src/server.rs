@@ -53,8 +53,10 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     // Pinned to the CPUs this process may run on (its affinity mask), in order, when there
     // is one for every shard.
     let cpus: Vec<usize> = crate::config::allowed_cpus();
-    let pinned = shards <= cpus.len();
-    if !pinned {
+    let pinned = config.pins_shards(cpus.len());
+    if config.overprovisioned {
+        tracing::info!(shards, "overprovisioned: shards run unpinned");
+    } else if shards > cpus.len() {
         tracing::warn!(
             shards,
             cpus = cpus.len(),

@@ -645,3 +645,54 @@ fn a_partition_cut_inside_its_first_batch_is_sent_empty() {
     assert_eq!(records[1].len() as i32, batch_len + 10);
     assert_eq!(raw::values(records[1].clone()).len(), 20);
 }
+
+/// The CPUs the threads of each shard (named `shard-<id>-...`: the executor and its helper
+/// threads) may run on, from /proc.
+fn shard_cpu_lists(pid: u32) -> Vec<(String, String)> {
+    let mut lists = std::collections::BTreeSet::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !name.starts_with("shard-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        if let Some(cpus) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        {
+            lists.insert((name.trim().to_string(), cpus.trim().to_string()));
+        }
+    }
+    lists.into_iter().collect()
+}
+
+/// Shards are pinned, one CPU each, when there is a CPU for every shard; `--overprovisioned`
+/// (CPUs shared with other busy processes) leaves them free to run on any allowed CPU.
+#[test]
+fn shards_are_pinned_unless_overprovisioned() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let tmp = tempfile::tempdir().unwrap();
+    let pinned = Broker::start_in(tmp.path(), 0, &[]);
+    let lists = shard_cpu_lists(pinned.pid().unwrap());
+    assert_eq!(lists.len(), cpus, "one thread per shard: {lists:?}");
+    let distinct: std::collections::BTreeSet<_> = lists.iter().map(|(_, l)| l.clone()).collect();
+    assert_eq!(distinct.len(), cpus, "each shard on its own CPU: {lists:?}");
+    drop(pinned);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let free = Broker::start_in(tmp.path(), 0, &["--overprovisioned"]);
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let lists = shard_cpu_lists(free.pid().unwrap());
+    assert_eq!(lists.len(), cpus, "{lists:?}");
+    for (name, list) in &lists {
+        assert_eq!(list, &allowed, "{name} runs on every allowed CPU");
+    }
+    assert!(free.log().contains("overprovisioned"), "{}", free.log());
+}

@@ -389,6 +389,7 @@ pub async fn stats(State(api): ApiState) -> Json<serde_json::Value> {
         "produce_latency": histogram_json(&DETAIL.produce_latency),
         "fetch_latency": histogram_json(&DETAIL.fetch_latency),
         "fdatasync_latency": histogram_json(&DETAIL.fdatasync_latency),
+        "segment_write_latency": histogram_json(&DETAIL.segment_write_latency),
     }))
 }
 

@@ -233,6 +233,16 @@ impl Collector for Snapshot {
             metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
         {
+            let (sum, count, buckets) = histogram_parts(&DETAIL.segment_write_latency);
+            let mut metric = encoder.encode_descriptor(
+                "broker_segment_write_seconds",
+                "One O_DIRECT write of a partition's active segment, submission to completion.",
+                None,
+                MetricType::Histogram,
+            )?;
+            metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        {
             let (sum, count, buckets) = histogram_parts(&DETAIL.stall_duration);
             let mut metric = encoder.encode_descriptor(
                 "broker_shard_stall_seconds",

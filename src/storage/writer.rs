@@ -323,7 +323,11 @@ impl<Log: WriterHost> Writer<Log> {
         if log.take_injected_write_failure() {
             return Err(io::Error::other("injected write failure").into());
         }
+        let started = std::time::Instant::now();
         let written = file.write_at(buffer, write_position).await?;
+        crate::metrics::DETAIL
+            .segment_write_latency
+            .observe(started.elapsed());
         if written != buffer_bytes {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
