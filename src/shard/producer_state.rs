@@ -233,6 +233,13 @@ impl ProducerStateTable {
             .collect()
     }
 
+    /// Takes the aborted transactions recovery found (the log's `.txnindex` files), in marker
+    /// order, before any marker written since.
+    pub fn restore_aborted(&mut self, aborted: impl IntoIterator<Item = AbortedTxn>) {
+        assert!(self.aborted.is_empty(), "restored into a fresh table");
+        self.aborted.extend(aborted);
+    }
+
     /// Forgets aborted transactions wholly below `log_start_offset` (deleted by retention).
     pub fn forget_aborted_below(&mut self, log_start_offset: i64) {
         self.aborted.retain(|a| a.last_offset >= log_start_offset);

@@ -67,13 +67,17 @@ pub mod epoch_cache;
 pub mod index;
 pub mod log;
 pub mod notify;
+pub mod producer_snapshot;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
 pub mod tail_cache;
 pub mod timestamp;
+pub mod txn_index;
 pub mod writer;
 
+#[cfg(test)]
+mod producer_recovery_tests;
 #[cfg(test)]
 mod replica_tests;
 #[cfg(test)]
