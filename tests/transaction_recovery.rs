@@ -120,7 +120,7 @@ fn read_all(bootstrap: &str, topic: &str, isolation: &str, last: &str) -> Vec<St
 }
 
 fn segment_files(dir: &std::path::Path, topic: &str) -> usize {
-    std::fs::read_dir(dir.join(format!("{topic}-0")))
+    std::fs::read_dir(dir.join("data").join(format!("{topic}-0")))
         .map(|entries| {
             entries
                 .filter(|e| {
