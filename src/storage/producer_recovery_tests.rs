@@ -289,3 +289,46 @@ fn recovery_time_with_many_closed_segments() {
         reopen("after the upgrade scan").await;
     });
 }
+
+/// The idempotent producer's batches all sit in closed segments and the active one has just
+/// rolled (empty) when the broker crashes: a retry of its last batch is still recognised.
+#[test]
+fn a_retry_after_a_crash_right_after_a_roll_is_deduplicated() {
+    use crate::shard::producer_state::{ProducerStateTable, SequenceCheck};
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let log = crash_and_reopen(&path).await;
+        let mut last = None;
+        for i in 0..4 {
+            let bytes = producer_batch(IDEMPOTENT_PRODUCER, i * 3, 3, false);
+            last = Some((bytes.clone(), append(&log, bytes).base_offset));
+        }
+        // The roll leaves the active segment holding one plain batch: nothing of the producer.
+        roll(&log, 3).await;
+        log.wait_written(log.log_end_offset(), true).await.unwrap();
+        drop(log);
+
+        let log = crash_and_reopen(&path).await;
+        let mut table = ProducerStateTable::default();
+        for header in log.recovered_producer_batches() {
+            table.record(&header, header.base_offset);
+        }
+        let (retried, offset) = last.unwrap();
+        let header = validate(&retried, 1 << 20).unwrap();
+        assert_eq!(
+            table.check(&header),
+            Ok(SequenceCheck::Duplicate {
+                base_offset: offset
+            })
+        );
+        let next = validate(&producer_batch(IDEMPOTENT_PRODUCER, 12, 1, false), 1 << 20).unwrap();
+        assert_eq!(table.check(&next), Ok(SequenceCheck::Append));
+        let gap = validate(&producer_batch(IDEMPOTENT_PRODUCER, 20, 1, false), 1 << 20).unwrap();
+        assert!(
+            table.check(&gap).is_err(),
+            "out of order after the restart too"
+        );
+        log.close().await.unwrap();
+    });
+}
