@@ -252,27 +252,51 @@ fn retention_removes_indexes_and_old_snapshots_with_their_segments() {
     });
 }
 
-/// The figure for the docs: recovery after a crash with many closed segments.
+/// The figure for the docs: recovery after a crash with 200 closed segments, with snapshots
+/// and (as a log of the previous version) without. `RECOVERY_FIGURE_SEGMENT_BYTES` sets the
+/// segment size (16 KiB by default).
 #[test]
 #[ignore = "timing figure, run by hand"]
 fn recovery_time_with_many_closed_segments() {
     run(|| async {
+        let segment_bytes: u64 = std::env::var("RECOVERY_FIGURE_SEGMENT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16 * 1024);
+        let config = crate::storage::LogConfig {
+            segment_bytes,
+            ..small_config()
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t-0");
-        let log = crash_and_reopen(&path).await;
-        write_history(&log).await;
-        roll(&log, 200).await;
-        append(&log, producer_batch(IDEMPOTENT_PRODUCER, 14, 1, false));
+        let log = PartitionLog::open(path.clone(), config.clone())
+            .await
+            .unwrap();
+        let mut sequence = 0;
+        while log.segment_count() < 201 {
+            // An aborted transaction and idempotent batches in every segment or so.
+            append(
+                &log,
+                producer_batch(IDEMPOTENT_PRODUCER, sequence, 2, false),
+            );
+            sequence += 2;
+            append(&log, producer_batch(TXN_PRODUCER, 0, 1, true));
+            append_marker(&log, TXN_PRODUCER, false);
+            let records = (segment_bytes / 8 / 230).clamp(1, 1000) as usize;
+            append(&log, batch(records, 200, 1_000));
+            log.wait_written(log.log_end_offset(), false).await.unwrap();
+        }
         log.wait_written(log.log_end_offset(), true).await.unwrap();
         drop(log);
         let reopen = |label: &'static str| {
-            let path = path.clone();
+            let (path, config) = (path.clone(), config.clone());
             async move {
                 let started = std::time::Instant::now();
-                let log = crash_and_reopen(&path).await;
+                let log = PartitionLog::open(path, config).await.unwrap();
                 eprintln!(
-                    "{label}: reopened {} segments in {:?}",
+                    "{label}: reopened {} segments ({} aborted transactions) in {:?}",
                     log.segment_count(),
+                    log.recovered_aborted_transactions().len(),
                     started.elapsed()
                 );
                 drop(log);

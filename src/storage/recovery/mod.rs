@@ -108,6 +108,9 @@ pub(crate) async fn recover_log(
         let Some(name) = name.to_str() else { continue };
         if let Some(base) = segment::parse_log_file_name(name) {
             bases.push(base);
+        } else if name.ends_with(".snapshot.tmp") || name.ends_with(".txnindex.tmp") {
+            // A write a crash interrupted; the file it was replacing (if any) is intact.
+            std::fs::remove_file(entry.path())?;
         } else if let Some(base) = name
             .strip_suffix(".txnindex")
             .filter(|digits| digits.len() == 20)
