@@ -22,7 +22,10 @@
 //! [`scan_valid_prefix`], the fuzz target).
 //!
 //! This file rebuilds a log from its directory; [`scan`] holds the batch validator and the
-//! buffered scan, [`direct`] the O_DIRECT scan and its page-cache residency check.
+//! buffered scan, [`direct`] the O_DIRECT scan and its page-cache residency check, [`producers`]
+//! the producer state and aborted transactions of the closed segments (newest producer-state
+//! snapshot plus `.txnindex` files; closed segments are scanned only above that snapshot, or
+//! all once for a log without snapshots). The active segment's scan carries that state on.
 
 use std::collections::HashSet;
 use std::fs::File;
