@@ -632,10 +632,7 @@ impl Shard {
     /// Flushes and closes every partition log, each leaving its clean-close record.
     pub async fn close_partitions(&self) {
         for partition in self.owned_partitions() {
-            let closed = match partition.producer_state_snapshot() {
-                Some(producers) => partition.log.close_clean(producers).await,
-                None => partition.log.close().await,
-            };
+            let closed = partition.log.close_clean().await;
             if let Err(e) = closed {
                 tracing::error!(topic = %partition.topic, error = %e, "closing partition log failed");
             }

@@ -132,14 +132,9 @@ impl Partition {
         partition
     }
 
-    /// The idempotent producers' state, as a clean close saves it (`None`: not saved, see
-    /// `ProducerStateTable::snapshot`).
-    pub fn producer_state_snapshot(&self) -> Option<Vec<BatchHeader>> {
-        self.producers.borrow().snapshot()
-    }
-
-    /// Rebuilds the idempotent-producer table from the batches the log's recovery scan saw
-    /// (at open, and after a truncation removed batches).
+    /// Rebuilds the idempotent-producer table and the transaction state from what the log's
+    /// recovery found (a producer-state snapshot, the `.txnindex` files and the scan after
+    /// them), at open and after a truncation removed batches.
     pub fn rebuild_producer_state(&self) {
         let mut producers = ProducerStateTable::default();
         let mut recovered = 0;
@@ -147,12 +142,17 @@ impl Partition {
             producers.record(&header, header.base_offset);
             recovered += 1;
         }
-        let transactions = self.log.recovered_transactions();
-        for (producer_id, first_offset, marker_offset) in transactions.aborted {
-            producers.begin_transaction(producer_id, first_offset);
-            producers.end_transaction(producer_id, -1, false, marker_offset);
-        }
-        for (producer_id, first_offset) in transactions.open {
+        producers.restore_aborted(
+            self.log
+                .recovered_aborted_transactions()
+                .into_iter()
+                .map(|e| AbortedTxn {
+                    producer_id: e.producer_id,
+                    first_offset: e.first_offset,
+                    last_offset: e.last_offset,
+                }),
+        );
+        for (producer_id, first_offset) in self.log.recovered_open_transactions() {
             producers.begin_transaction(producer_id, first_offset);
         }
         if recovered > 0 {

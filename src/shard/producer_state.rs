@@ -53,7 +53,10 @@ pub struct ProducerStateTable {
     /// The smallest bounds the last stable offset.
     ongoing: HashMap<i64, i64>,
     /// Aborted transactions, in marker order: what read_committed fetches report so that
-    /// clients drop their records.
+    /// clients drop their records. Rebuilt at open from the log's `.txnindex` files (every
+    /// segment's), extended by each abort marker appended, forgotten below the log start:
+    /// 24 bytes per abort in the retained log, next to the offset index entries every closed
+    /// segment already keeps in memory, and no file read on the fetch path.
     aborted: Vec<AbortedTxn>,
 }
 
@@ -140,32 +143,6 @@ impl ProducerStateTable {
         });
     }
 
-    /// The table as batches that [`Self::record`] turns back into the same table, oldest
-    /// first: what a clean close saves so the next open needs no scan of the log. `None` when
-    /// the partition has open or aborted transactions: the clean-close record does not carry
-    /// them, so the next open must rebuild them with its scan.
-    pub fn snapshot(&self) -> Option<Vec<BatchHeader>> {
-        if !self.ongoing.is_empty() || !self.aborted.is_empty() {
-            return None;
-        }
-        let mut batches: Vec<BatchHeader> = self
-            .producers
-            .iter()
-            .flat_map(|(&producer_id, entry)| {
-                entry.batches.iter().map(move |b| {
-                    BatchHeader::for_producer_state(
-                        producer_id,
-                        entry.epoch,
-                        (b.first_sequence, b.last_sequence),
-                        b.base_offset,
-                    )
-                })
-            })
-            .collect();
-        batches.sort_unstable_by_key(|b| b.base_offset);
-        Some(batches)
-    }
-
     /// Tracks a transactional data batch appended at `base_offset`: the first one of a
     /// producer opens its transaction on this partition.
     pub fn begin_transaction(&mut self, producer_id: i64, base_offset: i64) {
@@ -231,6 +208,13 @@ impl ProducerStateTable {
             .filter(|a| a.last_offset >= from && a.first_offset < below)
             .copied()
             .collect()
+    }
+
+    /// Takes the aborted transactions recovery found (the log's `.txnindex` files), in marker
+    /// order, before any marker written since.
+    pub fn restore_aborted(&mut self, aborted: impl IntoIterator<Item = AbortedTxn>) {
+        assert!(self.aborted.is_empty(), "restored into a fresh table");
+        self.aborted.extend(aborted);
     }
 
     /// Forgets aborted transactions wholly below `log_start_offset` (deleted by retention).
@@ -303,35 +287,6 @@ mod tests {
         assert_eq!(
             table.check(&header(-1, 0, -1, 1)),
             Ok(SequenceCheck::Append)
-        );
-    }
-
-    #[test]
-    fn a_snapshot_rebuilds_the_same_table_even_across_a_sequence_wrap() {
-        let mut table = ProducerStateTable::default();
-        for i in 0..7 {
-            table.record(&header(1, 0, i * 2, 2), 10 + i as i64 * 2);
-        }
-        table.record(&header(2, 3, i32::MAX - 1, 4), 40); // sequences 2147483646..=1
-        let mut rebuilt = ProducerStateTable::default();
-        for batch in table.snapshot().unwrap() {
-            rebuilt.record(&batch, batch.base_offset);
-        }
-        for probe in [
-            header(1, 0, 12, 2),
-            header(1, 0, 4, 2),
-            header(1, 0, 14, 1),
-            header(1, 0, 2, 2),
-            header(2, 3, i32::MAX - 1, 4),
-            header(2, 3, 2, 1),
-            header(2, 3, 3, 1),
-            header(2, 2, 0, 1),
-        ] {
-            assert_eq!(rebuilt.check(&probe), table.check(&probe), "{probe:?}");
-        }
-        assert_eq!(
-            rebuilt.check(&header(2, 3, i32::MAX - 1, 4)),
-            Ok(SequenceCheck::Duplicate { base_offset: 40 })
         );
     }
 

@@ -25,6 +25,9 @@
 //! - [`epoch_cache`]: the leader epoch cache (`leader-epoch-checkpoint`): which leader epoch
 //!   starts at which offset, for OffsetForLeaderEpoch and follower truncation.
 //! - [`timestamp`]: record-level timestamp search inside one uncompressed batch.
+//! - [`txn_index`]: `<base>.txnindex`, the aborted transactions whose markers a segment holds.
+//! - [`producer_snapshot`]: the log's producer state (`ProducerTracker`, fed by the writer)
+//!   and its `<offset>.snapshot` files, written at each roll; recovery starts from the newest.
 //! - [`tail_cache`]: the newest batches in memory (the producer's `Bytes`), so tailing
 //!   consumers never wait for the device: O_DIRECT appends leave the page cache empty.
 //!
@@ -35,6 +38,11 @@
 //! position i32 BE), `.timeindex` 12-byte entries (timestamp i64 BE, relative offset i32 BE).
 //! Index files are derived data: written with buffered writes when a segment is closed, trusted
 //! only for closed segments and only after a staleness check, rebuilt otherwise.
+//!
+//! `<dir>/<base_offset:020>.txnindex` (only for segments with abort markers) holds Kafka's
+//! 34-byte aborted-transaction entries; `<dir>/<offset:020>.snapshot` the producer state at
+//! that offset (this broker's own format, CRC-32C; Kafka's name). Both are synced when written
+//! at a roll; a damaged one is rebuilt by scanning from an older snapshot.
 //!
 //! `<dir>/leader-epoch-checkpoint` is Kafka's text file: a version line `0`, an entry count,
 //! then one `epoch start_offset` line per entry.
@@ -67,13 +75,17 @@ pub mod epoch_cache;
 pub mod index;
 pub mod log;
 pub mod notify;
+pub mod producer_snapshot;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
 pub mod tail_cache;
 pub mod timestamp;
+pub mod txn_index;
 pub mod writer;
 
+#[cfg(test)]
+mod producer_recovery_tests;
 #[cfg(test)]
 mod replica_tests;
 #[cfg(test)]

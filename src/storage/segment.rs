@@ -23,6 +23,7 @@ use std::sync::{Arc, Weak};
 use glommio::io::{DmaFile, OpenOptions};
 
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use super::txn_index::{self, TxnIndexEntry};
 use super::{StorageError, PAGE_BYTES};
 use crate::protocol::record_batch::{BatchHeader, HEADER_LEN};
 
@@ -222,6 +223,11 @@ pub struct Segment {
     /// read descriptor is first opened.
     read_ahead_piece_bytes: Cell<Option<u64>>,
     read_ahead: RefCell<ReadAheadStreams>,
+    /// The active segment's aborted transactions (its `.txnindex` in memory), and whether the
+    /// file lags behind them. Closed segments keep theirs on disk only (the partition's
+    /// producer table holds the list read_committed fetches use).
+    aborted: RefCell<Vec<TxnIndexEntry>>,
+    aborted_dirty: Cell<bool>,
 }
 
 impl Segment {
@@ -258,6 +264,8 @@ impl Segment {
             time_index: RefCell::new(time_index),
             read_ahead_piece_bytes: Cell::new(None),
             read_ahead: RefCell::new(ReadAheadStreams::default()),
+            aborted: RefCell::new(Vec::new()),
+            aborted_dirty: Cell::new(false),
         };
         if let Some(file) = read_file {
             segment.adopt_read_file(file);
@@ -363,15 +371,21 @@ impl Segment {
         // Empty index files keep the directory looking like Kafka's; they are filled on close.
         // Created on the blocking thread: creating a file waits for room in the file system's
         // journal, which a busy device can hold up for a long time.
-        let (index, time_index) = (
+        let (index, time_index, txn_index) = (
             log_path.with_extension("index"),
             log_path.with_extension("timeindex"),
+            txn_index::path_for(log_path),
         );
         glommio::executor()
             .spawn_blocking(move || -> io::Result<()> {
                 File::create(index)?;
                 File::create(time_index)?;
-                Ok(())
+                // A `.txnindex` left at this base (a segment truncated away) describes other
+                // batches.
+                match std::fs::remove_file(txn_index) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                }
             })
             .await?;
         sync_dir(dir).await?;
@@ -633,6 +647,43 @@ impl Segment {
         Ok(())
     }
 
+    /// Replaces the segment's aborted transactions (recovery); `dirty`: the file lags.
+    pub fn set_aborted(&self, entries: Vec<TxnIndexEntry>, dirty: bool) {
+        *self.aborted.borrow_mut() = entries;
+        self.aborted_dirty.set(dirty);
+    }
+
+    /// An abort marker written to this (active) segment.
+    pub fn record_aborted(&self, entry: TxnIndexEntry) {
+        let mut aborted = self.aborted.borrow_mut();
+        assert!(
+            entry.last_offset >= self.base_offset
+                && aborted
+                    .last()
+                    .is_none_or(|e| e.last_offset < entry.last_offset),
+            "abort markers are recorded in offset order in their segment"
+        );
+        aborted.push(entry);
+        self.aborted_dirty.set(true);
+    }
+
+    /// The `.txnindex` path and entries to write if the file lags behind memory (marked
+    /// written: the caller writes it or fails the log).
+    pub fn take_txn_index_to_persist(&self) -> Option<(PathBuf, Vec<TxnIndexEntry>)> {
+        if !self.aborted_dirty.replace(false) {
+            return None;
+        }
+        Some((self.log_path.clone(), self.aborted.borrow().clone()))
+    }
+
+    /// Writes the `.txnindex` durably if it lags (blocking; only segments with aborts).
+    pub fn persist_txn_index(&self) -> io::Result<()> {
+        match self.take_txn_index_to_persist() {
+            Some((log_path, entries)) => txn_index::write_durably(&log_path, &entries),
+            None => Ok(()),
+        }
+    }
+
     /// Called once the segment stops growing.
     pub fn shrink_indexes(&self) {
         self.offset_index.borrow_mut().shrink_to_fit();
@@ -669,6 +720,7 @@ impl Segment {
                 self.log_path.clone(),
                 self.index_path(),
                 self.time_index_path(),
+                txn_index::path_for(&self.log_path),
             ],
             handles: self.read_file.borrow().iter().cloned().collect(),
             recycle: Vec::new(),

@@ -36,8 +36,9 @@ use glommio::io::{DmaFile, OpenOptions};
 
 use super::notify::{Mark, Notifier};
 use super::segment::{BatchMeta, Segment};
-use super::{LogConfig, StorageError, PAGE_BYTES};
-use crate::protocol::record_batch;
+use super::txn_index::TxnIndexEntry;
+use super::{producer_snapshot, txn_index, LogConfig, StorageError, PAGE_BYTES};
+use crate::protocol::record_batch::{self, BatchHeader};
 
 /// Cap on one write: big enough to reach the device's sequential bandwidth, small enough that
 /// a burst does not hold megabytes of staging memory or delay the written offset long.
@@ -52,6 +53,9 @@ pub(crate) struct QueuedBatch {
     pub bytes: Bytes,
     pub leader_epoch: i32,
     pub meta: BatchMeta,
+    /// The batch's header when it has a producer id: the log's producer state follows it as
+    /// it is written (`WriterHost::track_written`).
+    pub producer: Option<BatchHeader>,
 }
 
 /// What the log asks of its writer besides writing what is queued.
@@ -111,6 +115,11 @@ pub(crate) trait WriterHost: 'static {
     /// Makes the leader epoch checkpoint durable if it changed since its last sync: before a
     /// segment is closed (closed segments are not rescanned, so their epochs must be in it).
     fn sync_epoch_checkpoint(&self) -> Result<(), StorageError>;
+    /// A batch with a producer id (its `base_offset` the assigned one) goes into the segment
+    /// file: the log's producer state takes it. Returns the index entry of an abort marker.
+    fn track_written(&self, header: &BatchHeader, batch: &[u8]) -> Option<TxnIndexEntry>;
+    /// The log's producer state (every batch written so far) as snapshot file bytes.
+    fn encode_producer_snapshot(&self, offset: i64) -> Vec<u8>;
     /// Fault injection: whether the next write must fail.
     #[cfg(test)]
     fn take_injected_write_failure(&self) -> bool;
@@ -303,7 +312,12 @@ impl<Log: WriterHost> Writer<Log> {
         bytes[..tail.len()].copy_from_slice(&tail);
         let mut at = tail.len();
         let mut metas = Vec::with_capacity(batches.len());
+        let mut aborted = Vec::new();
         for batch in batches {
+            if let Some(mut header) = batch.producer {
+                header.base_offset = batch.meta.base_offset;
+                aborted.extend(log.track_written(&header, &batch.bytes));
+            }
             let end = at + batch.bytes.len();
             bytes[at..end].copy_from_slice(&batch.bytes);
             record_batch::assign(
@@ -341,6 +355,9 @@ impl<Log: WriterHost> Writer<Log> {
             self.segment
                 .record_batch(position, meta, log.config().index_interval_bytes);
             position += meta.len_bytes;
+        }
+        for entry in aborted {
+            self.segment.record_aborted(entry);
         }
         self.tail = Some(next_tail);
         log.count_write(data_bytes);
@@ -386,6 +403,22 @@ impl<Log: WriterHost> Writer<Log> {
         log.notifier().advance(Mark::Durable, old.next_offset());
 
         let base_offset = old.next_offset();
+        // The producer state as of the new segment's base, so recovery scans only the new
+        // segment; after the old segment's aborted transactions, which the snapshot vouches
+        // for. Written (and synced) on the blocking thread: appends keep queueing meanwhile.
+        let snapshot = log.encode_producer_snapshot(base_offset);
+        let txn_index = old.take_txn_index_to_persist();
+        let (dir, old_base) = (log.dir().to_path_buf(), old.base_offset());
+        glommio::executor()
+            .spawn_blocking(move || -> io::Result<()> {
+                if let Some((log_path, entries)) = txn_index {
+                    txn_index::write_durably(&log_path, &entries)?;
+                }
+                producer_snapshot::write_durably(&dir, base_offset, &snapshot)?;
+                // A clean close's snapshot inside the old segment is superseded.
+                producer_snapshot::remove_where(&dir, |o| o > old_base && o < base_offset)
+            })
+            .await?;
         let (segment, file) = if let Some(recycled) = log.take_recycled_segment(base_offset) {
             Segment::create_recycled(log.dir(), base_offset, &recycled).await?
         } else {
@@ -425,6 +458,7 @@ impl<Log: WriterHost> Writer<Log> {
     async fn flush_and_close(&mut self, log: &Log) -> Result<(), StorageError> {
         let file = self.file.take().expect("callers check");
         self.segment.persist_indexes()?;
+        self.segment.persist_txn_index()?;
         file.truncate(self.segment.size_bytes()).await?;
         file.fdatasync().await?;
         file.close().await?;

@@ -16,6 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::storage::segment::Segment;
+use crate::storage::txn_index::{self, TxnIndexEntry};
 
 pub const CLEANED_SUFFIX: &str = ".cleaned";
 pub const SWAP_SUFFIX: &str = ".swap";
@@ -59,6 +60,7 @@ pub const MEMBERS_SUFFIX: &str = ".members";
 fn remove_segment_files(log_path: &Path) -> io::Result<()> {
     remove_if_present(&log_path.with_extension("index"))?;
     remove_if_present(&log_path.with_extension("timeindex"))?;
+    remove_if_present(&txn_index::path_for(log_path))?;
     remove_if_present(log_path)
 }
 
@@ -91,6 +93,7 @@ pub fn commit(dir: &Path, cleaned: &[Replacement]) -> io::Result<()> {
         if replacement.members.is_empty() {
             continue;
         }
+        merge_txn_indexes(replacement)?;
         let names: Vec<String> = replacement
             .members
             .iter()
@@ -126,6 +129,29 @@ pub fn commit(dir: &Path, cleaned: &[Replacement]) -> io::Result<()> {
 }
 
 /// Removes the `.cleaned` files of a run that did not commit (blocking).
+/// Gives a merged segment the aborted transactions of all its members (the cleaner keeps
+/// transactional batches and markers whole, so every entry stays true), durably, before the
+/// merge commits. Should the merge then roll back, the first segment's index names markers
+/// beyond its end: recovery refuses it and rebuilds it by scanning.
+fn merge_txn_indexes(replacement: &Replacement) -> io::Result<()> {
+    let first = replacement.segment.log_path();
+    let mut entries: Vec<TxnIndexEntry> = Vec::new();
+    for log_path in std::iter::once(first).chain(replacement.members.iter().map(PathBuf::as_path)) {
+        match std::fs::read(txn_index::path_for(log_path)) {
+            Ok(bytes) => {
+                entries.extend(txn_index::decode(&bytes, 0, i64::MAX).map_err(io::Error::other)?)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if entries.is_empty() {
+        return Ok(());
+    }
+    entries.sort_unstable_by_key(|e| e.last_offset);
+    txn_index::write_durably(first, &entries)
+}
+
 pub fn abandon(cleaned: &[Segment]) -> io::Result<()> {
     for segment in cleaned {
         remove_if_present(&cleaned_path(segment.log_path()))?;

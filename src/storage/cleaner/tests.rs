@@ -488,3 +488,81 @@ fn an_unfinished_run_is_rolled_back_on_open() {
         log.close().await.unwrap();
     });
 }
+
+/// An aborted transaction in a segment the cleaner rewrites and merges: the merged segment's
+/// `.txnindex` carries the entry, and a crash then loses nothing of it.
+#[test]
+fn merged_segments_carry_their_aborted_transactions() {
+    use crate::protocol::record_batch::compute_crc;
+    use crate::storage::{segment, txn_index};
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path()).await;
+        let mut txn = keyed_batch(0, &[(Some(b"key3".as_slice()), Some(b"aborted"))], 0);
+        txn[43..51].copy_from_slice(&77i64.to_be_bytes()); // producer id
+        txn[53..57].copy_from_slice(&0i32.to_be_bytes()); // base sequence
+        txn[22] |= 0x10; // transactional
+        let crc = compute_crc(&txn);
+        txn[17..21].copy_from_slice(&crc.to_be_bytes());
+        let header = validate(&txn, 1 << 20).unwrap();
+        let first = log
+            .append(Bytes::from(txn), &header, 0)
+            .unwrap()
+            .base_offset;
+        let marker = crate::transactions::markers::encode_marker(77, 0, false, 0, now_ms());
+        let header = validate(&marker, 1 << 20).unwrap();
+        let marker_offset = log.append(marker, &header, 0).unwrap().base_offset;
+        // Updates after it; each run cleans them, and the next merges the small clean ones.
+        let segment_of = |bases: &[i64]| bases[bases.partition_point(|&b| b <= marker_offset) - 1];
+        let base_before = segment_of(&log.segment_base_offsets());
+        let segments_before = log.segment_count();
+        for rounds in [10..14, 14..18, 18..22] {
+            for round in rounds {
+                for chunk in 0..4 {
+                    let values: Vec<String> = (0..5)
+                        .map(|i| format!("v{round}-{}-{}", chunk * 5 + i, noise(round * 20 + i)))
+                        .collect();
+                    let keys: Vec<String> =
+                        (0..5).map(|i| format!("key{}", chunk * 5 + i)).collect();
+                    let records: Vec<(&str, Option<&str>)> = keys
+                        .iter()
+                        .zip(&values)
+                        .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                        .collect();
+                    put(&log, &records, 0);
+                }
+            }
+            log.wait_written(log.log_end_offset(), true).await.unwrap();
+            clean(&log, &eager(), now_ms(), 1 << 20).await.unwrap();
+        }
+        let bases = log.segment_base_offsets();
+        let base = segment_of(&bases);
+        let next = bases[bases.partition_point(|&b| b <= marker_offset)];
+        assert!(
+            log.segment_count() < segments_before && base < base_before,
+            "the marker's segment was merged into an earlier one: {base_before} -> {base} \
+             ({segments_before} segments before, {bases:?} after)"
+        );
+        let expected = (77, first, marker_offset);
+        let in_file = txn_index::read(
+            &dir.path().join(segment::file_name(base, "log")),
+            base,
+            next,
+            u64::MAX,
+        )
+        .unwrap();
+        let key = |e: &txn_index::TxnIndexEntry| (e.producer_id, e.first_offset, e.last_offset);
+        assert_eq!(in_file.iter().map(key).collect::<Vec<_>>(), vec![expected]);
+        drop(log); // a crash
+        let log = PartitionLog::open(dir.path().to_path_buf(), config())
+            .await
+            .unwrap();
+        let recovered: Vec<_> = log
+            .recovered_aborted_transactions()
+            .iter()
+            .map(key)
+            .collect();
+        assert_eq!(recovered, vec![expected]);
+        log.close().await.unwrap();
+    });
+}

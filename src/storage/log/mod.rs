@@ -18,9 +18,11 @@ use glommio::task::JoinHandle;
 use super::clean_close;
 use super::epoch_cache::LeaderEpochCache;
 use super::notify::{Mark, Notifier};
-use super::recovery::{self, RecoveredActive, RecoveredTransactions};
+use super::producer_snapshot::{self, ProducerTracker};
+use super::recovery::{self, RecoveredActive};
 use super::segment::{self, BatchMeta, DoomedFiles, Segment};
 use super::tail_cache::TailCache;
+use super::txn_index::TxnIndexEntry;
 use super::writer::{QueuedBatch, StopRequest, Writer, WriterHost};
 use super::{AppendInfo, LogConfig, StorageError};
 use crate::protocol::record_batch::BatchHeader;
@@ -96,11 +98,12 @@ pub struct PartitionLog {
     /// Set while the writer task is parked with nothing to do.
     writer_waker: RefCell<Option<Waker>>,
     writer_task: RefCell<Option<JoinHandle<Result<(), StorageError>>>>,
-    /// What the last scan of the active segment saw of each producer (see
-    /// [`Self::recovered_producer_batches`]).
-    producer_batches: RefCell<Vec<BatchHeader>>,
-    /// What the last scan of the active segment saw of transactions.
-    recovered_transactions: RefCell<RecoveredTransactions>,
+    /// Producers' last batches and open transactions as of the written offset: fed by the
+    /// writer as it writes, saved at each roll (`producer_snapshot`), rebuilt by recovery.
+    producer_tracker: RefCell<ProducerTracker>,
+    /// Aborted transactions of every segment as the last recovery (open or truncation) found
+    /// them, for the partition to rebuild its table from.
+    recovered_aborted: RefCell<Vec<TxnIndexEntry>>,
     /// Which leader epoch starts where; persisted in `leader-epoch-checkpoint`.
     epochs: RefCell<LeaderEpochCache>,
     /// The newest batches in memory, up to `config.tail_cache_bytes`: reads of them never
@@ -207,8 +210,8 @@ impl PartitionLog {
             notifier: Notifier::new(log_end_offset, durable_offset),
             writer_waker: RefCell::new(None),
             writer_task: RefCell::new(None),
-            producer_batches: RefCell::new(Vec::new()),
-            recovered_transactions: RefCell::new(RecoveredTransactions::default()),
+            producer_tracker: RefCell::new(ProducerTracker::default()),
+            recovered_aborted: RefCell::new(Vec::new()),
             epochs: RefCell::new(epochs),
             tail_cache: RefCell::new(TailCache::new(config_tail_cache_bytes)),
             stats: Cell::new(LogStats::default()),
@@ -227,8 +230,8 @@ impl PartitionLog {
 
     /// Spawns the writer task on the active segment a recovery scan left behind.
     fn start_writer(&self, active: RecoveredActive) {
-        *self.producer_batches.borrow_mut() = active.producer_batches;
-        *self.recovered_transactions.borrow_mut() = active.transactions;
+        *self.producer_tracker.borrow_mut() = active.producers;
+        *self.recovered_aborted.borrow_mut() = active.aborted;
         let writer = Writer::new(
             self.me.clone(),
             active.file,
@@ -484,6 +487,7 @@ impl PartitionLog {
             bytes: batch,
             leader_epoch,
             meta,
+            producer: header.has_producer_id().then_some(*header),
         });
         self.queued_bytes
             .set(self.queued_bytes.get() + meta.len_bytes);
@@ -576,18 +580,29 @@ impl PartitionLog {
         async move { wait?.await }
     }
 
-    /// Headers of batches with a producer id seen by the last scan of the active segment
-    /// (on open, or of the segment a truncation cut), oldest first: the last five per producer
-    /// (all Kafka's idempotence checks need). After [`Self::truncate_to`] the caller rebuilds
-    /// its producer state from these.
+    /// Headers of the last five batches of each producer as of the written offset, oldest
+    /// first (all Kafka's idempotence checks need). At open and after [`Self::truncate_to`]
+    /// (when everything is written) the partition rebuilds its producer table from these.
     pub fn recovered_producer_batches(&self) -> Vec<BatchHeader> {
-        self.producer_batches.borrow().clone()
+        self.producer_tracker.borrow().producer_batches()
     }
 
-    /// The transactions the last scan of the active segment left open, and those it saw
-    /// aborted; the partition rebuilds its transaction state from these with the producers'.
-    pub fn recovered_transactions(&self) -> RecoveredTransactions {
-        self.recovered_transactions.borrow().clone()
+    /// Open transactions as of the written offset: producer id and first offset.
+    pub fn recovered_open_transactions(&self) -> Vec<(i64, i64)> {
+        let tracker = self.producer_tracker.borrow();
+        let mut open: Vec<(i64, i64)> = tracker
+            .open_transactions()
+            .iter()
+            .map(|(&id, &first)| (id, first))
+            .collect();
+        open.sort_unstable_by_key(|&(id, first)| (first, id));
+        open
+    }
+
+    /// Aborted transactions of every segment as the last open or truncation found them
+    /// (the `.txnindex` files, and the scan of what they do not cover), in marker order.
+    pub fn recovered_aborted_transactions(&self) -> Vec<TxnIndexEntry> {
+        self.recovered_aborted.borrow().clone()
     }
 
     /// Records a use (append or read) for [`Self::release_if_idle`].
@@ -650,13 +665,11 @@ impl PartitionLog {
         self.opened_after_clean_close
     }
 
-    /// A broker's clean shutdown: [`Self::close`], then the clean-close record
-    /// ([`clean_close`]) with the idempotent producers' state, so the next open trusts the
-    /// active segment instead of scanning it. Nothing is recorded if the close failed.
-    pub async fn close_clean(
-        &self,
-        producer_batches: Vec<BatchHeader>,
-    ) -> Result<(), StorageError> {
+    /// A broker's clean shutdown: [`Self::close`], a producer-state snapshot at the log end
+    /// and the active segment's `.txnindex`, then the clean-close record ([`clean_close`]), so
+    /// the next open trusts the active segment instead of scanning it. Nothing is recorded if
+    /// the close failed.
+    pub async fn close_clean(&self) -> Result<(), StorageError> {
         // A writer that failed makes this an error: nothing is recorded.
         self.close().await?;
         let active = self
@@ -675,6 +688,13 @@ impl PartitionLog {
             active.persist_indexes()?;
         }
         self.epochs.borrow_mut().sync()?;
+        active.persist_txn_index()?;
+        let producers = self.producer_tracker.borrow().clone();
+        producer_snapshot::write_unsynced(
+            &self.dir,
+            active.next_offset(),
+            &producers.encode(active.next_offset()),
+        )?;
         debug_assert_eq!(
             std::fs::metadata(active.log_path())?.len(),
             active.size_bytes(),
@@ -684,7 +704,7 @@ impl PartitionLog {
             active_base_offset: active.base_offset(),
             active_size_bytes: active.size_bytes(),
             next_offset: active.next_offset(),
-            producer_batches,
+            producer_batches: producers.producer_batches(),
         }
         .write(&self.dir)?;
         Ok(())
@@ -795,6 +815,15 @@ impl PartitionLog {
         end_offsets.retain(|(path, _)| kept.contains(path));
         let recycled = end_offsets;
         self.recycled_segments.borrow_mut().extend(recycled);
+        // Snapshots below the log start describe deleted batches; the newest stays (recovery
+        // starts from it when nothing newer exists).
+        let (dir, log_start_offset) = (self.dir.clone(), self.log_start_offset());
+        glommio::executor()
+            .spawn_blocking(move || {
+                let newest = producer_snapshot::list(&dir)?.last().copied();
+                producer_snapshot::remove_where(&dir, |o| o < log_start_offset && Some(o) != newest)
+            })
+            .await?;
         Ok(())
     }
 }
@@ -860,6 +889,16 @@ impl WriterHost for PartitionLog {
             Lifecycle::Closing => StopRequest::Finish,
             Lifecycle::Deleting | Lifecycle::Closed => StopRequest::Discard,
         }
+    }
+
+    fn track_written(&self, header: &BatchHeader, batch: &[u8]) -> Option<TxnIndexEntry> {
+        self.producer_tracker.borrow_mut().record(header, || {
+            crate::transactions::markers::marker_committed(batch)
+        })
+    }
+
+    fn encode_producer_snapshot(&self, offset: i64) -> Vec<u8> {
+        self.producer_tracker.borrow().encode(offset)
     }
 
     #[cfg(test)]

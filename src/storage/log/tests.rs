@@ -371,8 +371,13 @@ fn segments_roll_at_segment_bytes_with_kafka_names() {
             for ext in ["index", "log", "timeindex"] {
                 expected.push(format!("{base:020}.{ext}"));
             }
+            if base > 0 {
+                // Each roll saves the producer state at the new segment's base.
+                expected.push(format!("{base:020}.snapshot"));
+            }
         }
         expected.push("leader-epoch-checkpoint".to_string());
+        expected.sort();
         assert_eq!(names, expected);
         // A roll syncs the closed segment, so everything before the active one is durable.
         assert!(log.durable_offset() >= 30);

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use super::{Lifecycle, PartitionLog};
 use crate::storage::notify::Mark;
+use crate::storage::producer_snapshot;
 use crate::storage::recovery::{self, RecoveredActive};
 use crate::storage::segment::{self, Segment};
 use crate::storage::writer::WriterHost;
@@ -158,13 +159,28 @@ impl PartitionLog {
         }
         // Rescanned up to the cut before the file is cut: until the new segment replaces the
         // old one, reads through the old one may still look at the header at the cut.
-        let active = recovery::recover_active_segment(
+        // Producer state: snapshots above the cut segment's base count batches being removed;
+        // the state at that base comes from an older snapshot and the closed segments.
+        producer_snapshot::remove_where(&self.dir, |o| o > cut.base_offset())?;
+        let closed_segments = self.segments.borrow()[..index].to_vec();
+        let closed = recovery::producers::recover_closed_segments(
+            &self.dir,
+            &closed_segments,
+            cut.base_offset(),
+            &self.config,
+            |_| true,
+        )?;
+        let mut active = recovery::recover_active_segment(
             &self.dir,
             cut.base_offset(),
             &self.config,
             Some(cut_position),
+            closed.tracker,
         )
         .await?;
+        let mut aborted = closed.aborted;
+        aborted.append(&mut active.aborted);
+        active.aborted = aborted;
         if active.segment.size_bytes() != cut_position || active.segment.next_offset() != new_end {
             return Err(cut.corrupt(
                 active.segment.size_bytes(),
@@ -216,8 +232,7 @@ impl PartitionLog {
         let floor = self.log_start_offset().min(offset);
         self.lower_marks(floor, floor);
         self.tail_cache.borrow_mut().clear();
-        self.producer_batches.borrow_mut().clear();
-        *self.recovered_transactions.borrow_mut() = Default::default();
+        producer_snapshot::remove_where(&self.dir, |_| true)?;
         // Cleared before the segments go: a crash in between leaves an empty checkpoint beside
         // segments, which opening treats as missing and rebuilds.
         self.epochs.borrow_mut().replace(Vec::new())?;
@@ -250,10 +265,10 @@ impl PartitionLog {
             segment,
             file: Some(file),
             tail: Vec::new(),
-            producer_batches: Vec::new(),
+            producers: Default::default(),
+            aborted: Vec::new(),
             epoch_starts: Vec::new(),
             trusted_clean_close: false,
-            transactions: Default::default(),
         })
     }
 }

@@ -22,9 +22,12 @@
 //! [`scan_valid_prefix`], the fuzz target).
 //!
 //! This file rebuilds a log from its directory; [`scan`] holds the batch validator and the
-//! buffered scan, [`direct`] the O_DIRECT scan and its page-cache residency check.
+//! buffered scan, [`direct`] the O_DIRECT scan and its page-cache residency check, [`producers`]
+//! the producer state and aborted transactions of the closed segments (newest producer-state
+//! snapshot plus `.txnindex` files; closed segments are scanned only above that snapshot, or
+//! all once for a log without snapshots). The active segment's scan carries that state on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::Path;
@@ -36,11 +39,14 @@ use tracing::{info, warn};
 use super::clean_close;
 use super::epoch_cache::EpochEntry;
 use super::index::{OffsetIndex, TimeIndex};
+use super::producer_snapshot::{self, ProducerTracker};
 use super::segment::{self, BatchMeta, Segment};
+use super::txn_index::{self, TxnIndexEntry};
 use super::{LogConfig, StorageError, PAGE_BYTES};
 use crate::protocol::record_batch::BatchHeader;
 
 pub mod direct;
+pub(crate) mod producers;
 pub mod scan;
 
 use self::direct::scan_file_direct;
@@ -49,7 +55,7 @@ pub use self::scan::{scan_valid_prefix, ScanResult, ScanStop};
 
 /// Bytes read per pread while scanning a segment: large enough to amortise syscalls (1 GiB is
 /// 128 reads), small enough to stay cache-friendly.
-const SCAN_CHUNK_BYTES: usize = 8 << 20;
+pub(crate) const SCAN_CHUNK_BYTES: usize = 8 << 20;
 
 /// Bytes per O_DIRECT read of the active segment's scan, and how many such reads are in flight.
 /// The device always has reads queued while the CRC scan (about 0.1 s per GiB with hardware
@@ -61,12 +67,8 @@ const SCAN_CHUNK_BYTES: usize = 8 << 20;
 const DIRECT_READ_BYTES: usize = 2 << 20;
 const DIRECT_READS_IN_FLIGHT: usize = 4;
 
-/// Batches per producer id kept from the recovery scan: Kafka deduplicates against the last
-/// five batches of each producer, so older ones carry no state.
-const PRODUCER_BATCHES_KEPT: usize = 5;
-
 /// Bytes of a control batch that hold its marker type (header, record prefix, key).
-const MARKER_PREFIX_BYTES: usize = 96;
+pub(crate) const MARKER_PREFIX_BYTES: usize = 96;
 
 /// A log rebuilt from its directory, ready to hand to the writer.
 pub(crate) struct RecoveredLog {
@@ -83,53 +85,14 @@ pub(crate) struct RecoveredActive {
     pub file: Option<DmaFile>,
     /// The partial last page.
     pub tail: Vec<u8>,
-    /// The last batches of each producer, oldest first.
-    pub producer_batches: Vec<BatchHeader>,
+    /// Producers' last batches and open transactions as of the segment's end.
+    pub producers: ProducerTracker,
+    /// Aborted transactions of the whole log (every segment's), in marker order.
+    pub aborted: Vec<TxnIndexEntry>,
     /// Where each leader epoch seen in the segment starts (epochs only ever increase).
     pub epoch_starts: Vec<EpochEntry>,
     /// Loaded from a clean close's record instead of scanned ([`clean_close`]).
     pub trusted_clean_close: bool,
-    /// Transactions the segment's batches and markers leave open, and those it aborts.
-    pub transactions: RecoveredTransactions,
-}
-
-/// What the scan of the active segment saw of transactions: the producers whose transaction
-/// has no marker yet (with their first batch's offset), and the aborted transactions (producer,
-/// first offset, marker offset). A transaction that started in an older segment counts from
-/// the active segment's first batch of it.
-#[derive(Debug, Clone, Default)]
-pub struct RecoveredTransactions {
-    pub open: HashMap<i64, i64>,
-    pub aborted: Vec<(i64, i64, i64)>,
-}
-
-impl RecoveredTransactions {
-    /// Takes one transactional batch; `read_marker` reads a control batch's commit flag.
-    fn record(&mut self, header: &BatchHeader, read_marker: impl FnOnce() -> Option<bool>) {
-        if !header.is_transactional() {
-            return;
-        }
-        if !header.is_control() {
-            self.open
-                .entry(header.producer_id)
-                .or_insert(header.base_offset);
-            return;
-        }
-        let first = self.open.remove(&header.producer_id);
-        match read_marker() {
-            Some(false) => {
-                if let Some(first) = first {
-                    self.aborted
-                        .push((header.producer_id, first, header.base_offset));
-                }
-            }
-            Some(true) => {}
-            None => warn!(
-                offset = header.base_offset,
-                "unreadable transaction marker at recovery"
-            ),
-        }
-    }
 }
 
 /// Lists `<base>.log` files, loads closed segments, scans and repairs the active one.
@@ -141,14 +104,22 @@ pub(crate) async fn recover_log(
     // A log cleaner run interrupted by a crash: finished if it committed, else rolled back.
     crate::storage::cleaner::swap::recover(dir)?;
     let mut bases = Vec::new();
+    let mut txn_index_bases = HashSet::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if let Some(base) = entry
-            .file_name()
-            .to_str()
-            .and_then(segment::parse_log_file_name)
-        {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = segment::parse_log_file_name(name) {
             bases.push(base);
+        } else if name.ends_with(".snapshot.tmp") || name.ends_with(".txnindex.tmp") {
+            // A write a crash interrupted; the file it was replacing (if any) is intact.
+            std::fs::remove_file(entry.path())?;
+        } else if let Some(base) = name
+            .strip_suffix(".txnindex")
+            .filter(|digits| digits.len() == 20)
+            .and_then(|digits| digits.parse::<i64>().ok())
+        {
+            txn_index_bases.insert(base);
         }
     }
     bases.sort_unstable();
@@ -158,16 +129,18 @@ pub(crate) async fn recover_log(
         // No descriptor stays open for a partition nobody writes yet.
         file.close().await?;
         let segment = Rc::new(segment);
+        // Snapshots of a log whose segments are gone describe nothing.
+        producer_snapshot::remove_where(dir, |_| true)?;
         return Ok(RecoveredLog {
             segments: vec![segment.clone()],
             active: RecoveredActive {
                 segment,
                 file: None,
                 tail: Vec::new(),
-                producer_batches: Vec::new(),
+                producers: ProducerTracker::default(),
+                aborted: Vec::new(),
                 epoch_starts: Vec::new(),
                 trusted_clean_close: false,
-                transactions: RecoveredTransactions::default(),
             },
         });
     };
@@ -187,8 +160,31 @@ pub(crate) async fn recover_log(
     };
     let mut active = match trusted {
         Some(active) => active,
-        None => recover_active_segment(dir, active_base, config, None).await?,
+        None => {
+            // Snapshots inside the active segment (a clean close's) may count batches a
+            // crash lost: the scan rebuilds that state.
+            producer_snapshot::remove_where(dir, |offset| offset > active_base)?;
+            let closed =
+                producers::recover_closed_segments(dir, &segments, active_base, config, |base| {
+                    txn_index_bases.contains(&base)
+                })?;
+            let mut active =
+                recover_active_segment(dir, active_base, config, None, closed.tracker).await?;
+            let mut aborted = closed.aborted;
+            aborted.append(&mut active.aborted);
+            active.aborted = aborted;
+            active
+        }
     };
+    if active.trusted_clean_close {
+        let closed =
+            producers::recover_closed_segments(dir, &segments, active_base, config, |base| {
+                txn_index_bases.contains(&base)
+            })?;
+        let mut aborted = closed.aborted;
+        aborted.append(&mut active.aborted);
+        active.aborted = aborted;
+    }
     // The scan's descriptors close: the writer and readers open their own when they need
     // them, so a restarted broker holds none for partitions nobody uses.
     if let Some(file) = active.file.take() {
@@ -225,19 +221,34 @@ fn trust_cleanly_closed_segment(
         );
         return Ok(None);
     }
+    // The clean close wrote the producer state at the segment's end and its aborted
+    // transactions; without them the segment is scanned.
+    let producers = match producer_snapshot::read(dir, clean.next_offset) {
+        Ok(producers) => producers,
+        Err(reason) => {
+            info!(segment = %path.display(), %reason, "no producer-state snapshot at the clean close; scanning");
+            return Ok(None);
+        }
+    };
+    let aborted = match txn_index::read(&path, base_offset, clean.next_offset, file_bytes) {
+        Ok(aborted) => aborted,
+        Err(reason) => {
+            info!(segment = %path.display(), %reason, "transaction index unusable; scanning");
+            return Ok(None);
+        }
+    };
+    segment.set_aborted(aborted.clone(), false);
     let tail = segment.read_tail_page(PAGE_BYTES)?;
     segment.release_read_file();
     Ok(Some(RecoveredActive {
         segment: Rc::new(segment),
         file: None,
         tail,
-        producer_batches: clean.producer_batches,
+        producers,
+        aborted,
         // The clean close synced the leader epoch checkpoint: it has every epoch.
         epoch_starts: Vec::new(),
         trusted_clean_close: true,
-        // A clean close records nothing for a partition with open or aborted transactions
-        // (`Partition::producer_state_snapshot`): there are none to rebuild.
-        transactions: RecoveredTransactions::default(),
     }))
 }
 
@@ -259,11 +270,15 @@ fn check_order(previous_next_offset: i64, segment: &Segment) -> Result<(), Stora
 /// With `scan_end`, only the bytes below it are scanned and the file is left as it is: what
 /// `PartitionLog::truncate_to` runs on the segment it cuts (which becomes the active one)
 /// before it cuts the file itself.
+///
+/// `producers` is the producer state at the segment's base (see [`producers`]); the scan
+/// carries it to the segment's end and rebuilds the segment's aborted transactions.
 pub(crate) async fn recover_active_segment(
     dir: &Path,
     base_offset: i64,
     config: &LogConfig,
     scan_end: Option<u64>,
+    producers: ProducerTracker,
 ) -> Result<RecoveredActive, StorageError> {
     let path = dir.join(segment::file_name(base_offset, "log"));
     if scan_end.is_none() && std::fs::metadata(&path)?.len() == 0 {
@@ -279,10 +294,10 @@ pub(crate) async fn recover_active_segment(
             )),
             file: None,
             tail: Vec::new(),
-            producer_batches: Vec::new(),
+            producers,
+            aborted: Vec::new(),
             epoch_starts: Vec::new(),
             trusted_clean_close: false,
-            transactions: RecoveredTransactions::default(),
         });
     }
     let active_file = OpenOptions::new()
@@ -305,7 +320,7 @@ pub(crate) async fn recover_active_segment(
             .min(scan_end.unwrap_or(u64::MAX)),
     );
     let interval = config.index_interval_bytes;
-    let mut active = ActiveScan::new(dir, base_offset, &path)?;
+    let mut active = ActiveScan::new(dir, base_offset, &path, producers.clone())?;
     let mut bounds = segment_bounds(base_offset, base_offset);
     let page_cache = active.segment.read_file()?;
     let direct = scan_file_direct(
@@ -324,7 +339,7 @@ pub(crate) async fn recover_active_segment(
         // slower but finds the same prefix.
         Err(StorageError::Io(e)) if e.kind() == io::ErrorKind::Unsupported => {
             warn!(segment = %path.display(), error = %e, "O_DIRECT reads refused; recovering through the page cache");
-            active = ActiveScan::new(dir, base_offset, &path)?;
+            active = ActiveScan::new(dir, base_offset, &path, producers)?;
             bounds = segment_bounds(base_offset, base_offset);
             let read_file = active.segment.read_file()?;
             scan_file(
@@ -341,8 +356,8 @@ pub(crate) async fn recover_active_segment(
     let ActiveScan {
         segment,
         producers,
+        aborted,
         epoch_starts,
-        transactions,
     } = active;
     debug_assert_eq!(scan.valid_end, segment.size_bytes());
 
@@ -361,31 +376,35 @@ pub(crate) async fn recover_active_segment(
     // only the closed segments counted as durable; the first durable wait syncs the rest
     // (including this truncation).
     let tail = segment.read_tail_page(PAGE_BYTES)?;
-
-    let mut producer_batches: Vec<BatchHeader> = producers.into_values().flatten().collect();
-    producer_batches.sort_unstable_by_key(|h| h.base_offset);
+    // Not on disk yet (or stale there): persisted when the segment closes.
+    segment.set_aborted(aborted.clone(), true);
     Ok(RecoveredActive {
         segment: Rc::new(segment),
         file: Some(active_file),
         tail,
-        producer_batches,
+        producers,
+        aborted,
         epoch_starts,
         trusted_clean_close: false,
-        transactions,
     })
 }
 
-/// What the scan of the active segment rebuilds: the segment's indexes and size, the last
-/// batches of each producer, and where each leader epoch starts.
+/// What the scan of the active segment rebuilds: the segment's indexes and size, the
+/// producer state, the segment's aborted transactions, and where each leader epoch starts.
 struct ActiveScan {
     segment: Segment,
-    producers: HashMap<i64, VecDeque<BatchHeader>>,
+    producers: ProducerTracker,
+    aborted: Vec<TxnIndexEntry>,
     epoch_starts: Vec<EpochEntry>,
-    transactions: RecoveredTransactions,
 }
 
 impl ActiveScan {
-    fn new(dir: &Path, base_offset: i64, path: &Path) -> Result<ActiveScan, StorageError> {
+    fn new(
+        dir: &Path,
+        base_offset: i64,
+        path: &Path,
+        producers: ProducerTracker,
+    ) -> Result<ActiveScan, StorageError> {
         let segment = Segment::new(
             dir,
             base_offset,
@@ -395,9 +414,9 @@ impl ActiveScan {
         );
         Ok(ActiveScan {
             segment,
-            producers: HashMap::new(),
+            producers,
+            aborted: Vec::new(),
             epoch_starts: Vec::new(),
-            transactions: RecoveredTransactions::default(),
         })
     }
 
@@ -405,19 +424,11 @@ impl ActiveScan {
         self.segment
             .record_batch(position, &BatchMeta::from(header), index_interval_bytes);
         if header.has_producer_id() {
-            let kept = self.producers.entry(header.producer_id).or_default();
-            if kept.len() == PRODUCER_BATCHES_KEPT {
-                kept.pop_front();
-            }
-            kept.push_back(*header);
             let segment = &self.segment;
-            self.transactions.record(header, || {
-                // Markers are rare (one per transaction and partition): one small read each.
-                let mut marker = [0u8; MARKER_PREFIX_BYTES];
-                let file = segment.read_file().ok()?;
-                let read = segment::read_at_most(&file, &mut marker, position).ok()?;
-                crate::transactions::markers::marker_committed(&marker[..read])
+            let aborted = self.producers.record(header, || {
+                producers::read_marker(&*segment.read_file().ok()?, position)
             });
+            self.aborted.extend(aborted);
         }
         let epoch = header.partition_leader_epoch;
         if epoch >= 0 && self.epoch_starts.last().is_none_or(|e| epoch > e.epoch) {
@@ -429,7 +440,7 @@ impl ActiveScan {
     }
 }
 
-fn segment_bounds(base_offset: i64, next_min: i64) -> OffsetBounds {
+pub(crate) fn segment_bounds(base_offset: i64, next_min: i64) -> OffsetBounds {
     OffsetBounds {
         next_min,
         last_max: base_offset.saturating_add(i32::MAX as i64),
