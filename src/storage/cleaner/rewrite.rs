@@ -135,10 +135,12 @@ fn millis(time: SystemTime) -> i64 {
 /// Control batches and transactional batches are kept whole for now: removing aborted data
 /// and transaction markers needs the transaction index the transactions work adds.
 ///
-/// The producer state this broker rebuilds at start-up comes from the active segment only
-/// (`PartitionLog::recovered_producer_batches`), which is never cleaned, so dropping a
-/// producer's last batch from a closed segment does not break idempotence here (Kafka keeps
-/// it, `retainLastBatchSequence`, because it rebuilds producer state from the whole log).
+/// Producer state at start-up comes from the producer-state snapshot at the active segment's
+/// base (`storage::producer_snapshot`, written at each roll) plus a scan of the active
+/// segment, which is never cleaned; so dropping a producer's last batch from a closed segment
+/// does not lose its sequence (Kafka keeps that batch, `retainLastBatchSequence`). Only a log
+/// with no valid snapshot at all rebuilds from the segments themselves, and then a producer
+/// whose batches were all cleaned away starts afresh, as after Kafka's producer expiry.
 pub fn clean_group(
     dir: &Path,
     group: &[SourceSegment],
