@@ -539,3 +539,103 @@ fn transactions_span_partitions_led_by_other_brokers() {
     let seen = wait_for_all(&bootstrap, "txn-cluster", 3, "read_committed", &expected);
     assert_eq!(sorted(seen), sorted(expected));
 }
+
+/// Bytes of the `.log` files under `dir`.
+fn log_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Single node: the state log `__transaction_state-0` is compacted by the log cleaner (many
+/// transactions on a few ids leave the newest state of each), and a restart still restores
+/// every id's producer id and state from what the cleaner kept.
+#[test]
+fn the_transaction_state_log_is_compacted_and_still_restores_the_state() {
+    use common::raw::RawClient;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let extra = [
+        "--override",
+        "transaction.state.log.segment.bytes=16384",
+        "--override",
+        "log.cleaner.backoff.ms=200",
+        "--override",
+        "log.cleaner.min.cleanable.ratio=0.01",
+    ];
+    let mut broker = Broker::start_in(dir.path(), 2, &extra);
+    create_topic(&broker.addr, "txn-compacted", 1);
+    let ids = ["compacted-a", "compacted-b", "compacted-c"];
+    let producers: Vec<TxnProducer> = ids
+        .iter()
+        .map(|id| transactional_producer(&broker.addr, id, 60_000))
+        .collect();
+    let rounds = 80;
+    for round in 0..rounds {
+        for (producer, id) in producers.iter().zip(ids) {
+            producer.begin_transaction().unwrap();
+            send(producer, "txn-compacted", 1, &[format!("{id}-{round}")]);
+            producer.commit_transaction(TIMEOUT).expect("commit");
+        }
+    }
+    let state_dir = dir.path().join("__transaction_state-0");
+    let compacted = common::wait_until(Duration::from_secs(60), || {
+        broker.log().lines().any(|l| {
+            l.contains("log cleaner compacted segments") && l.contains("__transaction_state-0")
+        })
+    });
+    assert!(compacted, "{}", broker.log());
+    // Three ids' newest states fit in far less than one 16 KiB segment; the active segment
+    // (never cleaned) and the cleaned ones together stay within a few segments, whatever the
+    // number of transactions (240 here wrote about 100 KiB of states).
+    let bounded = common::wait_until(Duration::from_secs(30), || {
+        log_bytes(&state_dir) <= 3 * 16384
+    });
+    assert!(bounded, "state log still {} bytes", log_bytes(&state_dir));
+
+    let describe = |addr: &str| {
+        let mut raw = RawClient::connect(addr);
+        let mut request = DescribeTransactionsRequest::default();
+        request.transactional_ids = ids
+            .iter()
+            .map(|id| TransactionalId(StrBytes::from_static_str(id)))
+            .collect();
+        raw.call(0, &request)
+            .transaction_states
+            .into_iter()
+            .map(|s| {
+                assert_eq!(s.error_code, 0, "{s:?}");
+                (
+                    s.producer_id.0,
+                    s.producer_epoch,
+                    s.transaction_state.to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = describe(&broker.addr);
+    assert!(before.iter().all(|(_, _, state)| state == "CompleteCommit"));
+    drop(producers);
+    broker.stop();
+    let broker = Broker::start_in(dir.path(), 2, &extra);
+    assert_eq!(describe(&broker.addr), before);
+    // The restored epoch fences: a new producer of an id continues after it.
+    let again = transactional_producer(&broker.addr, ids[0], 60_000);
+    again.begin_transaction().unwrap();
+    send(&again, "txn-compacted", 1, &["after-restart".to_string()]);
+    again
+        .commit_transaction(TIMEOUT)
+        .expect("commit after restart");
+    let after = describe(&broker.addr);
+    assert_eq!(after[0].0, before[0].0, "same producer id");
+    assert_eq!(after[0].1, before[0].1 + 1, "next epoch");
+}

@@ -107,7 +107,10 @@ pub async fn load(shard: &Rc<Shard>) -> Result<(), String> {
     if shard.config.is_clustered() {
         return Ok(());
     }
-    let config = crate::groups::offsets_log::offsets_log_config(&shard.config.log);
+    let config = super::state_log::state_log_config(
+        &shard.config.log,
+        shard.config.transaction_state.segment_bytes,
+    );
     let (log, replayed) = StateLog::open(&shard.config.data_dir, config).await?;
     let coordinator = coordinator(shard);
     let mut txns = coordinator.txns.borrow_mut();
@@ -121,6 +124,12 @@ pub async fn load(shard: &Rc<Shard>) -> Result<(), String> {
     }
     *coordinator.state_log.borrow_mut() = Some(Rc::new(log));
     Ok(())
+}
+
+/// A single node's state log, which the log cleaner on shard 0 compacts (its records are
+/// keyed by transactional id: the newest state of every id stays).
+pub fn own_state_log() -> Option<Rc<crate::storage::PartitionLog>> {
+    COORDINATOR.with(|c| c.state_log.borrow().as_ref().map(|log| log.partition_log()))
 }
 
 /// Closes the state log at shutdown.

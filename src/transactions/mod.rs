@@ -36,3 +36,28 @@ pub const MAX_PARTITIONS_PER_TRANSACTION: usize = 100_000;
 
 /// The internal log of the coordinator's state (Kafka's name). Clients cannot create it.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// The smallest `transaction.state.log.segment.bytes`: a segment holds at least a few
+/// records of the largest state the coordinator writes for a typical transaction.
+pub const MIN_STATE_SEGMENT_BYTES: u64 = 16 << 10;
+
+/// The transaction state log's settings; Kafka's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnStateConfig {
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state` in a
+    /// cluster (Kafka's default, the same as the offsets topic's here). Fixed once
+    /// transactional ids have been placed: changing it moves ids away from their state.
+    pub partitions: i32,
+    /// `transaction.state.log.segment.bytes` (Kafka's default): small segments let the log
+    /// cleaner compact the state log sooner.
+    pub segment_bytes: u64,
+}
+
+impl Default for TxnStateConfig {
+    fn default() -> Self {
+        TxnStateConfig {
+            partitions: 50,
+            segment_bytes: 100 << 20,
+        }
+    }
+}

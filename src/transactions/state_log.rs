@@ -246,7 +246,20 @@ fn decode_batch(batch: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((key, value))
 }
 
+/// The log settings of the state log: the offsets logs' (never aged out; compaction keeps
+/// the newest state of every id) with `transaction.state.log.segment.bytes` segments.
+pub fn state_log_config(broker_log: &LogConfig, segment_bytes: u64) -> LogConfig {
+    let mut config = crate::groups::offsets_log::offsets_log_config(broker_log);
+    config.segment_bytes = segment_bytes;
+    config
+}
+
 impl StateLog {
+    /// The log itself, for the log cleaner (shard 0 compacts it).
+    pub fn partition_log(&self) -> Rc<PartitionLog> {
+        self.log.clone()
+    }
+
     /// Opens the state log in `data_dir` and replays it: the newest state of every id.
     pub async fn open(
         data_dir: &Path,
