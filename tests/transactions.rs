@@ -283,6 +283,10 @@ fn offsets_sent_to_a_transaction_become_visible_on_commit() {
         .add_partition_offset("txn-input", 0, Offset::Beginning)
         .unwrap();
     input.assign(&assignment).unwrap();
+    // A read_committed consumer asks for stable offsets only (OffsetFetch require_stable) and
+    // is answered UNSTABLE_OFFSET_COMMIT, and retries, while a transaction's offsets are
+    // pending: the group's committed offsets are observed with a read_uncommitted one.
+    let observer = consumer(&broker.addr, group, "read_uncommitted");
 
     let committed_offset = |consumer: &BaseConsumer| -> Offset {
         let mut wanted = TopicPartitionList::new();
@@ -303,9 +307,9 @@ fn offsets_sent_to_a_transaction_become_visible_on_commit() {
     producer
         .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
         .expect("send offsets");
-    assert_eq!(committed_offset(&input), Offset::Invalid);
+    assert_eq!(committed_offset(&observer), Offset::Invalid);
     producer.abort_transaction(TIMEOUT).unwrap();
-    assert_eq!(committed_offset(&input), Offset::Invalid);
+    assert_eq!(committed_offset(&observer), Offset::Invalid);
 
     // Committed: visible once the transaction commits, not before.
     producer.begin_transaction().unwrap();
@@ -317,9 +321,10 @@ fn offsets_sent_to_a_transaction_become_visible_on_commit() {
     producer
         .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
         .expect("send offsets");
-    assert_eq!(committed_offset(&input), Offset::Invalid);
+    assert_eq!(committed_offset(&observer), Offset::Invalid);
     producer.commit_transaction(TIMEOUT).unwrap();
     assert_eq!(committed_offset(&input), Offset::Offset(7));
+    assert_eq!(committed_offset(&observer), Offset::Offset(7));
 }
 
 #[test]

@@ -19,7 +19,7 @@ use super::group::{
     Group, GroupState, JoinRequest, JoinResult, MemberDescription, Pending, SyncResult,
 };
 use super::offsets_log::{wait_durable, OffsetsLogs};
-use super::records::{OffsetValue, OffsetsRecord};
+use super::records::{OffsetValue, OffsetsBatch, OffsetsRecord, TxnProducer};
 use super::{coordinator_for, owner_shard, GroupConfig};
 use crate::shard::now_ms;
 use crate::shard::partition::Partition;
@@ -28,8 +28,17 @@ use crate::storage::LogConfig;
 /// How often the timers run (session expiry, rebalance deadlines, the initial delay).
 pub const TICK_MS: u64 = 50;
 
-/// Committed offsets by topic: (topic, [(partition, offset if committed)]).
-pub type TopicOffsets = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
+/// Committed offsets by topic: (topic, [(partition, offset if committed, or
+/// UNSTABLE_OFFSET_COMMIT while a transaction's offset for it is pending and the fetch asked
+/// for stable offsets only)]).
+pub type TopicOffsets = Vec<(
+    String,
+    Vec<(i32, Result<Option<OffsetValue>, ResponseError>)>,
+)>;
+
+/// Offsets a transaction committed (TxnOffsetCommit), written to the offsets log as its
+/// transactional batches and waiting for its marker: by (group, topic, partition).
+type PendingTxnOffsets = HashMap<(String, String, i32), OffsetValue>;
 
 /// One committed offset to store.
 #[derive(Debug, Clone)]
@@ -62,6 +71,9 @@ pub struct GroupCoordinator {
     nr_shards: usize,
     pub config: GroupConfig,
     groups: RefCell<HashMap<String, Group>>,
+    /// Transactions' offsets not yet committed or aborted, by producer id. Kept apart from the
+    /// groups' offsets so that OffsetFetch never returns them before their commit marker.
+    pending_txn_offsets: RefCell<HashMap<i64, PendingTxnOffsets>>,
     logs: OffsetsLogs,
 }
 
@@ -81,6 +93,7 @@ impl GroupCoordinator {
             logs: OffsetsLogs::new(data_dir, log, clustered),
             config,
             groups: RefCell::new(HashMap::new()),
+            pending_txn_offsets: RefCell::new(HashMap::new()),
         }
     }
 
@@ -122,17 +135,65 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    fn load_records(&self, partition: i32, records: Vec<OffsetsRecord>) {
-        let count = records.len();
+    /// Applies a replayed offsets partition: plain records at once, a transaction's offsets at
+    /// its commit marker (dropped at its abort marker, pending while it has none).
+    fn load_records(&self, partition: i32, batches: Vec<OffsetsBatch>) {
+        let count = batches.len();
         let mut groups = self.groups.borrow_mut();
-        for record in records {
-            apply(&mut groups, record);
+        let mut pending = self.pending_txn_offsets.borrow_mut();
+        for batch in batches {
+            match batch {
+                OffsetsBatch::Records(records) => {
+                    for record in records {
+                        apply(&mut groups, record);
+                    }
+                }
+                OffsetsBatch::Transactional {
+                    producer_id,
+                    records,
+                } => {
+                    let entry = pending.entry(producer_id).or_default();
+                    for record in records {
+                        if let OffsetsRecord::Offset {
+                            group,
+                            topic,
+                            partition,
+                            value: Some(value),
+                        } = record
+                        {
+                            entry.insert((group, topic, partition), value);
+                        }
+                    }
+                }
+                OffsetsBatch::Marker {
+                    producer_id,
+                    committed,
+                } => {
+                    let ended = take_pending(&mut pending, producer_id, |group| {
+                        self.partition_of(group) == partition
+                    });
+                    if committed {
+                        for ((group, topic, index), value) in ended {
+                            apply(
+                                &mut groups,
+                                OffsetsRecord::Offset {
+                                    group,
+                                    topic,
+                                    partition: index,
+                                    value: Some(value),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
         }
         groups.retain(|_, g| !g.is_forgettable());
         tracing::info!(
             partition,
-            records = count,
+            batches = count,
             groups = groups.len(),
+            pending_transactions = pending.len(),
             "offsets partition loaded"
         );
     }
@@ -165,6 +226,11 @@ impl GroupCoordinator {
     }
 
     fn drop_groups_of(&self, partition: i32) -> usize {
+        let mut pending = self.pending_txn_offsets.borrow_mut();
+        for offsets in pending.values_mut() {
+            offsets.retain(|(group, _, _), _| self.partition_of(group) != partition);
+        }
+        pending.retain(|_, offsets| !offsets.is_empty());
         let mut groups = self.groups.borrow_mut();
         let before = groups.len();
         groups.retain(|id, _| self.partition_of(id) != partition);
@@ -179,7 +245,7 @@ impl GroupCoordinator {
         let partition = self.partition_of(group_id);
         self.ensure_open(partition).await?;
         let log = self.logs.get(partition).ok_or("offsets log closed")?;
-        let end = OffsetsLogs::append(&log, &records, now_ms())?;
+        let end = OffsetsLogs::append(&log, &records, now_ms(), None)?;
         wait_durable(&log, end).await
     }
 
@@ -349,57 +415,157 @@ impl GroupCoordinator {
         Ok(results)
     }
 
-    /// Stores the offsets a transaction committed (TxnOffsetCommit, made visible by its
-    /// EndTxn): membership was checked when they were sent, so none is checked here.
+    /// TxnOffsetCommit: checks the member (when `member` is given: v3+ requests carry the
+    /// generation), writes the offsets to the group's offsets partition as a transactional
+    /// batch of `producer` and keeps them pending until the transaction's marker reaches the
+    /// partition ([`Self::complete_transaction`]). Returns a group-level error or one result
+    /// per entry, once durable (on every in-sync replica in a cluster).
     pub async fn commit_transactional(
         &self,
         group_id: String,
+        member: Option<(String, Option<String>, i32)>,
+        producer: TxnProducer,
         entries: Vec<CommitEntry>,
-    ) -> Result<(), String> {
-        self.ensure_open(self.partition_of(&group_id)).await?;
+    ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        if let Err(e) = self.ensure_open(self.partition_of(&group_id)).await {
+            tracing::warn!(error = %e, "offsets log unavailable");
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        if let Some((member_id, instance_id, generation)) = &member {
+            self.with_group(&group_id, |g| {
+                g.check_commit(member_id, instance_id.as_deref(), *generation, now_ms())
+            })?;
+        }
         let now = now_ms();
-        let records = self.with_group(&group_id, |g| {
-            entries
+        let mut results = Vec::with_capacity(entries.len());
+        let mut records = Vec::with_capacity(entries.len());
+        for e in entries {
+            let too_large = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > self.config.offset_metadata_max_bytes);
+            if too_large {
+                results.push(Some(ResponseError::OffsetMetadataTooLarge));
+                continue;
+            }
+            records.push(OffsetsRecord::Offset {
+                group: group_id.clone(),
+                topic: e.topic,
+                partition: e.partition,
+                value: Some(OffsetValue {
+                    offset: e.offset,
+                    leader_epoch: e.leader_epoch,
+                    metadata: e.metadata.unwrap_or_default(),
+                    commit_timestamp_ms: now,
+                }),
+            });
+            results.push(None);
+        }
+        if records.is_empty() {
+            return Ok(results);
+        }
+        let partition = self.partition_of(&group_id);
+        let Some(log) = self.logs.get(partition) else {
+            return Err(ResponseError::NotCoordinator);
+        };
+        let appended = OffsetsLogs::append(&log, &records, now, Some(producer));
+        let end = match appended {
+            Ok(end) => end,
+            Err(e) => {
+                tracing::warn!(group = %group_id, error = %e, "transactional offsets not written");
+                return Err(ResponseError::NotCoordinator);
+            }
+        };
+        // Pending from the append on, in log order: a marker appended after this batch (even
+        // before it is durable) must find them, as a replay would.
+        {
+            let mut pending = self.pending_txn_offsets.borrow_mut();
+            let offsets = pending.entry(producer.0).or_default();
+            for record in records {
+                if let OffsetsRecord::Offset {
+                    group,
+                    topic,
+                    partition,
+                    value: Some(value),
+                } = record
+                {
+                    offsets.insert((group, topic, partition), value);
+                }
+            }
+        }
+        if let Err(e) = wait_durable(&log, end).await {
+            tracing::error!(group = %group_id, error = %e, "transactional offsets not durable");
+            return Ok(results
                 .into_iter()
-                .map(|e| {
-                    let value = OffsetValue {
-                        offset: e.offset,
-                        leader_epoch: e.leader_epoch,
-                        metadata: e.metadata.unwrap_or_default(),
-                        commit_timestamp_ms: now,
-                    };
-                    g.offsets
-                        .insert((e.topic.clone(), e.partition), value.clone());
-                    OffsetsRecord::Offset {
-                        group: group_id.clone(),
-                        topic: e.topic,
-                        partition: e.partition,
-                        value: Some(value),
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
-        self.persist(&group_id, records).await
+                .map(|r| r.or(Some(ResponseError::KafkaStorageError)))
+                .collect());
+        }
+        Ok(results)
     }
 
-    /// Checks a TxnOffsetCommit's member against the group as an OffsetCommit would be.
-    pub fn check_transactional_commit(
+    /// A transaction's marker for offsets partition `partition` (what the transaction
+    /// coordinator writes when the transaction ends): appended to the partition's log, and
+    /// the transaction's pending offsets of the partition's groups become the groups' offsets
+    /// (commit) or are dropped (abort). Answered once the marker is durable.
+    pub async fn complete_transaction(
         &self,
-        group_id: &str,
-        member_id: &str,
-        instance_id: Option<&str>,
-        generation: i32,
+        partition: i32,
+        producer: TxnProducer,
+        committed: bool,
     ) -> Result<(), ResponseError> {
-        self.with_group(group_id, |g| {
-            g.check_commit(member_id, instance_id, generation, now_ms())
+        if self.ensure_open(partition).await.is_err() {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        let log = self
+            .logs
+            .get(partition)
+            .ok_or(ResponseError::NotLeaderOrFollower)?;
+        let end = OffsetsLogs::append_marker(&log, producer, committed, now_ms()).map_err(|e| {
+            tracing::warn!(partition, error = %e, "transaction marker not written");
+            ResponseError::NotLeaderOrFollower
+        })?;
+        let ended = take_pending(
+            &mut self.pending_txn_offsets.borrow_mut(),
+            producer.0,
+            |group| self.partition_of(group) == partition,
+        );
+        if committed {
+            let mut groups = self.groups.borrow_mut();
+            for ((group, topic, index), value) in ended {
+                apply(
+                    &mut groups,
+                    OffsetsRecord::Offset {
+                        group,
+                        topic,
+                        partition: index,
+                        value: Some(value),
+                    },
+                );
+            }
+        }
+        wait_durable(&log, end).await.map_err(|e| {
+            tracing::error!(partition, error = %e, "transaction marker not durable");
+            ResponseError::KafkaStorageError
         })
     }
 
+    /// Whether a transaction's offset for (`group_id`, `topic`, `partition`) is pending.
+    fn has_pending_offset(&self, group_id: &str, topic: &str, partition: i32) -> bool {
+        let key = (group_id.to_string(), topic.to_string(), partition);
+        self.pending_txn_offsets
+            .borrow()
+            .values()
+            .any(|offsets| offsets.contains_key(&key))
+    }
+
     /// Committed offsets of a group: of the given (topic, partitions), or all of them.
+    /// `require_stable`: partitions with a transaction's offset pending answer
+    /// UNSTABLE_OFFSET_COMMIT (the client retries until the transaction ended), as Kafka does.
     pub async fn fetch(
         &self,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
+        require_stable: bool,
     ) -> Result<TopicOffsets, ResponseError> {
         if let Err(e) = self.ensure_open(self.partition_of(group_id)).await {
             tracing::warn!(error = %e, "offsets log unavailable");
@@ -407,8 +573,12 @@ impl GroupCoordinator {
         }
         let groups = self.groups.borrow();
         let group = groups.get(group_id);
-        let lookup =
-            |t: &str, p: i32| group.and_then(|g| g.offsets.get(&(t.to_string(), p)).cloned());
+        let lookup = |t: &str, p: i32| {
+            if require_stable && self.has_pending_offset(group_id, t, p) {
+                return Err(ResponseError::UnstableOffsetCommit);
+            }
+            Ok(group.and_then(|g| g.offsets.get(&(t.to_string(), p)).cloned()))
+        };
         Ok(match topics {
             Some(topics) => topics
                 .into_iter()
@@ -420,10 +590,11 @@ impl GroupCoordinator {
             None => {
                 let mut out: TopicOffsets = Vec::new();
                 if let Some(g) = group {
-                    for ((t, p), v) in &g.offsets {
+                    for (t, p) in g.offsets.keys() {
+                        let found = lookup(t, *p);
                         match out.last_mut() {
-                            Some((last, ps)) if last == t => ps.push((*p, Some(v.clone()))),
-                            _ => out.push((t.clone(), vec![(*p, Some(v.clone()))])),
+                            Some((last, ps)) if last == t => ps.push((*p, found)),
+                            _ => out.push((t.clone(), vec![(*p, found)])),
                         }
                     }
                 }
@@ -578,6 +749,31 @@ impl GroupCoordinator {
 }
 
 /// Applies one replayed record.
+/// Removes and returns the pending offsets of `producer_id` whose group `in_partition` says is
+/// on the partition a marker was written to.
+fn take_pending(
+    pending: &mut HashMap<i64, PendingTxnOffsets>,
+    producer_id: i64,
+    in_partition: impl Fn(&str) -> bool,
+) -> Vec<((String, String, i32), OffsetValue)> {
+    let Some(offsets) = pending.get_mut(&producer_id) else {
+        return Vec::new();
+    };
+    let ended: Vec<_> = offsets
+        .keys()
+        .filter(|(group, _, _)| in_partition(group))
+        .cloned()
+        .collect();
+    let taken = ended
+        .into_iter()
+        .filter_map(|key| offsets.remove_entry(&key))
+        .collect();
+    if offsets.is_empty() {
+        pending.remove(&producer_id);
+    }
+    taken
+}
+
 fn apply(groups: &mut HashMap<String, Group>, record: OffsetsRecord) {
     match record {
         OffsetsRecord::Offset {

@@ -467,12 +467,13 @@ async fn fetch_group(
     shard: &Rc<Shard>,
     group_id: String,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<FetchedTopics, ResponseError> {
     if let Some(error) = coordinator_error(shard, &group_id) {
         return Err(error);
     }
     on_group_shard(shard, &group_id.clone(), move |owner| async move {
-        owner.groups.fetch(&group_id, topics).await
+        owner.groups.fetch(&group_id, topics, require_stable).await
     })
     .await
 }
@@ -483,6 +484,8 @@ pub async fn offset_fetch(
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
     let mut response = OffsetFetchResponse::default();
+    // v7+: read_committed consumers ask not to be given offsets of open transactions.
+    let require_stable = version >= 7 && request.require_stable;
     if version >= 8 {
         let fetches = request.groups.into_iter().map(|g| {
             let topics = g.topics.map(|ts| {
@@ -492,7 +495,8 @@ pub async fn offset_fetch(
             });
             let group_id = g.group_id;
             async move {
-                let fetched = fetch_group(shard, group_id.0.to_string(), topics).await;
+                let fetched =
+                    fetch_group(shard, group_id.0.to_string(), topics, require_stable).await;
                 let mut out = OffsetFetchResponseGroup::default();
                 out.group_id = group_id;
                 match fetched {
@@ -508,6 +512,10 @@ pub async fn offset_fetch(
                                     .map(|(index, value)| {
                                         let mut p = OffsetFetchResponsePartitions::default();
                                         p.partition_index = index;
+                                        let value = value.unwrap_or_else(|e| {
+                                            p.error_code = e.code();
+                                            None
+                                        });
                                         p.committed_offset =
                                             value.as_ref().map_or(-1, |v| v.offset);
                                         p.committed_leader_epoch =
@@ -533,7 +541,14 @@ pub async fn offset_fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect::<Vec<_>>()
     });
-    match fetch_group(shard, request.group_id.0.to_string(), topics.clone()).await {
+    let fetched = fetch_group(
+        shard,
+        request.group_id.0.to_string(),
+        topics.clone(),
+        require_stable,
+    )
+    .await;
+    match fetched {
         Err(e) if version >= 2 => response.error_code = e.code(),
         Err(e) => {
             // v1 has no top-level error: report it on every partition asked for.
@@ -569,6 +584,10 @@ pub async fn offset_fetch(
                         .map(|(index, value)| {
                             let mut p = OffsetFetchResponsePartition::default();
                             p.partition_index = index;
+                            let value = value.unwrap_or_else(|e| {
+                                p.error_code = e.code();
+                                None
+                            });
                             p.committed_offset = value.as_ref().map_or(-1, |v| v.offset);
                             if version >= 5 {
                                 p.committed_leader_epoch =

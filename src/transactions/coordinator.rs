@@ -6,11 +6,13 @@
 //! the previous producer of the same transactional id (PRODUCER_FENCED), and aborts the
 //! transaction it left open. A timer aborts transactions open longer than their timeout.
 //!
-//! Offsets sent with TxnOffsetCommit wait here and reach the group coordinator only when the
-//! transaction commits.
+//! Offsets sent with a transaction (Kafka's design): AddOffsetsToTxn adds the group's offsets
+//! partition to the transaction; the group coordinator keeps the TxnOffsetCommit offsets
+//! pending in that partition's log, and the marker written there when the transaction ends
+//! makes them the group's (commit) or drops them (abort).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -21,7 +23,6 @@ use super::state_log::StateLog;
 use super::{
     MAX_PARTITIONS_PER_TRANSACTION, MAX_TRANSACTION_TIMEOUT_MS, TIMEOUT_CHECK_INTERVAL_MS,
 };
-use crate::groups::coordinator::CommitEntry;
 use crate::shard::{now_ms, Shard};
 
 /// How long marker writes wait for the partitions' in-sync replicas.
@@ -66,10 +67,6 @@ pub struct TxnMetadata {
     pub state: TxnState,
     /// Partitions the open transaction wrote to (AddPartitionsToTxn).
     pub partitions: BTreeSet<(String, i32)>,
-    /// Groups whose offsets the open transaction commits (AddOffsetsToTxn).
-    pub groups: BTreeSet<String>,
-    /// Offsets sent with TxnOffsetCommit, by group, applied on commit.
-    pub(crate) pending_offsets: BTreeMap<String, Vec<CommitEntry>>,
     /// When the open transaction started (-1: none open).
     pub start_ms: i64,
     pub last_update_ms: i64,
@@ -212,8 +209,6 @@ impl TxnCoordinator {
                     timeout_ms,
                     state: TxnState::Empty,
                     partitions: BTreeSet::new(),
-                    groups: BTreeSet::new(),
-                    pending_offsets: BTreeMap::new(),
                     start_ms: -1,
                     last_update_ms: now,
                 },
@@ -278,8 +273,6 @@ impl TxnCoordinator {
             meta.state = TxnState::Ongoing;
             meta.start_ms = now;
             meta.partitions.clear();
-            meta.groups.clear();
-            meta.pending_offsets.clear();
         }
         meta.last_update_ms = now;
         change(meta)
@@ -310,52 +303,26 @@ impl TxnCoordinator {
         Ok(())
     }
 
+    /// AddOffsetsToTxn: the group's offsets partition joins the transaction, so that its
+    /// marker reaches the offsets the group coordinator keeps pending for it.
     pub async fn add_offsets(
         &self,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
-        group_id: String,
+        offsets_partition: i32,
     ) -> Result<(), ResponseError> {
-        self.with_open_transaction(transactional_id, producer_id, epoch, |meta| {
-            meta.groups.insert(group_id);
-            Ok(())
-        })?;
-        self.persist(transactional_id).await
+        self.add_partitions(
+            transactional_id,
+            producer_id,
+            epoch,
+            vec![(crate::groups::OFFSETS_TOPIC.to_string(), offsets_partition)],
+        )
+        .await
     }
 
-    /// Keeps offsets of a TxnOffsetCommit until the transaction ends.
-    pub fn add_pending_offsets(
-        &self,
-        transactional_id: &str,
-        producer_id: i64,
-        epoch: i16,
-        group_id: &str,
-        entries: Vec<CommitEntry>,
-    ) -> Result<(), ResponseError> {
-        let mut txns = self.txns.borrow_mut();
-        let meta = txns
-            .get_mut(transactional_id)
-            .ok_or(ResponseError::InvalidProducerIdMapping)?;
-        check_producer(meta, producer_id, epoch)?;
-        if meta.state != TxnState::Ongoing || !meta.groups.contains(group_id) {
-            // AddOffsetsToTxn must come first.
-            return Err(ResponseError::InvalidTxnState);
-        }
-        let pending = meta
-            .pending_offsets
-            .entry(group_id.to_string())
-            .or_default();
-        for entry in entries {
-            pending.retain(|e| (e.topic.as_str(), e.partition) != (&entry.topic, entry.partition));
-            pending.push(entry);
-        }
-        meta.last_update_ms = now_ms();
-        Ok(())
-    }
-
-    /// EndTxn: writes the markers to every partition of the transaction, then (on commit)
-    /// hands the pending offsets to the group coordinator.
+    /// EndTxn: writes the markers to every partition of the transaction (offsets partitions
+    /// included: their group coordinators apply or drop the transaction's offsets).
     pub async fn end_transaction(
         &self,
         shard: &Rc<Shard>,
@@ -453,22 +420,6 @@ impl TxnCoordinator {
             );
             return Err(ResponseError::CoordinatorLoadInProgress);
         }
-        if commit {
-            for (group_id, entries) in meta.pending_offsets {
-                let owner = crate::groups::owner_shard(
-                    shard.groups.partition_of(&group_id),
-                    shard.nr_shards,
-                );
-                let stored = shard
-                    .invoke_on(owner, move |owner| async move {
-                        owner.groups.commit_transactional(group_id, entries).await
-                    })
-                    .await;
-                if let Err(e) = stored {
-                    tracing::error!(transactional_id, error = %e, "transactional offsets not stored");
-                }
-            }
-        }
         if let Some(meta) = self.txns.borrow_mut().get_mut(transactional_id) {
             meta.state = if commit {
                 TxnState::CompleteCommit
@@ -476,8 +427,6 @@ impl TxnCoordinator {
                 TxnState::CompleteAbort
             };
             meta.partitions.clear();
-            meta.groups.clear();
-            meta.pending_offsets.clear();
             meta.start_ms = -1;
             meta.last_update_ms = now_ms();
         }
@@ -561,6 +510,19 @@ pub(crate) async fn write_marker(
             coordinator_epoch,
         )
         .await;
+    }
+    if topic == crate::groups::OFFSETS_TOPIC {
+        // The group coordinator owns the offsets partitions' logs: it appends the marker and
+        // applies (commit) or drops (abort) the transaction's pending offsets.
+        let owner = crate::groups::owner_shard(index, shard.nr_shards);
+        return shard
+            .invoke_on(owner, move |owner| async move {
+                owner
+                    .groups
+                    .complete_transaction(index, (producer_id, epoch), commit)
+                    .await
+            })
+            .await;
     }
     let owner = shard.owner_of(&topic, index);
     shard
