@@ -258,3 +258,58 @@ fn offsets_of_a_transaction_go_through_the_group_coordinator_of_another_broker()
     let seen = read_until(&bootstrap, "ctp-out", "read_committed", "out-9");
     assert_eq!(seen, expected);
 }
+
+/// kill -9 of the broker coordinating a transactional id while its transaction is open: the
+/// broker that takes over the id's `__transaction_state` partition loads the state from its
+/// replica, so a new producer of the id gets the next epoch (the old producer is fenced) and
+/// the open transaction is aborted (read_committed consumers never see it, and it no longer
+/// holds them back), while what was committed stays visible.
+#[test]
+fn a_killed_transaction_coordinator_is_replaced_from_the_replicated_state() {
+    let mut cluster = Cluster::start(3, &[]);
+    let addr = cluster.broker(0).addr.clone();
+    let mut client = RawClient::connect(&addr);
+    assert_eq!(client.create_topic_rf("failover", 1, 3).0, 0);
+    let transactional_id = "failover-transactions";
+    let (coordinator, _) = coordinator_of(&addr, transactional_id, 1);
+
+    // The timeout is long: only the takeover can abort the open transaction in this test.
+    let producer = transactional_producer(&cluster.bootstrap(), transactional_id, 120_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "failover", &values("committed", 5));
+    producer.commit_transaction(TIMEOUT).expect("commit");
+    producer.begin_transaction().unwrap();
+    send(&producer, "failover", &values("open", 5));
+
+    cluster.kill9(coordinator as usize);
+    let survivors = cluster.bootstrap();
+    let survivor = cluster.broker(cluster.running()[0]).addr.clone();
+    let mut successor_node = coordinator;
+    assert!(
+        common::wait_until(Duration::from_secs(60), || {
+            successor_node = coordinator_of(&survivor, transactional_id, 1).0;
+            successor_node != coordinator
+        }),
+        "the id still coordinated by the killed broker"
+    );
+
+    let successor = transactional_producer(&survivors, transactional_id, 120_000);
+    successor.begin_transaction().unwrap();
+    send(&successor, "failover", &values("after", 5));
+    successor
+        .commit_transaction(TIMEOUT)
+        .expect("commit after the failover");
+
+    let error = producer
+        .commit_transaction(TIMEOUT)
+        .expect_err("the producer of the old epoch is fenced");
+    assert!(
+        matches!(&error, rdkafka::error::KafkaError::Transaction(e) if e.is_fatal()),
+        "expected a fatal fencing error, got {error:?}"
+    );
+
+    let seen = read_until(&survivors, "failover", "read_committed", "after-4");
+    let mut expected = values("committed", 5);
+    expected.extend(values("after", 5));
+    assert_eq!(seen, expected, "the open transaction was aborted");
+}

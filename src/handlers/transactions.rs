@@ -25,19 +25,39 @@ use kafka_protocol::ResponseError;
 use crate::groups::{self, coordinator::CommitEntry};
 use crate::shard::Shard;
 use crate::transactions::coordinator::{coordinator, write_marker, TxnMetadata};
-use crate::transactions::MAX_TRANSACTIONAL_ID_BYTES;
+use crate::transactions::{partition_of, replicated, MAX_TRANSACTIONAL_ID_BYTES};
 
 fn code(result: Result<(), ResponseError>) -> i16 {
     result.err().map_or(0, |e| e.code())
 }
 
 /// Why this node cannot coordinate `transactional_id`, if it cannot: the id is invalid, or in
-/// a cluster another node leads the partition it hashes to.
+/// a cluster another node leads the `__transaction_state` partition it hashes to (whether
+/// this node has loaded that partition yet is the coordinator's check, `check_serving`).
 fn coordinator_error(shard: &Shard, transactional_id: &str) -> Option<ResponseError> {
     if transactional_id.is_empty() || transactional_id.len() > MAX_TRANSACTIONAL_ID_BYTES {
         return Some(ResponseError::InvalidRequest);
     }
-    super::groups::not_coordinator_here(shard, transactional_id)
+    not_transaction_coordinator_here(shard, transactional_id)
+}
+
+/// NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE unless this node leads the state partition of
+/// `transactional_id`.
+pub(crate) fn not_transaction_coordinator_here(
+    shard: &Shard,
+    transactional_id: &str,
+) -> Option<ResponseError> {
+    let partition = partition_of(transactional_id, shard.config.transaction_state.partitions);
+    match replicated::coordinator_node(
+        &shard.metadata(),
+        partition,
+        shard.broker.node_id,
+        shard.config.is_clustered(),
+    ) {
+        Some(node) if node == shard.broker.node_id => None,
+        Some(_) => Some(ResponseError::NotCoordinator),
+        None => Some(ResponseError::CoordinatorNotAvailable),
+    }
 }
 
 /// Old request versions know INVALID_PRODUCER_EPOCH only; PRODUCER_FENCED came with the
@@ -73,7 +93,9 @@ pub async fn init_producer_id(
     let timeout_ms = request.transaction_timeout_ms;
     let result = shard
         .invoke_on(0, move |s| async move {
-            coordinator(&s)
+            let coordinator = coordinator(&s);
+            coordinator.check_serving(&s, &transactional_id)?;
+            coordinator
                 .init_producer_id(&s, &transactional_id, timeout_ms, expected)
                 .await
         })
@@ -116,8 +138,10 @@ pub async fn add_partitions_to_txn(
             );
             shard
                 .invoke_on(0, move |s| async move {
-                    coordinator(&s)
-                        .add_partitions(&transactional_id, producer_id, epoch, partitions)
+                    let coordinator = coordinator(&s);
+                    coordinator.check_serving(&s, &transactional_id)?;
+                    coordinator
+                        .add_partitions(&s, &transactional_id, producer_id, epoch, partitions)
                         .await
                 })
                 .await
@@ -164,8 +188,10 @@ pub async fn add_offsets_to_txn(
             let offsets_partition = shard.groups.partition_of(&group_id);
             shard
                 .invoke_on(0, move |s| async move {
-                    coordinator(&s)
-                        .add_offsets(&transactional_id, producer_id, epoch, offsets_partition)
+                    let coordinator = coordinator(&s);
+                    coordinator.check_serving(&s, &transactional_id)?;
+                    coordinator
+                        .add_offsets(&s, &transactional_id, producer_id, epoch, offsets_partition)
                         .await
                 })
                 .await
@@ -188,7 +214,9 @@ pub async fn end_txn(shard: &Rc<Shard>, version: i16, request: EndTxnRequest) ->
             );
             shard
                 .invoke_on(0, move |s| async move {
-                    coordinator(&s)
+                    let coordinator = coordinator(&s);
+                    coordinator.check_serving(&s, &transactional_id)?;
+                    coordinator
                         .end_transaction(&s, &transactional_id, producer_id, epoch, commit)
                         .await
                 })
@@ -357,10 +385,21 @@ pub async fn describe_transactions(
             continue;
         }
         let lookup = id.clone();
-        let meta = shard
-            .invoke_on(0, move |s| async move { coordinator(&s).describe(&lookup) })
+        let meta: Result<_, ResponseError> = shard
+            .invoke_on(0, move |s| async move {
+                let coordinator = coordinator(&s);
+                coordinator.check_serving(&s, &lookup)?;
+                Ok(coordinator.describe(&lookup))
+            })
             .await;
-        response.transaction_states.push(described(id, meta));
+        match meta {
+            Ok(meta) => response.transaction_states.push(described(id, meta)),
+            Err(error) => {
+                let mut state = described(id, None);
+                state.error_code = error.code();
+                response.transaction_states.push(state);
+            }
+        }
     }
     response
 }

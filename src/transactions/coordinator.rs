@@ -77,9 +77,17 @@ pub struct TxnMetadata {
 pub struct TxnCoordinator {
     txns: RefCell<HashMap<String, TxnMetadata>>,
     timer_started: Cell<bool>,
-    /// The durable state (a single node's `__transaction_state-0`); `None` in a cluster,
-    /// where the state lives in memory only for now.
+    /// The durable state of a single node: its own `__transaction_state-0`. `None` in a
+    /// cluster, where the state is in the partitions of the replicated topic (`replicated`).
     state_log: RefCell<Option<Rc<StateLog>>>,
+    /// In a cluster: the state partitions this broker leads and has loaded (the ids it
+    /// coordinates), by partition, with the leader epoch they were adopted at.
+    adopted: RefCell<HashMap<i32, i32>>,
+    /// In a cluster: the newest leader epoch seen per state partition, so that a stale
+    /// adoption or release (sent before a newer one) is ignored.
+    newest_epochs: RefCell<HashMap<i32, i32>>,
+    /// `transaction.state.log.num.partitions`, from the shard's config.
+    state_partitions: Cell<i32>,
 }
 
 thread_local! {
@@ -90,6 +98,9 @@ thread_local! {
 pub fn coordinator(shard: &Rc<Shard>) -> Rc<TxnCoordinator> {
     debug_assert_eq!(shard.id, 0, "the transaction coordinator runs on shard 0");
     let coordinator = COORDINATOR.with(Rc::clone);
+    coordinator
+        .state_partitions
+        .set(shard.config.transaction_state.partitions);
     if !coordinator.timer_started.replace(true) {
         let shard = shard.clone();
         let timer = coordinator.clone();
@@ -152,12 +163,124 @@ fn check_producer(meta: &TxnMetadata, producer_id: i64, epoch: i16) -> Result<()
 }
 
 impl TxnCoordinator {
-    /// Writes the current state of `transactional_id` to the state log (if there is one) and
-    /// waits until it is durable.
-    async fn persist(&self, transactional_id: &str) -> Result<(), ResponseError> {
-        let log = self.state_log.borrow().clone();
-        let (Some(log), Some(meta)) = (log, self.describe(transactional_id)) else {
+    /// Whether this coordinator serves `transactional_id` now: always on a single node; in a
+    /// cluster only once it has loaded the id's state partition (COORDINATOR_LOAD_IN_PROGRESS
+    /// while this broker leads it but has not yet, NOT_COORDINATOR when another broker does).
+    pub fn check_serving(
+        &self,
+        shard: &Shard,
+        transactional_id: &str,
+    ) -> Result<(), ResponseError> {
+        if !shard.config.is_clustered() {
             return Ok(());
+        }
+        let partition =
+            super::partition_of(transactional_id, shard.config.transaction_state.partitions);
+        if self.adopted.borrow().contains_key(&partition) {
+            return Ok(());
+        }
+        match super::replicated::coordinator_node(
+            &shard.metadata(),
+            partition,
+            shard.broker.node_id,
+            true,
+        ) {
+            Some(node) if node == shard.broker.node_id => {
+                Err(ResponseError::CoordinatorLoadInProgress)
+            }
+            _ => Err(ResponseError::NotCoordinator),
+        }
+    }
+
+    /// In a cluster: this broker leads state partition `partition` since `leader_epoch`, and
+    /// `states` is what the partition holds. Its ids are coordinated here from now on.
+    pub fn adopt_partition(
+        &self,
+        partition: i32,
+        leader_epoch: i32,
+        states: Vec<(String, TxnMetadata)>,
+    ) {
+        if !self.newer_epoch(partition, leader_epoch) {
+            tracing::info!(
+                partition,
+                leader_epoch,
+                "stale adoption of a transaction state partition ignored"
+            );
+            return;
+        }
+        let partitions = self.state_partitions.get();
+        let mut txns = self.txns.borrow_mut();
+        txns.retain(|id, _| super::partition_of(id, partitions) != partition);
+        let count = states.len();
+        for (transactional_id, mut meta) in states {
+            if meta.state.preparing() {
+                // Its markers may be missing: the timer writes them at its next run.
+                meta.last_update_ms = 0;
+                tracing::info!(%transactional_id, state = meta.state.name(), "completing a prepared transaction");
+            }
+            txns.insert(transactional_id, meta);
+        }
+        self.adopted.borrow_mut().insert(partition, leader_epoch);
+        tracing::info!(
+            partition,
+            leader_epoch,
+            transactional_ids = count,
+            "transaction state partition loaded"
+        );
+    }
+
+    /// In a cluster: leadership of state partition `partition` moved away (at `leader_epoch`):
+    /// its ids are forgotten here; the new leader loads them from its replica.
+    pub fn release_partition(&self, partition: i32, leader_epoch: i32) {
+        if !self.newer_epoch(partition, leader_epoch) {
+            return;
+        }
+        if self.adopted.borrow_mut().remove(&partition).is_none() {
+            return;
+        }
+        let partitions = self.state_partitions.get();
+        let mut txns = self.txns.borrow_mut();
+        let before = txns.len();
+        txns.retain(|id, _| super::partition_of(id, partitions) != partition);
+        tracing::info!(
+            partition,
+            transactional_ids = before - txns.len(),
+            "transaction state partition moved to another broker"
+        );
+    }
+
+    /// Records `leader_epoch` for `partition`; false when an equal or newer one was seen with
+    /// a different role (the change is stale).
+    fn newer_epoch(&self, partition: i32, leader_epoch: i32) -> bool {
+        let mut epochs = self.newest_epochs.borrow_mut();
+        match epochs.get(&partition) {
+            Some(&seen) if seen > leader_epoch => false,
+            _ => {
+                epochs.insert(partition, leader_epoch);
+                true
+            }
+        }
+    }
+
+    /// Writes the current state of `transactional_id` and waits until it is durable: to a
+    /// single node's state log, or in a cluster to the id's state partition (on every in-sync
+    /// replica).
+    async fn persist(
+        &self,
+        shard: &Rc<Shard>,
+        transactional_id: &str,
+    ) -> Result<(), ResponseError> {
+        let Some(meta) = self.describe(transactional_id) else {
+            return Ok(());
+        };
+        let log = self.state_log.borrow().clone();
+        let Some(log) = log else {
+            if !shard.config.is_clustered() {
+                return Ok(());
+            }
+            let partition =
+                super::partition_of(transactional_id, shard.config.transaction_state.partitions);
+            return super::replicated::write_state(shard, partition, transactional_id, &meta).await;
         };
         log.write(transactional_id, &meta, now_ms())
             .await
@@ -213,7 +336,7 @@ impl TxnCoordinator {
                     last_update_ms: now,
                 },
             );
-            self.persist(transactional_id).await?;
+            self.persist(shard, transactional_id).await?;
             return Ok((producer_id, 0));
         };
         if meta.state.preparing() {
@@ -251,7 +374,7 @@ impl TxnCoordinator {
             }
             meta.last_update_ms = now_ms();
         }
-        self.persist(transactional_id).await?;
+        self.persist(shard, transactional_id).await?;
         Ok((producer_id, epoch))
     }
 
@@ -282,6 +405,7 @@ impl TxnCoordinator {
     /// coordinator knows where to write the markers.
     pub async fn add_partitions(
         &self,
+        shard: &Rc<Shard>,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
@@ -298,7 +422,7 @@ impl TxnCoordinator {
             Ok(())
         })?;
         if added {
-            self.persist(transactional_id).await?;
+            self.persist(shard, transactional_id).await?;
         }
         Ok(())
     }
@@ -307,12 +431,14 @@ impl TxnCoordinator {
     /// marker reaches the offsets the group coordinator keeps pending for it.
     pub async fn add_offsets(
         &self,
+        shard: &Rc<Shard>,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
         offsets_partition: i32,
     ) -> Result<(), ResponseError> {
         self.add_partitions(
+            shard,
             transactional_id,
             producer_id,
             epoch,
@@ -356,7 +482,7 @@ impl TxnCoordinator {
             meta.last_update_ms = now_ms();
         }
         // Durable before any marker: a restarted coordinator finishes the same decision.
-        self.persist(transactional_id).await?;
+        self.persist(shard, transactional_id).await?;
         self.complete(shard, transactional_id, commit).await
     }
 
@@ -381,7 +507,7 @@ impl TxnCoordinator {
             meta.state = TxnState::PrepareAbort;
             meta.last_update_ms = now_ms();
         }
-        self.persist(transactional_id).await?;
+        self.persist(shard, transactional_id).await?;
         self.complete(shard, transactional_id, false).await
     }
 
@@ -430,7 +556,7 @@ impl TxnCoordinator {
             meta.start_ms = -1;
             meta.last_update_ms = now_ms();
         }
-        self.persist(transactional_id).await
+        self.persist(shard, transactional_id).await
     }
 
     /// Runs forever on shard 0: aborts transactions open past their timeout, and retries

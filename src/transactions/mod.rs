@@ -1,22 +1,27 @@
 //! Transactions (exactly-once): the transaction coordinator and the markers it writes.
 //!
 //! # Where a transaction lives
-//! A transactional id hashes to a partition exactly as a group id does
-//! ([`crate::groups::coordinator_for`]), so the node that coordinates a transactional id is
-//! the one that coordinates a group of the same name. On that node the coordinator runs on
-//! shard 0 ([`coordinator::TxnCoordinator`]); partitions of the transaction are reached on
-//! their owner shards to append markers.
+//! A transactional id hashes to a partition of `__transaction_state` ([`partition_of`], the
+//! hash groups use); in a cluster the leader of that partition coordinates the id
+//! ([`replicated`]), a single node coordinates every id with its own state log
+//! ([`state_log`]). On that node the coordinator runs on shard 0
+//! ([`coordinator::TxnCoordinator`]); partitions of the transaction are reached on their
+//! owner shards (or leaders) to append markers, offsets partitions through the group
+//! coordinator.
 //!
 //! # Layout
 //! - [`markers`]: control batches (commit / abort markers) and reading them back.
 //! - [`coordinator`]: transactional ids, producer ids and epochs, transaction states, the
-//!   timeout that aborts, ending a transaction (markers, then the pending offsets).
+//!   timeout that aborts, ending a transaction (markers).
+//! - [`state_log`]: the state records (keyed by transactional id) and a single node's log.
+//! - [`replicated`]: the state partitions of a cluster: adoption, release, replicated writes.
 //!
 //! The partition side (open transactions, last stable offset, aborted transactions) is in
 //! `shard::producer_state` and `shard::partition`.
 
 pub mod coordinator;
 pub mod markers;
+pub mod replicated;
 pub mod state_log;
 
 /// `transaction.max.timeout.ms` (Kafka's default): a producer asking for more gets
@@ -60,4 +65,10 @@ impl Default for TxnStateConfig {
             segment_bytes: 100 << 20,
         }
     }
+}
+
+/// The `__transaction_state` partition of `transactional_id`: the placement decision for
+/// transactional ids (the groups' hash, over the state topic's partitions).
+pub fn partition_of(transactional_id: &str, state_partitions: i32) -> i32 {
+    crate::groups::coordinator_for(transactional_id, state_partitions)
 }

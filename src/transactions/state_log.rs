@@ -183,7 +183,7 @@ fn put_varint(buf: &mut BytesMut, value: i64) {
 }
 
 /// One record (key = transactional id, value = state) as an uncompressed batch.
-fn encode_batch(key: &str, value: &[u8], timestamp_ms: i64) -> Bytes {
+pub fn encode_batch(key: &str, value: &[u8], timestamp_ms: i64) -> Bytes {
     let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + 16 + key.len() + value.len());
     buf.put_bytes(0, BATCH_HEADER_BYTES);
     let mut record = BytesMut::with_capacity(16 + key.len() + value.len());
@@ -236,6 +236,52 @@ pub fn state_log_config(broker_log: &LogConfig, segment_bytes: u64) -> LogConfig
     config
 }
 
+/// The newest state of every transactional id in `log` (everything written: a new leader's
+/// log is what its followers converge to). Unreadable records are skipped with a warning.
+pub fn replay(log: &PartitionLog) -> Result<Vec<(String, TxnMetadata)>, String> {
+    let mut newest: BTreeMap<String, TxnMetadata> = BTreeMap::new();
+    let mut offset = log.log_start_offset();
+    let end = log.written_offset();
+    let mut buf = Vec::new();
+    while offset < end {
+        let Some(read) = log
+            .read(offset, REPLAY_READ_BYTES, true, ReadLimit::Written)
+            .map_err(|e| e.to_string())?
+        else {
+            break;
+        };
+        buf.clear();
+        read.copy_into(&mut buf)
+            .map_err(|e| format!("reading the transaction state log: {e}"))?;
+        let mut next = offset;
+        for item in Batches::new(&buf, usize::MAX) {
+            match item {
+                Ok((header, range)) => {
+                    next = header.last_offset() + 1;
+                    match decode_batch(&buf[range])
+                        .and_then(|(key, value)| decode_value(&value).map(|meta| (key, meta)))
+                    {
+                        Some((key, meta)) => {
+                            newest.insert(key, meta);
+                        }
+                        None => tracing::warn!(
+                            offset = header.base_offset,
+                            "unreadable transaction state record skipped"
+                        ),
+                    }
+                }
+                Err((_, BatchError::Truncated)) => break,
+                Err((at, e)) => return Err(format!("transaction state batch at {at}: {e}")),
+            }
+        }
+        if next <= offset {
+            return Err(format!("transaction state replay stuck at offset {offset}"));
+        }
+        offset = next;
+    }
+    Ok(newest.into_iter().collect())
+}
+
 impl StateLog {
     /// The log itself, for the log cleaner (shard 0 compacts it).
     pub fn partition_log(&self) -> Rc<PartitionLog> {
@@ -251,47 +297,8 @@ impl StateLog {
         let log = PartitionLog::open(dir, config)
             .await
             .map_err(|e| e.to_string())?;
-        let mut newest: BTreeMap<String, TxnMetadata> = BTreeMap::new();
-        let mut offset = log.log_start_offset();
-        let end = log.written_offset();
-        let mut buf = Vec::new();
-        while offset < end {
-            let Some(read) = log
-                .read(offset, REPLAY_READ_BYTES, true, ReadLimit::Written)
-                .map_err(|e| e.to_string())?
-            else {
-                break;
-            };
-            buf.clear();
-            read.copy_into(&mut buf)
-                .map_err(|e| format!("reading the transaction state log: {e}"))?;
-            let mut next = offset;
-            for item in Batches::new(&buf, usize::MAX) {
-                match item {
-                    Ok((header, range)) => {
-                        next = header.last_offset() + 1;
-                        match decode_batch(&buf[range])
-                            .and_then(|(key, value)| decode_value(&value).map(|meta| (key, meta)))
-                        {
-                            Some((key, meta)) => {
-                                newest.insert(key, meta);
-                            }
-                            None => tracing::warn!(
-                                offset = header.base_offset,
-                                "unreadable transaction state record skipped"
-                            ),
-                        }
-                    }
-                    Err((_, BatchError::Truncated)) => break,
-                    Err((at, e)) => return Err(format!("transaction state batch at {at}: {e}")),
-                }
-            }
-            if next <= offset {
-                return Err(format!("transaction state replay stuck at offset {offset}"));
-            }
-            offset = next;
-        }
-        Ok((StateLog { log }, newest.into_iter().collect()))
+        let states = replay(&log)?;
+        Ok((StateLog { log }, states))
     }
 
     /// Appends the state of `transactional_id` and waits until it is on disk.
