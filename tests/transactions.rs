@@ -510,7 +510,8 @@ fn write_txn_markers_aborts_a_hanging_transaction() {
 }
 
 /// Three brokers: the coordinator writes markers to partitions other brokers lead with
-/// WriteTxnMarkers (its state is in memory in a cluster for now).
+/// WriteTxnMarkers (its state is in the replicated `__transaction_state`:
+/// `transactions_cluster.rs` kills it).
 #[test]
 fn transactions_span_partitions_led_by_other_brokers() {
     let cluster = common::cluster::Cluster::start(3, &[]);

@@ -805,3 +805,71 @@ fn apply(groups: &mut HashMap<String, Group>, record: OffsetsRecord) {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offset(group: &str, partition: i32, offset: i64) -> OffsetsRecord {
+        OffsetsRecord::Offset {
+            group: group.into(),
+            topic: "t".into(),
+            partition,
+            value: Some(OffsetValue {
+                offset,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp_ms: 0,
+            }),
+        }
+    }
+
+    /// Replay honours markers: a transaction's offsets count from its commit marker on, are
+    /// gone at its abort marker, and stay pending (never visible) without one.
+    #[test]
+    fn replayed_transactional_offsets_wait_for_their_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let coordinator = GroupCoordinator::new(
+            0,
+            1,
+            dir.path().to_path_buf(),
+            &LogConfig::default(),
+            GroupConfig::default(),
+            false,
+        );
+        let group = "replayed";
+        let partition = coordinator.partition_of(group);
+        let transactional = |producer_id, record| OffsetsBatch::Transactional {
+            producer_id,
+            records: vec![record],
+        };
+        coordinator.load_records(
+            partition,
+            vec![
+                OffsetsBatch::Records(vec![offset(group, 0, 1), offset(group, 1, 1)]),
+                transactional(7, offset(group, 0, 5)),
+                transactional(8, offset(group, 1, 6)),
+                transactional(9, offset(group, 2, 7)),
+                OffsetsBatch::Marker {
+                    producer_id: 7,
+                    committed: true,
+                },
+                OffsetsBatch::Marker {
+                    producer_id: 8,
+                    committed: false,
+                },
+            ],
+        );
+        let groups = coordinator.groups.borrow();
+        let offsets = &groups[group].offsets;
+        assert_eq!(offsets[&("t".to_string(), 0)].offset, 5, "committed");
+        assert_eq!(offsets[&("t".to_string(), 1)].offset, 1, "aborted");
+        assert!(
+            !offsets.contains_key(&("t".to_string(), 2)),
+            "still pending"
+        );
+        assert!(coordinator.has_pending_offset(group, "t", 2));
+        assert!(!coordinator.has_pending_offset(group, "t", 0));
+        assert!(!coordinator.has_pending_offset(group, "t", 1));
+    }
+}
