@@ -546,18 +546,27 @@ fn transactions_span_partitions_led_by_other_brokers() {
     assert_eq!(sorted(seen), sorted(expected));
 }
 
-/// Bytes of the `.log` files under `dir`.
-fn log_bytes(dir: &std::path::Path) -> u64 {
+/// The `.log` segment files of the log in `dir`: (base offset, bytes).
+fn segments(dir: &std::path::Path) -> Vec<(i64, u64)> {
     std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| {
+            let base = e
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .parse()
+                .unwrap();
+            (base, e.metadata().unwrap().len())
         })
-        .unwrap_or(0)
+        .collect()
+}
+
+fn log_bytes(dir: &std::path::Path) -> u64 {
+    segments(dir).iter().map(|(_, bytes)| bytes).sum()
 }
 
 /// Single node: the state log `__transaction_state-0` is compacted by the log cleaner (many
@@ -593,7 +602,7 @@ fn the_transaction_state_log_is_compacted_and_still_restores_the_state() {
             producer.commit_transaction(TIMEOUT).expect("commit");
         }
     }
-    let state_dir = dir.path().join("__transaction_state-0");
+    let state_dir = dir.path().join("data").join("__transaction_state-0");
     let compacted = common::wait_until(Duration::from_secs(60), || {
         broker.log().lines().any(|l| {
             l.contains("log cleaner compacted segments") && l.contains("__transaction_state-0")
@@ -607,6 +616,24 @@ fn the_transaction_state_log_is_compacted_and_still_restores_the_state() {
         log_bytes(&state_dir) <= 3 * 16384
     });
     assert!(bounded, "state log still {} bytes", log_bytes(&state_dir));
+    // Every transaction wrote its states: the active segment starts far into the log.
+    let records_written = segments(&state_dir).iter().map(|(base, _)| *base).max();
+    assert!(
+        records_written.is_some_and(|offset| offset >= 2 * rounds as i64),
+        "{:?}",
+        segments(&state_dir)
+    );
+    // The figures, for the README (`--nocapture`).
+    for line in broker.log().lines().filter(|l| {
+        l.contains("log cleaner compacted segments") && l.contains("__transaction_state-0")
+    }) {
+        eprintln!("{line}");
+    }
+    eprintln!(
+        "state log after cleaning: {} bytes in {:?} (base offset, bytes)",
+        log_bytes(&state_dir),
+        segments(&state_dir)
+    );
 
     let describe = |addr: &str| {
         let mut raw = RawClient::connect(addr);

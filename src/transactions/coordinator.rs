@@ -249,8 +249,9 @@ impl TxnCoordinator {
         );
     }
 
-    /// Records `leader_epoch` for `partition`; false when an equal or newer one was seen with
-    /// a different role (the change is stale).
+    /// Records `leader_epoch` for `partition`; false when a newer one was seen (the change was
+    /// sent before a later one and is stale). Leader epochs grow with every leadership change,
+    /// so an adoption and the release that ends it never share an epoch's order wrongly.
     fn newer_epoch(&self, partition: i32, leader_epoch: i32) -> bool {
         let mut epochs = self.newest_epochs.borrow_mut();
         match epochs.get(&partition) {
