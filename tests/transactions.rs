@@ -672,3 +672,87 @@ fn the_transaction_state_log_is_compacted_and_still_restores_the_state() {
     assert_eq!(after[0].0, before[0].0, "same producer id");
     assert_eq!(after[0].1, before[0].1 + 1, "next epoch");
 }
+
+/// Single node, kill -9 while a transaction's offsets are pending: the restarted broker
+/// replays the offsets log honouring its markers: the offsets an earlier transaction committed
+/// are the group's, the pending ones stay invisible and go when the coordinator aborts their
+/// transaction at its timeout (a read_committed fetch is then stable again).
+#[test]
+fn pending_transactional_offsets_survive_kill9_as_pending_and_are_aborted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = Broker::start_in(dir.path(), 2, &[]);
+    create_topic(&broker.addr, "txn-offsets-in", 1);
+    create_topic(&broker.addr, "txn-offsets-out", 1);
+    let group = "txn-offsets-replayed";
+    let input = consumer(&broker.addr, group, "read_committed");
+    let metadata = input.group_metadata().unwrap();
+    let offsets_at = |offset: i64| {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset("txn-offsets-in", 0, Offset::Offset(offset))
+            .unwrap();
+        offsets
+    };
+    let producer = transactional_producer(&broker.addr, "offsets-replayed", 3_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-offsets-out", 1, &values("committed", 1));
+    producer
+        .send_offsets_to_transaction(&offsets_at(5), &metadata, TIMEOUT)
+        .unwrap();
+    producer.commit_transaction(TIMEOUT).unwrap();
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-offsets-out", 1, &values("open", 1));
+    producer
+        .send_offsets_to_transaction(&offsets_at(9), &metadata, TIMEOUT)
+        .unwrap();
+    broker.kill9();
+    drop(producer);
+
+    let broker = Broker::start_in(dir.path(), 2, &[]);
+    let observer = consumer(&broker.addr, group, "read_uncommitted");
+    let committed = || {
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition("txn-offsets-in", 0);
+        observer
+            .committed_offsets(wanted, TIMEOUT)
+            .expect("committed")
+            .elements()[0]
+            .offset()
+    };
+    assert_eq!(
+        committed(),
+        Offset::Offset(5),
+        "the committed transaction's offsets"
+    );
+    // The open transaction is aborted at its timeout: a stable fetch answers again, with the
+    // offsets of the committed one.
+    let stable = |addr: &str| {
+        use kafka_protocol::messages::*;
+        use kafka_protocol::protocol::StrBytes;
+        let mut topic = offset_fetch_request::OffsetFetchRequestTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("txn-offsets-in"));
+        topic.partition_indexes = vec![0];
+        let mut request = OffsetFetchRequest::default();
+        request.group_id = GroupId(StrBytes::from_static_str(group));
+        request.topics = Some(vec![topic]);
+        request.require_stable = true;
+        let response = common::raw::RawClient::connect(addr).call(7, &request);
+        let p = &response.topics[0].partitions[0];
+        (p.error_code, p.committed_offset)
+    };
+    assert!(
+        common::wait_until(TIMEOUT, || stable(&broker.addr) == (0, 5)),
+        "{:?}",
+        stable(&broker.addr)
+    );
+    assert_eq!(committed(), Offset::Offset(5));
+
+    let successor = transactional_producer(&broker.addr, "offsets-replayed", 60_000);
+    successor.begin_transaction().unwrap();
+    send(&successor, "txn-offsets-out", 1, &values("after", 1));
+    successor
+        .send_offsets_to_transaction(&offsets_at(12), &metadata, TIMEOUT)
+        .unwrap();
+    successor.commit_transaction(TIMEOUT).unwrap();
+    assert_eq!(committed(), Offset::Offset(12));
+}
