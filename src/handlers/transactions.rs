@@ -1,6 +1,8 @@
 //! Transaction APIs: InitProducerId (with a transactional id), AddPartitionsToTxn (v0-3),
 //! AddOffsetsToTxn, EndTxn, TxnOffsetCommit, DescribeTransactions, ListTransactions,
-//! DescribeProducers. The coordinator's work runs on shard 0 (`transactions::coordinator`).
+//! DescribeProducers, WriteTxnMarkers. The transaction coordinator's work runs on shard 0
+//! (`transactions::coordinator`) of the broker leading the id's `__transaction_state`
+//! partition; TxnOffsetCommit is the group coordinator's (`groups::txn_offsets`).
 
 use std::rc::Rc;
 
