@@ -96,6 +96,8 @@ pub struct BrokerConfig {
     pub stall_stack_interval_ms: u64,
     /// Consumer group coordinator settings (`group.*`, `offsets.topic.num.partitions`, ...).
     pub groups: crate::groups::GroupConfig,
+    /// The transaction coordinator's state log (`transaction.state.log.*`).
+    pub transaction_state: crate::transactions::TxnStateConfig,
     /// Follower fetching and ISR upkeep (`replica.*`).
     pub replication: ReplicationConfig,
     /// Periodic preferred-leader election (`auto.leader.rebalance.enable`, ...).
@@ -195,6 +197,7 @@ impl Default for BrokerConfig {
             broker_session_timeout_ms: 1500,
             unclean_leader_election_enable: false,
             groups: crate::groups::GroupConfig::default(),
+            transaction_state: crate::transactions::TxnStateConfig::default(),
             replication: ReplicationConfig::default(),
             leader_rebalance: Default::default(),
             cleaner: LogCleanerConfig::default(),
@@ -429,6 +432,12 @@ impl BrokerConfig {
             "offsets.topic.num.partitions" => {
                 self.groups.offsets_topic_partitions = parse(key, value)?
             }
+            "transaction.state.log.num.partitions" => {
+                self.transaction_state.partitions = parse(key, value)?
+            }
+            "transaction.state.log.segment.bytes" => {
+                self.transaction_state.segment_bytes = parse(key, value)?
+            }
             "replica.lag.time.max.ms" => self.replication.lag_time_max_ms = parse(key, value)?,
             "replica.fetch.max.bytes" => self.replication.fetch_max_bytes = parse(key, value)?,
             "replica.fetch.response.max.bytes" => {
@@ -519,6 +528,14 @@ impl BrokerConfig {
             return Err(ConfigError(
                 "offsets.topic.num.partitions must be at least 1, group.min.session.timeout.ms at most group.max.session.timeout.ms, group.initial.rebalance.delay.ms not negative, offset.metadata.max.bytes at most 8192".into(),
             ));
+        }
+        if self.transaction_state.partitions < 1
+            || self.transaction_state.segment_bytes < crate::transactions::MIN_STATE_SEGMENT_BYTES
+        {
+            return Err(ConfigError(format!(
+                "transaction.state.log.num.partitions must be at least 1, transaction.state.log.segment.bytes at least {}",
+                crate::transactions::MIN_STATE_SEGMENT_BYTES
+            )));
         }
         self.log.max_batch_bytes = self.message_max_bytes;
         Ok(())

@@ -283,6 +283,10 @@ fn offsets_sent_to_a_transaction_become_visible_on_commit() {
         .add_partition_offset("txn-input", 0, Offset::Beginning)
         .unwrap();
     input.assign(&assignment).unwrap();
+    // A read_committed consumer asks for stable offsets only (OffsetFetch require_stable) and
+    // is answered UNSTABLE_OFFSET_COMMIT, and retries, while a transaction's offsets are
+    // pending: the group's committed offsets are observed with a read_uncommitted one.
+    let observer = consumer(&broker.addr, group, "read_uncommitted");
 
     let committed_offset = |consumer: &BaseConsumer| -> Offset {
         let mut wanted = TopicPartitionList::new();
@@ -303,9 +307,9 @@ fn offsets_sent_to_a_transaction_become_visible_on_commit() {
     producer
         .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
         .expect("send offsets");
-    assert_eq!(committed_offset(&input), Offset::Invalid);
+    assert_eq!(committed_offset(&observer), Offset::Invalid);
     producer.abort_transaction(TIMEOUT).unwrap();
-    assert_eq!(committed_offset(&input), Offset::Invalid);
+    assert_eq!(committed_offset(&observer), Offset::Invalid);
 
     // Committed: visible once the transaction commits, not before.
     producer.begin_transaction().unwrap();
@@ -317,9 +321,10 @@ fn offsets_sent_to_a_transaction_become_visible_on_commit() {
     producer
         .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
         .expect("send offsets");
-    assert_eq!(committed_offset(&input), Offset::Invalid);
+    assert_eq!(committed_offset(&observer), Offset::Invalid);
     producer.commit_transaction(TIMEOUT).unwrap();
     assert_eq!(committed_offset(&input), Offset::Offset(7));
+    assert_eq!(committed_offset(&observer), Offset::Offset(7));
 }
 
 #[test]
@@ -505,7 +510,8 @@ fn write_txn_markers_aborts_a_hanging_transaction() {
 }
 
 /// Three brokers: the coordinator writes markers to partitions other brokers lead with
-/// WriteTxnMarkers (its state is in memory in a cluster for now).
+/// WriteTxnMarkers (its state is in the replicated `__transaction_state`:
+/// `transactions_cluster.rs` kills it).
 #[test]
 fn transactions_span_partitions_led_by_other_brokers() {
     let cluster = common::cluster::Cluster::start(3, &[]);
@@ -538,4 +544,215 @@ fn transactions_span_partitions_led_by_other_brokers() {
     expected.extend(values("last", 3));
     let seen = wait_for_all(&bootstrap, "txn-cluster", 3, "read_committed", &expected);
     assert_eq!(sorted(seen), sorted(expected));
+}
+
+/// The `.log` segment files of the log in `dir`: (base offset, bytes).
+fn segments(dir: &std::path::Path) -> Vec<(i64, u64)> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| {
+            let base = e
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .parse()
+                .unwrap();
+            (base, e.metadata().unwrap().len())
+        })
+        .collect()
+}
+
+fn log_bytes(dir: &std::path::Path) -> u64 {
+    segments(dir).iter().map(|(_, bytes)| bytes).sum()
+}
+
+/// Single node: the state log `__transaction_state-0` is compacted by the log cleaner (many
+/// transactions on a few ids leave the newest state of each), and a restart still restores
+/// every id's producer id and state from what the cleaner kept.
+#[test]
+fn the_transaction_state_log_is_compacted_and_still_restores_the_state() {
+    use common::raw::RawClient;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::StrBytes;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let extra = [
+        "--override",
+        "transaction.state.log.segment.bytes=16384",
+        "--override",
+        "log.cleaner.backoff.ms=200",
+        "--override",
+        "log.cleaner.min.cleanable.ratio=0.01",
+    ];
+    let mut broker = Broker::start_in(dir.path(), 2, &extra);
+    create_topic(&broker.addr, "txn-compacted", 1);
+    let ids = ["compacted-a", "compacted-b", "compacted-c"];
+    let producers: Vec<TxnProducer> = ids
+        .iter()
+        .map(|id| transactional_producer(&broker.addr, id, 60_000))
+        .collect();
+    let rounds = 80;
+    for round in 0..rounds {
+        for (producer, id) in producers.iter().zip(ids) {
+            producer.begin_transaction().unwrap();
+            send(producer, "txn-compacted", 1, &[format!("{id}-{round}")]);
+            producer.commit_transaction(TIMEOUT).expect("commit");
+        }
+    }
+    let state_dir = dir.path().join("data").join("__transaction_state-0");
+    let compacted = common::wait_until(Duration::from_secs(60), || {
+        broker.log().lines().any(|l| {
+            l.contains("log cleaner compacted segments") && l.contains("__transaction_state-0")
+        })
+    });
+    assert!(compacted, "{}", broker.log());
+    // Three ids' newest states fit in far less than one 16 KiB segment; the active segment
+    // (never cleaned) and the cleaned ones together stay within a few segments, whatever the
+    // number of transactions (240 here wrote about 100 KiB of states).
+    let bounded = common::wait_until(Duration::from_secs(30), || {
+        log_bytes(&state_dir) <= 3 * 16384
+    });
+    assert!(bounded, "state log still {} bytes", log_bytes(&state_dir));
+    // Every transaction wrote its states: the active segment starts far into the log.
+    let records_written = segments(&state_dir).iter().map(|(base, _)| *base).max();
+    assert!(
+        records_written.is_some_and(|offset| offset >= 2 * rounds as i64),
+        "{:?}",
+        segments(&state_dir)
+    );
+    // The figures, for the README (`--nocapture`).
+    for line in broker.log().lines().filter(|l| {
+        l.contains("log cleaner compacted segments") && l.contains("__transaction_state-0")
+    }) {
+        eprintln!("{line}");
+    }
+    eprintln!(
+        "state log after cleaning: {} bytes in {:?} (base offset, bytes)",
+        log_bytes(&state_dir),
+        segments(&state_dir)
+    );
+
+    let describe = |addr: &str| {
+        let mut raw = RawClient::connect(addr);
+        let mut request = DescribeTransactionsRequest::default();
+        request.transactional_ids = ids
+            .iter()
+            .map(|id| TransactionalId(StrBytes::from_static_str(id)))
+            .collect();
+        raw.call(0, &request)
+            .transaction_states
+            .into_iter()
+            .map(|s| {
+                assert_eq!(s.error_code, 0, "{s:?}");
+                (
+                    s.producer_id.0,
+                    s.producer_epoch,
+                    s.transaction_state.to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = describe(&broker.addr);
+    assert!(before.iter().all(|(_, _, state)| state == "CompleteCommit"));
+    drop(producers);
+    broker.stop();
+    let broker = Broker::start_in(dir.path(), 2, &extra);
+    assert_eq!(describe(&broker.addr), before);
+    // The restored epoch fences: a new producer of an id continues after it.
+    let again = transactional_producer(&broker.addr, ids[0], 60_000);
+    again.begin_transaction().unwrap();
+    send(&again, "txn-compacted", 1, &["after-restart".to_string()]);
+    again
+        .commit_transaction(TIMEOUT)
+        .expect("commit after restart");
+    let after = describe(&broker.addr);
+    assert_eq!(after[0].0, before[0].0, "same producer id");
+    assert_eq!(after[0].1, before[0].1 + 1, "next epoch");
+}
+
+/// Single node, kill -9 while a transaction's offsets are pending: the restarted broker
+/// replays the offsets log honouring its markers: the offsets an earlier transaction committed
+/// are the group's, the pending ones stay invisible and go when the coordinator aborts their
+/// transaction at its timeout (a read_committed fetch is then stable again).
+#[test]
+fn pending_transactional_offsets_survive_kill9_as_pending_and_are_aborted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = Broker::start_in(dir.path(), 2, &[]);
+    create_topic(&broker.addr, "txn-offsets-in", 1);
+    create_topic(&broker.addr, "txn-offsets-out", 1);
+    let group = "txn-offsets-replayed";
+    let input = consumer(&broker.addr, group, "read_committed");
+    let metadata = input.group_metadata().unwrap();
+    let offsets_at = |offset: i64| {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset("txn-offsets-in", 0, Offset::Offset(offset))
+            .unwrap();
+        offsets
+    };
+    let producer = transactional_producer(&broker.addr, "offsets-replayed", 3_000);
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-offsets-out", 1, &values("committed", 1));
+    producer
+        .send_offsets_to_transaction(&offsets_at(5), &metadata, TIMEOUT)
+        .unwrap();
+    producer.commit_transaction(TIMEOUT).unwrap();
+    producer.begin_transaction().unwrap();
+    send(&producer, "txn-offsets-out", 1, &values("open", 1));
+    producer
+        .send_offsets_to_transaction(&offsets_at(9), &metadata, TIMEOUT)
+        .unwrap();
+    broker.kill9();
+    drop(producer);
+
+    let broker = Broker::start_in(dir.path(), 2, &[]);
+    let observer = consumer(&broker.addr, group, "read_uncommitted");
+    let committed = || {
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition("txn-offsets-in", 0);
+        observer
+            .committed_offsets(wanted, TIMEOUT)
+            .expect("committed")
+            .elements()[0]
+            .offset()
+    };
+    assert_eq!(
+        committed(),
+        Offset::Offset(5),
+        "the committed transaction's offsets"
+    );
+    // The open transaction is aborted at its timeout: a stable fetch answers again, with the
+    // offsets of the committed one.
+    let stable = |addr: &str| {
+        use kafka_protocol::messages::*;
+        use kafka_protocol::protocol::StrBytes;
+        let mut topic = offset_fetch_request::OffsetFetchRequestTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("txn-offsets-in"));
+        topic.partition_indexes = vec![0];
+        let mut request = OffsetFetchRequest::default();
+        request.group_id = GroupId(StrBytes::from_static_str(group));
+        request.topics = Some(vec![topic]);
+        request.require_stable = true;
+        let response = common::raw::RawClient::connect(addr).call(7, &request);
+        let p = &response.topics[0].partitions[0];
+        (p.error_code, p.committed_offset)
+    };
+    assert!(
+        common::wait_until(TIMEOUT, || stable(&broker.addr) == (0, 5)),
+        "{:?}",
+        stable(&broker.addr)
+    );
+    assert_eq!(committed(), Offset::Offset(5));
+
+    let successor = transactional_producer(&broker.addr, "offsets-replayed", 60_000);
+    successor.begin_transaction().unwrap();
+    send(&successor, "txn-offsets-out", 1, &values("after", 1));
+    successor
+        .send_offsets_to_transaction(&offsets_at(12), &metadata, TIMEOUT)
+        .unwrap();
+    successor.commit_transaction(TIMEOUT).unwrap();
+    assert_eq!(committed(), Offset::Offset(12));
 }

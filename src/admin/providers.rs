@@ -107,7 +107,7 @@ impl GroupsProvider for ShardGroups {
                         };
                         let committed = owner
                             .groups
-                            .fetch(&listed.group_id, None)
+                            .fetch(&listed.group_id, None, false)
                             .await
                             .unwrap_or_default();
                         let members = description
@@ -127,7 +127,7 @@ impl GroupsProvider for ShardGroups {
                             .into_iter()
                             .flat_map(|(topic, partitions)| {
                                 partitions.into_iter().filter_map(move |(p, v)| {
-                                    v.map(|v| (topic.clone(), p, v.offset))
+                                    v.ok().flatten().map(|v| (topic.clone(), p, v.offset))
                                 })
                             })
                             .collect();

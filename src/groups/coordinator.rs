@@ -19,7 +19,8 @@ use super::group::{
     Group, GroupState, JoinRequest, JoinResult, MemberDescription, Pending, SyncResult,
 };
 use super::offsets_log::{wait_durable, OffsetsLogs};
-use super::records::{OffsetValue, OffsetsRecord};
+use super::records::{OffsetValue, OffsetsBatch, OffsetsRecord};
+use super::txn_offsets::{take_pending, PendingTxnOffsets};
 use super::{coordinator_for, owner_shard, GroupConfig};
 use crate::shard::now_ms;
 use crate::shard::partition::Partition;
@@ -28,8 +29,13 @@ use crate::storage::LogConfig;
 /// How often the timers run (session expiry, rebalance deadlines, the initial delay).
 pub const TICK_MS: u64 = 50;
 
-/// Committed offsets by topic: (topic, [(partition, offset if committed)]).
-pub type TopicOffsets = Vec<(String, Vec<(i32, Option<OffsetValue>)>)>;
+/// Committed offsets by topic: (topic, [(partition, offset if committed, or
+/// UNSTABLE_OFFSET_COMMIT while a transaction's offset for it is pending and the fetch asked
+/// for stable offsets only)]).
+pub type TopicOffsets = Vec<(
+    String,
+    Vec<(i32, Result<Option<OffsetValue>, ResponseError>)>,
+)>;
 
 /// One committed offset to store.
 #[derive(Debug, Clone)]
@@ -61,8 +67,11 @@ pub struct GroupCoordinator {
     shard_id: usize,
     nr_shards: usize,
     pub config: GroupConfig,
-    groups: RefCell<HashMap<String, Group>>,
-    logs: OffsetsLogs,
+    pub(super) groups: RefCell<HashMap<String, Group>>,
+    /// Transactions' offsets not yet committed or aborted, by producer id. Kept apart from the
+    /// groups' offsets so that OffsetFetch never returns them before their commit marker.
+    pub(super) pending_txn_offsets: RefCell<HashMap<i64, PendingTxnOffsets>>,
+    pub(super) logs: OffsetsLogs,
 }
 
 impl GroupCoordinator {
@@ -81,6 +90,7 @@ impl GroupCoordinator {
             logs: OffsetsLogs::new(data_dir, log, clustered),
             config,
             groups: RefCell::new(HashMap::new()),
+            pending_txn_offsets: RefCell::new(HashMap::new()),
         }
     }
 
@@ -111,7 +121,7 @@ impl GroupCoordinator {
     }
 
     /// Opens the log of `partition` on first use and applies what it holds.
-    async fn ensure_open(&self, partition: i32) -> Result<(), String> {
+    pub(super) async fn ensure_open(&self, partition: i32) -> Result<(), String> {
         if self.logs.get(partition).is_some() {
             return Ok(());
         }
@@ -122,17 +132,65 @@ impl GroupCoordinator {
         Ok(())
     }
 
-    fn load_records(&self, partition: i32, records: Vec<OffsetsRecord>) {
-        let count = records.len();
+    /// Applies a replayed offsets partition: plain records at once, a transaction's offsets at
+    /// its commit marker (dropped at its abort marker, pending while it has none).
+    pub(super) fn load_records(&self, partition: i32, batches: Vec<OffsetsBatch>) {
+        let count = batches.len();
         let mut groups = self.groups.borrow_mut();
-        for record in records {
-            apply(&mut groups, record);
+        let mut pending = self.pending_txn_offsets.borrow_mut();
+        for batch in batches {
+            match batch {
+                OffsetsBatch::Records(records) => {
+                    for record in records {
+                        apply(&mut groups, record);
+                    }
+                }
+                OffsetsBatch::Transactional {
+                    producer_id,
+                    records,
+                } => {
+                    let entry = pending.entry(producer_id).or_default();
+                    for record in records {
+                        if let OffsetsRecord::Offset {
+                            group,
+                            topic,
+                            partition,
+                            value: Some(value),
+                        } = record
+                        {
+                            entry.insert((group, topic, partition), value);
+                        }
+                    }
+                }
+                OffsetsBatch::Marker {
+                    producer_id,
+                    committed,
+                } => {
+                    let ended = take_pending(&mut pending, producer_id, |group| {
+                        self.partition_of(group) == partition
+                    });
+                    if committed {
+                        for ((group, topic, index), value) in ended {
+                            apply(
+                                &mut groups,
+                                OffsetsRecord::Offset {
+                                    group,
+                                    topic,
+                                    partition: index,
+                                    value: Some(value),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
         }
         groups.retain(|_, g| !g.is_forgettable());
         tracing::info!(
             partition,
-            records = count,
+            batches = count,
             groups = groups.len(),
+            pending_transactions = pending.len(),
             "offsets partition loaded"
         );
     }
@@ -165,6 +223,11 @@ impl GroupCoordinator {
     }
 
     fn drop_groups_of(&self, partition: i32) -> usize {
+        let mut pending = self.pending_txn_offsets.borrow_mut();
+        for offsets in pending.values_mut() {
+            offsets.retain(|(group, _, _), _| self.partition_of(group) != partition);
+        }
+        pending.retain(|_, offsets| !offsets.is_empty());
         let mut groups = self.groups.borrow_mut();
         let before = groups.len();
         groups.retain(|id, _| self.partition_of(id) != partition);
@@ -179,7 +242,7 @@ impl GroupCoordinator {
         let partition = self.partition_of(group_id);
         self.ensure_open(partition).await?;
         let log = self.logs.get(partition).ok_or("offsets log closed")?;
-        let end = OffsetsLogs::append(&log, &records, now_ms())?;
+        let end = OffsetsLogs::append(&log, &records, now_ms(), None)?;
         wait_durable(&log, end).await
     }
 
@@ -198,7 +261,7 @@ impl GroupCoordinator {
         .detach();
     }
 
-    fn with_group<R>(&self, group_id: &str, f: impl FnOnce(&mut Group) -> R) -> R {
+    pub(super) fn with_group<R>(&self, group_id: &str, f: impl FnOnce(&mut Group) -> R) -> R {
         let mut groups = self.groups.borrow_mut();
         let group = groups
             .entry(group_id.to_string())
@@ -349,57 +412,14 @@ impl GroupCoordinator {
         Ok(results)
     }
 
-    /// Stores the offsets a transaction committed (TxnOffsetCommit, made visible by its
-    /// EndTxn): membership was checked when they were sent, so none is checked here.
-    pub async fn commit_transactional(
-        &self,
-        group_id: String,
-        entries: Vec<CommitEntry>,
-    ) -> Result<(), String> {
-        self.ensure_open(self.partition_of(&group_id)).await?;
-        let now = now_ms();
-        let records = self.with_group(&group_id, |g| {
-            entries
-                .into_iter()
-                .map(|e| {
-                    let value = OffsetValue {
-                        offset: e.offset,
-                        leader_epoch: e.leader_epoch,
-                        metadata: e.metadata.unwrap_or_default(),
-                        commit_timestamp_ms: now,
-                    };
-                    g.offsets
-                        .insert((e.topic.clone(), e.partition), value.clone());
-                    OffsetsRecord::Offset {
-                        group: group_id.clone(),
-                        topic: e.topic,
-                        partition: e.partition,
-                        value: Some(value),
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
-        self.persist(&group_id, records).await
-    }
-
-    /// Checks a TxnOffsetCommit's member against the group as an OffsetCommit would be.
-    pub fn check_transactional_commit(
-        &self,
-        group_id: &str,
-        member_id: &str,
-        instance_id: Option<&str>,
-        generation: i32,
-    ) -> Result<(), ResponseError> {
-        self.with_group(group_id, |g| {
-            g.check_commit(member_id, instance_id, generation, now_ms())
-        })
-    }
-
     /// Committed offsets of a group: of the given (topic, partitions), or all of them.
+    /// `require_stable`: partitions with a transaction's offset pending answer
+    /// UNSTABLE_OFFSET_COMMIT (the client retries until the transaction ended), as Kafka does.
     pub async fn fetch(
         &self,
         group_id: &str,
         topics: Option<Vec<(String, Vec<i32>)>>,
+        require_stable: bool,
     ) -> Result<TopicOffsets, ResponseError> {
         if let Err(e) = self.ensure_open(self.partition_of(group_id)).await {
             tracing::warn!(error = %e, "offsets log unavailable");
@@ -407,8 +427,12 @@ impl GroupCoordinator {
         }
         let groups = self.groups.borrow();
         let group = groups.get(group_id);
-        let lookup =
-            |t: &str, p: i32| group.and_then(|g| g.offsets.get(&(t.to_string(), p)).cloned());
+        let lookup = |t: &str, p: i32| {
+            if require_stable && self.has_pending_offset(group_id, t, p) {
+                return Err(ResponseError::UnstableOffsetCommit);
+            }
+            Ok(group.and_then(|g| g.offsets.get(&(t.to_string(), p)).cloned()))
+        };
         Ok(match topics {
             Some(topics) => topics
                 .into_iter()
@@ -420,10 +444,11 @@ impl GroupCoordinator {
             None => {
                 let mut out: TopicOffsets = Vec::new();
                 if let Some(g) = group {
-                    for ((t, p), v) in &g.offsets {
+                    for (t, p) in g.offsets.keys() {
+                        let found = lookup(t, *p);
                         match out.last_mut() {
-                            Some((last, ps)) if last == t => ps.push((*p, Some(v.clone()))),
-                            _ => out.push((t.clone(), vec![(*p, Some(v.clone()))])),
+                            Some((last, ps)) if last == t => ps.push((*p, found)),
+                            _ => out.push((t.clone(), vec![(*p, found)])),
                         }
                     }
                 }
@@ -578,7 +603,7 @@ impl GroupCoordinator {
 }
 
 /// Applies one replayed record.
-fn apply(groups: &mut HashMap<String, Group>, record: OffsetsRecord) {
+pub(super) fn apply(groups: &mut HashMap<String, Group>, record: OffsetsRecord) {
     match record {
         OffsetsRecord::Offset {
             group,

@@ -16,11 +16,14 @@
 //!   Stable, Dead), members, generations; no I/O.
 //! - [`coordinator`]: the per-shard [`GroupCoordinator`]: groups and offsets by id, the
 //!   timers (session expiry, rebalance deadlines), durability.
+//! - [`txn_offsets`]: offsets of transactions (TxnOffsetCommit), pending until the marker
+//!   the transaction coordinator writes to their offsets partition.
 
 pub mod coordinator;
 pub mod group;
 pub mod offsets_log;
 pub mod records;
+pub mod txn_offsets;
 
 pub use coordinator::GroupCoordinator;
 

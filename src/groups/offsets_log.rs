@@ -21,7 +21,7 @@ use crate::protocol::record_batch::{BatchError, Batches};
 use crate::shard::partition::Partition;
 use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
 
-use super::records::{decode_batches, encode_batch, OffsetsRecord};
+use super::records::{decode_batches, encode_batch, OffsetsBatch, OffsetsRecord, TxnProducer};
 use super::OFFSETS_TOPIC;
 
 /// Bytes read per step of a replay.
@@ -110,7 +110,7 @@ impl OffsetsLogs {
     pub async fn open(
         &self,
         partition: i32,
-    ) -> Result<(OffsetsLog, Option<Vec<OffsetsRecord>>), String> {
+    ) -> Result<(OffsetsLog, Option<Vec<OffsetsBatch>>), String> {
         if let Some(log) = self.get(partition) {
             return Ok((log, None));
         }
@@ -143,7 +143,7 @@ impl OffsetsLogs {
         &self,
         partition: i32,
         replicated: Rc<Partition>,
-    ) -> Result<Vec<OffsetsRecord>, String> {
+    ) -> Result<Vec<OffsetsBatch>, String> {
         assert!(
             self.clustered,
             "only a cluster replicates the offsets topic"
@@ -179,8 +179,54 @@ impl OffsetsLogs {
 
     /// Appends `records` now (offsets assigned in call order) and returns the end offset to
     /// wait for: the caller awaits [`wait_durable`] before answering (acks=all rule).
-    pub fn append(log: &OffsetsLog, records: &[OffsetsRecord], now_ms: i64) -> Result<i64, String> {
-        let leader_epoch = match log {
+    /// `producer`: the records are a transaction's (TxnOffsetCommit), pending until its marker.
+    pub fn append(
+        log: &OffsetsLog,
+        records: &[OffsetsRecord],
+        now_ms: i64,
+        producer: Option<TxnProducer>,
+    ) -> Result<i64, String> {
+        let leader_epoch = Self::leader_epoch(log)?;
+        let log = log.log();
+        let mut end_offset = log.log_end_offset();
+        for chunk in records.chunks(RECORDS_PER_BATCH) {
+            let batch = encode_batch(chunk, now_ms, producer);
+            let header = crate::protocol::record_batch::validate(&batch, usize::MAX)
+                .map_err(|e| e.to_string())?;
+            let info = log.append(batch, &header, leader_epoch).map_err(storage)?;
+            end_offset = info.last_offset + 1;
+        }
+        Ok(end_offset)
+    }
+
+    /// Appends a transaction's commit or abort marker now and returns the end offset to wait
+    /// for, as [`Self::append`].
+    pub fn append_marker(
+        log: &OffsetsLog,
+        (producer_id, producer_epoch): TxnProducer,
+        committed: bool,
+        now_ms: i64,
+    ) -> Result<i64, String> {
+        let leader_epoch = Self::leader_epoch(log)?;
+        let batch = crate::transactions::markers::encode_marker(
+            producer_id,
+            producer_epoch,
+            committed,
+            0,
+            now_ms,
+        );
+        let header = crate::protocol::record_batch::validate(&batch, usize::MAX)
+            .map_err(|e| e.to_string())?;
+        let info = log
+            .log()
+            .append(batch, &header, leader_epoch)
+            .map_err(storage)?;
+        Ok(info.last_offset + 1)
+    }
+
+    /// The leader epoch appends are stamped with; an error once no longer the leader.
+    fn leader_epoch(log: &OffsetsLog) -> Result<i32, String> {
+        Ok(match log {
             OffsetsLog::Own(_) => 0,
             OffsetsLog::Replicated(partition) => {
                 if !partition.is_leader() {
@@ -188,17 +234,7 @@ impl OffsetsLogs {
                 }
                 partition.leader_epoch.get()
             }
-        };
-        let log = log.log();
-        let mut end_offset = log.log_end_offset();
-        for chunk in records.chunks(RECORDS_PER_BATCH) {
-            let batch = encode_batch(chunk, now_ms);
-            let header = crate::protocol::record_batch::validate(&batch, usize::MAX)
-                .map_err(|e| e.to_string())?;
-            let info = log.append(batch, &header, leader_epoch).map_err(storage)?;
-            end_offset = info.last_offset + 1;
-        }
-        Ok(end_offset)
+        })
     }
 
     pub async fn close(&self) {
@@ -226,8 +262,8 @@ pub async fn wait_durable(log: &OffsetsLog, end_offset: i64) -> Result<(), Strin
     }
 }
 
-/// Reads every record of a freshly opened log, oldest first.
-fn replay(log: &PartitionLog, max_batch_bytes: usize) -> Result<Vec<OffsetsRecord>, String> {
+/// Reads every batch of a freshly opened log, oldest first.
+fn replay(log: &PartitionLog, max_batch_bytes: usize) -> Result<Vec<OffsetsBatch>, String> {
     let mut out = Vec::new();
     let mut offset = log.log_start_offset();
     // Everything written: a new leader's log is what its followers converge to, also above

@@ -18,6 +18,8 @@ const OFFSET_VALUE_VERSION: i16 = 3;
 const GROUP_VALUE_VERSION: i16 = 3;
 /// RecordBatch v2 fixed header length.
 const BATCH_HEADER_BYTES: usize = 61;
+/// RecordBatch v2 attributes bit of a transaction's batch.
+const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffsetValue {
@@ -124,9 +126,33 @@ impl OffsetsRecord {
     }
 }
 
+/// What one batch of an offsets log holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetsBatch {
+    /// Plain records (OffsetCommit, group metadata): in effect at once.
+    Records(Vec<OffsetsRecord>),
+    /// Offsets a transaction committed (TxnOffsetCommit): pending until the producer's
+    /// commit marker makes them the group's, dropped at its abort marker.
+    Transactional {
+        producer_id: i64,
+        records: Vec<OffsetsRecord>,
+    },
+    /// A transaction marker the transaction coordinator wrote (WriteTxnMarkers).
+    Marker { producer_id: i64, committed: bool },
+}
+
+/// The producer of a transactional batch: id and epoch (Kafka writes TxnOffsetCommit's
+/// offsets with them, and the transactional attribute, so markers apply to them).
+pub type TxnProducer = (i64, i16);
+
 /// Encodes `records` (at least one) as one uncompressed RecordBatch v2 with base offset 0
-/// (the log assigns the real one) and a valid CRC-32C.
-pub fn encode_batch(records: &[OffsetsRecord], timestamp_ms: i64) -> Bytes {
+/// (the log assigns the real one) and a valid CRC-32C; transactional when `producer` is
+/// given.
+pub fn encode_batch(
+    records: &[OffsetsRecord],
+    timestamp_ms: i64,
+    producer: Option<TxnProducer>,
+) -> Bytes {
     assert!(!records.is_empty(), "an empty batch is not a batch");
     let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + 64 * records.len());
     buf.put_bytes(0, BATCH_HEADER_BYTES);
@@ -158,8 +184,12 @@ pub fn encode_batch(records: &[OffsetsRecord], timestamp_ms: i64) -> Bytes {
     buf[23..27].copy_from_slice(&(count - 1).to_be_bytes());
     buf[27..35].copy_from_slice(&timestamp_ms.to_be_bytes());
     buf[35..43].copy_from_slice(&timestamp_ms.to_be_bytes());
-    buf[43..51].copy_from_slice(&(-1i64).to_be_bytes()); // producer id
-    buf[51..53].copy_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+    let (producer_id, producer_epoch) = producer.unwrap_or((-1, -1));
+    if producer.is_some() {
+        buf[21..23].copy_from_slice(&ATTRIBUTE_TRANSACTIONAL.to_be_bytes());
+    }
+    buf[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    buf[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
     buf[53..57].copy_from_slice(&(-1i32).to_be_bytes()); // base sequence
     buf[57..61].copy_from_slice(&count.to_be_bytes());
     let crc = record_batch::compute_crc(&buf);
@@ -290,12 +320,21 @@ fn decode_record(key: &[u8], value: Option<&[u8]>) -> Decoded<Option<OffsetsReco
     }
 }
 
-/// Decodes every record of the uncompressed batches in `buf` (whole batches back to back, as
-/// read from a segment). Stops with an error at the first batch it cannot read.
-pub fn decode_batches(buf: &[u8], max_batch_bytes: usize) -> Decoded<Vec<OffsetsRecord>> {
-    let mut out = Vec::new();
+/// Decodes every batch in `buf` (whole uncompressed batches back to back, as read from a
+/// segment). Stops with an error at the first batch it cannot read.
+pub fn decode_batches(buf: &[u8], max_batch_bytes: usize) -> Decoded<Vec<OffsetsBatch>> {
+    let mut batches = Vec::new();
     for item in Batches::new(buf, max_batch_bytes) {
         let (header, range) = item.map_err(|(at, e)| format!("batch at {at}: {e}"))?;
+        if header.is_control() {
+            let committed = crate::transactions::markers::marker_committed(&buf[range])
+                .ok_or_else(|| "unreadable transaction marker".to_string())?;
+            batches.push(OffsetsBatch::Marker {
+                producer_id: header.producer_id,
+                committed,
+            });
+            continue;
+        }
         if header.compression() != 0 {
             return Err("compressed offsets batch".into());
         }
@@ -303,6 +342,7 @@ pub fn decode_batches(buf: &[u8], max_batch_bytes: usize) -> Decoded<Vec<Offsets
             buf: &buf[range],
             pos: BATCH_HEADER_BYTES,
         };
+        let mut out = Vec::new();
         for _ in 0..header.record_count {
             let body = r.varbytes()?.ok_or_else(|| "null record".to_string())?;
             let mut rec = Reader { buf: body, pos: 0 };
@@ -317,8 +357,16 @@ pub fn decode_batches(buf: &[u8], max_batch_bytes: usize) -> Decoded<Vec<Offsets
                 out.push(record);
             }
         }
+        batches.push(if header.is_transactional() {
+            OffsetsBatch::Transactional {
+                producer_id: header.producer_id,
+                records: out,
+            }
+        } else {
+            OffsetsBatch::Records(out)
+        });
     }
-    Ok(out)
+    Ok(batches)
 }
 
 #[cfg(test)]
@@ -360,14 +408,32 @@ mod tests {
                 value: None,
             },
         ];
-        let batch = encode_batch(&records, 1000);
+        let batch = encode_batch(&records, 1000, None);
         let header = record_batch::validate(&batch, 1 << 20).expect("valid batch");
         assert_eq!(header.record_count, 4);
-        let mut two = batch.to_vec();
-        two.extend_from_slice(&batch);
-        let decoded = decode_batches(&two, 1 << 20).unwrap();
-        assert_eq!(decoded.len(), 8);
-        assert_eq!(&decoded[..4], &records[..]);
+        let transactional = encode_batch(&records[..1], 1000, Some((7, 2)));
+        let header = record_batch::validate(&transactional, 1 << 20).expect("valid batch");
+        assert!(header.is_transactional() && !header.is_control());
+        assert_eq!((header.producer_id, header.producer_epoch), (7, 2));
+        let marker = crate::transactions::markers::encode_marker(7, 2, true, 0, 1000);
+        let mut all = batch.to_vec();
+        all.extend_from_slice(&transactional);
+        all.extend_from_slice(&marker);
+        let decoded = decode_batches(&all, 1 << 20).unwrap();
+        assert_eq!(
+            decoded,
+            vec![
+                OffsetsBatch::Records(records.clone()),
+                OffsetsBatch::Transactional {
+                    producer_id: 7,
+                    records: records[..1].to_vec()
+                },
+                OffsetsBatch::Marker {
+                    producer_id: 7,
+                    committed: true
+                },
+            ]
+        );
     }
 
     #[test]
@@ -378,6 +444,7 @@ mod tests {
                 value: None,
             }],
             0,
+            None,
         );
         for cut in 0..batch.len() {
             let _ = decode_batches(&batch[..cut], 1 << 20);

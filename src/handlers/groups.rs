@@ -59,7 +59,7 @@ fn coordinator_error(shard: &Shard, group_id: &str) -> Option<ResponseError> {
 }
 
 /// NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE unless this node leads the offsets partition
-/// `key` hashes to (a group id, or a transactional id: both are placed the same way).
+/// the group id `key` hashes to.
 pub(crate) fn not_coordinator_here(shard: &Shard, key: &str) -> Option<ResponseError> {
     let partition = shard.groups.partition_of(key);
     match groups::coordinator_node(
@@ -74,29 +74,30 @@ pub(crate) fn not_coordinator_here(shard: &Shard, key: &str) -> Option<ResponseE
     }
 }
 
-/// In a cluster the offsets topic is a topic of the coordination state, created on first need
-/// (as Kafka creates `__consumer_offsets` on the first FindCoordinator); until its partitions
+/// In a cluster the internal topics (`__consumer_offsets`, `__transaction_state`) are topics of
+/// the coordination state, created on first need (as Kafka creates them on the first
+/// FindCoordinator), compacted, replicated to min(3, live brokers); until their partitions
 /// have leaders, clients are told the coordinator is not available and retry.
-fn ensure_offsets_topic(shard: &Rc<Shard>) {
+fn ensure_internal_topic(shard: &Rc<Shard>, name: &'static str, partitions: i32) {
     thread_local! {
-        /// One creation in flight per shard: clients retry FindCoordinator meanwhile, and each
-        /// retry must not queue another proposal.
-        static CREATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// One creation in flight per topic and shard: clients retry FindCoordinator
+        /// meanwhile, and each retry must not queue another proposal.
+        static CREATING: std::cell::RefCell<std::collections::HashSet<&'static str>> =
+            std::cell::RefCell::new(std::collections::HashSet::new());
     }
     if !shard.config.is_clustered()
-        || shard.metadata().topic(groups::OFFSETS_TOPIC).is_some()
-        || CREATING.with(|c| c.replace(true))
+        || shard.metadata().topic(name).is_some()
+        || !CREATING.with(|c| c.borrow_mut().insert(name))
     {
         return;
     }
-    let partitions = shard.config.groups.offsets_topic_partitions;
     let max_partitions = shard.config.max_partitions as u64;
     let shard = shard.clone();
     glommio::spawn_local(async move {
         crate::handlers::admin::coordinate(&shard, move |coordinator| async move {
             let live = coordinator.with_state(|s| s.brokers.len());
             let topic = crate::coordination::state_machine::NewTopic {
-                name: groups::OFFSETS_TOPIC.to_string(),
+                name: name.to_string(),
                 id: *uuid::Uuid::new_v4().as_bytes(),
                 partitions,
                 replication_factor: groups::offsets_topic_replication_factor(live),
@@ -110,13 +111,15 @@ fn ensure_offsets_topic(shard: &Rc<Shard>) {
                 .change(command, std::time::Duration::from_secs(10))
                 .await
             {
-                Ok(_) => tracing::info!(partitions, "created the offsets topic"),
+                Ok(_) => tracing::info!(topic = name, partitions, "created an internal topic"),
                 Err(e) if e.code == ResponseError::TopicAlreadyExists => {}
-                Err(e) => tracing::warn!(error = %e, "cannot create the offsets topic yet"),
+                Err(e) => {
+                    tracing::warn!(topic = name, error = %e, "cannot create an internal topic yet")
+                }
             }
         })
         .await;
-        CREATING.with(|c| c.set(false));
+        CREATING.with(|c| c.borrow_mut().remove(name));
     })
     .detach();
 }
@@ -137,10 +140,24 @@ pub async fn find_coordinator(
     version: i16,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    ensure_offsets_topic(shard);
+    let transactional = request.key_type == 1;
+    if transactional {
+        ensure_internal_topic(
+            shard,
+            crate::transactions::TRANSACTION_STATE_TOPIC,
+            shard.config.transaction_state.partitions,
+        );
+    } else {
+        ensure_internal_topic(
+            shard,
+            groups::OFFSETS_TOPIC,
+            shard.config.groups.offsets_topic_partitions,
+        );
+    }
     let metadata = shard.metadata();
     let lookup = |key: &str| -> (Option<ResponseError>, String, i32, String, i32) {
-        // Key type 1 (a transactional id) is placed like a group id (`transactions`).
+        // Key type 0: a group, on the offsets topic; 1: a transactional id, on the
+        // transaction state topic (`transactions::replicated`).
         if !(0..=1).contains(&request.key_type) {
             return (
                 Some(ResponseError::InvalidRequest),
@@ -159,13 +176,23 @@ pub async fn find_coordinator(
                 -1,
             );
         }
-        let partition = shard.groups.partition_of(key);
-        let node = groups::coordinator_node(
-            &metadata,
-            partition,
-            shard.broker.node_id,
-            shard.config.is_clustered(),
-        );
+        let node = if transactional {
+            let partition =
+                crate::transactions::partition_of(key, shard.config.transaction_state.partitions);
+            crate::transactions::replicated::coordinator_node(
+                &metadata,
+                partition,
+                shard.broker.node_id,
+                shard.config.is_clustered(),
+            )
+        } else {
+            groups::coordinator_node(
+                &metadata,
+                shard.groups.partition_of(key),
+                shard.broker.node_id,
+                shard.config.is_clustered(),
+            )
+        };
         let broker = node.and_then(|node| {
             metadata
                 .brokers
@@ -467,12 +494,13 @@ async fn fetch_group(
     shard: &Rc<Shard>,
     group_id: String,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<FetchedTopics, ResponseError> {
     if let Some(error) = coordinator_error(shard, &group_id) {
         return Err(error);
     }
     on_group_shard(shard, &group_id.clone(), move |owner| async move {
-        owner.groups.fetch(&group_id, topics).await
+        owner.groups.fetch(&group_id, topics, require_stable).await
     })
     .await
 }
@@ -483,6 +511,8 @@ pub async fn offset_fetch(
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
     let mut response = OffsetFetchResponse::default();
+    // v7+: read_committed consumers ask not to be given offsets of open transactions.
+    let require_stable = version >= 7 && request.require_stable;
     if version >= 8 {
         let fetches = request.groups.into_iter().map(|g| {
             let topics = g.topics.map(|ts| {
@@ -492,7 +522,8 @@ pub async fn offset_fetch(
             });
             let group_id = g.group_id;
             async move {
-                let fetched = fetch_group(shard, group_id.0.to_string(), topics).await;
+                let fetched =
+                    fetch_group(shard, group_id.0.to_string(), topics, require_stable).await;
                 let mut out = OffsetFetchResponseGroup::default();
                 out.group_id = group_id;
                 match fetched {
@@ -508,6 +539,10 @@ pub async fn offset_fetch(
                                     .map(|(index, value)| {
                                         let mut p = OffsetFetchResponsePartitions::default();
                                         p.partition_index = index;
+                                        let value = value.unwrap_or_else(|e| {
+                                            p.error_code = e.code();
+                                            None
+                                        });
                                         p.committed_offset =
                                             value.as_ref().map_or(-1, |v| v.offset);
                                         p.committed_leader_epoch =
@@ -533,7 +568,14 @@ pub async fn offset_fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes))
             .collect::<Vec<_>>()
     });
-    match fetch_group(shard, request.group_id.0.to_string(), topics.clone()).await {
+    let fetched = fetch_group(
+        shard,
+        request.group_id.0.to_string(),
+        topics.clone(),
+        require_stable,
+    )
+    .await;
+    match fetched {
         Err(e) if version >= 2 => response.error_code = e.code(),
         Err(e) => {
             // v1 has no top-level error: report it on every partition asked for.
@@ -569,6 +611,10 @@ pub async fn offset_fetch(
                         .map(|(index, value)| {
                             let mut p = OffsetFetchResponsePartition::default();
                             p.partition_index = index;
+                            let value = value.unwrap_or_else(|e| {
+                                p.error_code = e.code();
+                                None
+                            });
                             p.committed_offset = value.as_ref().map_or(-1, |v| v.offset);
                             if version >= 5 {
                                 p.committed_leader_epoch =

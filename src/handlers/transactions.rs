@@ -1,6 +1,8 @@
 //! Transaction APIs: InitProducerId (with a transactional id), AddPartitionsToTxn (v0-3),
 //! AddOffsetsToTxn, EndTxn, TxnOffsetCommit, DescribeTransactions, ListTransactions,
-//! DescribeProducers. The coordinator's work runs on shard 0 (`transactions::coordinator`).
+//! DescribeProducers, WriteTxnMarkers. The transaction coordinator's work runs on shard 0
+//! (`transactions::coordinator`) of the broker leading the id's `__transaction_state`
+//! partition; TxnOffsetCommit is the group coordinator's (`groups::txn_offsets`).
 
 use std::rc::Rc;
 
@@ -25,19 +27,39 @@ use kafka_protocol::ResponseError;
 use crate::groups::{self, coordinator::CommitEntry};
 use crate::shard::Shard;
 use crate::transactions::coordinator::{coordinator, write_marker, TxnMetadata};
-use crate::transactions::MAX_TRANSACTIONAL_ID_BYTES;
+use crate::transactions::{partition_of, replicated, MAX_TRANSACTIONAL_ID_BYTES};
 
 fn code(result: Result<(), ResponseError>) -> i16 {
     result.err().map_or(0, |e| e.code())
 }
 
 /// Why this node cannot coordinate `transactional_id`, if it cannot: the id is invalid, or in
-/// a cluster another node leads the partition it hashes to.
+/// a cluster another node leads the `__transaction_state` partition it hashes to (whether
+/// this node has loaded that partition yet is the coordinator's check, `check_serving`).
 fn coordinator_error(shard: &Shard, transactional_id: &str) -> Option<ResponseError> {
     if transactional_id.is_empty() || transactional_id.len() > MAX_TRANSACTIONAL_ID_BYTES {
         return Some(ResponseError::InvalidRequest);
     }
-    super::groups::not_coordinator_here(shard, transactional_id)
+    not_transaction_coordinator_here(shard, transactional_id)
+}
+
+/// NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE unless this node leads the state partition of
+/// `transactional_id`.
+pub(crate) fn not_transaction_coordinator_here(
+    shard: &Shard,
+    transactional_id: &str,
+) -> Option<ResponseError> {
+    let partition = partition_of(transactional_id, shard.config.transaction_state.partitions);
+    match replicated::coordinator_node(
+        &shard.metadata(),
+        partition,
+        shard.broker.node_id,
+        shard.config.is_clustered(),
+    ) {
+        Some(node) if node == shard.broker.node_id => None,
+        Some(_) => Some(ResponseError::NotCoordinator),
+        None => Some(ResponseError::CoordinatorNotAvailable),
+    }
 }
 
 /// Old request versions know INVALID_PRODUCER_EPOCH only; PRODUCER_FENCED came with the
@@ -73,7 +95,9 @@ pub async fn init_producer_id(
     let timeout_ms = request.transaction_timeout_ms;
     let result = shard
         .invoke_on(0, move |s| async move {
-            coordinator(&s)
+            let coordinator = coordinator(&s);
+            coordinator.check_serving(&s, &transactional_id)?;
+            coordinator
                 .init_producer_id(&s, &transactional_id, timeout_ms, expected)
                 .await
         })
@@ -116,8 +140,10 @@ pub async fn add_partitions_to_txn(
             );
             shard
                 .invoke_on(0, move |s| async move {
-                    coordinator(&s)
-                        .add_partitions(&transactional_id, producer_id, epoch, partitions)
+                    let coordinator = coordinator(&s);
+                    coordinator.check_serving(&s, &transactional_id)?;
+                    coordinator
+                        .add_partitions(&s, &transactional_id, producer_id, epoch, partitions)
                         .await
                 })
                 .await
@@ -161,10 +187,13 @@ pub async fn add_offsets_to_txn(
         }
         None => {
             let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
+            let offsets_partition = shard.groups.partition_of(&group_id);
             shard
                 .invoke_on(0, move |s| async move {
-                    coordinator(&s)
-                        .add_offsets(&transactional_id, producer_id, epoch, group_id)
+                    let coordinator = coordinator(&s);
+                    coordinator.check_serving(&s, &transactional_id)?;
+                    coordinator
+                        .add_offsets(&s, &transactional_id, producer_id, epoch, offsets_partition)
                         .await
                 })
                 .await
@@ -187,7 +216,9 @@ pub async fn end_txn(shard: &Rc<Shard>, version: i16, request: EndTxnRequest) ->
             );
             shard
                 .invoke_on(0, move |s| async move {
-                    coordinator(&s)
+                    let coordinator = coordinator(&s);
+                    coordinator.check_serving(&s, &transactional_id)?;
+                    coordinator
                         .end_transaction(&s, &transactional_id, producer_id, epoch, commit)
                         .await
                 })
@@ -201,14 +232,16 @@ pub async fn end_txn(shard: &Rc<Shard>, version: i16, request: EndTxnRequest) ->
     response
 }
 
-/// TxnOffsetCommit: checked against the group's membership now, kept by the transaction
-/// coordinator, visible to the group only once the transaction commits.
+/// TxnOffsetCommit, served by the *group's* coordinator (clients send it there, as Kafka's
+/// design has it): checked against the group's membership (v3+), written to the group's
+/// offsets partition as a transactional batch of the producer, and kept pending there until
+/// the transaction coordinator's marker reaches that partition (commit makes them visible,
+/// abort drops them).
 pub async fn txn_offset_commit(
     shard: &Rc<Shard>,
     version: i16,
     request: TxnOffsetCommitRequest,
 ) -> TxnOffsetCommitResponse {
-    let transactional_id = request.transactional_id.0.to_string();
     let group_id = request.group_id.0.to_string();
     let snapshot = shard.metadata();
     let mut entries = Vec::new();
@@ -230,43 +263,57 @@ pub async fn txn_offset_commit(
             }
         }
     }
-    let mut result = coordinator_error(shard, &transactional_id).map_or(Ok(()), Err);
-    if result.is_ok() && version >= 3 {
-        let member_id = request.member_id.to_string();
-        let instance_id = request.group_instance_id.as_ref().map(|i| i.to_string());
-        let generation = request.generation_id;
-        let group = group_id.clone();
-        let owner = groups::owner_shard(shard.groups.partition_of(&group_id), shard.nr_shards);
-        result = shard
-            .invoke_on(owner, move |owner| async move {
-                owner.groups.check_transactional_commit(
-                    &group,
-                    &member_id,
-                    instance_id.as_deref(),
-                    generation,
+    let group_error = if group_id.is_empty() || group_id.len() > groups::MAX_GROUP_ID_BYTES {
+        Some(ResponseError::InvalidGroupId)
+    } else if request.transactional_id.0.len() > MAX_TRANSACTIONAL_ID_BYTES {
+        Some(ResponseError::InvalidRequest)
+    } else {
+        super::groups::not_coordinator_here(shard, &group_id)
+    };
+    let stored = match group_error {
+        Some(error) => Err(error),
+        None => {
+            let member = (version >= 3).then(|| {
+                (
+                    request.member_id.to_string(),
+                    request.group_instance_id.as_ref().map(|i| i.to_string()),
+                    request.generation_id,
                 )
-            })
-            .await;
-    }
-    if result.is_ok() {
-        let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
-        let group = group_id.clone();
-        result = shard
-            .invoke_on(0, move |s| async move {
-                coordinator(&s).add_pending_offsets(
-                    &transactional_id,
-                    producer_id,
-                    epoch,
-                    &group,
-                    entries,
-                )
-            })
-            .await;
-    }
-    let error = code(result.map_err(|e| fenced_for(version, 2, e)));
+            });
+            let producer = (request.producer_id.0, request.producer_epoch);
+            let owner = groups::owner_shard(shard.groups.partition_of(&group_id), shard.nr_shards);
+            shard
+                .invoke_on(owner, move |owner| async move {
+                    owner
+                        .groups
+                        .commit_transactional(group_id, member, producer, entries)
+                        .await
+                })
+                .await
+        }
+    };
+    // One result per known entry, in request order.
+    let mut results = match stored {
+        Ok(results) => results.into_iter(),
+        Err(error) => {
+            let code = fenced_for(version, 2, error).code();
+            return respond_txn_offset_commit(request.topics, &unknown, |_| code);
+        }
+    };
+    respond_txn_offset_commit(request.topics, &unknown, |_| {
+        results.next().flatten().map_or(0, |e| e.code())
+    })
+}
+
+/// The response of a TxnOffsetCommit: UNKNOWN_TOPIC_OR_PARTITION for `unknown` partitions,
+/// `code_of` (called in request order) for the others.
+fn respond_txn_offset_commit(
+    topics: Vec<txn_offset_commit_request::TxnOffsetCommitRequestTopic>,
+    unknown: &[(String, i32)],
+    mut code_of: impl FnMut(i32) -> i16,
+) -> TxnOffsetCommitResponse {
     let mut response = TxnOffsetCommitResponse::default();
-    response.topics = request
-        .topics
+    response.topics = topics
         .into_iter()
         .map(|topic| {
             let name = topic.name.0.to_string();
@@ -280,7 +327,7 @@ pub async fn txn_offset_commit(
                     out.error_code = if unknown.contains(&(name.clone(), p.partition_index)) {
                         ResponseError::UnknownTopicOrPartition.code()
                     } else {
-                        error
+                        code_of(p.partition_index)
                     };
                     out
                 })
@@ -340,10 +387,21 @@ pub async fn describe_transactions(
             continue;
         }
         let lookup = id.clone();
-        let meta = shard
-            .invoke_on(0, move |s| async move { coordinator(&s).describe(&lookup) })
+        let meta: Result<_, ResponseError> = shard
+            .invoke_on(0, move |s| async move {
+                let coordinator = coordinator(&s);
+                coordinator.check_serving(&s, &lookup)?;
+                Ok(coordinator.describe(&lookup))
+            })
             .await;
-        response.transaction_states.push(described(id, meta));
+        match meta {
+            Ok(meta) => response.transaction_states.push(described(id, meta)),
+            Err(error) => {
+                let mut state = described(id, None);
+                state.error_code = error.code();
+                response.transaction_states.push(state);
+            }
+        }
     }
     response
 }

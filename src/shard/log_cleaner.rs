@@ -1,6 +1,6 @@
 //! The shard's log cleaner task: every `log.cleaner.backoff.ms`, one cleaning pass over the
 //! compacted logs this shard owns (topics with `compact` in `cleanup.policy`, and a single
-//! node's own `__consumer_offsets` logs), each through [`crate::storage::cleaner::clean`].
+//! node's own `__consumer_offsets` logs and `__transaction_state-0`), each through [`crate::storage::cleaner::clean`].
 //!
 //! It runs in its own task queue with few shares, so produce and fetch go first whenever
 //! both are runnable; the file work of a run happens on glommio's blocking thread pool, so
@@ -108,6 +108,12 @@ fn compacted_logs(shard: &Shard) -> Vec<(String, Rc<PartitionLog>, CompactionCon
     for log in shard.groups.own_offsets_logs() {
         let name = log.dir().display().to_string();
         logs.push((name, log, *defaults));
+    }
+    if shard.id == 0 {
+        if let Some(log) = crate::transactions::coordinator::own_state_log() {
+            let name = log.dir().display().to_string();
+            logs.push((name, log, *defaults));
+        }
     }
     logs
 }

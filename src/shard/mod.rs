@@ -241,6 +241,12 @@ impl Shard {
         if topic.name == crate::groups::OFFSETS_TOPIC {
             return crate::groups::offsets_log::offsets_log_config(&self.config.log);
         }
+        if topic.name == crate::transactions::TRANSACTION_STATE_TOPIC {
+            return crate::transactions::state_log::state_log_config(
+                &self.config.log,
+                self.config.transaction_state.segment_bytes,
+            );
+        }
         let mut log = self.config.log.clone();
         if let Some(v) = self.dynamic_config::<i64>("log.retention.ms") {
             log.retention_ms = v;
@@ -393,6 +399,13 @@ impl Shard {
             if partition.topic == crate::groups::OFFSETS_TOPIC {
                 self.groups.release_partition(partition.index);
             }
+            if partition.topic == crate::transactions::TRANSACTION_STATE_TOPIC {
+                crate::transactions::replicated::release(
+                    self,
+                    partition.index,
+                    partition.leader_epoch.get(),
+                );
+            }
         }
         for partition in dropped {
             tracing::info!(topic = %partition.topic, partition = partition.index, "no longer a replica; deleting the partition's log");
@@ -465,9 +478,14 @@ impl Shard {
         *self.metadata.borrow_mut() = snapshot;
     }
 
-    /// Hands an offsets partition to this shard's group coordinator when this broker starts
-    /// leading it, and takes it back when it stops.
-    fn adopt_offsets(&self, partition: &Rc<Partition>, change: RoleChange) {
+    /// Hands an offsets partition to this shard's group coordinator (a transaction state
+    /// partition to the transaction coordinator) when this broker starts leading it, and takes
+    /// it back when it stops.
+    fn adopt_offsets(self: &Rc<Self>, partition: &Rc<Partition>, change: RoleChange) {
+        if partition.topic == crate::transactions::TRANSACTION_STATE_TOPIC {
+            crate::transactions::replicated::on_role_change(self, partition, &change);
+            return;
+        }
         if partition.topic != crate::groups::OFFSETS_TOPIC {
             return;
         }

@@ -6,11 +6,13 @@
 //! the previous producer of the same transactional id (PRODUCER_FENCED), and aborts the
 //! transaction it left open. A timer aborts transactions open longer than their timeout.
 //!
-//! Offsets sent with TxnOffsetCommit wait here and reach the group coordinator only when the
-//! transaction commits.
+//! Offsets sent with a transaction (Kafka's design): AddOffsetsToTxn adds the group's offsets
+//! partition to the transaction; the group coordinator keeps the TxnOffsetCommit offsets
+//! pending in that partition's log, and the marker written there when the transaction ends
+//! makes them the group's (commit) or drops them (abort).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -21,7 +23,6 @@ use super::state_log::StateLog;
 use super::{
     MAX_PARTITIONS_PER_TRANSACTION, MAX_TRANSACTION_TIMEOUT_MS, TIMEOUT_CHECK_INTERVAL_MS,
 };
-use crate::groups::coordinator::CommitEntry;
 use crate::shard::{now_ms, Shard};
 
 /// How long marker writes wait for the partitions' in-sync replicas.
@@ -66,10 +67,6 @@ pub struct TxnMetadata {
     pub state: TxnState,
     /// Partitions the open transaction wrote to (AddPartitionsToTxn).
     pub partitions: BTreeSet<(String, i32)>,
-    /// Groups whose offsets the open transaction commits (AddOffsetsToTxn).
-    pub groups: BTreeSet<String>,
-    /// Offsets sent with TxnOffsetCommit, by group, applied on commit.
-    pub(crate) pending_offsets: BTreeMap<String, Vec<CommitEntry>>,
     /// When the open transaction started (-1: none open).
     pub start_ms: i64,
     pub last_update_ms: i64,
@@ -80,9 +77,17 @@ pub struct TxnMetadata {
 pub struct TxnCoordinator {
     txns: RefCell<HashMap<String, TxnMetadata>>,
     timer_started: Cell<bool>,
-    /// The durable state (a single node's `__transaction_state-0`); `None` in a cluster,
-    /// where the state lives in memory only for now.
+    /// The durable state of a single node: its own `__transaction_state-0`. `None` in a
+    /// cluster, where the state is in the partitions of the replicated topic (`replicated`).
     state_log: RefCell<Option<Rc<StateLog>>>,
+    /// In a cluster: the state partitions this broker leads and has loaded (the ids it
+    /// coordinates), by partition, with the leader epoch they were adopted at.
+    adopted: RefCell<HashMap<i32, i32>>,
+    /// In a cluster: the newest leader epoch seen per state partition, so that a stale
+    /// adoption or release (sent before a newer one) is ignored.
+    newest_epochs: RefCell<HashMap<i32, i32>>,
+    /// `transaction.state.log.num.partitions`, from the shard's config.
+    state_partitions: Cell<i32>,
 }
 
 thread_local! {
@@ -93,6 +98,9 @@ thread_local! {
 pub fn coordinator(shard: &Rc<Shard>) -> Rc<TxnCoordinator> {
     debug_assert_eq!(shard.id, 0, "the transaction coordinator runs on shard 0");
     let coordinator = COORDINATOR.with(Rc::clone);
+    coordinator
+        .state_partitions
+        .set(shard.config.transaction_state.partitions);
     if !coordinator.timer_started.replace(true) {
         let shard = shard.clone();
         let timer = coordinator.clone();
@@ -107,7 +115,10 @@ pub async fn load(shard: &Rc<Shard>) -> Result<(), String> {
     if shard.config.is_clustered() {
         return Ok(());
     }
-    let config = crate::groups::offsets_log::offsets_log_config(&shard.config.log);
+    let config = super::state_log::state_log_config(
+        &shard.config.log,
+        shard.config.transaction_state.segment_bytes,
+    );
     let (log, replayed) = StateLog::open(&shard.config.data_dir, config).await?;
     let coordinator = coordinator(shard);
     let mut txns = coordinator.txns.borrow_mut();
@@ -121,6 +132,12 @@ pub async fn load(shard: &Rc<Shard>) -> Result<(), String> {
     }
     *coordinator.state_log.borrow_mut() = Some(Rc::new(log));
     Ok(())
+}
+
+/// A single node's state log, which the log cleaner on shard 0 compacts (its records are
+/// keyed by transactional id: the newest state of every id stays).
+pub fn own_state_log() -> Option<Rc<crate::storage::PartitionLog>> {
+    COORDINATOR.with(|c| c.state_log.borrow().as_ref().map(|log| log.partition_log()))
 }
 
 /// Closes the state log at shutdown.
@@ -146,12 +163,125 @@ fn check_producer(meta: &TxnMetadata, producer_id: i64, epoch: i16) -> Result<()
 }
 
 impl TxnCoordinator {
-    /// Writes the current state of `transactional_id` to the state log (if there is one) and
-    /// waits until it is durable.
-    async fn persist(&self, transactional_id: &str) -> Result<(), ResponseError> {
-        let log = self.state_log.borrow().clone();
-        let (Some(log), Some(meta)) = (log, self.describe(transactional_id)) else {
+    /// Whether this coordinator serves `transactional_id` now: always on a single node; in a
+    /// cluster only once it has loaded the id's state partition (COORDINATOR_LOAD_IN_PROGRESS
+    /// while this broker leads it but has not yet, NOT_COORDINATOR when another broker does).
+    pub fn check_serving(
+        &self,
+        shard: &Shard,
+        transactional_id: &str,
+    ) -> Result<(), ResponseError> {
+        if !shard.config.is_clustered() {
             return Ok(());
+        }
+        let partition =
+            super::partition_of(transactional_id, shard.config.transaction_state.partitions);
+        if self.adopted.borrow().contains_key(&partition) {
+            return Ok(());
+        }
+        match super::replicated::coordinator_node(
+            &shard.metadata(),
+            partition,
+            shard.broker.node_id,
+            true,
+        ) {
+            Some(node) if node == shard.broker.node_id => {
+                Err(ResponseError::CoordinatorLoadInProgress)
+            }
+            _ => Err(ResponseError::NotCoordinator),
+        }
+    }
+
+    /// In a cluster: this broker leads state partition `partition` since `leader_epoch`, and
+    /// `states` is what the partition holds. Its ids are coordinated here from now on.
+    pub fn adopt_partition(
+        &self,
+        partition: i32,
+        leader_epoch: i32,
+        states: Vec<(String, TxnMetadata)>,
+    ) {
+        if !self.newer_epoch(partition, leader_epoch) {
+            tracing::info!(
+                partition,
+                leader_epoch,
+                "stale adoption of a transaction state partition ignored"
+            );
+            return;
+        }
+        let partitions = self.state_partitions.get();
+        let mut txns = self.txns.borrow_mut();
+        txns.retain(|id, _| super::partition_of(id, partitions) != partition);
+        let count = states.len();
+        for (transactional_id, mut meta) in states {
+            if meta.state.preparing() {
+                // Its markers may be missing: the timer writes them at its next run.
+                meta.last_update_ms = 0;
+                tracing::info!(%transactional_id, state = meta.state.name(), "completing a prepared transaction");
+            }
+            txns.insert(transactional_id, meta);
+        }
+        self.adopted.borrow_mut().insert(partition, leader_epoch);
+        tracing::info!(
+            partition,
+            leader_epoch,
+            transactional_ids = count,
+            "transaction state partition loaded"
+        );
+    }
+
+    /// In a cluster: leadership of state partition `partition` moved away (at `leader_epoch`):
+    /// its ids are forgotten here; the new leader loads them from its replica.
+    pub fn release_partition(&self, partition: i32, leader_epoch: i32) {
+        if !self.newer_epoch(partition, leader_epoch) {
+            return;
+        }
+        if self.adopted.borrow_mut().remove(&partition).is_none() {
+            return;
+        }
+        let partitions = self.state_partitions.get();
+        let mut txns = self.txns.borrow_mut();
+        let before = txns.len();
+        txns.retain(|id, _| super::partition_of(id, partitions) != partition);
+        tracing::info!(
+            partition,
+            transactional_ids = before - txns.len(),
+            "transaction state partition moved to another broker"
+        );
+    }
+
+    /// Records `leader_epoch` for `partition`; false when a newer one was seen (the change was
+    /// sent before a later one and is stale). Leader epochs grow with every leadership change,
+    /// so an adoption and the release that ends it never share an epoch's order wrongly.
+    fn newer_epoch(&self, partition: i32, leader_epoch: i32) -> bool {
+        let mut epochs = self.newest_epochs.borrow_mut();
+        match epochs.get(&partition) {
+            Some(&seen) if seen > leader_epoch => false,
+            _ => {
+                epochs.insert(partition, leader_epoch);
+                true
+            }
+        }
+    }
+
+    /// Writes the current state of `transactional_id` and waits until it is durable: to a
+    /// single node's state log, or in a cluster to the id's state partition (on every in-sync
+    /// replica).
+    async fn persist(
+        &self,
+        shard: &Rc<Shard>,
+        transactional_id: &str,
+    ) -> Result<(), ResponseError> {
+        let Some(meta) = self.describe(transactional_id) else {
+            return Ok(());
+        };
+        let log = self.state_log.borrow().clone();
+        let Some(log) = log else {
+            if !shard.config.is_clustered() {
+                return Ok(());
+            }
+            let partition =
+                super::partition_of(transactional_id, shard.config.transaction_state.partitions);
+            return super::replicated::write_state(shard, partition, transactional_id, &meta).await;
         };
         log.write(transactional_id, &meta, now_ms())
             .await
@@ -203,13 +333,11 @@ impl TxnCoordinator {
                     timeout_ms,
                     state: TxnState::Empty,
                     partitions: BTreeSet::new(),
-                    groups: BTreeSet::new(),
-                    pending_offsets: BTreeMap::new(),
                     start_ms: -1,
                     last_update_ms: now,
                 },
             );
-            self.persist(transactional_id).await?;
+            self.persist(shard, transactional_id).await?;
             return Ok((producer_id, 0));
         };
         if meta.state.preparing() {
@@ -247,7 +375,7 @@ impl TxnCoordinator {
             }
             meta.last_update_ms = now_ms();
         }
-        self.persist(transactional_id).await?;
+        self.persist(shard, transactional_id).await?;
         Ok((producer_id, epoch))
     }
 
@@ -269,8 +397,6 @@ impl TxnCoordinator {
             meta.state = TxnState::Ongoing;
             meta.start_ms = now;
             meta.partitions.clear();
-            meta.groups.clear();
-            meta.pending_offsets.clear();
         }
         meta.last_update_ms = now;
         change(meta)
@@ -280,6 +406,7 @@ impl TxnCoordinator {
     /// coordinator knows where to write the markers.
     pub async fn add_partitions(
         &self,
+        shard: &Rc<Shard>,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
@@ -296,57 +423,33 @@ impl TxnCoordinator {
             Ok(())
         })?;
         if added {
-            self.persist(transactional_id).await?;
+            self.persist(shard, transactional_id).await?;
         }
         Ok(())
     }
 
+    /// AddOffsetsToTxn: the group's offsets partition joins the transaction, so that its
+    /// marker reaches the offsets the group coordinator keeps pending for it.
     pub async fn add_offsets(
         &self,
+        shard: &Rc<Shard>,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
-        group_id: String,
+        offsets_partition: i32,
     ) -> Result<(), ResponseError> {
-        self.with_open_transaction(transactional_id, producer_id, epoch, |meta| {
-            meta.groups.insert(group_id);
-            Ok(())
-        })?;
-        self.persist(transactional_id).await
+        self.add_partitions(
+            shard,
+            transactional_id,
+            producer_id,
+            epoch,
+            vec![(crate::groups::OFFSETS_TOPIC.to_string(), offsets_partition)],
+        )
+        .await
     }
 
-    /// Keeps offsets of a TxnOffsetCommit until the transaction ends.
-    pub fn add_pending_offsets(
-        &self,
-        transactional_id: &str,
-        producer_id: i64,
-        epoch: i16,
-        group_id: &str,
-        entries: Vec<CommitEntry>,
-    ) -> Result<(), ResponseError> {
-        let mut txns = self.txns.borrow_mut();
-        let meta = txns
-            .get_mut(transactional_id)
-            .ok_or(ResponseError::InvalidProducerIdMapping)?;
-        check_producer(meta, producer_id, epoch)?;
-        if meta.state != TxnState::Ongoing || !meta.groups.contains(group_id) {
-            // AddOffsetsToTxn must come first.
-            return Err(ResponseError::InvalidTxnState);
-        }
-        let pending = meta
-            .pending_offsets
-            .entry(group_id.to_string())
-            .or_default();
-        for entry in entries {
-            pending.retain(|e| (e.topic.as_str(), e.partition) != (&entry.topic, entry.partition));
-            pending.push(entry);
-        }
-        meta.last_update_ms = now_ms();
-        Ok(())
-    }
-
-    /// EndTxn: writes the markers to every partition of the transaction, then (on commit)
-    /// hands the pending offsets to the group coordinator.
+    /// EndTxn: writes the markers to every partition of the transaction (offsets partitions
+    /// included: their group coordinators apply or drop the transaction's offsets).
     pub async fn end_transaction(
         &self,
         shard: &Rc<Shard>,
@@ -380,7 +483,7 @@ impl TxnCoordinator {
             meta.last_update_ms = now_ms();
         }
         // Durable before any marker: a restarted coordinator finishes the same decision.
-        self.persist(transactional_id).await?;
+        self.persist(shard, transactional_id).await?;
         self.complete(shard, transactional_id, commit).await
     }
 
@@ -405,7 +508,7 @@ impl TxnCoordinator {
             meta.state = TxnState::PrepareAbort;
             meta.last_update_ms = now_ms();
         }
-        self.persist(transactional_id).await?;
+        self.persist(shard, transactional_id).await?;
         self.complete(shard, transactional_id, false).await
     }
 
@@ -444,22 +547,6 @@ impl TxnCoordinator {
             );
             return Err(ResponseError::CoordinatorLoadInProgress);
         }
-        if commit {
-            for (group_id, entries) in meta.pending_offsets {
-                let owner = crate::groups::owner_shard(
-                    shard.groups.partition_of(&group_id),
-                    shard.nr_shards,
-                );
-                let stored = shard
-                    .invoke_on(owner, move |owner| async move {
-                        owner.groups.commit_transactional(group_id, entries).await
-                    })
-                    .await;
-                if let Err(e) = stored {
-                    tracing::error!(transactional_id, error = %e, "transactional offsets not stored");
-                }
-            }
-        }
         if let Some(meta) = self.txns.borrow_mut().get_mut(transactional_id) {
             meta.state = if commit {
                 TxnState::CompleteCommit
@@ -467,12 +554,10 @@ impl TxnCoordinator {
                 TxnState::CompleteAbort
             };
             meta.partitions.clear();
-            meta.groups.clear();
-            meta.pending_offsets.clear();
             meta.start_ms = -1;
             meta.last_update_ms = now_ms();
         }
-        self.persist(transactional_id).await
+        self.persist(shard, transactional_id).await
     }
 
     /// Runs forever on shard 0: aborts transactions open past their timeout, and retries
@@ -552,6 +637,19 @@ pub(crate) async fn write_marker(
             coordinator_epoch,
         )
         .await;
+    }
+    if topic == crate::groups::OFFSETS_TOPIC {
+        // The group coordinator owns the offsets partitions' logs: it appends the marker and
+        // applies (commit) or drops (abort) the transaction's pending offsets.
+        let owner = crate::groups::owner_shard(index, shard.nr_shards);
+        return shard
+            .invoke_on(owner, move |owner| async move {
+                owner
+                    .groups
+                    .complete_transaction(index, (producer_id, epoch), commit)
+                    .await
+            })
+            .await;
     }
     let owner = shard.owner_of(&topic, index);
     shard

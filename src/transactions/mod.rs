@@ -1,22 +1,27 @@
 //! Transactions (exactly-once): the transaction coordinator and the markers it writes.
 //!
 //! # Where a transaction lives
-//! A transactional id hashes to a partition exactly as a group id does
-//! ([`crate::groups::coordinator_for`]), so the node that coordinates a transactional id is
-//! the one that coordinates a group of the same name. On that node the coordinator runs on
-//! shard 0 ([`coordinator::TxnCoordinator`]); partitions of the transaction are reached on
-//! their owner shards to append markers.
+//! A transactional id hashes to a partition of `__transaction_state` ([`partition_of`], the
+//! hash groups use); in a cluster the leader of that partition coordinates the id
+//! ([`replicated`]), a single node coordinates every id with its own state log
+//! ([`state_log`]). On that node the coordinator runs on shard 0
+//! ([`coordinator::TxnCoordinator`]); partitions of the transaction are reached on their
+//! owner shards (or leaders) to append markers, offsets partitions through the group
+//! coordinator.
 //!
 //! # Layout
 //! - [`markers`]: control batches (commit / abort markers) and reading them back.
 //! - [`coordinator`]: transactional ids, producer ids and epochs, transaction states, the
-//!   timeout that aborts, ending a transaction (markers, then the pending offsets).
+//!   timeout that aborts, ending a transaction (markers).
+//! - [`state_log`]: the state records (keyed by transactional id) and a single node's log.
+//! - [`replicated`]: the state partitions of a cluster: adoption, release, replicated writes.
 //!
 //! The partition side (open transactions, last stable offset, aborted transactions) is in
 //! `shard::producer_state` and `shard::partition`.
 
 pub mod coordinator;
 pub mod markers;
+pub mod replicated;
 pub mod state_log;
 
 /// `transaction.max.timeout.ms` (Kafka's default): a producer asking for more gets
@@ -36,3 +41,34 @@ pub const MAX_PARTITIONS_PER_TRANSACTION: usize = 100_000;
 
 /// The internal log of the coordinator's state (Kafka's name). Clients cannot create it.
 pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// The smallest `transaction.state.log.segment.bytes`: a segment holds at least a few
+/// records of the largest state the coordinator writes for a typical transaction.
+pub const MIN_STATE_SEGMENT_BYTES: u64 = 16 << 10;
+
+/// The transaction state log's settings; Kafka's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnStateConfig {
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state` in a
+    /// cluster (Kafka's default, the same as the offsets topic's here). Fixed once
+    /// transactional ids have been placed: changing it moves ids away from their state.
+    pub partitions: i32,
+    /// `transaction.state.log.segment.bytes` (Kafka's default): small segments let the log
+    /// cleaner compact the state log sooner.
+    pub segment_bytes: u64,
+}
+
+impl Default for TxnStateConfig {
+    fn default() -> Self {
+        TxnStateConfig {
+            partitions: 50,
+            segment_bytes: 100 << 20,
+        }
+    }
+}
+
+/// The `__transaction_state` partition of `transactional_id`: the placement decision for
+/// transactional ids (the groups' hash, over the state topic's partitions).
+pub fn partition_of(transactional_id: &str, state_partitions: i32) -> i32 {
+    crate::groups::coordinator_for(transactional_id, state_partitions)
+}

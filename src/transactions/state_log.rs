@@ -7,7 +7,9 @@
 //! Value layout (big-endian): version i16 = 0, producer id i64, epoch i16, timeout ms i32,
 //! state i8, start ms i64, last update ms i64, partitions [topic str, index i32], pending
 //! offsets [group str, [topic str, partition i32, offset i64, leader epoch i32, metadata
-//! nullable str]]; strings are i16 length + UTF-8, arrays i32 count.
+//! nullable str]]; strings are i16 length + UTF-8, arrays i32 count. The pending offsets are
+//! always empty now (a transaction's offsets are in the offsets log, pending until its
+//! marker) and skipped when read: older logs kept them here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -17,7 +19,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::coordinator::{TxnMetadata, TxnState};
 use super::TRANSACTION_STATE_TOPIC;
-use crate::groups::coordinator::CommitEntry;
 use crate::protocol::record_batch::{self, BatchError, Batches};
 use crate::storage::{LogConfig, PartitionLog, ReadLimit};
 
@@ -75,21 +76,8 @@ pub fn encode_value(meta: &TxnMetadata) -> Bytes {
         put_str(&mut buf, topic);
         buf.put_i32(*index);
     }
-    buf.put_i32(meta.pending_offsets.len() as i32);
-    for (group, entries) in &meta.pending_offsets {
-        put_str(&mut buf, group);
-        buf.put_i32(entries.len() as i32);
-        for e in entries {
-            put_str(&mut buf, &e.topic);
-            buf.put_i32(e.partition);
-            buf.put_i64(e.offset);
-            buf.put_i32(e.leader_epoch);
-            match &e.metadata {
-                Some(m) => put_str(&mut buf, m),
-                None => buf.put_i16(-1),
-            }
-        }
-    }
+    // No pending offsets (see the module docs).
+    buf.put_i32(0);
     buf.freeze()
 }
 
@@ -163,20 +151,16 @@ pub fn decode_value(value: &[u8]) -> Option<TxnMetadata> {
         let topic = r.str()?;
         partitions.insert((topic, r.i32()?));
     }
-    let mut pending_offsets = BTreeMap::new();
     for _ in 0..r.count()? {
-        let group = r.str()?;
-        let mut entries = Vec::new();
+        // An older log's pending offsets: read past them.
+        r.str()?;
         for _ in 0..r.count()? {
-            entries.push(CommitEntry {
-                topic: r.str()?,
-                partition: r.i32()?,
-                offset: r.i64()?,
-                leader_epoch: r.i32()?,
-                metadata: r.nullable_str()?,
-            });
+            r.str()?;
+            r.i32()?;
+            r.i64()?;
+            r.i32()?;
+            r.nullable_str()?;
         }
-        pending_offsets.insert(group, entries);
     }
     Some(TxnMetadata {
         producer_id,
@@ -184,8 +168,6 @@ pub fn decode_value(value: &[u8]) -> Option<TxnMetadata> {
         timeout_ms,
         state,
         partitions,
-        groups: pending_offsets.keys().cloned().collect(),
-        pending_offsets,
         start_ms,
         last_update_ms,
     })
@@ -201,7 +183,7 @@ fn put_varint(buf: &mut BytesMut, value: i64) {
 }
 
 /// One record (key = transactional id, value = state) as an uncompressed batch.
-fn encode_batch(key: &str, value: &[u8], timestamp_ms: i64) -> Bytes {
+pub fn encode_batch(key: &str, value: &[u8], timestamp_ms: i64) -> Bytes {
     let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + 16 + key.len() + value.len());
     buf.put_bytes(0, BATCH_HEADER_BYTES);
     let mut record = BytesMut::with_capacity(16 + key.len() + value.len());
@@ -246,7 +228,66 @@ fn decode_batch(batch: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((key, value))
 }
 
+/// The log settings of the state log: the offsets logs' (never aged out; compaction keeps
+/// the newest state of every id) with `transaction.state.log.segment.bytes` segments.
+pub fn state_log_config(broker_log: &LogConfig, segment_bytes: u64) -> LogConfig {
+    let mut config = crate::groups::offsets_log::offsets_log_config(broker_log);
+    config.segment_bytes = segment_bytes;
+    config
+}
+
+/// The newest state of every transactional id in `log` (everything written: a new leader's
+/// log is what its followers converge to). Unreadable records are skipped with a warning.
+pub fn replay(log: &PartitionLog) -> Result<Vec<(String, TxnMetadata)>, String> {
+    let mut newest: BTreeMap<String, TxnMetadata> = BTreeMap::new();
+    let mut offset = log.log_start_offset();
+    let end = log.written_offset();
+    let mut buf = Vec::new();
+    while offset < end {
+        let Some(read) = log
+            .read(offset, REPLAY_READ_BYTES, true, ReadLimit::Written)
+            .map_err(|e| e.to_string())?
+        else {
+            break;
+        };
+        buf.clear();
+        read.copy_into(&mut buf)
+            .map_err(|e| format!("reading the transaction state log: {e}"))?;
+        let mut next = offset;
+        for item in Batches::new(&buf, usize::MAX) {
+            match item {
+                Ok((header, range)) => {
+                    next = header.last_offset() + 1;
+                    match decode_batch(&buf[range])
+                        .and_then(|(key, value)| decode_value(&value).map(|meta| (key, meta)))
+                    {
+                        Some((key, meta)) => {
+                            newest.insert(key, meta);
+                        }
+                        None => tracing::warn!(
+                            offset = header.base_offset,
+                            "unreadable transaction state record skipped"
+                        ),
+                    }
+                }
+                Err((_, BatchError::Truncated)) => break,
+                Err((at, e)) => return Err(format!("transaction state batch at {at}: {e}")),
+            }
+        }
+        if next <= offset {
+            return Err(format!("transaction state replay stuck at offset {offset}"));
+        }
+        offset = next;
+    }
+    Ok(newest.into_iter().collect())
+}
+
 impl StateLog {
+    /// The log itself, for the log cleaner (shard 0 compacts it).
+    pub fn partition_log(&self) -> Rc<PartitionLog> {
+        self.log.clone()
+    }
+
     /// Opens the state log in `data_dir` and replays it: the newest state of every id.
     pub async fn open(
         data_dir: &Path,
@@ -256,47 +297,8 @@ impl StateLog {
         let log = PartitionLog::open(dir, config)
             .await
             .map_err(|e| e.to_string())?;
-        let mut newest: BTreeMap<String, TxnMetadata> = BTreeMap::new();
-        let mut offset = log.log_start_offset();
-        let end = log.written_offset();
-        let mut buf = Vec::new();
-        while offset < end {
-            let Some(read) = log
-                .read(offset, REPLAY_READ_BYTES, true, ReadLimit::Written)
-                .map_err(|e| e.to_string())?
-            else {
-                break;
-            };
-            buf.clear();
-            read.copy_into(&mut buf)
-                .map_err(|e| format!("reading the transaction state log: {e}"))?;
-            let mut next = offset;
-            for item in Batches::new(&buf, usize::MAX) {
-                match item {
-                    Ok((header, range)) => {
-                        next = header.last_offset() + 1;
-                        match decode_batch(&buf[range])
-                            .and_then(|(key, value)| decode_value(&value).map(|meta| (key, meta)))
-                        {
-                            Some((key, meta)) => {
-                                newest.insert(key, meta);
-                            }
-                            None => tracing::warn!(
-                                offset = header.base_offset,
-                                "unreadable transaction state record skipped"
-                            ),
-                        }
-                    }
-                    Err((_, BatchError::Truncated)) => break,
-                    Err((at, e)) => return Err(format!("transaction state batch at {at}: {e}")),
-                }
-            }
-            if next <= offset {
-                return Err(format!("transaction state replay stuck at offset {offset}"));
-            }
-            offset = next;
-        }
-        Ok((StateLog { log }, newest.into_iter().collect()))
+        let states = replay(&log)?;
+        Ok((StateLog { log }, states))
     }
 
     /// Appends the state of `transactional_id` and waits until it is on disk.
@@ -331,35 +333,21 @@ mod tests {
 
     #[test]
     fn state_round_trips_and_garbage_is_refused() {
-        let mut meta = TxnMetadata {
+        let meta = TxnMetadata {
             producer_id: 9,
             producer_epoch: 4,
             timeout_ms: 60_000,
             state: TxnState::PrepareCommit,
             partitions: [("t".to_string(), 1), ("u".to_string(), 0)].into(),
-            groups: BTreeSet::new(),
-            pending_offsets: BTreeMap::new(),
             start_ms: 5,
             last_update_ms: 6,
         };
-        meta.pending_offsets.insert(
-            "g".into(),
-            vec![CommitEntry {
-                topic: "t".into(),
-                partition: 1,
-                offset: 42,
-                leader_epoch: -1,
-                metadata: None,
-            }],
-        );
-        meta.groups.insert("g".into());
         let batch = encode_batch("id", &encode_value(&meta), 7);
         record_batch::validate(&batch, usize::MAX).unwrap();
         let (key, value) = decode_batch(&batch).unwrap();
         assert_eq!(key, "id");
         let back = decode_value(&value).unwrap();
         assert_eq!(back.partitions, meta.partitions);
-        assert_eq!(back.pending_offsets["g"][0].offset, 42);
         assert_eq!(back.state, TxnState::PrepareCommit);
         for cut in 0..value.len() {
             assert!(decode_value(&value[..cut]).is_none());

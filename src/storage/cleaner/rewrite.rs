@@ -71,7 +71,10 @@ impl SourceSegment {
 
 /// Puts the keys of `dirty`'s records in `map`, oldest first, up to its budget. Returns how
 /// many segments were mapped whole: the run cleans up to their end only. Control batches
-/// carry no user keys and are skipped (as Kafka does).
+/// carry no user keys and are skipped (as Kafka does), and so are transactional batches:
+/// their records may yet be aborted, so they must not supersede an earlier record of the
+/// same key (an aborted transactional offset commit would otherwise erase the committed one).
+/// They are kept whole by [`clean_group`] anyway.
 pub fn build_offset_map(
     dirty: &[SourceSegment],
     map: &mut KeyOffsetMap,
@@ -80,7 +83,7 @@ pub fn build_offset_map(
     for (mapped, segment) in dirty.iter().enumerate() {
         let mut full = false;
         segment.for_each_batch(max_batch_bytes, |position, header, batch| {
-            if header.is_control() {
+            if header.is_control() || header.is_transactional() {
                 return Ok(true);
             }
             let body = batch_body(batch, header).map_err(|e| segment.corrupt(position, &e))?;
