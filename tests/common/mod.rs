@@ -180,13 +180,23 @@ impl Launched {
     }
 }
 
-/// A free loopback port (bound, then released: good enough for tests on one host).
+/// A free loopback port (bound, then released: good enough for tests on one host), never one
+/// this test process was given before: the kernel may hand a just-released port out again, and
+/// two voters of one cluster on the same port never form a quorum.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Drop for Broker {
