@@ -653,6 +653,12 @@ impl Segment {
         self.aborted_dirty.set(dirty);
     }
 
+    /// The aborted transactions held in memory (the active segment's; empty for a closed one,
+    /// whose entries are in its `.txnindex` file).
+    pub fn aborted_entries(&self) -> Vec<TxnIndexEntry> {
+        self.aborted.borrow().clone()
+    }
+
     /// An abort marker written to this (active) segment.
     pub fn record_aborted(&self, entry: TxnIndexEntry) {
         let mut aborted = self.aborted.borrow_mut();

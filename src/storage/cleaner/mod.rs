@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`plan`]: which segments a run covers (dirty ratio, compaction lags, tombstones due).
 //! - [`offset_map`]: the key → latest offset map, bounded by `log.cleaner.dedupe.buffer.size`.
+//! - [`aborted`]: which transactional batches belong to aborted transactions (from the
+//!   `.txnindex` files); runs stop at the first unstable offset, so every other one committed.
 //! - [`records`]: records inside a batch, rebuilding a batch that keeps some of them.
 //! - [`codec`]: the batch codecs (bounded decompression, recompression with the same codec).
 //! - [`rewrite`]: the blocking work: building the map, writing `<base>.log.cleaned` files.
@@ -21,6 +23,7 @@
 //! `PartitionLog::begin_cleaning`), so the segments a run read are the ones it replaces, and
 //! the pinned descriptors are what reads use until the list switches.
 
+pub mod aborted;
 pub mod codec;
 pub mod offset_map;
 pub mod plan;
@@ -35,6 +38,7 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
+use self::aborted::AbortedTransactions;
 use self::offset_map::KeyOffsetMap;
 pub use self::plan::CompactionConfig;
 use self::rewrite::{SegmentOutcome, SourceSegment};
@@ -99,6 +103,8 @@ pub async fn clean(
             })
         })
         .collect::<Result<Vec<_>, StorageError>>()?;
+    let (aborted_files, active_aborted) =
+        log.aborted_transaction_sources(candidates.first().map_or(i64::MAX, |s| s.base_offset()));
     let dir = log.dir().to_path_buf();
     let (index_interval_bytes, max_batch_bytes, segment_bytes) = (
         log.config().index_interval_bytes,
@@ -111,9 +117,14 @@ pub async fn clean(
     type Groups = Vec<(Range<usize>, SegmentOutcome)>;
     let (outcomes, mapped, keys_mapped) = glommio::executor()
         .spawn_blocking(move || -> Result<(Groups, usize, usize), StorageError> {
+            let aborted = AbortedTransactions::load(&aborted_files, active_aborted)?;
             let mut map = KeyOffsetMap::new(dedupe_buffer_bytes);
-            let mapped =
-                rewrite::build_offset_map(&sources[dirty_start..], &mut map, max_batch_bytes)?;
+            let mapped = rewrite::build_offset_map(
+                &sources[dirty_start..],
+                &mut map,
+                &aborted,
+                max_batch_bytes,
+            )?;
             let end = dirty_start + mapped;
             let spans: Vec<(u64, i64, i64)> = sources[..end]
                 .iter()
@@ -125,6 +136,7 @@ pub async fn clean(
                     &work_dir,
                     &sources[group.clone()],
                     &map,
+                    &aborted,
                     now_ms,
                     delete_retention_ms,
                     index_interval_bytes,

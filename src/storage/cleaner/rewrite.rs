@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::aborted::AbortedTransactions;
 use super::offset_map::KeyOffsetMap;
 use super::records::{batch_body, parse_records, rebuild_batch};
 use super::swap::cleaned_path;
@@ -71,19 +72,21 @@ impl SourceSegment {
 
 /// Puts the keys of `dirty`'s records in `map`, oldest first, up to its budget. Returns how
 /// many segments were mapped whole: the run cleans up to their end only. Control batches
-/// carry no user keys and are skipped (as Kafka does), and so are transactional batches:
-/// their records may yet be aborted, so they must not supersede an earlier record of the
-/// same key (an aborted transactional offset commit would otherwise erase the committed one).
-/// They are kept whole by [`clean_group`] anyway.
+/// carry no user keys and are skipped (as Kafka does), and so are the batches of aborted
+/// transactions: they must not supersede an earlier record of the same key (an aborted
+/// transactional offset commit would otherwise erase the committed one). Committed
+/// transactional batches count like any other: every transaction below the first unstable
+/// offset, where runs stop, is decided.
 pub fn build_offset_map(
     dirty: &[SourceSegment],
     map: &mut KeyOffsetMap,
+    aborted: &AbortedTransactions,
     max_batch_bytes: usize,
 ) -> Result<usize, StorageError> {
     for (mapped, segment) in dirty.iter().enumerate() {
         let mut full = false;
         segment.for_each_batch(max_batch_bytes, |position, header, batch| {
-            if header.is_control() || header.is_transactional() {
+            if header.is_control() || is_aborted(header, aborted) {
                 return Ok(true);
             }
             let body = batch_body(batch, header).map_err(|e| segment.corrupt(position, &e))?;
@@ -120,6 +123,11 @@ pub struct SegmentOutcome {
     pub tombstones_due_ms: Option<i64>,
 }
 
+/// A batch of a transaction that aborted.
+fn is_aborted(header: &BatchHeader, aborted: &AbortedTransactions) -> bool {
+    header.is_transactional() && aborted.contains(header.producer_id, header.base_offset)
+}
+
 fn millis(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -135,8 +143,10 @@ fn millis(time: SystemTime) -> i64 {
 /// go disappears; a batch that loses some is rebuilt with its own base offset, so offsets
 /// keep increasing with gaps.
 ///
-/// Control batches and transactional batches are kept whole for now: removing aborted data
-/// and transaction markers needs the transaction index the transactions work adds.
+/// The batches of aborted transactions go whole (read_committed consumers never saw them;
+/// Kafka's cleaner drops them too); committed transactional batches are cleaned like others,
+/// their rebuilt copies keeping the producer fields. Control batches (transaction markers)
+/// are kept whole.
 ///
 /// Producer state at start-up comes from the producer-state snapshot at the active segment's
 /// base (`storage::producer_snapshot`, written at each roll) plus a scan of the active
@@ -144,10 +154,12 @@ fn millis(time: SystemTime) -> i64 {
 /// does not lose its sequence (Kafka keeps that batch, `retainLastBatchSequence`). Only a log
 /// with no valid snapshot at all rebuilds from the segments themselves, and then a producer
 /// whose batches were all cleaned away starts afresh, as after Kafka's producer expiry.
+#[allow(clippy::too_many_arguments)]
 pub fn clean_group(
     dir: &Path,
     group: &[SourceSegment],
     map: &KeyOffsetMap,
+    aborted: &AbortedTransactions,
     now_ms: i64,
     delete_retention_ms: i64,
     index_interval_bytes: u32,
@@ -196,8 +208,12 @@ pub fn clean_group(
         let tombstones_removable =
             source.already_clean && clean_time_ms(i) <= now_ms.saturating_sub(delete_retention_ms);
         source.for_each_batch(max_batch_bytes, |at, header, batch| {
-            if header.is_control() || header.is_transactional() {
+            if header.is_control() {
                 write(batch, header)?;
+                return Ok(true);
+            }
+            if is_aborted(header, aborted) {
+                outcome.records_removed += header.record_count.max(0) as u64;
                 return Ok(true);
             }
             let body = batch_body(batch, header).map_err(|e| source.corrupt(at, &e))?;

@@ -491,47 +491,130 @@ fn an_unfinished_run_is_rolled_back_on_open() {
 
 /// An aborted transaction in a segment the cleaner rewrites and merges: the merged segment's
 /// `.txnindex` carries the entry, and a crash then loses nothing of it.
+/// Appends a transactional batch of `producer_id` (epoch 0) with `records`; its offset.
+fn put_transactional(
+    log: &PartitionLog,
+    producer_id: i64,
+    sequence: i32,
+    records: &[(&str, &str)],
+) -> i64 {
+    use crate::protocol::record_batch::compute_crc;
+    let records: Vec<KeyValue<'_>> = records
+        .iter()
+        .map(|(k, v)| (Some(k.as_bytes()), Some(v.as_bytes())))
+        .collect();
+    let mut txn = keyed_batch(0, &records, 0);
+    txn[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    txn[53..57].copy_from_slice(&sequence.to_be_bytes()); // base sequence
+    txn[22] |= 0x10; // attributes: transactional
+    let crc = compute_crc(&txn);
+    txn[17..21].copy_from_slice(&crc.to_be_bytes());
+    let header = validate(&txn, 1 << 20).unwrap();
+    log.append(Bytes::from(txn), &header, 0)
+        .unwrap()
+        .base_offset
+}
+
+/// Appends the commit or abort marker of `producer_id`'s transaction; its offset.
+fn put_marker(log: &PartitionLog, producer_id: i64, committed: bool) -> i64 {
+    let marker =
+        crate::transactions::markers::encode_marker(producer_id, 0, committed, 0, now_ms());
+    let header = validate(&marker, 1 << 20).unwrap();
+    log.append(marker, &header, 0).unwrap().base_offset
+}
+
+/// Updates of key0..key19 (`rounds` x 4 batches of 5), uncompressed.
+fn put_rounds(log: &PartitionLog, rounds: std::ops::Range<usize>) {
+    for round in rounds {
+        for chunk in 0..4 {
+            let values: Vec<String> = (0..5)
+                .map(|i| format!("v{round}-{}-{}", chunk * 5 + i, noise(round * 20 + i)))
+                .collect();
+            let keys: Vec<String> = (0..5).map(|i| format!("key{}", chunk * 5 + i)).collect();
+            let records: Vec<(&str, Option<&str>)> = keys
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| (k.as_str(), Some(v.as_str())))
+                .collect();
+            put(log, &records, 0);
+        }
+    }
+}
+
+#[test]
+fn aborted_transactions_go_committed_ones_compact_and_open_ones_wait() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path()).await;
+        put(&log, &[("keyX", Some("old")), ("keyY", Some("old"))], 0);
+        let old_x = log.log_end_offset() - 2;
+        let old_y = old_x + 1;
+        // Committed: supersedes keyX's older value.
+        let committed = put_transactional(&log, 70, 0, &[("keyX", "committed")]);
+        put_marker(&log, 70, true);
+        // Aborted: never keyY's value, and gone from the log.
+        let aborted = put_transactional(&log, 71, 0, &[("keyY", "aborted")]);
+        put_marker(&log, 71, false);
+        put_rounds(&log, 10..12);
+        // Open: nothing from its first offset on is cleaned until it ends.
+        let open = put_transactional(&log, 72, 0, &[("key5", "open")]);
+        put_rounds(&log, 12..16);
+        log.wait_written(log.log_end_offset(), true).await.unwrap();
+        let before = read_all(&log);
+        clean(&log, &eager(), now_ms(), 1 << 20).await.unwrap();
+        let after = read_all(&log);
+        let at = |records: &[(i64, String, Option<String>)], offset: i64| {
+            records.iter().find(|r| r.0 == offset).map(|r| r.2.clone())
+        };
+        assert_eq!(at(&before, aborted), Some(Some("aborted".into())));
+        assert_eq!(
+            at(&after, aborted),
+            None,
+            "the aborted transaction's record went"
+        );
+        assert_eq!(
+            at(&after, old_y),
+            Some(Some("old".into())),
+            "an abort supersedes nothing"
+        );
+        assert_eq!(
+            at(&after, old_x),
+            None,
+            "a committed transaction supersedes"
+        );
+        assert_eq!(at(&after, committed), Some(Some("committed".into())));
+        let from = |records: &[(i64, String, Option<String>)], offset: i64| -> Vec<_> {
+            records.iter().filter(|r| r.0 >= offset).cloned().collect()
+        };
+        assert_eq!(
+            from(&after, open),
+            from(&before, open),
+            "nothing at or after the open transaction is cleaned"
+        );
+
+        // Once it commits, the rest is cleaned too: its key5 is superseded by later values.
+        put_marker(&log, 72, true);
+        put_rounds(&log, 16..18);
+        log.wait_written(log.log_end_offset(), true).await.unwrap();
+        clean(&log, &eager(), now_ms(), 1 << 20).await.unwrap();
+        assert_eq!(at(&read_all(&log), open), None);
+    })
+}
+
 #[test]
 fn merged_segments_carry_their_aborted_transactions() {
-    use crate::protocol::record_batch::compute_crc;
     use crate::storage::{segment, txn_index};
     run(|| async {
         let dir = tempfile::tempdir().unwrap();
         let log = filled(dir.path()).await;
-        let mut txn = keyed_batch(0, &[(Some(b"key3".as_slice()), Some(b"aborted"))], 0);
-        txn[43..51].copy_from_slice(&77i64.to_be_bytes()); // producer id
-        txn[53..57].copy_from_slice(&0i32.to_be_bytes()); // base sequence
-        txn[22] |= 0x10; // transactional
-        let crc = compute_crc(&txn);
-        txn[17..21].copy_from_slice(&crc.to_be_bytes());
-        let header = validate(&txn, 1 << 20).unwrap();
-        let first = log
-            .append(Bytes::from(txn), &header, 0)
-            .unwrap()
-            .base_offset;
-        let marker = crate::transactions::markers::encode_marker(77, 0, false, 0, now_ms());
-        let header = validate(&marker, 1 << 20).unwrap();
-        let marker_offset = log.append(marker, &header, 0).unwrap().base_offset;
+        let first = put_transactional(&log, 77, 0, &[("key3", "aborted")]);
+        let marker_offset = put_marker(&log, 77, false);
         // Updates after it; each run cleans them, and the next merges the small clean ones.
         let segment_of = |bases: &[i64]| bases[bases.partition_point(|&b| b <= marker_offset) - 1];
         let base_before = segment_of(&log.segment_base_offsets());
         let segments_before = log.segment_count();
         for rounds in [10..14, 14..18, 18..22] {
-            for round in rounds {
-                for chunk in 0..4 {
-                    let values: Vec<String> = (0..5)
-                        .map(|i| format!("v{round}-{}-{}", chunk * 5 + i, noise(round * 20 + i)))
-                        .collect();
-                    let keys: Vec<String> =
-                        (0..5).map(|i| format!("key{}", chunk * 5 + i)).collect();
-                    let records: Vec<(&str, Option<&str>)> = keys
-                        .iter()
-                        .zip(&values)
-                        .map(|(k, v)| (k.as_str(), Some(v.as_str())))
-                        .collect();
-                    put(&log, &records, 0);
-                }
-            }
+            put_rounds(&log, rounds);
             log.wait_written(log.log_end_offset(), true).await.unwrap();
             clean(&log, &eager(), now_ms(), 1 << 20).await.unwrap();
         }

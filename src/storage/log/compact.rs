@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use super::{Lifecycle, PartitionLog};
 use crate::storage::segment::{DoomedFiles, Segment};
+use crate::storage::txn_index::TxnIndexEntry;
 
 /// Kafka keeps one `cleaner-offset-checkpoint` per log directory; here each partition keeps
 /// its own: the first offset not cleaned yet, then (second line, if any) when the tombstones
@@ -65,17 +66,51 @@ impl PartitionLog {
         self.compaction.running.get()
     }
 
-    /// The closed segments wholly below the high watermark, oldest first: what a run may
-    /// read and rewrite (never the active segment, never data consumers cannot see yet).
+    /// The closed segments wholly below the high watermark and the first unstable offset,
+    /// oldest first: what a run may read and rewrite (never the active segment, never data
+    /// consumers cannot see yet, never a transaction not decided yet: Kafka's cleaner stops at
+    /// the first unstable offset too, since an open transaction's records may still abort).
     pub fn cleanable_segments(&self) -> Vec<Rc<Segment>> {
-        let high_watermark = self.high_watermark();
+        let limit = self
+            .producer_tracker
+            .borrow()
+            .first_open_offset()
+            .map_or(self.high_watermark(), |first_open| {
+                first_open.min(self.high_watermark())
+            });
         let segments = self.segments.borrow();
         let closed = &segments[..segments.len() - 1];
         closed
             .iter()
-            .take_while(|s| s.next_offset() <= high_watermark)
+            .take_while(|s| s.next_offset() <= limit)
             .cloned()
             .collect()
+    }
+
+    /// Where the aborted transactions of the segments from `from_base` on are: the closed
+    /// segments' `.txnindex` files (written durably when each closed), as
+    /// `(log path, base, next offset, size)` to read off the shard, and the active segment's
+    /// entries, in memory. A transaction in a cleaned segment may have its abort marker in any
+    /// later segment.
+    pub fn aborted_transaction_sources(
+        &self,
+        from_base: i64,
+    ) -> (Vec<(std::path::PathBuf, i64, i64, u64)>, Vec<TxnIndexEntry>) {
+        let segments = self.segments.borrow();
+        let (active, closed) = segments.split_last().expect("a log has an active segment");
+        let files = closed
+            .iter()
+            .filter(|s| s.next_offset() > from_base)
+            .map(|s| {
+                (
+                    s.log_path().to_path_buf(),
+                    s.base_offset(),
+                    s.next_offset(),
+                    s.size_bytes(),
+                )
+            })
+            .collect();
+        (files, active.aborted_entries())
     }
 
     /// Where the part of the log not cleaned yet starts (a segment's base offset).
