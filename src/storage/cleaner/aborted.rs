@@ -12,6 +12,15 @@ use std::path::PathBuf;
 use crate::storage::txn_index::{self, TxnIndexEntry};
 use crate::storage::StorageError;
 
+/// A closed segment's `.txnindex`, to read off the shard.
+#[derive(Debug, Clone)]
+pub struct IndexFile {
+    pub log_path: PathBuf,
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size_bytes: u64,
+}
+
 /// The aborted transactions' offset ranges, by producer id.
 #[derive(Debug, Default)]
 pub struct AbortedTransactions {
@@ -21,20 +30,23 @@ pub struct AbortedTransactions {
 }
 
 impl AbortedTransactions {
-    /// Reads the closed segments' `.txnindex` files (`(log path, base, next offset, size)`,
-    /// see `PartitionLog::aborted_transaction_sources`) and adds the active segment's entries.
+    /// Reads the closed segments' `.txnindex` files (see
+    /// `PartitionLog::aborted_transaction_sources`) and adds the active segment's entries.
     /// Blocking. A damaged index fails the run: cleaning without it could keep aborted records
     /// as the latest value of their key.
-    pub fn load(
-        files: &[(PathBuf, i64, i64, u64)],
-        active: Vec<TxnIndexEntry>,
-    ) -> Result<Self, StorageError> {
+    pub fn load(files: &[IndexFile], active: Vec<TxnIndexEntry>) -> Result<Self, StorageError> {
         let mut entries = Vec::new();
-        for (log_path, base, next, size) in files {
-            let read = txn_index::read(log_path, *base, *next, *size).map_err(|e| {
+        for file in files {
+            let read = txn_index::read(
+                &file.log_path,
+                file.base_offset,
+                file.next_offset,
+                file.size_bytes,
+            )
+            .map_err(|e| {
                 StorageError::Io(std::io::Error::other(format!(
                     "{}: {e}",
-                    txn_index::path_for(log_path).display()
+                    txn_index::path_for(&file.log_path).display()
                 )))
             })?;
             entries.extend(read);

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::{Lifecycle, PartitionLog};
+use crate::storage::cleaner::aborted::IndexFile;
 use crate::storage::segment::{DoomedFiles, Segment};
 use crate::storage::txn_index::TxnIndexEntry;
 
@@ -88,26 +89,23 @@ impl PartitionLog {
     }
 
     /// Where the aborted transactions of the segments from `from_base` on are: the closed
-    /// segments' `.txnindex` files (written durably when each closed), as
-    /// `(log path, base, next offset, size)` to read off the shard, and the active segment's
-    /// entries, in memory. A transaction in a cleaned segment may have its abort marker in any
+    /// segments' `.txnindex` files (written durably when each closed), to read off the shard,
+    /// and the active segment's entries, in memory. A transaction in a cleaned segment may have its abort marker in any
     /// later segment.
     pub fn aborted_transaction_sources(
         &self,
         from_base: i64,
-    ) -> (Vec<(std::path::PathBuf, i64, i64, u64)>, Vec<TxnIndexEntry>) {
+    ) -> (Vec<IndexFile>, Vec<TxnIndexEntry>) {
         let segments = self.segments.borrow();
         let (active, closed) = segments.split_last().expect("a log has an active segment");
         let files = closed
             .iter()
             .filter(|s| s.next_offset() > from_base)
-            .map(|s| {
-                (
-                    s.log_path().to_path_buf(),
-                    s.base_offset(),
-                    s.next_offset(),
-                    s.size_bytes(),
-                )
+            .map(|s| IndexFile {
+                log_path: s.log_path().to_path_buf(),
+                base_offset: s.base_offset(),
+                next_offset: s.next_offset(),
+                size_bytes: s.size_bytes(),
             })
             .collect();
         (files, active.aborted_entries())
