@@ -149,18 +149,10 @@ impl GroupCoordinator {
                     producer_id,
                     records,
                 } => {
-                    let entry = pending.entry(producer_id).or_default();
-                    for record in records {
-                        if let OffsetsRecord::Offset {
-                            group,
-                            topic,
-                            partition,
-                            value: Some(value),
-                        } = record
-                        {
-                            entry.insert((group, topic, partition), value);
-                        }
-                    }
+                    super::txn_offsets::add_pending(
+                        pending.entry(producer_id).or_default(),
+                        records,
+                    );
                 }
                 OffsetsBatch::Marker {
                     producer_id,

@@ -26,6 +26,22 @@ const MAX_PENDING_TRANSACTIONS: usize = 10_000;
 /// transactional batches and waiting for its marker: by (group, topic, partition).
 pub(super) type PendingTxnOffsets = HashMap<(String, String, i32), OffsetValue>;
 
+/// Adds the offset commits among `records` (a transactional batch's, as appended or as
+/// replayed) to a transaction's pending offsets; later ones of a partition replace earlier.
+pub(super) fn add_pending(pending: &mut PendingTxnOffsets, records: Vec<OffsetsRecord>) {
+    for record in records {
+        if let OffsetsRecord::Offset {
+            group,
+            topic,
+            partition,
+            value: Some(value),
+        } = record
+        {
+            pending.insert((group, topic, partition), value);
+        }
+    }
+}
+
 impl GroupCoordinator {
     /// TxnOffsetCommit: checks the member (when `member` is given: v3+ requests carry the
     /// generation), writes the offsets to the group's offsets partition as a transactional
@@ -104,18 +120,7 @@ impl GroupCoordinator {
         // before it is durable) must find them, as a replay would.
         {
             let mut pending = self.pending_txn_offsets.borrow_mut();
-            let offsets = pending.entry(producer.0).or_default();
-            for record in records {
-                if let OffsetsRecord::Offset {
-                    group,
-                    topic,
-                    partition,
-                    value: Some(value),
-                } = record
-                {
-                    offsets.insert((group, topic, partition), value);
-                }
-            }
+            add_pending(pending.entry(producer.0).or_default(), records);
         }
         if let Err(e) = wait_durable(&log, end).await {
             tracing::error!(group = %group_id, error = %e, "transactional offsets not durable");
