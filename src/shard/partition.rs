@@ -777,9 +777,33 @@ pub fn storage_error(e: StorageError) -> ApiError {
         StorageError::OffsetOutOfRange { .. } => {
             ApiError::new(ResponseError::OffsetOutOfRange, e.to_string())
         }
+        // The partition is going away from under the request (the broker is stopping, the
+        // topic was deleted, the replica moved): nothing is wrong with the disk, and the
+        // client should look for the partition's leader again, as Kafka has it do.
+        StorageError::Closed => {
+            tracing::debug!("request on a closed log");
+            ApiError::new(ResponseError::NotLeaderOrFollower, e.to_string())
+        }
         other => {
             tracing::error!(error = %other, "storage error");
             ApiError::new(ResponseError::KafkaStorageError, other.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_log_sends_the_client_to_the_leader_and_a_disk_failure_is_a_storage_error() {
+        assert_eq!(
+            storage_error(StorageError::Closed).code,
+            ResponseError::NotLeaderOrFollower
+        );
+        assert_eq!(
+            storage_error(StorageError::Io(std::io::Error::other("EIO"))).code,
+            ResponseError::KafkaStorageError
+        );
     }
 }
