@@ -162,17 +162,7 @@ impl GroupCoordinator {
                         self.partition_of(group) == partition
                     });
                     if committed {
-                        for ((group, topic, index), value) in ended {
-                            apply(
-                                &mut groups,
-                                OffsetsRecord::Offset {
-                                    group,
-                                    topic,
-                                    partition: index,
-                                    value: Some(value),
-                                },
-                            );
-                        }
+                        super::txn_offsets::apply_committed(&mut groups, ended);
                     }
                 }
             }
@@ -396,10 +386,7 @@ impl GroupCoordinator {
         })?;
         if let Err(e) = self.persist(&group_id, records).await {
             tracing::error!(group = %group_id, error = %e, "offset commit not durable");
-            return Ok(results
-                .into_iter()
-                .map(|r| r.or(Some(ResponseError::KafkaStorageError)))
-                .collect());
+            return Ok(not_durable(results));
         }
         Ok(results)
     }
@@ -595,6 +582,15 @@ impl GroupCoordinator {
 }
 
 /// Applies one replayed record.
+/// Per-entry results of a commit whose records did not become durable: every entry not
+/// already refused fails with KAFKA_STORAGE_ERROR.
+pub(super) fn not_durable(results: Vec<Option<ResponseError>>) -> Vec<Option<ResponseError>> {
+    results
+        .into_iter()
+        .map(|r| r.or(Some(ResponseError::KafkaStorageError)))
+        .collect()
+}
+
 pub(super) fn apply(groups: &mut HashMap<String, Group>, record: OffsetsRecord) {
     match record {
         OffsetsRecord::Offset {

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 
 use kafka_protocol::ResponseError;
 
-use super::coordinator::{apply, CommitEntry, GroupCoordinator};
+use super::coordinator::{apply, not_durable, CommitEntry, GroupCoordinator};
+use super::group::Group;
 use super::offsets_log::{wait_durable, OffsetsLogs};
 use super::records::{OffsetValue, OffsetsRecord, TxnProducer};
 use crate::shard::now_ms;
@@ -124,10 +125,7 @@ impl GroupCoordinator {
         }
         if let Err(e) = wait_durable(&log, end).await {
             tracing::error!(group = %group_id, error = %e, "transactional offsets not durable");
-            return Ok(results
-                .into_iter()
-                .map(|r| r.or(Some(ResponseError::KafkaStorageError)))
-                .collect());
+            return Ok(not_durable(results));
         }
         Ok(results)
     }
@@ -159,18 +157,7 @@ impl GroupCoordinator {
             |group| self.partition_of(group) == partition,
         );
         if committed {
-            let mut groups = self.groups.borrow_mut();
-            for ((group, topic, index), value) in ended {
-                apply(
-                    &mut groups,
-                    OffsetsRecord::Offset {
-                        group,
-                        topic,
-                        partition: index,
-                        value: Some(value),
-                    },
-                );
-            }
+            apply_committed(&mut self.groups.borrow_mut(), ended);
         }
         wait_durable(&log, end).await.map_err(|e| {
             tracing::error!(partition, error = %e, "transaction marker not durable");
@@ -190,6 +177,24 @@ impl GroupCoordinator {
 
 /// Removes and returns the pending offsets of `producer_id` whose group `in_partition` says is
 /// on the partition a marker was written to.
+/// A committed transaction's offsets (from [`take_pending`]) become its groups' offsets.
+pub(super) fn apply_committed(
+    groups: &mut HashMap<String, Group>,
+    ended: Vec<((String, String, i32), OffsetValue)>,
+) {
+    for ((group, topic, partition), value) in ended {
+        apply(
+            groups,
+            OffsetsRecord::Offset {
+                group,
+                topic,
+                partition,
+                value: Some(value),
+            },
+        );
+    }
+}
+
 pub(super) fn take_pending(
     pending: &mut HashMap<i64, PendingTxnOffsets>,
     producer_id: i64,
