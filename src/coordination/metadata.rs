@@ -92,6 +92,13 @@ impl ClusterMetadata {
         self.topics.get(name)
     }
 
+    /// A partition's leader, if the topic and index exist and it has one.
+    pub fn partition_leader(&self, topic: &str, index: i32) -> Option<i32> {
+        self.partition(topic, index)
+            .map(|p| p.leader)
+            .filter(|&leader| leader >= 0)
+    }
+
     /// A partition's state, if the topic and index exist.
     pub fn partition(&self, topic: &str, index: i32) -> Option<&PartitionMetadata> {
         let index = usize::try_from(index).ok()?;

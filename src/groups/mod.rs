@@ -98,11 +98,7 @@ pub fn coordinator_node(
     clustered: bool,
 ) -> Option<i32> {
     match metadata.topic(OFFSETS_TOPIC) {
-        Some(topic) => topic
-            .partitions
-            .get(partition as usize)
-            .map(|p| p.leader)
-            .filter(|&leader| leader >= 0),
+        Some(_) => metadata.partition_leader(OFFSETS_TOPIC, partition),
         None if clustered => None,
         None => Some(this_node),
     }

@@ -618,11 +618,8 @@ pub(crate) async fn write_marker(
 ) -> Result<(), ResponseError> {
     let snapshot = shard.metadata();
     let exists = snapshot.topic(&topic).is_some();
-    let leader = snapshot
-        .topic(&topic)
-        .and_then(|t| t.partitions.get(index as usize))
-        .map(|p| p.leader);
-    if let Some(leader) = leader.filter(|&l| l >= 0 && l != shard.broker.node_id) {
+    let leader = snapshot.partition_leader(&topic, index);
+    if let Some(leader) = leader.filter(|&l| l != shard.broker.node_id) {
         let address = snapshot
             .broker(leader)
             .map(|b| format!("{}:{}", b.host, b.port))

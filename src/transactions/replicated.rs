@@ -40,12 +40,7 @@ pub fn coordinator_node(
     if !clustered {
         return Some(this_node);
     }
-    metadata
-        .topic(TRANSACTION_STATE_TOPIC)?
-        .partitions
-        .get(partition as usize)
-        .map(|p| p.leader)
-        .filter(|&leader| leader >= 0)
+    metadata.partition_leader(TRANSACTION_STATE_TOPIC, partition)
 }
 
 /// Called on a state partition's owner shard when this broker starts or stops leading it.
