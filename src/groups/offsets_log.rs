@@ -17,15 +17,12 @@ use std::rc::Rc;
 
 use std::time::Duration;
 
-use crate::protocol::record_batch::{BatchError, Batches};
 use crate::shard::partition::Partition;
-use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
+use crate::storage::{LogConfig, PartitionLog, StorageError};
 
 use super::records::{decode_batches, encode_batch, OffsetsBatch, OffsetsRecord, TxnProducer};
 use super::OFFSETS_TOPIC;
 
-/// Bytes read per step of a replay.
-const REPLAY_READ_BYTES: usize = 4 << 20;
 /// Records per appended batch: with group ids, topic names and commit metadata bounded, 100
 /// records stay far below `message.max.bytes`.
 pub const RECORDS_PER_BATCH: usize = 100;
@@ -265,39 +262,9 @@ pub async fn wait_durable(log: &OffsetsLog, end_offset: i64) -> Result<(), Strin
 /// Reads every batch of a freshly opened log, oldest first.
 fn replay(log: &PartitionLog, max_batch_bytes: usize) -> Result<Vec<OffsetsBatch>, String> {
     let mut out = Vec::new();
-    let mut offset = log.log_start_offset();
-    // Everything written: a new leader's log is what its followers converge to, also above
-    // the high watermark it inherited.
-    let end = log.written_offset();
-    let mut buf = Vec::new();
-    while offset < end {
-        let Some(read) = log
-            .read(offset, REPLAY_READ_BYTES, true, ReadLimit::Written)
-            .map_err(storage)?
-        else {
-            break;
-        };
-        buf.clear();
-        read.copy_into(&mut buf)
-            .map_err(|e| format!("reading the offsets log: {e}"))?;
-        // A read may end inside a batch: keep whole batches, continue after the last one.
-        let mut whole = 0;
-        let mut next = offset;
-        for item in Batches::new(&buf, max_batch_bytes) {
-            match item {
-                Ok((header, range)) => {
-                    whole = range.end;
-                    next = header.last_offset() + 1;
-                }
-                Err((_, BatchError::Truncated)) => break,
-                Err((at, e)) => return Err(format!("offsets log batch at {at}: {e}")),
-            }
-        }
-        if next <= offset {
-            return Err(format!("offsets log replay stuck at offset {offset}"));
-        }
-        out.extend(decode_batches(&buf[..whole], max_batch_bytes)?);
-        offset = next;
-    }
+    log.for_each_written_batch("offsets log", max_batch_bytes, |_, batch| {
+        out.extend(decode_batches(batch, max_batch_bytes)?);
+        Ok(())
+    })?;
     Ok(out)
 }

@@ -19,11 +19,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::coordinator::{TxnMetadata, TxnState};
 use super::TRANSACTION_STATE_TOPIC;
-use crate::protocol::record_batch::{self, BatchError, Batches};
-use crate::storage::{LogConfig, PartitionLog, ReadLimit};
+use crate::protocol::record_batch;
+use crate::storage::{LogConfig, PartitionLog};
 
 const BATCH_HEADER_BYTES: usize = 61;
-const REPLAY_READ_BYTES: usize = 1 << 20;
 const VALUE_VERSION: i16 = 0;
 
 /// The open state log.
@@ -240,45 +239,18 @@ pub fn state_log_config(broker_log: &LogConfig, segment_bytes: u64) -> LogConfig
 /// log is what its followers converge to). Unreadable records are skipped with a warning.
 pub fn replay(log: &PartitionLog) -> Result<Vec<(String, TxnMetadata)>, String> {
     let mut newest: BTreeMap<String, TxnMetadata> = BTreeMap::new();
-    let mut offset = log.log_start_offset();
-    let end = log.written_offset();
-    let mut buf = Vec::new();
-    while offset < end {
-        let Some(read) = log
-            .read(offset, REPLAY_READ_BYTES, true, ReadLimit::Written)
-            .map_err(|e| e.to_string())?
-        else {
-            break;
-        };
-        buf.clear();
-        read.copy_into(&mut buf)
-            .map_err(|e| format!("reading the transaction state log: {e}"))?;
-        let mut next = offset;
-        for item in Batches::new(&buf, usize::MAX) {
-            match item {
-                Ok((header, range)) => {
-                    next = header.last_offset() + 1;
-                    match decode_batch(&buf[range])
-                        .and_then(|(key, value)| decode_value(&value).map(|meta| (key, meta)))
-                    {
-                        Some((key, meta)) => {
-                            newest.insert(key, meta);
-                        }
-                        None => tracing::warn!(
-                            offset = header.base_offset,
-                            "unreadable transaction state record skipped"
-                        ),
-                    }
-                }
-                Err((_, BatchError::Truncated)) => break,
-                Err((at, e)) => return Err(format!("transaction state batch at {at}: {e}")),
+    log.for_each_written_batch("transaction state log", usize::MAX, |header, batch| {
+        match decode_batch(batch).and_then(|(key, value)| decode_value(&value).map(|m| (key, m))) {
+            Some((key, meta)) => {
+                newest.insert(key, meta);
             }
+            None => tracing::warn!(
+                offset = header.base_offset,
+                "unreadable transaction state record skipped"
+            ),
         }
-        if next <= offset {
-            return Err(format!("transaction state replay stuck at offset {offset}"));
-        }
-        offset = next;
-    }
+        Ok(())
+    })?;
     Ok(newest.into_iter().collect())
 }
 

@@ -222,3 +222,54 @@ impl PartitionLog {
         }
     }
 }
+
+/// Bytes read per step of [`PartitionLog::for_each_written_batch`].
+const REPLAY_READ_BYTES: usize = 4 << 20;
+
+impl PartitionLog {
+    /// Calls `f` with every batch written to the log (header and bytes), oldest first: the
+    /// replay of an internal log (offsets, transaction state) when its owner opens or adopts
+    /// it. Everything written counts, above the high watermark too: a new leader's log is
+    /// what its followers converge to. Never on the fetch path (it copies what it reads).
+    /// `what` names the log in errors.
+    pub fn for_each_written_batch(
+        &self,
+        what: &str,
+        max_batch_bytes: usize,
+        mut f: impl FnMut(&crate::protocol::record_batch::BatchHeader, &[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        use crate::protocol::record_batch::{BatchError, Batches};
+        let mut offset = self.log_start_offset();
+        let end = self.written_offset();
+        let mut buf = Vec::new();
+        while offset < end {
+            let Some(read) = self
+                .read(offset, REPLAY_READ_BYTES, true, ReadLimit::Written)
+                .map_err(|e| e.to_string())?
+            else {
+                break;
+            };
+            buf.clear();
+            read.copy_into(&mut buf)
+                .map_err(|e| format!("reading the {what}: {e}"))?;
+            // A read may end inside a batch: whole batches only, the next read continues
+            // after the last one.
+            let mut next = offset;
+            for item in Batches::new(&buf, max_batch_bytes) {
+                match item {
+                    Ok((header, range)) => {
+                        next = header.last_offset() + 1;
+                        f(&header, &buf[range])?;
+                    }
+                    Err((_, BatchError::Truncated)) => break,
+                    Err((at, e)) => return Err(format!("{what} batch at {at}: {e}")),
+                }
+            }
+            if next <= offset {
+                return Err(format!("{what} replay stuck at offset {offset}"));
+            }
+            offset = next;
+        }
+        Ok(())
+    }
+}
