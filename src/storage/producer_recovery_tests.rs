@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::protocol::record_batch::{compute_crc, validate};
-use crate::storage::log::tests::{append, small_config};
+use crate::storage::log::tests::{append, consume_all, small_config};
 use crate::storage::producer_snapshot;
 use crate::storage::testutil::{batch, build_batch, run};
 use crate::storage::txn_index::TxnIndexEntry;
@@ -230,6 +230,75 @@ fn a_log_without_snapshots_is_scanned_once_and_then_has_them() {
         check_recovered(&log, &written);
         assert_eq!(producer_snapshot::list(&path).unwrap(), vec![active_base]);
         assert_eq!(files_with(&path, "txnindex").len(), 1);
+        log.close().await.unwrap();
+    });
+}
+
+/// A roll opens the next segment and writes to it at once; closing the old one (padding cut,
+/// fdatasync, index files, `.txnindex`, the snapshot at the new base, the new segment's index
+/// files) finishes beside those writes. A crash before it finished leaves the files as below:
+/// recovery must lose nothing and rebuild the aborted transaction from the scan.
+#[test]
+fn a_crash_before_a_roll_finished_closing_the_old_segment_loses_nothing() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        let log = crash_and_reopen(&path).await;
+        append(&log, producer_batch(TXN_PRODUCER, 0, 3, true));
+        roll(&log, 1).await;
+        append(&log, producer_batch(TXN_PRODUCER, 3, 3, true));
+        append_marker(&log, TXN_PRODUCER, false);
+        roll(&log, 1).await; // the segment holding the abort marker closes
+        append(&log, batch(10, 200, 1_000));
+        let end = log.log_end_offset();
+        log.wait_written(end, true).await.unwrap();
+        let bases = log.segment_base_offsets();
+        let (closing_base, active_base) = (bases[bases.len() - 2], bases[bases.len() - 1]);
+        drop(log);
+
+        // What an intact crash recovers, for comparison.
+        let log = crash_and_reopen(&path).await;
+        let aborted = log.recovered_aborted_transactions();
+        assert_eq!(aborted.len(), 1);
+        let batches = consume_all(&log, 0, 1 << 20);
+        assert_eq!(batches.last().unwrap().last_offset() + 1, end);
+        drop(log);
+
+        // The closing undone: the old segment's zero padding back, its index files and
+        // `.txnindex` as a new segment has them (empty, absent), no snapshot at the new base,
+        // the new segment's index files not created yet.
+        let name = |base: i64, ext: &str| path.join(format!("{base:020}.{ext}"));
+        let closing_log = name(closing_base, "log");
+        let size = std::fs::metadata(&closing_log).unwrap().len();
+        let padded = size.next_multiple_of(4096);
+        assert!(padded > size, "the segment ends inside a page");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&closing_log)
+            .unwrap()
+            .set_len(padded)
+            .unwrap();
+        std::fs::write(name(closing_base, "index"), b"").unwrap();
+        std::fs::write(name(closing_base, "timeindex"), b"").unwrap();
+        std::fs::remove_file(name(closing_base, "txnindex")).unwrap();
+        std::fs::remove_file(producer_snapshot::path_for(&path, active_base)).unwrap();
+        std::fs::remove_file(name(active_base, "index")).unwrap();
+        std::fs::remove_file(name(active_base, "timeindex")).unwrap();
+
+        let log = crash_and_reopen(&path).await;
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(log.recovered_aborted_transactions(), aborted);
+        assert_eq!(consume_all(&log, 0, 1 << 20), batches);
+        assert_eq!(
+            std::fs::metadata(&closing_log).unwrap().len(),
+            size,
+            "padding cut"
+        );
+        assert!(
+            name(closing_base, "txnindex").exists(),
+            "transaction index rebuilt"
+        );
+        assert!(producer_snapshot::path_for(&path, active_base).exists());
         log.close().await.unwrap();
     });
 }

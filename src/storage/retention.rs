@@ -226,7 +226,9 @@ mod tests {
                 );
 
                 // A crash (no close): recovery stops where the old bytes start, whose offsets
-                // are below the segment's base, and cuts them.
+                // are below the segment's base, and cuts them. (The roll's closing is waited
+                // for: it would otherwise go on beside the reopen, which a real crash ends.)
+                log.wait_written(written, true).await.unwrap();
                 let log_start = log.log_start_offset();
                 drop(log);
                 let log = PartitionLog::open(path.clone(), config.clone())

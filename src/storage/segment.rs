@@ -199,6 +199,21 @@ fn block_queue_kb(major: u32, minor: u32, name: &str) -> Option<u64> {
         .and_then(|text| text.trim().parse().ok())
 }
 
+/// A segment's two index files as bytes, ready to write.
+pub struct EncodedIndexes {
+    files: [(PathBuf, Vec<u8>); 2],
+}
+
+impl EncodedIndexes {
+    /// Buffered writes, not synced (blocking).
+    pub fn write(&self) -> io::Result<()> {
+        for (path, bytes) in &self.files {
+            std::fs::write(path, bytes)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 pub struct Segment {
     base_offset: i64,
@@ -228,6 +243,10 @@ pub struct Segment {
     /// producer table holds the list read_committed fetches use).
     aborted: RefCell<Vec<TxnIndexEntry>>,
     aborted_dirty: Cell<bool>,
+    /// A roll closed this segment and its closing (index files, padding cut, fdatasync,
+    /// `.txnindex`, the next segment's producer snapshot) is still running beside the writes to
+    /// the next one: retention and the cleaner leave it alone until it is done.
+    closing: Cell<bool>,
 }
 
 impl Segment {
@@ -266,6 +285,7 @@ impl Segment {
             read_ahead: RefCell::new(ReadAheadStreams::default()),
             aborted: RefCell::new(Vec::new()),
             aborted_dirty: Cell::new(false),
+            closing: Cell::new(false),
         };
         if let Some(file) = read_file {
             segment.adopt_read_file(file);
@@ -309,25 +329,15 @@ impl Segment {
         self.read_file.borrow().is_some()
     }
 
-    /// Creates the files of a new, empty segment and returns it with its O_DIRECT write handle.
+    /// Creates the files of a new, empty segment and returns it with its O_DIRECT write handle;
+    /// its empty index files exist and its directory entry is durable.
     pub async fn create(dir: &Path, base_offset: i64) -> Result<(Segment, DmaFile), StorageError> {
-        let log_path = dir.join(file_name(base_offset, "log"));
-        let dma = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .dma_open(&log_path)
+        let created = Self::open_new(dir, base_offset, None).await?;
+        let dir_owned = dir.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || Self::complete_creation(&dir_owned, base_offset))
             .await?;
-        let existing_bytes = dma.file_size().await?;
-        if existing_bytes != 0 {
-            // Only recovery decides what an existing file holds; never write over one.
-            return Err(StorageError::Corrupt {
-                segment_base_offset: base_offset,
-                position: 0,
-                reason: format!("new segment file already holds {existing_bytes} bytes"),
-            });
-        }
-        Self::finish_create(dir, base_offset, &log_path, dma).await
+        Ok(created)
     }
 
     /// Creates a new, empty segment from `recycled`, a file retention left in `dir` for reuse
@@ -341,45 +351,42 @@ impl Segment {
         base_offset: i64,
         recycled: &Path,
     ) -> Result<(Segment, DmaFile), StorageError> {
+        let created = Self::open_new(dir, base_offset, Some(recycled)).await?;
+        let dir_owned = dir.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || Self::complete_creation(&dir_owned, base_offset))
+            .await?;
+        Ok(created)
+    }
+
+    /// The part of creating a segment that its first write needs: the file in place (renamed
+    /// from `recycled`, see [`Self::create_recycled`], or new and empty), a `.txnindex` left at
+    /// this base removed, the O_DIRECT handle open. The rest, [`Self::complete_creation`], is
+    /// the caller's: a roll runs it beside the first writes to the new segment and waits for it
+    /// before anything in the segment counts as durable (until the directory is synced, a
+    /// power loss may take the new file with it).
+    pub async fn open_new(
+        dir: &Path,
+        base_offset: i64,
+        recycled: Option<&Path>,
+    ) -> Result<(Segment, DmaFile), StorageError> {
         let log_path = dir.join(file_name(base_offset, "log"));
-        if log_path.exists() {
+        if recycled.is_some() && log_path.exists() {
             return Err(StorageError::Corrupt {
                 segment_base_offset: base_offset,
                 position: 0,
                 reason: "new segment file already exists".into(),
             });
         }
-        // A rename waits for the journal like a create (see `finish_create`).
-        let (from, to) = (recycled.to_path_buf(), log_path.clone());
-        glommio::executor()
-            .spawn_blocking(move || std::fs::rename(from, to))
-            .await?;
-        let dma = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .dma_open(&log_path)
-            .await?;
-        Self::finish_create(dir, base_offset, &log_path, dma).await
-    }
-
-    async fn finish_create(
-        dir: &Path,
-        base_offset: i64,
-        log_path: &Path,
-        dma: DmaFile,
-    ) -> Result<(Segment, DmaFile), StorageError> {
-        // Empty index files keep the directory looking like Kafka's; they are filled on close.
-        // Created on the blocking thread: creating a file waits for room in the file system's
+        // On the blocking thread: a rename or unlink waits for room in the file system's
         // journal, which a busy device can hold up for a long time.
-        let (index, time_index, txn_index) = (
-            log_path.with_extension("index"),
-            log_path.with_extension("timeindex"),
-            txn_index::path_for(log_path),
-        );
+        let rename = recycled.map(|from| (from.to_path_buf(), log_path.clone()));
+        let txn_index = txn_index::path_for(&log_path);
         glommio::executor()
             .spawn_blocking(move || -> io::Result<()> {
-                File::create(index)?;
-                File::create(time_index)?;
+                if let Some((from, to)) = rename {
+                    std::fs::rename(from, to)?;
+                }
                 // A `.txnindex` left at this base (a segment truncated away) describes other
                 // batches.
                 match std::fs::remove_file(txn_index) {
@@ -388,7 +395,24 @@ impl Segment {
                 }
             })
             .await?;
-        sync_dir(dir).await?;
+        let dma = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(recycled.is_none())
+            .dma_open(&log_path)
+            .await?;
+        if recycled.is_none() {
+            let existing_bytes = dma.file_size().await?;
+            if existing_bytes != 0 {
+                // Only recovery decides what an existing file holds; never write over one.
+                dma.close().await?;
+                return Err(StorageError::Corrupt {
+                    segment_base_offset: base_offset,
+                    position: 0,
+                    reason: format!("new segment file already holds {existing_bytes} bytes"),
+                });
+            }
+        }
         let segment = Segment::new(
             dir,
             base_offset,
@@ -399,6 +423,16 @@ impl Segment {
             TimeIndex::default(),
         );
         Ok((segment, dma))
+    }
+
+    /// Blocking: the segment's empty index files (the directory looks like Kafka's; they are
+    /// filled when the segment closes) and a sync of the directory, which makes the new
+    /// segment's entry durable.
+    pub fn complete_creation(dir: &Path, base_offset: i64) -> io::Result<()> {
+        let log_path = dir.join(file_name(base_offset, "log"));
+        File::create(log_path.with_extension("index"))?;
+        File::create(log_path.with_extension("timeindex"))?;
+        File::open(dir)?.sync_all()
     }
 
     pub fn base_offset(&self) -> i64 {
@@ -642,9 +676,28 @@ impl Segment {
     /// Writes both index files from memory. Buffered and not synced: they are rebuilt when found
     /// stale, so losing them costs a rescan, never data.
     pub fn persist_indexes(&self) -> io::Result<()> {
-        std::fs::write(self.index_path(), self.offset_index.borrow().encode())?;
-        std::fs::write(self.time_index_path(), self.time_index.borrow().encode())?;
-        Ok(())
+        self.encode_indexes().write()
+    }
+
+    /// Both index files' bytes, to write elsewhere (a blocking thread) with
+    /// [`EncodedIndexes::write`].
+    pub fn encode_indexes(&self) -> EncodedIndexes {
+        EncodedIndexes {
+            files: [
+                (self.index_path(), self.offset_index.borrow().encode()),
+                (self.time_index_path(), self.time_index.borrow().encode()),
+            ],
+        }
+    }
+
+    /// Marks the segment as being closed off the writer's path (see the `closing` field).
+    pub fn set_closing(&self, closing: bool) {
+        self.closing.set(closing);
+    }
+
+    /// Whether a roll's closing of this segment is still running.
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
     }
 
     /// Replaces the segment's aborted transactions (recovery); `dirty`: the file lags.

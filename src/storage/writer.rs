@@ -150,6 +150,8 @@ pub(crate) struct Writer<Log: WriterHost> {
     tail: Option<Vec<u8>>,
     /// When the active segment became active here (for `segment_ms`).
     segment_started: std::time::Instant,
+    /// The closing of the segment the last roll left, while it runs (see [`Self::roll`]).
+    closing: Option<glommio::task::JoinHandle<Result<(), StorageError>>>,
 }
 
 impl<Log: WriterHost> Writer<Log> {
@@ -179,12 +181,19 @@ impl<Log: WriterHost> Writer<Log> {
             segment,
             tail,
             segment_started: std::time::Instant::now(),
+            closing: None,
         }
     }
 
     pub(crate) async fn run(mut self) -> Result<(), StorageError> {
         match self.serve().await {
             Ok(Exit::Closed | Exit::Deleted | Exit::Suspended) => {
+                if let Err(error) = self.finish_closing().await {
+                    if let Some(log) = self.log.upgrade() {
+                        log.fail(&error);
+                    }
+                    return Err(error);
+                }
                 if let Some(file) = self.file.take() {
                     file.close().await?;
                 }
@@ -378,62 +387,67 @@ impl<Log: WriterHost> Writer<Log> {
         crate::metrics::DETAIL
             .fdatasync_latency
             .observe(started.elapsed());
+        // The segments before the active one (and its directory entry) are durable once their
+        // closing is done.
+        self.finish_closing().await?;
         log.count_sync();
         log.notifier().advance(Mark::Durable, covered);
         Ok(())
     }
 
     /// Closes the active segment and opens the next one, starting at the written offset.
+    ///
+    /// Only what the next write needs happens before it: the next segment's file in place and
+    /// open. The rest runs in a task beside the writes to the new segment ([`close_segment`]):
+    /// the old segment's index files, padding cut, fdatasync and leader epoch checkpoint, its
+    /// `.txnindex`, the producer snapshot at the new base, and the new segment's index files
+    /// and directory sync. Under load (10 rolls a second at 680 MB/s over 8 partitions) a roll
+    /// that waited for all that held its partition's acks for 4-11 ms each time. Durability
+    /// still waits for it: a sync, the next roll, a close, a release and a truncation await the
+    /// task first. A crash while it runs leaves what recovery repairs anyway: a closed segment
+    /// with zero padding (cut on load), stale index files (rebuilt), no snapshot at the active
+    /// segment's base (the previous one is used and the closed segment scanned, which rebuilds
+    /// its `.txnindex` too).
     async fn roll(&mut self, log: &Log) -> Result<(), StorageError> {
+        self.finish_closing().await?;
         let old = self.segment.clone();
         assert_eq!(
             old.next_offset(),
             log.written_offset(),
             "roll with unwritten batches before it"
         );
-        old.persist_indexes()?;
-        // A closed segment is exactly its batches and durable, so recovery only scans the
-        // active one and a sync of the active file covers the whole log. Its leader epochs are
-        // not rescanned either: the checkpoint must hold them.
-        let file = self.file().await?;
-        file.truncate(old.size_bytes()).await?;
-        file.fdatasync().await?;
-        log.sync_epoch_checkpoint()?;
-        log.count_sync();
-        log.notifier().advance(Mark::Durable, old.next_offset());
-
         let base_offset = old.next_offset();
-        // The producer state as of the new segment's base, so recovery scans only the new
-        // segment; after the old segment's aborted transactions, which the snapshot vouches
-        // for. Written (and synced) on the blocking thread: appends keep queueing meanwhile.
+        // The producer state as of the new segment's base (recovery scans only from there),
+        // taken now: the writes that follow change it.
         let snapshot = log.encode_producer_snapshot(base_offset);
         let txn_index = old.take_txn_index_to_persist();
-        let (dir, old_base) = (log.dir().to_path_buf(), old.base_offset());
-        glommio::executor()
-            .spawn_blocking(move || -> io::Result<()> {
-                if let Some((log_path, entries)) = txn_index {
-                    txn_index::write_durably(&log_path, &entries)?;
-                }
-                producer_snapshot::write_durably(&dir, base_offset, &snapshot)?;
-                // A clean close's snapshot inside the old segment is superseded.
-                producer_snapshot::remove_where(&dir, |o| o > old_base && o < base_offset)
-            })
-            .await?;
-        let (segment, file) = if let Some(recycled) = log.take_recycled_segment(base_offset) {
-            Segment::create_recycled(log.dir(), base_offset, &recycled).await?
-        } else {
-            Segment::create(log.dir(), base_offset).await?
-        };
-        if let Some(old_file) = self.file.replace(file) {
-            old_file.close().await?;
-        }
-        old.shrink_indexes();
+        let recycled = log.take_recycled_segment(base_offset);
+        let (segment, file) =
+            Segment::open_new(log.dir(), base_offset, recycled.as_deref()).await?;
+        let old_file = self.file.replace(file);
         old.release_read_file();
+        old.set_closing(true);
+        let closing = ClosingSegment {
+            segment: old,
+            file: old_file,
+            txn_index,
+            snapshot,
+            next_base_offset: base_offset,
+        };
+        self.closing = Some(glommio::spawn_local(closing.run(self.log.clone())).detach());
         self.segment = Rc::new(segment);
         self.segment_started = std::time::Instant::now();
         self.tail = Some(Vec::new());
         log.push_segment(self.segment.clone());
         Ok(())
+    }
+
+    /// Waits for the closing of the segment the last roll left, if it is still running.
+    async fn finish_closing(&mut self) -> Result<(), StorageError> {
+        match self.closing.take() {
+            Some(task) => task.await.unwrap_or(Err(StorageError::Closed)),
+            None => Ok(()),
+        }
     }
 
     /// Clean shutdown: index files written, padding cut, everything synced. Nothing to do if
@@ -456,6 +470,8 @@ impl<Log: WriterHost> Writer<Log> {
     }
 
     async fn flush_and_close(&mut self, log: &Log) -> Result<(), StorageError> {
+        // Before this segment's index files are written: the closing task creates them empty.
+        self.finish_closing().await?;
         let file = self.file.take().expect("callers check");
         self.segment.persist_indexes()?;
         self.segment.persist_txn_index()?;
@@ -464,6 +480,68 @@ impl<Log: WriterHost> Writer<Log> {
         file.close().await?;
         log.count_sync();
         log.notifier().advance(Mark::Durable, log.written_offset());
+        Ok(())
+    }
+}
+
+/// What a roll leaves to finish off the writer's path (see [`Writer::roll`]).
+struct ClosingSegment {
+    segment: Rc<Segment>,
+    /// The old segment's O_DIRECT handle; `None` if it was never opened (an empty segment).
+    file: Option<DmaFile>,
+    txn_index: Option<(PathBuf, Vec<TxnIndexEntry>)>,
+    snapshot: Vec<u8>,
+    next_base_offset: i64,
+}
+
+impl ClosingSegment {
+    async fn run<Log: WriterHost>(self, log: Weak<Log>) -> Result<(), StorageError> {
+        let ClosingSegment {
+            segment,
+            file,
+            txn_index,
+            snapshot,
+            next_base_offset,
+        } = self;
+        // A closed segment is exactly its batches and durable, so recovery only scans the
+        // active one and a sync of the active file covers the whole log. Its leader epochs are
+        // not rescanned either: the checkpoint must hold them.
+        if let Some(file) = &file {
+            file.truncate(segment.size_bytes()).await?;
+            file.fdatasync().await?;
+        }
+        if let Some(log) = log.upgrade() {
+            log.sync_epoch_checkpoint()?;
+            log.count_sync();
+            log.notifier().advance(Mark::Durable, segment.next_offset());
+        }
+        let indexes = segment.encode_indexes();
+        let dir = segment
+            .log_path()
+            .parent()
+            .expect("a segment file is in its log directory")
+            .to_path_buf();
+        let old_base = segment.base_offset();
+        glommio::executor()
+            .spawn_blocking(move || -> io::Result<()> {
+                // Not synced: stale index files are rebuilt by recovery.
+                indexes.write()?;
+                if let Some((log_path, entries)) = txn_index {
+                    txn_index::write_durably(&log_path, &entries)?;
+                }
+                // Last of the old segment's files: its presence tells recovery that the segments
+                // below it are closed for good.
+                producer_snapshot::write_durably(&dir, next_base_offset, &snapshot)?;
+                // A clean close's snapshot inside the old segment is superseded.
+                producer_snapshot::remove_where(&dir, |o| o > old_base && o < next_base_offset)?;
+                Segment::complete_creation(&dir, next_base_offset)
+            })
+            .await?;
+        if let Some(file) = file {
+            file.close().await?;
+        }
+        segment.shrink_indexes();
+        segment.set_closing(false);
         Ok(())
     }
 }

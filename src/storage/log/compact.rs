@@ -81,6 +81,11 @@ impl PartitionLog {
             });
         let segments = self.segments.borrow();
         let closed = &segments[..segments.len() - 1];
+        // A segment a roll is still closing has no `.txnindex` yet, which a run reads for
+        // every closed segment: the next run cleans.
+        if closed.iter().any(|s| s.is_closing()) {
+            return Vec::new();
+        }
         closed
             .iter()
             .take_while(|s| s.next_offset() <= limit)

@@ -41,10 +41,11 @@ impl PartitionLog {
             let mut segments = self.segments.borrow_mut();
             let closed = &segments[..segments.len() - 1];
             // Kafka deletes only segments wholly below the high watermark: a follower may
-            // still need what consumers cannot see yet.
+            // still need what consumers cannot see yet. A segment a roll is still closing waits
+            // for the next run.
             let below_high_watermark = closed
                 .iter()
-                .take_while(|s| s.next_offset() <= high_watermark)
+                .take_while(|s| s.next_offset() <= high_watermark && !s.is_closing())
                 .count();
             let summaries: Vec<SegmentSummary> = closed[..below_high_watermark]
                 .iter()

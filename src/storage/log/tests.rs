@@ -350,6 +350,9 @@ fn segments_roll_at_segment_bytes_with_kafka_names() {
         }
         log.wait_written(log.log_end_offset(), false).await.unwrap();
         assert_eq!(log.segment_base_offsets(), vec![0, 10, 20, 30]);
+        // A roll closes the old segment (padding cut, index files, snapshot) beside the writes
+        // to the next one; a durable wait returns once that is done.
+        log.wait_written(log.log_end_offset(), true).await.unwrap();
         let closed_sizes: Vec<u64> = log
             .segments
             .borrow()
@@ -379,7 +382,6 @@ fn segments_roll_at_segment_bytes_with_kafka_names() {
         expected.push("leader-epoch-checkpoint".to_string());
         expected.sort();
         assert_eq!(names, expected);
-        // A roll syncs the closed segment, so everything before the active one is durable.
         assert!(log.durable_offset() >= 30);
         log.close().await.unwrap();
     });
