@@ -896,6 +896,7 @@ fn consume_records(
         }
         if plan.parse_values {
             let mut by_stamp = 0u64;
+            let mut oldest_sent = u64::MAX;
             // Latency only for records sent after the warm-up (and by this harness's stamp).
             wire::for_each_value(&h, batch, |offset, value| {
                 if offset < fetch_offset {
@@ -904,10 +905,14 @@ fn consume_records(
                 if let Some(sent) = value.and_then(read_stamp) {
                     if sent >= plan.measure_start_ns {
                         by_stamp += 1;
+                        oldest_sent = oldest_sent.min(sent);
                         record_ns(&mut tally.hist, now.saturating_sub(sent));
                     }
                 }
             })?;
+            if oldest_sent != u64::MAX {
+                plan.live.note_latency_ns(now.saturating_sub(oldest_sent));
+            }
             if plan.measure_by_send_time && by_stamp > 0 {
                 measured += by_stamp;
                 tally.bytes += h.total_len as u64 * by_stamp / n.max(1);

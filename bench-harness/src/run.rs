@@ -359,6 +359,12 @@ fn spawn_progress(
                     (cb - last.4) as f64 / dt / 1e6
                 );
             }
+            if let Some(c) = &consume {
+                let max_us = c.max_latency_us.swap(0, Relaxed);
+                if max_us > 0 {
+                    line += &format!(" | e2e max {:>7.1} ms", max_us as f64 / 1e3);
+                }
+            }
             let errors: u64 = [&produce, &consume]
                 .iter()
                 .filter_map(|l| l.as_ref())

@@ -27,12 +27,19 @@ pub struct Live {
     pub retries: AtomicU64,
     /// Set when an open-loop producer fell too far behind its schedule and stopped early.
     pub overloaded: std::sync::atomic::AtomicBool,
+    /// Highest latency (µs) seen since the progress line last took it: when in a run the
+    /// tail happened, which the run's histogram cannot say.
+    pub max_latency_us: AtomicU64,
 }
 
 impl Live {
     pub fn add(&self, msgs: u64, bytes: u64) {
         self.msgs.fetch_add(msgs, Relaxed);
         self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    pub fn note_latency_ns(&self, ns: u64) {
+        self.max_latency_us.fetch_max(ns / 1_000, Relaxed);
     }
 }
 
