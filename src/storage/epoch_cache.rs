@@ -12,8 +12,10 @@
 //! ```
 //! The file is replaced atomically (a temporary file renamed over it), with blocking `std::fs`
 //! calls on the shard's thread, and only where it must hold what the log no longer shows:
-//! truncations and retention write and fsync it before they go on (they are rare), and so does
-//! a segment roll, because closed segments are not rescanned on open. A new leader epoch
+//! truncations write and fsync it before they go on (they are rare), and so does a segment
+//! roll's closing if an epoch changed, because closed segments are not rescanned on open.
+//! Retention (every partition, every run) only moves the first entry in memory: opening fits
+//! the file to the log start anyway. A new leader epoch
 //! ([`LeaderEpochCache::assign`], at every leader change, so on every partition of a restarting
 //! broker) is kept in memory only until then: 10,000 partitions would pay 20,000 fsyncs (25 s
 //! here) before serving, and even without fsync ext4 starts a device write for every rename

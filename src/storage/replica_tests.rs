@@ -220,7 +220,9 @@ fn retention_keeps_what_the_high_watermark_has_not_passed_and_moves_the_epoch_st
             retention_bytes: 0,
             ..truncation_config()
         };
-        let log = PartitionLog::open(path.clone(), config).await.unwrap();
+        let log = PartitionLog::open(path.clone(), config.clone())
+            .await
+            .unwrap();
         log.set_high_watermark_bound(Some(0));
         for i in 0..200 {
             append_at_epoch(&log, batch(2, 100, 1_000), 1 + i / 100);
@@ -242,7 +244,12 @@ fn retention_keeps_what_the_high_watermark_has_not_passed_and_moves_the_epoch_st
             entries(&[(2, bases[3])])
         };
         assert_eq!(log.epoch_entries(), expected);
-        assert_eq!(checkpoint(&path), log.epoch_entries());
+        // Retention does not rewrite the checkpoint (two fsyncs on the shard's thread per
+        // partition and run): after a crash, opening fits the file's entries to the log start.
+        drop(log);
+        let log = PartitionLog::open(path.clone(), config).await.unwrap();
+        assert_eq!(log.log_start_offset(), bases[3]);
+        assert_eq!(log.epoch_entries(), expected);
         log.close().await.unwrap();
     });
 }

@@ -81,12 +81,14 @@ impl PartitionLog {
         }
         let count = removed.len();
         self.delete_segments(removed).await?;
-        // After the files: a crash in between leaves entries below the log start, which
-        // opening moves up to it.
-        let mut epochs = self.epochs.borrow_mut();
-        if epochs.truncate_from_start(log_start_offset) {
-            epochs.persist()?;
-        }
+        // In memory only: the file keeps entries below the log start until it is next written,
+        // and opening moves them up to the log start anyway. Writing it here cost two fsyncs
+        // on the shard's thread per partition at every retention run, which stalled the shard
+        // for tens to hundreds of milliseconds while the unlinks kept the journal busy (Kafka
+        // moved the same flush off its produce path: KAFKA-15046).
+        self.epochs
+            .borrow_mut()
+            .truncate_from_start(log_start_offset);
         Ok(count)
     }
 }
