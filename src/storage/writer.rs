@@ -398,7 +398,7 @@ impl<Log: WriterHost> Writer<Log> {
     /// Closes the active segment and opens the next one, starting at the written offset.
     ///
     /// Only what the next write needs happens before it: the next segment's file in place and
-    /// open. The rest runs in a task beside the writes to the new segment ([`close_segment`]):
+    /// open. The rest runs in a task beside the writes to the new segment ([`ClosingSegment`]):
     /// the old segment's index files, padding cut, fdatasync and leader epoch checkpoint, its
     /// `.txnindex`, the producer snapshot at the new base, and the new segment's index files
     /// and directory sync. Under load (10 rolls a second at 680 MB/s over 8 partitions) a roll

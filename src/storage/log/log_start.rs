@@ -83,9 +83,11 @@ impl PartitionLog {
         let removed: Vec<Rc<Segment>> = {
             let mut segments = self.segments.borrow_mut();
             let closed = segments.len() - 1;
+            // A segment a roll is still closing stays (its files are being written): retention
+            // (if the topic has limits) or the next DeleteRecords removes it.
             let below = segments[..closed]
                 .iter()
-                .take_while(|s| s.next_offset() <= offset)
+                .take_while(|s| s.next_offset() <= offset && !s.is_closing())
                 .count();
             segments.drain(..below).collect()
         };
