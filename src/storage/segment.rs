@@ -340,31 +340,18 @@ impl Segment {
         Ok(created)
     }
 
-    /// Creates a new, empty segment from `recycled`, a file retention left in `dir` for reuse
-    /// ([`RECYCLED_SEGMENT_EXTENSION`]): renamed, not copied, so its blocks stay allocated and
+    /// The part of creating a segment that its first write needs: the file in place, a
+    /// `.txnindex` left at this base removed, the O_DIRECT handle open. The rest,
+    /// [`Self::complete_creation`], is the caller's: a roll runs it beside the first writes to
+    /// the new segment and waits for it before anything in the segment counts as durable (until
+    /// the directory is synced, a power loss may take the new file with it).
+    ///
+    /// The file is new and empty, or `recycled`: a file retention left in `dir` for reuse
+    /// ([`RECYCLED_SEGMENT_EXTENSION`]), renamed, not copied, so its blocks stay allocated and
     /// the segment's appends overwrite them. Its old bytes past the segment's size are never
     /// read: every read is bounded by the size, which starts at 0, and recovery stops at the
     /// first of them because their offsets are below the segment's base (the caller
     /// guarantees it: see `PartitionLog::take_recycled_segment`).
-    pub async fn create_recycled(
-        dir: &Path,
-        base_offset: i64,
-        recycled: &Path,
-    ) -> Result<(Segment, DmaFile), StorageError> {
-        let created = Self::open_new(dir, base_offset, Some(recycled)).await?;
-        let dir_owned = dir.to_path_buf();
-        glommio::executor()
-            .spawn_blocking(move || Self::complete_creation(&dir_owned, base_offset))
-            .await?;
-        Ok(created)
-    }
-
-    /// The part of creating a segment that its first write needs: the file in place (renamed
-    /// from `recycled`, see [`Self::create_recycled`], or new and empty), a `.txnindex` left at
-    /// this base removed, the O_DIRECT handle open. The rest, [`Self::complete_creation`], is
-    /// the caller's: a roll runs it beside the first writes to the new segment and waits for it
-    /// before anything in the segment counts as durable (until the directory is synced, a
-    /// power loss may take the new file with it).
     pub async fn open_new(
         dir: &Path,
         base_offset: i64,

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::path::Path;
 use std::rc::Rc;
 
-use super::{Lifecycle, PartitionLog};
+use super::{settled_closed_segments, Lifecycle, PartitionLog};
 use crate::storage::cleaner::aborted::IndexFile;
 use crate::storage::segment::{DoomedFiles, Segment};
 use crate::storage::txn_index::TxnIndexEntry;
@@ -80,10 +80,10 @@ impl PartitionLog {
                 first_open.min(self.high_watermark())
             });
         let segments = self.segments.borrow();
-        let closed = &segments[..segments.len() - 1];
+        let closed = settled_closed_segments(&segments);
         // A segment a roll is still closing has no `.txnindex` yet, which a run reads for
         // every closed segment: the next run cleans.
-        if closed.iter().any(|s| s.is_closing()) {
+        if closed.len() + 1 < segments.len() {
             return Vec::new();
         }
         closed

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use tracing::{info, warn};
 
-use super::PartitionLog;
+use super::{settled_closed_segments, PartitionLog};
 use crate::storage::segment::Segment;
 use crate::storage::StorageError;
 
@@ -82,12 +82,11 @@ impl PartitionLog {
         info!(dir = %self.dir.display(), log_start_offset = offset, "log start moved forward");
         let removed: Vec<Rc<Segment>> = {
             let mut segments = self.segments.borrow_mut();
-            let closed = segments.len() - 1;
-            // A segment a roll is still closing stays (its files are being written): retention
-            // (if the topic has limits) or the next DeleteRecords removes it.
-            let below = segments[..closed]
+            // A segment a roll is still closing stays: retention (if the topic has limits) or
+            // the next DeleteRecords removes it.
+            let below = settled_closed_segments(&segments)
                 .iter()
-                .take_while(|s| s.next_offset() <= offset && !s.is_closing())
+                .take_while(|s| s.next_offset() <= offset)
                 .count();
             segments.drain(..below).collect()
         };

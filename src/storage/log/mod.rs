@@ -828,6 +828,23 @@ impl PartitionLog {
     }
 }
 
+/// The closed segments of `segments` (the log's list, the active one last) that are done
+/// closing: all of them but the newest while a roll still closes it (`writer::ClosingSegment`,
+/// at most one per partition). Retention, DeleteRecords and the cleaner touch only these: the
+/// closing task is still writing the newest one's files.
+pub(crate) fn settled_closed_segments(segments: &[Rc<Segment>]) -> &[Rc<Segment>] {
+    let closed = &segments[..segments.len() - 1];
+    let settled = match closed.split_last() {
+        Some((newest, older)) if newest.is_closing() => older,
+        _ => closed,
+    };
+    debug_assert!(
+        settled.iter().all(|s| !s.is_closing()),
+        "only the newest closed segment can still be closing"
+    );
+    settled
+}
+
 /// Deleted segment files a partition keeps for reuse: enough for the segments one retention
 /// run deletes at full speed (a roll each, between two runs), at most this many segments of
 /// disk space beyond what retention keeps.

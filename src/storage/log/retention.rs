@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use tracing::info;
 
-use super::{Lifecycle, PartitionLog};
+use super::{settled_closed_segments, Lifecycle, PartitionLog};
 use crate::storage::retention::{self, SegmentSummary};
 use crate::storage::segment::Segment;
 use crate::storage::StorageError;
@@ -39,13 +39,13 @@ impl PartitionLog {
         let high_watermark = self.high_watermark();
         let removed: Vec<Rc<Segment>> = {
             let mut segments = self.segments.borrow_mut();
-            let closed = &segments[..segments.len() - 1];
+            // A segment a roll is still closing waits for the next run.
+            let closed = settled_closed_segments(&segments);
             // Kafka deletes only segments wholly below the high watermark: a follower may
-            // still need what consumers cannot see yet. A segment a roll is still closing waits
-            // for the next run.
+            // still need what consumers cannot see yet.
             let below_high_watermark = closed
                 .iter()
-                .take_while(|s| s.next_offset() <= high_watermark && !s.is_closing())
+                .take_while(|s| s.next_offset() <= high_watermark)
                 .count();
             let summaries: Vec<SegmentSummary> = closed[..below_high_watermark]
                 .iter()
