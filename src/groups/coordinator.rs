@@ -132,6 +132,34 @@ impl GroupCoordinator {
         Ok(())
     }
 
+    /// [`Self::ensure_open`] for the group's offsets partition, as the error a request answers.
+    pub(super) async fn open_log_of(&self, group_id: &str) -> Result<(), ResponseError> {
+        self.ensure_open(self.partition_of(group_id))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "offsets log unavailable");
+                ResponseError::CoordinatorNotAvailable
+            })
+    }
+
+    /// The value an offset commit stores for `entry`, or OFFSET_METADATA_TOO_LARGE.
+    pub(super) fn offset_value(
+        &self,
+        entry: &CommitEntry,
+        now: i64,
+    ) -> Result<OffsetValue, ResponseError> {
+        let metadata = entry.metadata.clone().unwrap_or_default();
+        if metadata.len() > self.config.offset_metadata_max_bytes {
+            return Err(ResponseError::OffsetMetadataTooLarge);
+        }
+        Ok(OffsetValue {
+            offset: entry.offset,
+            leader_epoch: entry.leader_epoch,
+            metadata,
+            commit_timestamp_ms: now,
+        })
+    }
+
     /// Applies a replayed offsets partition: plain records at once, a transaction's offsets at
     /// its commit marker (dropped at its abort marker, pending while it has none).
     pub(super) fn load_records(&self, partition: i32, batches: Vec<OffsetsBatch>) {
@@ -256,9 +284,8 @@ impl GroupCoordinator {
     }
 
     pub async fn join(self: &Rc<Self>, group_id: String, request: JoinRequest) -> JoinResult {
-        if let Err(e) = self.ensure_open(self.partition_of(&group_id)).await {
-            tracing::warn!(error = %e, "offsets log unavailable");
-            return JoinResult::error(ResponseError::CoordinatorNotAvailable, &request.member_id);
+        if let Err(code) = self.open_log_of(&group_id).await {
+            return JoinResult::error(code, &request.member_id);
         }
         let member_id = request.member_id.clone();
         let mut persist = Vec::new();
@@ -343,10 +370,7 @@ impl GroupCoordinator {
         generation: i32,
         entries: Vec<CommitEntry>,
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
-        if let Err(e) = self.ensure_open(self.partition_of(&group_id)).await {
-            tracing::warn!(error = %e, "offsets log unavailable");
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
+        self.open_log_of(&group_id).await?;
         let now = now_ms();
         let mut results = Vec::with_capacity(entries.len());
         let mut records = Vec::with_capacity(entries.len());
@@ -357,19 +381,12 @@ impl GroupCoordinator {
                 g.protocol_type = None;
             }
             for e in &entries {
-                let too_large = e
-                    .metadata
-                    .as_ref()
-                    .is_some_and(|m| m.len() > self.config.offset_metadata_max_bytes);
-                if too_large {
-                    results.push(Some(ResponseError::OffsetMetadataTooLarge));
-                    continue;
-                }
-                let value = OffsetValue {
-                    offset: e.offset,
-                    leader_epoch: e.leader_epoch,
-                    metadata: e.metadata.clone().unwrap_or_default(),
-                    commit_timestamp_ms: now,
+                let value = match self.offset_value(e, now) {
+                    Ok(value) => value,
+                    Err(code) => {
+                        results.push(Some(code));
+                        continue;
+                    }
                 };
                 // Applied now, in request order; answered only once durable (below).
                 g.offsets
@@ -400,10 +417,7 @@ impl GroupCoordinator {
         topics: Option<Vec<(String, Vec<i32>)>>,
         require_stable: bool,
     ) -> Result<TopicOffsets, ResponseError> {
-        if let Err(e) = self.ensure_open(self.partition_of(group_id)).await {
-            tracing::warn!(error = %e, "offsets log unavailable");
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
+        self.open_log_of(group_id).await?;
         let groups = self.groups.borrow();
         let group = groups.get(group_id);
         let lookup = |t: &str, p: i32| {

@@ -56,10 +56,7 @@ impl GroupCoordinator {
         producer: TxnProducer,
         entries: Vec<CommitEntry>,
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
-        if let Err(e) = self.ensure_open(self.partition_of(&group_id)).await {
-            tracing::warn!(error = %e, "offsets log unavailable");
-            return Err(ResponseError::CoordinatorNotAvailable);
-        }
+        self.open_log_of(&group_id).await?;
         if let Some((member_id, instance_id, generation)) = &member {
             self.with_group(&group_id, |g| {
                 g.check_commit(member_id, instance_id.as_deref(), *generation, now_ms())
@@ -69,26 +66,18 @@ impl GroupCoordinator {
         let mut results = Vec::with_capacity(entries.len());
         let mut records = Vec::with_capacity(entries.len());
         for e in entries {
-            let too_large = e
-                .metadata
-                .as_ref()
-                .is_some_and(|m| m.len() > self.config.offset_metadata_max_bytes);
-            if too_large {
-                results.push(Some(ResponseError::OffsetMetadataTooLarge));
-                continue;
+            match self.offset_value(&e, now) {
+                Ok(value) => {
+                    records.push(OffsetsRecord::Offset {
+                        group: group_id.clone(),
+                        topic: e.topic,
+                        partition: e.partition,
+                        value: Some(value),
+                    });
+                    results.push(None);
+                }
+                Err(code) => results.push(Some(code)),
             }
-            records.push(OffsetsRecord::Offset {
-                group: group_id.clone(),
-                topic: e.topic,
-                partition: e.partition,
-                value: Some(OffsetValue {
-                    offset: e.offset,
-                    leader_epoch: e.leader_epoch,
-                    metadata: e.metadata.unwrap_or_default(),
-                    commit_timestamp_ms: now,
-                }),
-            });
-            results.push(None);
         }
         if records.is_empty() {
             return Ok(results);

@@ -62,12 +62,22 @@ fn coordinator_error(shard: &Shard, group_id: &str) -> Option<ResponseError> {
 /// the group id `key` hashes to.
 pub(crate) fn not_coordinator_here(shard: &Shard, key: &str) -> Option<ResponseError> {
     let partition = shard.groups.partition_of(key);
-    match groups::coordinator_node(
-        &shard.metadata(),
-        partition,
-        shard.broker.node_id,
-        shard.config.is_clustered(),
-    ) {
+    unless_this_node(
+        shard,
+        groups::coordinator_node(
+            &shard.metadata(),
+            partition,
+            shard.broker.node_id,
+            shard.config.is_clustered(),
+        ),
+    )
+}
+
+/// What a coordinator request answers when `coordinator` (the node leading the coordinator's
+/// partition, `None` if none does) is not this node: NOT_COORDINATOR, or
+/// COORDINATOR_NOT_AVAILABLE.
+pub(crate) fn unless_this_node(shard: &Shard, coordinator: Option<i32>) -> Option<ResponseError> {
+    match coordinator {
         Some(node) if node == shard.broker.node_id => None,
         Some(_) => Some(ResponseError::NotCoordinator),
         None => Some(ResponseError::CoordinatorNotAvailable),

@@ -50,16 +50,15 @@ pub(crate) fn not_transaction_coordinator_here(
     transactional_id: &str,
 ) -> Option<ResponseError> {
     let partition = partition_of(transactional_id, shard.config.transaction_state.partitions);
-    match replicated::coordinator_node(
-        &shard.metadata(),
-        partition,
-        shard.broker.node_id,
-        shard.config.is_clustered(),
-    ) {
-        Some(node) if node == shard.broker.node_id => None,
-        Some(_) => Some(ResponseError::NotCoordinator),
-        None => Some(ResponseError::CoordinatorNotAvailable),
-    }
+    super::groups::unless_this_node(
+        shard,
+        replicated::coordinator_node(
+            &shard.metadata(),
+            partition,
+            shard.broker.node_id,
+            shard.config.is_clustered(),
+        ),
+    )
 }
 
 /// Old request versions know INVALID_PRODUCER_EPOCH only; PRODUCER_FENCED came with the
