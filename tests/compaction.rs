@@ -3,6 +3,8 @@
 //! and kafka-python, consumers racing the cleaner, crashes, keyless records refused, and the
 //! offsets topic replayed after cleaning.
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
@@ -128,18 +130,12 @@ type Read = Vec<(i64, String, Option<String>)>;
 /// Every record from the start through `last_offset`, as librdkafka delivers them; offsets
 /// must strictly increase (gaps allowed).
 fn read_all(addr: &str, topic: &str, last_offset: i64) -> Read {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", addr)
-        .set("group.id", "compaction-reader")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = clients::assigned_consumer(
+        addr,
+        "compaction-reader",
+        topic,
+        &[("fetch.wait.max.ms", "100")],
+    );
     let mut out: Read = Vec::new();
     let deadline = Instant::now() + TIMEOUT;
     while out.last().is_none_or(|(o, _, _)| *o < last_offset) {

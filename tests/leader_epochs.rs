@@ -3,6 +3,8 @@
 //! OffsetForLeaderEpoch, which the broker answers, and goes on reading every record once, in
 //! order, across the leader change.
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use std::collections::BTreeMap;
@@ -14,9 +16,9 @@ use common::cluster::{await_metadata, partitions_of, Cluster};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 
 const WAIT: Duration = Duration::from_secs(30);
 const TOPIC: &str = "epochs";
@@ -114,18 +116,12 @@ async fn a_consumer_validates_its_position_with_offset_for_leader_epoch_after_a_
         .expect("producer");
     produce(&producer, 0, 100).await;
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "epochs-reader")
-        .set("enable.auto.commit", "false")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(TOPIC, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = clients::assigned_consumer(
+        &bootstrap,
+        "epochs-reader",
+        TOPIC,
+        &[("topic.metadata.refresh.interval.ms", "500")],
+    );
     let mut seen = BTreeMap::new();
     consume_until(&consumer, &mut seen, 100);
 

@@ -3,6 +3,8 @@
 //! invisible to read_committed consumers after a kill -9 and after a clean stop (the
 //! `.txnindex` files and producer-state snapshots, not a rescan of the active segment only).
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use std::time::{Duration, Instant};
@@ -11,10 +13,8 @@ use common::Broker;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::{BaseRecord, Producer};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Small segments: a few dozen 1 KiB records roll several times.
@@ -22,7 +22,7 @@ const SEGMENT_BYTES: &str = "16384";
 /// Each record's value: its name, then padding so that records fill segments quickly.
 const PADDING_BYTES: usize = 1000;
 
-type TxnProducer = ThreadedProducer<DefaultProducerContext>;
+use clients::TxnProducer;
 
 fn create_topic(bootstrap: &str, name: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -43,20 +43,14 @@ fn create_topic(bootstrap: &str, name: &str) {
     results[0].as_ref().expect("topic created");
 }
 
+/// Small batches, so a transaction's records spread over several of the topic's small segments.
 fn transactional_producer(bootstrap: &str, transactional_id: &str, timeout_ms: u32) -> TxnProducer {
-    let producer: TxnProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("transactional.id", transactional_id)
-        .set("transaction.timeout.ms", timeout_ms.to_string())
-        .set("message.timeout.ms", timeout_ms.to_string())
-        .set("linger.ms", "5")
-        .set("batch.size", "4096")
-        .create()
-        .expect("transactional producer");
-    producer
-        .init_transactions(TIMEOUT)
-        .expect("init_transactions");
-    producer
+    clients::transactional_producer_with(
+        bootstrap,
+        transactional_id,
+        timeout_ms,
+        &[("batch.size", "4096")],
+    )
 }
 
 fn names(prefix: &str, n: usize) -> Vec<String> {
@@ -84,19 +78,12 @@ fn committed_transaction(producer: &TxnProducer, topic: &str, names: &[String]) 
 /// Reads the topic from the beginning with `isolation` until `last` arrives, then until a
 /// poll finds nothing more; returns the record names in offset order.
 fn read_all(bootstrap: &str, topic: &str, isolation: &str, last: &str) -> Vec<String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "txn-recovery-reader")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = clients::assigned_consumer(
+        bootstrap,
+        "txn-recovery-reader",
+        topic,
+        &[("isolation.level", isolation), ("fetch.wait.max.ms", "100")],
+    );
     let mut out: Vec<String> = Vec::new();
     let deadline = Instant::now() + TIMEOUT;
     let mut quiet_polls = 0;

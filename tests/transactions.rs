@@ -2,10 +2,13 @@
 //! crate) against the real broker binary: commit and abort, isolation levels, fencing,
 //! timeouts, offsets committed in a transaction, and a kill -9 mid-transaction.
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use std::time::{Duration, Instant};
 
+use clients::{transactional_producer, TxnProducer};
 use common::Broker;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -13,7 +16,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -32,23 +35,6 @@ fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         ))
         .expect("create topics");
     results[0].as_ref().expect("topic created");
-}
-
-type TxnProducer = ThreadedProducer<DefaultProducerContext>;
-
-fn transactional_producer(bootstrap: &str, transactional_id: &str, timeout_ms: u32) -> TxnProducer {
-    let producer: TxnProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("transactional.id", transactional_id)
-        .set("transaction.timeout.ms", timeout_ms.to_string())
-        .set("message.timeout.ms", timeout_ms.to_string())
-        .set("linger.ms", "5")
-        .create()
-        .expect("transactional producer");
-    producer
-        .init_transactions(TIMEOUT)
-        .expect("init_transactions");
-    producer
 }
 
 /// Sends `values` to `topic` (round-robin over `partitions`) and waits until they are written.

@@ -3,10 +3,13 @@
 //! coordinated by another broker, and a coordinator killed with -9 mid-transaction is replaced
 //! by the broker that takes over its transaction state partition.
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use std::time::{Duration, Instant};
 
+use clients::{transactional_producer, TxnProducer};
 use common::cluster::Cluster;
 use common::raw::RawClient;
 use kafka_protocol::messages::*;
@@ -14,28 +17,11 @@ use kafka_protocol::protocol::StrBytes;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-type TxnProducer = ThreadedProducer<DefaultProducerContext>;
-
-fn transactional_producer(bootstrap: &str, transactional_id: &str, timeout_ms: u32) -> TxnProducer {
-    let producer: TxnProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("transactional.id", transactional_id)
-        .set("transaction.timeout.ms", timeout_ms.to_string())
-        .set("message.timeout.ms", timeout_ms.to_string())
-        .set("linger.ms", "5")
-        .create()
-        .expect("transactional producer");
-    producer
-        .init_transactions(TIMEOUT)
-        .expect("init_transactions");
-    producer
-}
 
 fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
     ClientConfig::new()
@@ -217,18 +203,22 @@ fn offsets_of_a_transaction_go_through_the_group_coordinator_of_another_broker()
     let transform = |taken: &[String]| -> Vec<String> {
         taken.iter().map(|v| v.replace("in-", "out-")).collect()
     };
+    // The input position after the taken records, as part of the open transaction.
+    let send_offsets = |next: i64| {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset("ctp-in", 0, Offset::Offset(next))
+            .unwrap();
+        producer
+            .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
+            .expect("offsets sent to the group's coordinator");
+    };
 
     // Aborted: its outputs and offsets are never seen.
     let (taken, next) = take(5);
     producer.begin_transaction().unwrap();
     send(&producer, "ctp-out", &transform(&taken));
-    let mut offsets = TopicPartitionList::new();
-    offsets
-        .add_partition_offset("ctp-in", 0, Offset::Offset(next))
-        .unwrap();
-    producer
-        .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
-        .expect("offsets sent to the group's coordinator");
+    send_offsets(next);
     // UNSTABLE_OFFSET_COMMIT while the transaction's offsets are pending.
     assert_eq!(stable_offset(&group_address, &group, "ctp-in").0, 88);
     assert_eq!(committed(), Offset::Invalid);
@@ -244,13 +234,7 @@ fn offsets_of_a_transaction_go_through_the_group_coordinator_of_another_broker()
         producer.begin_transaction().unwrap();
         send(&producer, "ctp-out", &transform(&taken));
         expected.extend(transform(&taken));
-        let mut offsets = TopicPartitionList::new();
-        offsets
-            .add_partition_offset("ctp-in", 0, Offset::Offset(next))
-            .unwrap();
-        producer
-            .send_offsets_to_transaction(&offsets, &input.group_metadata().unwrap(), TIMEOUT)
-            .expect("offsets sent");
+        send_offsets(next);
         assert_ne!(committed(), Offset::Offset(next), "visible before commit");
         producer.commit_transaction(TIMEOUT).expect("commit");
         assert_eq!(committed(), Offset::Offset(next));
