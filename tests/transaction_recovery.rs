@@ -9,10 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use clients::TxnProducer;
 use common::Broker;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
 
@@ -22,25 +20,13 @@ const SEGMENT_BYTES: &str = "16384";
 /// Each record's value: its name, then padding so that records fill segments quickly.
 const PADDING_BYTES: usize = 1000;
 
-use clients::TxnProducer;
-
 fn create_topic(bootstrap: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let results = runtime
-        .block_on(
-            admin.create_topics(
-                &[NewTopic::new(name, 1, TopicReplication::Fixed(1))
-                    .set("segment.bytes", SEGMENT_BYTES)
-                    .set("retention.ms", "-1")],
-                &AdminOptions::new(),
-            ),
-        )
-        .expect("create topics");
-    results[0].as_ref().expect("topic created");
+    clients::create_topic(
+        bootstrap,
+        name,
+        1,
+        &[("segment.bytes", SEGMENT_BYTES), ("retention.ms", "-1")],
+    );
 }
 
 /// Small batches, so a transaction's records spread over several of the topic's small segments.

@@ -8,11 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clients::{transactional_producer, TxnProducer};
+use clients::{read_until, transactional_producer, TxnProducer};
 use common::Broker;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -23,18 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let results = runtime
-        .block_on(admin.create_topics(
-            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .expect("create topics");
-    results[0].as_ref().expect("topic created");
+    clients::create_topic(bootstrap, name, partitions, &[]);
 }
 
 /// Sends `values` to `topic` (round-robin over `partitions`) and waits until they are written.
@@ -59,46 +45,7 @@ fn values(prefix: &str, n: usize) -> Vec<String> {
 }
 
 fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("consumer")
-}
-
-/// Reads `topic` from the beginning with `isolation` until a record with value `last` is seen
-/// (or the timeout); returns every value read, in order per partition.
-fn read_until(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    isolation: &str,
-    last: &str,
-) -> Vec<String> {
-    let consumer = consumer(bootstrap, "txn-test-reader", isolation);
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + TIMEOUT;
-    while !out.iter().any(|v| v == last) && Instant::now() < deadline {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let m = message.expect("consume");
-            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-        }
-    }
-    assert!(
-        out.iter().any(|v| v == last),
-        "{last} never arrived ({isolation}); read {out:?}"
-    );
-    out
+    clients::isolated_consumer(bootstrap, group, isolation, &[])
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clients::{transactional_producer, TxnProducer};
+use clients::{read_until, transactional_producer, TxnProducer};
 use common::cluster::Cluster;
 use common::raw::RawClient;
 use kafka_protocol::messages::*;
@@ -24,15 +24,12 @@ use rdkafka::{Offset, TopicPartitionList};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", isolation)
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .expect("consumer")
+    clients::isolated_consumer(
+        bootstrap,
+        group,
+        isolation,
+        &[("auto.offset.reset", "earliest")],
+    )
 }
 
 fn send(producer: &TxnProducer, topic: &str, values: &[String]) {
@@ -76,29 +73,6 @@ fn coordinator_of(addr: &str, key: &str, key_type: i8) -> (i32, String) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Reads partition 0 of `topic` from the beginning until `last` arrives; every value read.
-fn read_until(bootstrap: &str, topic: &str, isolation: &str, last: &str) -> Vec<String> {
-    let reader = consumer(bootstrap, "txn-cluster-reader", isolation);
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    reader.assign(&assignment).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + TIMEOUT;
-    while !out.iter().any(|v| v == last) && Instant::now() < deadline {
-        if let Some(message) = reader.poll(Duration::from_millis(100)) {
-            let m = message.expect("consume");
-            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
-        }
-    }
-    assert!(
-        out.iter().any(|v| v == last),
-        "{last} never arrived ({isolation}); read {out:?}"
-    );
-    out
 }
 
 /// A group id whose coordinator is not `other` (ids hash onto partitions led by different
@@ -240,7 +214,7 @@ fn offsets_of_a_transaction_go_through_the_group_coordinator_of_another_broker()
         assert_eq!(committed(), Offset::Offset(next));
         assert_eq!(stable_offset(&group_address, &group, "ctp-in"), (0, next));
     }
-    let seen = read_until(&bootstrap, "ctp-out", "read_committed", "out-9");
+    let seen = read_until(&bootstrap, "ctp-out", 1, "read_committed", "out-9");
     assert_eq!(seen, expected);
 }
 
@@ -311,7 +285,7 @@ fn a_killed_transaction_coordinator_is_replaced_from_the_replicated_state() {
     };
     assert!(fenced, "expected a fatal fencing error, got {error:?}");
 
-    let seen = read_until(&survivors, "failover", "read_committed", "after-4");
+    let seen = read_until(&survivors, "failover", 1, "read_committed", "after-4");
     let mut expected = values("committed", 5);
     expected.extend(values("after", 5));
     assert_eq!(seen, expected, "the open transaction was aborted");

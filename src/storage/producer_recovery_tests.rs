@@ -106,6 +106,14 @@ fn check_recovered(log: &PartitionLog, written: &Written) {
     assert_eq!(*idempotent.last().unwrap(), written.last_idempotent);
 }
 
+/// An empty log in a fresh directory (kept while the first value lives) at the returned path.
+async fn new_log() -> (tempfile::TempDir, PathBuf, std::rc::Rc<PartitionLog>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    let log = crash_and_reopen(&path).await;
+    (dir, path, log)
+}
+
 async fn crash_and_reopen(path: &Path) -> std::rc::Rc<PartitionLog> {
     PartitionLog::open(path.to_path_buf(), small_config())
         .await
@@ -125,9 +133,7 @@ fn files_with(path: &Path, extension: &str) -> Vec<PathBuf> {
 #[test]
 fn transactions_and_producers_survive_a_crash_across_rolls() {
     run(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        let log = crash_and_reopen(&path).await;
+        let (_dir, path, log) = new_log().await;
         let written = write_history(&log).await;
         let active_base = *log.segment_base_offsets().last().unwrap();
         assert!(
@@ -148,9 +154,7 @@ fn transactions_and_producers_survive_a_crash_across_rolls() {
 #[test]
 fn a_clean_close_keeps_transactions_and_skips_the_scan() {
     run(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        let log = crash_and_reopen(&path).await;
+        let (_dir, path, log) = new_log().await;
         let written = write_history(&log).await;
         log.close_clean().await.unwrap();
 
@@ -180,9 +184,7 @@ fn a_clean_close_keeps_transactions_and_skips_the_scan() {
 #[test]
 fn damaged_snapshots_and_indexes_are_rebuilt_by_scanning() {
     run(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        let log = crash_and_reopen(&path).await;
+        let (_dir, path, log) = new_log().await;
         let written = write_history(&log).await;
         let active_base = *log.segment_base_offsets().last().unwrap();
         drop(log);
@@ -212,9 +214,7 @@ fn damaged_snapshots_and_indexes_are_rebuilt_by_scanning() {
 #[test]
 fn a_log_without_snapshots_is_scanned_once_and_then_has_them() {
     run(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        let log = crash_and_reopen(&path).await;
+        let (_dir, path, log) = new_log().await;
         let written = write_history(&log).await;
         let active_base = *log.segment_base_offsets().last().unwrap();
         drop(log);
@@ -241,9 +241,7 @@ fn a_log_without_snapshots_is_scanned_once_and_then_has_them() {
 #[test]
 fn a_crash_before_a_roll_finished_closing_the_old_segment_loses_nothing() {
     run(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        let log = crash_and_reopen(&path).await;
+        let (_dir, path, log) = new_log().await;
         append(&log, producer_batch(TXN_PRODUCER, 0, 3, true));
         roll(&log, 1).await;
         append(&log, producer_batch(TXN_PRODUCER, 3, 3, true));
@@ -306,9 +304,7 @@ fn a_crash_before_a_roll_finished_closing_the_old_segment_loses_nothing() {
 #[test]
 fn retention_removes_indexes_and_old_snapshots_with_their_segments() {
     run(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        let log = crash_and_reopen(&path).await;
+        let (_dir, path, log) = new_log().await;
         let written = write_history(&log).await;
         let index = files_with(&path, "txnindex").pop().unwrap();
         let removed = log.enforce_retention_with(0, -1, 40 * 1024).await.unwrap();
@@ -389,9 +385,7 @@ fn recovery_time_with_many_closed_segments() {
 fn a_retry_after_a_crash_right_after_a_roll_is_deduplicated() {
     use crate::shard::producer_state::{ProducerStateTable, SequenceCheck};
     run(|| async {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        let log = crash_and_reopen(&path).await;
+        let (_dir, path, log) = new_log().await;
         let mut last = None;
         for i in 0..4 {
             let bytes = producer_batch(IDEMPOTENT_PRODUCER, i * 3, 3, false);

@@ -3,10 +3,13 @@
 //! `#[path = "common/clients.rs"] mod clients;`.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
 use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -69,4 +72,76 @@ pub fn assigned_consumer(
         .unwrap();
     consumer.assign(&assignment).unwrap();
     consumer
+}
+
+/// A consumer in `group` reading with `isolation` (`read_committed` or `read_uncommitted`), no
+/// automatic commits, fetches waiting at most 100 ms, with more client settings.
+pub fn isolated_consumer(
+    bootstrap: &str,
+    group: &str,
+    isolation: &str,
+    settings: &[(&str, &str)],
+) -> BaseConsumer {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .set("fetch.wait.max.ms", "100");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    config.create().expect("consumer")
+}
+
+/// Reads partitions `0..partitions` of `topic` from the beginning with `isolation` until a
+/// record with value `last` is seen (30 s at most, then fails); returns every value read, in
+/// order per partition.
+pub fn read_until(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    isolation: &str,
+    last: &str,
+) -> Vec<String> {
+    let consumer = isolated_consumer(bootstrap, "txn-test-reader", isolation, &[]);
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out.iter().any(|v| v == last) && Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let m = message.expect("consume");
+            out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    assert!(
+        out.iter().any(|v| v == last),
+        "{last} never arrived ({isolation}); read {out:?}"
+    );
+    out
+}
+
+/// Creates `name` with `partitions` (replication factor 1) and topic `configs` through the
+/// admin client (CreateTopics), failing if the broker refuses.
+pub fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (key, value) in configs {
+        topic = topic.set(key, value);
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let results = runtime
+        .block_on(admin.create_topics(&[topic], &AdminOptions::new()))
+        .expect("create topics");
+    results[0].as_ref().expect("topic created");
 }
