@@ -8,12 +8,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clients::{read_until, transactional_producer, TxnProducer};
+use clients::{read_until, send_values as send, transactional_producer, values, TxnProducer};
 use common::Broker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -21,27 +21,6 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     clients::create_topic(bootstrap, name, partitions, &[]);
-}
-
-/// Sends `values` to `topic` (round-robin over `partitions`) and waits until they are written.
-fn send(producer: &TxnProducer, topic: &str, partitions: i32, values: &[String]) {
-    for (i, value) in values.iter().enumerate() {
-        let partition = i as i32 % partitions;
-        producer
-            .send(
-                BaseRecord::to(topic)
-                    .partition(partition)
-                    .key(value.as_str())
-                    .payload(value.as_str()),
-            )
-            .map_err(|(e, _)| e)
-            .expect("enqueue");
-    }
-    producer.flush(TIMEOUT).expect("flush");
-}
-
-fn values(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
 fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {

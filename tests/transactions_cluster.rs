@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clients::{read_until, transactional_producer, TxnProducer};
+use clients::{read_until, transactional_producer, values, TxnProducer};
 use common::cluster::Cluster;
 use common::raw::RawClient;
 use kafka_protocol::messages::*;
@@ -32,23 +32,9 @@ fn consumer(bootstrap: &str, group: &str, isolation: &str) -> BaseConsumer {
     )
 }
 
+/// Sends `values` to partition 0 of `topic`.
 fn send(producer: &TxnProducer, topic: &str, values: &[String]) {
-    for value in values {
-        producer
-            .send(
-                BaseRecord::to(topic)
-                    .partition(0)
-                    .key(value.as_str())
-                    .payload(value.as_str()),
-            )
-            .map_err(|(e, _)| e)
-            .expect("enqueue");
-    }
-    producer.flush(TIMEOUT).expect("flush");
-}
-
-fn values(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+    clients::send_values(producer, topic, 1, values);
 }
 
 /// The node FindCoordinator names for `key` (key type 0: a group, 1: a transactional id),

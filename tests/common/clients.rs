@@ -10,7 +10,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub type TxnProducer = ThreadedProducer<DefaultProducerContext>;
@@ -57,15 +57,7 @@ pub fn assigned_consumer(
     topic: &str,
     settings: &[(&str, &str)],
 ) -> BaseConsumer {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false");
-    for (key, value) in settings {
-        config.set(*key, *value);
-    }
-    let consumer: BaseConsumer = config.create().expect("consumer");
+    let consumer = consumer_with(bootstrap, group, settings);
     let mut assignment = TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, 0, Offset::Beginning)
@@ -82,17 +74,44 @@ pub fn isolated_consumer(
     isolation: &str,
     settings: &[(&str, &str)],
 ) -> BaseConsumer {
+    let mut all = vec![("isolation.level", isolation), ("fetch.wait.max.ms", "100")];
+    all.extend_from_slice(settings);
+    consumer_with(bootstrap, group, &all)
+}
+
+/// A consumer in `group` with no automatic commits and `settings`.
+fn consumer_with(bootstrap: &str, group: &str, settings: &[(&str, &str)]) -> BaseConsumer {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", isolation)
-        .set("fetch.wait.max.ms", "100");
+        .set("enable.auto.commit", "false");
     for (key, value) in settings {
         config.set(*key, *value);
     }
     config.create().expect("consumer")
+}
+
+/// Sends each of `values` (as key and value) to partition `i % partitions` of `topic`, then
+/// waits until all are written.
+pub fn send_values(producer: &TxnProducer, topic: &str, partitions: i32, values: &[String]) {
+    for (i, value) in values.iter().enumerate() {
+        producer
+            .send(
+                BaseRecord::to(topic)
+                    .partition(i as i32 % partitions)
+                    .key(value.as_str())
+                    .payload(value.as_str()),
+            )
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// `prefix-0`, `prefix-1`, ... `prefix-(n-1)`.
+pub fn values(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
 /// Reads partitions `0..partitions` of `topic` from the beginning with `isolation` until a
