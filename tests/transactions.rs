@@ -8,13 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use clients::{read_until, send_values as send, transactional_producer, values, TxnProducer};
+use clients::{
+    is_fenced, read_until, send_values as send, transactional_producer, values, TxnProducer,
+};
 use common::Broker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::Producer;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,21 +107,6 @@ fn wait_for_all(
         out.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
     }
     out
-}
-
-fn is_fenced(error: &KafkaError) -> bool {
-    match error {
-        KafkaError::Transaction(e) => {
-            e.is_fatal()
-                && matches!(
-                    e.code(),
-                    RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                        | RDKafkaErrorCode::Fenced
-                )
-        }
-        _ => false,
-    }
 }
 
 #[test]

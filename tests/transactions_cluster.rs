@@ -18,7 +18,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -257,19 +256,10 @@ fn a_killed_transaction_coordinator_is_replaced_from_the_replicated_state() {
     let error = producer
         .commit_transaction(TIMEOUT)
         .expect_err("the producer of the old epoch is fenced");
-    let fenced = match &error {
-        rdkafka::error::KafkaError::Transaction(e) => {
-            e.is_fatal()
-                && matches!(
-                    e.code(),
-                    RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                        | RDKafkaErrorCode::Fenced
-                )
-        }
-        _ => false,
-    };
-    assert!(fenced, "expected a fatal fencing error, got {error:?}");
+    assert!(
+        clients::is_fenced(&error),
+        "expected a fatal fencing error, got {error:?}"
+    );
 
     let seen = read_until(&survivors, "failover", 1, "read_committed", "after-4");
     let mut expected = values("committed", 5);

@@ -9,8 +9,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 pub type TxnProducer = ThreadedProducer<DefaultProducerContext>;
@@ -163,4 +165,21 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32, configs: &[(&s
         .block_on(admin.create_topics(&[topic], &AdminOptions::new()))
         .expect("create topics");
     results[0].as_ref().expect("topic created");
+}
+
+/// Whether `error` is the fatal error of a fenced transactional producer (a newer epoch of its
+/// transactional id exists), as librdkafka reports it.
+pub fn is_fenced(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::Transaction(e) => {
+            e.is_fatal()
+                && matches!(
+                    e.code(),
+                    RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::Fenced
+                )
+        }
+        _ => false,
+    }
 }

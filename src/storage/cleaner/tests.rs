@@ -414,20 +414,7 @@ fn cleaned_segments_merge_and_a_crash_mid_merge_is_finished_on_open() {
             .unwrap()
             .unwrap();
         // More updates, so the next run has dirty segments and small clean ones to merge.
-        for round in 10..14 {
-            for chunk in 0..4 {
-                let values: Vec<String> = (0..5)
-                    .map(|i| format!("v{round}-{}-{}", chunk * 5 + i, noise(round * 20 + i)))
-                    .collect();
-                let keys: Vec<String> = (0..5).map(|i| format!("key{}", chunk * 5 + i)).collect();
-                let records: Vec<(&str, Option<&str>)> = keys
-                    .iter()
-                    .zip(&values)
-                    .map(|(k, v)| (k.as_str(), Some(v.as_str())))
-                    .collect();
-                put(&log, &records, 0);
-            }
-        }
+        put_rounds(&log, 10..14);
         log.wait_written(log.log_end_offset(), true).await.unwrap();
         let expected = latest(&read_all(&log));
         let before = log.segment_count();
