@@ -689,7 +689,7 @@ impl PartitionLog {
         }
         self.epochs.borrow_mut().sync()?;
         active.persist_txn_index()?;
-        let producers = self.producer_tracker.borrow().clone();
+        let producers = self.producer_tracker.borrow();
         producer_snapshot::write_unsynced(
             &self.dir,
             active.next_offset(),
