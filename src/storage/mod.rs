@@ -28,6 +28,8 @@
 //! - [`txn_index`]: `<base>.txnindex`, the aborted transactions whose markers a segment holds.
 //! - [`producer_snapshot`]: the log's producer state (`ProducerTracker`, fed by the writer)
 //!   and its `<offset>.snapshot` files, written at each roll; recovery starts from the newest.
+//! - [`reaper`]: unlinks the files of deleted segments no new segment reused, one at a time at
+//!   a bounded rate per shard (freeing blocks all at once stalled the shard's writes).
 //! - [`tail_cache`]: the newest batches in memory (the producer's `Bytes`), so tailing
 //!   consumers never wait for the device: O_DIRECT appends leave the page cache empty.
 //!
@@ -76,6 +78,7 @@ pub mod index;
 pub mod log;
 pub mod notify;
 pub mod producer_snapshot;
+pub mod reaper;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
@@ -119,6 +122,10 @@ pub struct LogConfig {
     /// Cap of this partition's tail cache (newest batches kept in memory); 0 disables it.
     /// The shard derives it from `log.tail.cache.bytes` (`Shard::log_config_for`).
     pub tail_cache_bytes: usize,
+    /// `log.segment.delete.delay.ms` (Kafka's name and default, 60 s): how long a deleted
+    /// segment's file waits for a new segment to reuse it before it is unlinked (paced, by the
+    /// shard's [`reaper`]).
+    pub file_delete_delay_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -133,6 +140,7 @@ impl Default for LogConfig {
             // Kafka's message.max.bytes default (1 MiB + 12 bytes of log overhead).
             max_batch_bytes: 1_048_588,
             tail_cache_bytes: 8 << 20,
+            file_delete_delay_ms: 60_000,
         }
     }
 }

@@ -104,7 +104,6 @@ mod tests {
 
     mod with_log {
         use crate::storage::log::tests::{append, consume_all, small_config};
-        use crate::storage::log::MAX_RECYCLED_SEGMENTS;
         use crate::storage::testutil::{batch, run};
         use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
 
@@ -189,16 +188,17 @@ mod tests {
                 let (log, config) = filled_log(&path, 600, small_config().tail_cache_bytes).await;
                 let bases = log.segment_base_offsets();
                 let deleted = log.enforce_retention(i64::MAX).await.unwrap();
-                assert!(deleted > MAX_RECYCLED_SEGMENTS);
-                // The newest deleted files are kept (up to a bound), the others are gone.
-                let kept_from = deleted - MAX_RECYCLED_SEGMENTS;
-                for (i, base) in bases[..deleted].iter().enumerate() {
+                assert!(deleted > 4);
+                // Every deleted segment's file is kept for reuse; the index files are gone.
+                for base in &bases[..deleted] {
                     assert!(!path.join(format!("{base:020}.log")).exists());
+                    assert!(!path.join(format!("{base:020}.index")).exists());
                     let reuse = path.join(format!("{base:020}.reuse"));
-                    assert_eq!(reuse.exists(), i >= kept_from, "{}", reuse.display());
+                    assert!(reuse.exists(), "{}", reuse.display());
                 }
+                assert_eq!(log.recycled_segment_count(), deleted);
                 // The oldest of them goes first.
-                let pool = path.join(format!("{:020}.reuse", bases[kept_from]));
+                let pool = path.join(format!("{:020}.reuse", bases[0]));
                 let pool_inode = inode(&pool);
                 let pool_bytes = std::fs::metadata(&pool).unwrap().len();
                 assert!(pool_bytes > 8 * 1024, "a whole segment's blocks");
@@ -311,9 +311,85 @@ mod tests {
                 assert!(reusable() > 0);
                 log.close().await.unwrap();
                 // Which offsets they held is not recorded anywhere, so they cannot be reused
-                // safely.
+                // safely: the shard's reaper unlinks them.
                 let log = PartitionLog::open(path.clone(), config).await.unwrap();
-                assert_eq!(reusable(), 0);
+                assert_eq!(log.recycled_segment_count(), 0);
+                while reusable() > 0 {
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                log.close().await.unwrap();
+            });
+        }
+
+        #[test]
+        fn recycled_files_no_roll_took_within_the_delete_delay_are_unlinked() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let (log, _) = filled_log(&path, 300, small_config().tail_cache_bytes).await;
+                let deleted = log.enforce_retention(i64::MAX).await.unwrap();
+                assert!(deleted > 1);
+                assert_eq!(log.recycled_segment_count(), deleted);
+                let reusable = || {
+                    std::fs::read_dir(&path)
+                        .unwrap()
+                        .filter(|e| {
+                            e.as_ref()
+                                .unwrap()
+                                .path()
+                                .extension()
+                                .is_some_and(|x| x == "reuse")
+                        })
+                        .count()
+                };
+                // Within the delay (60 s by default) they stay.
+                assert_eq!(log.release_unused_recycled(std::time::Instant::now()), 0);
+                assert_eq!(reusable(), deleted);
+                // Past it, the next run hands them all to the reaper, which unlinks them.
+                let later = std::time::Instant::now()
+                    + std::time::Duration::from_millis(log.config().file_delete_delay_ms);
+                assert_eq!(log.release_unused_recycled(later), deleted);
+                assert_eq!(log.recycled_segment_count(), 0);
+                while reusable() > 0 {
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                // The log goes on: the next roll creates a fresh file.
+                let active_before = *log.segment_base_offsets().last().unwrap();
+                while *log.segment_base_offsets().last().unwrap() == active_before {
+                    append(&log, batch(4, 100, 2_000));
+                    log.wait_written(log.log_end_offset(), false).await.unwrap();
+                }
+                log.close().await.unwrap();
+            });
+        }
+
+        #[test]
+        fn a_roll_whose_recycled_file_vanished_creates_a_fresh_one() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let (log, config) = filled_log(&path, 300, small_config().tail_cache_bytes).await;
+                assert!(log.enforce_retention(i64::MAX).await.unwrap() > 0);
+                // Someone (a reaper draining the previous run's leftovers of the same name)
+                // unlinked them behind the log's back.
+                for entry in std::fs::read_dir(&path).unwrap() {
+                    let p = entry.unwrap().path();
+                    if p.extension().is_some_and(|x| x == "reuse") {
+                        std::fs::remove_file(p).unwrap();
+                    }
+                }
+                let active_before = *log.segment_base_offsets().last().unwrap();
+                while *log.segment_base_offsets().last().unwrap() == active_before {
+                    append(&log, batch(4, 100, 2_000));
+                    log.wait_written(log.log_end_offset(), false).await.unwrap();
+                }
+                let written = log.log_end_offset();
+                log.wait_written(written, true).await.unwrap();
+                let expected = consume_all(&log, log.log_start_offset(), 5000);
+                log.close().await.unwrap();
+                let log = PartitionLog::open(path, config).await.unwrap();
+                assert_eq!(log.log_end_offset(), written);
+                assert_eq!(consume_all(&log, log.log_start_offset(), 5000), expected);
                 log.close().await.unwrap();
             });
         }

@@ -369,26 +369,33 @@ impl Segment {
         // journal, which a busy device can hold up for a long time.
         let rename = recycled.map(|from| (from.to_path_buf(), log_path.clone()));
         let txn_index = txn_index::path_for(&log_path);
-        glommio::executor()
-            .spawn_blocking(move || -> io::Result<()> {
-                if let Some((from, to)) = rename {
-                    std::fs::rename(from, to)?;
-                }
+        let reused = glommio::executor()
+            .spawn_blocking(move || -> io::Result<bool> {
+                let reused = match rename {
+                    // Gone is fine: the reaper may have unlinked a file of the same name (a
+                    // leftover of the previous run); a fresh file does the same job.
+                    Some((from, to)) => match std::fs::rename(from, to) {
+                        Ok(()) => true,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                        Err(e) => return Err(e),
+                    },
+                    None => false,
+                };
                 // A `.txnindex` left at this base (a segment truncated away) describes other
                 // batches.
                 match std::fs::remove_file(txn_index) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                    _ => Ok(()),
+                    _ => Ok(reused),
                 }
             })
             .await?;
         let dma = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(recycled.is_none())
+            .create(!reused)
             .dma_open(&log_path)
             .await?;
-        if recycled.is_none() {
+        if !reused {
             let existing_bytes = dma.file_size().await?;
             if existing_bytes != 0 {
                 // Only recovery decides what an existing file holds; never write over one.

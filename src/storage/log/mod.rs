@@ -5,7 +5,7 @@
 //! [`retention`] segment deletion.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
@@ -19,6 +19,7 @@ use super::clean_close;
 use super::epoch_cache::LeaderEpochCache;
 use super::notify::{Mark, Notifier};
 use super::producer_snapshot::{self, ProducerTracker};
+use super::reaper;
 use super::recovery::{self, RecoveredActive};
 use super::segment::{self, BatchMeta, DoomedFiles, Segment};
 use super::tail_cache::TailCache;
@@ -111,11 +112,15 @@ pub struct PartitionLog {
     tail_cache: RefCell<TailCache>,
     stats: Cell<LogStats>,
     /// Deleted segments' files waiting in the directory for new segments to reuse them
-    /// ([`segment::RECYCLED_SEGMENT_EXTENSION`]), oldest first, each with the offset its
-    /// batches end below. A new segment takes one only if it starts at or above that offset,
-    /// so whatever of the old bytes recovery might read past the new segment's end has
-    /// offsets below the segment's base and stops the scan.
-    recycled_segments: RefCell<VecDeque<(PathBuf, i64)>>,
+    /// ([`segment::RECYCLED_SEGMENT_EXTENSION`]), oldest first. A new segment takes one only
+    /// if it starts at or above the offset its old batches end below, so whatever of the old
+    /// bytes recovery might read past the new segment's end has offsets below the segment's
+    /// base and stops the scan. Every deleted segment nothing still reads comes here: in the
+    /// steady state each roll takes the file a retention run gave up, and nothing is unlinked
+    /// (unlinking is what stalled writes: [`reaper`]). The files take no more space than the
+    /// segments did before the run; one that no roll took within `file_delete_delay_ms` is
+    /// handed to the [`reaper`] at the next run.
+    recycled_segments: RefCell<VecDeque<RecycledSegment>>,
     /// Last append or read: an idle log gives back its memory and descriptors
     /// ([`Self::release_if_idle`]).
     last_used: Cell<Instant>,
@@ -155,14 +160,9 @@ impl PartitionLog {
                     .is_some_and(|e| e == segment::RECYCLED_SEGMENT_EXTENSION)
             })
             .collect();
-        if !leftovers.is_empty() {
-            DoomedFiles {
-                paths: leftovers,
-                ..DoomedFiles::default()
-            }
-            .delete_off_shard()
-            .await?;
-        }
+        // Unlinked at the shard's pace, like any recycled file nobody took: a restart after a
+        // large retention run must not free them all at once either.
+        reaper::unlink_later(leftovers);
         let recovered = recovery::recover_log(&dir, &config).await?;
         let active = recovered.active;
         let opened_after_clean_close = active.trusted_clean_close;
@@ -791,16 +791,13 @@ impl PartitionLog {
 
 impl PartitionLog {
     /// Deletes segments the log no longer lists (retention, DeleteRecords) on the blocking
-    /// thread, keeping the newest of them for new segments to reuse, up to
-    /// [`MAX_RECYCLED_SEGMENTS`] waiting at a time.
+    /// thread: their index files go, their segment files (those nothing still reads) wait for
+    /// new segments to reuse them (see `recycled_segments`).
     async fn delete_segments(&self, removed: Vec<Rc<Segment>>) -> Result<(), StorageError> {
         let mut doomed = DoomedFiles::default();
+        let mut end_offsets = Vec::with_capacity(removed.len());
         for segment in &removed {
             doomed.extend(segment.doomed());
-        }
-        let room = MAX_RECYCLED_SEGMENTS.saturating_sub(self.recycled_segments.borrow().len());
-        let mut end_offsets = Vec::with_capacity(room);
-        for segment in removed.iter().rev().take(room) {
             doomed.recycle(segment);
             end_offsets.push((
                 segment::recycled_path(segment.log_path()),
@@ -809,12 +806,19 @@ impl PartitionLog {
         }
         // Our last references: the files' final close happens on the blocking thread.
         drop(removed);
-        let kept = doomed.delete_off_shard().await?;
+        let kept: HashSet<PathBuf> = doomed.delete_off_shard().await?.into_iter().collect();
+        let since = Instant::now();
         // Oldest first, so the oldest is reused first.
-        end_offsets.reverse();
-        end_offsets.retain(|(path, _)| kept.contains(path));
-        let recycled = end_offsets;
-        self.recycled_segments.borrow_mut().extend(recycled);
+        self.recycled_segments.borrow_mut().extend(
+            end_offsets
+                .into_iter()
+                .filter(|(path, _)| kept.contains(path))
+                .map(|(path, end_offset)| RecycledSegment {
+                    path,
+                    end_offset,
+                    since,
+                }),
+        );
         // Snapshots below the log start describe deleted batches; the newest stays (recovery
         // starts from it when nothing newer exists).
         let (dir, log_start_offset) = (self.dir.clone(), self.log_start_offset());
@@ -845,10 +849,40 @@ pub(crate) fn settled_closed_segments(segments: &[Rc<Segment>]) -> &[Rc<Segment>
     settled
 }
 
-/// Deleted segment files a partition keeps for reuse: enough for the segments one retention
-/// run deletes at full speed (a roll each, between two runs), at most this many segments of
-/// disk space beyond what retention keeps.
-pub const MAX_RECYCLED_SEGMENTS: usize = 4;
+/// A deleted segment's file waiting for a new segment to reuse it.
+#[derive(Debug)]
+struct RecycledSegment {
+    path: PathBuf,
+    /// The offset the file's old batches end below: only a segment starting here or above
+    /// may take it.
+    end_offset: i64,
+    /// When the log gave the segment up.
+    since: Instant,
+}
+
+impl PartitionLog {
+    /// Hands the recycled files no roll took within `file_delete_delay_ms` to the shard's
+    /// [`reaper`]; returns how many. Retention calls it at each run.
+    pub fn release_unused_recycled(&self, now: Instant) -> usize {
+        let delay = Duration::from_millis(self.config.file_delete_delay_ms);
+        let mut unused = Vec::new();
+        self.recycled_segments.borrow_mut().retain(|recycled| {
+            let keep = now.saturating_duration_since(recycled.since) < delay;
+            if !keep {
+                unused.push(recycled.path.clone());
+            }
+            keep
+        });
+        let count = unused.len();
+        reaper::unlink_later(unused);
+        count
+    }
+
+    /// Recycled files waiting for reuse.
+    pub fn recycled_segment_count(&self) -> usize {
+        self.recycled_segments.borrow().len()
+    }
+}
 
 impl PartitionLog {
     /// Takes a running log's new limits (a topic's `segment.bytes` or `max.message.bytes`
@@ -883,8 +917,8 @@ impl WriterHost for PartitionLog {
 
     fn take_recycled_segment(&self, base_offset: i64) -> Option<PathBuf> {
         let mut recycled = self.recycled_segments.borrow_mut();
-        let index = recycled.iter().position(|(_, end)| *end <= base_offset)?;
-        recycled.remove(index).map(|(path, _)| path)
+        let index = recycled.iter().position(|r| r.end_offset <= base_offset)?;
+        recycled.remove(index).map(|r| r.path)
     }
 
     fn config(&self) -> &LogConfig {

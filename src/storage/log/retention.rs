@@ -15,6 +15,8 @@ impl PartitionLog {
     /// watermark) whose largest timestamp is older than `now_ms - retention_ms`, or oldest
     /// first while the log stays at or above `retention_bytes` without them (Kafka's rule);
     /// advances the log start offset and moves the leader epoch cache's start with it.
+    /// Deleted segments' files wait for reuse; those no roll took within
+    /// `file_delete_delay_ms` go to the shard's paced [`reaper`](crate::storage::reaper).
     /// Returns the number of segments deleted.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, StorageError> {
         let (retention_ms, retention_bytes) =
@@ -33,6 +35,7 @@ impl PartitionLog {
         retention_bytes: i64,
     ) -> Result<usize, StorageError> {
         self.check_readable()?;
+        self.release_unused_recycled(std::time::Instant::now());
         if self.lifecycle.get() == Lifecycle::Truncating || self.cleaning() {
             return Ok(0); // the segment list is being rewritten; the next run catches up
         }
