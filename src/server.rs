@@ -356,6 +356,12 @@ async fn run_shard(
         admin::serve_on_shard(shard.clone(), endpoint);
     }
     crate::shard::log_cleaner::spawn(shard.clone());
+    if id == 0 {
+        // Partitions deleted just before the last stop: their renamed directories.
+        if let Err(e) = crate::storage::reaper::remove_deleted_dirs_later(&shard.config.data_dir) {
+            tracing::warn!(error = %e, "cannot look for deleted partitions' directories");
+        }
+    }
     let _ = ready.send(Ok(id));
     shard.clone().housekeeping().await;
     if let Some(coordinator) = &coordinator {

@@ -546,15 +546,18 @@ impl Shard {
                 continue;
             };
             if deleted.contains(topic) && index.parse::<u32>().is_ok() {
-                match std::fs::remove_dir_all(entry.path()) {
-                    Ok(()) => {
-                        tracing::info!(dir = %dir_name, "removed the files of a deleted topic")
+                let (path, dir_name) = (entry.path(), dir_name.to_string());
+                glommio::spawn_local(async move {
+                    match crate::storage::reaper::remove_dir_later(path).await {
+                        Ok(()) => {
+                            tracing::info!(dir = %dir_name, "removing the files of a deleted topic")
+                        }
+                        Err(e) => {
+                            tracing::warn!(dir = %dir_name, error = %e, "cannot remove a deleted topic's files")
+                        }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(dir = %dir_name, error = %e, "cannot remove a deleted topic's files")
-                    }
-                }
+                })
+                .detach();
             }
         }
     }

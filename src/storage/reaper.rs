@@ -11,9 +11,14 @@
 //! go here, to be unlinked one at a time, each followed by a pause proportional to the space
 //! it freed: at most [`UNLINK_BYTES_PER_SEC`] per shard.
 //!
+//! A deleted partition (topic deletion, a replica moved away) goes the same way: its directory
+//! is renamed to `<dir>.<uuid>-delete` at once (Kafka's name; a topic created again under the
+//! same name gets a fresh directory) and its files are unlinked here, then the directory.
+//!
 //! One queue per shard (thread-local: a shard is one thread): the files of every partition the
 //! shard owns share the budget. The queue lives in memory only: a file still waiting when the
-//! process stops keeps its recycled name and the partition's next open deletes it.
+//! process stops keeps its recycled name and the partition's next open deletes it; a `-delete`
+//! directory is queued again at the next start ([`remove_deleted_dirs_later`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -27,8 +32,21 @@ use std::time::Duration;
 /// production slowed down, a retention limit lowered, DeleteRecords far ahead.
 pub const UNLINK_BYTES_PER_SEC: u64 = 256 << 20;
 
+/// What a directory being deleted is renamed to end with (Kafka's suffix).
+pub const DELETED_DIR_SUFFIX: &str = "-delete";
+
+/// What the reaper has left to do, in order.
+#[derive(Debug)]
+enum Doomed {
+    File(PathBuf),
+    /// A directory whose files are queued next, then the directory itself.
+    Dir(PathBuf),
+    /// A directory whose files went before it.
+    EmptiedDir(PathBuf),
+}
+
 thread_local! {
-    static QUEUE: RefCell<VecDeque<PathBuf>> = const { RefCell::new(VecDeque::new()) };
+    static QUEUE: RefCell<VecDeque<Doomed>> = const { RefCell::new(VecDeque::new()) };
     /// Whether this thread's executor runs the task draining [`QUEUE`].
     static DRAINING: Cell<bool> = const { Cell::new(false) };
 }
@@ -36,17 +54,64 @@ thread_local! {
 /// Queues `paths` for unlinking on this shard, oldest first; returns at once. Must run on a
 /// glommio executor (it starts the draining task when none runs).
 pub fn unlink_later(paths: Vec<PathBuf>) {
-    if paths.is_empty() {
+    enqueue(paths.into_iter().map(Doomed::File));
+}
+
+/// Renames `dir` to a unique `<dir>.<uuid>-delete` (on the blocking thread) and queues it:
+/// its files are unlinked at the shard's pace, then it goes. Returns once renamed; `Ok` if
+/// `dir` did not exist. Must run on a glommio executor.
+pub async fn remove_dir_later(dir: PathBuf) -> io::Result<()> {
+    let renamed = glommio::executor()
+        .spawn_blocking(move || -> io::Result<Option<PathBuf>> {
+            let mut name = dir.file_name().unwrap_or_default().to_os_string();
+            name.push(format!(
+                ".{}{DELETED_DIR_SUFFIX}",
+                uuid::Uuid::new_v4().simple()
+            ));
+            let doomed = dir.with_file_name(name);
+            match std::fs::rename(&dir, &doomed) {
+                Ok(()) => Ok(Some(doomed)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await?;
+    enqueue(renamed.map(Doomed::Dir));
+    Ok(())
+}
+
+/// Queues the `-delete` directories a previous run left in `data_dir` (it stopped before the
+/// reaper got to them). Must run on a glommio executor.
+pub fn remove_deleted_dirs_later(data_dir: &std::path::Path) -> io::Result<usize> {
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let is_doomed = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.ends_with(DELETED_DIR_SUFFIX));
+        if is_doomed && entry.file_type()?.is_dir() {
+            dirs.push(Doomed::Dir(entry.path()));
+        }
+    }
+    let count = dirs.len();
+    enqueue(dirs);
+    Ok(count)
+}
+
+fn enqueue(items: impl IntoIterator<Item = Doomed>) {
+    let before = pending();
+    QUEUE.with(|q| q.borrow_mut().extend(items));
+    if pending() == before {
         return;
     }
-    QUEUE.with(|q| q.borrow_mut().extend(paths));
     if !DRAINING.with(Cell::get) {
         DRAINING.with(|d| d.set(true));
         glommio::spawn_local(drain()).detach();
     }
 }
 
-/// Files queued on this shard and not unlinked yet.
+/// Files and directories queued on this shard and not removed yet.
 pub fn pending() -> usize {
     QUEUE.with(|q| q.borrow().len())
 }
@@ -60,7 +125,42 @@ async fn drain() {
         }
     }
     let _draining = Draining;
-    while let Some(path) = QUEUE.with(|q| q.borrow_mut().pop_front()) {
+    while let Some(doomed) = QUEUE.with(|q| q.borrow_mut().pop_front()) {
+        let path = match doomed {
+            Doomed::File(path) => path,
+            Doomed::Dir(dir) => {
+                let shown = dir.display().to_string();
+                let listed = glommio::executor()
+                    .spawn_blocking(move || list_files(dir))
+                    .await;
+                match listed {
+                    Ok((dir, files)) => QUEUE.with(|q| {
+                        let mut q = q.borrow_mut();
+                        q.push_front(Doomed::EmptiedDir(dir));
+                        for file in files.into_iter().rev() {
+                            q.push_front(Doomed::File(file));
+                        }
+                    }),
+                    Err(error) => {
+                        tracing::warn!(dir = %shown, %error, "cannot list a deleted directory")
+                    }
+                }
+                continue;
+            }
+            Doomed::EmptiedDir(dir) => {
+                let shown = dir.display().to_string();
+                let removed = glommio::executor()
+                    .spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                        _ => Ok(()),
+                    })
+                    .await;
+                if let Err(error) = removed {
+                    tracing::warn!(dir = %shown, %error, "cannot remove a deleted directory");
+                }
+                continue;
+            }
+        };
         let shown = path.display().to_string();
         let freed = glommio::executor()
             .spawn_blocking(move || unlink(path))
@@ -76,6 +176,21 @@ async fn drain() {
             Err(error) => tracing::warn!(file = %shown, %error, "cannot delete a segment file"),
         }
     }
+}
+
+/// The regular files in `dir`, largest last (the small index files go first); the directory is
+/// handed back for the step after.
+fn list_files(dir: PathBuf) -> io::Result<(PathBuf, Vec<PathBuf>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            files.push((meta.len(), entry.path()));
+        }
+    }
+    files.sort();
+    Ok((dir, files.into_iter().map(|(_, path)| path).collect()))
 }
 
 /// Unlinks `path`; returns the bytes of blocks it held (0 if it was gone already).
@@ -125,6 +240,50 @@ mod tests {
             while paths[0].exists() {
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
+        });
+    }
+
+    #[test]
+    fn a_directory_is_renamed_at_once_then_emptied_and_removed() {
+        run(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let dir = data.path().join("t-0");
+            std::fs::create_dir(&dir).unwrap();
+            for name in [
+                "00000000000000000000.log",
+                "00000000000000000000.index",
+                "x.reuse",
+            ] {
+                std::fs::write(dir.join(name), vec![1u8; 8192]).unwrap();
+            }
+            remove_dir_later(dir.clone()).await.unwrap();
+            // The name is free at once: a topic created again gets an empty directory.
+            assert!(!dir.exists());
+            std::fs::create_dir(&dir).unwrap();
+            while std::fs::read_dir(data.path()).unwrap().count() > 1 {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(dir.exists(), "the new directory is not touched");
+            // A directory that does not exist is fine.
+            remove_dir_later(data.path().join("t-9")).await.unwrap();
+            assert_eq!(pending(), 0);
+        });
+    }
+
+    #[test]
+    fn deleted_directories_left_by_a_previous_run_are_removed() {
+        run(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let left = data.path().join(format!("t-0.abc{DELETED_DIR_SUFFIX}"));
+            std::fs::create_dir(&left).unwrap();
+            std::fs::write(left.join("00000000000000000000.log"), b"old").unwrap();
+            let live = data.path().join("t-1");
+            std::fs::create_dir(&live).unwrap();
+            assert_eq!(remove_deleted_dirs_later(data.path()).unwrap(), 1);
+            while left.exists() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            assert!(live.exists());
         });
     }
 }

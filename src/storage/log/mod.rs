@@ -720,26 +720,21 @@ impl PartitionLog {
         let _ = self.stop_writer().await;
         self.lifecycle.set(Lifecycle::Closed);
         self.notifier.close();
-        // Removing a directory of large files frees their blocks synchronously (in unlink or
-        // in the last close): done on the blocking thread, with the last handles, so the
-        // shard keeps serving meanwhile.
+        // The last handles close on the blocking thread (nothing is freed yet: the files keep
+        // their names). The directory is renamed away at once and its files unlinked at the
+        // shard's pace: freeing a whole partition's blocks at once held up every other
+        // partition's writes ([`reaper`]).
         let handles: Vec<_> = self
             .segments
             .borrow_mut()
             .drain(..)
             .flat_map(|s| s.doomed().handles)
             .collect();
-        let dir = self.dir.clone();
         glommio::executor()
-            .spawn_blocking(move || {
-                let removed = std::fs::remove_dir_all(&dir);
-                drop(handles);
-                match removed {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                    _ => Ok(()),
-                }
-            })
-            .await
+            .spawn_blocking(move || drop(handles))
+            .await;
+        reaper::remove_dir_later(self.dir.clone()).await?;
+        Ok(())
     }
 
     async fn stop_writer(&self) -> Result<(), StorageError> {
