@@ -9,7 +9,9 @@
 //! stayed responsive (docs/benchmarks.md, "Retention bursts"). So retention keeps deleted
 //! segments' files for reuse (`PartitionLog::recycled_segments`) and only those no roll took
 //! go here, to be unlinked one at a time, each followed by a pause proportional to the space
-//! it freed: at most [`UNLINK_BYTES_PER_SEC`] per shard.
+//! it freed: at most [`UNLINK_BYTES_PER_SEC`] per shard. A large file (a 1 GiB segment) is
+//! first shrunk [`FREE_STEP_BYTES`] at a time with the same pauses: unlinked whole, it held
+//! the writes as long as a burst of small ones did.
 //!
 //! A deleted partition (topic deletion, a replica moved away) goes the same way: its directory
 //! is renamed to `<dir>.<uuid>-delete` at once (Kafka's name; a topic created again under the
@@ -31,6 +33,10 @@ use std::time::Duration;
 /// files (the steady state) unlinks nothing; this bounds the bursts: a partition whose
 /// production slowed down, a retention limit lowered, DeleteRecords far ahead.
 pub const UNLINK_BYTES_PER_SEC: u64 = 256 << 20;
+
+/// A file larger than this is shrunk by this much at a time (truncate, pause, again) before
+/// its unlink: one 1 GiB segment unlinked at once stalled writes as long as many small ones.
+pub const FREE_STEP_BYTES: u64 = 64 << 20;
 
 /// What a directory being deleted is renamed to end with (Kafka's suffix).
 pub const DELETED_DIR_SUFFIX: &str = "-delete";
@@ -163,11 +169,12 @@ async fn drain() {
         };
         let shown = path.display().to_string();
         let freed = glommio::executor()
-            .spawn_blocking(move || unlink(path))
+            .spawn_blocking(move || free_step(path))
             .await;
         match freed {
-            Ok(0) => {}
-            Ok(freed_bytes) => {
+            Ok((_, Some(path))) => QUEUE.with(|q| q.borrow_mut().push_front(Doomed::File(path))),
+            Ok((0, None)) => {}
+            Ok((freed_bytes, None)) => {
                 let pause =
                     Duration::from_secs_f64(freed_bytes as f64 / UNLINK_BYTES_PER_SEC as f64);
                 glommio::timer::sleep(pause).await;
@@ -193,16 +200,35 @@ fn list_files(dir: PathBuf) -> io::Result<(PathBuf, Vec<PathBuf>)> {
     Ok((dir, files.into_iter().map(|(_, path)| path).collect()))
 }
 
-/// Unlinks `path`; returns the bytes of blocks it held (0 if it was gone already).
-fn unlink(path: PathBuf) -> io::Result<u64> {
-    let allocated_bytes = match std::fs::metadata(&path) {
-        Ok(meta) => meta.blocks() * 512,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+/// One step of freeing `path`: a file holding more than [`FREE_STEP_BYTES`] of blocks loses
+/// its last [`FREE_STEP_BYTES`] (`truncate(2)` by path: if a roll renamed the file into a new
+/// segment meanwhile, the name is gone and nothing happens) and is handed back for the next
+/// step; a smaller one is unlinked. Returns the bytes of blocks freed.
+fn free_step(path: PathBuf) -> io::Result<(u64, Option<PathBuf>)> {
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, None)),
         Err(e) => return Err(e),
     };
+    let allocated_bytes = meta.blocks() * 512;
+    if allocated_bytes > FREE_STEP_BYTES && meta.len() > FREE_STEP_BYTES {
+        let c_path =
+            std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+                .map_err(io::Error::other)?;
+        let shorter = (meta.len() - FREE_STEP_BYTES) as libc::off_t;
+        // SAFETY: a NUL-terminated path; truncate(2) touches nothing of ours.
+        if unsafe { libc::truncate(c_path.as_ptr(), shorter) } != 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::NotFound => Ok((0, None)),
+                _ => Err(e),
+            };
+        }
+        return Ok((FREE_STEP_BYTES, Some(path)));
+    }
     match std::fs::remove_file(&path) {
-        Ok(()) => Ok(allocated_bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Ok(()) => Ok((allocated_bytes, None)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((0, None)),
         Err(e) => Err(e),
     }
 }
@@ -241,6 +267,33 @@ mod tests {
                 glommio::timer::sleep(Duration::from_millis(1)).await;
             }
         });
+    }
+
+    #[test]
+    fn a_large_file_shrinks_in_steps_before_its_unlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.reuse");
+        let file = std::fs::File::create(&path).unwrap();
+        let len = 2 * FREE_STEP_BYTES + 4096;
+        // Blocks really allocated (a sparse file would be unlinked at once).
+        let fd = std::os::unix::io::AsRawFd::as_raw_fd(&file);
+        assert_eq!(unsafe { libc::fallocate(fd, 0, 0, len as libc::off_t) }, 0);
+        let (freed, again) = free_step(path.clone()).unwrap();
+        assert_eq!(
+            (freed, again.as_deref()),
+            (FREE_STEP_BYTES, Some(path.as_path()))
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            FREE_STEP_BYTES + 4096
+        );
+        let (_, again) = free_step(path.clone()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+        let (_, again) = free_step(again.unwrap()).unwrap();
+        assert!(again.is_none());
+        assert!(!path.exists());
+        // Gone already: nothing to do.
+        assert_eq!(free_step(path).unwrap(), (0, None));
     }
 
     #[test]
