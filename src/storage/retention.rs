@@ -176,6 +176,20 @@ mod tests {
             });
         }
 
+        /// Files in `dir` waiting for reuse (`.reuse`).
+        fn reusable_files(dir: &Path) -> usize {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "reuse")
+                })
+                .count()
+        }
+
         fn inode(path: &std::path::Path) -> u64 {
             std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(path).unwrap())
         }
@@ -280,11 +294,7 @@ mod tests {
                 // Once nothing reads them, deleted files are kept for reuse again.
                 drop(in_flight);
                 assert!(log.enforce_retention(i64::MAX).await.unwrap() > 0);
-                assert!(std::fs::read_dir(&path).unwrap().any(|e| e
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "reuse")));
+                assert!(reusable_files(&path) > 0);
                 log.close().await.unwrap();
             });
         }
@@ -296,18 +306,7 @@ mod tests {
                 let path = dir.path().join("t-0");
                 let (log, config) = filled_log(&path, 200, small_config().tail_cache_bytes).await;
                 assert!(log.enforce_retention(i64::MAX).await.unwrap() > 0);
-                let reusable = || {
-                    std::fs::read_dir(&path)
-                        .unwrap()
-                        .filter(|e| {
-                            e.as_ref()
-                                .unwrap()
-                                .path()
-                                .extension()
-                                .is_some_and(|x| x == "reuse")
-                        })
-                        .count()
-                };
+                let reusable = || reusable_files(&path);
                 assert!(reusable() > 0);
                 log.close().await.unwrap();
                 // Which offsets they held is not recorded anywhere, so they cannot be reused
@@ -330,18 +329,7 @@ mod tests {
                 let deleted = log.enforce_retention(i64::MAX).await.unwrap();
                 assert!(deleted > 1);
                 assert_eq!(log.recycled_segment_count(), deleted);
-                let reusable = || {
-                    std::fs::read_dir(&path)
-                        .unwrap()
-                        .filter(|e| {
-                            e.as_ref()
-                                .unwrap()
-                                .path()
-                                .extension()
-                                .is_some_and(|x| x == "reuse")
-                        })
-                        .count()
-                };
+                let reusable = || reusable_files(&path);
                 // Within the delay (60 s by default) they stay.
                 assert_eq!(log.release_unused_recycled(std::time::Instant::now()), 0);
                 assert_eq!(reusable(), deleted);
