@@ -6,7 +6,8 @@
 //! Kafka's default 5 minute interval can delete hundreds) held every write queued behind that
 //! commit: W3 at 731,543 msgs/s with retention deleting about 1.5 GB every 5 s showed
 //! end-to-end latency of 300-500 ms for seconds after each run, while the shards themselves
-//! stayed responsive (docs/benchmarks.md, "Retention bursts"). So retention keeps deleted
+//! stayed responsive (docs/benchmarks.md, "A retention run that deletes many segments at
+//! once"). So retention keeps deleted
 //! segments' files for reuse (`PartitionLog::recycled_segments`) and only those no roll took
 //! go here, to be unlinked one at a time, each followed by a pause proportional to the space
 //! it freed: at most [`UNLINK_BYTES_PER_SEC`] per shard. A large file (a 1 GiB segment) is
@@ -16,6 +17,9 @@
 //! A deleted partition (topic deletion, a replica moved away) goes the same way: its directory
 //! is renamed to `<dir>.<uuid>-delete` at once (Kafka's name; a topic created again under the
 //! same name gets a fresh directory) and its files are unlinked here, then the directory.
+//! A fetch still sending from such a file when the reaper shrinks it finds the segment shorter
+//! than the fetched range and closes its connection, as when a follower truncates; the bytes it
+//! did send are the file's own. Recycled files have no readers left (only those are recycled).
 //!
 //! One queue per shard (thread-local: a shard is one thread): the files of every partition the
 //! shard owns share the budget. The queue lives in memory only: a file still waiting when the
