@@ -629,7 +629,11 @@ impl Shard {
                 partition.topic != crate::groups::OFFSETS_TOPIC && t.id == partition.topic_id
             });
             // `cleanup.policy=compact` alone: the cleaner bounds the log, retention does not.
+            // Files DeleteRecords gave up still go once no roll took them.
             if topic.is_some_and(|t| !log_cleaner::cleanup_policy(&t.configs).1) {
+                partition
+                    .log
+                    .release_unused_recycled(std::time::Instant::now());
                 continue;
             }
             let limits = topic.map(|t| self.retention_for(t));
