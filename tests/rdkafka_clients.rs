@@ -1,5 +1,7 @@
 //! librdkafka (through the `rdkafka` crate) against the real broker binary.
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -62,13 +64,7 @@ fn consume_all(
         .set("fetch.wait.max.ms", "100")
         .create()
         .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    clients::assign_from_beginning(&consumer, topic, partitions);
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + TIMEOUT;
     while out.len() < expected && std::time::Instant::now() < deadline {

@@ -9,6 +9,8 @@
 //! reports: each acknowledged message present once, at its acknowledged offset, sequences
 //! increasing along the log, no payload twice.
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -284,13 +286,7 @@ fn read_all(bootstrap: &str, topic: &str, partitions: i32) -> BTreeMap<i32, Vec<
             .unwrap_or_else(|e| panic!("watermarks of {topic}-{p}: {e}"));
         ends.insert(p, high);
     }
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    clients::assign_from_beginning(&consumer, topic, partitions);
     let mut log: BTreeMap<i32, Vec<(i64, Vec<u8>)>> =
         (0..partitions).map(|p| (p, Vec::new())).collect();
     let mut at_end: BTreeSet<i32> = BTreeSet::new();

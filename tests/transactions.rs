@@ -86,13 +86,7 @@ fn wait_for_all(
     expected: &[String],
 ) -> Vec<String> {
     let consumer = consumer(bootstrap, "txn-test-reader", isolation);
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    clients::assign_from_beginning(&consumer, topic, partitions);
     let mut out: Vec<String> = Vec::new();
     let deadline = Instant::now() + TIMEOUT;
     while !expected.iter().all(|e| out.contains(e)) && Instant::now() < deadline {

@@ -60,12 +60,19 @@ pub fn assigned_consumer(
     settings: &[(&str, &str)],
 ) -> BaseConsumer {
     let consumer = consumer_with(bootstrap, group, settings);
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    assign_from_beginning(&consumer, topic, 1);
     consumer
+}
+
+/// Assigns `consumer` partitions `0..partitions` of `topic`, each from its beginning.
+pub fn assign_from_beginning(consumer: &BaseConsumer, topic: &str, partitions: i32) {
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
 }
 
 /// A consumer in `group` reading with `isolation` (`read_committed` or `read_uncommitted`), no
@@ -127,13 +134,7 @@ pub fn read_until(
     last: &str,
 ) -> Vec<String> {
     let consumer = isolated_consumer(bootstrap, "txn-test-reader", isolation, &[]);
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    assign_from_beginning(&consumer, topic, partitions);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !out.iter().any(|v| v == last) && Instant::now() < deadline {
