@@ -186,28 +186,22 @@ impl<Log: WriterHost> Writer<Log> {
     }
 
     pub(crate) async fn run(mut self) -> Result<(), StorageError> {
-        match self.serve().await {
-            Ok(Exit::Closed | Exit::Deleted | Exit::Suspended) => {
-                if let Err(error) = self.finish_closing().await {
-                    if let Some(log) = self.log.upgrade() {
-                        log.fail(&error);
-                    }
-                    return Err(error);
-                }
-                if let Some(file) = self.file.take() {
-                    file.close().await?;
-                }
-                Ok(())
-            }
+        let served = match self.serve().await {
             // The file descriptor closes on drop; recovery handles the padding left behind.
-            Ok(Exit::Dropped) => Ok(()),
-            Err(error) => {
-                if let Some(log) = self.log.upgrade() {
-                    log.fail(&error);
-                }
-                Err(error)
+            Ok(Exit::Dropped) => return Ok(()),
+            Ok(Exit::Closed | Exit::Deleted | Exit::Suspended) => self.finish_closing().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = served {
+            if let Some(log) = self.log.upgrade() {
+                log.fail(&error);
             }
+            return Err(error);
         }
+        if let Some(file) = self.file.take() {
+            file.close().await?;
+        }
+        Ok(())
     }
 
     /// The active segment's O_DIRECT handle, opened if it is not.
