@@ -412,6 +412,7 @@ impl BrokerConfig {
             "log.retention.ms" => self.log.retention_ms = parse(key, value)?,
             "log.retention.bytes" => self.log.retention_bytes = parse(key, value)?,
             "log.segment.delete.delay.ms" => self.log.file_delete_delay_ms = parse(key, value)?,
+            "log.preallocate.ahead.bytes" => self.log.preallocate_ahead_bytes = parse(key, value)?,
             "log.tail.cache.bytes" => self.tail_cache_bytes_per_shard = parse(key, value)?,
             "shard.stall.threshold.ms" => self.stall_threshold_ms = parse(key, value)?,
             "shard.stall.stack.interval.ms" => self.stall_stack_interval_ms = parse(key, value)?,

@@ -185,6 +185,8 @@ pub struct DetailedMetrics {
     /// One partition writer's O_DIRECT write (what an acks=1 produce and a tailing consumer
     /// wait for), from submission to completion.
     pub segment_write_latency: LatencyHistogram,
+    /// Bytes partition writers allocated ahead of their writes (`storage::preallocate`).
+    pub segment_preallocated_bytes: AtomicU64,
     /// How long each detected shard stall kept the event loop away (`shard::stall`).
     pub stall_duration: LatencyHistogram,
     /// Partitions led by this node whose ISR lost a member / gained one, as committed by the
@@ -211,6 +213,7 @@ pub static DETAIL: DetailedMetrics = DetailedMetrics {
     fetch_latency: LatencyHistogram::new(),
     fdatasync_latency: LatencyHistogram::new(),
     segment_write_latency: LatencyHistogram::new(),
+    segment_preallocated_bytes: AtomicU64::new(0),
     stall_duration: LatencyHistogram::new(),
     isr_shrinks: AtomicU64::new(0),
     isr_expands: AtomicU64::new(0),

@@ -332,6 +332,11 @@ impl Collector for Snapshot {
         )?;
         for (name, help, value) in [
             (
+                "broker_log_segment_preallocated_bytes",
+                "Bytes of segment files allocated ahead of their writes (fallocate).",
+                &crate::metrics::DETAIL.segment_preallocated_bytes,
+            ),
+            (
                 "broker_log_cleaner_runs",
                 "Log cleaner runs that rewrote segments of compacted topics.",
                 &crate::metrics::DETAIL.cleaner_runs,

@@ -77,6 +77,7 @@ pub mod epoch_cache;
 pub mod index;
 pub mod log;
 pub mod notify;
+pub mod preallocate;
 pub mod producer_snapshot;
 pub mod reaper;
 pub mod recovery;
@@ -126,6 +127,9 @@ pub struct LogConfig {
     /// segment's file waits for a new segment to reuse it before it is unlinked (paced, by the
     /// shard's [`reaper`]).
     pub file_delete_delay_ms: u64,
+    /// `log.preallocate.ahead.bytes`: how far ahead of its writes the active segment's file is
+    /// allocated ([`preallocate`]); 0 turns preallocation off.
+    pub preallocate_ahead_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -141,6 +145,7 @@ impl Default for LogConfig {
             max_batch_bytes: 1_048_588,
             tail_cache_bytes: 8 << 20,
             file_delete_delay_ms: 60_000,
+            preallocate_ahead_bytes: preallocate::DEFAULT_AHEAD_BYTES,
         }
     }
 }

@@ -262,7 +262,8 @@ fn a_crash_before_a_roll_finished_closing_the_old_segment_loses_nothing() {
         assert_eq!(batches.last().unwrap().last_offset() + 1, end);
         drop(log);
 
-        // The closing undone: the old segment's zero padding back, its index files and
+        // The closing undone: the old segment's zeros back (its last page's padding and the
+        // blocks preallocated ahead of its writes, `storage::preallocate`), its index files and
         // `.txnindex` as a new segment has them (empty, absent), no snapshot at the new base,
         // the new segment's index files not created yet.
         let name = |base: i64, ext: &str| path.join(format!("{base:020}.{ext}"));
@@ -274,7 +275,7 @@ fn a_crash_before_a_roll_finished_closing_the_old_segment_loses_nothing() {
             .write(true)
             .open(&closing_log)
             .unwrap()
-            .set_len(padded)
+            .set_len(padded + (12 << 20))
             .unwrap();
         std::fs::write(name(closing_base, "index"), b"").unwrap();
         std::fs::write(name(closing_base, "timeindex"), b"").unwrap();

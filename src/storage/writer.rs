@@ -35,6 +35,7 @@ use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 
 use super::notify::{Mark, Notifier};
+use super::preallocate::Preallocator;
 use super::segment::{BatchMeta, Segment};
 use super::txn_index::TxnIndexEntry;
 use super::{producer_snapshot, txn_index, LogConfig, StorageError, PAGE_BYTES};
@@ -152,6 +153,8 @@ pub(crate) struct Writer<Log: WriterHost> {
     segment_started: std::time::Instant,
     /// The closing of the segment the last roll left, while it runs (see [`Self::roll`]).
     closing: Option<glommio::task::JoinHandle<Result<(), StorageError>>>,
+    /// Keeps the active segment's file allocated ahead of the writes ([`super::preallocate`]).
+    preallocator: Preallocator,
 }
 
 impl<Log: WriterHost> Writer<Log> {
@@ -182,6 +185,7 @@ impl<Log: WriterHost> Writer<Log> {
             tail,
             segment_started: std::time::Instant::now(),
             closing: None,
+            preallocator: Preallocator::new(),
         }
     }
 
@@ -189,7 +193,11 @@ impl<Log: WriterHost> Writer<Log> {
         let served = match self.serve().await {
             // The file descriptor closes on drop; recovery handles the padding left behind.
             Ok(Exit::Dropped) => return Ok(()),
-            Ok(Exit::Closed | Exit::Deleted | Exit::Suspended) => self.finish_closing().await,
+            Ok(Exit::Closed | Exit::Deleted | Exit::Suspended) => {
+                // A truncation cuts the file next: no fallocate may extend it afterwards.
+                self.preallocator.settle().await;
+                self.finish_closing().await
+            }
             Err(error) => Err(error),
         };
         if let Err(error) = served {
@@ -219,6 +227,7 @@ impl<Log: WriterHost> Writer<Log> {
                     "device needs {alignment}-byte O_DIRECT alignment, above the {PAGE_BYTES}-byte page"
                 ))));
             }
+            self.preallocator.file_opened();
             self.file = Some(file);
         }
         Ok(self.file.as_ref().expect("opened above"))
@@ -352,6 +361,12 @@ impl<Log: WriterHost> Writer<Log> {
             )
             .into());
         }
+        self.preallocator.after_write(
+            self.file.as_ref().expect("written above"),
+            write_position + buffer_bytes as u64,
+            log.segment_bytes(),
+            log.config().preallocate_ahead_bytes,
+        );
 
         let mut position = size;
         for meta in &metas {
@@ -404,6 +419,8 @@ impl<Log: WriterHost> Writer<Log> {
     /// its `.txnindex` too).
     async fn roll(&mut self, log: &Log) -> Result<(), StorageError> {
         self.finish_closing().await?;
+        // The closing task cuts the old file to its size: no fallocate may extend it after.
+        self.preallocator.settle().await;
         let old = self.segment.clone();
         assert_eq!(
             old.next_offset(),
@@ -419,6 +436,7 @@ impl<Log: WriterHost> Writer<Log> {
         let (segment, file) =
             Segment::open_new(log.dir(), base_offset, recycled.as_deref()).await?;
         let old_file = self.file.replace(file);
+        self.preallocator.file_opened();
         old.release_read_file();
         old.set_closing(true);
         let closing = ClosingSegment {
@@ -466,6 +484,8 @@ impl<Log: WriterHost> Writer<Log> {
     async fn flush_and_close(&mut self, log: &Log) -> Result<(), StorageError> {
         // Before this segment's index files are written: the closing task creates them empty.
         self.finish_closing().await?;
+        // Before the cut to the logical size: a fallocate finishing after it would undo it.
+        self.preallocator.settle().await;
         let file = self.file.take().expect("callers check");
         self.segment.persist_indexes()?;
         self.segment.persist_txn_index()?;
