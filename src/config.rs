@@ -91,8 +91,8 @@ pub struct BrokerConfig {
     /// reported (warning, `broker_shard_stalls_total`); half of it is the executors' preempt
     /// timer. 0 turns detection off (and leaves glommio's 100 ms preempt timer).
     pub stall_threshold_ms: u64,
-    /// `shard.stall.stack.interval.ms`: at most one stall stack per shard this often (taking
-    /// one costs the shard about 0.2 s of symbolization); 0: none.
+    /// `shard.stall.stack.interval.ms`: at most one stall stack per shard this often (taken by
+    /// a signal, symbolized on a watchdog thread: `shard::stall_stack`); 0: none.
     pub stall_stack_interval_ms: u64,
     /// Consumer group coordinator settings (`group.*`, `offsets.topic.num.partitions`, ...).
     pub groups: crate::groups::GroupConfig,

@@ -233,7 +233,7 @@ async fn run_shard(
     ready: mpsc::Sender<Result<usize, String>>,
     admin_endpoint: Option<admin::ShardEndpoint>,
 ) {
-    crate::shard::stall::enter_shard(
+    let _stall_registration = crate::shard::stall::enter_shard(
         id,
         Duration::from_millis(config.stall_threshold_ms),
         Duration::from_millis(config.stall_stack_interval_ms),

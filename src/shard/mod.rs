@@ -11,6 +11,7 @@ pub mod partition;
 pub mod producer_state;
 pub mod router;
 pub mod stall;
+pub mod stall_stack;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};

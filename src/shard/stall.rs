@@ -14,17 +14,11 @@
 //! `broker_shard_stall_seconds`) and logged, at most once per [`LOG_INTERVAL`] per shard. That
 //! costs a thread-local access per run and no system call.
 //!
-//! What the shard was doing comes from glommio's own stall detector, armed only after a stall
-//! (for [`ARMED_FOR`], until it has caught one), at most once per
-//! `shard.stall.stack.interval.ms` (60 s; 0: never): it sets a timer (`timerfd`, two system calls
-//! per run) for the threshold; if the timer fires, a helper thread sends SIGUSR1 to the shard,
-//! whose signal handler records the raw stack. After the run glommio symbolizes it on the shard
-//! and logs it with the `log` crate (glommio 0.9 does not export its report type, so a handler
-//! cannot take it directly): [`install_log_bridge`] routes those records to
-//! [`on_glommio_report`], which logs the innermost frames, and every other record to `tracing`.
-//! Symbolizing is slow (it parses the binary's line tables: about 0.2 s on the shard, measured
-//! under W1) and its cache is large (about 100 MB for this binary), so stacks are rare and the
-//! cache is dropped afterwards.
+//! What the shard was doing: after a stall, the stack of the next run that lasts longer than
+//! the threshold (armed for [`ARMED_FOR`], at most once per `shard.stall.stack.interval.ms`,
+//! 60 s; 0: never) is taken by a signal while that run goes on and symbolized on a watchdog
+//! thread, never on the shard ([`super::stall_stack`]: glommio's own detector symbolizes on the
+//! shard, which held it 0.1-0.4 s per stack).
 //!
 //! A queue with work yields to the reactor at its preempt timer, which [`configure`] sets to
 //! half the threshold (glommio's default is 100 ms): a run longer than the threshold is a task
@@ -37,26 +31,21 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, StallDetectionHandler, TaskQueueHandle};
 
+use super::stall_stack;
+
 /// glommio's default preempt timer: how long a task queue with work runs before the executor
 /// polls for I/O again.
 pub const GLOMMIO_PREEMPT_TIMER: Duration = Duration::from_millis(100);
-
-/// glommio's timer fires at least this long after the preempt timer, so a run that the preempt
-/// timer ends on time is never caught.
-const MIN_MARGIN: Duration = Duration::from_millis(1);
 
 /// At most one warning (and one stack) per shard per interval; the stalls in between are
 /// counted in the next warning, and every one in the metrics.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// After a stall, glommio's detector stays armed this long to catch the next one's stack.
+/// After a stall, the stack watchdog stays armed this long to catch the next one's stack.
 pub const ARMED_FOR: Duration = Duration::from_secs(60);
 
 /// Frames logged with a stall: enough to see the caller chain of the blocking call.
-const FRAMES_LOGGED: usize = 12;
-
-/// The `log` target of glommio's stall reports.
-const GLOMMIO_STALL_TARGET: &str = "glommio::executor::stall";
+pub(crate) const FRAMES_LOGGED: usize = 12;
 
 /// One stall as reported.
 #[derive(Debug, Clone)]
@@ -67,37 +56,28 @@ pub struct Stall {
     pub queue: String,
     /// How long the task-queue run lasted: how long the event loop did not come back.
     pub duration: Duration,
-    /// The innermost frames when the threshold passed, `symbol (file:line)`, innermost first;
-    /// empty when glommio's detector was not armed.
-    pub frames: Vec<String>,
 }
 
 /// The [`StallDetectionHandler`] of one shard's executor. glommio calls it on the shard's
 /// thread; its state lives in that thread's [`ThisShard`].
 #[derive(Debug)]
-pub struct StallHandler {
-    threshold: Duration,
-}
+pub struct StallHandler;
 
 impl StallDetectionHandler for StallHandler {
-    /// At the start of each task-queue run: measures the previous run, and arms glommio's
-    /// timer for this one (at `max_expected_runtime`, the preempt timer or a latency queue's
-    /// shorter one, plus the margin returned: together the threshold) only while a stack is
-    /// wanted.
+    /// At the start of each task-queue run: measures the previous run and tells the stack
+    /// watchdog a run started. glommio's own detector is never armed (`None`): it would
+    /// symbolize its stack on the shard.
     fn threshold(
         &self,
         queue: TaskQueueHandle,
-        max_expected_runtime: Duration,
+        _max_expected_runtime: Duration,
     ) -> Option<Duration> {
-        let armed = THIS_SHARD.with(|this| match this.borrow_mut().as_mut() {
-            Some(this) => this.run_starts(queue),
-            None => false,
+        THIS_SHARD.with(|this| {
+            if let Some(this) = this.borrow_mut().as_mut() {
+                this.run_starts(queue);
+            }
         });
-        armed.then(|| {
-            self.threshold
-                .saturating_sub(max_expected_runtime)
-                .max(MIN_MARGIN)
-        })
+        None
     }
 }
 
@@ -108,17 +88,11 @@ struct ThisShard {
     threshold: Duration,
     /// The queue of the run in progress (the run measured at the next call).
     queue: Option<TaskQueueHandle>,
-    /// At most one stack per this interval (zero: never).
+    /// At most one stack per this interval (zero: never, and the watchdog does not know the
+    /// shard).
     stack_interval: Duration,
-    /// glommio's detector is armed until then.
-    armed_until: Option<Instant>,
-    /// When the last stack was taken.
-    last_stack: Option<Instant>,
-    /// glommio reported (with its stack) the run that just ended.
-    reported: bool,
-    /// When the current run started, if glommio's detector is armed for it (to tell how long
-    /// glommio took to symbolize the stack).
-    armed_run_started: Option<Instant>,
+    /// When the watchdog was last asked for a stack.
+    last_armed: Option<Instant>,
     last_logged: Option<Instant>,
     /// Stalls since the last warning and the longest of them.
     unlogged: u64,
@@ -134,42 +108,23 @@ static OBSERVED: std::sync::Mutex<Vec<Stall>> = std::sync::Mutex::new(Vec::new()
 
 impl ThisShard {
     /// A run starts: measures the one before (glommio's executor runtime since the last call
-    /// is exactly its length). Returns whether to arm glommio's detector for this one.
-    fn run_starts(&mut self, queue: TaskQueueHandle) -> bool {
+    /// is exactly its length).
+    fn run_starts(&mut self, queue: TaskQueueHandle) {
         let previous = self.queue.replace(queue);
         let ran = glommio::executor().executor_stats().executor_runtime();
         if ran > self.threshold {
             // No previous queue: the run that called `enter_shard`, the shard's main task, on
             // the default queue.
             let previous = previous.unwrap_or_default();
-            self.stalled(queue_name(previous), ran, Vec::new());
+            self.stalled(queue_name(previous), ran);
         }
-        self.reported = false;
-        self.armed_run_started = None;
-        let now = Instant::now();
-        match self.armed_until {
-            Some(until) if now < until => {
-                self.armed_run_started = Some(now);
-                true
-            }
-            Some(_) => {
-                self.armed_until = None;
-                false
-            }
-            None => false,
+        if !self.stack_interval.is_zero() {
+            stall_stack::run_starts(self.id, queue.index());
         }
     }
 
-    /// Counts and logs a stall: once from glommio's report when it caught the stack (then the
-    /// measurement at the next run start only skips it), else from the measurement.
-    fn stalled(&mut self, queue: String, duration: Duration, frames: Vec<String>) {
-        let with_stack = !frames.is_empty();
-        if self.reported {
-            return;
-        }
-        if with_stack {
-            self.reported = true;
-        }
+    /// Counts and logs a stall, and asks the watchdog for the next one's stack if one is due.
+    fn stalled(&mut self, queue: String, duration: Duration) {
         crate::metrics::shard_cells(self.id)
             .stalls
             .fetch_add(1, Ordering::Relaxed);
@@ -178,28 +133,22 @@ impl ThisShard {
             shard: self.id,
             queue,
             duration,
-            frames,
         };
         #[cfg(test)]
         OBSERVED.lock().unwrap().push(stall.clone());
         let now = Instant::now();
+        let stack_due = !self.stack_interval.is_zero()
+            && self
+                .last_armed
+                .is_none_or(|last| now.duration_since(last) >= self.stack_interval);
+        if stack_due && !stall_stack::is_armed(self.id) {
+            stall_stack::arm(self.id, ARMED_FOR);
+            self.last_armed = Some(now);
+        }
         let quiet = self
             .last_logged
             .is_some_and(|last| now.duration_since(last) < LOG_INTERVAL);
-        let stack_due = !self.stack_interval.is_zero()
-            && self
-                .last_stack
-                .is_none_or(|last| now.duration_since(last) >= self.stack_interval);
-        if !with_stack && self.armed_until.is_none() && stack_due {
-            // Catch the next one's stack.
-            self.armed_until = Some(now + ARMED_FOR);
-        }
-        if with_stack {
-            // One stack per interval: symbolizing is expensive.
-            self.armed_until = None;
-            self.last_stack = Some(now);
-        }
-        if quiet && !with_stack {
+        if quiet {
             self.unlogged += 1;
             self.unlogged_max = self.unlogged_max.max(duration);
             return;
@@ -208,21 +157,13 @@ impl ThisShard {
         self.last_logged = Some(now);
         self.unlogged = 0;
         self.unlogged_max = Duration::ZERO;
-        let doing = if !stall.frames.is_empty() {
-            stall.frames.join(" <- ")
-        } else if self.armed_until.is_some() {
-            "(no stack: the next stall's will be logged)".to_string()
+        let stack = if stall_stack::is_armed(self.id) {
+            "the next stall's is logged as it happens"
+        } else if self.stack_interval.is_zero() {
+            "none (shard.stall.stack.interval.ms=0)"
         } else {
-            "(no stack: one per shard.stall.stack.interval.ms)".to_string()
+            "at most one per shard.stall.stack.interval.ms"
         };
-
-        // Between the run's end and now glommio symbolized the stack, on this thread.
-        let symbolized_ms = self
-            .armed_run_started
-            .filter(|_| with_stack)
-            .map(|started| {
-                (now.duration_since(started).saturating_sub(duration)).as_secs_f64() * 1e3
-            });
         tracing::warn!(
             shard = stall.shard,
             stalled_ms = format!("{:.1}", duration.as_secs_f64() * 1e3),
@@ -230,8 +171,7 @@ impl ThisShard {
             queue = %stall.queue,
             unlogged_since_last_warning = unlogged,
             unlogged_max_ms = format!("{:.1}", unlogged_max.as_secs_f64() * 1e3),
-            %doing,
-            symbolized_ms,
+            stack,
             "shard stalled: its event loop did not come back within the threshold"
         );
     }
@@ -246,6 +186,9 @@ thread_local! {
 /// the queue's index).
 pub fn name_queue(queue: TaskQueueHandle, name: &'static str) {
     QUEUE_NAMES.with(|names| names.borrow_mut().push((queue.index(), name)));
+    if let Some(shard) = THIS_SHARD.with(|this| this.borrow().as_ref().map(|t| t.id)) {
+        stall_stack::name_queue(shard, queue.index(), name);
+    }
 }
 
 fn queue_name(queue: TaskQueueHandle) -> String {
@@ -266,93 +209,63 @@ fn queue_name(queue: TaskQueueHandle) -> String {
 
 /// Makes this thread's stalls count for shard `id` (called first thing on each shard's
 /// executor), with a stack at most once per `stack_interval` (zero: none). Without it the
-/// handler measures nothing.
-pub fn enter_shard(id: usize, threshold: Duration, stack_interval: Duration) {
+/// handler measures nothing. Keep the guard as long as the shard runs: dropping it (the thread
+/// ending) stops the stack watchdog from signalling the thread.
+#[must_use = "the shard is unregistered when the guard drops"]
+pub fn enter_shard(id: usize, threshold: Duration, stack_interval: Duration) -> ShardGuard {
+    // Threshold zero: `configure` installed no handler, so nothing measures runs.
+    let stack_interval = if threshold.is_zero() {
+        Duration::ZERO
+    } else {
+        stack_interval
+    };
     THIS_SHARD.with(|this| {
         *this.borrow_mut() = Some(ThisShard {
             id,
             threshold,
             queue: None,
             stack_interval,
-            armed_until: None,
-            last_stack: None,
-            reported: false,
-            armed_run_started: None,
+            last_armed: None,
             last_logged: None,
             unlogged: 0,
             unlogged_max: Duration::ZERO,
         })
     });
+    if !stack_interval.is_zero() {
+        stall_stack::enter_shard(id, threshold);
+    }
     // The runtime so far (start-up) is not a run to measure.
     let _ = glommio::executor().executor_stats();
+    ShardGuard { id }
 }
 
-/// Takes glommio's stall reports out of the `log` records (see the module doc) and passes
-/// every other record to `tracing` (what `tracing_subscriber`'s `init` would have set up).
-/// Call once, after the `tracing` subscriber is set; later calls do nothing.
+/// See [`enter_shard`].
+#[derive(Debug)]
+pub struct ShardGuard {
+    id: usize,
+}
+
+impl Drop for ShardGuard {
+    fn drop(&mut self) {
+        stall_stack::leave_shard(self.id);
+        THIS_SHARD.with(|this| this.borrow_mut().take());
+    }
+}
+
+/// Routes `log` records (glommio's and other crates') to `tracing`, as `tracing_subscriber`'s
+/// `init` would have. Call once, after the `tracing` subscriber is set; later calls do nothing.
 pub fn install_log_bridge() {
-    static BRIDGE: LogBridge = LogBridge;
-    if log::set_logger(&BRIDGE).is_ok() {
-        // glommio's reports are warnings: let them through whatever the tracing filter says
-        // (the bridge filters the rest itself).
-        let tracing_max = match tracing::level_filters::LevelFilter::current().into_level() {
-            None => log::LevelFilter::Off,
-            Some(tracing::Level::ERROR) => log::LevelFilter::Error,
-            Some(tracing::Level::WARN) => log::LevelFilter::Warn,
-            Some(tracing::Level::INFO) => log::LevelFilter::Info,
-            Some(tracing::Level::DEBUG) => log::LevelFilter::Debug,
-            Some(tracing::Level::TRACE) => log::LevelFilter::Trace,
-        };
-        log::set_max_level(tracing_max.max(log::LevelFilter::Warn));
-    }
-}
-
-struct LogBridge;
-
-impl log::Log for LogBridge {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.target().starts_with(GLOMMIO_STALL_TARGET)
-            || tracing_log::LogTracer::new().enabled(metadata)
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if record.target().starts_with(GLOMMIO_STALL_TARGET) {
-            on_glommio_report(&record.args().to_string());
-        } else {
-            tracing_log::LogTracer::new().log(record);
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// Handles one of glommio's stall reports, on the stalled shard's thread, just after the run
-/// it caught: logs it with its stack, then drops the symbolizer's cache.
-pub fn on_glommio_report(text: &str) {
-    let handled = THIS_SHARD.with(|this| {
-        let mut this = this.borrow_mut();
-        let this = this.as_mut()?;
-        match parse_report(text) {
-            // Below the threshold: the timer fired as the previous run ended and its signal
-            // landed in this one.
-            Some((_, duration)) if duration < this.threshold => {}
-            Some((queue, duration)) => this.stalled(
-                queue.to_string(),
-                duration,
-                innermost_frames(text, FRAMES_LOGGED),
-            ),
-            None => tracing::warn!(shard = this.id, "unreadable stall report: {text}"),
-        }
-        Some(())
-    });
-    if handled.is_none() {
-        // Not a shard (no `enter_shard`): glommio's own words.
-        tracing::warn!(target: "glommio::executor::stall", "{text}");
-    }
-    // Symbolizing parsed the binary's line tables (tens of MB): give the memory back.
-    backtrace::clear_symbol_cache();
-    // SAFETY: malloc_trim only hands free heap pages back to the kernel.
-    unsafe { libc::malloc_trim(0) };
+    let max_level = match tracing::level_filters::LevelFilter::current().into_level() {
+        None => log::LevelFilter::Off,
+        Some(tracing::Level::ERROR) => log::LevelFilter::Error,
+        Some(tracing::Level::WARN) => log::LevelFilter::Warn,
+        Some(tracing::Level::INFO) => log::LevelFilter::Info,
+        Some(tracing::Level::DEBUG) => log::LevelFilter::Debug,
+        Some(tracing::Level::TRACE) => log::LevelFilter::Trace,
+    };
+    let _ = tracing_log::LogTracer::builder()
+        .with_max_level(max_level)
+        .init();
 }
 
 /// Sets up stall detection on a shard's executor: the preempt timer at half the threshold (so
@@ -365,84 +278,25 @@ pub fn configure(builder: LocalExecutorBuilder, threshold: Duration) -> LocalExe
     }
     builder
         .preempt_timer((threshold / 2).min(GLOMMIO_PREEMPT_TIMER))
-        .detect_stalls(Some(Box::new(StallHandler { threshold })))
+        .detect_stalls(Some(Box::new(StallHandler)))
 }
 
-/// The text between `start` and the next `end` after it.
-fn field<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
-    let from = text.find(start)? + start.len();
-    let len = text[from..].find(end)?;
-    Some(&text[from..from + len])
-}
-
-/// The task queue and the run's whole duration (budget + overage, measured before glommio
-/// symbolized the stack) from glommio 0.9's report: `[stall-detector -- executor 1] task
-/// queue default went over-budget: 75.5ms (budget: 25ms). Backtrace: ...`.
-fn parse_report(text: &str) -> Option<(&str, Duration)> {
-    let queue = field(text, "] task queue ", " went over-budget")?;
-    let overage = parse_debug_duration(field(text, "went over-budget: ", " (budget")?)?;
-    let budget = parse_debug_duration(field(text, "(budget: ", ")")?)?;
-    Some((queue, budget + overage))
-}
-
-/// Parses `Duration`'s Debug form: `25ms`, `1.5s`, `730.2µs`, `12ns`.
-fn parse_debug_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "s" => value,
-        "ms" => value / 1e3,
-        "µs" | "us" => value / 1e6,
-        "ns" => value / 1e9,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(seconds))
-}
-
-/// The stack below the signal handler, innermost first, `symbol (file:line)`, at most `limit`
-/// frames, stopping at glommio's run loop (everything below it is the same for every stall).
-fn innermost_frames(text: &str, limit: usize) -> Vec<String> {
-    // Symbols (inlined ones on lines of their own) each followed by an `at file:line` line,
-    // in the backtrace crate's format: `  12: 0x55d0c0ffee00 - name::h0123456789abcdef`.
-    let mut frames: Vec<(String, Option<String>)> = Vec::new();
-    let trace = text.find("Backtrace:").map_or(text, |i| &text[i..]);
-    for line in trace.lines().skip(1) {
-        let line = line.trim();
-        if let Some(location) = line.strip_prefix("at ") {
-            if let Some(last) = frames.last_mut() {
-                last.1.get_or_insert_with(|| location.to_string());
-            }
-            continue;
-        }
-        let mut symbol = line;
-        if let Some((index, rest)) = symbol.split_once(": ") {
-            if !index.is_empty() && index.chars().all(|c| c.is_ascii_digit()) {
-                symbol = rest.trim();
-            }
-        }
-        if symbol.starts_with("0x") {
-            symbol = symbol.split_once(" - ").map_or(symbol, |(_, name)| name);
-        }
-        if !symbol.is_empty() && symbol != "<unknown>" {
-            frames.push((strip_hash(symbol).to_string(), None));
-        }
-    }
-    // The frames up to the signal trampoline (`__restore_rt`, often `<unknown>`) are the
-    // signal handler's own; below the task's poll they are glommio's run loop. Release builds
-    // name frames without their module path, so the file says whose they are.
+/// The stalled code's frames out of a signal-time stack (`(symbol, file:line)`, innermost
+/// first): without the signal handler's own frames above it and glommio's run loop below it
+/// (the same for every stall), and without the standard library's frames between a system call
+/// and its caller; at most `limit`, as `symbol (file:line)`.
+pub(crate) fn cut_frames(frames: Vec<(String, Option<String>)>, limit: usize) -> Vec<String> {
+    // Release builds name frames without their module path, so the file says whose they are.
     let from = |(symbol, location): &(String, Option<String>), name: &str, file: &str| {
         symbol.contains(name) || location.as_deref().is_some_and(|l| l.contains(file))
     };
     let handler_end = frames
         .iter()
         .rposition(|f| {
-            from(f, "signal_hook_registry", "/signal-hook-registry-")
-                || f.0.contains("__restore_rt")
+            from(f, "stall_stack::on_signal", "/src/shard/stall_stack.rs")
+                || from(f, "__restore_rt", "sigaction.c")
         })
         .map_or(0, |i| i + 1);
-    // The standard library's frames between a system call and its caller say little.
     let std_internal = |f: &(String, Option<String>)| {
         f.1.as_deref()
             .is_some_and(|l| l.contains("library/std/") || l.contains("library/core/"))
@@ -469,16 +323,6 @@ fn innermost_frames(text: &str, limit: usize) -> Vec<String> {
         .collect()
 }
 
-/// `name::h0123456789abcdef` without the hash.
-fn strip_hash(symbol: &str) -> &str {
-    match symbol.rsplit_once("::h") {
-        Some((name, hash)) if hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
-            name
-        }
-        _ => symbol,
-    }
-}
-
 /// `src/shard/mod.rs:120:9`, `glommio-0.9.0/src/...`, `library/std/src/...`: paths without the
 /// build machine's directories.
 fn short_location(location: &str) -> &str {
@@ -499,7 +343,6 @@ fn short_location(location: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Once;
 
     /// Busy-spins on the thread, never yielding: a stall.
     #[inline(never)]
@@ -520,22 +363,26 @@ mod tests {
             .collect()
     }
 
-    fn bridge() {
-        static ONCE: Once = Once::new();
-        ONCE.call_once(install_log_bridge);
+    fn stacks(shard: usize) -> Vec<stall_stack::StallStack> {
+        stall_stack::OBSERVED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.shard == shard)
+            .cloned()
+            .collect()
     }
 
     /// A shard's executor as `server` builds it, with a task that spins for 90 ms twice (under
     /// glommio's default preempt timer of 100 ms, which alone would hide it; well above the
-    /// threshold, so glommio's helper thread has time to send its signal on a loaded machine).
-    /// Both are counted with their shard and a duration of about 90 ms; the first arms
-    /// glommio's detector, so the second comes with the spinning function among its frames. A
-    /// shorter spin, and a task that sleeps (yields) for as long, are not stalls.
+    /// threshold, so the watchdog has time to send its signal on a loaded machine). Both are
+    /// counted with their shard and a duration of about 90 ms; the first arms the watchdog, so
+    /// the second's stack, with the spinning function among its frames, is logged by the
+    /// watchdog. A shorter spin, and a task that sleeps (yields) for as long, are not stalls.
     #[test]
     fn a_task_that_does_not_yield_is_reported_with_its_shard_duration_and_stack() {
         const SHARD: usize = 61;
         let threshold = Duration::from_millis(10);
-        bridge();
         let before = crate::metrics::shard_cells(SHARD)
             .stalls
             .load(Ordering::Relaxed);
@@ -544,7 +391,7 @@ mod tests {
             threshold,
         )
         .spawn(move || async move {
-            enter_shard(SHARD, threshold, Duration::from_secs(60));
+            let _shard = enter_shard(SHARD, threshold, Duration::from_secs(60));
             let executor = glommio::executor();
             for _ in 0..2 {
                 // The run ends when this task yields: measured at the next run's start.
@@ -570,28 +417,36 @@ mod tests {
                 "{stall:#?}"
             );
         }
-        assert!(seen[0].frames.is_empty(), "nothing armed yet: {seen:#?}");
-        assert!(
-            seen[1]
-                .frames
-                .iter()
-                .any(|f| f.contains("spin_without_yielding")),
-            "the frames show what the shard was doing: {seen:#?}"
-        );
         let after = crate::metrics::shard_cells(SHARD)
             .stalls
             .load(Ordering::Relaxed);
         assert_eq!(after - before, 2);
+        // The watchdog symbolizes on its own thread, after the signal: wait for its report.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stacks(SHARD).is_empty() {
+            assert!(Instant::now() < deadline, "no stack reported");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stack = &stacks(SHARD)[0];
+        assert_eq!(stack.queue, "default");
+        assert!(stack.stalled_for > threshold, "{stack:#?}");
+        assert!(
+            stack
+                .frames
+                .iter()
+                .any(|f| f.contains("spin_without_yielding")),
+            "the frames show what the shard was doing: {stack:#?}"
+        );
+        assert_eq!(stacks(SHARD).len(), 1, "one stack per arming");
     }
 
     /// Threshold 0: no detector (and glommio's preempt timer stays).
     #[test]
     fn a_zero_threshold_installs_nothing() {
         const SHARD: usize = 62;
-        bridge();
         configure(LocalExecutorBuilder::default(), Duration::ZERO)
             .spawn(|| async move {
-                enter_shard(SHARD, Duration::from_millis(25), Duration::from_secs(60));
+                let _shard = enter_shard(SHARD, Duration::from_millis(25), Duration::from_secs(60));
                 spin_without_yielding(Duration::from_millis(150));
                 glommio::executor().yield_task_queue_now().await;
             })
@@ -603,73 +458,46 @@ mod tests {
 
     /// Release builds (line tables only) name frames without their module path.
     #[test]
-    fn release_frames_are_cut_by_their_files() {
-        let report = "[stall-detector -- executor 1] task queue default went over-budget: \
-             1ms (budget: 25ms). Backtrace:    0:     0x5 - trace_unsynchronized<x>
-                               at /root/.cargo/registry/src/i/backtrace-0.3.77/src/backtrace/mod.rs:66:14
-   1:     0x6 - handler
-                               at /root/.cargo/registry/src/i/signal-hook-registry-1.4.8/src/lib.rs:416:13
-   2:     0x7 - __GI_fsync
-                               at ./misc/../sysdeps/unix/sysv/linux/fsync.c:27:10
-                                 write_checkpoint
-                               at /elsewhere/src/storage/epoch_cache.rs:324:14
-   3:     0x8 - {closure#0}
-                               at /root/.cargo/registry/src/i/glommio-0.9.0/src/executor/mod.rs:711:50
-   4:     0x9 - run<x>
-                               at /root/.cargo/registry/src/i/glommio-0.9.0/src/task/raw.rs:469:20
-";
+    fn frames_are_cut_at_the_handler_and_the_run_loop() {
+        let frame = |symbol: &str, location: &str| (symbol.to_string(), Some(location.to_string()));
+        let frames = vec![
+            frame(
+                "trace_unsynchronized<x>",
+                "/root/.cargo/registry/src/i/backtrace-0.3.77/src/backtrace/mod.rs:66:14",
+            ),
+            frame("on_signal", "/work/main/src/shard/stall_stack.rs:200:13"),
+            ("__restore_rt".to_string(), None),
+            frame(
+                "__GI_fsync",
+                "./misc/../sysdeps/unix/sysv/linux/fsync.c:27:10",
+            ),
+            frame(
+                "std::sys::fs::fsync",
+                "/rustc/abc/library/std/src/sys/fs.rs:9:5",
+            ),
+            frame(
+                "write_checkpoint",
+                "/elsewhere/src/storage/epoch_cache.rs:324:14",
+            ),
+            ("broker::shard::Shard::apply_metadata".to_string(), None),
+            frame(
+                "{closure#0}",
+                "/root/.cargo/registry/src/i/glommio-0.9.0/src/executor/mod.rs:711:50",
+            ),
+            frame(
+                "run<x>",
+                "/root/.cargo/registry/src/i/glommio-0.9.0/src/task/raw.rs:469:20",
+            ),
+            ("main".to_string(), None),
+        ];
         assert_eq!(
-            innermost_frames(report, 10),
+            cut_frames(frames.clone(), 10),
             vec![
                 "__GI_fsync (./misc/../sysdeps/unix/sysv/linux/fsync.c:27:10)".to_string(),
                 "write_checkpoint (/elsewhere/src/storage/epoch_cache.rs:324:14)".to_string(),
-            ]
-        );
-    }
-
-    #[test]
-    fn glommio_reports_are_read() {
-        assert_eq!(
-            parse_debug_duration("25ms"),
-            Some(Duration::from_millis(25))
-        );
-        assert_eq!(
-            parse_debug_duration("1.5s"),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            parse_debug_duration("730µs"),
-            Some(Duration::from_micros(730))
-        );
-        assert_eq!(parse_debug_duration("12 parsecs"), None);
-        let report = "[stall-detector -- executor 3] task queue default went over-budget: \
-             75.5ms (budget: 25ms). Backtrace: stack backtrace:
-   0:     0x55d0c0ffee00 - backtrace::backtrace::trace::h0123456789abcdef
-                               at /root/.cargo/registry/src/x/backtrace-0.3.77/src/lib.rs:1:1
-                                 glommio::executor::stall::StallDetector::install_handler::{{closure}}::h0123456789abcdef
-   1:     0x55d0c0ffee01 - signal_hook_registry::handler::h0123456789abcdef
-   2:     0x55d0c0ffee01 - <unknown>
-   3:     0x55d0c0ffee02 - std::sys::fs::fsync::h0123456789abcdef
-                               at /rustc/abc/library/std/src/sys/fs.rs:9:5
-                                 broker::storage::epoch_cache::write_checkpoint::h0123456789abcdef
-                               at /elsewhere/src/storage/epoch_cache.rs:324:9
-   4:     0x55d0c0ffee03 - broker::shard::Shard::apply_metadata::h0123456789abcdef
-   5:     0x55d0c0ffee04 - glommio::executor::LocalExecutorBuilder::spawn::{{closure}}::h0123456789abcdef
-   6:     0x55d0c0ffee04 - glommio::task::raw::RawTask<F,R,S>::run::h0123456789abcdef
-   7:     0x55d0c0ffee05 - main
-";
-        assert_eq!(
-            parse_report(report),
-            Some(("default", Duration::from_micros(100_500)))
-        );
-        assert_eq!(
-            innermost_frames(report, 10),
-            vec![
-                "std::sys::fs::fsync (library/std/src/sys/fs.rs:9:5)".to_string(),
-                "broker::storage::epoch_cache::write_checkpoint (/elsewhere/src/storage/epoch_cache.rs:324:9)"
-                    .to_string(),
                 "broker::shard::Shard::apply_metadata".to_string(),
             ]
         );
+        assert_eq!(cut_frames(frames, 1).len(), 1);
     }
 }
