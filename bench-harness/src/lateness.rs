@@ -14,6 +14,11 @@
 //!   broker is not acknowledging), so read it with the timer: a large send lag with an on-time
 //!   timer is the broker's backpressure, both large is the client.
 //!
+//! - **produce round trip**: from a Produce request's last byte written to its response read,
+//!   per request. Against the broker's own time for the request (its `/metrics`, from the frame
+//!   read to the response ready) it tells time in the broker's handling from time in sockets,
+//!   scheduling and the broker's read and write queues.
+//!
 //! Cost: one wake-up per tick (about 1,000 a second by default), a few microseconds each, and
 //! one histogram record per Produce request.
 
@@ -32,6 +37,7 @@ pub struct Lateness {
     pub tick_us: u64,
     timer: Mutex<Histogram<u64>>,
     send_lag: Mutex<Histogram<u64>>,
+    round_trip: Mutex<Histogram<u64>>,
     /// Whether the run has an open-loop schedule to lag behind.
     open_loop: bool,
 }
@@ -42,6 +48,7 @@ impl Lateness {
             tick_us,
             timer: Mutex::new(new_hist()),
             send_lag: Mutex::new(new_hist()),
+            round_trip: Mutex::new(new_hist()),
             open_loop,
         })
     }
@@ -59,11 +66,21 @@ impl Lateness {
             .expect("same histogram bounds");
     }
 
+    /// One Produce request's round trip (written to answered), ns.
+    pub fn record_round_trip(&self, ns: u64) {
+        self.round_trip
+            .lock()
+            .expect("lock")
+            .record((ns / 1_000).max(1))
+            .ok();
+    }
+
     pub fn summary(&self) -> HarnessLateness {
         HarnessLateness {
             tick_us: self.tick_us,
             timer: LatenessSummary::from_hist(&self.timer.lock().expect("lock")),
             producer_send_lag: LatenessSummary::from_hist(&self.send_lag.lock().expect("lock")),
+            produce_round_trip: LatenessSummary::from_hist(&self.round_trip.lock().expect("lock")),
         }
     }
 }
@@ -142,6 +159,8 @@ pub struct HarnessLateness {
     pub timer: Option<LatenessSummary>,
     /// Open loop: how long after it was due each Produce request was written.
     pub producer_send_lag: Option<LatenessSummary>,
+    /// From each Produce request written to its response read (acks 1 and all).
+    pub produce_round_trip: Option<LatenessSummary>,
 }
 
 impl HarnessLateness {
@@ -156,6 +175,12 @@ impl HarnessLateness {
         }
         if let Some(l) = &self.producer_send_lag {
             parts.push(format!("produce requests written after due {}", l.line()));
+        }
+        if let Some(l) = &self.produce_round_trip {
+            parts.push(format!(
+                "produce request round trip (written to answered) {}",
+                l.line()
+            ));
         }
         parts.join("; ")
     }
@@ -195,6 +220,7 @@ mod tests {
         // The swallowed ticks are filled in: about 30 of them are at least 1 ms late.
         assert!(t.count >= 30, "{t:?}");
         assert!(s.producer_send_lag.is_none());
+        assert!(s.produce_round_trip.is_none());
         assert!(s.stall_note().unwrap().contains("ms late"));
     }
 }

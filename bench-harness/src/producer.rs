@@ -104,6 +104,8 @@ struct SentPart {
 /// A request awaiting its response, with what is needed to account for it or resend parts.
 struct InFlight {
     correlation: i32,
+    /// When its last byte was written (unix ns; 0 until then).
+    written_ns: u64,
     buf: BytesMut,
     times: Vec<u64>,
     parts: Vec<SentPart>,
@@ -850,8 +852,9 @@ impl Producer {
 
         let c = &mut self.conns[ci];
         c.in_flight.fetch_add(1, Relaxed);
-        let inflight = InFlight {
+        let mut inflight = InFlight {
             correlation,
+            written_ns: 0,
             buf,
             times,
             parts: sent,
@@ -865,6 +868,7 @@ impl Producer {
             self.requeue_here(inflight, Reason::ConnectionClosed)?;
             return Ok(false);
         }
+        inflight.written_ns = now_ns();
         match &c.tx {
             Some(tx) => {
                 if let Err(mpsc::error::SendError(inflight)) = tx.send(inflight) {
@@ -995,6 +999,10 @@ async fn read_loop(
             Err(_) => return Some(Stop::Connection(Reason::NoResponse, vec![inf])),
         };
         let now = now_ns();
+        if inf.written_ns >= plan.measure_start_ns {
+            plan.lateness
+                .record_round_trip(now.saturating_sub(inf.written_ns));
+        }
         if let Err(e) = handle_response(ctx, &inf, frame, header_version, now, tally) {
             return Some(Stop::Fatal(e));
         }
