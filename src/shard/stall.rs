@@ -353,24 +353,26 @@ mod tests {
         }
     }
 
-    fn observed(shard: usize) -> Vec<Stall> {
-        OBSERVED
-            .lock()
+    /// The entries of `shard` in one of the test logs.
+    fn of_shard<T: Clone>(
+        log: &std::sync::Mutex<Vec<T>>,
+        shard: usize,
+        shard_of: fn(&T) -> usize,
+    ) -> Vec<T> {
+        log.lock()
             .unwrap()
             .iter()
-            .filter(|s| s.shard == shard)
+            .filter(|s| shard_of(s) == shard)
             .cloned()
             .collect()
     }
 
+    fn observed(shard: usize) -> Vec<Stall> {
+        of_shard(&OBSERVED, shard, |s| s.shard)
+    }
+
     fn stacks(shard: usize) -> Vec<stall_stack::StallStack> {
-        stall_stack::OBSERVED
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.shard == shard)
-            .cloned()
-            .collect()
+        of_shard(&stall_stack::OBSERVED, shard, |s| s.shard)
     }
 
     /// A shard's executor as `server` builds it, with a task that spins for 90 ms twice (under
