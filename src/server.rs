@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::admin;
 use crate::config::BrokerConfig;
@@ -21,11 +21,34 @@ use crate::shard::{Job, Shard};
 /// Capacity of each shard-to-shard channel, in jobs.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
 
-/// Runs a broker until SIGINT or SIGTERM. Prints one `ready` line on stdout when every shard
-/// serves clients; scripts and tests wait for it.
+/// Threads of each shard's blocking pool (glommio's `spawn_blocking`; glommio's default is
+/// one). Everything a shard must not wait for in its event loop goes there: a roll's rename of
+/// the next segment file, the closing segment's index files, snapshot and directory fsyncs,
+/// retention's renames, the reaper's unlinks, the log cleaner's rewrites. With one thread a
+/// roll's rename queued behind another partition's fsyncs (tens of ms when the journal is
+/// busy) or a whole cleaner pass, and the rolling partition's acks waited with it. Each
+/// partition awaits its own blocking work in order, so more threads change no ordering.
+const BLOCKING_THREADS_PER_SHARD: usize = 4;
+
 /// Below this `ulimit -n`, start-up warns (Kafka's operations guide asks for 100,000).
 const MIN_OPEN_FILES_ADVISED: u64 = 65_536;
 
+/// A shard's blocking pool: on the shard's CPU when the shard is pinned to one, else unbound.
+fn blocking_pool(pinned_cpu: Option<usize>) -> PoolPlacement {
+    match pinned_cpu {
+        Some(cpu) => match CpuSet::online() {
+            Ok(online) => PoolPlacement::Fenced(
+                BLOCKING_THREADS_PER_SHARD,
+                online.filter(|location| location.cpu == cpu),
+            ),
+            Err(_) => PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD),
+        },
+        None => PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD),
+    }
+}
+
+/// Runs a broker until SIGINT or SIGTERM. Prints one `ready` line on stdout when every shard
+/// serves clients; scripts and tests wait for it.
 pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut config = config;
@@ -105,7 +128,9 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             ready_tx.clone(),
         );
         let builder = crate::shard::stall::configure(
-            LocalExecutorBuilder::new(placement).name(&format!("shard-{id}")),
+            LocalExecutorBuilder::new(placement)
+                .blocking_thread_pool_placement(blocking_pool(pinned.then(|| cpus[id])))
+                .name(&format!("shard-{id}")),
             Duration::from_millis(config.stall_threshold_ms),
         );
         let guard = ShardPanicGuard {
@@ -404,4 +429,39 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     // SAFETY: `set` holds the signals blocked above.
     unsafe { libc::sigwait(set, &mut signal) };
     signal
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A job on a shard's blocking pool that waits (a closing segment's fsync on a busy journal)
+    /// does not hold the next one (another partition's roll renaming its segment file): the
+    /// second job is what releases the first, so with glommio's default of one thread the
+    /// first times out.
+    #[test]
+    fn blocking_jobs_of_a_shard_do_not_queue_behind_each_other() {
+        for pinned_cpu in [None, Some(crate::config::allowed_cpus()[0])] {
+            let placement = match pinned_cpu {
+                Some(cpu) => Placement::Fixed(cpu),
+                None => Placement::Unbound,
+            };
+            LocalExecutorBuilder::new(placement)
+                .blocking_thread_pool_placement(blocking_pool(pinned_cpu))
+                .spawn(|| async {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let waiting = glommio::executor()
+                        .spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)).is_ok());
+                    let releasing = glommio::executor().spawn_blocking(move || tx.send(()).is_ok());
+                    let (released, sent) = futures::join!(waiting, releasing);
+                    assert!(sent);
+                    assert!(released, "the second job ran while the first waited");
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+        }
+    }
 }
