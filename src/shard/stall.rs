@@ -116,7 +116,7 @@ impl ThisShard {
             // No previous queue: the run that called `enter_shard`, the shard's main task, on
             // the default queue.
             let previous = previous.unwrap_or_default();
-            self.stalled(queue_name(previous), ran);
+            self.stalled(stall_stack::queue_name(self.id, previous.index()), ran);
         }
         if !self.stack_interval.is_zero() {
             stall_stack::run_starts(self.id, queue.index());
@@ -177,34 +177,12 @@ impl ThisShard {
     }
 }
 
-thread_local! {
-    /// Names of this shard's task queues ([`name_queue`]), by glommio's queue index.
-    static QUEUE_NAMES: RefCell<Vec<(usize, &'static str)>> = const { RefCell::new(Vec::new()) };
-}
-
 /// Names a task queue created on this shard, for stall reports (glommio tells a handler only
-/// the queue's index).
+/// the queue's index). Call after [`enter_shard`].
 pub fn name_queue(queue: TaskQueueHandle, name: &'static str) {
-    QUEUE_NAMES.with(|names| names.borrow_mut().push((queue.index(), name)));
     if let Some(shard) = THIS_SHARD.with(|this| this.borrow().as_ref().map(|t| t.id)) {
         stall_stack::name_queue(shard, queue.index(), name);
     }
-}
-
-fn queue_name(queue: TaskQueueHandle) -> String {
-    let index = queue.index();
-    if index == 0 {
-        return "default".to_string(); // glommio's default queue
-    }
-    QUEUE_NAMES
-        .with(|names| {
-            names
-                .borrow()
-                .iter()
-                .find(|(i, _)| *i == index)
-                .map(|(_, name)| name.to_string())
-        })
-        .unwrap_or_else(|| format!("#{index}"))
 }
 
 /// Makes this thread's stalls count for shard `id` (called first thing on each shard's
@@ -231,6 +209,7 @@ pub fn enter_shard(id: usize, threshold: Duration, stack_interval: Duration) -> 
             unlogged_max: Duration::ZERO,
         })
     });
+    stall_stack::forget_queue_names(id);
     if !stack_interval.is_zero() {
         stall_stack::enter_shard(id, threshold);
     }

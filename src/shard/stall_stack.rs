@@ -141,10 +141,6 @@ pub fn enter_shard(shard: usize, threshold: Duration) {
     slot.threshold_ns
         .store(threshold.as_nanos() as u64, Ordering::Relaxed);
     slot.armed_until_ns.store(0, Ordering::Relaxed);
-    slot.queue_names
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
     slot.thread.store(this_thread_id(), Ordering::Release);
 }
 
@@ -161,13 +157,29 @@ fn this_thread_id() -> u64 {
     unsafe { libc::syscall(libc::SYS_gettid) as u64 }
 }
 
-/// Names a task queue of shard `shard` for the reports.
+/// Names a task queue of shard `shard` for the reports (the shard's own stall warnings and
+/// the watchdog's stacks).
 pub fn name_queue(shard: usize, index: usize, name: &'static str) {
     slot(shard)
         .queue_names
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push((index, name));
+}
+
+/// A new shard on the slot: the names of a previous one's queues go.
+pub fn forget_queue_names(shard: usize) {
+    slot(shard)
+        .queue_names
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+}
+
+/// The name of shard `shard`'s task queue `index`: `default`, a name from [`name_queue`], or
+/// `#index`.
+pub fn queue_name(shard: usize, index: usize) -> String {
+    slot(shard).queue_name(index)
 }
 
 /// A task-queue run starts on shard `shard` (on its thread).

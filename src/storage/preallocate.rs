@@ -104,7 +104,8 @@ impl Preallocator {
             "a fallocate still running on the previous file"
         );
         self.running = None;
-        self.file_bytes = Rc::new(Cell::new(None));
+        // No task holds the old file's size any more (settled), so the cell is reused.
+        self.file_bytes.set(None);
     }
 
     /// A write to `file` ended at `written_end` (page-aligned, padding included): extends the
@@ -266,7 +267,7 @@ mod tests {
     }
 
     fn active_file_bytes(path: &Path) -> u64 {
-        std::fs::metadata(path.join(format!("{:020}.log", 0)))
+        std::fs::metadata(path.join(crate::storage::segment::file_name(0, "log")))
             .unwrap()
             .len()
     }
