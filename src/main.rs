@@ -108,6 +108,10 @@ fn main() -> ExitCode {
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
     // `log` records (glommio's) go to tracing, and glommio's stall reports to the detector.
     broker::shard::stall::install_log_bridge();
+    // Before any shard allocates: large buffers recycled, not mapped and faulted in again.
+    if !broker::alloc::tune_system_allocator() {
+        tracing::info!("malloc parameters left at their defaults (not glibc)");
+    }
     let config = match build_config(Args::parse()) {
         Ok(config) => config,
         Err(e) => {
