@@ -203,6 +203,18 @@ fn killing_the_quorum_leader_elects_another_and_the_node_rejoins() {
 
     let killed_at = Instant::now();
     cluster.kill9(leader);
+    // Proposed at once, while the survivor still forwards proposals to the dead leader: that
+    // copy is lost, and the survivor proposes it again once a new quorum leader is elected,
+    // well within the request's 10 s (it waited those 10 s out before proposals were retried).
+    let (code, message) =
+        RawClient::connect(&cluster.broker(survivor).addr).create_topic_rf("during", 2, 2);
+    let during_after = killed_at.elapsed();
+    assert_eq!(
+        code,
+        0,
+        "{message:?} after {during_after:?}\n{}",
+        cluster.logs()
+    );
     let (m, _) = await_metadata(
         &cluster.broker(survivor).addr,
         WAIT,
@@ -224,8 +236,9 @@ fn killing_the_quorum_leader_elects_another_and_the_node_rejoins() {
     );
     let fenced_after = killed_at.elapsed();
     println!(
-        "quorum leader {leader} killed: new quorum leader {} in metadata after {new_controller_after:?}, \
-         its partitions led elsewhere after {fenced_after:?}",
+        "quorum leader {leader} killed: a topic created after {during_after:?}, new quorum leader \
+         {} in metadata after {new_controller_after:?}, its partitions led elsewhere after \
+         {fenced_after:?}",
         m.controller_id.0
     );
 

@@ -70,10 +70,16 @@ fn summarize(what: &str, reports: &[SimReport], started: Instant) {
         eprintln!("seeds where runtime.rs's registered flag went stale: {stale:?}");
     }
     let five = reports.iter().filter(|r| r.voters == 5).count();
+    let again: u64 = reports.iter().map(|r| r.stats.reproposals).sum();
+    let after: u64 = reports
+        .iter()
+        .map(|r| r.stats.outcomes_after_reproposal)
+        .sum();
     eprintln!(
         "{what}: {} seeds ({five} with 5 voters) in {:.1} s: {steps} steps, {:.0} simulated s, \
          {crashes} crashes ({mid_write} between disk writes), {topics} topics created, \
-         {reregistered} re-registrations during a clean stop, {} failed",
+         {reregistered} re-registrations during a clean stop, {again} proposals proposed \
+         again ({after} then answered), {} failed",
         reports.len(),
         started.elapsed().as_secs_f64(),
         sim_ms as f64 / 1000.0,
@@ -100,6 +106,16 @@ fn many_seeds() {
     );
     summarize("many_seeds", &reports, started);
     assert_all_pass(&reports);
+    // Proposals waiting for an outcome were proposed again and answered once each (the
+    // checks fail a seed whose proposal is answered twice).
+    let answered_after_again: u64 = reports
+        .iter()
+        .map(|r| r.stats.outcomes_after_reproposal)
+        .sum();
+    assert!(
+        answered_after_again > 0,
+        "no seed answered a proposal that was proposed again"
+    );
 }
 
 #[test]

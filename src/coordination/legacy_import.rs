@@ -123,9 +123,8 @@ pub fn import_if_needed(
     };
     let mut snapshot = Snapshot::default();
     snapshot.set_data(
-        rkyv::to_bytes::<rkyv::rancor::Error>(&state)
+        super::snapshot_compat::encode(&state)
             .map_err(|e| io::Error::other(format!("encoding the imported state: {e}")))?
-            .to_vec()
             .into(),
     );
     let meta = snapshot.mut_metadata();

@@ -306,13 +306,28 @@ impl QuorumNode {
     }
 
     /// Queues `command`; its outcome appears in [`Output::applied`] under the returned id once
-    /// committed. A proposal can be lost in a leader change; the caller times out and retries.
+    /// committed. A proposal can be lost in a quorum leader change (or commit after all): until
+    /// its outcome appears, the caller proposes it again with [`Self::propose_again`], and the
+    /// state machine applies the first copy that commits only
+    /// ([`ClusterState::first_application`]).
     pub fn propose(&mut self, command: Command) -> Result<u64, NoLeader> {
+        let proposal = self.next_proposal;
+        self.submit(proposal, command)?;
+        self.next_proposal = self.next_proposal.wrapping_add(1);
+        Ok(proposal)
+    }
+
+    /// Proposes `command` again under the id [`Self::propose`] gave it: for a proposal whose
+    /// outcome has not appeared, which a leader change may have lost.
+    pub fn propose_again(&mut self, proposal: u64, command: Command) -> Result<(), NoLeader> {
+        debug_assert!(proposal < self.next_proposal, "only ids already handed out");
+        self.submit(proposal, command)
+    }
+
+    fn submit(&mut self, proposal: u64, command: Command) -> Result<(), NoLeader> {
         if self.raw.raft.leader_id == raft::INVALID_ID {
             return Err(NoLeader);
         }
-        let proposal = self.next_proposal;
-        self.next_proposal = self.next_proposal.wrapping_add(1);
         let envelope = Envelope {
             origin: self.config.node_id,
             origin_incarnation: self.incarnation,
@@ -322,10 +337,7 @@ impl QuorumNode {
         let data = rkyv::to_bytes::<rkyv::rancor::Error>(&envelope)
             .expect("encoding a command cannot fail")
             .to_vec();
-        match self.raw.propose(vec![], data) {
-            Ok(()) => Ok(proposal),
-            Err(_) => Err(NoLeader),
-        }
+        self.raw.propose(vec![], data).map_err(|_| NoLeader)
     }
 
     pub fn take_output(&mut self) -> Output {
@@ -567,6 +579,17 @@ impl QuorumNode {
                     continue;
                 }
             };
+            let proposer = (envelope.origin, envelope.origin_incarnation);
+            if !self.state.first_application(proposer, envelope.proposal) {
+                // Proposed again after a leader change, and both copies committed.
+                tracing::debug!(
+                    index = entry.index,
+                    origin = envelope.origin,
+                    proposal = envelope.proposal,
+                    "duplicate proposal skipped"
+                );
+                continue;
+            }
             let registering = match &envelope.command {
                 Command::RegisterBroker {
                     node_id,
@@ -623,9 +646,8 @@ impl QuorumNode {
         if self.applied_index < store.snapshot_index() + self.config.snapshot_every_entries {
             return Ok(());
         }
-        let data = rkyv::to_bytes::<rkyv::rancor::Error>(&self.state)
-            .map_err(|e| io::Error::other(format!("encoding a snapshot: {e}")))?
-            .to_vec();
+        let data = super::snapshot_compat::encode(&self.state)
+            .map_err(|e| io::Error::other(format!("encoding a snapshot: {e}")))?;
         let mut snapshot = Snapshot::default();
         snapshot.set_data(data.into());
         let meta = snapshot.mut_metadata();
@@ -638,14 +660,8 @@ impl QuorumNode {
 }
 
 fn decode_state(snapshot: &Snapshot) -> io::Result<ClusterState> {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(snapshot.data.len());
-    aligned.extend_from_slice(&snapshot.data);
-    match rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(&aligned) {
-        Ok(state) => Ok(state),
-        // Written by a broker from before reassignments and dynamic broker configs.
-        Err(e) => super::snapshot_compat::decode_v1(&snapshot.data)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("snapshot: {e}"))),
-    }
+    super::snapshot_compat::decode(&snapshot.data)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Encodes a peer message for the wire: a kind byte, then the body.

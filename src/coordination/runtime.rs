@@ -30,6 +30,16 @@ use crate::protocol::ApiError;
 
 /// Largest peer frame accepted (Raft snapshots of large clusters are a few MiB).
 const MAX_PEER_FRAME_BYTES: usize = 64 << 20;
+
+/// A proposal without an outcome this long is proposed again (the quorum leader may have lost
+/// it without this node noticing a change): about two election timeouts.
+const REPROPOSE_AFTER: Duration = Duration::from_secs(2);
+
+/// How often a waiting proposer checks whether the quorum leader changed.
+const LEADER_CHANGE_POLL: Duration = Duration::from_millis(50);
+
+/// How soon a proposal is tried again while no quorum leader is known.
+const NO_LEADER_RETRY: Duration = Duration::from_millis(20);
 /// Messages queued to one unreachable peer before new ones are dropped (Raft retransmits).
 const PEER_QUEUE_MESSAGES: usize = 4096;
 
@@ -250,38 +260,109 @@ impl Coordinator {
         }
     }
 
-    /// Proposes `command` and waits until it is committed and applied here, retrying while no
-    /// quorum leader is known, up to `timeout`.
+    /// Proposes `command` and waits until it is committed and applied here, up to `timeout`:
+    /// retrying while no quorum leader is known, and proposing the same envelope again when the
+    /// quorum leader changes (the change may have lost it) or after [`REPROPOSE_AFTER`] without
+    /// an outcome. The state machine applies one copy only
+    /// ([`super::state_machine::ClusterState::first_application`]), so a proposal lost in a
+    /// leader change costs an election, not the whole timeout.
     pub async fn propose(&self, command: Command, timeout: Duration) -> Result<Outcome, ApiError> {
         let deadline = Instant::now() + timeout;
+        let no_leader = || {
+            ApiError::new(
+                ResponseError::RequestTimedOut,
+                "no coordination quorum leader (fewer than a majority of voters reachable)",
+            )
+        };
+        // Proposed once (the id), then proposed again until the outcome arrives.
+        let mut proposal: Option<u64> = None;
+        let mut outcome_rx = None;
         loop {
-            let proposed = self.node.borrow_mut().propose(command.clone());
+            let submitted = {
+                let mut node = self.node.borrow_mut();
+                let result = match proposal {
+                    None => node.propose(command.clone()).map(Some),
+                    Some(id) => node.propose_again(id, command.clone()).map(|()| None),
+                };
+                result.map(|new_id| (new_id, (node.leader(), node.term())))
+            };
             self.flush();
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match proposed {
-                Ok(proposal) => {
-                    let (tx, rx) = oneshot::channel();
-                    self.waiters.borrow_mut().insert(proposal, tx);
-                    let timer = glommio::timer::sleep(remaining);
-                    futures::pin_mut!(timer);
-                    let outcome = futures::future::select(rx, timer).await;
-                    self.waiters.borrow_mut().remove(&proposal);
-                    return match outcome {
-                        futures::future::Either::Left((Ok(outcome), _)) => Ok(outcome),
-                        _ => Err(ApiError::new(
-                            ResponseError::RequestTimedOut,
-                            "the coordination quorum did not commit the change in time",
-                        )),
-                    };
+            let leader_seen = match submitted {
+                Ok((new_id, leader_seen)) => {
+                    if let Some(id) = new_id {
+                        let (tx, rx) = oneshot::channel();
+                        self.waiters.borrow_mut().insert(id, tx);
+                        proposal = Some(id);
+                        outcome_rx = Some(rx);
+                    }
+                    Some(leader_seen)
                 }
-                Err(_) if remaining.is_zero() => {
+                Err(_) => None,
+            };
+            let Some(rx) = outcome_rx.as_mut() else {
+                // Not proposed yet: no leader known.
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(no_leader());
+                }
+                glommio::timer::sleep(NO_LEADER_RETRY.min(remaining)).await;
+                continue;
+            };
+            // Wait for the outcome until the leader changes, REPROPOSE_AFTER passes or the
+            // deadline; then propose again (or give up).
+            let patience = if leader_seen.is_some() {
+                REPROPOSE_AFTER
+            } else {
+                NO_LEADER_RETRY
+            };
+            let wait_until = (Instant::now() + patience).min(deadline);
+            let outcome = loop {
+                let remaining = wait_until.saturating_duration_since(Instant::now());
+                let poll = glommio::timer::sleep(LEADER_CHANGE_POLL.min(remaining));
+                futures::pin_mut!(poll);
+                match futures::future::select(&mut *rx, poll).await {
+                    futures::future::Either::Left((result, _)) => break Some(result),
+                    futures::future::Either::Right(_) => {}
+                }
+                let now_seen = {
+                    let node = self.node.borrow();
+                    (node.leader(), node.term())
+                };
+                if Instant::now() >= wait_until || leader_seen.is_some_and(|seen| seen != now_seen)
+                {
+                    break None;
+                }
+            };
+            match outcome {
+                Some(Ok(outcome)) => {
+                    self.forget_waiter(proposal);
+                    return Ok(outcome);
+                }
+                Some(Err(_)) => {
+                    // The waiter was dropped: the coordinator is shutting down.
+                    self.forget_waiter(proposal);
                     return Err(ApiError::new(
                         ResponseError::RequestTimedOut,
-                        "no coordination quorum leader (fewer than a majority of voters reachable)",
-                    ))
+                        "the coordination quorum did not commit the change in time",
+                    ));
                 }
-                Err(_) => glommio::timer::sleep(Duration::from_millis(20).min(remaining)).await,
+                None if Instant::now() >= deadline => {
+                    self.forget_waiter(proposal);
+                    return Err(ApiError::new(
+                        ResponseError::RequestTimedOut,
+                        "the coordination quorum did not commit the change in time",
+                    ));
+                }
+                None => {
+                    tracing::debug!(proposal = ?proposal, "proposing again: no outcome yet");
+                }
             }
+        }
+    }
+
+    fn forget_waiter(&self, proposal: Option<u64>) {
+        if let Some(id) = proposal {
+            self.waiters.borrow_mut().remove(&id);
         }
     }
 

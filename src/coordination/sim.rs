@@ -124,6 +124,10 @@ pub struct SimStats {
     pub pauses: u64,
     pub partitions: u64,
     pub proposals: u64,
+    /// Client ops proposed again under their id after waiting for an outcome.
+    pub reproposals: u64,
+    /// Outcomes of ops proposed again (so the copy, or the original, committed).
+    pub outcomes_after_reproposal: u64,
     pub no_leader: u64,
     pub outcomes: u64,
     pub registrations: u64,
@@ -410,7 +414,15 @@ enum Session {
 #[derive(Debug, Clone)]
 struct ClientOp {
     command: Command,
+    /// When it was last proposed (again), simulated ms.
+    proposed_ms: u64,
+    /// Proposed again at least once.
+    again: bool,
 }
+
+/// A client op without an outcome this long is proposed again under the same id, as
+/// `Coordinator::propose` does (`REPROPOSE_AFTER`), so that copies of one proposal commit.
+const REPROPOSE_AFTER_MS: u64 = 1_000;
 
 struct SimNode {
     id: i32,
@@ -680,6 +692,9 @@ struct Checker {
     sequences: BTreeMap<u64, (i32, u64)>,
     /// Every incarnation each node ever had.
     incarnations: BTreeMap<i32, BTreeSet<u64>>,
+    /// (node, incarnation, proposal) whose outcome was reported: a second report means a
+    /// proposal proposed again was applied twice.
+    reported: BTreeSet<(i32, u64, u64)>,
 }
 
 impl Checker {
@@ -1273,6 +1288,19 @@ impl Sim {
         let mut registered_now = false;
         for applied in applied {
             self.stats.outcomes += 1;
+            let key = (
+                self.nodes[n].id,
+                self.nodes[n].incarnation,
+                applied.proposal,
+            );
+            if !self.checker.reported.insert(key) {
+                self.fail(format!(
+                    "node {n}: proposal #{:x} applied twice ({})",
+                    applied.proposal,
+                    outcome_name(&applied.outcome)
+                ));
+                return;
+            }
             let node = &mut self.nodes[n];
             if let Session::Registering {
                 proposal: Some(p), ..
@@ -1284,6 +1312,9 @@ impl Sim {
                 }
             }
             if let Some(op) = self.nodes[n].clients.remove(&applied.proposal) {
+                if op.again {
+                    self.stats.outcomes_after_reproposal += 1;
+                }
                 self.client_outcome(n, op, applied.outcome);
             }
         }
@@ -1479,12 +1510,21 @@ impl Sim {
             return;
         }
         let n = running[self.rng.below(running.len() as u64) as usize];
+        self.propose_pending_again(n);
         let command = self.client_command(n);
         let proposed = self.quorum(n).propose(command.clone());
         self.stats.proposals += 1;
         let text = match proposed {
             Ok(proposal) => {
-                self.nodes[n].clients.insert(proposal, ClientOp { command });
+                let proposed_ms = self.now_ms;
+                self.nodes[n].clients.insert(
+                    proposal,
+                    ClientOp {
+                        command,
+                        proposed_ms,
+                        again: false,
+                    },
+                );
                 format!("client at node {n} proposes #{proposal:x}")
             }
             Err(_) => {
@@ -1497,6 +1537,31 @@ impl Sim {
         };
         self.note(text, Some(n));
         self.after_input(n, Ok(()));
+    }
+
+    /// Proposes node `n`'s client ops that have waited [`REPROPOSE_AFTER_MS`] for an outcome
+    /// again, under their ids.
+    fn propose_pending_again(&mut self, n: usize) {
+        let now_ms = self.now_ms;
+        let due: Vec<(u64, Command)> = self.nodes[n]
+            .clients
+            .iter()
+            .filter(|(_, op)| now_ms >= op.proposed_ms + REPROPOSE_AFTER_MS)
+            .map(|(&id, op)| (id, op.command.clone()))
+            .collect();
+        for (id, command) in due {
+            if self.quorum(n).propose_again(id, command).is_ok() {
+                self.stats.reproposals += 1;
+                if let Some(op) = self.nodes[n].clients.get_mut(&id) {
+                    op.proposed_ms = now_ms;
+                    op.again = true;
+                }
+                self.note(
+                    format!("client at node {n} proposes #{id:x} again"),
+                    Some(n),
+                );
+            }
+        }
     }
 
     /// A random client command, built from node `n`'s view as a real client's would be.
@@ -1764,7 +1829,15 @@ impl Sim {
         self.nodes[n].stopping = true;
         if was_registered {
             if let Ok(proposal) = self.quorum(n).propose(command.clone()) {
-                self.nodes[n].clients.insert(proposal, ClientOp { command });
+                let proposed_ms = self.now_ms;
+                self.nodes[n].clients.insert(
+                    proposal,
+                    ClientOp {
+                        command,
+                        proposed_ms,
+                        again: false,
+                    },
+                );
             }
         }
         self.note(format!("node {n}: clean stop"), Some(n));

@@ -1,13 +1,92 @@
-//! Reading coordination snapshots written before reassignments and dynamic broker configs
-//! existed. Snapshots are rkyv archives of `ClusterState`, whose layout gained
-//! `PartitionState::{adding_replicas, removing_replicas}` and `ClusterState::broker_configs`;
-//! a data directory whose Raft log was compacted into a snapshot by an older broker holds the
-//! layout below, which is frozen: it must decode what that version wrote. (Raft entries need
-//! nothing: `Command` only gained variants, none larger than the largest old one.)
+//! The coordination snapshot's encoding, and reading snapshots that older brokers wrote.
+//!
+//! A snapshot is [`SNAPSHOT_MAGIC`] followed by an rkyv archive of `ClusterState`. Older
+//! brokers wrote the bare archive of an older layout, and a data directory whose Raft log was
+//! compacted into a snapshot by one of them holds exactly that, so those layouts are frozen
+//! below, each decoding what its version wrote:
+//! - V1, before reassignments and dynamic broker configs
+//!   (`PartitionState::{adding_replicas, removing_replicas}`, `ClusterState::broker_configs`);
+//! - V2, before proposals were deduplicated (`ClusterState::{applied_proposals,
+//!   proposals_clock}`). V2 reuses today's `TopicState` and `BrokerRegistration`: whoever
+//!   changes those freezes a copy here first.
+//!
+//! Raft entries need nothing: `Command` only gained variants, none larger than the largest old
+//! one, and the envelope is unchanged.
 
 use std::collections::BTreeMap;
 
 use super::state_machine::{BrokerRegistration, ClusterState, PartitionState, TopicState};
+
+/// Starts every snapshot written since V3: "cluster state, version 3".
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"CSTATE\x00\x03";
+
+/// Encodes `state` as a snapshot's data.
+pub fn encode(state: &ClusterState) -> Result<Vec<u8>, rkyv::rancor::Error> {
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(state)?;
+    let mut data = Vec::with_capacity(SNAPSHOT_MAGIC.len() + archive.len());
+    data.extend_from_slice(SNAPSHOT_MAGIC);
+    data.extend_from_slice(&archive);
+    Ok(data)
+}
+
+/// Decodes a snapshot's data in any layout this broker or an older one wrote.
+pub fn decode(data: &[u8]) -> Result<ClusterState, String> {
+    if let Some(archive) = data.strip_prefix(SNAPSHOT_MAGIC) {
+        match archived::<ClusterState>(archive) {
+            Ok(state) => Ok(state),
+            // A bare old archive that happens to start with the magic: try the old layouts.
+            Err(e) => decode_old(data).ok_or(e),
+        }
+    } else {
+        decode_old(data).ok_or_else(|| "snapshot in no known layout".to_string())
+    }
+}
+
+fn decode_old(data: &[u8]) -> Option<ClusterState> {
+    decode_v2(data).or_else(|| decode_v1(data))
+}
+
+fn archived<T>(bytes: &[u8]) -> Result<T, String>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned).map_err(|e| format!("snapshot: {e}"))
+}
+
+/// `ClusterState` before proposals were deduplicated.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ClusterStateV2 {
+    cluster_id: String,
+    brokers: BTreeMap<i32, BrokerRegistration>,
+    next_registration_sequence: u64,
+    topics: BTreeMap<String, TopicState>,
+    deleted_topics: Vec<(String, [u8; 16])>,
+    producer_id_block_end: i64,
+    broker_configs: BTreeMap<String, BTreeMap<String, String>>,
+    version: u64,
+}
+
+/// Decodes a snapshot in the V2 layout; `None` if it is not one. No proposal is remembered as
+/// applied: a copy of one applied before the snapshot, still in flight, would apply again, as
+/// it did before V3.
+fn decode_v2(bytes: &[u8]) -> Option<ClusterState> {
+    let old = archived::<ClusterStateV2>(bytes).ok()?;
+    Some(ClusterState {
+        cluster_id: old.cluster_id,
+        brokers: old.brokers,
+        next_registration_sequence: old.next_registration_sequence,
+        topics: old.topics,
+        deleted_topics: old.deleted_topics,
+        producer_id_block_end: old.producer_id_block_end,
+        broker_configs: old.broker_configs,
+        version: old.version,
+        ..ClusterState::default()
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct PartitionStateV1 {
@@ -36,11 +115,9 @@ struct ClusterStateV1 {
     version: u64,
 }
 
-/// Decodes a snapshot in the layout older brokers wrote; `None` if it is not one.
-pub fn decode_v1(bytes: &[u8]) -> Option<ClusterState> {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    let old = rkyv::from_bytes::<ClusterStateV1, rkyv::rancor::Error>(&aligned).ok()?;
+/// Decodes a snapshot in the V1 layout; `None` if it is not one.
+fn decode_v1(bytes: &[u8]) -> Option<ClusterState> {
+    let old = archived::<ClusterStateV1>(bytes).ok()?;
     Some(ClusterState {
         cluster_id: old.cluster_id,
         brokers: old.brokers,
@@ -241,5 +318,66 @@ mod tests {
         // And a current snapshot is not mistaken for an old one.
         let current = rkyv::to_bytes::<rkyv::rancor::Error>(&state).unwrap();
         assert!(decode_v1(&current).is_none());
+    }
+
+    fn sample_state() -> ClusterState {
+        let mut state = ClusterState {
+            cluster_id: "c".into(),
+            version: 9,
+            ..ClusterState::default()
+        };
+        state
+            .broker_configs
+            .insert(String::new(), BTreeMap::from([("k".into(), "v".into())]));
+        state.topics.insert(
+            "t".into(),
+            TopicState {
+                id: [4; 16],
+                partitions: vec![],
+                configs: BTreeMap::new(),
+            },
+        );
+        state
+    }
+
+    #[test]
+    fn a_snapshot_keeps_which_proposals_were_applied() {
+        let mut state = sample_state();
+        assert!(state.first_application((1, 2), 3));
+        let data = encode(&state).unwrap();
+        assert!(data.starts_with(SNAPSHOT_MAGIC));
+        let decoded = decode(&data).unwrap();
+        assert_eq!(decoded, state);
+        let mut decoded = decoded;
+        assert!(
+            !decoded.first_application((1, 2), 3),
+            "still known as applied"
+        );
+    }
+
+    #[test]
+    fn a_v2_snapshot_is_read_with_no_proposals_remembered() {
+        let state = sample_state();
+        let old = ClusterStateV2 {
+            cluster_id: state.cluster_id.clone(),
+            brokers: state.brokers.clone(),
+            next_registration_sequence: state.next_registration_sequence,
+            topics: state.topics.clone(),
+            deleted_topics: state.deleted_topics.clone(),
+            producer_id_block_end: state.producer_id_block_end,
+            broker_configs: state.broker_configs.clone(),
+            version: state.version,
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&old).unwrap();
+        assert!(
+            archived::<ClusterState>(&bytes).is_err(),
+            "not the current layout"
+        );
+        assert_eq!(decode(&bytes).unwrap(), state);
+        // Nor is a current snapshot taken for a V2 one.
+        let current = encode(&state).unwrap();
+        assert!(decode_v2(&current).is_none());
+        assert!(decode_v2(&current[SNAPSHOT_MAGIC.len()..]).is_none());
+        assert!(decode(b"garbage").is_err());
     }
 }

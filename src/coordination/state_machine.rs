@@ -39,6 +39,37 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
 /// files it still holds. Bounded: the oldest are forgotten first.
 pub const MAX_DELETED_TOPICS_REMEMBERED: usize = 10_000;
 
+/// Applied proposal ids remembered per proposer above its floor (see [`AppliedProposals`]).
+pub const PROPOSAL_WINDOW: usize = 256;
+
+/// Proposers (node incarnations) whose applied proposals are remembered; the one that applied
+/// nothing for longest is forgotten first.
+pub const MAX_PROPOSERS_REMEMBERED: usize = 64;
+
+/// Which proposals of one proposer (a node's incarnation) were applied, so that a proposal
+/// proposed again under the same id is applied once.
+///
+/// Why: a proposal forwarded to a quorum leader that then loses its leadership may be lost, or
+/// may still commit under the next leader: the proposer cannot tell which. It proposes the same
+/// envelope again (same id) until it sees an outcome, and the copy that commits second is
+/// skipped here, on every voter alike.
+///
+/// A proposer hands out ids in increasing order. Every id at or below `floor` counts as
+/// applied; above it, `applied` lists those that were. When more than [`PROPOSAL_WINDOW`] are
+/// listed, the floor rises to the lowest: a proposal still unapplied below it (overtaken by
+/// 256 later ones of the same proposer, far longer than any proposer keeps retrying) is then
+/// refused as a duplicate, and its proposer times out as it would have without retries.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct AppliedProposals {
+    pub floor: u64,
+    /// Applied ids above `floor`, ascending.
+    pub applied: Vec<u64>,
+    /// [`ClusterState::proposals_clock`] when this proposer last had a proposal applied.
+    pub last_applied: u64,
+}
+
 /// A broker's registration, the ephemeral sequential znode of the ZooKeeper recipe.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct BrokerRegistration {
@@ -97,6 +128,10 @@ pub struct ClusterState {
     pub broker_configs: BTreeMap<String, BTreeMap<String, String>>,
     /// Counts applied commands that changed anything: a cheap change detector.
     pub version: u64,
+    /// By (node id, incarnation) of the proposer: which of its proposals were applied.
+    pub applied_proposals: BTreeMap<(i32, u64), AppliedProposals>,
+    /// Counts applied proposals (duplicates excluded): orders proposers by last use.
+    pub proposals_clock: u64,
 }
 
 /// A topic to create, as proposed.
@@ -290,6 +325,35 @@ impl Outcome {
 }
 
 impl ClusterState {
+    /// Records that proposal `proposal` of `proposer` (node id, incarnation) is being applied;
+    /// false if it already was (a copy proposed again: skip it). Deterministic, like
+    /// [`Self::apply`]. Does not count as a change ([`Self::version`]).
+    pub fn first_application(&mut self, proposer: (i32, u64), proposal: u64) -> bool {
+        let seen = self.applied_proposals.entry(proposer).or_default();
+        if proposal <= seen.floor {
+            return false;
+        }
+        let Err(at) = seen.applied.binary_search(&proposal) else {
+            return false;
+        };
+        seen.applied.insert(at, proposal);
+        if seen.applied.len() > PROPOSAL_WINDOW {
+            seen.floor = seen.applied.remove(0);
+        }
+        self.proposals_clock += 1;
+        seen.last_applied = self.proposals_clock;
+        if self.applied_proposals.len() > MAX_PROPOSERS_REMEMBERED {
+            let oldest = self
+                .applied_proposals
+                .iter()
+                .min_by_key(|(_, seen)| seen.last_applied)
+                .map(|(&key, _)| key)
+                .expect("more than the maximum");
+            self.applied_proposals.remove(&oldest);
+        }
+        true
+    }
+
     /// Applies one committed command. Deterministic: the same state and command give the same
     /// result on every node.
     pub fn apply(&mut self, command: Command) -> Outcome {
@@ -1149,5 +1213,54 @@ mod tests {
             changes: vec![],
         }));
         assert_eq!(code, ResponseError::UnknownTopicOrPartition);
+    }
+
+    #[test]
+    fn a_proposal_proposed_again_is_applied_once() {
+        let mut state = ClusterState::default();
+        let proposer = (1, 0xabc);
+        assert!(state.first_application(proposer, 100));
+        assert!(!state.first_application(proposer, 100), "the copy");
+        // Out of order: 102 commits before 101 (proposed again later).
+        assert!(state.first_application(proposer, 102));
+        assert!(state.first_application(proposer, 101));
+        assert!(!state.first_application(proposer, 101));
+        // Another incarnation of the node, or another node, has its own ids.
+        assert!(state.first_application((1, 0xdef), 100));
+        assert!(state.first_application((2, 0xabc), 100));
+        assert_eq!(state.version, 0, "bookkeeping, not a change");
+    }
+
+    #[test]
+    fn the_window_of_applied_ids_is_bounded() {
+        let mut state = ClusterState::default();
+        let proposer = (1, 7);
+        // 1000 is never applied; the window moves past it.
+        for id in 1001..1001 + PROPOSAL_WINDOW as u64 + 1 {
+            assert!(state.first_application(proposer, id));
+        }
+        let seen = &state.applied_proposals[&proposer];
+        assert_eq!(seen.applied.len(), PROPOSAL_WINDOW);
+        assert_eq!(seen.floor, 1001);
+        assert!(
+            !state.first_application(proposer, 1000),
+            "below the floor: refused, as if applied"
+        );
+        assert!(!state.first_application(proposer, 1001));
+        assert!(state.first_application(proposer, 5000));
+    }
+
+    #[test]
+    fn the_proposer_idle_longest_is_forgotten() {
+        let mut state = ClusterState::default();
+        for node in 0..MAX_PROPOSERS_REMEMBERED as i32 {
+            assert!(state.first_application((node, 1), 10));
+        }
+        // Proposer 0 applies again, so 1 is now the one idle longest.
+        assert!(state.first_application((0, 1), 11));
+        assert!(state.first_application((1000, 1), 10));
+        assert_eq!(state.applied_proposals.len(), MAX_PROPOSERS_REMEMBERED);
+        assert!(state.applied_proposals.contains_key(&(0, 1)));
+        assert!(!state.applied_proposals.contains_key(&(1, 1)));
     }
 }
