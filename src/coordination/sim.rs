@@ -1516,15 +1516,7 @@ impl Sim {
         self.stats.proposals += 1;
         let text = match proposed {
             Ok(proposal) => {
-                let proposed_ms = self.now_ms;
-                self.nodes[n].clients.insert(
-                    proposal,
-                    ClientOp {
-                        command,
-                        proposed_ms,
-                        again: false,
-                    },
-                );
+                self.await_outcome(n, proposal, command);
                 format!("client at node {n} proposes #{proposal:x}")
             }
             Err(_) => {
@@ -1537,6 +1529,16 @@ impl Sim {
         };
         self.note(text, Some(n));
         self.after_input(n, Ok(()));
+    }
+
+    /// Node `n` waits for the outcome of its `proposal` of `command`.
+    fn await_outcome(&mut self, n: usize, proposal: u64, command: Command) {
+        let op = ClientOp {
+            command,
+            proposed_ms: self.now_ms,
+            again: false,
+        };
+        self.nodes[n].clients.insert(proposal, op);
     }
 
     /// Proposes node `n`'s client ops that have waited [`REPROPOSE_AFTER_MS`] for an outcome
@@ -1829,15 +1831,7 @@ impl Sim {
         self.nodes[n].stopping = true;
         if was_registered {
             if let Ok(proposal) = self.quorum(n).propose(command.clone()) {
-                let proposed_ms = self.now_ms;
-                self.nodes[n].clients.insert(
-                    proposal,
-                    ClientOp {
-                        command,
-                        proposed_ms,
-                        again: false,
-                    },
-                );
+                self.await_outcome(n, proposal, command);
             }
         }
         self.note(format!("node {n}: clean stop"), Some(n));
