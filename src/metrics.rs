@@ -185,6 +185,9 @@ pub struct DetailedMetrics {
     /// One partition writer's O_DIRECT write (what an acks=1 produce and a tailing consumer
     /// wait for), from submission to completion.
     pub segment_write_latency: LatencyHistogram,
+    /// How long each appended batch waited in its partition's queue until its writer took it
+    /// for a write: behind the write in flight (one per partition at a time) or a roll.
+    pub segment_write_wait: LatencyHistogram,
     /// Bytes partition writers allocated ahead of their writes (`storage::preallocate`).
     pub segment_preallocated_bytes: AtomicU64,
     /// How long each detected shard stall kept the event loop away (`shard::stall`).
@@ -213,6 +216,7 @@ pub static DETAIL: DetailedMetrics = DetailedMetrics {
     fetch_latency: LatencyHistogram::new(),
     fdatasync_latency: LatencyHistogram::new(),
     segment_write_latency: LatencyHistogram::new(),
+    segment_write_wait: LatencyHistogram::new(),
     segment_preallocated_bytes: AtomicU64::new(0),
     stall_duration: LatencyHistogram::new(),
     isr_shrinks: AtomicU64::new(0),

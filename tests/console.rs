@@ -195,6 +195,8 @@ async fn metrics_parse_and_move_after_producing() {
     assert!(moved("kafka_network_requestmetrics_totaltime_seconds_count") >= 4.0);
     assert!(moved("kafka_log_logflushstats_logflush_seconds_count") >= 1.0);
     assert!(moved("broker_segment_write_seconds_count") >= 1.0);
+    // Every appended batch's wait for its write is counted: 4 produce requests, 4 batches.
+    assert!(moved("broker_segment_write_wait_seconds_count") >= 4.0);
     assert!(
         after
             .keys()

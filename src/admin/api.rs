@@ -390,6 +390,7 @@ pub async fn stats(State(api): ApiState) -> Json<serde_json::Value> {
         "fetch_latency": histogram_json(&DETAIL.fetch_latency),
         "fdatasync_latency": histogram_json(&DETAIL.fdatasync_latency),
         "segment_write_latency": histogram_json(&DETAIL.segment_write_latency),
+        "segment_write_wait": histogram_json(&DETAIL.segment_write_wait),
     }))
 }
 

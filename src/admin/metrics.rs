@@ -222,34 +222,31 @@ impl Collector for Snapshot {
                     .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
         }
-        {
-            let (sum, count, buckets) = histogram_parts(&DETAIL.fdatasync_latency);
-            let mut metric = encoder.encode_descriptor(
+        for (name, help, histogram) in [
+            (
                 "kafka_log_logflushstats_logflush_seconds",
                 "fdatasync of a partition's active segment (one per group commit).",
-                None,
-                MetricType::Histogram,
-            )?;
-            metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-        }
-        {
-            let (sum, count, buckets) = histogram_parts(&DETAIL.segment_write_latency);
-            let mut metric = encoder.encode_descriptor(
+                &DETAIL.fdatasync_latency,
+            ),
+            (
                 "broker_segment_write_seconds",
                 "One O_DIRECT write of a partition's active segment, submission to completion.",
-                None,
-                MetricType::Histogram,
-            )?;
-            metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
-        }
-        {
-            let (sum, count, buckets) = histogram_parts(&DETAIL.stall_duration);
-            let mut metric = encoder.encode_descriptor(
+                &DETAIL.segment_write_latency,
+            ),
+            (
+                "broker_segment_write_wait_seconds",
+                "How long each appended batch waited in its partition's queue for its write to start (behind the write in flight).",
+                &DETAIL.segment_write_wait,
+            ),
+            (
                 "broker_shard_stall_seconds",
                 "How long each detected shard stall kept its event loop away, all shards.",
-                None,
-                MetricType::Histogram,
-            )?;
+                &DETAIL.stall_duration,
+            ),
+        ] {
+            let (sum, count, buckets) = histogram_parts(histogram);
+            let mut metric =
+                encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
         {

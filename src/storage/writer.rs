@@ -57,6 +57,8 @@ pub(crate) struct QueuedBatch {
     /// The batch's header when it has a producer id: the log's producer state follows it as
     /// it is written (`WriterHost::track_written`).
     pub producer: Option<BatchHeader>,
+    /// When it was queued: its wait for the write is a metric (`segment_write_wait`).
+    pub queued_at: std::time::Instant,
 }
 
 /// What the log asks of its writer besides writing what is queued.
@@ -311,6 +313,12 @@ impl<Log: WriterHost> Writer<Log> {
         let room_bytes = log.segment_bytes().saturating_sub(size);
         let batches = log.take_batches(room_bytes, self.segment.base_offset(), MAX_WRITE_BYTES);
         assert!(!batches.is_empty(), "the queue had a batch");
+        let taken_at = std::time::Instant::now();
+        for batch in &batches {
+            crate::metrics::DETAIL
+                .segment_write_wait
+                .observe(taken_at.saturating_duration_since(batch.queued_at));
+        }
 
         let write_position = size - size % PAGE_BYTES;
         let tail = std::mem::take(self.tail()?);

@@ -488,6 +488,7 @@ impl PartitionLog {
             leader_epoch,
             meta,
             producer: header.has_producer_id().then_some(*header),
+            queued_at: std::time::Instant::now(),
         });
         self.queued_bytes
             .set(self.queued_bytes.get() + meta.len_bytes);
