@@ -190,9 +190,7 @@ mod tests {
             import_if_needed(dir.path(), Recovered::default(), &[1]).unwrap();
         assert!(imported);
         let snapshot = recovered.snapshot.unwrap();
-        let mut aligned = rkyv::util::AlignedVec::<16>::new();
-        aligned.extend_from_slice(&snapshot.data);
-        let state = rkyv::from_bytes::<ClusterState, rkyv::rancor::Error>(&aligned).unwrap();
+        let state = crate::coordination::snapshot_compat::decode(&snapshot.data).unwrap();
         assert_eq!(state.cluster_id, "abc");
         assert_eq!(state.topics["kept"].partitions.len(), 2);
         assert!(!state.topics.contains_key("gone"));
