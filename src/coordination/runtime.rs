@@ -268,102 +268,89 @@ impl Coordinator {
     /// leader change costs an election, not the whole timeout.
     pub async fn propose(&self, command: Command, timeout: Duration) -> Result<Outcome, ApiError> {
         let deadline = Instant::now() + timeout;
-        let no_leader = || {
-            ApiError::new(
-                ResponseError::RequestTimedOut,
-                "no coordination quorum leader (fewer than a majority of voters reachable)",
-            )
-        };
-        // Proposed once (the id), then proposed again until the outcome arrives.
-        let mut proposal: Option<u64> = None;
-        let mut outcome_rx = None;
-        loop {
-            let submitted = {
-                let mut node = self.node.borrow_mut();
-                let result = match proposal {
-                    None => node.propose(command.clone()).map(Some),
-                    Some(id) => node.propose_again(id, command.clone()).map(|()| None),
-                };
-                result.map(|new_id| (new_id, (node.leader(), node.term())))
-            };
-            self.flush();
-            let leader_seen = match submitted {
-                Ok((new_id, leader_seen)) => {
-                    if let Some(id) = new_id {
+        // The first proposal, retried while no quorum leader is known.
+        let (proposal, mut outcome) =
+            loop {
+                let proposed = self.node.borrow_mut().propose(command.clone());
+                self.flush();
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                match proposed {
+                    Ok(id) => {
                         let (tx, rx) = oneshot::channel();
                         self.waiters.borrow_mut().insert(id, tx);
-                        proposal = Some(id);
-                        outcome_rx = Some(rx);
+                        break (id, rx);
                     }
-                    Some(leader_seen)
+                    Err(_) if remaining.is_zero() => return Err(ApiError::new(
+                        ResponseError::RequestTimedOut,
+                        "no coordination quorum leader (fewer than a majority of voters reachable)",
+                    )),
+                    Err(_) => glommio::timer::sleep(NO_LEADER_RETRY.min(remaining)).await,
                 }
-                Err(_) => None,
             };
-            let Some(rx) = outcome_rx.as_mut() else {
-                // Not proposed yet: no leader known.
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    return Err(no_leader());
-                }
-                glommio::timer::sleep(NO_LEADER_RETRY.min(remaining)).await;
-                continue;
-            };
-            // Wait for the outcome until the leader changes, REPROPOSE_AFTER passes or the
-            // deadline; then propose again (or give up).
-            let patience = if leader_seen.is_some() {
+        let result = self
+            .await_outcome(proposal, &command, &mut outcome, deadline)
+            .await;
+        self.waiters.borrow_mut().remove(&proposal);
+        result
+    }
+
+    /// Waits for `proposal`'s outcome until `deadline`, proposing it again whenever the quorum
+    /// leader (or term) changes or [`REPROPOSE_AFTER`] passes without one.
+    async fn await_outcome(
+        &self,
+        proposal: u64,
+        command: &Command,
+        outcome: &mut oneshot::Receiver<Outcome>,
+        deadline: Instant,
+    ) -> Result<Outcome, ApiError> {
+        let not_committed = || {
+            ApiError::new(
+                ResponseError::RequestTimedOut,
+                "the coordination quorum did not commit the change in time",
+            )
+        };
+        // The (leader, term) the last copy went to; `None` if no leader took it.
+        let mut sent_to = Some(self.leader_view());
+        loop {
+            let patience = if sent_to.is_some() {
                 REPROPOSE_AFTER
             } else {
                 NO_LEADER_RETRY
             };
             let wait_until = (Instant::now() + patience).min(deadline);
-            let outcome = loop {
+            loop {
                 let remaining = wait_until.saturating_duration_since(Instant::now());
                 let poll = glommio::timer::sleep(LEADER_CHANGE_POLL.min(remaining));
                 futures::pin_mut!(poll);
-                match futures::future::select(&mut *rx, poll).await {
-                    futures::future::Either::Left((result, _)) => break Some(result),
-                    futures::future::Either::Right(_) => {}
-                }
-                let now_seen = {
-                    let node = self.node.borrow();
-                    (node.leader(), node.term())
-                };
-                if Instant::now() >= wait_until || leader_seen.is_some_and(|seen| seen != now_seen)
+                if let futures::future::Either::Left((result, _)) =
+                    futures::future::select(&mut *outcome, poll).await
                 {
-                    break None;
+                    // Canceled: the waiter was dropped, the coordinator is shutting down.
+                    return result.map_err(|_| not_committed());
                 }
-            };
-            match outcome {
-                Some(Ok(outcome)) => {
-                    self.forget_waiter(proposal);
-                    return Ok(outcome);
-                }
-                Some(Err(_)) => {
-                    // The waiter was dropped: the coordinator is shutting down.
-                    self.forget_waiter(proposal);
-                    return Err(ApiError::new(
-                        ResponseError::RequestTimedOut,
-                        "the coordination quorum did not commit the change in time",
-                    ));
-                }
-                None if Instant::now() >= deadline => {
-                    self.forget_waiter(proposal);
-                    return Err(ApiError::new(
-                        ResponseError::RequestTimedOut,
-                        "the coordination quorum did not commit the change in time",
-                    ));
-                }
-                None => {
-                    tracing::debug!(proposal = ?proposal, "proposing again: no outcome yet");
+                if Instant::now() >= wait_until
+                    || sent_to.is_some_and(|seen| seen != self.leader_view())
+                {
+                    break;
                 }
             }
+            if Instant::now() >= deadline {
+                return Err(not_committed());
+            }
+            tracing::debug!(proposal, "proposing again: no outcome yet");
+            let again = self
+                .node
+                .borrow_mut()
+                .propose_again(proposal, command.clone());
+            sent_to = again.ok().map(|()| self.leader_view());
+            self.flush();
         }
     }
 
-    fn forget_waiter(&self, proposal: Option<u64>) {
-        if let Some(id) = proposal {
-            self.waiters.borrow_mut().remove(&id);
-        }
+    /// The quorum leader and term as this voter sees them.
+    fn leader_view(&self) -> (Option<i32>, u64) {
+        let node = self.node.borrow();
+        (node.leader(), node.term())
     }
 
     /// Proposes a command whose refusal is a Kafka error for the client.
