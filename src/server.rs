@@ -35,14 +35,12 @@ const MIN_OPEN_FILES_ADVISED: u64 = 65_536;
 
 /// A shard's blocking pool: on the shard's CPU when the shard is pinned to one, else unbound.
 fn blocking_pool(pinned_cpu: Option<usize>) -> PoolPlacement {
-    match pinned_cpu {
-        Some(cpu) => match CpuSet::online() {
-            Ok(online) => PoolPlacement::Fenced(
-                BLOCKING_THREADS_PER_SHARD,
-                online.filter(|location| location.cpu == cpu),
-            ),
-            Err(_) => PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD),
-        },
+    let shard_cpu = pinned_cpu.and_then(|cpu| {
+        let online = CpuSet::online().ok()?;
+        Some(online.filter(|location| location.cpu == cpu))
+    });
+    match shard_cpu {
+        Some(cpus) => PoolPlacement::Fenced(BLOCKING_THREADS_PER_SHARD, cpus),
         None => PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD),
     }
 }
