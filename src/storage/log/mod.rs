@@ -488,7 +488,8 @@ impl PartitionLog {
             leader_epoch,
             meta,
             producer: header.has_producer_id().then_some(*header),
-            queued_at: std::time::Instant::now(),
+            // The clock `mark_used` just read.
+            queued_at: self.last_used.get(),
         });
         self.queued_bytes
             .set(self.queued_bytes.get() + meta.len_bytes);
