@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench protocol`
 
-use broker::protocol::{decode_request, record_batch};
+use broker::protocol::decode_request;
+use broker::record_batch;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};

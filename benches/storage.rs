@@ -33,7 +33,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use broker::protocol::record_batch::{compute_crc, validate, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2};
+use broker::record_batch::{compute_crc, validate, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2};
 use broker::storage::{LogConfig, PartitionLog, ReadLimit, Records};
 use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};

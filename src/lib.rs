@@ -6,8 +6,10 @@
 //! # Layout
 //! - [`server`]: start-up, shards, shutdown.
 //! - [`net`]: listeners, connections (framing, limits, backpressure), sendfile.
-//! - [`protocol`]: framing around the `kafka-protocol` crate, the RecordBatch v2 view, the
-//!   zero-copy Fetch response encoder.
+//! - [`record_batch`]: the RecordBatch v2 header view (parse, validate, assign offsets); the
+//!   bottom layer, importing nothing of the crate.
+//! - [`protocol`]: framing around the `kafka-protocol` crate, the zero-copy Fetch response
+//!   encoder.
 //! - [`handlers`]: one module per Kafka API.
 //! - [`shard`]: per-core state, partition placement, the cross-core job mesh, producer state.
 //! - [`storage`]: partition logs: segments, indexes, O_DIRECT appends, recovery, retention.
@@ -27,6 +29,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
+pub mod record_batch;
 pub mod replication;
 pub mod server;
 pub mod shard;

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     for header in &scan.batches {
         let end = position + header.total_len();
         assert!(end <= scan.valid_bytes);
-        broker::protocol::record_batch::validate(&data[position..end], MAX_BATCH_BYTES)
+        broker::record_batch::validate(&data[position..end], MAX_BATCH_BYTES)
             .expect("the scanner only keeps valid batches");
         position = end;
     }

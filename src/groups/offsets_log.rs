@@ -188,8 +188,8 @@ impl OffsetsLogs {
         let mut end_offset = log.log_end_offset();
         for chunk in records.chunks(RECORDS_PER_BATCH) {
             let batch = encode_batch(chunk, now_ms, producer);
-            let header = crate::protocol::record_batch::validate(&batch, usize::MAX)
-                .map_err(|e| e.to_string())?;
+            let header =
+                crate::record_batch::validate(&batch, usize::MAX).map_err(|e| e.to_string())?;
             let info = log.append(batch, &header, leader_epoch).map_err(storage)?;
             end_offset = info.last_offset + 1;
         }
@@ -212,8 +212,8 @@ impl OffsetsLogs {
             0,
             now_ms,
         );
-        let header = crate::protocol::record_batch::validate(&batch, usize::MAX)
-            .map_err(|e| e.to_string())?;
+        let header =
+            crate::record_batch::validate(&batch, usize::MAX).map_err(|e| e.to_string())?;
         let info = log
             .log()
             .append(batch, &header, leader_epoch)

@@ -1,9 +1,8 @@
-//! Kafka wire protocol: request framing, guarded decoding, response encoding, and the
-//! RecordBatch v2 view. Message bodies come from the `kafka-protocol` crate, except the Fetch
+//! Kafka wire protocol: request framing, guarded decoding, response encoding (the RecordBatch
+//! v2 format itself is [`crate::record_batch`]). Message bodies come from the `kafka-protocol` crate, except the Fetch
 //! response, which is encoded here so that record bytes can go to the socket with sendfile.
 
 pub mod fetch_response;
-pub mod record_batch;
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};

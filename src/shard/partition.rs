@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::producer_state::{AbortedTxn, ProducerStateTable, ProducerSummary, SequenceCheck};
 use crate::coordination::PartitionMetadata;
-use crate::protocol::record_batch::{self, BatchError, BatchHeader, Batches};
 use crate::protocol::ApiError;
+use crate::record_batch::{self, BatchError, BatchHeader, Batches};
 use crate::replication::leader::{IsrChange, LeaderState};
 use crate::storage::{PartitionLog, StorageError};
 use crate::transactions::markers;

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use kafka_protocol::ResponseError;
 
-use crate::protocol::record_batch::BatchHeader;
+use crate::record_batch::BatchHeader;
 
 /// Kafka keeps the last five batches per producer: a producer has at most five in flight.
 const CACHED_BATCHES_PER_PRODUCER: usize = 5;
@@ -248,7 +248,7 @@ impl ProducerStateTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::record_batch::{tests::make_batch, BatchHeader};
+    use crate::record_batch::{tests::make_batch, BatchHeader};
 
     fn header(pid: i64, epoch: i16, seq: i32, count: i32) -> BatchHeader {
         let mut h = BatchHeader::parse(&make_batch(count, pid, seq), 1 << 20).unwrap();

@@ -21,7 +21,7 @@
 use std::io;
 use std::path::Path;
 
-use crate::protocol::record_batch::BatchHeader;
+use crate::record_batch::BatchHeader;
 
 /// In the partition's directory.
 pub const FILE_NAME: &str = "clean-close";

@@ -153,7 +153,7 @@ impl Default for LogConfig {
 impl LogConfig {
     /// Rejects settings the on-disk format cannot represent (positions are i32 in the index).
     pub fn validate(&self) -> Result<(), StorageError> {
-        let header_len = crate::protocol::record_batch::HEADER_LEN;
+        let header_len = crate::record_batch::HEADER_LEN;
         if self.segment_bytes < PAGE_BYTES || self.segment_bytes > i32::MAX as u64 {
             return Err(StorageError::InvalidConfig(format!(
                 "segment_bytes {} outside [{PAGE_BYTES}, {}]",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::protocol::record_batch::{compute_crc, validate};
+use crate::record_batch::{compute_crc, validate};
 use crate::storage::log::tests::{append, consume_all, small_config};
 use crate::storage::producer_snapshot;
 use crate::storage::testutil::{batch, build_batch, run};

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::segment;
 use super::txn_index::TxnIndexEntry;
-use crate::protocol::record_batch::BatchHeader;
+use crate::record_batch::BatchHeader;
 
 /// Batches per producer kept: Kafka deduplicates against the last five batches of each
 /// producer, so older ones carry no state.
@@ -317,7 +317,7 @@ pub fn remove_where(dir: &Path, doomed: impl Fn(i64) -> bool) -> io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::record_batch::tests::make_batch;
+    use crate::record_batch::tests::make_batch;
 
     pub(crate) fn header(
         pid: i64,

@@ -12,7 +12,7 @@ use super::epoch_cache::{self, EpochEntry, CHECKPOINT_FILE};
 use super::log::tests::{slice_bytes, small_config, uncached_config, whole_batches};
 use super::testutil::{batch, build_batch, run};
 use super::{AppendInfo, LogConfig, PartitionLog, ReadLimit, Records, StorageError};
-use crate::protocol::record_batch::{assign, validate, BatchHeader};
+use crate::record_batch::{assign, validate, BatchHeader};
 
 fn append_at_epoch(log: &PartitionLog, bytes: Vec<u8>, epoch: i32) -> AppendInfo {
     let header = validate(&bytes, 1 << 20).expect("test batches are valid");

@@ -25,7 +25,7 @@ use glommio::io::{DmaFile, OpenOptions};
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::txn_index::{self, TxnIndexEntry};
 use super::{StorageError, PAGE_BYTES};
-use crate::protocol::record_batch::{BatchHeader, HEADER_LEN};
+use crate::record_batch::{BatchHeader, HEADER_LEN};
 
 /// Kafka's "no timestamp" value; also the max timestamp of an empty segment.
 pub const NO_TIMESTAMP: i64 = -1;

@@ -1,9 +1,9 @@
 //! Test helpers: RecordBatch v2 builders with chosen timestamps and sizes, and an executor
-//! runner. Offsets follow the header layout documented in `protocol::record_batch`.
+//! runner. Offsets follow the header layout documented in `record_batch`.
 
 use std::future::Future;
 
-use crate::protocol::record_batch::{compute_crc, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2};
+use crate::record_batch::{compute_crc, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2};
 
 fn put_zigzag(out: &mut Vec<u8>, value: i64) {
     let mut raw = ((value << 1) ^ (value >> 63)) as u64;

@@ -4,7 +4,7 @@
 //! (zigzag varints). Only the first three fields are read; `length` skips the rest. Every read is
 //! bounds-checked, so a malformed batch yields `None`, never a panic.
 
-use crate::protocol::record_batch::{BatchHeader, HEADER_LEN};
+use crate::record_batch::{BatchHeader, HEADER_LEN};
 
 /// Decodes a zigzag varint of at most `max_bytes` bytes; returns the value and bytes used.
 fn read_zigzag(bytes: &[u8], max_bytes: usize) -> Option<(i64, usize)> {
@@ -46,7 +46,7 @@ pub fn first_record_at_or_after(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::record_batch::validate;
+    use crate::record_batch::validate;
     use crate::storage::testutil::batch_with_timestamps;
 
     #[test]

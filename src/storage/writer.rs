@@ -39,7 +39,7 @@ use super::preallocate::Preallocator;
 use super::segment::{BatchMeta, Segment};
 use super::txn_index::TxnIndexEntry;
 use super::{producer_snapshot, txn_index, LogConfig, StorageError, PAGE_BYTES};
-use crate::protocol::record_batch::{self, BatchHeader};
+use crate::record_batch::{self, BatchHeader};
 
 /// Cap on one write: big enough to reach the device's sequential bandwidth, small enough that
 /// a burst does not hold megabytes of staging memory or delay the written offset long.

@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::record_batch;
+use crate::record_batch;
 
 const BATCH_HEADER_BYTES: usize = 61;
 const ATTRIBUTES_TRANSACTIONAL_CONTROL: i16 = 0x10 | 0x20;
@@ -100,7 +100,7 @@ pub fn marker_committed(batch: &[u8]) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::record_batch::validate;
+    use crate::record_batch::validate;
 
     #[test]
     fn markers_are_valid_control_batches() {

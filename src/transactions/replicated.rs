@@ -103,7 +103,7 @@ pub async fn write_state(
                 .partition(TRANSACTION_STATE_TOPIC, index)
                 .filter(|p| p.is_leader())
                 .ok_or(ResponseError::NotCoordinator)?;
-            let header = crate::protocol::record_batch::validate(&batch, usize::MAX)
+            let header = crate::record_batch::validate(&batch, usize::MAX)
                 .map_err(|_| ResponseError::UnknownServerError)?;
             let appended = partition
                 .log

@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::coordinator::{TxnMetadata, TxnState};
 use super::TRANSACTION_STATE_TOPIC;
-use crate::protocol::record_batch;
+use crate::record_batch;
 use crate::storage::{LogConfig, PartitionLog};
 
 const BATCH_HEADER_BYTES: usize = 61;

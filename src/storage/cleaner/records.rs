@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use super::codec;
-use crate::protocol::record_batch::{compute_crc, BatchHeader, Batches, HEADER_LEN};
+use crate::record_batch::{compute_crc, BatchHeader, Batches, HEADER_LEN};
 
 const BATCH_LENGTH: usize = 8;
 const CRC: usize = 17;
@@ -166,7 +166,7 @@ pub fn check_keys(records: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::protocol::record_batch::validate;
+    use crate::record_batch::validate;
 
     fn put_varlong(out: &mut Vec<u8>, value: i64) {
         let mut raw = ((value << 1) ^ (value >> 63)) as u64;

@@ -15,7 +15,7 @@ use super::aborted::AbortedTransactions;
 use super::offset_map::KeyOffsetMap;
 use super::records::{batch_body, parse_records, rebuild_batch};
 use super::swap::cleaned_path;
-use crate::protocol::record_batch::{BatchHeader, HEADER_LEN};
+use crate::record_batch::{BatchHeader, HEADER_LEN};
 use crate::storage::index::{OffsetIndex, TimeIndex};
 use crate::storage::segment::{read_at_most, BatchMeta, Segment};
 use crate::storage::StorageError;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::records::tests::{keyed_batch, KeyValue};
 use super::{clean, swap, CompactionConfig};
-use crate::protocol::record_batch::validate;
+use crate::record_batch::validate;
 use crate::storage::log::tests::slice_bytes;
 use crate::storage::testutil::run;
 use crate::storage::{LogConfig, PartitionLog, ReadLimit};
@@ -59,8 +59,7 @@ fn read_all(log: &PartitionLog) -> Vec<(i64, String, Option<String>)> {
         let mut bytes = Bytes::from(slice_bytes(&read));
         let mut last = next;
         while bytes.len() >= 61 {
-            let header =
-                crate::protocol::record_batch::BatchHeader::parse(&bytes, 1 << 20).unwrap();
+            let header = crate::record_batch::BatchHeader::parse(&bytes, 1 << 20).unwrap();
             if header.total_len() > bytes.len() {
                 break;
             }
@@ -383,13 +382,11 @@ fn a_follower_copies_a_cleaned_log_across_its_gaps() {
             .unwrap()
         {
             let bytes = Bytes::from(slice_bytes(&read));
-            for item in crate::protocol::record_batch::Batches::new(&bytes, 1 << 20) {
+            for item in crate::record_batch::Batches::new(&bytes, 1 << 20) {
                 let Ok((_, range)) = item else { break };
-                let header = crate::protocol::record_batch::validate_replicated(
-                    &bytes[range.clone()],
-                    1 << 20,
-                )
-                .unwrap();
+                let header =
+                    crate::record_batch::validate_replicated(&bytes[range.clone()], 1 << 20)
+                        .unwrap();
                 follower
                     .append_replica_with_gaps(bytes.slice(range), &header, true)
                     .unwrap();
@@ -487,7 +484,7 @@ fn put_transactional(
     sequence: i32,
     records: &[(&str, &str)],
 ) -> i64 {
-    use crate::protocol::record_batch::compute_crc;
+    use crate::record_batch::compute_crc;
     let records: Vec<KeyValue<'_>> = records
         .iter()
         .map(|(k, v)| (Some(k.as_bytes()), Some(v.as_bytes())))

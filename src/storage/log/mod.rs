@@ -26,7 +26,7 @@ use super::tail_cache::TailCache;
 use super::txn_index::TxnIndexEntry;
 use super::writer::{QueuedBatch, StopRequest, Writer, WriterHost};
 use super::{AppendInfo, LogConfig, StorageError};
-use crate::protocol::record_batch::BatchHeader;
+use crate::record_batch::BatchHeader;
 
 pub mod compact;
 mod log_start;

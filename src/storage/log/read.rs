@@ -236,9 +236,9 @@ impl PartitionLog {
         &self,
         what: &str,
         max_batch_bytes: usize,
-        mut f: impl FnMut(&crate::protocol::record_batch::BatchHeader, &[u8]) -> Result<(), String>,
+        mut f: impl FnMut(&crate::record_batch::BatchHeader, &[u8]) -> Result<(), String>,
     ) -> Result<(), String> {
-        use crate::protocol::record_batch::{BatchError, Batches};
+        use crate::record_batch::{BatchError, Batches};
         let mut offset = self.log_start_offset();
         let end = self.written_offset();
         let mut buf = Vec::new();

@@ -4,7 +4,7 @@ use futures::future::join_all;
 use futures_lite::future::poll_once;
 
 use super::*;
-use crate::protocol::record_batch::{validate, Batches};
+use crate::record_batch::{validate, Batches};
 use crate::storage::testutil::{batch, batch_with_timestamps, build_batch, run};
 use crate::storage::{ReadLimit, ReadSlice, Records};
 
@@ -525,7 +525,7 @@ fn compressed_batches_answer_with_base_offset_and_max_timestamp() {
         append(&log, batch_with_timestamps(1_000, &[0, 5], 10));
         let mut compressed = batch_with_timestamps(2_000, &[0, 9, 4], 10);
         compressed[22] |= 4; // attributes: zstd; the records stay opaque to the broker
-        let crc = crate::protocol::record_batch::compute_crc(&compressed);
+        let crc = crate::record_batch::compute_crc(&compressed);
         compressed[17..21].copy_from_slice(&crc.to_be_bytes());
         append(&log, compressed);
         log.wait_written(5, false).await.unwrap();

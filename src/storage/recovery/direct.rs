@@ -11,7 +11,7 @@ use futures::StreamExt;
 use glommio::io::DmaFile;
 
 use super::scan::{scan_batches, FileScan, OffsetBounds, ScanStop};
-use crate::protocol::record_batch::{BatchError, BatchHeader, LOG_OVERHEAD};
+use crate::record_batch::{BatchError, BatchHeader, LOG_OVERHEAD};
 use crate::storage::segment::read_at_most;
 use crate::storage::{StorageError, PAGE_BYTES};
 
@@ -258,7 +258,7 @@ mod tests {
     use glommio::io::OpenOptions;
 
     use super::*;
-    use crate::protocol::record_batch::assign;
+    use crate::record_batch::assign;
     use crate::storage::recovery::scan::tests::pure_scan;
 
     /// Batches of 1..=12 records with values of 0..=1500 bytes: many are longer than a 4 KiB

@@ -43,7 +43,7 @@ use super::producer_snapshot::{self, ProducerTracker};
 use super::segment::{self, BatchMeta, Segment};
 use super::txn_index::{self, TxnIndexEntry};
 use super::{LogConfig, StorageError, PAGE_BYTES};
-use crate::protocol::record_batch::BatchHeader;
+use crate::record_batch::BatchHeader;
 
 pub mod direct;
 pub(crate) mod producers;

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io;
 
-use crate::protocol::record_batch::{validate, BatchError, BatchHeader};
+use crate::record_batch::{validate, BatchError, BatchHeader};
 use crate::storage::segment::read_at_most;
 
 /// Why a scan stopped before the end of its bytes.
@@ -171,7 +171,7 @@ pub(crate) fn scan_file(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::protocol::record_batch::{assign, tests::make_batch};
+    use crate::record_batch::{assign, tests::make_batch};
 
     fn log_bytes(batches: &[(i64, i32)]) -> Vec<u8> {
         let mut out = Vec::new();

@@ -1,5 +1,9 @@
 //! A zero-copy view of Kafka's RecordBatch v2 header.
 //!
+//! The bottom of the crate's layering: it imports nothing of the crate, and both the wire side
+//! (`protocol`, `handlers`) and the disk side (`storage`) build on it, so neither needs the other
+//! for the batch format.
+//!
 //! The broker never re-encodes records: a batch travels from the producer's socket to the segment
 //! file to the consumer's socket in the form the producer built. What the broker needs from it
 //! (offsets, counts, timestamps, producer identity) lives in the fixed 61-byte header, which this
