@@ -205,7 +205,7 @@ impl OffsetsLogs {
         now_ms: i64,
     ) -> Result<i64, String> {
         let leader_epoch = Self::leader_epoch(log)?;
-        let batch = crate::transactions::markers::encode_marker(
+        let batch = crate::record_batch::control::encode_marker(
             producer_id,
             producer_epoch,
             committed,

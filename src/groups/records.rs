@@ -327,7 +327,7 @@ pub fn decode_batches(buf: &[u8], max_batch_bytes: usize) -> Decoded<Vec<Offsets
     for item in Batches::new(buf, max_batch_bytes) {
         let (header, range) = item.map_err(|(at, e)| format!("batch at {at}: {e}"))?;
         if header.is_control() {
-            let committed = crate::transactions::markers::marker_committed(&buf[range])
+            let committed = crate::record_batch::control::marker_committed(&buf[range])
                 .ok_or_else(|| "unreadable transaction marker".to_string())?;
             batches.push(OffsetsBatch::Marker {
                 producer_id: header.producer_id,
@@ -415,7 +415,7 @@ mod tests {
         let header = record_batch::validate(&transactional, 1 << 20).expect("valid batch");
         assert!(header.is_transactional() && !header.is_control());
         assert_eq!((header.producer_id, header.producer_epoch), (7, 2));
-        let marker = crate::transactions::markers::encode_marker(7, 2, true, 0, 1000);
+        let marker = crate::record_batch::control::encode_marker(7, 2, true, 0, 1000);
         let mut all = batch.to_vec();
         all.extend_from_slice(&transactional);
         all.extend_from_slice(&marker);

@@ -14,10 +14,9 @@ use uuid::Uuid;
 use super::producer_state::{AbortedTxn, ProducerStateTable, ProducerSummary, SequenceCheck};
 use crate::coordination::PartitionMetadata;
 use crate::protocol::ApiError;
-use crate::record_batch::{self, BatchError, BatchHeader, Batches};
+use crate::record_batch::{self, control, BatchError, BatchHeader, Batches};
 use crate::replication::leader::{IsrChange, LeaderState};
 use crate::storage::{PartitionLog, StorageError};
-use crate::transactions::markers;
 
 /// This broker's part in a partition's replication at the current leader epoch.
 #[derive(Debug)]
@@ -178,7 +177,7 @@ impl Partition {
             return;
         }
         if header.is_control() {
-            match markers::marker_committed(batch) {
+            match control::marker_committed(batch) {
                 Some(committed) => producers.end_transaction(
                     header.producer_id,
                     header.producer_epoch,
@@ -225,7 +224,7 @@ impl Partition {
                 format!("marker of producer {producer_id} at an older epoch {producer_epoch}"),
             ));
         }
-        let batch = markers::encode_marker(
+        let batch = control::encode_marker(
             producer_id,
             producer_epoch,
             committed,

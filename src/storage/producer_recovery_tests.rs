@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::record_batch::control::encode_marker;
 use crate::record_batch::{compute_crc, validate};
 use crate::storage::log::tests::{append, consume_all, small_config};
 use crate::storage::producer_snapshot;
 use crate::storage::testutil::{batch, build_batch, run};
 use crate::storage::txn_index::TxnIndexEntry;
 use crate::storage::PartitionLog;
-use crate::transactions::markers::encode_marker;
 
 const TXN_PRODUCER: i64 = 40;
 const OPEN_PRODUCER: i64 = 41;

@@ -10,17 +10,15 @@
 //! coordinator.
 //!
 //! # Layout
-//! - [`markers`]: control batches (commit / abort markers) and reading them back.
 //! - [`coordinator`]: transactional ids, producer ids and epochs, transaction states, the
 //!   timeout that aborts, ending a transaction (markers).
 //! - [`state_log`]: the state records (keyed by transactional id) and a single node's log.
 //! - [`replicated`]: the state partitions of a cluster: adoption, release, replicated writes.
 //!
-//! The partition side (open transactions, last stable offset, aborted transactions) is in
+//! The markers' format (control batches) is [`crate::record_batch::control`]. The partition side (open transactions, last stable offset, aborted transactions) is in
 //! `shard::producer_state` and `shard::partition`.
 
 pub mod coordinator;
-pub mod markers;
 pub mod replicated;
 pub mod state_log;
 

@@ -504,7 +504,7 @@ fn put_transactional(
 /// Appends the commit or abort marker of `producer_id`'s transaction; its offset.
 fn put_marker(log: &PartitionLog, producer_id: i64, committed: bool) -> i64 {
     let marker =
-        crate::transactions::markers::encode_marker(producer_id, 0, committed, 0, now_ms());
+        crate::record_batch::control::encode_marker(producer_id, 0, committed, 0, now_ms());
     let header = validate(&marker, 1 << 20).unwrap();
     log.append(marker, &header, 0).unwrap().base_offset
 }

@@ -941,7 +941,7 @@ impl WriterHost for PartitionLog {
 
     fn track_written(&self, header: &BatchHeader, batch: &[u8]) -> Option<TxnIndexEntry> {
         self.producer_tracker.borrow_mut().record(header, || {
-            crate::transactions::markers::marker_committed(batch)
+            crate::record_batch::control::marker_committed(batch)
         })
     }
 

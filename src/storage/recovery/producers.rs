@@ -145,5 +145,5 @@ fn scan_closed_segment(
 pub(crate) fn read_marker(file: &std::fs::File, position: u64) -> Option<bool> {
     let mut marker = [0u8; MARKER_PREFIX_BYTES];
     let read = segment::read_at_most(file, &mut marker, position).ok()?;
-    crate::transactions::markers::marker_committed(&marker[..read])
+    crate::record_batch::control::marker_committed(&marker[..read])
 }

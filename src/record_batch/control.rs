@@ -5,8 +5,6 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::record_batch;
-
 const BATCH_HEADER_BYTES: usize = 61;
 const ATTRIBUTES_TRANSACTIONAL_CONTROL: i16 = 0x10 | 0x20;
 const MARKER_ABORT: i16 = 0;
@@ -60,7 +58,7 @@ pub fn encode_marker(
     buf[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
     buf[53..57].copy_from_slice(&(-1i32).to_be_bytes()); // base sequence
     buf[57..61].copy_from_slice(&1i32.to_be_bytes()); // record count
-    let crc = record_batch::compute_crc(&buf);
+    let crc = super::compute_crc(&buf);
     buf[17..21].copy_from_slice(&crc.to_be_bytes());
     buf.freeze()
 }

@@ -28,6 +28,8 @@
 //!     61     …  records
 //! ```
 
+pub mod control;
+
 use std::fmt;
 
 /// Length of the fixed RecordBatch v2 header.
