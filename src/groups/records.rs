@@ -10,6 +10,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::record_batch::varint::put_zigzag;
 use crate::record_batch::{self, Batches};
 
 const OFFSET_KEY_VERSION: i16 = 1;
@@ -66,15 +67,6 @@ fn put_nullable_str(buf: &mut BytesMut, s: Option<&str>) {
         Some(s) => put_str(buf, s),
         None => buf.put_i16(-1),
     }
-}
-
-fn put_varint(buf: &mut BytesMut, value: i64) {
-    let mut v = ((value << 1) ^ (value >> 63)) as u64;
-    while v >= 0x80 {
-        buf.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.put_u8(v as u8);
 }
 
 impl OffsetsRecord {
@@ -160,20 +152,20 @@ pub fn encode_batch(
     for (delta, record) in records.iter().enumerate() {
         body.clear();
         body.put_i8(0); // attributes
-        put_varint(&mut body, 0); // timestamp delta
-        put_varint(&mut body, delta as i64);
+        put_zigzag(&mut body, 0); // timestamp delta
+        put_zigzag(&mut body, delta as i64);
         let key = record.key();
-        put_varint(&mut body, key.len() as i64);
+        put_zigzag(&mut body, key.len() as i64);
         body.put_slice(&key);
         match record.value() {
             Some(value) => {
-                put_varint(&mut body, value.len() as i64);
+                put_zigzag(&mut body, value.len() as i64);
                 body.put_slice(&value);
             }
-            None => put_varint(&mut body, -1),
+            None => put_zigzag(&mut body, -1),
         }
-        put_varint(&mut body, 0); // headers
-        put_varint(&mut buf, body.len() as i64);
+        put_zigzag(&mut body, 0); // headers
+        put_zigzag(&mut buf, body.len() as i64);
         buf.put_slice(&body);
     }
     let count = records.len() as i32;

@@ -5,19 +5,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::varint::{put_zigzag, read_zigzag, VARLONG_MAX_BYTES};
+
 const BATCH_HEADER_BYTES: usize = 61;
 const ATTRIBUTES_TRANSACTIONAL_CONTROL: i16 = 0x10 | 0x20;
 const MARKER_ABORT: i16 = 0;
 const MARKER_COMMIT: i16 = 1;
-
-fn put_varint(buf: &mut BytesMut, value: i64) {
-    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-    while zigzag >= 0x80 {
-        buf.put_u8((zigzag as u8) | 0x80);
-        zigzag >>= 7;
-    }
-    buf.put_u8(zigzag as u8);
-}
 
 /// A commit (or abort) marker of `producer_id` at `producer_epoch`, with base offset 0 (the
 /// log assigns the real one) and a valid CRC-32C.
@@ -32,20 +25,20 @@ pub fn encode_marker(
     buf.put_bytes(0, BATCH_HEADER_BYTES);
     let mut record = BytesMut::with_capacity(20);
     record.put_i8(0); // attributes
-    put_varint(&mut record, 0); // timestamp delta
-    put_varint(&mut record, 0); // offset delta
-    put_varint(&mut record, 4);
+    put_zigzag(&mut record, 0); // timestamp delta
+    put_zigzag(&mut record, 0); // offset delta
+    put_zigzag(&mut record, 4);
     record.put_i16(0);
     record.put_i16(if committed {
         MARKER_COMMIT
     } else {
         MARKER_ABORT
     });
-    put_varint(&mut record, 6);
+    put_zigzag(&mut record, 6);
     record.put_i16(0);
     record.put_i32(coordinator_epoch);
-    put_varint(&mut record, 0); // headers
-    put_varint(&mut buf, record.len() as i64);
+    put_zigzag(&mut record, 0); // headers
+    put_zigzag(&mut buf, record.len() as i64);
     buf.put_slice(&record);
     let batch_length = (buf.len() - 12) as i32;
     buf[8..12].copy_from_slice(&batch_length.to_be_bytes());
@@ -64,16 +57,9 @@ pub fn encode_marker(
 }
 
 fn read_varint(buf: &[u8], position: &mut usize) -> Option<i64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*position)?;
-        *position += 1;
-        value |= ((byte & 0x7f) as u64) << shift;
-        if byte & 0x80 == 0 {
-            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
-        }
-    }
-    None
+    let (value, used) = read_zigzag(buf.get(*position..)?, VARLONG_MAX_BYTES)?;
+    *position += used;
+    Some(value)
 }
 
 /// Whether the control batch `batch` (starting at its header) is a commit marker: `Some(true)`

@@ -29,6 +29,7 @@
 //! ```
 
 pub mod control;
+pub mod varint;
 
 use std::fmt;
 

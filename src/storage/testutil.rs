@@ -3,16 +3,8 @@
 
 use std::future::Future;
 
+use crate::record_batch::varint::put_zigzag;
 use crate::record_batch::{compute_crc, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2};
-
-fn put_zigzag(out: &mut Vec<u8>, value: i64) {
-    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-    while raw >= 0x80 {
-        out.push((raw as u8) | 0x80);
-        raw >>= 7;
-    }
-    out.push(raw as u8);
-}
 
 /// An uncompressed batch with one record per entry of `timestamp_deltas` (relative to
 /// `base_timestamp`), each with a `value_bytes`-byte value, from `producer_id`.

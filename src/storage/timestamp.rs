@@ -4,19 +4,8 @@
 //! (zigzag varints). Only the first three fields are read; `length` skips the rest. Every read is
 //! bounds-checked, so a malformed batch yields `None`, never a panic.
 
+use crate::record_batch::varint::{read_zigzag, VARINT_MAX_BYTES, VARLONG_MAX_BYTES};
 use crate::record_batch::{BatchHeader, HEADER_LEN};
-
-/// Decodes a zigzag varint of at most `max_bytes` bytes; returns the value and bytes used.
-fn read_zigzag(bytes: &[u8], max_bytes: usize) -> Option<(i64, usize)> {
-    let mut raw = 0u64;
-    for (i, &b) in bytes.iter().take(max_bytes).enumerate() {
-        raw |= ((b & 0x7f) as u64) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((((raw >> 1) as i64) ^ -((raw & 1) as i64), i + 1));
-        }
-    }
-    None
-}
 
 /// The first record (in offset order) of `batch` whose timestamp is `>= target`, as
 /// `(offset, timestamp)`. `batch` is the whole uncompressed batch `header` was parsed from.
@@ -27,13 +16,13 @@ pub fn first_record_at_or_after(
 ) -> Option<(i64, i64)> {
     let mut position = HEADER_LEN;
     for _ in 0..header.record_count {
-        let (length, used) = read_zigzag(batch.get(position..)?, 5)?;
+        let (length, used) = read_zigzag(batch.get(position..)?, VARINT_MAX_BYTES)?;
         position += used;
         let end = position.checked_add(usize::try_from(length).ok()?)?;
         let record = batch.get(position..end)?;
         let after_attributes = record.get(1..)?;
-        let (timestamp_delta, used) = read_zigzag(after_attributes, 10)?;
-        let (offset_delta, _) = read_zigzag(after_attributes.get(used..)?, 5)?;
+        let (timestamp_delta, used) = read_zigzag(after_attributes, VARLONG_MAX_BYTES)?;
+        let (offset_delta, _) = read_zigzag(after_attributes.get(used..)?, VARINT_MAX_BYTES)?;
         let timestamp = header.base_timestamp.wrapping_add(timestamp_delta);
         if timestamp >= target {
             return Some((header.base_offset.checked_add(offset_delta)?, timestamp));
@@ -79,14 +68,5 @@ mod tests {
         let mut garbage = bytes.clone();
         garbage[HEADER_LEN..].fill(0xff);
         assert_eq!(first_record_at_or_after(&garbage, &header, 0), None);
-    }
-
-    #[test]
-    fn zigzag_decoding() {
-        assert_eq!(read_zigzag(&[0x00], 5), Some((0, 1)));
-        assert_eq!(read_zigzag(&[0x01], 5), Some((-1, 1)));
-        assert_eq!(read_zigzag(&[0x02], 5), Some((1, 1)));
-        assert_eq!(read_zigzag(&[0xac, 0x02], 5), Some((150, 2)));
-        assert_eq!(read_zigzag(&[0xff; 6], 5), None);
     }
 }

@@ -20,6 +20,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::coordinator::{TxnMetadata, TxnState};
 use super::TRANSACTION_STATE_TOPIC;
 use crate::record_batch;
+use crate::record_batch::varint::put_zigzag;
 use crate::storage::{LogConfig, PartitionLog};
 
 const BATCH_HEADER_BYTES: usize = 61;
@@ -172,29 +173,20 @@ pub fn decode_value(value: &[u8]) -> Option<TxnMetadata> {
     })
 }
 
-fn put_varint(buf: &mut BytesMut, value: i64) {
-    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-    while zigzag >= 0x80 {
-        buf.put_u8((zigzag as u8) | 0x80);
-        zigzag >>= 7;
-    }
-    buf.put_u8(zigzag as u8);
-}
-
 /// One record (key = transactional id, value = state) as an uncompressed batch.
 pub fn encode_batch(key: &str, value: &[u8], timestamp_ms: i64) -> Bytes {
     let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + 16 + key.len() + value.len());
     buf.put_bytes(0, BATCH_HEADER_BYTES);
     let mut record = BytesMut::with_capacity(16 + key.len() + value.len());
     record.put_i8(0);
-    put_varint(&mut record, 0);
-    put_varint(&mut record, 0);
-    put_varint(&mut record, key.len() as i64);
+    put_zigzag(&mut record, 0);
+    put_zigzag(&mut record, 0);
+    put_zigzag(&mut record, key.len() as i64);
     record.put_slice(key.as_bytes());
-    put_varint(&mut record, value.len() as i64);
+    put_zigzag(&mut record, value.len() as i64);
     record.put_slice(value);
-    put_varint(&mut record, 0);
-    put_varint(&mut buf, record.len() as i64);
+    put_zigzag(&mut record, 0);
+    put_zigzag(&mut buf, record.len() as i64);
     buf.put_slice(&record);
     let batch_length = (buf.len() - 12) as i32;
     buf[8..12].copy_from_slice(&batch_length.to_be_bytes());

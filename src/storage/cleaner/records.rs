@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use super::codec;
+use crate::record_batch::varint::read_zigzag;
 use crate::record_batch::{compute_crc, BatchHeader, Batches, HEADER_LEN};
 
 const BATCH_LENGTH: usize = 8;
@@ -37,16 +38,10 @@ pub struct RecordRef {
 
 /// Reads a zigzag varint (`max_bytes` 5 for varint, 10 for varlong) at `*at`.
 fn read_varlong(buf: &[u8], at: &mut usize, max_bytes: usize) -> Result<i64, String> {
-    let mut raw: u64 = 0;
-    for i in 0..max_bytes {
-        let byte = *buf.get(*at).ok_or("truncated varint")?;
-        *at += 1;
-        raw |= ((byte & 0x7f) as u64) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64));
-        }
-    }
-    Err("varint too long".into())
+    let rest = buf.get(*at..).ok_or("truncated varint")?;
+    let (value, used) = read_zigzag(rest, max_bytes).ok_or("truncated or overlong varint")?;
+    *at += used;
+    Ok(value)
 }
 
 fn read_varint(buf: &[u8], at: &mut usize) -> Result<i32, String> {
@@ -167,18 +162,7 @@ pub fn check_keys(records: &[u8]) -> Result<(), String> {
 pub(crate) mod tests {
     use super::*;
     use crate::record_batch::validate;
-
-    fn put_varlong(out: &mut Vec<u8>, value: i64) {
-        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-        loop {
-            if raw < 0x80 {
-                out.push(raw as u8);
-                return;
-            }
-            out.push((raw as u8 & 0x7f) | 0x80);
-            raw >>= 7;
-        }
-    }
+    use crate::record_batch::varint::put_zigzag;
 
     /// A test record: key and value, each possibly null.
     pub(crate) type KeyValue<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
@@ -189,23 +173,23 @@ pub(crate) mod tests {
         let mut body = Vec::new();
         for (i, (key, value)) in records.iter().enumerate() {
             let mut record = vec![0u8]; // attributes
-            put_varlong(&mut record, i as i64); // timestamp delta
-            put_varlong(&mut record, i as i64); // offset delta
+            put_zigzag(&mut record, i as i64); // timestamp delta
+            put_zigzag(&mut record, i as i64); // offset delta
             for field in [key, value] {
                 match field {
                     Some(bytes) => {
-                        put_varlong(&mut record, bytes.len() as i64);
+                        put_zigzag(&mut record, bytes.len() as i64);
                         record.extend_from_slice(bytes);
                     }
-                    None => put_varlong(&mut record, -1),
+                    None => put_zigzag(&mut record, -1),
                 }
             }
-            put_varlong(&mut record, 1); // one header
-            put_varlong(&mut record, 1);
+            put_zigzag(&mut record, 1); // one header
+            put_zigzag(&mut record, 1);
             record.push(b'h');
-            put_varlong(&mut record, 1);
+            put_zigzag(&mut record, 1);
             record.push(b'v');
-            put_varlong(&mut body, record.len() as i64);
+            put_zigzag(&mut body, record.len() as i64);
             body.extend_from_slice(&record);
         }
         let body = codec::compress(codec, &body).unwrap();
