@@ -251,24 +251,9 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 /// Fully validates one batch as the leader must before appending it: header, exact length,
 /// record count consistency and CRC-32C. `batch` must be exactly one batch.
 pub fn validate(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
-    let header = BatchHeader::parse(batch, max_batch_bytes)?;
-    if header.total_len() != batch.len() {
-        return Err(BatchError::Truncated);
-    }
-    if header.record_count <= 0 || header.last_offset_delta != header.record_count - 1 {
-        return Err(BatchError::BadRecordCount {
-            record_count: header.record_count,
-            last_offset_delta: header.last_offset_delta,
-        });
-    }
-    let computed = compute_crc(batch);
-    if computed != header.crc {
-        return Err(BatchError::CrcMismatch {
-            stored: header.crc,
-            computed,
-        });
-    }
-    Ok(header)
+    validate_counted(batch, max_batch_bytes, |header| {
+        header.last_offset_delta == header.record_count - 1
+    })
 }
 
 /// [`validate`] for a batch a leader sent to its follower, which may come from a compacted
@@ -278,12 +263,22 @@ pub fn validate_replicated(
     batch: &[u8],
     max_batch_bytes: usize,
 ) -> Result<BatchHeader, BatchError> {
+    validate_counted(batch, max_batch_bytes, |header| {
+        header.record_count as i64 <= header.last_offset_delta as i64 + 1
+    })
+}
+
+/// Header, exact length, a positive record count that `count_fits` accepts, CRC-32C.
+fn validate_counted(
+    batch: &[u8],
+    max_batch_bytes: usize,
+    count_fits: impl Fn(&BatchHeader) -> bool,
+) -> Result<BatchHeader, BatchError> {
     let header = BatchHeader::parse(batch, max_batch_bytes)?;
     if header.total_len() != batch.len() {
         return Err(BatchError::Truncated);
     }
-    if header.record_count <= 0 || header.record_count as i64 > header.last_offset_delta as i64 + 1
-    {
+    if header.record_count <= 0 || !count_fits(&header) {
         return Err(BatchError::BadRecordCount {
             record_count: header.record_count,
             last_offset_delta: header.last_offset_delta,
