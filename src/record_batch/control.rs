@@ -6,8 +6,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::varint::{put_zigzag, read_zigzag, VARLONG_MAX_BYTES};
+use super::{compute_crc, HEADER_LEN, MAGIC_V2};
 
-const BATCH_HEADER_BYTES: usize = 61;
 const ATTRIBUTES_TRANSACTIONAL_CONTROL: i16 = 0x10 | 0x20;
 const MARKER_ABORT: i16 = 0;
 const MARKER_COMMIT: i16 = 1;
@@ -21,8 +21,8 @@ pub fn encode_marker(
     coordinator_epoch: i32,
     timestamp_ms: i64,
 ) -> Bytes {
-    let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + 24);
-    buf.put_bytes(0, BATCH_HEADER_BYTES);
+    let mut buf = BytesMut::with_capacity(HEADER_LEN + 24);
+    buf.put_bytes(0, HEADER_LEN);
     let mut record = BytesMut::with_capacity(20);
     record.put_i8(0); // attributes
     put_zigzag(&mut record, 0); // timestamp delta
@@ -42,7 +42,7 @@ pub fn encode_marker(
     buf.put_slice(&record);
     let batch_length = (buf.len() - 12) as i32;
     buf[8..12].copy_from_slice(&batch_length.to_be_bytes());
-    buf[16] = 2; // magic
+    buf[16] = MAGIC_V2;
     buf[21..23].copy_from_slice(&ATTRIBUTES_TRANSACTIONAL_CONTROL.to_be_bytes());
     buf[23..27].copy_from_slice(&0i32.to_be_bytes()); // last offset delta
     buf[27..35].copy_from_slice(&timestamp_ms.to_be_bytes());
@@ -51,7 +51,7 @@ pub fn encode_marker(
     buf[51..53].copy_from_slice(&producer_epoch.to_be_bytes());
     buf[53..57].copy_from_slice(&(-1i32).to_be_bytes()); // base sequence
     buf[57..61].copy_from_slice(&1i32.to_be_bytes()); // record count
-    let crc = super::compute_crc(&buf);
+    let crc = compute_crc(&buf);
     buf[17..21].copy_from_slice(&crc.to_be_bytes());
     buf.freeze()
 }
@@ -65,7 +65,7 @@ fn read_varint(buf: &[u8], position: &mut usize) -> Option<i64> {
 /// Whether the control batch `batch` (starting at its header) is a commit marker: `Some(true)`
 /// commit, `Some(false)` abort, `None` when it is not a readable transaction marker.
 pub fn marker_committed(batch: &[u8]) -> Option<bool> {
-    let mut position = BATCH_HEADER_BYTES;
+    let mut position = HEADER_LEN;
     read_varint(batch, &mut position)?; // record length
     position += 1; // attributes
     read_varint(batch, &mut position)?; // timestamp delta
