@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::varint::{put_zigzag, read_zigzag, VARLONG_MAX_BYTES};
+use super::varint::{put_zigzag, read_zigzag_at, VARLONG_MAX_BYTES};
 use super::{compute_crc, HEADER_LEN, MAGIC_V2};
 
 const ATTRIBUTES_TRANSACTIONAL_CONTROL: i16 = 0x10 | 0x20;
@@ -56,21 +56,15 @@ pub fn encode_marker(
     buf.freeze()
 }
 
-fn read_varint(buf: &[u8], position: &mut usize) -> Option<i64> {
-    let (value, used) = read_zigzag(buf.get(*position..)?, VARLONG_MAX_BYTES)?;
-    *position += used;
-    Some(value)
-}
-
 /// Whether the control batch `batch` (starting at its header) is a commit marker: `Some(true)`
 /// commit, `Some(false)` abort, `None` when it is not a readable transaction marker.
 pub fn marker_committed(batch: &[u8]) -> Option<bool> {
     let mut position = HEADER_LEN;
-    read_varint(batch, &mut position)?; // record length
+    read_zigzag_at(batch, &mut position, VARLONG_MAX_BYTES)?; // record length
     position += 1; // attributes
-    read_varint(batch, &mut position)?; // timestamp delta
-    read_varint(batch, &mut position)?; // offset delta
-    if read_varint(batch, &mut position)? < 4 {
+    read_zigzag_at(batch, &mut position, VARLONG_MAX_BYTES)?; // timestamp delta
+    read_zigzag_at(batch, &mut position, VARLONG_MAX_BYTES)?; // offset delta
+    if read_zigzag_at(batch, &mut position, VARLONG_MAX_BYTES)? < 4 {
         return None;
     }
     let key = batch.get(position..position + 4)?;

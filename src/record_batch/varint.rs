@@ -33,6 +33,13 @@ pub fn read_zigzag(bytes: &[u8], max_bytes: usize) -> Option<(i64, usize)> {
     None
 }
 
+/// [`read_zigzag`] at `*position`, moving it past the value.
+pub fn read_zigzag_at(bytes: &[u8], position: &mut usize, max_bytes: usize) -> Option<i64> {
+    let (value, used) = read_zigzag(bytes.get(*position..)?, max_bytes)?;
+    *position += used;
+    Some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

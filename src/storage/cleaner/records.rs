@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use super::codec;
-use crate::record_batch::varint::read_zigzag;
+use crate::record_batch::varint::{read_zigzag_at, VARINT_MAX_BYTES, VARLONG_MAX_BYTES};
 use crate::record_batch::{compute_crc, BatchHeader, Batches, HEADER_LEN};
 
 const BATCH_LENGTH: usize = 8;
@@ -36,16 +36,8 @@ pub struct RecordRef {
     pub bytes: Range<usize>,
 }
 
-/// Reads a zigzag varint (`max_bytes` 5 for varint, 10 for varlong) at `*at`.
-fn read_varlong(buf: &[u8], at: &mut usize, max_bytes: usize) -> Result<i64, String> {
-    let rest = buf.get(*at..).ok_or("truncated varint")?;
-    let (value, used) = read_zigzag(rest, max_bytes).ok_or("truncated or overlong varint")?;
-    *at += used;
-    Ok(value)
-}
-
 fn read_varint(buf: &[u8], at: &mut usize) -> Result<i32, String> {
-    let value = read_varlong(buf, at, 5)?;
+    let value = read_zigzag_at(buf, at, VARINT_MAX_BYTES).ok_or("truncated or overlong varint")?;
     i32::try_from(value).map_err(|_| "varint out of range".to_string())
 }
 
@@ -79,7 +71,7 @@ pub fn parse_records(body: &[u8], count: i32) -> Result<Vec<RecordRef>, String> 
         }
         let end = at + len as usize;
         at += 1; // attributes
-        read_varlong(body, &mut at, 10)?; // timestamp delta
+        read_zigzag_at(body, &mut at, VARLONG_MAX_BYTES).ok_or("truncated or overlong varlong")?; // timestamp delta
         let offset_delta = read_varint(body, &mut at)?;
         let key = read_bytes_field(body, &mut at, end)?;
         let value = read_bytes_field(body, &mut at, end)?;
