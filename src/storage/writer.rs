@@ -45,6 +45,10 @@ use crate::record_batch::{self, BatchHeader};
 /// a burst does not hold megabytes of staging memory or delay the written offset long.
 pub const MAX_WRITE_BYTES: u64 = 4 << 20;
 
+/// A segment write slower than this is logged: 100 times the device's usual time for one, and
+/// long enough to hold every Produce request waiting on that partition past any latency goal.
+const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A batch whose offsets are assigned but which the writer has not written yet.
 #[derive(Debug)]
 pub(crate) struct QueuedBatch {
@@ -359,9 +363,21 @@ impl<Log: WriterHost> Writer<Log> {
         }
         let started = std::time::Instant::now();
         let written = file.write_at(buffer, write_position).await?;
+        let write_time = started.elapsed();
         crate::metrics::DETAIL
             .segment_write_latency
-            .observe(started.elapsed());
+            .observe(write_time);
+        if write_time >= SLOW_WRITE {
+            // The histogram says that some write was slow; this says when and which, to line
+            // up with rolls, retention and other partitions' writes in the same log.
+            tracing::warn!(
+                segment = %self.segment.log_path().display(),
+                position = write_position,
+                bytes = buffer_bytes,
+                write_ms = write_time.as_secs_f64() * 1e3,
+                "slow segment write"
+            );
+        }
         if written != buffer_bytes {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
