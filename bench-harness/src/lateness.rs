@@ -18,9 +18,13 @@
 //!   per request. Against the broker's own time for the request (its `/metrics`, from the frame
 //!   read to the response ready) it tells time in the broker's handling from time in sockets,
 //!   scheduling and the broker's read and write queues.
+//! - **produce write**: how long writing each Produce request into the socket took. Beyond the
+//!   copy into the socket buffer, that is the time the buffer stayed full because the broker
+//!   was not reading: backpressure that neither the round trip (it starts after the last byte)
+//!   nor the broker's own request time (it starts at the whole frame read) contains.
 //!
 //! Cost: one wake-up per tick (about 1,000 a second by default), a few microseconds each, and
-//! one histogram record per Produce request.
+//! two histogram records per Produce request.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,6 +42,7 @@ pub struct Lateness {
     timer: Mutex<Histogram<u64>>,
     send_lag: Mutex<Histogram<u64>>,
     round_trip: Mutex<Histogram<u64>>,
+    write: Mutex<Histogram<u64>>,
     /// Whether the run has an open-loop schedule to lag behind.
     open_loop: bool,
 }
@@ -49,6 +54,7 @@ impl Lateness {
             timer: Mutex::new(new_hist()),
             send_lag: Mutex::new(new_hist()),
             round_trip: Mutex::new(new_hist()),
+            write: Mutex::new(new_hist()),
             open_loop,
         })
     }
@@ -75,12 +81,22 @@ impl Lateness {
             .ok();
     }
 
+    /// How long writing one Produce request into its socket took, ns.
+    pub fn record_write(&self, ns: u64) {
+        self.write
+            .lock()
+            .expect("lock")
+            .record((ns / 1_000).max(1))
+            .ok();
+    }
+
     pub fn summary(&self) -> HarnessLateness {
         HarnessLateness {
             tick_us: self.tick_us,
             timer: LatenessSummary::from_hist(&self.timer.lock().expect("lock")),
             producer_send_lag: LatenessSummary::from_hist(&self.send_lag.lock().expect("lock")),
             produce_round_trip: LatenessSummary::from_hist(&self.round_trip.lock().expect("lock")),
+            produce_write: LatenessSummary::from_hist(&self.write.lock().expect("lock")),
         }
     }
 }
@@ -161,6 +177,8 @@ pub struct HarnessLateness {
     pub producer_send_lag: Option<LatenessSummary>,
     /// From each Produce request written to its response read (acks 1 and all).
     pub produce_round_trip: Option<LatenessSummary>,
+    /// How long writing each Produce request took (a full socket: the broker not reading).
+    pub produce_write: Option<LatenessSummary>,
 }
 
 impl HarnessLateness {
@@ -179,6 +197,12 @@ impl HarnessLateness {
         if let Some(l) = &self.produce_round_trip {
             parts.push(format!(
                 "produce request round trip (written to answered) {}",
+                l.line()
+            ));
+        }
+        if let Some(l) = &self.produce_write {
+            parts.push(format!(
+                "produce request write (into the socket) {}",
                 l.line()
             ));
         }
@@ -221,6 +245,26 @@ mod tests {
         assert!(t.count >= 30, "{t:?}");
         assert!(s.producer_send_lag.is_none());
         assert!(s.produce_round_trip.is_none());
+        assert!(s.produce_write.is_none());
         assert!(s.stall_note().unwrap().contains("ms late"));
+    }
+
+    /// Request writes are summarised in µs and named in the text line, apart from round trips.
+    #[test]
+    fn request_writes_are_reported_apart_from_round_trips() {
+        let l = Lateness::new(0, true);
+        l.record_write(40_000);
+        l.record_write(3_000_000);
+        l.record_round_trip(1_000_000);
+        let s = l.summary();
+        let w = s.produce_write.clone().unwrap();
+        assert_eq!(w.count, 2);
+        assert!((2_990..=3_010).contains(&w.max_us), "{w:?}");
+        assert_eq!(s.produce_round_trip.clone().unwrap().count, 1);
+        let line = s.line();
+        assert!(
+            line.contains("produce request write (into the socket) p50 40 µs"),
+            "{line}"
+        );
     }
 }

@@ -860,6 +860,7 @@ impl Producer {
             parts: sent,
         };
         let writer = c.writer.as_mut().expect("send_one on a live connection");
+        let write_started_ns = now_ns();
         if writer.write_all(&inflight.buf).await.is_err() {
             // The connection broke: what was in flight on it comes back from its reader; this
             // request is retried from here.
@@ -869,6 +870,11 @@ impl Producer {
             return Ok(false);
         }
         inflight.written_ns = now_ns();
+        if write_started_ns >= self.plan.measure_start_ns {
+            self.plan
+                .lateness
+                .record_write(inflight.written_ns - write_started_ns);
+        }
         match &c.tx {
             Some(tx) => {
                 if let Err(mpsc::error::SendError(inflight)) = tx.send(inflight) {
