@@ -873,7 +873,7 @@ impl Producer {
         if write_started_ns >= self.plan.measure_start_ns {
             self.plan
                 .lateness
-                .record_write(inflight.written_ns - write_started_ns);
+                .record_write(inflight.written_ns.saturating_sub(write_started_ns));
         }
         match &c.tx {
             Some(tx) => {
