@@ -511,8 +511,21 @@ impl<Log: WriterHost> Writer<Log> {
         // Before the cut to the logical size: a fallocate finishing after it would undo it.
         self.preallocator.settle().await;
         let file = self.file.take().expect("callers check");
-        self.segment.persist_indexes()?;
-        self.segment.persist_txn_index()?;
+        // Off the event loop, as a roll does (`ClosingSegment`): rewriting an index file frees
+        // its old blocks, which on a file system mounted with `discard` and without a journal
+        // is a synchronous discard, and the `.txnindex` is fsync'd. With many partitions going
+        // idle at once, the shard's loop would wait for each in turn.
+        let indexes = self.segment.encode_indexes();
+        let txn_index = self.segment.take_txn_index_to_persist();
+        glommio::executor()
+            .spawn_blocking(move || -> io::Result<()> {
+                indexes.write()?;
+                if let Some((log_path, entries)) = txn_index {
+                    txn_index::write_durably(&log_path, &entries)?;
+                }
+                Ok(())
+            })
+            .await?;
         file.truncate(self.segment.size_bytes()).await?;
         file.fdatasync().await?;
         file.close().await?;
