@@ -22,9 +22,14 @@
 //!   copy into the socket buffer, that is the time the buffer stayed full because the broker
 //!   was not reading: backpressure that neither the round trip (it starts after the last byte)
 //!   nor the broker's own request time (it starts at the whole frame read) contains.
+//! - **produce turnaround** (open loop): for a request that was already due when a response
+//!   freed a slot of its connection's full in-flight window, from that response read to this
+//!   request's write starting: the client's own reaction time (waking the producer, building and
+//!   checksumming the request), the one part of a behind producer's cycle that is neither the
+//!   broker's nor the socket's.
 //!
 //! Cost: one wake-up per tick (about 1,000 a second by default), a few microseconds each, and
-//! two histogram records per Produce request.
+//! up to three histogram records per Produce request.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +48,7 @@ pub struct Lateness {
     send_lag: Mutex<Histogram<u64>>,
     round_trip: Mutex<Histogram<u64>>,
     write: Mutex<Histogram<u64>>,
+    turnaround: Mutex<Histogram<u64>>,
     /// Whether the run has an open-loop schedule to lag behind.
     open_loop: bool,
 }
@@ -55,6 +61,7 @@ impl Lateness {
             send_lag: Mutex::new(new_hist()),
             round_trip: Mutex::new(new_hist()),
             write: Mutex::new(new_hist()),
+            turnaround: Mutex::new(new_hist()),
             open_loop,
         })
     }
@@ -90,6 +97,15 @@ impl Lateness {
             .ok();
     }
 
+    /// From a response freeing a full window's slot to the write of a request already due, ns.
+    pub fn record_turnaround(&self, ns: u64) {
+        self.turnaround
+            .lock()
+            .expect("lock")
+            .record((ns / 1_000).max(1))
+            .ok();
+    }
+
     pub fn summary(&self) -> HarnessLateness {
         HarnessLateness {
             tick_us: self.tick_us,
@@ -97,6 +113,7 @@ impl Lateness {
             producer_send_lag: LatenessSummary::from_hist(&self.send_lag.lock().expect("lock")),
             produce_round_trip: LatenessSummary::from_hist(&self.round_trip.lock().expect("lock")),
             produce_write: LatenessSummary::from_hist(&self.write.lock().expect("lock")),
+            produce_turnaround: LatenessSummary::from_hist(&self.turnaround.lock().expect("lock")),
         }
     }
 }
@@ -179,6 +196,9 @@ pub struct HarnessLateness {
     pub produce_round_trip: Option<LatenessSummary>,
     /// How long writing each Produce request took (a full socket: the broker not reading).
     pub produce_write: Option<LatenessSummary>,
+    /// Open loop: from a response freeing a full window's slot to the next (overdue) request
+    /// written on it: the client's reaction time.
+    pub produce_turnaround: Option<LatenessSummary>,
 }
 
 impl HarnessLateness {
@@ -203,6 +223,12 @@ impl HarnessLateness {
         if let Some(l) = &self.produce_write {
             parts.push(format!(
                 "produce request write (into the socket) {}",
+                l.line()
+            ));
+        }
+        if let Some(l) = &self.produce_turnaround {
+            parts.push(format!(
+                "producer turnaround (slot freed to overdue request written) {}",
                 l.line()
             ));
         }
@@ -246,6 +272,7 @@ mod tests {
         assert!(s.producer_send_lag.is_none());
         assert!(s.produce_round_trip.is_none());
         assert!(s.produce_write.is_none());
+        assert!(s.produce_turnaround.is_none());
         assert!(s.stall_note().unwrap().contains("ms late"));
     }
 
@@ -256,11 +283,13 @@ mod tests {
         l.record_write(40_000);
         l.record_write(3_000_000);
         l.record_round_trip(1_000_000);
+        l.record_turnaround(700_000);
         let s = l.summary();
         let w = s.produce_write.clone().unwrap();
         assert_eq!(w.count, 2);
         assert!((2_990..=3_010).contains(&w.max_us), "{w:?}");
         assert_eq!(s.produce_round_trip.clone().unwrap().count, 1);
+        assert_eq!(s.produce_turnaround.clone().unwrap().p50_us, 700);
         let line = s.line();
         assert!(
             line.contains("produce request write (into the socket) p50 40 µs"),

@@ -15,7 +15,7 @@
 //! counts from the first send (the delay is not hidden), and it is counted once, when acked.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -198,6 +198,8 @@ struct ConnState {
     version: i16,
     tx: Option<mpsc::UnboundedSender<InFlight>>,
     in_flight: Arc<AtomicUsize>,
+    /// When a response last freed a slot of a full window (ns; 0: none since the last send).
+    slot_freed_ns: Arc<AtomicU64>,
     /// Partitions with queued records, in arrival order (drained round-robin).
     nonempty: VecDeque<u32>,
 }
@@ -396,6 +398,7 @@ impl Producer {
         let ci = self.conns.len();
         let (rd, writer) = conn.stream.into_split();
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let slot_freed_ns = Arc::new(AtomicU64::new(0));
         let tx = if self.plan.opts.acks.0 == 0 {
             None // acks=0: the broker sends no response
         } else {
@@ -405,6 +408,7 @@ impl Producer {
                 addr: addr.to_string(),
                 version,
                 in_flight: in_flight.clone(),
+                slot_freed_ns: slot_freed_ns.clone(),
                 shared: self.shared.clone(),
                 plan: self.plan.clone(),
             };
@@ -418,6 +422,7 @@ impl Producer {
             version,
             tx,
             in_flight,
+            slot_freed_ns,
             nonempty: VecDeque::new(),
         });
         Ok(ci)
@@ -753,6 +758,8 @@ impl Producer {
         }
 
         let (mut buf, mut times, mut sent) = self.spare();
+        // Open loop: when this request's first batch was due (for the producer's turnaround).
+        let mut due_ns: Option<u64> = None;
         times.clear();
         sent.clear();
         self.correlation = self.correlation.wrapping_add(1);
@@ -786,7 +793,7 @@ impl Producer {
         } else {
             if self.plan.lateness.open_loop() && !flushing {
                 // Due when the first of its batches filled or had lingered long enough.
-                let due = chosen
+                let due: u64 = chosen
                     .iter()
                     .filter_map(|&p| {
                         let recs = &self.parts[p as usize].recs;
@@ -800,6 +807,7 @@ impl Producer {
                 if due >= self.plan.measure_start_ns {
                     record_ns(&mut self.send_lag, now.saturating_sub(due));
                 }
+                due_ns = Some(due);
             }
             let stamped = self.plan.stamped();
             for &p in &chosen {
@@ -859,8 +867,16 @@ impl Producer {
             times,
             parts: sent,
         };
-        let writer = c.writer.as_mut().expect("send_one on a live connection");
         let write_started_ns = now_ns();
+        // Turnaround: a request already due when a response freed a slot of the full window
+        // waited only for the client between that response and this write.
+        let freed_ns = c.slot_freed_ns.swap(0, Relaxed);
+        if freed_ns >= self.plan.measure_start_ns && due_ns.is_some_and(|due| due <= freed_ns) {
+            self.plan
+                .lateness
+                .record_turnaround(write_started_ns.saturating_sub(freed_ns));
+        }
+        let writer = c.writer.as_mut().expect("send_one on a live connection");
         if writer.write_all(&inflight.buf).await.is_err() {
             // The connection broke: what was in flight on it comes back from its reader; this
             // request is retried from here.
@@ -937,6 +953,7 @@ struct ReaderCtx {
     addr: String,
     version: i16,
     in_flight: Arc<AtomicUsize>,
+    slot_freed_ns: Arc<AtomicU64>,
     shared: Arc<Shared>,
     plan: Arc<Plan>,
 }
@@ -1012,7 +1029,9 @@ async fn read_loop(
         if let Err(e) = handle_response(ctx, &inf, frame, header_version, now, tally) {
             return Some(Stop::Fatal(e));
         }
-        ctx.in_flight.fetch_sub(1, Relaxed);
+        if ctx.in_flight.fetch_sub(1, Relaxed) == plan.opts.max_in_flight {
+            ctx.slot_freed_ns.store(now, Relaxed);
+        }
         ctx.shared.responses.fetch_add(1, Relaxed);
         ctx.shared.notify.notify_one();
         ctx.shared
