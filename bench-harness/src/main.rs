@@ -17,7 +17,8 @@
 //! - `schedule`, `timer`: the open-loop send schedule and the sub-millisecond timer behind it.
 //! - `payload`: precomputed payloads and keys, the send-time stamp, Kafka's murmur2 partitioner.
 //! - `stats`, `usage`: counters, HdrHistogram latency, CPU and memory from /proc.
-//! - `lateness`: how late the harness's own event loop and open-loop schedule run.
+//! - `lateness`: how late the harness's own event loop and open-loop schedule run, and where a
+//!   Produce request's cycle goes (round trip, write into the socket, the producer's turnaround).
 //! - `run`: produce / consume / e2e runs and their reports; `compare`: interleaved A/B runs.
 //! - `null_broker`: a broker that stores nothing, for the harness's own ceiling; it can also play
 //!   a cluster in trouble (leader elections, dropped connections, a batch size limit, lost fetch
