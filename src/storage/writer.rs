@@ -36,7 +36,7 @@ use glommio::io::{DmaFile, OpenOptions};
 
 use super::notify::{Mark, Notifier};
 use super::preallocate::Preallocator;
-use super::segment::{BatchMeta, Segment};
+use super::segment::{BatchMeta, EncodedIndexes, Segment};
 use super::txn_index::TxnIndexEntry;
 use super::{producer_snapshot, txn_index, LogConfig, StorageError, PAGE_BYTES};
 use crate::record_batch::{self, BatchHeader};
@@ -518,13 +518,7 @@ impl<Log: WriterHost> Writer<Log> {
         let indexes = self.segment.encode_indexes();
         let txn_index = self.segment.take_txn_index_to_persist();
         glommio::executor()
-            .spawn_blocking(move || -> io::Result<()> {
-                indexes.write()?;
-                if let Some((log_path, entries)) = txn_index {
-                    txn_index::write_durably(&log_path, &entries)?;
-                }
-                Ok(())
-            })
+            .spawn_blocking(move || write_index_files(&indexes, txn_index))
             .await?;
         file.truncate(self.segment.size_bytes()).await?;
         file.fdatasync().await?;
@@ -533,6 +527,20 @@ impl<Log: WriterHost> Writer<Log> {
         log.notifier().advance(Mark::Durable, log.written_offset());
         Ok(())
     }
+}
+
+/// A closing segment's index files and `.txnindex` (if it has aborted transactions). Blocking:
+/// for a blocking thread. The index files are not synced (recovery rebuilds stale ones); the
+/// `.txnindex` is.
+fn write_index_files(
+    indexes: &EncodedIndexes,
+    txn_index: Option<(PathBuf, Vec<TxnIndexEntry>)>,
+) -> io::Result<()> {
+    indexes.write()?;
+    if let Some((log_path, entries)) = txn_index {
+        txn_index::write_durably(&log_path, &entries)?;
+    }
+    Ok(())
 }
 
 /// What a roll leaves to finish off the writer's path (see [`Writer::roll`]).
@@ -575,11 +583,7 @@ impl ClosingSegment {
         let old_base = segment.base_offset();
         glommio::executor()
             .spawn_blocking(move || -> io::Result<()> {
-                // Not synced: stale index files are rebuilt by recovery.
-                indexes.write()?;
-                if let Some((log_path, entries)) = txn_index {
-                    txn_index::write_durably(&log_path, &entries)?;
-                }
+                write_index_files(&indexes, txn_index)?;
                 // Last of the old segment's files: its presence tells recovery that the segments
                 // below it are closed for good.
                 producer_snapshot::write_durably(&dir, next_base_offset, &snapshot)?;
