@@ -83,6 +83,7 @@ pub mod reaper;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
+mod staging;
 pub mod tail_cache;
 pub mod timestamp;
 pub mod txn_index;

@@ -9,7 +9,9 @@
 //! 2. drains every queued batch (up to `MAX_WRITE_BYTES`) into one freshly allocated aligned
 //!    DMA buffer, behind the partial tail page it keeps from the previous write, patches their
 //!    offsets and leader epochs there, and issues one O_DIRECT write at the page-aligned position
-//!    of that tail page (the tail page is rewritten, never read back);
+//!    of that tail page (the tail page is rewritten, never read back); two adjacent writes, the
+//!    tail page and the rest, when the rest goes to blocks never written (`staging.rs` says
+//!    why);
 //! 3. advances the written offset (and with it the high watermark, as far as its bound allows)
 //!    and the sparse indexes;
 //! 4. fdatasyncs only if a durable wait is pending, releasing every wait the sync covers (group
@@ -37,9 +39,10 @@ use glommio::io::{DmaFile, OpenOptions};
 use super::notify::{Mark, Notifier};
 use super::preallocate::Preallocator;
 use super::segment::{BatchMeta, EncodedIndexes, Segment};
+use super::staging::{self, Staging};
 use super::txn_index::TxnIndexEntry;
 use super::{producer_snapshot, txn_index, LogConfig, StorageError, PAGE_BYTES};
-use crate::record_batch::{self, BatchHeader};
+use crate::record_batch::BatchHeader;
 
 /// Cap on one write: big enough to reach the device's sequential bandwidth, small enough that
 /// a burst does not hold megabytes of staging memory or delay the written offset long.
@@ -161,6 +164,11 @@ pub(crate) struct Writer<Log: WriterHost> {
     closing: Option<glommio::task::JoinHandle<Result<(), StorageError>>>,
     /// Keeps the active segment's file allocated ahead of the writes ([`super::preallocate`]).
     preallocator: Preallocator,
+    /// Where the active file's blocks that hold written data end: its size when opened (what
+    /// a recycled file held, what a reopened one keeps), raised by each write. Above it lie
+    /// preallocated (unwritten) blocks or nothing. `None` until read after an opening. Used
+    /// only to choose how to split a write (`staging::should_split`), never for what is read.
+    written_blocks_end: Option<u64>,
 }
 
 impl<Log: WriterHost> Writer<Log> {
@@ -192,6 +200,7 @@ impl<Log: WriterHost> Writer<Log> {
             segment_started: std::time::Instant::now(),
             closing: None,
             preallocator: Preallocator::new(),
+            written_blocks_end: None,
         }
     }
 
@@ -234,9 +243,20 @@ impl<Log: WriterHost> Writer<Log> {
                 ))));
             }
             self.preallocator.file_opened();
+            self.written_blocks_end = None;
             self.file = Some(file);
         }
         Ok(self.file.as_ref().expect("opened above"))
+    }
+
+    /// [`Self::written_blocks_end`], read from the file after it was opened.
+    async fn written_blocks_end(&mut self) -> Result<u64, StorageError> {
+        if let Some(end) = self.written_blocks_end {
+            return Ok(end);
+        }
+        let end = self.file().await?.file_size().await?;
+        self.written_blocks_end = Some(end);
+        Ok(end)
     }
 
     /// The partial last page, read back from the segment if it was released.
@@ -330,10 +350,26 @@ impl<Log: WriterHost> Writer<Log> {
         let data_bytes: u64 = batches.iter().map(|b| b.meta.len_bytes).sum();
         let used = tail.len() + data_bytes as usize;
         let buffer_bytes = used.next_multiple_of(PAGE_BYTES as usize);
+        let written_blocks_end = self.written_blocks_end().await?;
+        let split = staging::should_split(
+            write_position,
+            buffer_bytes as u64,
+            tail.len() as u64,
+            written_blocks_end,
+        );
         let file = self.file().await?;
-        let mut buffer = file.alloc_dma_buffer(buffer_bytes);
-        let bytes = buffer.as_bytes_mut();
-        bytes[..tail.len()].copy_from_slice(&tail);
+        let first_bytes = if split {
+            PAGE_BYTES as usize
+        } else {
+            buffer_bytes
+        };
+        let mut first = file.alloc_dma_buffer(first_bytes);
+        let mut rest = split.then(|| file.alloc_dma_buffer(buffer_bytes - first_bytes));
+        let mut staged = Staging::new(
+            first.as_bytes_mut(),
+            rest.as_mut().map(|rest| rest.as_bytes_mut()),
+        );
+        staged.put(0, &tail);
         let mut at = tail.len();
         let mut metas = Vec::with_capacity(batches.len());
         let mut aborted = Vec::new();
@@ -342,27 +378,31 @@ impl<Log: WriterHost> Writer<Log> {
                 header.base_offset = batch.meta.base_offset;
                 aborted.extend(log.track_written(&header, &batch.bytes));
             }
-            let end = at + batch.bytes.len();
-            bytes[at..end].copy_from_slice(&batch.bytes);
-            record_batch::assign(
-                &mut bytes[at..end],
-                batch.meta.base_offset,
-                batch.leader_epoch,
-            );
+            staged.put_batch(at, &batch.bytes, batch.meta.base_offset, batch.leader_epoch);
             metas.push(batch.meta);
-            at = end;
+            at += batch.bytes.len();
             // `batch.bytes` drops here, releasing the request buffer before the write.
         }
-        // Zero padding (not stale heap bytes) past the logical end: recovery cuts it.
-        bytes[used..].fill(0);
-        let next_tail = bytes[used - used % PAGE_BYTES as usize..used].to_vec();
+        staged.zero_from(used);
+        let next_tail = staged.copy_out(used - used % PAGE_BYTES as usize, used);
 
         #[cfg(test)]
         if log.take_injected_write_failure() {
             return Err(io::Error::other("injected write failure").into());
         }
         let started = std::time::Instant::now();
-        let written = file.write_at(buffer, write_position).await?;
+        let written = match rest {
+            None => file.write_at(first, write_position).await?,
+            // Both submitted in the same round, the tail page first.
+            Some(rest) => {
+                let (first, rest) = futures_lite::future::zip(
+                    file.write_at(first, write_position),
+                    file.write_at(rest, write_position + PAGE_BYTES),
+                )
+                .await;
+                first? + rest?
+            }
+        };
         let write_time = started.elapsed();
         crate::metrics::DETAIL
             .segment_write_latency
@@ -378,6 +418,7 @@ impl<Log: WriterHost> Writer<Log> {
                 "slow segment write"
             );
         }
+        // Neither piece can write more than it holds: the sum is whole only if both are.
         if written != buffer_bytes {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -391,6 +432,9 @@ impl<Log: WriterHost> Writer<Log> {
             log.segment_bytes(),
             log.config().preallocate_ahead_bytes,
         );
+
+        self.written_blocks_end =
+            Some(written_blocks_end.max(write_position + buffer_bytes as u64));
 
         let mut position = size;
         for meta in &metas {
@@ -461,6 +505,7 @@ impl<Log: WriterHost> Writer<Log> {
             Segment::open_new(log.dir(), base_offset, recycled.as_deref()).await?;
         let old_file = self.file.replace(file);
         self.preallocator.file_opened();
+        self.written_blocks_end = None;
         old.release_read_file();
         old.set_closing(true);
         let closing = ClosingSegment {
