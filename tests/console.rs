@@ -204,6 +204,10 @@ async fn metrics_parse_and_move_after_producing() {
                 .starts_with("kafka_network_requestmetrics_requests_total{request=\"Produce\"")),
         "requests are counted by API and version"
     );
+    assert!(
+        after.keys().any(|k| k.starts_with("broker_mesh_jobs_total{shard=")),
+        "cross-shard hops are counted by receiving shard"
+    );
     // Both shards own some of the 4 partitions; the gauge says how many.
     assert_eq!(
         sum_of(&after, "kafka_server_replicamanager_partitioncount"),

@@ -188,6 +188,12 @@ impl Collector for Snapshot {
         )?;
         self.shard_counter(
             &mut encoder,
+            "broker_mesh_jobs",
+            "Jobs received from other shards (cross-shard hops), by receiving shard.",
+            |s| get(&shards[s].mesh_jobs),
+        )?;
+        self.shard_counter(
+            &mut encoder,
             "broker_request_bytes",
             "Request bytes read from clients, by connection shard.",
             |s| get(&shards[s].request_bytes),

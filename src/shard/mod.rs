@@ -132,8 +132,10 @@ impl Shard {
     pub fn serve_mesh(self: &Rc<Self>, mut receivers: Receivers<Job>) {
         for (_peer, receiver) in receivers.streams() {
             let shard = self.clone();
+            let received = &crate::metrics::shard_cells(self.id).mesh_jobs;
             glommio::spawn_local(async move {
                 while let Some(job) = receiver.recv().await {
+                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     job(&shard);
                 }
             })
