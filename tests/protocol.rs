@@ -192,6 +192,77 @@ fn long_poll_fetch_returns_when_data_arrives() {
     );
 }
 
+/// A long poll over partitions on both shards: whichever partition's shard ends the wait (one
+/// of the two rounds is the other shard than the connection's), the response carries that
+/// partition's new record and the other partition's state, both current.
+#[test]
+fn long_poll_over_both_shards_answers_with_the_partition_that_woke_it() {
+    let broker = Broker::start(2);
+    let mut admin = RawClient::connect(&broker.addr);
+    assert_eq!(admin.create_topic("both", 2), 0);
+    let mut ends = [0i64, 0];
+    for woken in [1, 0] {
+        let addr = broker.addr.clone();
+        let offsets = ends;
+        let consumer = std::thread::spawn(move || {
+            let mut client = RawClient::connect(&addr);
+            let mut t = fetch_request::FetchTopic::default();
+            t.topic = TopicName(StrBytes::from_static_str("both"));
+            t.partitions = (0..2)
+                .map(|index| {
+                    let mut p = fetch_request::FetchPartition::default();
+                    p.partition = index;
+                    p.fetch_offset = offsets[index as usize];
+                    p.partition_max_bytes = 1 << 20;
+                    p
+                })
+                .collect();
+            let mut request = FetchRequest::default();
+            request.replica_id = BrokerId(-1);
+            request.max_wait_ms = 10_000;
+            request.min_bytes = 1;
+            request.max_bytes = 50 << 20;
+            request.topics = vec![t];
+            let started = std::time::Instant::now();
+            let response: FetchResponse = client.call(11, &request);
+            (response, started.elapsed())
+        });
+        // Likely parked by then; parked or not, the answer must be the same.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let record = format!("to {woken}");
+        let produced = admin.produce(
+            "both",
+            woken,
+            raw::batch(&[record.as_bytes()], None, Compression::None),
+            1,
+        );
+        assert_eq!(produced.0, 0);
+        ends[woken as usize] += 1;
+        let (response, waited) = consumer.join().unwrap();
+        assert!(
+            waited < std::time::Duration::from_secs(5),
+            "woken by the produce, not the deadline: {waited:?}"
+        );
+        let mut partitions = response.responses[0].partitions.clone();
+        partitions.sort_by_key(|p| p.partition_index);
+        assert_eq!(partitions.len(), 2);
+        for p in &partitions {
+            let index = p.partition_index as usize;
+            assert_eq!(p.error_code, 0, "partition {index}");
+            assert_eq!(p.high_watermark, ends[index], "partition {index}");
+            let records = p.records.clone().unwrap_or_default();
+            if index == woken as usize {
+                let found = records
+                    .windows(record.len())
+                    .any(|w| w == record.as_bytes());
+                assert!(found, "the record that woke the fetch is in its response");
+            } else {
+                assert!(records.is_empty(), "nothing new on partition {index}");
+            }
+        }
+    }
+}
+
 #[test]
 fn metadata_lists_brokers_and_auto_creates_topics() {
     let broker = Broker::start(2);

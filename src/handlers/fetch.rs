@@ -461,8 +461,7 @@ async fn read_topics(
         {
             break;
         }
-        wait_for_data(shard, &per_shard, limits.deadline).await;
-        results = read_all(shard, &per_shard, false).await;
+        results = wait_then_read(shard, &per_shard, limits.deadline).await;
     }
 
     // Apply the response-wide max_bytes: the first non-empty partition is always whole
@@ -600,11 +599,21 @@ async fn read_all(
     per_shard: &[Vec<ReadRequest>],
     first: bool,
 ) -> Vec<Vec<ReadResult>> {
+    read_shards(shard, per_shard, first, None).await
+}
+
+/// [`read_all`], except the shard `skip` (its entry stays empty).
+async fn read_shards(
+    shard: &Rc<Shard>,
+    per_shard: &[Vec<ReadRequest>],
+    first: bool,
+    skip: Option<usize>,
+) -> Vec<Vec<ReadResult>> {
     let reads = per_shard.iter().enumerate().map(|(target, requests)| {
         let requests = requests.clone();
         let shard = shard.clone();
         async move {
-            if requests.is_empty() {
+            if requests.is_empty() || skip == Some(target) {
                 return Vec::new();
             }
             shard
@@ -685,9 +694,19 @@ fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<R
         .collect()
 }
 
-/// Resolves when any requested partition has data past its fetch offset, or at the deadline.
-async fn wait_for_data(shard: &Rc<Shard>, per_shard: &[Vec<ReadRequest>], deadline: Instant) {
-    let mut waits: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
+/// Waits until any requested partition has data past its fetch offset (or the deadline), then
+/// reads every shard's partitions again. The shard whose partition ended the wait reads its
+/// partitions right there and answers with the reads, so a long poll that another shard's
+/// partition wakes costs one hop to that shard, not two (the wait's, then a read's); each
+/// message between shards can wake a sleeping shard, the main cost of a small fetch. The
+/// other shards are read as [`read_all`] does.
+async fn wait_then_read(
+    shard: &Rc<Shard>,
+    per_shard: &[Vec<ReadRequest>],
+    deadline: Instant,
+) -> Vec<Vec<ReadResult>> {
+    type WaitThenRead = Pin<Box<dyn Future<Output = (usize, Vec<ReadResult>)>>>;
+    let mut waits: Vec<WaitThenRead> = Vec::new();
     for (target, requests) in per_shard.iter().enumerate() {
         if requests.is_empty() {
             continue;
@@ -695,19 +714,26 @@ async fn wait_for_data(shard: &Rc<Shard>, per_shard: &[Vec<ReadRequest>], deadli
         let requests = requests.clone();
         let shard = shard.clone();
         waits.push(Box::pin(async move {
-            shard
+            let reads = shard
                 .invoke_on(target, move |owner| async move {
                     // Bounded by the deadline on the owner too, so a remote waiter never
                     // outlives the fetch that asked for it by more than the wait itself.
-                    wait_local(&owner, &requests, deadline).await
+                    // One that lost the race reads once more when it ends and its answer
+                    // goes nowhere.
+                    wait_local(&owner, &requests, deadline).await;
+                    read_local(&owner, &requests, false)
                 })
-                .await
+                .await;
+            (target, reads)
         }));
     }
     if waits.is_empty() {
-        return;
+        return read_all(shard, per_shard, false).await;
     }
-    select_all(waits).await;
+    let ((woken, reads), _, _) = select_all(waits).await;
+    let mut results = read_shards(shard, per_shard, false, Some(woken)).await;
+    results[woken] = reads;
+    results
 }
 
 async fn wait_local(owner: &Shard, requests: &[ReadRequest], deadline: Instant) {
