@@ -205,7 +205,9 @@ async fn metrics_parse_and_move_after_producing() {
         "requests are counted by API and version"
     );
     assert!(
-        after.keys().any(|k| k.starts_with("broker_mesh_jobs_total{shard=")),
+        after
+            .keys()
+            .any(|k| k.starts_with("broker_mesh_jobs_total{shard=")),
         "cross-shard hops are counted by receiving shard"
     );
     // Both shards own some of the 4 partitions; the gauge says how many.
