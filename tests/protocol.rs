@@ -206,23 +206,7 @@ fn long_poll_over_both_shards_answers_with_the_partition_that_woke_it() {
         let offsets = ends;
         let consumer = std::thread::spawn(move || {
             let mut client = RawClient::connect(&addr);
-            let mut t = fetch_request::FetchTopic::default();
-            t.topic = TopicName(StrBytes::from_static_str("both"));
-            t.partitions = (0..2)
-                .map(|index| {
-                    let mut p = fetch_request::FetchPartition::default();
-                    p.partition = index;
-                    p.fetch_offset = offsets[index as usize];
-                    p.partition_max_bytes = 1 << 20;
-                    p
-                })
-                .collect();
-            let mut request = FetchRequest::default();
-            request.replica_id = BrokerId(-1);
-            request.max_wait_ms = 10_000;
-            request.min_bytes = 1;
-            request.max_bytes = 50 << 20;
-            request.topics = vec![t];
+            let request = raw::fetch_request("both", &[(0, offsets[0]), (1, offsets[1])], 10_000);
             let started = std::time::Instant::now();
             let response: FetchResponse = client.call(11, &request);
             (response, started.elapsed())
@@ -686,20 +670,8 @@ fn a_partition_cut_inside_its_first_batch_is_sent_empty() {
     assert_eq!(client.produce("cut", 1, batch, -1).0, 0);
 
     let fetch_both = |client: &mut RawClient, max_bytes: i32| {
-        let mut topic = fetch_request::FetchTopic::default();
-        topic.topic = TopicName(StrBytes::from_static_str("cut"));
-        topic.partitions = (0..2)
-            .map(|index| {
-                let mut p = fetch_request::FetchPartition::default();
-                p.partition = index;
-                p.partition_max_bytes = 1 << 20;
-                p
-            })
-            .collect();
-        let mut request = FetchRequest::default();
+        let mut request = raw::fetch_request("cut", &[(0, 0), (1, 0)], 0);
         request.max_bytes = max_bytes;
-        request.min_bytes = 1;
-        request.topics = vec![topic];
         let response = client.call(11, &request);
         response.responses[0]
             .partitions

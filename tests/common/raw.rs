@@ -125,19 +125,7 @@ impl RawClient {
         offset: i64,
         max_wait_ms: i32,
     ) -> (i16, i64, Bytes) {
-        let mut p = fetch_request::FetchPartition::default();
-        p.partition = partition;
-        p.fetch_offset = offset;
-        p.partition_max_bytes = 1 << 20;
-        let mut t = fetch_request::FetchTopic::default();
-        t.topic = TopicName(StrBytes::from_string(topic.into()));
-        t.partitions = vec![p];
-        let mut request = FetchRequest::default();
-        request.replica_id = BrokerId(-1);
-        request.max_wait_ms = max_wait_ms;
-        request.min_bytes = 1;
-        request.max_bytes = 50 << 20;
-        request.topics = vec![t];
+        let request = fetch_request(topic, &[(partition, offset)], max_wait_ms);
         let response = self.call(11, &request);
         let p = &response.responses[0].partitions[0];
         (
@@ -146,6 +134,31 @@ impl RawClient {
             p.records.clone().unwrap_or_default(),
         )
     }
+}
+
+/// A consumer's Fetch (v12) of `partitions`, (index, fetch offset) pairs of one topic: up to
+/// 1 MiB per partition and 50 MiB in all, answered once one byte is there or after
+/// `max_wait_ms`.
+pub fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_wait_ms: i32) -> FetchRequest {
+    let mut t = fetch_request::FetchTopic::default();
+    t.topic = TopicName(StrBytes::from_string(topic.into()));
+    t.partitions = partitions
+        .iter()
+        .map(|&(partition, offset)| {
+            let mut p = fetch_request::FetchPartition::default();
+            p.partition = partition;
+            p.fetch_offset = offset;
+            p.partition_max_bytes = 1 << 20;
+            p
+        })
+        .collect();
+    let mut request = FetchRequest::default();
+    request.replica_id = BrokerId(-1);
+    request.max_wait_ms = max_wait_ms;
+    request.min_bytes = 1;
+    request.max_bytes = 50 << 20;
+    request.topics = vec![t];
+    request
 }
 
 /// Encodes a RecordBatch v2 of `values`, optionally from an idempotent producer.
