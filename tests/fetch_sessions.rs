@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::raw::{self, RawClient};
 use common::Broker;
-use kafka_protocol::messages::{fetch_request, BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::{fetch_request, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
 use kafka_protocol::ResponseError;
@@ -31,32 +31,12 @@ fn request(
     forgotten: &[i32],
     max_wait_ms: i32,
 ) -> FetchRequest {
-    let name = || TopicName(StrBytes::from_static_str(TOPIC));
-    let mut request = FetchRequest::default();
-    request.replica_id = BrokerId(-1);
-    request.max_wait_ms = max_wait_ms;
-    request.min_bytes = 1;
-    request.max_bytes = 50 << 20;
+    let mut request = raw::fetch_request(TOPIC, partitions, max_wait_ms);
     request.session_id = session_id;
     request.session_epoch = epoch;
-    if !partitions.is_empty() {
-        let mut topic = fetch_request::FetchTopic::default();
-        topic.topic = name();
-        topic.partitions = partitions
-            .iter()
-            .map(|&(index, offset)| {
-                let mut p = fetch_request::FetchPartition::default();
-                p.partition = index;
-                p.fetch_offset = offset;
-                p.partition_max_bytes = 1 << 20;
-                p
-            })
-            .collect();
-        request.topics = vec![topic];
-    }
     if !forgotten.is_empty() {
         let mut topic = fetch_request::ForgottenTopic::default();
-        topic.topic = name();
+        topic.topic = TopicName(StrBytes::from_static_str(TOPIC));
         topic.partitions = forgotten.to_vec();
         request.forgotten_topics_data = vec![topic];
     }

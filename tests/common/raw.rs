@@ -138,8 +138,17 @@ impl RawClient {
 
 /// A consumer's Fetch (v12) of `partitions`, (index, fetch offset) pairs of one topic: up to
 /// 1 MiB per partition and 50 MiB in all, answered once one byte is there or after
-/// `max_wait_ms`.
+/// `max_wait_ms`. No topic at all when `partitions` is empty (an incremental fetch that
+/// changes nothing).
 pub fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_wait_ms: i32) -> FetchRequest {
+    let mut request = FetchRequest::default();
+    request.replica_id = BrokerId(-1);
+    request.max_wait_ms = max_wait_ms;
+    request.min_bytes = 1;
+    request.max_bytes = 50 << 20;
+    if partitions.is_empty() {
+        return request;
+    }
     let mut t = fetch_request::FetchTopic::default();
     t.topic = TopicName(StrBytes::from_string(topic.into()));
     t.partitions = partitions
@@ -152,11 +161,6 @@ pub fn fetch_request(topic: &str, partitions: &[(i32, i64)], max_wait_ms: i32) -
             p
         })
         .collect();
-    let mut request = FetchRequest::default();
-    request.replica_id = BrokerId(-1);
-    request.max_wait_ms = max_wait_ms;
-    request.min_bytes = 1;
-    request.max_bytes = 50 << 20;
     request.topics = vec![t];
     request
 }
