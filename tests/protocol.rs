@@ -247,6 +247,44 @@ fn long_poll_over_both_shards_answers_with_the_partition_that_woke_it() {
     }
 }
 
+/// Requests whose bytes arrive in pieces, with pauses between them: a small one cut inside its
+/// length prefix and its header, and one larger than the most a parked read waits to have
+/// queued (256 KiB) in 64 KiB pieces. The connection's reader parks until the rest of a frame
+/// is there (`SO_RCVLOWAT`); each must still be answered, and its records read back whole.
+#[test]
+fn requests_arriving_in_pieces_are_answered() {
+    use std::io::Write;
+    let broker = Broker::start(2);
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("pieces", 1), 0);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(30));
+
+    let small = client.encode(3, &ApiVersionsRequest::default());
+    for piece in [&small[..2], &small[2..7], &small[7..]] {
+        client.stream.write_all(piece).unwrap();
+        pause();
+    }
+    let versions = client.receive::<ApiVersionsRequest>(3);
+    assert_eq!(versions.error_code, 0);
+
+    let value = vec![0x5a; 600 * 1024];
+    let batch = raw::batch(&[&value], None, Compression::None);
+    let big = client.encode(8, &raw::produce_request("pieces", 0, batch, 1));
+    assert!(big.len() > 512 * 1024);
+    for piece in big.chunks(64 * 1024) {
+        client.stream.write_all(piece).unwrap();
+        pause();
+    }
+    let produced = client.receive::<ProduceRequest>(8);
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+
+    let (error, high_watermark, records) = client.fetch("pieces", 0, 0, 0);
+    assert_eq!((error, high_watermark), (0, 1));
+    let values = raw::values(records);
+    assert_eq!(values.len(), 1);
+    assert!(values[0].1 == value, "the record read back is the one sent");
+}
+
 #[test]
 fn metadata_lists_brokers_and_auto_creates_topics() {
     let broker = Broker::start(2);

@@ -77,8 +77,9 @@ async fn read_loop(
 ) -> Result<(), String> {
     let max_frame = shard.config.socket_request_max_bytes;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut wake_at = WakeAt::default();
     loop {
-        if !fill(&mut stream, &mut buf, 4).await? {
+        if !fill(&mut stream, &mut buf, 4, &mut wake_at).await? {
             return Ok(());
         }
         let len = i32::from_be_bytes(buf[0..4].try_into().expect("4 bytes"));
@@ -89,7 +90,7 @@ async fn read_loop(
             ));
         }
         let frame_end = 4 + len as usize;
-        if !fill(&mut stream, &mut buf, frame_end).await? {
+        if !fill(&mut stream, &mut buf, frame_end, &mut wake_at).await? {
             return Err("connection closed inside a request frame".into());
         }
         let frame = buf.split_to(frame_end).freeze().slice(4..);
@@ -127,6 +128,50 @@ async fn read_loop(
     }
 }
 
+/// The most a parked read asks the kernel to have queued before waking it: a bound well under
+/// the socket's receive buffer (the kernel grows that buffer to fit, and wakes anyway under
+/// memory pressure or when the window closes, but a frame of many megabytes need not wait
+/// for all of it in one piece).
+const WAKE_AT_MAX_BYTES: usize = 256 * 1024;
+
+/// The socket's `SO_RCVLOWAT` as last set: how many queued bytes make it readable.
+struct WakeAt(usize);
+
+impl Default for WakeAt {
+    fn default() -> Self {
+        WakeAt(1)
+    }
+}
+
+impl WakeAt {
+    /// Sets `SO_RCVLOWAT` to `bytes` (capped) unless it is that already. A failure only costs
+    /// the wake-ups this saves, so it is logged (debug) and the connection stops trying.
+    fn set(&mut self, fd: std::os::fd::RawFd, bytes: usize) {
+        let bytes = bytes.clamp(1, WAKE_AT_MAX_BYTES);
+        if bytes == self.0 {
+            return;
+        }
+        let value = bytes as libc::c_int;
+        // SAFETY: a valid option value of the right size for a socket we own.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set == 0 {
+            self.0 = bytes;
+        } else {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "SO_RCVLOWAT refused");
+            // 0: not tried again on this connection.
+            self.0 = 0;
+        }
+    }
+}
+
 /// Reads until `buf` holds at least `want` bytes. Returns false on EOF before any byte of a new
 /// frame; errors on EOF in the middle of one.
 ///
@@ -134,7 +179,12 @@ async fn read_loop(
 /// (zeroing showed up at 4% of the broker's CPU under W1). Only when the socket is empty does
 /// it go through glommio, reading a single byte, which parks the task until the socket is
 /// readable without blocking the core.
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, want: usize) -> Result<bool, String> {
+async fn fill(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    want: usize,
+    wake_at: &mut WakeAt,
+) -> Result<bool, String> {
     let fd = stream.as_raw_fd();
     while buf.len() < want {
         // Never reserve more than the frame needs plus one chunk: a frame's length is checked
@@ -162,6 +212,13 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, want: usize) -> Result
         match error.kind() {
             std::io::ErrorKind::Interrupted => {}
             std::io::ErrorKind::WouldBlock => {
+                // Park until the rest of the frame is queued, not until its next piece: a
+                // client's large request arrives in several pieces, and each wake-up of a
+                // parked shard costs more than reading the piece (docs/benchmarks.md,
+                // "Per-event costs"). EOF and errors wake the read whatever the mark.
+                if wake_at.0 != 0 {
+                    wake_at.set(fd, want - buf.len());
+                }
                 let mut first = [0u8; 1];
                 match stream.read(&mut first).await.map_err(|e| e.to_string())? {
                     0 => return end_of_stream(buf),

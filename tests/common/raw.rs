@@ -36,6 +36,13 @@ impl RawClient {
     }
 
     pub fn send<R: Request>(&mut self, version: i16, request: &R) {
+        let frame = self.encode(version, request);
+        self.stream.write_all(&frame).expect("write");
+    }
+
+    /// The next request's bytes as they go on the wire (length prefix included), for a test
+    /// that writes them itself; `receive` then reads its response.
+    pub fn encode<R: Request>(&mut self, version: i16, request: &R) -> Vec<u8> {
         self.correlation_id += 1;
         let mut header = RequestHeader::default();
         header.request_api_key = R::KEY;
@@ -47,14 +54,11 @@ impl RawClient {
             .encode(&mut body, R::header_version(version))
             .unwrap();
         request.encode(&mut body, version).unwrap();
-        self.send_frame(&body);
+        with_length(&body)
     }
 
     pub fn send_frame(&mut self, frame: &[u8]) {
-        let mut out = Vec::with_capacity(frame.len() + 4);
-        out.put_i32(frame.len() as i32);
-        out.extend_from_slice(frame);
-        self.stream.write_all(&out).expect("write");
+        self.stream.write_all(&with_length(frame)).expect("write");
     }
 
     pub fn receive<R: Request>(&mut self, version: i16) -> R::Response {
@@ -102,17 +106,7 @@ impl RawClient {
 
     /// Produces one batch to a partition and returns (error code, base offset).
     pub fn produce(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> (i16, i64) {
-        let mut data = produce_request::PartitionProduceData::default();
-        data.index = partition;
-        data.records = Some(batch);
-        let mut t = produce_request::TopicProduceData::default();
-        t.name = TopicName(StrBytes::from_string(topic.into()));
-        t.partition_data = vec![data];
-        let mut request = ProduceRequest::default();
-        request.acks = acks;
-        request.timeout_ms = 10_000;
-        request.topic_data = vec![t];
-        let response = self.call(8, &request);
+        let response = self.call(8, &produce_request(topic, partition, batch, acks));
         let p = &response.responses[0].partition_responses[0];
         (p.error_code, p.base_offset)
     }
@@ -134,6 +128,29 @@ impl RawClient {
             p.records.clone().unwrap_or_default(),
         )
     }
+}
+
+/// A Produce (v8) of one batch to one partition.
+pub fn produce_request(topic: &str, partition: i32, batch: Bytes, acks: i16) -> ProduceRequest {
+    let mut data = produce_request::PartitionProduceData::default();
+    data.index = partition;
+    data.records = Some(batch);
+    let mut t = produce_request::TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_string(topic.into()));
+    t.partition_data = vec![data];
+    let mut request = ProduceRequest::default();
+    request.acks = acks;
+    request.timeout_ms = 10_000;
+    request.topic_data = vec![t];
+    request
+}
+
+/// `frame` behind its 4-byte length.
+fn with_length(frame: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    out.put_i32(frame.len() as i32);
+    out.extend_from_slice(frame);
+    out
 }
 
 /// A consumer's Fetch (v12) of `partitions`, (index, fetch offset) pairs of one topic: up to
