@@ -148,7 +148,8 @@ impl WakeAt {
     /// the wake-ups this saves, so it is logged (debug) and the connection stops trying.
     fn set(&mut self, fd: std::os::fd::RawFd, bytes: usize) {
         let bytes = bytes.clamp(1, WAKE_AT_MAX_BYTES);
-        if bytes == self.0 {
+        // 0: refused before on this connection.
+        if bytes == self.0 || self.0 == 0 {
             return;
         }
         let value = bytes as libc::c_int;
@@ -166,7 +167,6 @@ impl WakeAt {
             self.0 = bytes;
         } else {
             tracing::debug!(error = %std::io::Error::last_os_error(), "SO_RCVLOWAT refused");
-            // 0: not tried again on this connection.
             self.0 = 0;
         }
     }
@@ -216,9 +216,7 @@ async fn fill(
                 // client's large request arrives in several pieces, and each wake-up of a
                 // parked shard costs more than reading the piece (docs/benchmarks.md,
                 // "Per-event costs"). EOF and errors wake the read whatever the mark.
-                if wake_at.0 != 0 {
-                    wake_at.set(fd, want - buf.len());
-                }
+                wake_at.set(fd, want - buf.len());
                 let mut first = [0u8; 1];
                 match stream.read(&mut first).await.map_err(|e| e.to_string())? {
                     0 => return end_of_stream(buf),
