@@ -83,6 +83,8 @@ pub struct ShardCells {
     /// share for the partitions this shard owns, a fetch's read or long-poll wait, ...). Each
     /// can wake the shard, which is most of what a small request costs.
     pub mesh_jobs: AtomicU64,
+    /// Client connections this shard serves now (a gauge; `net::balance` places them).
+    pub connections: AtomicU64,
 }
 
 impl ShardCells {
@@ -99,6 +101,7 @@ impl ShardCells {
             incremental_fetches: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             mesh_jobs: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         }
     }
 }

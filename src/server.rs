@@ -99,6 +99,7 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
     let signals = block_shutdown_signals();
     let shutdown = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(BrokerStats::default());
+    let balance = Arc::new(crate::net::balance::ConnectionBalance::new(shards));
     let mesh = MeshBuilder::<Job, _>::full(shards, MESH_CHANNEL_CAPACITY);
     // Bound before the shards start so a taken --http port fails start-up early.
     let http_listener = admin::http::bind(&config)?;
@@ -117,10 +118,11 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
         };
         // Shard 0 serves the console's jobs (it holds the coordinator and the metadata).
         let admin_endpoint = if id == 0 { admin_endpoint.take() } else { None };
-        let (config, broker, stats, mesh, shutdown, ready_tx) = (
+        let (config, broker, stats, balance, mesh, shutdown, ready_tx) = (
             config.clone(),
             broker.clone(),
             stats.clone(),
+            balance.clone(),
             mesh.clone(),
             shutdown.clone(),
             ready_tx.clone(),
@@ -147,6 +149,7 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
                     stats,
                     mesh,
                     fd,
+                    balance,
                     shutdown,
                     ready_tx,
                     admin_endpoint,
@@ -252,6 +255,7 @@ async fn run_shard(
     stats: Arc<BrokerStats>,
     mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
     listen_fd: RawFd,
+    balance: Arc<crate::net::balance::ConnectionBalance>,
     shutdown: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<usize, String>>,
     admin_endpoint: Option<admin::ShardEndpoint>,
@@ -373,7 +377,7 @@ async fn run_shard(
             .run_timers(move || timers_shard.is_shutting_down()),
     )
     .detach();
-    glommio::spawn_local(listener::accept_loop(shard.clone(), listen_fd)).detach();
+    glommio::spawn_local(listener::accept_loop(shard.clone(), listen_fd, balance)).detach();
     glommio::spawn_local(crate::replication::isr::maintain(shard.clone())).detach();
     if let Some(endpoint) = admin_endpoint {
         admin::serve_on_shard(shard.clone(), endpoint);

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::raw::{self, RawClient};
 use common::Broker;
+use kafka_protocol::records::Compression;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -232,6 +234,85 @@ async fn metrics_parse_and_move_after_producing() {
         .expect("+Inf bucket");
     let count = after["kafka_network_requestmetrics_totaltime_seconds_count{request=\"Produce\"}"];
     assert_eq!(bucket_inf, count, "+Inf bucket equals the count");
+}
+
+/// Client connections are spread evenly over the shards whatever port the kernel's
+/// SO_REUSEPORT hash sends them to: the shard that accepts a connection hands it to the one
+/// serving the fewest, which then serves it in full (a produce and a fetch on every
+/// connection), and a closed connection leaves the counts.
+#[test]
+fn connections_are_spread_evenly_over_the_shards() {
+    let (broker, _tmp) = start_with_console(2);
+    let console = broker.console.clone().expect("console");
+    let per_shard = |metrics: &HashMap<String, f64>| {
+        (0..2)
+            .map(|shard| {
+                metrics
+                    .get(&format!("broker_shard_connections{{shard=\"{shard}\"}}"))
+                    .copied()
+                    .unwrap_or_else(|| panic!("no connection gauge for shard {shard}"))
+            })
+            .collect::<Vec<f64>>()
+    };
+    let mut admin = RawClient::connect(&broker.addr);
+    assert_eq!(admin.create_topic("spread", 2), 0);
+    drop(admin);
+    assert!(
+        common::wait_until(TIMEOUT, || per_shard(&parse_metrics(
+            &get(&console, "/metrics").1
+        )) == [0.0, 0.0]),
+        "a closed connection leaves the counts"
+    );
+    // One at a time: each is answered (so placed) before the next connects. With the kernel's
+    // hash alone, 8 connections split 4/4 in about a quarter of runs.
+    let mut clients: Vec<RawClient> = (0..8)
+        .map(|_| {
+            let mut client = RawClient::connect(&broker.addr);
+            assert!(client.api_versions_ok());
+            client
+        })
+        .collect();
+    assert_eq!(
+        per_shard(&parse_metrics(&get(&console, "/metrics").1)),
+        [4.0, 4.0]
+    );
+    // Every connection, handed over or not, serves produce and fetch on both shards' partitions.
+    for (i, client) in clients.iter_mut().enumerate() {
+        let partition = (i % 2) as i32;
+        let value = format!("from connection {i}");
+        let (error, offset) = client.produce(
+            "spread",
+            partition,
+            raw::batch(&[value.as_bytes()], None, Compression::None),
+            -1,
+        );
+        assert_eq!(error, 0, "connection {i}");
+        let (error, _, records) = client.fetch("spread", partition, offset, 0);
+        assert_eq!(error, 0, "connection {i}");
+        assert_eq!(
+            raw::values(records)[0].1,
+            value.as_bytes(),
+            "connection {i}"
+        );
+    }
+    clients.truncate(3);
+    assert!(
+        common::wait_until(TIMEOUT, || {
+            let counts = per_shard(&parse_metrics(&get(&console, "/metrics").1));
+            counts.iter().sum::<f64>() == 3.0
+        }),
+        "closed connections leave the counts"
+    );
+    // New connections fill the shard that lost more until both serve the same number again.
+    clients.extend((0..3).map(|_| {
+        let mut client = RawClient::connect(&broker.addr);
+        assert!(client.api_versions_ok());
+        client
+    }));
+    assert_eq!(
+        per_shard(&parse_metrics(&get(&console, "/metrics").1)),
+        [3.0, 3.0]
+    );
 }
 
 #[test]

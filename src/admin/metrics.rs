@@ -291,6 +291,23 @@ impl Collector for Snapshot {
             "Open client connections.",
             self.stats.connections.load(Ordering::Relaxed) as f64,
         )?;
+        {
+            let mut metric = encoder.encode_descriptor(
+                "broker_shard_connections",
+                "Open client connections, by the shard serving them (new ones go to the shard with the fewest).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for shard in 0..self.shards.min(MAX_SHARD_CELLS) {
+                let labels = [("shard", shard.to_string())];
+                let open = crate::metrics::DETAIL.shards[shard]
+                    .connections
+                    .load(Ordering::Relaxed);
+                metric
+                    .encode_family(&labels)?
+                    .encode_gauge(&(open as i64))?;
+            }
+        }
         counter(
             &mut encoder,
             "broker_connections_refused",

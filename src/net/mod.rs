@@ -1,6 +1,7 @@
-//! Client connections: accepting (one SO_REUSEPORT listener per shard), framing, limits,
-//! backpressure, and the zero-copy response writer.
+//! Client connections: accepting (one SO_REUSEPORT listener per shard), placing each on the
+//! least-loaded shard, framing, limits, backpressure, and the zero-copy response writer.
 
+pub mod balance;
 pub mod connection;
 pub mod listener;
 pub mod sendfile;
