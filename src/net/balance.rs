@@ -5,10 +5,11 @@
 //! one shard while the other shards idle: a producer and a consumer that land together make
 //! one core carry both directions of their traffic. So each accepted connection goes to the
 //! shard serving the fewest connections (the shard that accepted it hands it over when that is
-//! another one), as Seastar's `connection_distribution` does. Ties go round robin, so the
-//! first connections of a client alternate over the shards whatever the order they close in.
+//! another one), as Seastar's `connection_distribution` does. Among equally loaded shards the
+//! one given a connection longest ago wins, so a client's consecutive connections (its two
+//! producers, say, opened one after the other) go to different shards.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Open connections per shard, shared by all shards (relaxed atomics: two shards placing a
 /// connection at the same moment may both pick the same least-loaded shard, which the next
@@ -17,9 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub struct ConnectionBalance {
     /// Connections each shard serves now.
     open: Box<[AtomicUsize]>,
-    /// Where the search for the least-loaded shard starts; every placement advances it, so
-    /// among equally loaded shards the choice rotates.
-    cursor: AtomicUsize,
+    /// When each shard was last given a connection (a `placements` count; 0: never).
+    last_placed: Box<[AtomicU64]>,
+    /// Placements so far.
+    placements: AtomicU64,
 }
 
 impl ConnectionBalance {
@@ -27,21 +29,26 @@ impl ConnectionBalance {
         assert!(shards > 0);
         ConnectionBalance {
             open: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
-            cursor: AtomicUsize::new(0),
+            last_placed: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            placements: AtomicU64::new(0),
         }
     }
 
-    /// Chooses the shard for a new connection, the one serving the fewest (ties: the first at
-    /// or after the cursor), and counts the connection there. `close` must follow when the
-    /// connection ends.
+    /// Chooses the shard for a new connection, the one serving the fewest (ties: the one
+    /// given a connection longest ago), and counts the connection there. `close` must follow
+    /// when the connection ends.
     pub fn place(&self) -> usize {
-        let shards = self.open.len();
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % shards;
-        let target = (0..shards)
-            .map(|step| (start + step) % shards)
-            .min_by_key(|&shard| self.open[shard].load(Ordering::Relaxed))
+        let target = (0..self.open.len())
+            .min_by_key(|&shard| {
+                (
+                    self.open[shard].load(Ordering::Relaxed),
+                    self.last_placed[shard].load(Ordering::Relaxed),
+                )
+            })
             .expect("at least one shard");
         self.open[target].fetch_add(1, Ordering::Relaxed);
+        let now = self.placements.fetch_add(1, Ordering::Relaxed) + 1;
+        self.last_placed[target].store(now, Ordering::Relaxed);
         target
     }
 
@@ -65,7 +72,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connections_go_to_the_least_loaded_shard_and_ties_rotate() {
+    fn connections_go_to_the_least_loaded_shard_and_ties_to_the_longest_unused() {
         let balance = ConnectionBalance::new(2);
         let first = balance.place();
         let second = balance.place();
@@ -85,6 +92,25 @@ mod tests {
         assert_eq!(balance.place(), first);
         assert_eq!(balance.place(), first);
         assert_eq!((balance.open_on(0), balance.open_on(1)), (2, 2));
+    }
+
+    /// W3's harness opens a bootstrap connection, two short-lived ones, four consumers, then
+    /// two producers: the producers, one after the other, must not share a shard (with ties
+    /// taken in a fixed rotation instead, they did in every run).
+    #[test]
+    fn consecutive_connections_after_short_lived_ones_split() {
+        let balance = ConnectionBalance::new(2);
+        balance.place();
+        for _ in 0..2 {
+            let short = balance.place();
+            balance.close(short);
+        }
+        for _ in 0..4 {
+            balance.place();
+        }
+        let producer_1 = balance.place();
+        let producer_2 = balance.place();
+        assert_ne!(producer_1, producer_2);
     }
 
     #[test]

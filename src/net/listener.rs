@@ -77,6 +77,11 @@ pub async fn accept_loop(shard: Rc<Shard>, fd: RawFd, balance: Arc<ConnectionBal
             continue;
         }
         let target = balance.place();
+        tracing::debug!(
+            accepted_on = shard.id,
+            served_on = target,
+            "connection placed"
+        );
         let balance = balance.clone();
         if target == shard.id {
             glommio::spawn_local(serve(shard.clone(), accepted, balance)).detach();
