@@ -37,6 +37,17 @@ use partition::{Partition, RoleChange};
 /// Partition logs a shard opens at once (`apply_metadata`).
 const OPENS_IN_FLIGHT: usize = 32;
 
+/// Bounds of one partition's share of its shard's `log.tail.cache.bytes` (the shard's
+/// budget, which holds whatever the shares, is the memory bound). The top is what a busy
+/// partition needs to ride out a hiccup: a partition taking 100 MB/s (W3 at half of W1 has 8
+/// of them) appends 13 MB during a 130 ms device stall, and a consumer that falls out of the
+/// cache reads from the segment file, synchronously on the shard (O_DIRECT writes leave
+/// nothing in the page cache), which stalls every other partition of the shard and feeds the
+/// lag. At 8 MiB (80 ms at that rate) W3 peaked at 89-238 ms in three runs; at 32 MiB, 16-70 ms
+/// (docs/benchmarks.md, "The tail cache's window").
+const TAIL_CACHE_PARTITION_MIN_BYTES: u64 = 256 << 10;
+const TAIL_CACHE_PARTITION_MAX_BYTES: u64 = 32 << 20;
+
 /// Work sent to another shard: runs there, on that shard's thread.
 pub type Job = Box<dyn FnOnce(&Rc<Shard>) + Send>;
 
@@ -265,7 +276,10 @@ impl Shard {
             0
         } else {
             let partitions = partitions_on_shard.max(1) as u64;
-            (budget / partitions).clamp(256 << 10, 8 << 20) as usize
+            (budget / partitions).clamp(
+                TAIL_CACHE_PARTITION_MIN_BYTES,
+                TAIL_CACHE_PARTITION_MAX_BYTES,
+            ) as usize
         };
         for (key, value) in &topic.configs {
             let parsed = value.parse::<i64>().ok();
