@@ -255,6 +255,12 @@ impl Collector for Snapshot {
                 encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
             metric.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
         }
+        counter(
+            &mut encoder,
+            "broker_fetch_warmed_bytes",
+            "Segment bytes a fetch found outside the page cache and had read on a blocking thread first (instead of waiting for the device on the shard).",
+            get(&self.stats.warmed_fetch_bytes),
+        )?;
         {
             let mut metric = encoder.encode_descriptor(
                 "broker_fetch_bytes",

@@ -38,6 +38,7 @@ use crate::protocol::{RequestFrame, ResponseFrame};
 use crate::shard::partition::storage_error;
 use crate::shard::producer_state::AbortedTxn;
 use crate::shard::{now_ms, Shard};
+use crate::storage::warm::ColdRange;
 use crate::storage::{ReadLimit, Records};
 
 /// Longest a fetch may be parked, whatever the client asks: bounds the memory of waiters.
@@ -618,12 +619,35 @@ async fn read_shards(
             }
             shard
                 .invoke_on(target, move |owner| async move {
+                    warm_cold_reads(&owner, &requests).await;
                     read_local(&owner, &requests, first)
                 })
                 .await
         }
     });
     join_all(reads).await
+}
+
+/// Has the segment bytes of this shard's reads that the tail cache does not hold and the page
+/// cache does not either read on a blocking-pool thread first (`storage::warm`), so that
+/// `read_local`'s header scans and the response's sendfile do not wait for the device on the
+/// shard, holding up every other partition it owns.
+async fn warm_cold_reads(owner: &Rc<Shard>, requests: &[ReadRequest]) {
+    let cold: Vec<ColdRange> = requests
+        .iter()
+        .filter_map(|r| {
+            let partition = owner.partition(&r.topic, r.partition)?;
+            partition.log.cold_range(r.offset, r.max_bytes)
+        })
+        .collect();
+    if cold.is_empty() {
+        return;
+    }
+    let bytes: usize = cold.iter().map(ColdRange::len).sum();
+    BrokerStats::add(&owner.stats.warmed_fetch_bytes, bytes as u64);
+    glommio::executor()
+        .spawn_blocking(move || cold.iter().for_each(ColdRange::warm))
+        .await;
 }
 
 fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<ReadResult> {
@@ -721,6 +745,7 @@ async fn wait_then_read(
                     // One that lost the race reads once more when it ends and its answer
                     // goes nowhere.
                     wait_local(&owner, &requests, deadline).await;
+                    warm_cold_reads(&owner, &requests).await;
                     read_local(&owner, &requests, false)
                 })
                 .await;

@@ -32,6 +32,8 @@
 //!   a bounded rate per shard (freeing blocks all at once stalled the shard's writes).
 //! - [`tail_cache`]: the newest batches in memory (the producer's `Bytes`), so tailing
 //!   consumers never wait for the device: O_DIRECT appends leave the page cache empty.
+//! - [`warm`]: a fetch below the tail cache whose bytes are not in the page cache has them
+//!   read on a blocking-pool thread first, so its reads on the shard do not wait for the device.
 //!
 //! # On disk (Kafka's naming)
 //! `<dir>/<base_offset:020>.log` holds whole RecordBatch v2 batches back to back. The active
@@ -87,6 +89,7 @@ mod staging;
 pub mod tail_cache;
 pub mod timestamp;
 pub mod txn_index;
+pub mod warm;
 pub mod writer;
 
 #[cfg(test)]

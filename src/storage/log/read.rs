@@ -8,6 +8,7 @@ use super::PartitionLog;
 use crate::storage::notify::Mark;
 use crate::storage::segment::NO_TIMESTAMP;
 use crate::storage::timestamp;
+use crate::storage::warm::{ColdRange, SCAN_SLACK_BYTES};
 use crate::storage::{ReadLimit, ReadSlice, Records, StorageError};
 
 impl PartitionLog {
@@ -53,6 +54,29 @@ impl PartitionLog {
         Ok(self
             .read_file(offset, max_bytes, min_one_batch, limit_offset)?
             .map(Records::File))
+    }
+
+    /// The segment bytes a [`Self::read`] of `offset` will touch when the tail cache does not
+    /// hold `offset`, if they are not in the page cache (`storage::warm`): from the sparse
+    /// index entry at or below `offset`, `max_bytes` plus the scan's slack, within the segment.
+    /// No I/O beyond two non-waiting residency checks; `None` also for anything `read` would
+    /// refuse or serve from memory.
+    pub fn cold_range(&self, offset: i64, max_bytes: usize) -> Option<ColdRange> {
+        let cached_from = self.tail_cache.borrow().start_offset();
+        if cached_from.is_some_and(|start| start <= offset) {
+            return None;
+        }
+        let segments = self.segments.borrow();
+        let segment = &segments[segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .checked_sub(1)?];
+        if offset >= segment.next_offset() {
+            return None;
+        }
+        let position = segment.lookup_position(offset);
+        let len = (max_bytes.saturating_add(SCAN_SLACK_BYTES) as u64)
+            .min(segment.size_bytes().saturating_sub(position));
+        ColdRange::of(segment.read_file().ok()?, position, len as usize)
     }
 
     fn limit_offset(&self, limit: ReadLimit) -> i64 {
