@@ -321,7 +321,7 @@ fn connections_are_spread_evenly_over_the_shards() {
 #[test]
 fn cold_fetches_are_warmed_off_the_shard_and_read_back_whole() {
     let tmp = tempfile::tempdir().expect("temp dir");
-    // A tail cache of 256 KiB per partition (its floor): most of 4 MiB is read from the file.
+    // A shard budget of one byte: the tail cache keeps next to nothing, fetches read the file.
     let broker = Broker::start_in(
         tmp.path(),
         1,

@@ -619,8 +619,7 @@ async fn read_shards(
             }
             shard
                 .invoke_on(target, move |owner| async move {
-                    warm_cold_reads(&owner, &requests).await;
-                    read_local(&owner, &requests, first)
+                    read_local(&owner, &requests, first).await
                 })
                 .await
         }
@@ -628,11 +627,11 @@ async fn read_shards(
     join_all(reads).await
 }
 
-/// Has the segment bytes of this shard's reads that the tail cache does not hold and the page
-/// cache does not either read on a blocking-pool thread first (`storage::warm`), so that
-/// `read_local`'s header scans and the response's sendfile do not wait for the device on the
-/// shard, holding up every other partition it owns.
-async fn warm_cold_reads(owner: &Rc<Shard>, requests: &[ReadRequest]) {
+/// Reads this shard's partitions of a fetch. Segment bytes the reads will need that neither
+/// the tail cache nor the page cache holds are first read in on a blocking-pool thread
+/// (`storage::warm`), so the header scans and the response's sendfile do not wait for the
+/// device on the shard, holding up every other partition it owns.
+async fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<ReadResult> {
     let cold: Vec<ColdRange> = requests
         .iter()
         .filter_map(|r| {
@@ -640,17 +639,17 @@ async fn warm_cold_reads(owner: &Rc<Shard>, requests: &[ReadRequest]) {
             partition.log.cold_range(r.offset, r.max_bytes)
         })
         .collect();
-    if cold.is_empty() {
-        return;
+    if !cold.is_empty() {
+        let bytes: usize = cold.iter().map(ColdRange::bytes).sum();
+        BrokerStats::add(&owner.stats.warmed_fetch_bytes, bytes as u64);
+        glommio::executor()
+            .spawn_blocking(move || ColdRange::warm_all(&cold))
+            .await;
     }
-    let bytes: usize = cold.iter().map(ColdRange::len).sum();
-    BrokerStats::add(&owner.stats.warmed_fetch_bytes, bytes as u64);
-    glommio::executor()
-        .spawn_blocking(move || cold.iter().for_each(ColdRange::warm))
-        .await;
+    read_now(owner, requests, first)
 }
 
-fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<ReadResult> {
+fn read_now(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<ReadResult> {
     let metadata = owner.metadata();
     let lag_time_max_ms = owner.config.replication.lag_time_max_ms as i64;
     requests
@@ -745,8 +744,7 @@ async fn wait_then_read(
                     // One that lost the race reads once more when it ends and its answer
                     // goes nowhere.
                     wait_local(&owner, &requests, deadline).await;
-                    warm_cold_reads(&owner, &requests).await;
-                    read_local(&owner, &requests, false)
+                    read_local(&owner, &requests, false).await
                 })
                 .await;
             (target, reads)

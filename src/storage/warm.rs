@@ -7,7 +7,7 @@
 //! stall detector caught `pread` in `find_batch` holding a shard 26-71 ms while the device was
 //! slow). So before such a read the fetch asks [`ColdRange::of`] whether the range is in
 //! the page cache (a one-byte `preadv2(RWF_NOWAIT)` at each end, which never waits) and, if
-//! not, has a blocking-pool thread read it ([`ColdRange::warm`]); the read on the shard then
+//! not, has a blocking-pool thread read it ([`ColdRange::warm_all`]); the read on the shard then
 //! finds it in memory. A range already cached costs two such syscalls.
 
 use std::fs::File;
@@ -48,10 +48,18 @@ impl ColdRange {
         })
     }
 
-    /// Reads the range into the page cache. Blocking: run it on a blocking-pool thread. Errors
-    /// are left to the read that follows (it reports them as it always did).
-    pub fn warm(&self) {
-        let mut buffer = vec![0u8; WARM_PIECE_BYTES.min(self.len)];
+    /// Reads the ranges into the page cache, through one buffer. Blocking: run it on a
+    /// blocking-pool thread. Errors are left to the reads that follow (they report them as
+    /// they always did).
+    pub fn warm_all(ranges: &[ColdRange]) {
+        let longest = ranges.iter().map(|r| r.len).max().unwrap_or(0);
+        let mut buffer = vec![0u8; WARM_PIECE_BYTES.min(longest)];
+        for range in ranges {
+            range.warm(&mut buffer);
+        }
+    }
+
+    fn warm(&self, buffer: &mut [u8]) {
         let mut done = 0usize;
         while done < self.len {
             let piece = buffer.len().min(self.len - done);
@@ -66,12 +74,9 @@ impl ColdRange {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// The range's length in bytes.
+    pub fn bytes(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -101,8 +106,8 @@ mod tests {
     use std::io::Write;
 
     /// A file just written through the page cache is cached; after POSIX_FADV_DONTNEED it is
-    /// not (on filesystems that drop clean pages on request, as ext4 and tmpfs-less temp dirs
-    /// here do), and warming brings it back.
+    /// not (where the filesystem drops clean pages on request, as ext4 does), and warming
+    /// brings it back.
     #[test]
     fn cold_ranges_are_found_and_warmed() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -123,8 +128,8 @@ mod tests {
             eprintln!("!!! SKIPPED: this filesystem keeps clean pages after DONTNEED");
             return;
         };
-        assert_eq!(cold.len(), len - 4096);
-        cold.warm();
+        assert_eq!(cold.bytes(), len - 4096);
+        ColdRange::warm_all(&[cold]);
         assert!(
             ColdRange::of(file.clone(), 4096, len - 4096).is_none(),
             "warmed bytes are cached"
