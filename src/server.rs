@@ -260,6 +260,7 @@ async fn run_shard(
     ready: mpsc::Sender<Result<usize, String>>,
     admin_endpoint: Option<admin::ShardEndpoint>,
 ) {
+    let _cpu_time_registration = crate::shard::cpu_time::register(id);
     let _stall_registration = crate::shard::stall::enter_shard(
         id,
         Duration::from_millis(config.stall_threshold_ms),

@@ -225,6 +225,27 @@ async fn metrics_parse_and_move_after_producing() {
         0.0
     );
     assert!(after.contains_key("broker_tail_cache_hit_ratio"));
+    // The kernel's accounting of each shard's thread: both ran, and the requests above woke
+    // them again; the time they waited for a CPU is there for each (zero on an idle machine).
+    for shard in 0..2 {
+        let series = |name: &str| format!("{name}{{shard=\"{shard}\"}}");
+        let cpu = |samples: &HashMap<String, f64>, name: &str| {
+            samples
+                .get(&series(name))
+                .copied()
+                .unwrap_or_else(|| panic!("no {} in /metrics", series(name)))
+        };
+        assert!(cpu(&after, "broker_shard_cpu_seconds_total") > 0.0);
+        assert!(
+            cpu(&after, "broker_shard_cpu_runs_total")
+                > cpu(&before, "broker_shard_cpu_runs_total"),
+            "shard {shard} ran again for the requests"
+        );
+        assert!(
+            cpu(&after, "broker_shard_cpu_wait_seconds_total")
+                >= cpu(&before, "broker_shard_cpu_wait_seconds_total")
+        );
+    }
     let bucket_inf = after
         .iter()
         .find(|(k, _)| {

@@ -16,6 +16,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::shard::cpu_time::{self, CpuTime};
+
 use crate::metrics::{
     BrokerStats, LatencyHistogram, DETAIL, LATENCY_BUCKET_BOUNDS_US, MAX_API_KEYS,
     MAX_API_VERSIONS, MAX_SHARD_CELLS,
@@ -81,6 +83,26 @@ fn gauge(
     g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+/// One counter per shard cell from the shards' CPU accounting; cells without figures are left
+/// out.
+fn cpu_time_counter<T: prometheus_client::encoding::EncodeCounterValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    cells: &[Option<CpuTime>],
+    value: impl Fn(&CpuTime) -> T,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (shard, time) in cells.iter().enumerate() {
+        let Some(time) = time else { continue };
+        let labels = [("shard", shard.to_string())];
+        metric
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&value(time), None)?;
+    }
+    Ok(())
+}
+
 /// A histogram as prometheus-client's encoder takes it: per-bucket (not cumulative) counts,
 /// which it accumulates itself, with bounds in seconds.
 fn histogram_parts(h: &LatencyHistogram) -> (f64, u64, Vec<(f64, u64)>) {
@@ -125,6 +147,40 @@ impl Snapshot {
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(&value(shard), None)?;
         }
+        Ok(())
+    }
+
+    /// The kernel's accounting of each shard's thread (`shard::cpu_time`). Shards beyond
+    /// `MAX_SHARD_CELLS` fold onto the cells as the other per-shard metrics do; a shard the
+    /// kernel gives no figures for is left out.
+    fn shard_cpu_time(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut cells: Vec<Option<CpuTime>> = vec![None; self.shards.min(MAX_SHARD_CELLS)];
+        for shard in 0..self.shards {
+            if let Some(time) = cpu_time::read(shard) {
+                *cells[shard % MAX_SHARD_CELLS].get_or_insert_with(CpuTime::default) += time;
+            }
+        }
+        cpu_time_counter(
+            encoder,
+            "broker_shard_cpu_seconds",
+            "Time the shard's thread ran on a CPU (the kernel's scheduler accounting).",
+            &cells,
+            |t| t.on_cpu.as_secs_f64(),
+        )?;
+        cpu_time_counter(
+            encoder,
+            "broker_shard_cpu_wait_seconds",
+            "Time the shard's thread was ready to run but waited for a CPU that another thread or process had: what a busy machine adds to every wake-up.",
+            &cells,
+            |t| t.waiting.as_secs_f64(),
+        )?;
+        cpu_time_counter(
+            encoder,
+            "broker_shard_cpu_runs",
+            "Times the shard's thread was put on a CPU (wait seconds over runs: the mean wait per wake-up).",
+            &cells,
+            |t| t.runs,
+        )?;
         Ok(())
     }
 
@@ -192,6 +248,7 @@ impl Collector for Snapshot {
             "Jobs received from other shards (cross-shard hops), by receiving shard.",
             |s| get(&shards[s].mesh_jobs),
         )?;
+        self.shard_cpu_time(&mut encoder)?;
         self.shard_counter(
             &mut encoder,
             "broker_request_bytes",

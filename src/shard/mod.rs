@@ -6,6 +6,7 @@
 //! [`Shard::invoke_on`] and await the reply. That is the only way work crosses cores, and it is
 //! why nothing on the produce/fetch path needs a lock.
 
+pub mod cpu_time;
 pub mod log_cleaner;
 pub mod partition;
 pub mod producer_state;
