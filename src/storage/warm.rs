@@ -5,14 +5,26 @@
 //! O_DIRECT appends leave nothing in the page cache, so when the bytes are cold both wait for
 //! the device on the shard's thread, and every other partition of the shard waits too (the
 //! stall detector caught `pread` in `find_batch` holding a shard 26-71 ms while the device was
-//! slow). So before such a read the fetch asks [`ColdRange::of`] whether the range is in
-//! the page cache (a one-byte `preadv2(RWF_NOWAIT)` at each end, which never waits) and, if
-//! not, has a blocking-pool thread read it ([`ColdRange::warm_all`]); the read on the shard then
-//! finds it in memory. A range already cached costs two such syscalls.
+//! slow). So before such a read the fetch asks [`ColdRange::of`] whether the whole range is in
+//! the page cache and, if not, has a blocking-pool thread read it ([`ColdRange::warm_all`]);
+//! the read on the shard then finds it in memory.
+//!
+//! The question costs three system calls that never wait: a one-byte `preadv2(RWF_NOWAIT)` at
+//! each end of the range (EAGAIN when that byte would have to come from the device, or is
+//! still coming from it), then `cachestat(2)` (Linux 6.5) for the middle: the kernel counts the
+//! range's cached pages without reading them. Neither is enough alone. The ends miss a range
+//! evicted in the middle. `cachestat` counts pages a readahead has put in the cache but not yet
+//! read, so a catch-up reader, whose next range is usually such a readahead in flight, read on
+//! the shard and waited: 3-7 stalls per 2 GiB catch-up read with `cachestat` alone, none with
+//! the ends' probes (docs/benchmarks.md, "The tail cache's window, and cold reads off the
+//! shard"). Where `cachestat` is missing (an older kernel, a seccomp filter) the ends decide.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use super::PAGE_BYTES;
 
 /// Bytes past the fetch's own `max_bytes` warmed too: the header scan starts at the sparse
 /// index entry at or below the fetch offset (`log.index.interval.bytes`, 4 KiB by default,
@@ -31,14 +43,22 @@ pub struct ColdRange {
 }
 
 impl ColdRange {
-    /// `Some` when `[position, position + len)` of `file` is not in the page cache at its
-    /// first or last byte. Never waits for the device.
+    /// `Some` when some page of `[position, position + len)` of `file` is not in the page
+    /// cache, or its first or last byte is not readable without waiting. Never waits for the
+    /// device.
     pub fn of(file: Arc<File>, position: u64, len: usize) -> Option<ColdRange> {
         if len == 0 {
             return None;
         }
         let last = position + len as u64 - 1;
-        if is_cached(&file, position) && is_cached(&file, last) {
+        let pages_spanned = last / PAGE_BYTES - position / PAGE_BYTES + 1;
+        // The ends first: cachestat counts pages whose read is still in flight (readahead puts
+        // them in the cache before reading them), which a read would wait for; a readahead in
+        // flight is at the end of what a sequential reader has cached, where the probe sees it.
+        if is_cached(&file, position)
+            && is_cached(&file, last)
+            && cached_pages(&file, position, len as u64).is_none_or(|n| n == pages_spanned)
+        {
             return None;
         }
         Some(ColdRange {
@@ -78,6 +98,72 @@ impl ColdRange {
     pub fn bytes(&self) -> usize {
         self.len
     }
+}
+
+/// `cachestat(2)`'s system call number: 451 in the table every architecture has shared since
+/// Linux 6.5 (x86-64's included); the libc crate does not name it for every target.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_CACHESTAT: libc::c_long = 451;
+
+/// Set once `cachestat` failed as missing or refused: the ends' probes from then on.
+static CACHESTAT_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+#[repr(C)]
+struct CachestatRange {
+    offset: u64,
+    len: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    nr_cache: u64,
+    nr_dirty: u64,
+    nr_writeback: u64,
+    nr_evicted: u64,
+    nr_recently_evicted: u64,
+}
+
+/// How many pages of `[position, position + len)` of `file` the page cache holds, or `None`
+/// where the kernel cannot say (then the caller probes the ends).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn cached_pages(file: &File, position: u64, len: u64) -> Option<u64> {
+    if CACHESTAT_UNAVAILABLE.load(Ordering::Relaxed) {
+        return None;
+    }
+    let range = CachestatRange {
+        offset: position,
+        len,
+    };
+    let mut stat = Cachestat::default();
+    // SAFETY: both structs are live, `repr(C)` and laid out as the kernel's; the fd is open for
+    // the call's duration.
+    let done = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0,
+        )
+    };
+    if done == 0 {
+        return Some(stat.nr_cache);
+    }
+    let error = std::io::Error::last_os_error();
+    if matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP)
+    ) {
+        CACHESTAT_UNAVAILABLE.store(true, Ordering::Relaxed);
+        tracing::debug!(%error, "cachestat unavailable: cold fetch ranges found by their ends");
+    }
+    None
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn cached_pages(_file: &File, _position: u64, _len: u64) -> Option<u64> {
+    None
 }
 
 /// Whether the byte at `position` is in the page cache: a one-byte read that fails with EAGAIN
@@ -134,5 +220,45 @@ mod tests {
             ColdRange::of(file.clone(), 4096, len - 4096).is_none(),
             "warmed bytes are cached"
         );
+    }
+
+    /// A range cached at both ends but evicted in the middle is cold: what the ends' probes
+    /// alone missed (a catch-up read would have waited for the device on the shard).
+    #[test]
+    fn a_range_evicted_in_the_middle_is_cold() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("segment.log");
+        let mut file = File::create(&path).expect("create");
+        file.write_all(&vec![7u8; 3 << 20]).expect("write");
+        file.sync_all().expect("sync");
+        let file = Arc::new(File::open(&path).expect("open"));
+        let len = 3 << 20;
+        if cached_pages(&file, 0, len as u64).is_none() {
+            eprintln!("!!! SKIPPED: no cachestat(2) here (Linux 6.5+)");
+            return;
+        }
+        assert_eq!(cached_pages(&file, 0, len as u64), Some(768));
+        assert_eq!(cached_pages(&file, 100, 3996), Some(1), "one page spanned");
+        assert_eq!(cached_pages(&file, 4000, 200), Some(2), "two pages spanned");
+        assert!(ColdRange::of(file.clone(), 0, len).is_none());
+        // SAFETY: fadvise on an open fd.
+        let dropped = unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                1 << 20,
+                1 << 20,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        assert_eq!(dropped, 0);
+        if cached_pages(&file, 1 << 20, 1 << 20) == Some(256) {
+            eprintln!("!!! SKIPPED: this filesystem keeps clean pages after DONTNEED");
+            return;
+        }
+        assert!(is_cached(&file, 0) && is_cached(&file, len as u64 - 1));
+        let cold = ColdRange::of(file.clone(), 0, len).expect("the middle is not cached");
+        ColdRange::warm_all(&[cold]);
+        assert_eq!(cached_pages(&file, 0, len as u64), Some(768));
+        assert!(ColdRange::of(file.clone(), 0, len).is_none());
     }
 }

@@ -59,7 +59,7 @@ impl PartitionLog {
     /// The segment bytes a [`Self::read`] of `offset` will touch when the tail cache does not
     /// hold `offset`, if they are not in the page cache (`storage::warm`): from the sparse
     /// index entry at or below `offset`, `max_bytes` plus the scan's slack, within the segment.
-    /// No I/O beyond two non-waiting residency checks; `None` also for anything `read` would
+    /// No I/O beyond non-waiting residency checks; `None` also for anything `read` would
     /// refuse or serve from memory.
     pub fn cold_range(&self, offset: i64, max_bytes: usize) -> Option<ColdRange> {
         let cached_from = self.tail_cache.borrow().start_offset();
