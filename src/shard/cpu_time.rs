@@ -119,11 +119,15 @@ mod tests {
         const SHARD: usize = 97;
         assert_eq!(read(SHARD), None);
         let registration = register(SHARD);
-        // Some CPU of our own, so the thread has been on one.
+        // On a CPU across a few scheduler ticks, then off it: the kernel adds a running
+        // thread's time at ticks and when it leaves the CPU, so a thread read while on its
+        // first run can show none yet.
+        let started = std::time::Instant::now();
         let mut spin = 0u64;
-        for i in 0..1_000_000u64 {
-            spin = std::hint::black_box(spin.wrapping_add(i));
+        while started.elapsed() < Duration::from_millis(20) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
         }
+        std::thread::sleep(Duration::from_millis(2));
         let first = read(SHARD).expect("this kernel keeps schedstat");
         assert!(first.on_cpu > Duration::ZERO && first.runs > 0, "{first:?}");
         std::thread::sleep(Duration::from_millis(2));

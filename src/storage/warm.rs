@@ -191,18 +191,24 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// A 3 MiB file written through the page cache (so all of it is cached), its length, and
+    /// the directory that keeps it.
+    fn written_through_the_page_cache() -> (tempfile::TempDir, Arc<File>, usize) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("segment.log");
+        let len = 3 << 20;
+        let mut file = File::create(&path).expect("create");
+        file.write_all(&vec![7u8; len]).expect("write");
+        file.sync_all().expect("sync");
+        (dir, Arc::new(File::open(&path).expect("open")), len)
+    }
+
     /// A file just written through the page cache is cached; after POSIX_FADV_DONTNEED it is
     /// not (where the filesystem drops clean pages on request, as ext4 does), and warming
     /// brings it back.
     #[test]
     fn cold_ranges_are_found_and_warmed() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("segment.log");
-        let mut file = File::create(&path).expect("create");
-        file.write_all(&vec![7u8; 3 << 20]).expect("write");
-        file.sync_all().expect("sync");
-        let file = Arc::new(File::open(&path).expect("open"));
-        let len = 3 << 20;
+        let (_dir, file, len) = written_through_the_page_cache();
         // Written through the page cache: every byte still there.
         assert!(ColdRange::of(file.clone(), 0, len).is_none());
         assert!(ColdRange::of(file.clone(), 0, 0).is_none());
@@ -226,13 +232,7 @@ mod tests {
     /// alone missed (a catch-up read would have waited for the device on the shard).
     #[test]
     fn a_range_evicted_in_the_middle_is_cold() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("segment.log");
-        let mut file = File::create(&path).expect("create");
-        file.write_all(&vec![7u8; 3 << 20]).expect("write");
-        file.sync_all().expect("sync");
-        let file = Arc::new(File::open(&path).expect("open"));
-        let len = 3 << 20;
+        let (_dir, file, len) = written_through_the_page_cache();
         if cached_pages(&file, 0, len as u64).is_none() {
             eprintln!("!!! SKIPPED: no cachestat(2) here (Linux 6.5+)");
             return;
