@@ -11,7 +11,9 @@
 //! looks the same as one that waited for the device); the kernel counts it for every thread.
 //!
 //! Each shard registers its thread id at start ([`register`]); `/metrics` reads the three
-//! numbers per shard ([`read`]). Nothing is read or written on the shard's path.
+//! numbers per shard ([`read`]). Nothing is read or written on the shard's path. The kernel adds
+//! a running thread's time at scheduler ticks and when it leaves the CPU, so a figure can lag
+//! by a tick (4 ms at 250 Hz).
 
 use std::sync::Mutex;
 use std::time::Duration;
