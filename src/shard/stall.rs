@@ -421,45 +421,6 @@ mod tests {
         assert_eq!(stacks(SHARD).len(), 1, "one stack per arming");
     }
 
-    /// A shard that has nothing to do between two runs sleeps in the reactor; that wait is no
-    /// stall, and its stack (the reactor's sleep) is not the one logged. After a stall arms the
-    /// watchdog, the shard idles on a timer for ten thresholds, then stalls again: the one
-    /// stack logged is the second stall's.
-    #[test]
-    fn a_shard_waiting_for_events_is_not_taken_for_a_stall() {
-        const SHARD: usize = 60;
-        let threshold = Duration::from_millis(10);
-        configure(
-            LocalExecutorBuilder::default().name("stall-park-test"),
-            threshold,
-        )
-        .spawn(move || async move {
-            let _shard = enter_shard(SHARD, threshold, Duration::from_secs(60));
-            let executor = glommio::executor();
-            spin_without_yielding(Duration::from_millis(90));
-            executor.yield_task_queue_now().await;
-            glommio::timer::sleep(threshold * 10).await;
-            spin_without_yielding(Duration::from_millis(90));
-            executor.yield_task_queue_now().await;
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while stacks(SHARD).is_empty() {
-            assert!(Instant::now() < deadline, "no stack reported");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let stack = &stacks(SHARD)[0];
-        assert!(
-            stack
-                .frames
-                .iter()
-                .any(|f| f.contains("spin_without_yielding")),
-            "the stack is the stall's, not the reactor's sleep: {stack:#?}"
-        );
-    }
-
     /// Threshold 0: no detector (and glommio's preempt timer stays).
     #[test]
     fn a_zero_threshold_installs_nothing() {
