@@ -21,6 +21,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -105,15 +106,18 @@ impl ColdRange {
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 const SYS_CACHESTAT: libc::c_long = 451;
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 /// Set once `cachestat` failed as missing or refused: the ends' probes from then on.
 static CACHESTAT_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[repr(C)]
 struct CachestatRange {
     offset: u64,
     len: u64,
 }
 
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[repr(C)]
 #[derive(Default)]
 struct Cachestat {
