@@ -26,6 +26,7 @@ pub mod config;
 pub mod coordination;
 pub mod groups;
 pub mod handlers;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod protocol;

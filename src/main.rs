@@ -96,16 +96,8 @@ fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> 
 }
 
 fn main() -> ExitCode {
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in log files and journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    // Lines are written by a thread of their own: a shard never waits on the log's output.
+    broker::logging::init();
     // `log` records (glommio's) go to tracing, and glommio's stall reports to the detector.
     broker::shard::stall::install_log_bridge();
     // Before any shard allocates: large buffers recycled, not mapped and faulted in again.
@@ -115,11 +107,14 @@ fn main() -> ExitCode {
     let config = match build_config(Args::parse()) {
         Ok(config) => config,
         Err(e) => {
+            broker::logging::flush();
             eprintln!("broker: {e}");
             return ExitCode::from(2);
         }
     };
-    match broker::server::run(config) {
+    let result = broker::server::run(config);
+    broker::logging::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("broker: {e}");

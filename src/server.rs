@@ -228,6 +228,7 @@ impl Drop for ShardPanicGuard {
         }
         if self.started.load(Ordering::SeqCst) {
             tracing::error!(shard = self.id, "shard panicked; aborting the broker");
+            crate::logging::flush();
             std::process::abort();
         }
         let _ = self

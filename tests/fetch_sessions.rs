@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::raw::{self, RawClient};
-use common::Broker;
+use common::{http_get, metric, Broker};
 use kafka_protocol::messages::{fetch_request, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Compression;
@@ -87,31 +85,6 @@ fn produce(client: &mut RawClient, partition: i32, n: usize) {
     let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
     let batch: Bytes = raw::batch(&refs, None, Compression::None);
     assert_eq!(client.produce(TOPIC, partition, batch, -1).0, 0);
-}
-
-/// GET `path` from the console; the body.
-fn http_get(console: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(console).expect("connect to console");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {console}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
-}
-
-/// The sum of a metric's samples in the Prometheus text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

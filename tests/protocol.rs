@@ -9,6 +9,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use kafka_protocol::records::Compression;
 use kafka_protocol::ResponseError;
+use std::time::{Duration, Instant};
 
 #[test]
 fn idempotent_retries_are_not_written_twice_and_gaps_are_refused() {
@@ -454,6 +455,58 @@ fn malformed_frames_close_the_connection_and_the_broker_keeps_serving() {
         "each close is logged:\n{log}"
     );
     assert!(!log.contains("panicked"), "no panic:\n{log}");
+}
+
+/// A log output nobody reads (a full pipe, as a stuck journald leaves it) never stops a shard:
+/// the broker keeps serving, and the lines it could not write are dropped and counted. Logging
+/// on the shards' own threads, the first line past the pipe's 64 KiB would block the shard
+/// that logs it for good.
+#[test]
+fn a_log_output_nobody_reads_does_not_stop_the_broker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start_with_unread_log(tmp.path(), 2, &["--http", "127.0.0.1:0"]);
+    let console = broker.console.clone().expect("console");
+    let mut good = RawClient::connect(&broker.addr);
+    assert_eq!(good.create_topic("ok", 2), 0);
+
+    // Each connection closed for a bad frame logs a line ("closing connection", about 150
+    // bytes): together far more than the pipe and the writer's queue hold.
+    let lines = broker::logging::QUEUED_LINES_MAX + 4096;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut sent = 0;
+    while common::metric(
+        &common::http_get(&console, "/metrics"),
+        "broker_log_lines_dropped_total",
+    ) == 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no line dropped after {sent} closes"
+        );
+        for _ in 0..lines / 8 {
+            let mut bad = RawClient::connect(&broker.addr);
+            use std::io::{Read, Write};
+            bad.stream.write_all(&(-5i32).to_be_bytes()).unwrap();
+            // Closed, not timed out (the client's read timeout is 20 s).
+            match bad.stream.read(&mut [0u8; 1]) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!("close {sent}: the connection was not closed: {other:?}"),
+            }
+            sent += 1;
+        }
+    }
+    // Both shards still serve: they log, and nothing waits on the output.
+    for partition in 0..2 {
+        let (code, _) = good.produce(
+            "ok",
+            partition,
+            raw::batch(&[b"still served"], None, Compression::None),
+            1,
+        );
+        assert_eq!(code, 0, "partition {partition}");
+    }
+    assert!(good.api_versions_ok());
 }
 
 #[test]

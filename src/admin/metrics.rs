@@ -383,6 +383,12 @@ impl Collector for Snapshot {
             "Requests that closed their connection (bad size, undecodable).",
             get(&self.stats.malformed_requests),
         )?;
+        counter(
+            &mut encoder,
+            "broker_log_lines_dropped",
+            "Log lines dropped because the log's output did not keep up (the writer's queue was full).",
+            crate::logging::dropped_lines(),
+        )?;
         {
             let mut metric = encoder.encode_descriptor(
                 "kafka_server_replicamanager_partitioncount",

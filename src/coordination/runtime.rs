@@ -256,6 +256,7 @@ impl Coordinator {
     fn check_disk(&self, result: std::io::Result<()>) {
         if let Err(e) = result {
             tracing::error!(error = %e, "the coordination log cannot be written; stopping the broker");
+            crate::logging::flush();
             std::process::exit(1);
         }
     }

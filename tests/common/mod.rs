@@ -4,7 +4,7 @@
 pub mod cluster;
 pub mod raw;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,6 +50,30 @@ impl Broker {
     /// Starts a broker process without waiting for its ready line: brokers of a cluster only
     /// become ready once a quorum of them runs, so a cluster launches all, then waits.
     pub fn launch(cwd: &Path, data_arg: &Path, cores: usize, extra: &[&str]) -> Launched {
+        Broker::launch_to(cwd, data_arg, cores, extra, None)
+    }
+
+    /// Starts a broker whose stderr (its log) goes to a pipe this test holds and never reads,
+    /// as a log reader that stopped (a stuck journald) would leave it. `broker.log()` is empty.
+    pub fn start_with_unread_log(data_dir: &Path, cores: usize, extra: &[&str]) -> Broker {
+        Broker::launch_to(
+            data_dir,
+            &data_dir.join("data"),
+            cores,
+            extra,
+            Some(Stdio::piped()),
+        )
+        .wait_ready()
+    }
+
+    /// [`Broker::launch`], with stderr to `stderr` instead of the log file.
+    fn launch_to(
+        cwd: &Path,
+        data_arg: &Path,
+        cores: usize,
+        extra: &[&str],
+        stderr: Option<Stdio>,
+    ) -> Launched {
         let log_path = cwd.join(format!(
             "broker-{}-{}.log",
             std::process::id(),
@@ -84,7 +108,7 @@ impl Broker {
                 std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(stderr.unwrap_or_else(|| log.into()))
             .spawn()
             .expect("spawn broker");
         Launched {
@@ -207,6 +231,32 @@ impl Drop for Broker {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// GET `path` from the broker's HTTP listener (`HOST:PORT`); the whole response, which must be
+/// a 200.
+pub fn http_get(console: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(console).expect("connect to console");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {console}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// The sum of a metric's samples in the Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Polls `condition` until it holds or `timeout` passes.
