@@ -509,6 +509,43 @@ fn a_log_output_nobody_reads_does_not_stop_the_broker() {
     assert!(good.api_versions_ok());
 }
 
+/// SIGTERM and SIGINT are blocked in every thread of the broker but the main one, which takes
+/// them with `sigwait` for the clean shutdown: a thread that left them unblocked could be the
+/// kernel's pick for a SIGTERM that arrives before the main thread waits for it, and the
+/// default action would end the process uncleanly. (The log writer, started first thing in
+/// `main`, once was such a thread: a test's SIGTERM right after the ready line killed the
+/// broker.)
+#[test]
+fn only_the_main_thread_can_take_a_shutdown_signal() {
+    let broker = Broker::start(2);
+    let pid = broker.pid().expect("running");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    let mut threads = 0;
+    for task in tasks {
+        let tid: u32 = task.unwrap().file_name().to_string_lossy().parse().unwrap();
+        if tid == pid {
+            continue; // in sigwait, which unblocks what it waits for
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")) else {
+            continue; // ended meanwhile
+        };
+        let name = status.lines().next().unwrap_or_default().to_string();
+        let blocked = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+            .expect("SigBlk");
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            assert!(
+                blocked & (1 << (signal - 1)) != 0,
+                "thread {tid} ({name}) can take signal {signal}: SigBlk {blocked:x}"
+            );
+        }
+        threads += 1;
+    }
+    assert!(threads >= 3, "shards and helpers checked: {threads}");
+}
+
 #[test]
 fn create_partitions_grows_a_topic_and_never_shrinks_it() {
     let broker = Broker::start(2);
