@@ -354,6 +354,15 @@ mod tests {
         of_shard(&stall_stack::OBSERVED, shard, |s| s.shard)
     }
 
+    /// Held by each test that waits for a stack: the one watchdog serves the whole process, and
+    /// while it symbolizes one test's stack (seconds in a debug build) another test's stall of
+    /// fixed length passes unseen.
+    static WATCHDOG_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn watchdog_to_ourselves() -> std::sync::MutexGuard<'static, ()> {
+        WATCHDOG_USERS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A shard's executor as `server` builds it, with a task that spins for 90 ms twice (under
     /// glommio's default preempt timer of 100 ms, which alone would hide it; well above the
     /// threshold, so the watchdog has time to send its signal on a loaded machine). Both are
@@ -362,6 +371,7 @@ mod tests {
     /// watchdog. A shorter spin, and a task that sleeps (yields) for as long, are not stalls.
     #[test]
     fn a_task_that_does_not_yield_is_reported_with_its_shard_duration_and_stack() {
+        let _watchdog = watchdog_to_ourselves();
         const SHARD: usize = 61;
         let threshold = Duration::from_millis(10);
         let before = crate::metrics::shard_cells(SHARD)
@@ -419,6 +429,56 @@ mod tests {
             "the frames show what the shard was doing: {stack:#?}"
         );
         assert_eq!(stacks(SHARD).len(), 1, "one stack per arming");
+    }
+
+    /// A shard that has nothing to do between two runs sleeps in the reactor; that wait is no
+    /// stall, and its stack (the reactor's sleep) is not the one logged. After a stall arms the
+    /// watchdog, the shard idles on a timer for ten thresholds, then stalls again until a stack
+    /// is logged: it is the second stall's.
+    #[test]
+    fn a_shard_waiting_for_events_is_not_taken_for_a_stall() {
+        let _watchdog = watchdog_to_ourselves();
+        const SHARD: usize = 60;
+        let threshold = Duration::from_millis(10);
+        configure(
+            LocalExecutorBuilder::default().name("stall-park-test"),
+            threshold,
+        )
+        .spawn(move || async move {
+            let _shard = enter_shard(SHARD, threshold, Duration::from_secs(60));
+            let executor = glommio::executor();
+            // glommio's first park in the process sets up its memory barrier (a `membarrier`
+            // registration, over 10 ms on a busy machine): reactor work, not an idle wait, so
+            // it would be reported. Done here, before the watchdog is armed.
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+            spin_without_yielding(Duration::from_millis(90));
+            executor.yield_task_queue_now().await;
+            glommio::timer::sleep(threshold * 10).await;
+            // The second stall lasts until a stack is reported: the one watchdog serves every
+            // shard of the process (here: every test's), and may be symbolizing another's
+            // stack for seconds (a debug build) while a fixed-length stall passes unseen.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while stacks(SHARD).is_empty() && Instant::now() < deadline {
+                spin_without_yielding(Duration::from_millis(20));
+            }
+            executor.yield_task_queue_now().await;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while stacks(SHARD).is_empty() {
+            assert!(Instant::now() < deadline, "no stack reported");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let stack = &stacks(SHARD)[0];
+        assert!(
+            stack
+                .frames
+                .iter()
+                .any(|f| f.contains("spin_without_yielding")),
+            "the stack is the stall's, not the reactor's sleep: {stack:#?}"
+        );
     }
 
     /// Threshold 0: no detector (and glommio's preempt timer stays).

@@ -12,7 +12,8 @@
 //!   whether a stack is wanted ([`arm`], after a stall the shard measured);
 //! - one watchdog thread (at the lowest CPU priority, `nice` 19) sleeps while no shard is
 //!   armed; while one is, it checks every quarter threshold whether its current run has lasted
-//!   longer than the threshold and, if so, sends the shard's thread [`SIGNAL`];
+//!   longer than the threshold and, if so and the thread is not parked in the reactor (blocked
+//!   in `io_uring_enter`: the run ended and no other started yet), sends it [`SIGNAL`];
 //! - the handler, on the shard, copies the raw return addresses of the stack into the slot
 //!   (no allocation, no lock), unless the run it was sent for has ended;
 //! - the watchdog symbolizes them, logs the innermost frames, and drops the symbolizer's cache
@@ -310,12 +311,15 @@ fn take_stack(shard: usize, slot: &Slot, now: u64, threshold_ns: u64) -> Option<
     {
         return None;
     }
-    let queue = slot.run_queue.load(Ordering::Relaxed);
-    slot.requested_seq.store(seq, Ordering::Release);
     let thread = slot.thread.load(Ordering::Acquire);
-    if thread == 0 {
+    // A run is only known to have ended when the next one starts, so a shard that ran and then
+    // had nothing to do (all its partitions waiting on a device hold, say) looks like a long
+    // run: its stack would show the reactor's sleep, not a stall. Checked again next poll.
+    if thread == 0 || parked_in_reactor(thread) {
         return None;
     }
+    let queue = slot.run_queue.load(Ordering::Relaxed);
+    slot.requested_seq.store(seq, Ordering::Release);
     // SAFETY: a signal to a thread of this process; if the shard's thread ended (and its id
     // went to another thread) the handler finds no slot of its own and returns.
     let sent = unsafe {
@@ -350,6 +354,16 @@ fn take_stack(shard: usize, slot: &Slot, now: u64, threshold_ns: u64) -> Option<
         queue: slot.queue_name(queue),
         stalled_for: Duration::from_nanos(stalled_for_ns),
         frames: super::stall::cut_frames(symbolize(&ips), super::stall::FRAMES_LOGGED),
+    })
+}
+
+/// Whether thread `thread` of this process is blocked in `io_uring_enter`: a glommio executor
+/// waits for events there between task-queue runs, and task code never blocks in it. Read from
+/// `/proc/self/task/TID/syscall` (its first field: the number of the system call the thread is
+/// blocked in, `running`, or -1). Where that cannot be read, `false`: the stack is taken.
+fn parked_in_reactor(thread: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{thread}/syscall")).is_ok_and(|text| {
+        text.split_ascii_whitespace().next() == Some(libc::SYS_io_uring_enter.to_string().as_str())
     })
 }
 
