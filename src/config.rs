@@ -94,6 +94,11 @@ pub struct BrokerConfig {
     /// `shard.stall.stack.interval.ms`: at most one stall stack per shard this often (taken by
     /// a signal, symbolized on a watchdog thread: `shard::stall_stack`); 0: none.
     pub stall_stack_interval_ms: u64,
+    /// `shard.idle.poll.us`: a shard with nothing to run keeps polling for events this long
+    /// before it sleeps (glommio's `spin_before_park`), so an event that comes soon finds it
+    /// on its CPU instead of waiting to be scheduled again. 0 (the default): sleep at once.
+    /// Costs up to this much CPU per sleep: for shards on cores of their own.
+    pub idle_poll_us: u64,
     /// Consumer group coordinator settings (`group.*`, `offsets.topic.num.partitions`, ...).
     pub groups: crate::groups::GroupConfig,
     /// The transaction coordinator's state log (`transaction.state.log.*`).
@@ -190,6 +195,7 @@ impl Default for BrokerConfig {
             tail_cache_bytes_per_shard: 256 << 20,
             stall_threshold_ms: DEFAULT_STALL_THRESHOLD_MS,
             stall_stack_interval_ms: 60_000,
+            idle_poll_us: 0,
             idle_release_ms: 30_000,
             quorum_voters: Vec::new(),
             controller_listen: None,
@@ -416,6 +422,7 @@ impl BrokerConfig {
             "log.tail.cache.bytes" => self.tail_cache_bytes_per_shard = parse(key, value)?,
             "shard.stall.threshold.ms" => self.stall_threshold_ms = parse(key, value)?,
             "shard.stall.stack.interval.ms" => self.stall_stack_interval_ms = parse(key, value)?,
+            "shard.idle.poll.us" => self.idle_poll_us = parse(key, value)?,
             "log.idle.release.ms" => self.idle_release_ms = parse(key, value)?,
             "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
             "log.retention.check.interval.ms" => {
@@ -605,6 +612,28 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/broker/d2"));
         assert_eq!(config.log.retention_ms, 1000, "ms wins over hours");
         assert_eq!(config.num_partitions, 3);
+    }
+
+    #[test]
+    fn shard_keys_are_understood() {
+        let mut config = BrokerConfig::default();
+        assert_eq!(config.idle_poll_us, 0, "shards sleep at once by default");
+        let props: HashMap<String, String> = [
+            ("shard.idle.poll.us", "50"),
+            ("shard.stall.threshold.ms", "40"),
+            ("shard.stall.stack.interval.ms", "0"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        config.apply_properties(&props).unwrap();
+        assert_eq!(config.idle_poll_us, 50);
+        assert_eq!(config.stall_threshold_ms, 40);
+        assert_eq!(config.stall_stack_interval_ms, 0);
+        let bad: HashMap<String, String> = [("shard.idle.poll.us".to_string(), "-1".to_string())]
+            .into_iter()
+            .collect();
+        assert!(config.apply_properties(&bad).is_err());
     }
 
     #[test]

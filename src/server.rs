@@ -127,12 +127,15 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
             shutdown.clone(),
             ready_tx.clone(),
         );
-        let builder = crate::shard::stall::configure(
+        let mut builder = crate::shard::stall::configure(
             LocalExecutorBuilder::new(placement)
                 .blocking_thread_pool_placement(blocking_pool(pinned.then(|| cpus[id])))
                 .name(&format!("shard-{id}")),
             Duration::from_millis(config.stall_threshold_ms),
         );
+        if config.idle_poll_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(config.idle_poll_us));
+        }
         let guard = ShardPanicGuard {
             id,
             started: started_flag.clone(),
