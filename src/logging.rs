@@ -32,15 +32,15 @@ static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// Installs the process's tracing subscriber: lines at `RUST_LOG`'s levels (default `info`)
-/// to stderr through the writer thread. Call once, first thing in `main`.
+/// to stderr through the writer thread. Call once, early in `main`, after
+/// `server::block_shutdown_signals` (the writer thread inherits the calling thread's signal
+/// mask).
 pub fn init() {
-    let (writer, guard) = with_async_signals_blocked(|| {
-        NonBlockingBuilder::default()
-            .lossy(true)
-            .buffered_lines_limit(QUEUED_LINES_MAX)
-            .thread_name(WRITER_THREAD_NAME)
-            .finish(std::io::stderr())
-    });
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES_MAX)
+        .thread_name(WRITER_THREAD_NAME)
+        .finish(std::io::stderr());
     let _ = DROPPED.set(writer.error_counter());
     *WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
     let subscriber = tracing_subscriber::fmt()
@@ -53,35 +53,6 @@ pub fn init() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .finish();
     tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-}
-
-/// Runs `spawn` (which starts the writer thread) with every asynchronous signal blocked on
-/// this thread, so the writer inherits that mask; then restores the caller's. `server` takes
-/// SIGINT and SIGTERM with `sigwait` on the main thread and blocks them everywhere else; a
-/// thread started before that, with them unblocked, would be the kernel's pick for a SIGTERM
-/// arriving while the main thread is not yet in `sigwait`, and the default action would end
-/// the process without its clean shutdown. Faults (SIGSEGV and the like) stay deliverable.
-fn with_async_signals_blocked<T>(spawn: impl FnOnce() -> T) -> T {
-    // SAFETY: sigset manipulation on locals, then pthread_sigmask on this thread only.
-    unsafe {
-        let mut blocked: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut blocked);
-        for fault in [
-            libc::SIGSEGV,
-            libc::SIGBUS,
-            libc::SIGFPE,
-            libc::SIGILL,
-            libc::SIGTRAP,
-            libc::SIGSYS,
-        ] {
-            libc::sigdelset(&mut blocked, fault);
-        }
-        let mut previous: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, &mut previous);
-        let spawned = spawn();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
-        spawned
-    }
 }
 
 /// Writes out the lines queued so far and stops the writer (waiting at most about a second

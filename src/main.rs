@@ -96,6 +96,9 @@ fn build_config(args: Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> 
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: every thread inherits the mask, and only the main thread
+    // (in `server::run`'s sigwait) takes a shutdown signal.
+    broker::server::block_shutdown_signals();
     // Lines are written by a thread of their own: a shard never waits on the log's output.
     broker::logging::init();
     // `log` records (glommio's) go to tracing, and glommio's stall reports to the detector.

@@ -418,7 +418,13 @@ fn connectable(bound: SocketAddr) -> SocketAddr {
     addr
 }
 
-fn block_shutdown_signals() -> libc::sigset_t {
+/// Blocks SIGINT and SIGTERM on the calling thread, so every thread it spawns afterwards
+/// inherits the mask; returns the set, which [`run`] waits for with `sigwait` on the main
+/// thread. A thread that left them unblocked would be the kernel's pick for a SIGTERM arriving
+/// before the main thread waits, and the default action would end the process without its
+/// clean shutdown. `main` calls this first, before any thread exists (the log writer is one);
+/// [`run`] calls it again (idempotent) for the set.
+pub fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: sigset manipulation on a local, then pthread_sigmask on this thread (inherited
     // by threads spawned afterwards).
     unsafe {
