@@ -110,6 +110,11 @@ impl ThisShard {
     /// A run starts: measures the one before (glommio's executor runtime since the last call
     /// is exactly its length).
     fn run_starts(&mut self, queue: TaskQueueHandle) {
+        // The new run is recorded before a stall arms the watchdog: woken by the arming, it
+        // must not see the stalled run as still going and take this hook's stack for it.
+        if !self.stack_interval.is_zero() {
+            stall_stack::run_starts(self.id, queue.index());
+        }
         let previous = self.queue.replace(queue);
         let ran = glommio::executor().executor_stats().executor_runtime();
         if ran > self.threshold {
@@ -117,9 +122,6 @@ impl ThisShard {
             // the default queue.
             let previous = previous.unwrap_or_default();
             self.stalled(stall_stack::queue_name(self.id, previous.index()), ran);
-        }
-        if !self.stack_interval.is_zero() {
-            stall_stack::run_starts(self.id, queue.index());
         }
     }
 
@@ -363,6 +365,19 @@ mod tests {
         WATCHDOG_USERS.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The first stack the watchdog reported for `shard`, waited for (it symbolizes on its own
+    /// thread, after the signal) up to a minute.
+    fn first_reported_stack(shard: usize) -> stall_stack::StallStack {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(stack) = stacks(shard).into_iter().next() {
+                return stack;
+            }
+            assert!(Instant::now() < deadline, "no stack reported");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// A shard's executor as `server` builds it, with a task that spins for 90 ms twice (under
     /// glommio's default preempt timer of 100 ms, which alone would hide it; well above the
     /// threshold, so the watchdog has time to send its signal on a loaded machine). Both are
@@ -412,13 +427,7 @@ mod tests {
             .stalls
             .load(Ordering::Relaxed);
         assert_eq!(after - before, 2);
-        // The watchdog symbolizes on its own thread, after the signal: wait for its report.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while stacks(SHARD).is_empty() {
-            assert!(Instant::now() < deadline, "no stack reported");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let stack = &stacks(SHARD)[0];
+        let stack = &first_reported_stack(SHARD);
         assert_eq!(stack.queue, "default");
         assert!(stack.stalled_for > threshold, "{stack:#?}");
         assert!(
@@ -466,12 +475,7 @@ mod tests {
         .unwrap()
         .join()
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while stacks(SHARD).is_empty() {
-            assert!(Instant::now() < deadline, "no stack reported");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let stack = &stacks(SHARD)[0];
+        let stack = &first_reported_stack(SHARD);
         assert!(
             stack
                 .frames

@@ -13,7 +13,9 @@
 //! - one watchdog thread (at the lowest CPU priority, `nice` 19) sleeps while no shard is
 //!   armed; while one is, it checks every quarter threshold whether its current run has lasted
 //!   longer than the threshold and, if so and the thread is not parked in the reactor (blocked
-//!   in `io_uring_enter`: the run ended and no other started yet), sends it [`SIGNAL`];
+//!   in `io_uring_enter`: the run ended and no other started yet), sends it [`SIGNAL`]; a
+//!   stack caught in the reactor all the same (its own work between runs, or back to sleep
+//!   between the check and the signal) is dropped: runs, and so stalls, happen outside it;
 //! - the handler, on the shard, copies the raw return addresses of the stack into the slot
 //!   (no allocation, no lock), unless the run it was sent for has ended;
 //! - the watchdog symbolizes them, logs the innermost frames, and drops the symbolizer's cache
@@ -339,7 +341,15 @@ fn take_stack(shard: usize, slot: &Slot, now: u64, threshold_ns: u64) -> Option<
         if captured == seq {
             break;
         }
-        if captured == u64::MAX || Instant::now() >= deadline {
+        if captured == u64::MAX {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            // Not captured in time (this thread, at the lowest priority, may itself have waited
+            // for a CPU): the same run may be signalled again at the next poll.
+            let _ =
+                slot.requested_seq
+                    .compare_exchange(seq, 0, Ordering::AcqRel, Ordering::Relaxed);
             return None;
         }
         std::thread::sleep(Duration::from_micros(200));
@@ -349,11 +359,29 @@ fn take_stack(shard: usize, slot: &Slot, now: u64, threshold_ns: u64) -> Option<
         .iter()
         .map(|ip| ip.load(Ordering::Relaxed))
         .collect();
+    let frames = symbolize(&ips);
+    if between_runs(&frames) {
+        // The run had ended (the check above saw the thread out of `io_uring_enter`, in the
+        // reactor's own work or between two sleeps); the arming stays for the next stall.
+        return None;
+    }
     Some(StallStack {
         shard,
         queue: slot.queue_name(queue),
         stalled_for: Duration::from_nanos(stalled_for_ns),
-        frames: super::stall::cut_frames(symbolize(&ips), super::stall::FRAMES_LOGGED),
+        frames: super::stall::cut_frames(frames, super::stall::FRAMES_LOGGED),
+    })
+}
+
+/// Whether a captured stack is glommio's reactor between two task-queue runs (its park or
+/// poll, in `parking.rs`: asleep in `io_uring_enter` or doing its own bookkeeping), not a
+/// stall: a stall is a run, and runs happen outside the reactor. Release builds name frames
+/// without their module path, so the reactor is recognised by its file.
+fn between_runs(frames: &[(String, Option<String>)]) -> bool {
+    frames.iter().any(|(_, location)| {
+        location
+            .as_deref()
+            .is_some_and(|l| l.contains("glommio") && l.contains("/src/parking.rs"))
     })
 }
 
@@ -363,7 +391,10 @@ fn take_stack(shard: usize, slot: &Slot, now: u64, threshold_ns: u64) -> Option<
 /// blocked in, `running`, or -1). Where that cannot be read, `false`: the stack is taken.
 fn parked_in_reactor(thread: u64) -> bool {
     std::fs::read_to_string(format!("/proc/self/task/{thread}/syscall")).is_ok_and(|text| {
-        text.split_ascii_whitespace().next() == Some(libc::SYS_io_uring_enter.to_string().as_str())
+        text.split_ascii_whitespace()
+            .next()
+            .and_then(|nr| nr.parse().ok())
+            == Some(libc::SYS_io_uring_enter)
     })
 }
 
