@@ -19,7 +19,10 @@ pub struct Sample {
 
 /// Busy and total time of all CPUs. Busy excludes idle and iowait.
 fn machine_jiffies() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    machine_jiffies_in(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn machine_jiffies_in(stat: &str) -> Option<(u64, u64)> {
     let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = cpu
         .split_whitespace()
@@ -31,8 +34,21 @@ fn machine_jiffies() -> Option<(u64, u64)> {
     Some((total - idle, total))
 }
 
+/// The machine's CPUs, as /proc/stat counts them (its first line sums these): not the ones this
+/// process may run on, which `taskset` can make fewer.
 fn cpus() -> f64 {
-    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .map(|stat| cpus_in(&stat))
+        .filter(|&n| n > 0)
+        .map_or(1.0, |n| n as f64)
+}
+
+fn cpus_in(stat: &str) -> usize {
+    stat.lines()
+        .filter_map(|line| line.strip_prefix("cpu"))
+        .filter(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        .count()
 }
 
 /// user + system CPU seconds of a process (all its threads).
@@ -159,5 +175,18 @@ mod tests {
         assert!(cpu >= 0.0 && rss > 0);
         let u = Usage::between(&s, &Sample::take(Some(std::process::id())), 1_000_000_000);
         assert!(u.broker_cpu_secs_per_gb.is_some());
+    }
+
+    #[test]
+    fn counts_the_machines_cpus_from_proc_stat() {
+        let stat = "cpu  100 0 50 800 10 0 5 0 0 0\n\
+                    cpu0 50 0 25 400 5 0 3 0 0 0\n\
+                    cpu1 50 0 25 400 5 0 2 0 0 0\n\
+                    intr 12345 0 0\n\
+                    ctxt 999\n\
+                    cpu_extra_line_that_is_not_a_cpu 1\n";
+        assert_eq!(cpus_in(stat), 2);
+        // Busy: user + system + softirq; idle and iowait are not.
+        assert_eq!(machine_jiffies_in(stat), Some((155, 965)));
     }
 }
