@@ -86,6 +86,7 @@ pub mod recovery;
 pub mod retention;
 pub mod segment;
 mod staging;
+mod stream_copy;
 pub mod tail_cache;
 pub mod timestamp;
 pub mod txn_index;

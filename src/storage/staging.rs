@@ -19,7 +19,7 @@
 
 use crate::record_batch::{self, HEADER_LEN};
 
-use super::PAGE_BYTES;
+use super::{stream_copy, PAGE_BYTES};
 
 /// Whether a write starting at `write_position` (page-aligned), `buffer_bytes` long, that
 /// begins by rewriting a partial tail page (`tail_bytes` > 0), should be split after that page:
@@ -64,11 +64,11 @@ impl<'a> Staging<'a> {
         );
         let split = self.first.len();
         let (to_first, to_rest) = src.split_at(src.len().min(split.saturating_sub(at)));
-        self.first[at.min(split)..][..to_first.len()].copy_from_slice(to_first);
+        stream_copy::copy(&mut self.first[at.min(split)..][..to_first.len()], to_first);
         if !to_rest.is_empty() {
             // It starts where `first` ends or, for a put wholly past it, further on.
             let rest_at = (at + to_first.len()) - split;
-            self.rest[rest_at..][..to_rest.len()].copy_from_slice(to_rest);
+            stream_copy::copy(&mut self.rest[rest_at..][..to_rest.len()], to_rest);
         }
     }
 
