@@ -284,6 +284,25 @@ fn requests_arriving_in_pieces_are_answered() {
     let values = raw::values(records);
     assert_eq!(values.len(), 1);
     assert!(values[0].1 == value, "the record read back is the one sent");
+
+    // The reader sizes its buffer for a frame like the last one before it knows the length:
+    // a large frame right after small ones, and one larger than the large one before it.
+    let larger = vec![0xa5; 900 * 1024];
+    let batch = raw::batch(&[&larger], None, Compression::None);
+    let bigger = client.encode(9, &raw::produce_request("pieces", 0, batch, 1));
+    for piece in bigger.chunks(64 * 1024) {
+        client.stream.write_all(piece).unwrap();
+        pause();
+    }
+    let produced = client.receive::<ProduceRequest>(9);
+    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
+    let (error, high_watermark, records) = client.fetch("pieces", 0, 1, 0);
+    assert_eq!((error, high_watermark), (0, 2));
+    let values = raw::values(records);
+    assert!(
+        values.len() == 1 && values[0].1 == larger,
+        "the second record read back whole"
+    );
 }
 
 #[test]
