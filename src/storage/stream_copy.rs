@@ -1,15 +1,19 @@
 //! Copying into an O_DIRECT write buffer with non-temporal (streaming) stores.
 //!
 //! Every byte a producer sends is copied once in user space, from its request buffer into the
-//! aligned buffer of the segment write (`staging.rs`). The CPU reads that buffer never again:
-//! the device takes it by DMA. An ordinary copy first reads each destination cache line in
-//! (read-for-ownership) and leaves it in the cache, pushing out lines the shard will use;
-//! streaming stores write whole lines straight to memory. Measured on this project's 2-vCPU
-//! EPYC VMs: a plain copy of 128 KiB-700 KiB pieces ran at 15-16 GB/s, the streaming copy at
-//! 21-23 GB/s (docs/benchmarks.md, "The staging copy").
+//! aligned buffer of the segment write (`staging.rs`). glibc's `memcpy` copies pieces of this
+//! size with `rep movsb`, and on this project's EPYC VMs that took 6 % of a shard's CPU in one
+//! run and 35 % in the next for the same bytes (`perf annotate`: 94 % of the samples on that
+//! one instruction; `rep movsb` on recent AMD cores is known to be slow for some relative
+//! alignments of source and destination, and a batch's are arbitrary). This copy uses vector
+//! loads and streaming stores instead, which also skip reading each destination line in first:
+//! nothing reads the buffer again but the device, by DMA. A standalone copy of 128-700 KiB
+//! pieces: `memcpy` 15-16 GB/s, this 21-23 GB/s; in the shard, 4.8-4.9 % of its samples in
+//! every run (docs/benchmarks.md, "The client on a CPU of its own, and two copies that cost
+//! more than their bytes").
 //!
-//! Below [`STREAMING_MIN_BYTES`] the plain copy is used: a small piece fits the cache anyway,
-//! and the fence that ends a streaming copy costs more than it saves.
+//! Pieces under [`STREAMING_MIN_BYTES`] are left to `memcpy`: they are under or near its
+//! `rep movsb` range, and each streaming copy ends with a fence. The floor was not tuned.
 
 /// Pieces at least this long are copied with streaming stores.
 pub(crate) const STREAMING_MIN_BYTES: usize = 16 * 1024;
