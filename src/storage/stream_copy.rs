@@ -8,8 +8,8 @@
 //! alignments of source and destination, and a batch's are arbitrary). This copy uses vector
 //! loads and streaming stores instead, which also skip reading each destination line in first:
 //! nothing reads the buffer again but the device, by DMA. A standalone copy of 128-700 KiB
-//! pieces: `memcpy` 15-16 GB/s, this 21-23 GB/s; in the shard, 4.8-4.9 % of its samples in
-//! every run (docs/benchmarks.md, "The client on a CPU of its own, and two copies that cost
+//! pieces: `memcpy` 15-16 GB/s, this 21-23 GB/s; in the shard, 4.8-5.4 % of its samples in
+//! each of three profiled runs (docs/benchmarks.md, "The client on a CPU of its own, and two copies that cost
 //! more than their bytes").
 //!
 //! Pieces under [`STREAMING_MIN_BYTES`] are left to `memcpy`: they are under or near its
