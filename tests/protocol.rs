@@ -249,7 +249,7 @@ fn long_poll_over_both_shards_answers_with_the_partition_that_woke_it() {
 }
 
 /// Requests whose bytes arrive in pieces, with pauses between them: a small one cut inside its
-/// length prefix and its header, and one larger than the most a parked read waits to have
+/// length prefix and its header, and two larger than the most a parked read waits to have
 /// queued (256 KiB) in 64 KiB pieces. The connection's reader parks until the rest of a frame
 /// is there (`SO_RCVLOWAT`); each must still be answered, and its records read back whole.
 #[test]
@@ -268,41 +268,27 @@ fn requests_arriving_in_pieces_are_answered() {
     let versions = client.receive::<ApiVersionsRequest>(3);
     assert_eq!(versions.error_code, 0);
 
-    let value = vec![0x5a; 600 * 1024];
-    let batch = raw::batch(&[&value], None, Compression::None);
-    let big = client.encode(8, &raw::produce_request("pieces", 0, batch, 1));
-    assert!(big.len() > 512 * 1024);
-    for piece in big.chunks(64 * 1024) {
-        client.stream.write_all(piece).unwrap();
-        pause();
+    // Two large frames: the first after a small one (read greedily), the second right after
+    // it (its length prefix read alone, then the frame into a buffer of its size); then small
+    // ones again (the fetches, their length prefixes also read alone).
+    let values = [vec![0x5a; 600 * 1024], vec![0xa5; 900 * 1024]];
+    for (correlation, value) in (8..).zip(&values) {
+        let batch = raw::batch(&[value], None, Compression::None);
+        let request = client.encode(correlation, &raw::produce_request("pieces", 0, batch, 1));
+        assert!(request.len() > 512 * 1024);
+        for piece in request.chunks(64 * 1024) {
+            client.stream.write_all(piece).unwrap();
+            pause();
+        }
+        let produced = client.receive::<ProduceRequest>(correlation);
+        assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
     }
-    let produced = client.receive::<ProduceRequest>(8);
-    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
-
-    let (error, high_watermark, records) = client.fetch("pieces", 0, 0, 0);
-    assert_eq!((error, high_watermark), (0, 1));
-    let values = raw::values(records);
-    assert_eq!(values.len(), 1);
-    assert!(values[0].1 == value, "the record read back is the one sent");
-
-    // The reader sizes its buffer for a frame like the last one before it knows the length:
-    // a large frame right after small ones, and one larger than the large one before it.
-    let larger = vec![0xa5; 900 * 1024];
-    let batch = raw::batch(&[&larger], None, Compression::None);
-    let bigger = client.encode(9, &raw::produce_request("pieces", 0, batch, 1));
-    for piece in bigger.chunks(64 * 1024) {
-        client.stream.write_all(piece).unwrap();
-        pause();
+    for (offset, value) in (0..).zip(&values) {
+        let (error, high_watermark, records) = client.fetch("pieces", 0, offset, 0);
+        assert_eq!((error, high_watermark), (0, 2));
+        let read = raw::values(records);
+        assert!(read[0].1 == *value, "record {offset} read back whole");
     }
-    let produced = client.receive::<ProduceRequest>(9);
-    assert_eq!(produced.responses[0].partition_responses[0].error_code, 0);
-    let (error, high_watermark, records) = client.fetch("pieces", 0, 1, 0);
-    assert_eq!((error, high_watermark), (0, 2));
-    let values = raw::values(records);
-    assert!(
-        values.len() == 1 && values[0].1 == larger,
-        "the second record read back whole"
-    );
 }
 
 #[test]
