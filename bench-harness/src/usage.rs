@@ -13,14 +13,18 @@ pub struct Sample {
     at_ns: u64,
     harness_cpu_secs: f64,
     broker: Option<(f64, u64)>,
-    /// Whole machine: (busy, total) jiffies summed over CPUs, from /proc/stat.
-    machine: Option<(u64, u64)>,
+    /// Whole machine: (busy, total) jiffies summed over CPUs, and the CPUs, from /proc/stat.
+    machine: Option<(u64, u64, usize)>,
+}
+
+/// Busy and total time of all CPUs, and how many there are, from one read of /proc/stat.
+fn machine_times() -> Option<(u64, u64, usize)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let (busy, total) = machine_jiffies_in(&stat)?;
+    Some((busy, total, cpus_in(&stat).max(1)))
 }
 
 /// Busy and total time of all CPUs. Busy excludes idle and iowait.
-fn machine_jiffies() -> Option<(u64, u64)> {
-    machine_jiffies_in(&std::fs::read_to_string("/proc/stat").ok()?)
-}
 
 fn machine_jiffies_in(stat: &str) -> Option<(u64, u64)> {
     let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
@@ -36,14 +40,6 @@ fn machine_jiffies_in(stat: &str) -> Option<(u64, u64)> {
 
 /// The machine's CPUs, as /proc/stat counts them (its first line sums these): not the ones this
 /// process may run on, which `taskset` can make fewer.
-fn cpus() -> f64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .map(|stat| cpus_in(&stat))
-        .filter(|&n| n > 0)
-        .map_or(1.0, |n| n as f64)
-}
-
 fn cpus_in(stat: &str) -> usize {
     stat.lines()
         .filter_map(|line| line.strip_prefix("cpu"))
@@ -79,7 +75,7 @@ impl Sample {
             at_ns: now_ns(),
             harness_cpu_secs: cpu_secs("self").unwrap_or(0.0),
             broker: broker_pid.and_then(|p| Some((cpu_secs(&p.to_string())?, rss_kib(p)?))),
-            machine: machine_jiffies(),
+            machine: machine_times(),
         }
     }
 }
@@ -95,6 +91,8 @@ pub struct Usage {
     /// Broker CPU seconds per GB (10^9 bytes) of measured payload.
     pub broker_cpu_secs_per_gb: Option<f64>,
     pub broker_rss_mib: Option<f64>,
+    /// The machine's CPUs (all of them, whatever this process's affinity).
+    pub machine_cpus: Option<usize>,
     /// Cores busy on the whole machine on average (this is a shared VM).
     pub machine_busy_cores: Option<f64>,
     /// Of those, cores used by processes other than the harness and the broker (the broker is
@@ -111,9 +109,10 @@ impl Usage {
             (Some((c0, _)), Some((c1, _))) => Some(c1 - c0),
             _ => None,
         };
+        let machine_cpus = b.machine.map(|(_, _, cpus)| cpus);
         let machine_busy = match (a.machine, b.machine) {
-            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
-                Some((b1 - b0) as f64 / (t1 - t0) as f64 * cpus())
+            (Some((b0, t0, _)), Some((b1, t1, cpus))) if t1 > t0 => {
+                Some((b1 - b0) as f64 / (t1 - t0) as f64 * cpus as f64)
             }
             _ => None,
         };
@@ -121,6 +120,7 @@ impl Usage {
             machine_busy.map(|m| (m - per_wall(harness) - broker.map_or(0.0, per_wall)).max(0.0));
         Usage {
             wall_secs: wall,
+            machine_cpus,
             machine_busy_cores: machine_busy,
             other_cores: other,
             harness_cpu_secs: harness,
@@ -148,16 +148,15 @@ impl Usage {
         if let Some(m) = self.broker_rss_mib {
             s += &format!(", RSS {m:.0} MiB");
         }
-        if let (Some(m), Some(o)) = (self.machine_busy_cores, self.other_cores) {
+        if let (Some(m), Some(o), Some(cpus)) =
+            (self.machine_busy_cores, self.other_cores, self.machine_cpus)
+        {
             let who = if self.broker_cpu_secs.is_some() {
                 "other processes"
             } else {
                 "other processes (the broker among them: no --broker-pid)"
             };
-            s += &format!(
-                "; machine busy {m:.2} of {:.0} cores, {o:.2} by {who}",
-                cpus()
-            );
+            s += &format!("; machine busy {m:.2} of {cpus} cores, {o:.2} by {who}");
         }
         s
     }

@@ -16,7 +16,7 @@
 //! `rep movsb` range, and each streaming copy ends with a fence. The floor was not tuned.
 
 /// Pieces at least this long are copied with streaming stores.
-pub(crate) const STREAMING_MIN_BYTES: usize = 16 * 1024;
+const STREAMING_MIN_BYTES: usize = 16 * 1024;
 
 /// Copies `src` to `dst` (the same length).
 pub(crate) fn copy(dst: &mut [u8], src: &[u8]) {
