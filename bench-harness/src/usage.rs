@@ -25,7 +25,6 @@ fn machine_times() -> Option<(u64, u64, usize)> {
 }
 
 /// Busy and total time of all CPUs. Busy excludes idle and iowait.
-
 fn machine_jiffies_in(stat: &str) -> Option<(u64, u64)> {
     let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
     let v: Vec<u64> = cpu
