@@ -240,7 +240,7 @@ pub async fn run(plan: Arc<Plan>, index: usize, count: usize) -> Result<Tally> {
         refresh_attempt: 0,
         next_refresh_ns: 0,
         rng: Rng::new(0x5eed ^ (index as u64).wrapping_mul(0x9e37_79b9)),
-        sticky: index as u32 % nparts,
+        sticky: StickyPartitioner::new(index as u32 % nparts, nparts),
         rec_size: RecordSpec::size_estimate(plan.keys.max_len(), opts.message_size),
         correlation: 0,
         scratch: BytesMut::new(),
@@ -301,8 +301,8 @@ struct Producer {
     refresh_attempt: u32,
     next_refresh_ns: u64,
     rng: Rng,
-    /// Partition receiving unkeyed records until its batch is full.
-    sticky: u32,
+    /// Where unkeyed records go.
+    sticky: StickyPartitioner,
     /// Upper bound of one record's encoded size (all records of a run are the same size).
     rec_size: usize,
     correlation: i32,
@@ -316,6 +316,47 @@ struct Producer {
     send_lag: hdrhistogram::Histogram<u64>,
 }
 
+/// Kafka's partitioner for records without a key (KIP-794): all records go to one partition
+/// until a batch's worth has gone there, then to the next. Switching on the batch's worth and
+/// not only when the partition's queue is full matters at a fixed rate below capacity: requests
+/// then drain the queue before it ever fills, and a partitioner waiting for a full queue kept
+/// one partition for seconds at a time (every other partition idle) until a slow round trip let
+/// the queue fill. Kafka's Java client switches after `batch.size` bytes; librdkafka after
+/// `sticky.partitioning.linger.ms`; both spread a steady stream over every partition.
+#[derive(Debug)]
+struct StickyPartitioner {
+    current: u32,
+    partitions: u32,
+    /// Records given to `current` since it was chosen.
+    given: usize,
+}
+
+impl StickyPartitioner {
+    fn new(first: u32, partitions: u32) -> Self {
+        assert!(first < partitions, "partition {first} of {partitions}");
+        Self {
+            current: first,
+            partitions,
+            given: 0,
+        }
+    }
+
+    fn current(&self) -> u32 {
+        self.current
+    }
+
+    /// The partition for the next record: the current one, or the next in turn once
+    /// `records_per_batch` went to the current one or its queue is full (`is_full`).
+    fn pick(&mut self, records_per_batch: usize, is_full: impl Fn(u32) -> bool) -> u32 {
+        if self.given >= records_per_batch || is_full(self.current) {
+            self.current = (self.current + 1) % self.partitions;
+            self.given = 0;
+        }
+        self.given += 1;
+        self.current
+    }
+}
+
 impl Producer {
     fn records_per_batch(&self) -> usize {
         (self.plan.opts.batch_size / self.rec_size).max(1)
@@ -324,7 +365,7 @@ impl Producer {
     /// Queued records in the partition closest to a full batch.
     fn fullest_pending(&self) -> usize {
         if self.plan.keys.is_unkeyed() {
-            return self.parts[self.sticky as usize].recs.len();
+            return self.parts[self.sticky.current() as usize].recs.len();
         }
         self.conns
             .iter()
@@ -345,10 +386,10 @@ impl Producer {
         let p = match key {
             Some(k) => self.plan.keys.partition(k),
             None => {
-                if self.is_full(self.sticky) {
-                    self.sticky = (self.sticky + 1) % self.parts.len() as u32;
-                }
+                let per_batch = self.records_per_batch();
+                let parts = &self.parts;
                 self.sticky
+                    .pick(per_batch, |p| parts[p as usize].recs.len() >= per_batch)
             }
         };
         if self.is_full(p) {
@@ -1139,4 +1180,27 @@ pub fn validate(opts: &ProduceOpts) -> Result<()> {
         bail!("--batch-size is larger than --max-request-bytes");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StickyPartitioner;
+
+    /// Records that never fill a queue (a fixed rate below capacity: every request drains
+    /// it) still go to every partition in turn, a batch's worth each.
+    #[test]
+    fn unkeyed_records_move_on_after_a_batchs_worth_even_when_queues_never_fill() {
+        let mut sticky = StickyPartitioner::new(2, 4);
+        let picks: Vec<u32> = (0..12).map(|_| sticky.pick(3, |_| false)).collect();
+        assert_eq!(picks, [2, 2, 2, 3, 3, 3, 0, 0, 0, 1, 1, 1]);
+    }
+
+    #[test]
+    fn a_full_queue_moves_on_at_once() {
+        let mut sticky = StickyPartitioner::new(0, 3);
+        assert_eq!(sticky.pick(100, |_| false), 0);
+        assert_eq!(sticky.pick(100, |p| p == 0), 1);
+        assert_eq!(sticky.pick(100, |p| p == 0), 1);
+        assert_eq!(sticky.current(), 1);
+    }
 }
