@@ -259,6 +259,97 @@ mod tests {
             });
         }
 
+        /// Appends small batches, each written before the next, until `done` holds; returns
+        /// whether the active segment was still the same when it did.
+        async fn append_until(log: &PartitionLog, done: impl Fn(&PartitionLog) -> bool) -> bool {
+            let active = *log.segment_base_offsets().last().unwrap();
+            while !done(log) {
+                append(log, batch(4, 100, 2_000));
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+            }
+            *log.segment_base_offsets().last().unwrap() == active
+        }
+
+        #[test]
+        fn the_next_rolls_recycled_file_is_opened_while_the_active_segment_fills() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let (log, config) = filled_log(&path, 600, small_config().tail_cache_bytes).await;
+                let bases = log.segment_base_offsets();
+                let deleted = log.enforce_retention(i64::MAX).await.unwrap();
+                assert!(deleted > 1);
+                let oldest = path.join(format!("{:020}.reuse", bases[0]));
+                let oldest_inode = inode(&oldest);
+                // The writer takes the oldest before the roll, once the active segment is half
+                // full; the file keeps its recycled name until the roll.
+                let same_segment =
+                    append_until(&log, |log| log.recycled_segment_count() < deleted).await;
+                assert!(same_segment, "taken ahead of the roll");
+                assert_eq!(log.recycled_segment_count(), deleted - 1);
+                assert!(oldest.exists());
+                // The roll renames it into place.
+                append_until(&log, |log| {
+                    log.segment_base_offsets().last() != bases.last() && !oldest.exists()
+                })
+                .await;
+                let new_active = *log.segment_base_offsets().last().unwrap();
+                assert_eq!(
+                    inode(&path.join(format!("{new_active:020}.log"))),
+                    oldest_inode
+                );
+                append(&log, batch(2, 50, 3_000));
+                let written = log.log_end_offset();
+                log.wait_written(written, true).await.unwrap();
+                let expected = consume_all(&log, log.log_start_offset(), 5000);
+                // A crash: recovery cuts the old bytes behind the new segment's batches.
+                drop(log);
+                let log = PartitionLog::open(path.clone(), config).await.unwrap();
+                assert_eq!(log.log_end_offset(), written);
+                assert_eq!(consume_all(&log, log.log_start_offset(), 5000), expected);
+                log.close().await.unwrap();
+            });
+        }
+
+        #[test]
+        fn a_file_prepared_for_a_roll_that_does_not_come_is_given_back() {
+            run(|| async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("t-0");
+                let (log, config) = filled_log(&path, 600, small_config().tail_cache_bytes).await;
+                let deleted = log.enforce_retention(i64::MAX).await.unwrap();
+                assert!(deleted > 1);
+                append_until(&log, |log| log.recycled_segment_count() < deleted).await;
+                // A truncation stops the writer: the file goes back to the log, still usable.
+                let end = log.log_end_offset();
+                log.truncate_to(end - 4).await.unwrap();
+                assert_eq!(log.recycled_segment_count(), deleted);
+                let before_roll = log.recycled_segment_count();
+                let active = *log.segment_base_offsets().last().unwrap();
+                append_until(&log, |log| {
+                    *log.segment_base_offsets().last().unwrap() != active
+                })
+                .await;
+                assert!(
+                    log.recycled_segment_count() < before_roll,
+                    "a roll reused one"
+                );
+                let written = log.log_end_offset();
+                log.wait_written(written, true).await.unwrap();
+                let expected = consume_all(&log, log.log_start_offset(), 5000);
+                // A close gives back a prepared file as well; the reopened log deletes the
+                // files left for reuse.
+                log.close().await.unwrap();
+                let log = PartitionLog::open(path.clone(), config).await.unwrap();
+                assert_eq!(log.log_end_offset(), written);
+                assert_eq!(consume_all(&log, log.log_start_offset(), 5000), expected);
+                while reusable_files(&path) > 0 {
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                log.close().await.unwrap();
+            });
+        }
+
         #[test]
         fn a_segment_file_still_being_read_is_not_reused() {
             use crate::storage::log::tests::slice_bytes;

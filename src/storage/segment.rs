@@ -358,6 +358,51 @@ impl Segment {
         recycled: Option<&Path>,
     ) -> Result<(Segment, DmaFile), StorageError> {
         let log_path = dir.join(file_name(base_offset, "log"));
+        let reused = Self::put_in_place(&log_path, base_offset, recycled).await?;
+        let dma = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(!reused)
+            .dma_open(&log_path)
+            .await?;
+        if !reused {
+            let existing_bytes = dma.file_size().await?;
+            if existing_bytes != 0 {
+                // Only recovery decides what an existing file holds; never write over one.
+                dma.close().await?;
+                return Err(StorageError::Corrupt {
+                    segment_base_offset: base_offset,
+                    position: 0,
+                    reason: format!("new segment file already holds {existing_bytes} bytes"),
+                });
+            }
+        }
+        Ok((Self::new_empty(dir, base_offset), dma))
+    }
+
+    /// [`Self::open_new`] with a recycled file the caller opened ahead of the roll
+    /// (`writer::PreparedFile`): only the rename is left, so a roll waits for one blocking
+    /// call instead of that, an open and a size query, each a round through the shard's event
+    /// loop and, on a busy shard's CPU, a wait for the helper thread to be scheduled. `None`
+    /// if the recycled file is gone (the caller then closes its handle and creates a fresh
+    /// file).
+    pub async fn open_prepared(
+        dir: &Path,
+        base_offset: i64,
+        recycled: &Path,
+    ) -> Result<Option<Segment>, StorageError> {
+        let log_path = dir.join(file_name(base_offset, "log"));
+        let reused = Self::put_in_place(&log_path, base_offset, Some(recycled)).await?;
+        Ok(reused.then(|| Self::new_empty(dir, base_offset)))
+    }
+
+    /// Renames `recycled` (if any) to `log_path` and removes a `.txnindex` left at this base;
+    /// returns whether the recycled file was there to rename.
+    async fn put_in_place(
+        log_path: &Path,
+        base_offset: i64,
+        recycled: Option<&Path>,
+    ) -> Result<bool, StorageError> {
         if recycled.is_some() && log_path.exists() {
             return Err(StorageError::Corrupt {
                 segment_base_offset: base_offset,
@@ -367,8 +412,8 @@ impl Segment {
         }
         // On the blocking thread: a rename or unlink waits for room in the file system's
         // journal, which a busy device can hold up for a long time.
-        let rename = recycled.map(|from| (from.to_path_buf(), log_path.clone()));
-        let txn_index = txn_index::path_for(&log_path);
+        let rename = recycled.map(|from| (from.to_path_buf(), log_path.to_path_buf()));
+        let txn_index = txn_index::path_for(log_path);
         let reused = glommio::executor()
             .spawn_blocking(move || -> io::Result<bool> {
                 let reused = match rename {
@@ -389,25 +434,12 @@ impl Segment {
                 }
             })
             .await?;
-        let dma = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(!reused)
-            .dma_open(&log_path)
-            .await?;
-        if !reused {
-            let existing_bytes = dma.file_size().await?;
-            if existing_bytes != 0 {
-                // Only recovery decides what an existing file holds; never write over one.
-                dma.close().await?;
-                return Err(StorageError::Corrupt {
-                    segment_base_offset: base_offset,
-                    position: 0,
-                    reason: format!("new segment file already holds {existing_bytes} bytes"),
-                });
-            }
-        }
-        let segment = Segment::new(
+        Ok(reused)
+    }
+
+    /// A segment of no batches yet, its file in place.
+    fn new_empty(dir: &Path, base_offset: i64) -> Segment {
+        Segment::new(
             dir,
             base_offset,
             // Opened by the first read: a topic of 10,000 partitions holds no descriptor for
@@ -415,8 +447,7 @@ impl Segment {
             None,
             OffsetIndex::default(),
             TimeIndex::default(),
-        );
-        Ok((segment, dma))
+        )
     }
 
     /// Blocking: the segment's empty index files (the directory looks like Kafka's; they are

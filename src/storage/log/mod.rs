@@ -24,7 +24,7 @@ use super::recovery::{self, RecoveredActive};
 use super::segment::{self, BatchMeta, DoomedFiles, Segment};
 use super::tail_cache::TailCache;
 use super::txn_index::TxnIndexEntry;
-use super::writer::{QueuedBatch, StopRequest, Writer, WriterHost};
+use super::writer::{QueuedBatch, RecycledFile, StopRequest, Writer, WriterHost};
 use super::{AppendInfo, LogConfig, StorageError};
 use crate::record_batch::BatchHeader;
 
@@ -912,10 +912,24 @@ impl WriterHost for PartitionLog {
         PartitionLog::segment_bytes(self)
     }
 
-    fn take_recycled_segment(&self, base_offset: i64) -> Option<PathBuf> {
+    fn take_recycled_segment(&self, base_offset: i64) -> Option<RecycledFile> {
         let mut recycled = self.recycled_segments.borrow_mut();
         let index = recycled.iter().position(|r| r.end_offset <= base_offset)?;
-        recycled.remove(index).map(|r| r.path)
+        recycled.remove(index).map(|r| RecycledFile {
+            path: r.path,
+            end_offset: r.end_offset,
+        })
+    }
+
+    fn give_back_recycled_segment(&self, file: RecycledFile) {
+        // First in line again: it is the oldest the writer could take.
+        self.recycled_segments
+            .borrow_mut()
+            .push_front(RecycledSegment {
+                path: file.path,
+                end_offset: file.end_offset,
+                since: Instant::now(),
+            });
     }
 
     fn config(&self) -> &LogConfig {
