@@ -645,6 +645,76 @@ fn segments_roll_with_kafka_names_and_retention_deletes_old_ones() {
     assert_eq!(raw::values(records)[0].0, earliest);
 }
 
+/// Size-based retention can only free a segment when a roll closes another, and the freed
+/// file is what the partition's next roll reuses: a partition that rolled is checked at the
+/// shard's next housekeeping tick, not only every `log.retention.check.interval.ms`.
+#[test]
+fn retention_runs_after_a_roll_without_waiting_for_the_check_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("server.properties");
+    std::fs::write(
+        &config,
+        "log.retention.check.interval.ms=3600000
+",
+    )
+    .unwrap();
+    let broker = Broker::start_in(tmp.path(), 1, &["--config", config.to_str().unwrap()]);
+    let mut client = RawClient::connect(&broker.addr);
+    let topic_configs = [
+        ("segment.bytes", "20000"),
+        ("retention.bytes", "60000"),
+        ("retention.ms", "-1"),
+    ];
+    assert_eq!(client.create_topic_with("rolling", 1, &topic_configs), 0);
+    let value = vec![3u8; 4000];
+    let mut produced = 0;
+    let mut produce = |client: &mut RawClient, count: i64| {
+        for _ in 0..count {
+            let (code, base) = client.produce(
+                "rolling",
+                0,
+                raw::batch(&[&value], None, Compression::None),
+                1,
+            );
+            assert_eq!((code, base), (0, produced));
+            produced += 1;
+        }
+    };
+    produce(&mut client, 40);
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(20), || client
+            .list_offset("rolling", 0, -2)
+            .1
+            > 0),
+        "retention waited for its hourly check"
+    );
+    // The deleted segments' files are reused by the rolls that follow.
+    let dir = broker.data_dir.join("rolling-0");
+    let reusable = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "reuse")
+            })
+            .count()
+    };
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(20), || reusable() > 0),
+        "no deleted segment file kept for reuse"
+    );
+    produce(&mut client, 40);
+    let (error, earliest) = client.list_offset("rolling", 0, -2);
+    assert_eq!(error, 0);
+    let (error, _, records) = client.fetch("rolling", 0, earliest, 0);
+    assert_eq!(error, 0);
+    assert_eq!(raw::values(records)[0].0, earliest);
+    assert_eq!(client.list_offset("rolling", 0, -1), (0, 80));
+}
+
 #[test]
 fn connection_and_inflight_limits_hold() {
     let tmp = tempfile::tempdir().unwrap();

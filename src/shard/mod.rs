@@ -601,7 +601,11 @@ impl Shard {
             since_stats += tick;
             if since_retention >= retention_every {
                 since_retention = Duration::ZERO;
-                self.enforce_retention().await;
+                // Whatever rolled is covered by this pass.
+                crate::storage::log::take_rolls_on_this_shard();
+                self.enforce_retention(|_| true).await;
+            } else if crate::storage::log::take_rolls_on_this_shard() {
+                self.enforce_retention(|log| log.take_rolled()).await;
             }
             if !idle.is_zero() && since_idle >= idle_every {
                 since_idle = Duration::ZERO;
@@ -638,10 +642,16 @@ impl Shard {
         }
     }
 
-    async fn enforce_retention(&self) {
+    /// Runs retention on the partitions `selected` picks (every one at the periodic pass;
+    /// those that rolled since in between: `storage::log::take_rolls_on_this_shard`).
+    async fn enforce_retention(&self, selected: impl Fn(&PartitionLog) -> bool) {
         let now = now_ms();
         let snapshot = self.metadata();
         for partition in self.owned_partitions() {
+            if !selected(&partition.log) {
+                continue;
+            }
+            partition.log.take_rolled();
             // The topic's current limits: an AlterConfigs since the log opened counts.
             let topic = snapshot.topic(&partition.topic).filter(|t| {
                 partition.topic != crate::groups::OFFSETS_TOPIC && t.id == partition.topic_id

@@ -118,6 +118,9 @@ pub(crate) trait WriterHost: 'static {
     /// truncation moved the log's end below the file's old batches): a later roll may take it,
     /// or the reaper unlinks it with the others nobody took.
     fn give_back_recycled_segment(&self, file: RecycledFile);
+    /// A roll finished closing a segment: retention may now delete the oldest one, whose
+    /// file the next roll would reuse.
+    fn segment_closed(&self);
     /// Puts the log in the failed state: later appends and unsatisfied waits get the error.
     fn fail(&self, error: &StorageError);
     fn count_write(&self, bytes: u64);
@@ -780,6 +783,9 @@ impl ClosingSegment {
         }
         segment.shrink_indexes();
         segment.set_closing(false);
+        if let Some(log) = log.upgrade() {
+            log.segment_closed();
+        }
         Ok(())
     }
 }

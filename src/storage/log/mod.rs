@@ -32,6 +32,7 @@ pub mod compact;
 mod log_start;
 mod read;
 mod retention;
+pub use retention::take_rolls_on_this_shard;
 mod truncate;
 
 /// Counters for metrics and tests.
@@ -121,6 +122,8 @@ pub struct PartitionLog {
     /// segments did before the run; one that no roll took within `file_delete_delay_ms` is
     /// handed to the [`reaper`] at the next run.
     recycled_segments: RefCell<VecDeque<RecycledSegment>>,
+    /// A roll closed a segment since retention last ran here ([`Self::take_rolled`]).
+    rolled: Cell<bool>,
     /// Last append or read: an idle log gives back its memory and descriptors
     /// ([`Self::release_if_idle`]).
     last_used: Cell<Instant>,
@@ -216,6 +219,7 @@ impl PartitionLog {
             tail_cache: RefCell::new(TailCache::new(config_tail_cache_bytes)),
             stats: Cell::new(LogStats::default()),
             recycled_segments: RefCell::new(VecDeque::new()),
+            rolled: Cell::new(false),
             last_used: Cell::new(Instant::now()),
             released: Cell::new(false),
             writer_release_requested: Cell::new(false),
@@ -919,6 +923,11 @@ impl WriterHost for PartitionLog {
             path: r.path,
             end_offset: r.end_offset,
         })
+    }
+
+    fn segment_closed(&self) {
+        self.rolled.set(true);
+        retention::note_roll_on_this_shard();
     }
 
     fn give_back_recycled_segment(&self, file: RecycledFile) {

@@ -1,6 +1,7 @@
 //! Retention of a [`PartitionLog`]: deleting old closed segments by the policy of
 //! [`crate::storage::retention`] and moving the log start (and the epoch cache's) with them.
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use tracing::info;
@@ -10,7 +11,33 @@ use crate::storage::retention::{self, SegmentSummary};
 use crate::storage::segment::Segment;
 use crate::storage::StorageError;
 
+thread_local! {
+    /// Whether a partition of this shard (a shard is one thread) closed a segment since the
+    /// last [`take_rolls_on_this_shard`].
+    static ROLLED_ON_THIS_SHARD: Cell<bool> = const { Cell::new(false) };
+}
+
+pub(super) fn note_roll_on_this_shard() {
+    ROLLED_ON_THIS_SHARD.set(true);
+}
+
+/// Whether a partition of this shard closed a segment since the last call. The shard's
+/// housekeeping then runs retention at its next tick on the partitions that did
+/// ([`PartitionLog::take_rolled`]), besides its pass over all of them every
+/// `log.retention.check.interval.ms`: by size, a segment can only become deletable when a roll
+/// closes another, and its file is what the partition's next roll reuses. Waiting for the
+/// interval (Kafka's default is 5 minutes; W3 runs with 1 s) left a busy partition's next roll
+/// without one about every third time, creating (and later freeing) a fresh file instead.
+pub fn take_rolls_on_this_shard() -> bool {
+    ROLLED_ON_THIS_SHARD.replace(false)
+}
+
 impl PartitionLog {
+    /// Whether a roll closed a segment since the last call (see [`take_rolls_on_this_shard`]).
+    pub fn take_rolled(&self) -> bool {
+        self.rolled.replace(false)
+    }
+
     /// Deletes whole closed segments (never the active one, never one reaching past the high
     /// watermark) whose largest timestamp is older than `now_ms - retention_ms`, or oldest
     /// first while the log stays at or above `retention_bytes` without them (Kafka's rule);
