@@ -219,10 +219,10 @@ mod tests {
 
                 // The next roll takes it: same inode, renamed to the new segment's name.
                 let active_before = *log.segment_base_offsets().last().unwrap();
-                while *log.segment_base_offsets().last().unwrap() == active_before {
-                    append(&log, batch(4, 100, 2_000));
-                    log.wait_written(log.log_end_offset(), false).await.unwrap();
-                }
+                append_until(&log, |log| {
+                    *log.segment_base_offsets().last().unwrap() != active_before
+                })
+                .await;
                 let new_active = *log.segment_base_offsets().last().unwrap();
                 let new_path = path.join(format!("{new_active:020}.log"));
                 assert!(!pool.exists());
@@ -257,6 +257,30 @@ mod tests {
                 assert_eq!(append(&log, batch(1, 10, 4_000)).base_offset, written);
                 log.close().await.unwrap();
             });
+        }
+
+        /// Makes everything written durable, closes the log (or drops it, as a crash does),
+        /// opens it again and checks that it holds the same batches; returns it reopened.
+        async fn reopen_and_compare(
+            log: Rc<PartitionLog>,
+            path: &Path,
+            config: LogConfig,
+            crash: bool,
+        ) -> Rc<PartitionLog> {
+            let written = log.log_end_offset();
+            log.wait_written(written, true).await.unwrap();
+            let expected = consume_all(&log, log.log_start_offset(), 5000);
+            if crash {
+                drop(log);
+            } else {
+                log.close().await.unwrap();
+            }
+            let log = PartitionLog::open(path.to_path_buf(), config)
+                .await
+                .unwrap();
+            assert_eq!(log.log_end_offset(), written);
+            assert_eq!(consume_all(&log, log.log_start_offset(), 5000), expected);
+            log
         }
 
         /// Appends small batches, each written before the next, until `done` holds; returns
@@ -299,14 +323,8 @@ mod tests {
                     oldest_inode
                 );
                 append(&log, batch(2, 50, 3_000));
-                let written = log.log_end_offset();
-                log.wait_written(written, true).await.unwrap();
-                let expected = consume_all(&log, log.log_start_offset(), 5000);
                 // A crash: recovery cuts the old bytes behind the new segment's batches.
-                drop(log);
-                let log = PartitionLog::open(path.clone(), config).await.unwrap();
-                assert_eq!(log.log_end_offset(), written);
-                assert_eq!(consume_all(&log, log.log_start_offset(), 5000), expected);
+                let log = reopen_and_compare(log, &path, config, true).await;
                 log.close().await.unwrap();
             });
         }
@@ -334,15 +352,9 @@ mod tests {
                     log.recycled_segment_count() < before_roll,
                     "a roll reused one"
                 );
-                let written = log.log_end_offset();
-                log.wait_written(written, true).await.unwrap();
-                let expected = consume_all(&log, log.log_start_offset(), 5000);
                 // A close gives back a prepared file as well; the reopened log deletes the
                 // files left for reuse.
-                log.close().await.unwrap();
-                let log = PartitionLog::open(path.clone(), config).await.unwrap();
-                assert_eq!(log.log_end_offset(), written);
-                assert_eq!(consume_all(&log, log.log_start_offset(), 5000), expected);
+                let log = reopen_and_compare(log, &path, config, false).await;
                 while reusable_files(&path) > 0 {
                     glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
                 }
@@ -434,10 +446,10 @@ mod tests {
                 }
                 // The log goes on: the next roll creates a fresh file.
                 let active_before = *log.segment_base_offsets().last().unwrap();
-                while *log.segment_base_offsets().last().unwrap() == active_before {
-                    append(&log, batch(4, 100, 2_000));
-                    log.wait_written(log.log_end_offset(), false).await.unwrap();
-                }
+                append_until(&log, |log| {
+                    *log.segment_base_offsets().last().unwrap() != active_before
+                })
+                .await;
                 log.close().await.unwrap();
             });
         }
@@ -458,17 +470,11 @@ mod tests {
                     }
                 }
                 let active_before = *log.segment_base_offsets().last().unwrap();
-                while *log.segment_base_offsets().last().unwrap() == active_before {
-                    append(&log, batch(4, 100, 2_000));
-                    log.wait_written(log.log_end_offset(), false).await.unwrap();
-                }
-                let written = log.log_end_offset();
-                log.wait_written(written, true).await.unwrap();
-                let expected = consume_all(&log, log.log_start_offset(), 5000);
-                log.close().await.unwrap();
-                let log = PartitionLog::open(path, config).await.unwrap();
-                assert_eq!(log.log_end_offset(), written);
-                assert_eq!(consume_all(&log, log.log_start_offset(), 5000), expected);
+                append_until(&log, |log| {
+                    *log.segment_base_offsets().last().unwrap() != active_before
+                })
+                .await;
+                let log = reopen_and_compare(log, &path, config, false).await;
                 log.close().await.unwrap();
             });
         }
