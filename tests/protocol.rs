@@ -575,30 +575,51 @@ fn create_partitions_grows_a_topic_and_never_shrinks_it() {
     );
 }
 
-#[test]
-fn segments_roll_with_kafka_names_and_retention_deletes_old_ones() {
-    let tmp = tempfile::tempdir().unwrap();
+/// A broker of `cores` shards whose retention check runs every `retention_check_interval_ms`,
+/// with topic `rolling` (one partition): 20,000-byte segments, 60,000 bytes kept, no time
+/// limit (the test batches carry 2023 timestamps, which 7 days would delete).
+fn broker_with_a_rolling_topic(
+    tmp: &tempfile::TempDir,
+    cores: usize,
+    retention_check_interval_ms: u64,
+) -> (Broker, RawClient) {
     let config = tmp.path().join("server.properties");
-    std::fs::write(&config, "log.retention.check.interval.ms=100\n").unwrap();
-    let broker = Broker::start_in(tmp.path(), 2, &["--config", config.to_str().unwrap()]);
+    std::fs::write(
+        &config,
+        format!("log.retention.check.interval.ms={retention_check_interval_ms}\n"),
+    )
+    .unwrap();
+    let broker = Broker::start_in(tmp.path(), cores, &["--config", config.to_str().unwrap()]);
     let mut client = RawClient::connect(&broker.addr);
-    // Time retention off: the test batches carry 2023 timestamps, which 7 days would delete.
     let topic_configs = [
         ("segment.bytes", "20000"),
         ("retention.bytes", "60000"),
         ("retention.ms", "-1"),
     ];
     assert_eq!(client.create_topic_with("rolling", 1, &topic_configs), 0);
+    (broker, client)
+}
+
+/// Produces records `offsets` of 4,000 bytes each to `rolling`, one request each, checking
+/// that each lands at its offset.
+fn produce_to_rolling(client: &mut RawClient, offsets: std::ops::Range<i64>) {
     let value = vec![3u8; 4000];
-    for i in 0..60 {
+    for offset in offsets {
         let (code, base) = client.produce(
             "rolling",
             0,
             raw::batch(&[&value], None, Compression::None),
             1,
         );
-        assert_eq!((code, base), (0, i));
+        assert_eq!((code, base), (0, offset));
     }
+}
+
+#[test]
+fn segments_roll_with_kafka_names_and_retention_deletes_old_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (broker, mut client) = broker_with_a_rolling_topic(&tmp, 2, 100);
+    produce_to_rolling(&mut client, 0..60);
     let dir = broker.data_dir.join("rolling-0");
     let segments = || {
         let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -651,36 +672,8 @@ fn segments_roll_with_kafka_names_and_retention_deletes_old_ones() {
 #[test]
 fn retention_runs_after_a_roll_without_waiting_for_the_check_interval() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("server.properties");
-    std::fs::write(
-        &config,
-        "log.retention.check.interval.ms=3600000
-",
-    )
-    .unwrap();
-    let broker = Broker::start_in(tmp.path(), 1, &["--config", config.to_str().unwrap()]);
-    let mut client = RawClient::connect(&broker.addr);
-    let topic_configs = [
-        ("segment.bytes", "20000"),
-        ("retention.bytes", "60000"),
-        ("retention.ms", "-1"),
-    ];
-    assert_eq!(client.create_topic_with("rolling", 1, &topic_configs), 0);
-    let value = vec![3u8; 4000];
-    let mut produced = 0;
-    let mut produce = |client: &mut RawClient, count: i64| {
-        for _ in 0..count {
-            let (code, base) = client.produce(
-                "rolling",
-                0,
-                raw::batch(&[&value], None, Compression::None),
-                1,
-            );
-            assert_eq!((code, base), (0, produced));
-            produced += 1;
-        }
-    };
-    produce(&mut client, 40);
+    let (broker, mut client) = broker_with_a_rolling_topic(&tmp, 1, 3_600_000);
+    produce_to_rolling(&mut client, 0..40);
     assert!(
         common::wait_until(std::time::Duration::from_secs(20), || client
             .list_offset("rolling", 0, -2)
@@ -688,7 +681,7 @@ fn retention_runs_after_a_roll_without_waiting_for_the_check_interval() {
             > 0),
         "retention waited for its hourly check"
     );
-    // The deleted segments' files are reused by the rolls that follow.
+    // The deleted segments' files are kept for the rolls that follow to reuse.
     let dir = broker.data_dir.join("rolling-0");
     let reusable = || {
         std::fs::read_dir(&dir)
@@ -706,7 +699,7 @@ fn retention_runs_after_a_roll_without_waiting_for_the_check_interval() {
         common::wait_until(std::time::Duration::from_secs(20), || reusable() > 0),
         "no deleted segment file kept for reuse"
     );
-    produce(&mut client, 40);
+    produce_to_rolling(&mut client, 40..80);
     let (error, earliest) = client.list_offset("rolling", 0, -2);
     assert_eq!(error, 0);
     let (error, _, records) = client.fetch("rolling", 0, earliest, 0);

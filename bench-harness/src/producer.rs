@@ -346,9 +346,9 @@ impl StickyPartitioner {
     }
 
     /// The partition for the next record: the current one, or the next in turn once
-    /// `records_per_batch` went to the current one or its queue is full (`is_full`).
-    fn pick(&mut self, records_per_batch: usize, is_full: impl Fn(u32) -> bool) -> u32 {
-        if self.given >= records_per_batch || is_full(self.current) {
+    /// `records_per_batch` went to the current one or its queue is full.
+    fn pick(&mut self, records_per_batch: usize, current_is_full: bool) -> u32 {
+        if self.given >= records_per_batch || current_is_full {
             self.current = (self.current + 1) % self.partitions;
             self.given = 0;
         }
@@ -386,10 +386,8 @@ impl Producer {
         let p = match key {
             Some(k) => self.plan.keys.partition(k),
             None => {
-                let per_batch = self.records_per_batch();
-                let parts = &self.parts;
-                self.sticky
-                    .pick(per_batch, |p| parts[p as usize].recs.len() >= per_batch)
+                let current_is_full = self.is_full(self.sticky.current());
+                self.sticky.pick(self.records_per_batch(), current_is_full)
             }
         };
         if self.is_full(p) {
@@ -1191,16 +1189,17 @@ mod tests {
     #[test]
     fn unkeyed_records_move_on_after_a_batchs_worth_even_when_queues_never_fill() {
         let mut sticky = StickyPartitioner::new(2, 4);
-        let picks: Vec<u32> = (0..12).map(|_| sticky.pick(3, |_| false)).collect();
+        let picks: Vec<u32> = (0..12).map(|_| sticky.pick(3, false)).collect();
         assert_eq!(picks, [2, 2, 2, 3, 3, 3, 0, 0, 0, 1, 1, 1]);
     }
 
     #[test]
     fn a_full_queue_moves_on_at_once() {
         let mut sticky = StickyPartitioner::new(0, 3);
-        assert_eq!(sticky.pick(100, |_| false), 0);
-        assert_eq!(sticky.pick(100, |p| p == 0), 1);
-        assert_eq!(sticky.pick(100, |p| p == 0), 1);
+        assert_eq!(sticky.pick(100, false), 0);
+        // Partition 0's queue fills; partition 1's does not.
+        assert_eq!(sticky.pick(100, true), 1);
+        assert_eq!(sticky.pick(100, false), 1);
         assert_eq!(sticky.current(), 1);
     }
 }

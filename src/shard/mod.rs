@@ -603,9 +603,9 @@ impl Shard {
                 since_retention = Duration::ZERO;
                 // Whatever rolled is covered by this pass.
                 crate::storage::log::take_rolls_on_this_shard();
-                self.enforce_retention(|_| true).await;
+                self.enforce_retention(false).await;
             } else if crate::storage::log::take_rolls_on_this_shard() {
-                self.enforce_retention(|log| log.take_rolled()).await;
+                self.enforce_retention(true).await;
             }
             if !idle.is_zero() && since_idle >= idle_every {
                 since_idle = Duration::ZERO;
@@ -642,16 +642,15 @@ impl Shard {
         }
     }
 
-    /// Runs retention on the partitions `selected` picks (every one at the periodic pass;
-    /// those that rolled since in between: `storage::log::take_rolls_on_this_shard`).
-    async fn enforce_retention(&self, selected: impl Fn(&PartitionLog) -> bool) {
+    /// Runs retention on every partition, or with `only_rolled` on those that rolled since
+    /// their last run (between periodic passes: `storage::log::take_rolls_on_this_shard`).
+    async fn enforce_retention(&self, only_rolled: bool) {
         let now = now_ms();
         let snapshot = self.metadata();
         for partition in self.owned_partitions() {
-            if !selected(&partition.log) {
+            if !partition.log.take_rolled() && only_rolled {
                 continue;
             }
-            partition.log.take_rolled();
             // The topic's current limits: an AlterConfigs since the log opened counts.
             let topic = snapshot.topic(&partition.topic).filter(|t| {
                 partition.topic != crate::groups::OFFSETS_TOPIC && t.id == partition.topic_id

@@ -9,8 +9,8 @@
 //! loads and streaming stores instead, which also skip reading each destination line in first:
 //! nothing reads the buffer again but the device, by DMA. A standalone copy of 128-700 KiB
 //! pieces: `memcpy` 15-16 GB/s, this 21-23 GB/s; in the shard, 4.8-5.4 % of its samples in
-//! each of three profiled runs (docs/benchmarks.md, "The client on a CPU of its own, and two copies that cost
-//! more than their bytes").
+//! each of three profiled runs (docs/benchmarks.md, "The client on a CPU of its own, and two
+//! copies that cost more than their bytes").
 //!
 //! Pieces under [`STREAMING_MIN_BYTES`] are left to `memcpy`: they are under or near its
 //! `rep movsb` range, and each streaming copy ends with a fence. The floor was not tuned.
