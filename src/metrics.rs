@@ -203,6 +203,9 @@ pub struct DetailedMetrics {
     pub segment_preallocated_bytes: AtomicU64,
     /// How long each detected shard stall kept the event loop away (`shard::stall`).
     pub stall_duration: LatencyHistogram,
+    /// How long each task-queue run kept a shard's event loop from polling for I/O, all
+    /// shards: a write queued or completed during a run is submitted or noticed only after it.
+    pub task_queue_run: LatencyHistogram,
     /// Partitions led by this node whose ISR lost a member / gained one, as committed by the
     /// coordination quorum (Kafka's IsrShrinksPerSec / IsrExpandsPerSec, as totals).
     pub isr_shrinks: AtomicU64,
@@ -230,6 +233,7 @@ pub static DETAIL: DetailedMetrics = DetailedMetrics {
     segment_write_wait: LatencyHistogram::new(),
     segment_preallocated_bytes: AtomicU64::new(0),
     stall_duration: LatencyHistogram::new(),
+    task_queue_run: LatencyHistogram::new(),
     isr_shrinks: AtomicU64::new(0),
     isr_expands: AtomicU64::new(0),
     group_rebalances: AtomicU64::new(0),

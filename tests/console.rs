@@ -199,6 +199,8 @@ async fn metrics_parse_and_move_after_producing() {
     assert!(moved("broker_segment_write_seconds_count") >= 1.0);
     // Every appended batch's wait for its write is counted: 4 produce requests, 4 batches.
     assert!(moved("broker_segment_write_wait_seconds_count") >= 4.0);
+    // The shards' event loops ran task queues to serve them.
+    assert!(moved("broker_shard_task_queue_run_seconds_count") >= 4.0);
     assert!(
         after
             .keys()

@@ -306,6 +306,11 @@ impl Collector for Snapshot {
                 "How long each detected shard stall kept its event loop away, all shards.",
                 &DETAIL.stall_duration,
             ),
+            (
+                "broker_shard_task_queue_run_seconds",
+                "How long each task-queue run kept its shard's event loop from polling for I/O (submitting queued writes, noticing completions), all shards.",
+                &DETAIL.task_queue_run,
+            ),
         ] {
             let (sum, count, buckets) = histogram_parts(histogram);
             let mut metric =
