@@ -33,6 +33,7 @@ use std::rc::Rc;
 use glommio::io::DmaFile;
 use tracing::warn;
 
+use super::segment::open_file_bytes;
 use super::PAGE_BYTES;
 
 /// A segment holding less than this is not preallocated: a partition that writes little costs
@@ -150,7 +151,9 @@ impl Preallocator {
         in_flight.set(true);
         let task = async move {
             let result: io::Result<u64> = async {
-                let size = dup.file_size().await?;
+                // The descriptor's size: a recycled file renamed into place keeps the path it
+                // was opened by (`open_file_bytes`).
+                let size = open_file_bytes(&dup)?;
                 if size < target {
                     dup.pre_allocate(target, false).await?;
                     crate::metrics::DETAIL
@@ -267,7 +270,11 @@ mod tests {
     }
 
     fn active_file_bytes(path: &Path) -> u64 {
-        std::fs::metadata(path.join(crate::storage::segment::file_name(0, "log")))
+        segment_file_bytes(path, 0)
+    }
+
+    fn segment_file_bytes(path: &Path, base_offset: i64) -> u64 {
+        std::fs::metadata(path.join(crate::storage::segment::file_name(base_offset, "log")))
             .unwrap()
             .len()
     }
@@ -283,12 +290,17 @@ mod tests {
 
     /// Waits (yielding to the fallocate task, bounded) until the file is `bytes` long.
     async fn file_reaches(path: &Path, bytes: u64) {
+        segment_file_reaches(path, 0, bytes).await
+    }
+
+    /// The same for the segment starting at `base_offset`.
+    async fn segment_file_reaches(path: &Path, base_offset: i64, bytes: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while active_file_bytes(path) < bytes {
+        while segment_file_bytes(path, base_offset) < bytes {
             assert!(
                 Instant::now() < deadline,
                 "the file never reached {bytes}: {}",
-                active_file_bytes(path)
+                segment_file_bytes(path, base_offset)
             );
             glommio::executor().yield_task_queue_now().await;
         }
@@ -392,6 +404,57 @@ mod tests {
             assert_eq!(files, size, "no reserved bytes left in any segment file");
             let log = PartitionLog::open(path, config).await.unwrap();
             assert_eq!(consume_all(&log, 0, 1 << 20).len(), 30);
+            log.close().await.unwrap();
+        });
+    }
+
+    /// A roll into a recycled file the writer opened ahead of it (under its `.reuse` name, then
+    /// renamed) must not end preallocation: the size is asked of the descriptor, not of the
+    /// name it was opened by, which no longer exists.
+    #[test]
+    fn preallocation_goes_on_after_a_roll_into_a_prepared_recycled_file() {
+        run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t-0");
+            let config = LogConfig {
+                segment_bytes: 4 * MIB,
+                retention_bytes: (4 * MIB) as i64,
+                retention_ms: -1,
+                ..config(4 * MIB)
+            };
+            let log = PartitionLog::open(path.clone(), config).await.unwrap();
+            let mut i = 0;
+            let mut append_until =
+                async |log: &PartitionLog, done: &dyn Fn(&PartitionLog) -> bool| {
+                    while !done(log) {
+                        append(log, batch(100, 1000, 1_000 + i));
+                        i += 1;
+                        log.wait_written(log.log_end_offset(), false).await.unwrap();
+                    }
+                };
+            append_until(&log, &|log| log.segment_base_offsets().len() >= 3).await;
+            assert!(log.enforce_retention(i64::MAX).await.unwrap() >= 1);
+            // The writer takes the recycled files (the last one ahead of a roll, while the
+            // active segment fills), rolls into them, then into a fresh file.
+            append_until(&log, &|log| log.recycled_segment_count() == 0).await;
+            let taken_at = *log.segment_base_offsets().last().unwrap();
+            append_until(&log, &|log| {
+                *log.segment_base_offsets().last().unwrap() != taken_at
+            })
+            .await;
+            let prepared = *log.segment_base_offsets().last().unwrap();
+            append_until(&log, &|log| {
+                *log.segment_base_offsets().last().unwrap() != prepared
+            })
+            .await;
+            let fresh = *log.segment_base_offsets().last().unwrap();
+            // About 1.5 MiB into the fresh segment: past the minimum, so it is allocated ahead.
+            for _ in 0..15 {
+                append(&log, batch(100, 1000, 1_000 + i));
+                i += 1;
+                log.wait_written(log.log_end_offset(), false).await.unwrap();
+            }
+            segment_file_reaches(&path, fresh, 2 * MIB + MIB / 2).await;
             log.close().await.unwrap();
         });
     }

@@ -366,7 +366,7 @@ impl Segment {
             .dma_open(&log_path)
             .await?;
         if !reused {
-            let existing_bytes = dma.file_size().await?;
+            let existing_bytes = open_file_bytes(&dma)?;
             if existing_bytes != 0 {
                 // Only recovery decides what an existing file holds; never write over one.
                 dma.close().await?;
@@ -945,6 +945,23 @@ pub async fn prime_direct_io_probe(dir: &Path) -> Result<(), StorageError> {
     removed?;
     PROBED_DEVICES.with(|p| p.borrow_mut().push(device));
     Ok(())
+}
+
+/// The size of an open segment file, asked of its descriptor. glommio's `DmaFile::file_size`
+/// stats the path the file was opened by, which no longer names it once a recycled file
+/// prepared for a roll is renamed into place (the stat then fails, or finds another file), and
+/// it goes through an io_uring worker thread; `fstat` asks the open inode, without I/O.
+pub fn open_file_bytes(file: &DmaFile) -> io::Result<u64> {
+    let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: the descriptor is open for as long as `file` is borrowed, and fstat writes a
+    // whole `stat` when it returns 0.
+    let stat = unsafe {
+        if libc::fstat(file.as_raw_fd(), stat.as_mut_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        stat.assume_init()
+    };
+    Ok(stat.st_size as u64)
 }
 
 /// fdatasync on the directory, so a created or removed segment name survives a crash.

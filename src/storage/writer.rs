@@ -38,7 +38,7 @@ use glommio::io::{DmaFile, OpenOptions};
 
 use super::notify::{Mark, Notifier};
 use super::preallocate::Preallocator;
-use super::segment::{BatchMeta, EncodedIndexes, Segment};
+use super::segment::{open_file_bytes, BatchMeta, EncodedIndexes, Segment};
 use super::staging::{self, Staging};
 use super::txn_index::TxnIndexEntry;
 use super::{producer_snapshot, txn_index, LogConfig, StorageError, PAGE_BYTES};
@@ -286,7 +286,7 @@ impl<Log: WriterHost> Writer<Log> {
         if let Some(end) = self.written_blocks_end {
             return Ok(end);
         }
-        let end = self.file().await?.file_size().await?;
+        let end = open_file_bytes(self.file().await?)?;
         self.written_blocks_end = Some(end);
         Ok(end)
     }
@@ -701,7 +701,7 @@ async fn open_recycled(recycled: RecycledFile) -> Option<PreparedFile> {
             .write(true)
             .dma_open(&recycled.path)
             .await?;
-        match file.file_size().await {
+        match open_file_bytes(&file) {
             Ok(size_bytes) => Ok((file, size_bytes)),
             Err(error) => {
                 let _ = file.close().await;
@@ -719,7 +719,6 @@ async fn open_recycled(recycled: RecycledFile) -> Option<PreparedFile> {
         Err(error) => {
             // Gone is fine (see `Segment::open_new`); anything else is worth a line, and the
             // file goes.
-            let error = io::Error::from(error);
             if error.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(path = %recycled.path.display(), %error, "a recycled segment file could not be opened; it is deleted");
                 super::reaper::unlink_later(vec![recycled.path]);
