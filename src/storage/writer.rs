@@ -568,8 +568,18 @@ impl<Log: WriterHost> Writer<Log> {
         let snapshot = log.encode_producer_snapshot(base_offset);
         let txn_index = old.take_txn_index_to_persist();
         let (segment, file, written_blocks_end) = self.open_next_segment(log, base_offset).await?;
+        // A prepared file's size is known; any other file is reused exactly when it is not
+        // empty (`Segment::open_new` refuses a non-empty file it did not take for reuse).
+        let file_bytes = match written_blocks_end {
+            Some(bytes) => bytes,
+            None => open_file_bytes(&file)?,
+        };
         let old_file = self.file.replace(file);
-        self.preallocator.file_opened();
+        if file_bytes > 0 {
+            self.preallocator.reused_file_opened(file_bytes);
+        } else {
+            self.preallocator.file_opened();
+        }
         self.written_blocks_end = written_blocks_end;
         old.release_read_file();
         old.set_closing(true);
