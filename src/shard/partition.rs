@@ -661,12 +661,30 @@ impl Partition {
         acks_all: bool,
         timeout: Duration,
     ) -> Result<(), ApiError> {
+        // Leadership lost between the append and this wait (a burst of events in one turn,
+        // as after a SIGSTOP): the follower may already have cut the batch to follow the new
+        // leader, and a wait for an offset above the cut log end fails with
+        // OFFSET_OUT_OF_RANGE, or resolves on the new leader's data once that is replicated up
+        // to it. Either way the answer is NOT_LEADER_OR_FOLLOWER, as Kafka's: the client
+        // retries at the new leader with the same producer sequence, which that leader
+        // recognises if it has the batch. A non-retriable error here made librdkafka's
+        // idempotent producer bump its epoch and send such batches again as new ones:
+        // duplicates (`tests/replication.rs`, the SIGSTOP test).
+        if !self.is_leader() {
+            return Err(leadership_moved());
+        }
+        let epoch_at_start = self.leader_epoch.get();
+        let moved = || !self.is_leader() || self.leader_epoch.get() != epoch_at_start;
+        let failed = |error: ApiError| if moved() { leadership_moved() } else { error };
         if !acks_all {
-            return self
-                .log
+            self.log
                 .wait_written(end_offset, false)
                 .await
-                .map_err(storage_error);
+                .map_err(|e| failed(storage_error(e)))?;
+            if moved() {
+                return Err(leadership_moved());
+            }
+            return Ok(());
         }
         let lost = self.leadership_lost.borrow().1.clone();
         // Durable here, then below the high watermark: on every ISR member's disk.
@@ -680,7 +698,7 @@ impl Partition {
         futures::pin_mut!(replicated, timer);
         let outcome = futures::future::select(replicated, futures::future::select(lost, timer));
         match outcome.await {
-            futures::future::Either::Left((result, _)) => result?,
+            futures::future::Either::Left((result, _)) => result.map_err(failed)?,
             futures::future::Either::Right((futures::future::Either::Left(_), _)) => {
                 return Err(leadership_moved())
             }
@@ -804,5 +822,55 @@ mod tests {
             storage_error(StorageError::Io(std::io::Error::other("EIO"))).code,
             ResponseError::KafkaStorageError
         );
+    }
+
+    /// A produce waiting for its acks when this replica loses the leadership, and then
+    /// truncates the offsets it waits for to follow the new leader's log, answers
+    /// NOT_LEADER_OR_FOLLOWER (the client retries at the new leader with the same sequence),
+    /// not the truncation's OFFSET_OUT_OF_RANGE: also when both happen before the waiting
+    /// request runs again, as after a SIGSTOP (`tests/replication.rs`).
+    #[test]
+    fn a_wait_after_losing_the_leadership_and_truncating_sends_the_client_to_the_leader() {
+        crate::storage::testutil::run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = crate::storage::PartitionLog::open(
+                dir.path().join("t-0"),
+                crate::storage::LogConfig::default(),
+            )
+            .await
+            .unwrap();
+            let state = |leader, epoch| PartitionMetadata {
+                leader,
+                leader_epoch: epoch,
+                partition_epoch: epoch,
+                replicas: vec![1, 2],
+                isr: vec![1, 2],
+                adding_replicas: Vec::new(),
+                removing_replicas: Vec::new(),
+            };
+            let partition = Partition::new("t".into(), 0, Uuid::nil(), log, 1, &state(1, 1), 1, 0);
+            let records = Bytes::from(crate::storage::testutil::batch(2, 10, 1_000));
+            let appended = partition.append(&records, 1 << 20, true).unwrap();
+            // Replica 2 never fetches: the write stays above the high watermark. The wait
+            // starts before the leadership moves.
+            let wait =
+                partition.wait_acknowledged(appended.end_offset, true, Duration::from_secs(60));
+            futures::pin_mut!(wait);
+            assert!(futures::poll!(&mut wait).is_pending());
+            let second = partition.append(&records, 1 << 20, true).unwrap();
+            partition.apply_state(&state(2, 2), 1, 0);
+            partition.truncate_to(0).await.unwrap();
+            let error = wait.await.unwrap_err();
+            assert_eq!(error.code, ResponseError::NotLeaderOrFollower, "{error:?}");
+            // The second request's wait starts only after both: its offsets are above the cut
+            // log's end.
+            for acks_all in [true, false] {
+                let error = partition
+                    .wait_acknowledged(second.end_offset, acks_all, Duration::from_secs(60))
+                    .await
+                    .unwrap_err();
+                assert_eq!(error.code, ResponseError::NotLeaderOrFollower, "{error:?}");
+            }
+        });
     }
 }
