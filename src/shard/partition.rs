@@ -675,16 +675,12 @@ impl Partition {
         }
         let epoch_at_start = self.leader_epoch.get();
         let moved = || !self.is_leader() || self.leader_epoch.get() != epoch_at_start;
-        let failed = |error: ApiError| if moved() { leadership_moved() } else { error };
         if !acks_all {
-            self.log
-                .wait_written(end_offset, false)
-                .await
-                .map_err(|e| failed(storage_error(e)))?;
+            let written = self.log.wait_written(end_offset, false).await;
             if moved() {
                 return Err(leadership_moved());
             }
-            return Ok(());
+            return written.map_err(storage_error);
         }
         let lost = self.leadership_lost.borrow().1.clone();
         // Durable here, then below the high watermark: on every ISR member's disk.
@@ -698,7 +694,9 @@ impl Partition {
         futures::pin_mut!(replicated, timer);
         let outcome = futures::future::select(replicated, futures::future::select(lost, timer));
         match outcome.await {
-            futures::future::Either::Left((result, _)) => result.map_err(failed)?,
+            futures::future::Either::Left((result, _)) => {
+                result.map_err(|e| if moved() { leadership_moved() } else { e })?
+            }
             futures::future::Either::Right((futures::future::Either::Left(_), _)) => {
                 return Err(leadership_moved())
             }

@@ -119,9 +119,10 @@ impl Preallocator {
     /// blocks reach its old segment's end, as a rule within a batch of the segment size, so an
     /// extension would cover only its last writes, and the next roll would cut it off again,
     /// which on a file system mounted with `discard` is a discard the device serves between
-    /// appends. Writes past the old size (the last one or two) extend the file themselves. Measured at W3's 760,000 msgs/s: 41.5-42.8
-    /// discards and 0.8-1.2 MB a second instead of 54.8-55.2 and 2.5, and no more writes
-    /// handed to io_uring's workers (`docs/benchmarks.md`, session 30).
+    /// appends. Writes past the old size (the last one or two) extend the file themselves.
+    /// Measured at W3's 760,000 msgs/s: 39.8-42.8 discards and 0.5-1.2 MB a second instead of
+    /// 54.2-59.0 and 1.2-2.5, and no more writes handed to io_uring's workers
+    /// (`docs/benchmarks.md`, session 30).
     pub(crate) fn reused_file_opened(&mut self, file_bytes: u64) {
         self.file_opened();
         self.file_bytes.set(Some(file_bytes));
@@ -474,11 +475,8 @@ mod tests {
             .await;
             let fresh = *log.segment_base_offsets().last().unwrap();
             // About 1.5 MiB into the fresh segment: past the minimum, so it is allocated ahead.
-            for _ in 0..15 {
-                append(&log, batch(100, 1000, 1_000 + i));
-                i += 1;
-                log.wait_written(log.log_end_offset(), false).await.unwrap();
-            }
+            let fresh_start = log.size_bytes();
+            append_until(&log, &|log| log.size_bytes() >= fresh_start + 3 * MIB / 2).await;
             segment_file_reaches(&path, fresh, 2 * MIB + MIB / 2).await;
             log.close().await.unwrap();
         });

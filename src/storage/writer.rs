@@ -580,7 +580,8 @@ impl<Log: WriterHost> Writer<Log> {
         } else {
             self.preallocator.file_opened();
         }
-        self.written_blocks_end = written_blocks_end;
+        // Read just now: the first write need not ask again.
+        self.written_blocks_end = Some(file_bytes);
         old.release_read_file();
         old.set_closing(true);
         let closing = ClosingSegment {
