@@ -977,6 +977,26 @@ pub async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 mod tests {
     use super::*;
 
+    /// A recycled file is opened under its `.reuse` name and renamed into place at the roll:
+    /// its size is still readable (glommio's `file_size` stats the old name: ENOENT).
+    #[test]
+    fn an_open_files_size_is_read_after_it_was_renamed() {
+        crate::storage::testutil::run(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let reuse = dir.path().join(file_name(0, "reuse"));
+            std::fs::write(&reuse, vec![0u8; 3 * PAGE_BYTES as usize]).unwrap();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .dma_open(&reuse)
+                .await
+                .unwrap();
+            std::fs::rename(&reuse, dir.path().join(file_name(100, "log"))).unwrap();
+            assert_eq!(open_file_bytes(&file).unwrap(), 3 * PAGE_BYTES);
+            file.close().await.unwrap();
+        });
+    }
+
     #[test]
     fn kafka_file_names() {
         assert_eq!(file_name(0, "log"), "00000000000000000000.log");
