@@ -542,7 +542,24 @@ fn cold_read(dir: PathBuf) {
     });
 }
 
-criterion_group!(benches, append, read, recovery);
+/// A leader's check of each produced batch (header, length, counts and the CRC-32C over all of
+/// it), on W3's shape: 1 KiB records in batches of 64 KiB and 1 MiB.
+fn validate_batches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("validate");
+    for (name, count) in [
+        ("64KiB_of_1KiB_records", 63),
+        ("1MiB_of_1KiB_records", 1015),
+    ] {
+        let batch = make_batch(count, 1024);
+        group.throughput(Throughput::Bytes(batch.len() as u64));
+        group.bench_function(name, |bench| {
+            bench.iter(|| validate(std::hint::black_box(&batch), 8 << 20).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, append, read, recovery, validate_batches);
 
 fn main() {
     if let Some(mode) = std::env::var_os("STORAGE_COLD") {

@@ -22,6 +22,7 @@
 
 pub mod admin;
 pub mod alloc;
+pub mod checksum;
 pub mod config;
 pub mod coordination;
 pub mod groups;

@@ -267,7 +267,7 @@ pub fn encode_batch<'a>(
     batch[MAX_TIMESTAMP_OFFSET..MAX_TIMESTAMP_OFFSET + 8].copy_from_slice(&max_ts.to_be_bytes());
     batch[RECORD_COUNT_OFFSET..RECORD_COUNT_OFFSET + 4]
         .copy_from_slice(&(count as i32).to_be_bytes());
-    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &batch[CRC_START..]) as u32;
     batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
     Ok(EncodedBatch {
         records: count as usize,

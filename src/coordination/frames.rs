@@ -11,7 +11,7 @@ pub const FRAME_HEADER_BYTES: usize = 8;
 pub fn encode_frame(payload: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(payload.len()).expect("frames are far below 4 GiB");
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(&crate::checksum::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
 }
 
@@ -33,7 +33,7 @@ pub fn decode_frame(bytes: &[u8], max_payload_bytes: usize) -> Option<(&[u8], us
         return None;
     }
     let payload = &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len];
-    (crc32c::crc32c(payload) == crc).then_some((payload, FRAME_HEADER_BYTES + len))
+    (crate::checksum::crc32c(payload) == crc).then_some((payload, FRAME_HEADER_BYTES + len))
 }
 
 /// Every valid frame from the start of `bytes`, and the length of that valid prefix.

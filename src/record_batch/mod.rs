@@ -1,8 +1,8 @@
 //! A zero-copy view of Kafka's RecordBatch v2 header.
 //!
-//! The bottom of the crate's layering: it imports nothing of the crate, and both the wire side
-//! (`protocol`, `handlers`) and the disk side (`storage`) build on it, so neither needs the other
-//! for the batch format.
+//! The bottom of the crate's layering: it imports nothing of the crate but `checksum`, and both
+//! the wire side (`protocol`, `handlers`) and the disk side (`storage`) build on it, so neither
+//! needs the other for the batch format.
 //!
 //! The broker never re-encodes records: a batch travels from the producer's socket to the segment
 //! file to the consumer's socket in the form the producer built. What the broker needs from it
@@ -245,7 +245,7 @@ impl BatchHeader {
 /// Computes the CRC-32C that a batch's header should carry.
 pub fn compute_crc(batch: &[u8]) -> u32 {
     debug_assert!(batch.len() >= HEADER_LEN);
-    crc32c::crc32c(&batch[CRC_START..])
+    crate::checksum::crc32c(&batch[CRC_START..])
 }
 
 /// Fully validates one batch as the leader must before appending it: header, exact length,

@@ -64,7 +64,7 @@ impl CleanClose {
             out.extend_from_slice(&batch.base_sequence.to_be_bytes());
             out.extend_from_slice(&batch.last_sequence().to_be_bytes());
         }
-        let crc = crc32c::crc32c(&out);
+        let crc = crate::checksum::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
     }
@@ -74,7 +74,7 @@ impl CleanClose {
             return Err("shorter than its fixed fields".into());
         }
         let (body, crc) = bytes.split_at(bytes.len() - CRC_BYTES);
-        if crc32c::crc32c(body).to_be_bytes() != crc {
+        if crate::checksum::crc32c(body).to_be_bytes() != crc {
             return Err("CRC mismatch".into());
         }
         if &body[..8] != MAGIC || body[8] != VERSION {

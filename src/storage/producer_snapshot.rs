@@ -142,7 +142,7 @@ impl ProducerTracker {
             out.extend_from_slice(&id.to_be_bytes());
             out.extend_from_slice(&first.to_be_bytes());
         }
-        let crc = crc32c::crc32c(&out);
+        let crc = crate::checksum::crc32c(&out);
         out.extend_from_slice(&crc.to_be_bytes());
         out
     }
@@ -153,7 +153,7 @@ impl ProducerTracker {
             return Err("shorter than its fixed fields".into());
         }
         let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if crc32c::crc32c(body).to_be_bytes() != crc {
+        if crate::checksum::crc32c(body).to_be_bytes() != crc {
             return Err("CRC mismatch".into());
         }
         if &body[..8] != MAGIC || body[8] != VERSION {
