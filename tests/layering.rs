@@ -1,6 +1,6 @@
 //! The module layering docs/ARCHITECTURE.md states ("Layers"), checked on the sources: the
-//! batch format imports nothing of the crate, and the storage engine imports only the batch
-//! format and the metrics cells. A `use crate::handlers::...` slipped into `storage` fails here
+//! checksum imports nothing of the crate, the batch format only the checksum, and the storage
+//! engine only the batch format, the checksum and the metrics cells. A `use crate::handlers::...` slipped into `storage` fails here
 //! with the file and line, instead of growing a cycle nobody sees.
 
 use std::fs;
@@ -76,8 +76,14 @@ fn foreign_imports(module: &str, allowed: &[&str]) -> Vec<String> {
 }
 
 #[test]
-fn the_batch_format_imports_nothing_of_the_crate() {
-    let found = foreign_imports("record_batch", &[]);
+fn the_checksum_imports_nothing_of_the_crate() {
+    let found = foreign_imports("checksum", &[]);
+    assert!(found.is_empty(), "checksum must stay a leaf: {found:#?}");
+}
+
+#[test]
+fn the_batch_format_imports_only_the_checksum() {
+    let found = foreign_imports("record_batch", &["checksum"]);
     assert!(
         found.is_empty(),
         "record_batch must stay the bottom layer: {found:#?}"
@@ -85,8 +91,8 @@ fn the_batch_format_imports_nothing_of_the_crate() {
 }
 
 #[test]
-fn storage_imports_only_the_batch_format_and_metrics() {
-    let found = foreign_imports("storage", &["record_batch", "metrics"]);
+fn storage_imports_only_the_batch_format_the_checksum_and_metrics() {
+    let found = foreign_imports("storage", &["record_batch", "checksum", "metrics"]);
     assert!(
         found.is_empty(),
         "storage must not depend on the wire, shards or transactions: {found:#?}"
