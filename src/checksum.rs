@@ -6,7 +6,7 @@
 //! by `crc-fast`, which folds with AVX-512 VPCLMULQDQ where the CPU has it and falls back to
 //! SSE4.2 or a table otherwise (chosen once at run time). On this project's EPYC VMs it runs at
 //! 55-64 GB/s on 16 KiB-1 MiB inputs against 25-32 GB/s for the `crc32c` crate's three-way
-//! `crc32q`, which took 5-6 % of a shard's CPU in W3 (docs/benchmarks.md).
+//! `crc32q`, which took 6-7 % of a shard's samples in W3 (docs/benchmarks.md, "A faster VM").
 
 /// The CRC-32C of `bytes`.
 pub fn crc32c(bytes: &[u8]) -> u32 {

@@ -1,7 +1,8 @@
 //! The module layering docs/ARCHITECTURE.md states ("Layers"), checked on the sources: the
 //! checksum imports nothing of the crate, the batch format only the checksum, and the storage
-//! engine only the batch format, the checksum and the metrics cells. A `use crate::handlers::...` slipped into `storage` fails here
-//! with the file and line, instead of growing a cycle nobody sees.
+//! engine only the batch format, the checksum and the metrics cells. A
+//! `use crate::handlers::...` slipped into `storage` fails here with the file and line, instead
+//! of growing a cycle nobody sees.
 
 use std::fs;
 use std::path::{Path, PathBuf};
