@@ -103,7 +103,7 @@ mod tests {
     }
 
     mod with_log {
-        use crate::storage::log::tests::{append, consume_all, small_config};
+        use crate::storage::log::tests::{append, consume_all, rolls_settled, small_config};
         use crate::storage::testutil::{batch, run};
         use crate::storage::{LogConfig, PartitionLog, ReadLimit, StorageError};
 
@@ -130,6 +130,7 @@ mod tests {
                 append(&log, batch(4, 100, 1_000));
             }
             log.wait_written(log.log_end_offset(), false).await.unwrap();
+            rolls_settled(&log).await;
             (log, config)
         }
 
@@ -498,6 +499,9 @@ mod tests {
                     append(&log, batch(4, 100, 100_000)); // recent
                 }
                 log.wait_written(log.log_end_offset(), false).await.unwrap();
+                // Every closed segment counts below (CI once caught the last roll still
+                // closing: 2 deleted where 3 were expected).
+                rolls_settled(&log).await;
                 let bases = log.segment_base_offsets();
                 // Segments holding only old records go; the one holding the first new one stays.
                 let keep_from = bases.iter().rposition(|&b| b <= first_new).unwrap();

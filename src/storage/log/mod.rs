@@ -312,6 +312,13 @@ impl PartitionLog {
         self.segments.borrow().len()
     }
 
+    /// Whether a roll is still closing the newest closed segment: retention, compaction and
+    /// DeleteRecords leave that segment to their next run.
+    pub fn roll_closing(&self) -> bool {
+        let segments = self.segments.borrow();
+        settled_closed_segments(&segments).len() + 1 < segments.len()
+    }
+
     /// Logical sizes of the segments, oldest first.
     pub fn segment_sizes_bytes(&self) -> Vec<u64> {
         self.segments

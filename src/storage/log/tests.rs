@@ -21,6 +21,15 @@ pub(crate) fn append(log: &PartitionLog, bytes: Vec<u8>) -> AppendInfo {
     log.append(Bytes::from(bytes), &header, 7).expect("append")
 }
 
+/// Waits until no roll is still closing a segment: retention, compaction and DeleteRecords
+/// leave such a segment to their next run, which a test counting what they delete must not
+/// race with.
+pub(crate) async fn rolls_settled(log: &PartitionLog) {
+    while log.roll_closing() {
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 pub(crate) fn slice_bytes(records: &Records) -> Vec<u8> {
     match records {
         Records::File(slice) => {
