@@ -76,6 +76,7 @@ use std::io;
 pub mod clean_close;
 pub mod cleaner;
 pub mod epoch_cache;
+mod extents;
 pub mod index;
 pub mod log;
 pub mod notify;

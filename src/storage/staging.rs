@@ -2,9 +2,9 @@
 //!
 //! An O_DIRECT write carries whole pages from aligned memory, so the writer copies the
 //! segment's partial last page (the tail) and the queued batches into DMA buffers and writes
-//! them from the tail's page on. Usually that is one buffer and one write. It is two, the
-//! rewritten tail page and the rest, when the rest goes to blocks the file system holds as
-//! *unwritten* ([`should_split`]).
+//! them from the tail's page on. Usually that is one buffer and one write. It is cut after the
+//! rewritten tail page when the rest goes to blocks the file system holds as *unwritten*
+//! ([`should_split`]), and where a new extent of the file starts ([`super::extents`]).
 //!
 //! Why: the blocks a background `fallocate` reserved ahead of the writes (`preallocate.rs`)
 //! are unwritten extents in ext4 (they read as zeros). A single write that covers the tail's
@@ -37,38 +37,56 @@ pub(crate) fn should_split(
     tail_bytes > 0 && buffer_bytes > PAGE_BYTES && write_position + PAGE_BYTES >= written_blocks_end
 }
 
-/// The bytes of one write, `first` then `rest` (empty unless the write is split), addressed
-/// as one contiguous range from the write's position.
+/// The bytes of one write laid out over its pieces, one buffer per O_DIRECT write, addressed
+/// as one contiguous range from the write's position. Usually one piece; more where the write
+/// is cut ([`should_split`], [`super::extents`]).
 pub(crate) struct Staging<'a> {
-    first: &'a mut [u8],
-    rest: &'a mut [u8],
+    pieces: Vec<&'a mut [u8]>,
+    /// Where each piece starts in the range, ascending; `starts[0] == 0`.
+    starts: Vec<usize>,
+    len: usize,
 }
 
 impl<'a> Staging<'a> {
-    pub(crate) fn new(first: &'a mut [u8], rest: Option<&'a mut [u8]>) -> Staging<'a> {
+    pub(crate) fn new(pieces: Vec<&'a mut [u8]>) -> Staging<'a> {
+        let mut starts = Vec::with_capacity(pieces.len());
+        let mut len = 0;
+        for piece in &pieces {
+            starts.push(len);
+            len += piece.len();
+        }
         Staging {
-            first,
-            rest: rest.unwrap_or_default(),
+            pieces,
+            starts,
+            len,
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.first.len() + self.rest.len()
+        self.len
+    }
+
+    /// The piece holding offset `at` (the last piece for `at == len`).
+    fn piece_at(&self, at: usize) -> usize {
+        self.starts.partition_point(|&start| start <= at).max(1) - 1
     }
 
     /// Copies `src` to `[at, at + src.len())`.
     pub(crate) fn put(&mut self, at: usize, src: &[u8]) {
         assert!(
-            at + src.len() <= self.len(),
+            at + src.len() <= self.len,
             "staged write overflows its buffers"
         );
-        let split = self.first.len();
-        let (to_first, to_rest) = src.split_at(src.len().min(split.saturating_sub(at)));
-        stream_copy::copy(&mut self.first[at.min(split)..][..to_first.len()], to_first);
-        if !to_rest.is_empty() {
-            // It starts where `first` ends or, for a put wholly past it, further on.
-            let rest_at = (at + to_first.len()) - split;
-            stream_copy::copy(&mut self.rest[rest_at..][..to_rest.len()], to_rest);
+        let mut done = 0;
+        let mut index = self.piece_at(at);
+        while done < src.len() {
+            let offset = at + done - self.starts[index];
+            let piece = &mut self.pieces[index];
+            let n = (piece.len() - offset).min(src.len() - done);
+            stream_copy::copy(&mut piece[offset..offset + n], &src[done..done + n]);
+            done += n;
+            index += 1;
         }
     }
 
@@ -92,28 +110,28 @@ impl<'a> Staging<'a> {
     /// Zeros `[from, len)`: the padding past the logical end is zeros, not stale heap bytes
     /// (recovery cuts at the first invalid batch, which zeros are).
     pub(crate) fn zero_from(&mut self, from: usize) {
-        let split = self.first.len();
-        if from < split {
-            self.first[from..].fill(0);
-            self.rest.fill(0);
-        } else {
-            self.rest[from - split..].fill(0);
+        assert!(from <= self.len, "zeroing past the staged write");
+        let first = self.piece_at(from);
+        for (index, piece) in self.pieces.iter_mut().enumerate().skip(first) {
+            let offset = from.saturating_sub(self.starts[index]).min(piece.len());
+            piece[offset..].fill(0);
         }
     }
 
     /// A copy of `[from, to)`.
     pub(crate) fn copy_out(&self, from: usize, to: usize) -> Vec<u8> {
         assert!(
-            from <= to && to <= self.len(),
+            from <= to && to <= self.len,
             "range outside the staged write"
         );
-        let split = self.first.len();
         let mut out = Vec::with_capacity(to - from);
-        if from < split {
-            out.extend_from_slice(&self.first[from..to.min(split)]);
-        }
-        if to > split {
-            out.extend_from_slice(&self.rest[from.max(split) - split..to - split]);
+        let mut index = self.piece_at(from);
+        while out.len() < to - from {
+            let offset = from + out.len() - self.starts[index];
+            let piece = &self.pieces[index];
+            let n = (piece.len() - offset).min(to - from - out.len());
+            out.extend_from_slice(&piece[offset..offset + n]);
+            index += 1;
         }
         out
     }
@@ -128,12 +146,17 @@ mod tests {
         [first, rest].concat()
     }
 
+    /// A write split in two at `split_at`, as the writer cuts a tail rewrite.
+    fn two<'a>(first: &'a mut [u8], rest: &'a mut [u8]) -> Staging<'a> {
+        Staging::new(vec![first, rest])
+    }
+
     #[test]
     fn puts_land_at_the_same_place_split_or_not() {
         let source: Vec<u8> = (0..200u32).map(|i| (i % 251) as u8 + 1).collect();
         for split_at in [0usize, 1, 7, 64, 199, 200] {
             let (mut first, mut rest) = (vec![0u8; split_at], vec![0u8; 200 - split_at]);
-            let mut staging = Staging::new(&mut first, Some(&mut rest));
+            let mut staging = two(&mut first, &mut rest);
             assert_eq!(staging.len(), 200);
             // Pieces that start and end on either side of the split, and across it.
             for (from, to) in [(0, 3), (3, 60), (60, 61), (61, 130), (130, 200)] {
@@ -154,7 +177,7 @@ mod tests {
     fn zero_from_clears_to_the_end_on_both_sides_of_the_split() {
         for (split_at, from) in [(10, 4), (10, 10), (10, 15), (0, 3)] {
             let (mut first, mut rest) = (vec![9u8; split_at], vec![9u8; 20 - split_at]);
-            Staging::new(&mut first, Some(&mut rest)).zero_from(from);
+            two(&mut first, &mut rest).zero_from(from);
             let all = joined(&first, &rest);
             assert!(all[..from].iter().all(|&b| b == 9));
             assert!(all[from..].iter().all(|&b| b == 0));
@@ -170,7 +193,7 @@ mod tests {
         for split_at in [0, 5, 10, 14, HEADER_LEN, HEADER_LEN + 40] {
             let total = HEADER_LEN + 40;
             let (mut first, mut rest) = (vec![0u8; split_at], vec![0u8; total - split_at]);
-            Staging::new(&mut first, Some(&mut rest)).put_batch(0, &batch, 1234, 7);
+            two(&mut first, &mut rest).put_batch(0, &batch, 1234, 7);
             assert_eq!(joined(&first, &rest), expected, "split at {split_at}");
         }
         assert_eq!(batch[..8], [0xAA; 8], "the producer's bytes are left alone");
@@ -180,7 +203,37 @@ mod tests {
     #[should_panic(expected = "overflows")]
     fn a_put_past_the_end_is_refused() {
         let mut first = vec![0u8; 4];
-        Staging::new(&mut first, None).put(2, &[1, 2, 3]);
+        Staging::new(vec![&mut first]).put(2, &[1, 2, 3]);
+    }
+
+    /// Cut in many places, some pieces empty or one byte long, the staged bytes are the same.
+    #[test]
+    fn many_pieces_hold_the_same_bytes_as_one() {
+        let source: Vec<u8> = (0..300u32).map(|i| (i % 253) as u8 + 1).collect();
+        for cuts in [
+            vec![],
+            vec![1],
+            vec![10, 10, 11],
+            vec![0, 64, 128, 192, 299],
+            vec![300],
+        ] {
+            let mut bounds = vec![0];
+            bounds.extend(&cuts);
+            bounds.push(300);
+            let mut buffers: Vec<Vec<u8>> =
+                bounds.windows(2).map(|w| vec![7u8; w[1] - w[0]]).collect();
+            let mut staging = Staging::new(buffers.iter_mut().map(|b| b.as_mut_slice()).collect());
+            assert_eq!(staging.len(), 300);
+            for (from, to) in [(0, 5), (5, 200), (200, 250)] {
+                staging.put(from, &source[from..to]);
+            }
+            staging.zero_from(250);
+            let mut expected = source.clone();
+            expected[250..].fill(0);
+            assert_eq!(staging.copy_out(0, 300), expected, "cuts {cuts:?}");
+            assert_eq!(staging.copy_out(9, 123), expected[9..123], "cuts {cuts:?}");
+            assert_eq!(buffers.concat(), expected, "cuts {cuts:?}");
+        }
     }
 
     #[test]

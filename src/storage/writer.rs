@@ -34,8 +34,9 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 
 use bytes::Bytes;
-use glommio::io::{DmaFile, OpenOptions};
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
+use super::extents::ExtentStarts;
 use super::notify::{Mark, Notifier};
 use super::preallocate::Preallocator;
 use super::segment::{open_file_bytes, BatchMeta, EncodedIndexes, Segment};
@@ -140,6 +141,9 @@ pub(crate) trait WriterHost: 'static {
     /// Fault injection: whether the next write must fail.
     #[cfg(test)]
     fn take_injected_write_failure(&self) -> bool;
+    /// Test hook: cut writes at every multiple of this many bytes of the file.
+    #[cfg(test)]
+    fn injected_cuts_every_bytes(&self) -> Option<u64>;
 
     fn written_offset(&self) -> i64 {
         self.notifier().get(Mark::Written)
@@ -197,6 +201,9 @@ pub(crate) struct Writer<Log: WriterHost> {
     /// The next segment's file being opened, or opened, ahead of its roll
     /// ([`Self::prepare_next_file`]); `None` inside when there was nothing to prepare.
     next_file: Option<glommio::task::JoinHandle<Option<PreparedFile>>>,
+    /// Where the extents of a segment's file (by base offset) start, as last read: writes are
+    /// cut there ([`super::extents`]). Only for speed, like `written_blocks_end`.
+    extents: Option<(i64, ExtentStarts)>,
 }
 
 impl<Log: WriterHost> Writer<Log> {
@@ -230,6 +237,7 @@ impl<Log: WriterHost> Writer<Log> {
             preallocator: Preallocator::new(),
             written_blocks_end: None,
             next_file: None,
+            extents: None,
         }
     }
 
@@ -289,6 +297,41 @@ impl<Log: WriterHost> Writer<Log> {
         let end = open_file_bytes(self.file().await?)?;
         self.written_blocks_end = Some(end);
         Ok(end)
+    }
+
+    /// Offsets inside the write of `bytes` at `position` where an extent of the active file
+    /// starts ([`super::extents`]). The map is read again (on a blocking thread: the file
+    /// system may read its extent tree from the disk) for a new segment, or when it ends
+    /// before the write while the file has blocks allocated beyond it (a fallocate since).
+    async fn extent_cuts(&mut self, position: u64, bytes: u64) -> Result<Vec<usize>, StorageError> {
+        let base_offset = self.segment.base_offset();
+        let allocated_end = self
+            .preallocator
+            .known_file_bytes()
+            .unwrap_or(0)
+            .max(self.written_blocks_end.unwrap_or(0));
+        // Past the blocks allocated (an extending write of a fresh file) there is nothing to
+        // map, and a file growing by its own writes must not be mapped again for each.
+        let wanted_end = (position + bytes).min(allocated_end);
+        let worth_reading = wanted_end > position + PAGE_BYTES;
+        let current = current_extents(base_offset);
+        if worth_reading
+            && current(&self.extents).is_none_or(|map| !map.covers(position, wanted_end))
+        {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(self.file().await?);
+            // The descriptor stays open meanwhile: only this writer closes it, and it waits here.
+            let map = glommio::executor()
+                .spawn_blocking(move || ExtentStarts::read(fd, position))
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::debug!(%error, "no extent map (FIEMAP): segment writes are not cut at extents");
+                    ExtentStarts::unknown_from(0)
+                });
+            self.extents = Some((base_offset, map));
+        }
+        Ok(current(&self.extents)
+            .map(|map| map.cuts_within(position, position + bytes).collect())
+            .unwrap_or_default())
     }
 
     /// The partial last page, read back from the segment if it was released.
@@ -389,18 +432,38 @@ impl<Log: WriterHost> Writer<Log> {
             tail.len() as u64,
             written_blocks_end,
         );
+        // Where the write is cut into pieces, each its own O_DIRECT write (all submitted
+        // together, in order): after a rewritten tail page followed by unwritten blocks, and
+        // where an extent of the file starts.
+        let mut cuts = self
+            .extent_cuts(write_position, buffer_bytes as u64)
+            .await?;
+        #[cfg(test)]
+        if let Some(step) = log.injected_cuts_every_bytes() {
+            let end = write_position + buffer_bytes as u64;
+            let first = (write_position / step + 1) * step;
+            cuts.extend(
+                (first..end)
+                    .step_by(step as usize)
+                    .map(|at| (at - write_position) as usize),
+            );
+        }
+        if split {
+            cuts.push(PAGE_BYTES as usize);
+        }
+        cuts.retain(|&cut| cut > 0 && cut < buffer_bytes);
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut starts = Vec::with_capacity(cuts.len() + 1);
+        starts.push(0);
+        starts.extend(cuts);
         let file = self.file().await?;
-        let first_bytes = if split {
-            PAGE_BYTES as usize
-        } else {
-            buffer_bytes
-        };
-        let mut first = file.alloc_dma_buffer(first_bytes);
-        let mut rest = split.then(|| file.alloc_dma_buffer(buffer_bytes - first_bytes));
-        let mut staged = Staging::new(
-            first.as_bytes_mut(),
-            rest.as_mut().map(|rest| rest.as_bytes_mut()),
-        );
+        let mut buffers: Vec<DmaBuffer> = starts
+            .iter()
+            .zip(starts.iter().skip(1).chain([&buffer_bytes]))
+            .map(|(&start, &end)| file.alloc_dma_buffer(end - start))
+            .collect();
+        let mut staged = Staging::new(buffers.iter_mut().map(|b| b.as_bytes_mut()).collect());
         staged.put(0, &tail);
         let mut at = tail.len();
         let mut metas = Vec::with_capacity(batches.len());
@@ -417,23 +480,27 @@ impl<Log: WriterHost> Writer<Log> {
         }
         staged.zero_from(used);
         let next_tail = staged.copy_out(used - used % PAGE_BYTES as usize, used);
+        drop(staged);
 
         #[cfg(test)]
         if log.take_injected_write_failure() {
             return Err(io::Error::other("injected write failure").into());
         }
         let started = std::time::Instant::now();
-        let written = match rest {
-            None => file.write_at(first, write_position).await?,
-            // Both submitted in the same round, the tail page first.
-            Some(rest) => {
-                let (first, rest) = futures_lite::future::zip(
-                    file.write_at(first, write_position),
-                    file.write_at(rest, write_position + PAGE_BYTES),
-                )
-                .await;
-                first? + rest?
+        let written = if buffers.len() == 1 {
+            let buffer = buffers.pop().expect("one piece");
+            file.write_at(buffer, write_position).await?
+        } else {
+            // Polled in order, so submitted in order: the tail page first.
+            let writes = buffers
+                .into_iter()
+                .zip(&starts)
+                .map(|(buffer, &start)| file.write_at(buffer, write_position + start as u64));
+            let mut written = 0;
+            for result in futures::future::join_all(writes).await {
+                written += result?;
             }
+            written
         };
         let write_time = started.elapsed();
         crate::metrics::DETAIL
@@ -736,6 +803,16 @@ async fn open_recycled(recycled: RecycledFile) -> Option<PreparedFile> {
             }
             None
         }
+    }
+}
+
+/// The extent map of `extents` if it is the segment starting at `base_offset`'s.
+fn current_extents(
+    base_offset: i64,
+) -> impl Fn(&Option<(i64, ExtentStarts)>) -> Option<&ExtentStarts> {
+    move |extents| match extents {
+        Some((base, map)) if *base == base_offset => Some(map),
+        _ => None,
     }
 }
 

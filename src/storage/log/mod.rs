@@ -138,6 +138,10 @@ pub struct PartitionLog {
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
     pub(crate) fail_next_write: Cell<bool>,
+    /// Test hook: the writer cuts its writes at every multiple of this many bytes of the file,
+    /// as it cuts them where extents start.
+    #[cfg(test)]
+    pub(crate) cut_writes_every_bytes: Cell<Option<u64>>,
 }
 
 impl PartitionLog {
@@ -227,6 +231,8 @@ impl PartitionLog {
             compaction: compact::CompactionState::default(),
             #[cfg(test)]
             fail_next_write: Cell::new(false),
+            #[cfg(test)]
+            cut_writes_every_bytes: Cell::new(None),
         });
         log.start_writer(active);
         Ok(log)
@@ -982,6 +988,11 @@ impl WriterHost for PartitionLog {
     #[cfg(test)]
     fn take_injected_write_failure(&self) -> bool {
         self.fail_next_write.take()
+    }
+
+    #[cfg(test)]
+    fn injected_cuts_every_bytes(&self) -> Option<u64> {
+        self.cut_writes_every_bytes.get()
     }
 
     fn notifier(&self) -> &Rc<Notifier> {
