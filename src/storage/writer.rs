@@ -166,6 +166,8 @@ struct PreparedFile {
     recycled: RecycledFile,
     file: DmaFile,
     size_bytes: u64,
+    /// Where its extents start, if the file system said.
+    extents: Option<ExtentStarts>,
 }
 
 enum Exit {
@@ -679,6 +681,8 @@ impl<Log: WriterHost> Writer<Log> {
                 if let Some(segment) =
                     Segment::open_prepared(log.dir(), base_offset, &prepared.recycled.path).await?
                 {
+                    // Read beside the active segment's writes: the first write here need not.
+                    self.extents = prepared.extents.map(|map| (base_offset, map));
                     return Ok((segment, prepared.file, Some(prepared.size_bytes)));
                 }
                 // Gone behind the log's back (see `Segment::open_new`): a fresh file.
@@ -789,11 +793,21 @@ async fn open_recycled(recycled: RecycledFile) -> Option<PreparedFile> {
     }
     .await;
     match opened {
-        Ok((file, size_bytes)) => Some(PreparedFile {
-            recycled,
-            file,
-            size_bytes,
-        }),
+        Ok((file, size_bytes)) => {
+            // Where its extents start (see `extents`), read now rather than on the write path.
+            // The file stays open meanwhile: this task owns it.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            let extents = glommio::executor()
+                .spawn_blocking(move || ExtentStarts::read(fd, 0))
+                .await
+                .ok();
+            Some(PreparedFile {
+                recycled,
+                file,
+                size_bytes,
+                extents,
+            })
+        }
         Err(error) => {
             // Gone is fine (see `Segment::open_new`); anything else is worth a line, and the
             // file goes.
