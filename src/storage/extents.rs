@@ -98,11 +98,19 @@ impl ExtentStarts {
         Ok(ExtentStarts::from_extents(from, &extents))
     }
 
-    /// A map that cuts nothing from `from` on: for a file system that cannot say (no FIEMAP),
-    /// so that the writer does not ask again for every write.
-    pub(crate) fn unknown_from(from: u64) -> ExtentStarts {
+    /// [`Self::read`] on the shard's blocking pool, off its event loop. `fd` must stay open
+    /// until this resolves (the caller owns it and awaits here).
+    pub(crate) async fn read_off_loop(fd: RawFd, from: u64) -> io::Result<ExtentStarts> {
+        glommio::executor()
+            .spawn_blocking(move || ExtentStarts::read(fd, from))
+            .await
+    }
+
+    /// A map that cuts nothing anywhere: for a file system that cannot say (no FIEMAP), so
+    /// that the writer does not ask again for every write.
+    pub(crate) fn unknown() -> ExtentStarts {
         ExtentStarts {
-            from,
+            from: 0,
             end: u64::MAX,
             starts: Vec::new(),
         }

@@ -100,14 +100,14 @@ impl Preallocator {
         }
     }
 
-    /// The writer opened a file (a new segment, possibly a reused file, or the active one
-    /// again): its size is unknown until the next fallocate reads it. Call after
-    /// [`Self::settle`].
     /// The active file's size as last known (writes and finished fallocates raise it).
     pub(crate) fn known_file_bytes(&self) -> Option<u64> {
         self.file_bytes.get()
     }
 
+    /// The writer opened a file (a new segment, possibly a reused file, or the active one
+    /// again): its size is unknown until the next fallocate reads it. Call after
+    /// [`Self::settle`].
     pub(crate) fn file_opened(&mut self) {
         assert!(
             !self.in_flight.get(),

@@ -316,24 +316,32 @@ impl<Log: WriterHost> Writer<Log> {
         // map, and a file growing by its own writes must not be mapped again for each.
         let wanted_end = (position + bytes).min(allocated_end);
         let worth_reading = wanted_end > position + PAGE_BYTES;
-        let current = current_extents(base_offset);
         if worth_reading
-            && current(&self.extents).is_none_or(|map| !map.covers(position, wanted_end))
+            && self
+                .extents_of(base_offset)
+                .is_none_or(|map| !map.covers(position, wanted_end))
         {
             let fd = std::os::fd::AsRawFd::as_raw_fd(self.file().await?);
-            // The descriptor stays open meanwhile: only this writer closes it, and it waits here.
-            let map = glommio::executor()
-                .spawn_blocking(move || ExtentStarts::read(fd, position))
+            let map = ExtentStarts::read_off_loop(fd, position)
                 .await
                 .unwrap_or_else(|error| {
                     tracing::debug!(%error, "no extent map (FIEMAP): segment writes are not cut at extents");
-                    ExtentStarts::unknown_from(0)
+                    ExtentStarts::unknown()
                 });
             self.extents = Some((base_offset, map));
         }
-        Ok(current(&self.extents)
+        Ok(self
+            .extents_of(base_offset)
             .map(|map| map.cuts_within(position, position + bytes).collect())
             .unwrap_or_default())
+    }
+
+    /// The extent map held, if it is the segment starting at `base_offset`'s.
+    fn extents_of(&self, base_offset: i64) -> Option<&ExtentStarts> {
+        match &self.extents {
+            Some((base, map)) if *base == base_offset => Some(map),
+            _ => None,
+        }
     }
 
     /// The partial last page, read back from the segment if it was released.
@@ -437,28 +445,26 @@ impl<Log: WriterHost> Writer<Log> {
         // Where the write is cut into pieces, each its own O_DIRECT write (all submitted
         // together, in order): after a rewritten tail page followed by unwritten blocks, and
         // where an extent of the file starts.
-        let mut cuts = self
+        let mut starts = self
             .extent_cuts(write_position, buffer_bytes as u64)
             .await?;
         #[cfg(test)]
         if let Some(step) = log.injected_cuts_every_bytes() {
             let end = write_position + buffer_bytes as u64;
             let first = (write_position / step + 1) * step;
-            cuts.extend(
+            starts.extend(
                 (first..end)
                     .step_by(step as usize)
                     .map(|at| (at - write_position) as usize),
             );
         }
-        if split {
-            cuts.push(PAGE_BYTES as usize);
-        }
-        cuts.retain(|&cut| cut > 0 && cut < buffer_bytes);
-        cuts.sort_unstable();
-        cuts.dedup();
-        let mut starts = Vec::with_capacity(cuts.len() + 1);
         starts.push(0);
-        starts.extend(cuts);
+        if split {
+            starts.push(PAGE_BYTES as usize);
+        }
+        starts.retain(|&start| start < buffer_bytes);
+        starts.sort_unstable();
+        starts.dedup();
         let file = self.file().await?;
         let mut buffers: Vec<DmaBuffer> = starts
             .iter()
@@ -797,10 +803,7 @@ async fn open_recycled(recycled: RecycledFile) -> Option<PreparedFile> {
             // Where its extents start (see `extents`), read now rather than on the write path.
             // The file stays open meanwhile: this task owns it.
             let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-            let extents = glommio::executor()
-                .spawn_blocking(move || ExtentStarts::read(fd, 0))
-                .await
-                .ok();
+            let extents = ExtentStarts::read_off_loop(fd, 0).await.ok();
             Some(PreparedFile {
                 recycled,
                 file,
@@ -817,16 +820,6 @@ async fn open_recycled(recycled: RecycledFile) -> Option<PreparedFile> {
             }
             None
         }
-    }
-}
-
-/// The extent map of `extents` if it is the segment starting at `base_offset`'s.
-fn current_extents(
-    base_offset: i64,
-) -> impl Fn(&Option<(i64, ExtentStarts)>) -> Option<&ExtentStarts> {
-    move |extents| match extents {
-        Some((base, map)) if *base == base_offset => Some(map),
-        _ => None,
     }
 }
 
