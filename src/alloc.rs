@@ -96,8 +96,14 @@ pub const MALLOC_MMAP_THRESHOLD_BYTES: usize = 32 << 20;
 /// Free memory at the top of a malloc heap is returned to the kernel only above this.
 pub const MALLOC_TRIM_THRESHOLD_BYTES: usize = 64 << 20;
 
+/// Free memory a heap keeps when it is trimmed, and the most a thread's arena may have free
+/// at the end of its previous heap for glibc to still unmap an emptied heap: at glibc's heap
+/// size (64 MiB), a thread's heaps are never unmapped or shrunk.
+pub const MALLOC_TOP_PAD_BYTES: usize = 64 << 20;
+
 /// Keeps the data path's large buffers in malloc's heaps: a mapping threshold above any
-/// buffer the data path allocates and a trim threshold that keeps a freed buffer's pages.
+/// buffer the data path allocates, a trim threshold that keeps a freed buffer's pages, and a
+/// top pad that keeps a shard's heaps once a backlog has grown them.
 ///
 /// Why: Produce frames of 200-700 KiB come and go at thousands a second (W3: 3,400 a second at
 /// 830k msgs/s). With glibc's defaults each shard's arena kept handing their pages back (the
@@ -107,9 +113,20 @@ pub const MALLOC_TRIM_THRESHOLD_BYTES: usize = 64 << 20;
 /// and the broker's CPU per GB about 5 % lower (docs/benchmarks.md, "Page faults from
 /// malloc's defaults").
 ///
-/// Cost: up to [`MALLOC_TRIM_THRESHOLD_BYTES`] of free memory per malloc arena stays resident
-/// (glibc has one arena per thread that allocates, up to 8 per core). Returns false (and
-/// changes nothing) where the C library is not glibc.
+/// The top pad: a shard's arena is a chain of 64 MiB heaps. When the shard catches up after
+/// its device held a write for 100-150 ms, it holds a few hundred MiB more than usual (larger
+/// Produce frames, larger writes), and its arena grows new heaps. glibc unmaps a heap as soon
+/// as it is empty again, whatever the trim threshold, so each backlog faulted its memory in
+/// afresh: 40,000-110,000 page faults in a fraction of a second on the shard that is already
+/// behind, at several microseconds each (W3 at 1.3 M msgs/s, docs/benchmarks.md, "A backlog's
+/// memory faulted in again"). glibc unmaps an emptied heap only when the free space it would
+/// leave behind exceeds the top pad, so a pad of a whole heap keeps them.
+///
+/// Cost: a thread's arena keeps the heaps of its largest backlog, and up to
+/// [`MALLOC_TRIM_THRESHOLD_BYTES`] free at the main heap's top, resident (glibc has one arena
+/// per thread that allocates, up to 8 per core). `malloc_trim`, which the shards call when
+/// their partitions go idle, still gives free pages back. Returns false (and changes nothing)
+/// where the C library is not glibc.
 pub fn tune_system_allocator() -> bool {
     #[cfg(target_env = "gnu")]
     {
@@ -117,6 +134,7 @@ pub fn tune_system_allocator() -> bool {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES as i32) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES as i32) == 1
+                && libc::mallopt(libc::M_TOP_PAD, MALLOC_TOP_PAD_BYTES as i32) == 1
         }
     }
     #[cfg(not(target_env = "gnu"))]
@@ -171,6 +189,60 @@ mod tests {
         assert!(
             faults < 500,
             "{faults} page faults for 2,000 recycled buffers"
+        );
+    }
+
+    /// Touches every page of a fresh buffer of `size` bytes.
+    #[cfg(target_env = "gnu")]
+    fn touched(size: usize) -> Vec<u8> {
+        let mut buffer = Vec::<u8>::with_capacity(size);
+        // SAFETY: bytes are written before they are marked initialised.
+        unsafe {
+            for page in (0..size).step_by(4096) {
+                buffer.as_mut_ptr().add(page).write(1);
+            }
+            buffer.set_len(size);
+        }
+        buffer
+    }
+
+    /// A shard catching up after a device hold: besides its usual small buffers, 30 buffers of
+    /// 5-8 MiB (200 MiB, a few heaps of its arena) live at once, then freed; later a second
+    /// backlog of the same size. With only the mapping and trim thresholds set, glibc unmapped
+    /// the emptied heaps after the first backlog and the second faulted its ~50,000 pages in
+    /// again; with the top pad it reuses them.
+    #[cfg(target_env = "gnu")]
+    #[test]
+    fn a_second_backlog_reuses_the_first_ones_memory() {
+        assert!(super::tune_system_allocator());
+        let backlog = || -> Vec<Vec<u8>> {
+            (0..30usize)
+                .map(|i| touched((5 << 20) + (i * 97 % 3072) * 1024))
+                .collect()
+        };
+        let faults = std::thread::spawn(move || {
+            let steady: Vec<Vec<u8>> = (0..8usize)
+                .map(|i| touched((200 << 10) + i * 4096))
+                .collect();
+            drop(backlog());
+            // Small buffers come and go between the backlogs, as Produce frames do.
+            let mut live = std::collections::VecDeque::new();
+            for i in 0..2000usize {
+                live.push_back(touched((64 << 10) + (i * 37 % 64) * 4096));
+                if live.len() > 16 {
+                    live.pop_front();
+                }
+            }
+            let before = thread_minor_faults();
+            drop(backlog());
+            drop(steady);
+            thread_minor_faults() - before
+        })
+        .join()
+        .expect("allocating thread");
+        assert!(
+            faults < 5_000,
+            "{faults} page faults for a backlog whose memory the arena had before"
         );
     }
 
