@@ -191,6 +191,9 @@ pub struct DetailedMetrics {
     pub produce_latency: LatencyHistogram,
     /// The same for fetch, long-poll wait (`max_wait_ms`) included, as in Kafka's TotalTimeMs.
     pub fetch_latency: LatencyHistogram,
+    /// How long each request's last bytes waited in its socket before its shard read them
+    /// (`net::rx_stamp`): the shard busy with other work meanwhile.
+    pub request_socket_wait: LatencyHistogram,
     /// One partition writer's fdatasync.
     pub fdatasync_latency: LatencyHistogram,
     /// One partition writer's O_DIRECT write (what an acks=1 produce and a tailing consumer
@@ -228,6 +231,7 @@ pub static DETAIL: DetailedMetrics = DetailedMetrics {
     request_errors: ApiCells::new(),
     produce_latency: LatencyHistogram::new(),
     fetch_latency: LatencyHistogram::new(),
+    request_socket_wait: LatencyHistogram::new(),
     fdatasync_latency: LatencyHistogram::new(),
     segment_write_latency: LatencyHistogram::new(),
     segment_write_wait: LatencyHistogram::new(),

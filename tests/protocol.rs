@@ -935,3 +935,56 @@ fn shards_are_pinned_unless_overprovisioned() {
     }
     assert!(free.log().contains("overprovisioned"), "{}", free.log());
 }
+
+/// A request that arrives while the broker cannot read it (the process stopped, as a shard busy
+/// with other work would leave it) is counted in `broker_request_socket_wait_seconds` with the
+/// time it waited in its socket; one read at once is counted as a short wait.
+#[test]
+fn the_time_a_request_waited_in_its_socket_is_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start_in(tmp.path(), 1, &["--http", "127.0.0.1:0"]);
+    let console = broker.console.clone().expect("console");
+    let waits = |bound: &str| {
+        let text = common::http_get(&console, "/metrics");
+        let count = common::metric(&text, "broker_request_socket_wait_seconds_count");
+        let within = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "broker_request_socket_wait_seconds_bucket{{le=\"{bound}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no bucket le={bound} in:\n{text}"));
+        (count, within)
+    };
+    let mut client = RawClient::connect(&broker.addr);
+    // The kernel turns stamping on a moment after the broker asks (`net::rx_stamp`).
+    assert!(
+        common::wait_until(Duration::from_secs(10), || {
+            assert!(client.api_versions_ok());
+            waits("0.25").0 >= 1.0
+        }),
+        "no request read at once was counted"
+    );
+    let (count, within) = waits("0.25");
+    assert_eq!(count, within, "requests read at once waited under 250 ms");
+
+    let pid = broker.pid().expect("pid") as i32;
+    // SAFETY: signals to the broker's own process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    client.send(3, &ApiVersionsRequest::default());
+    // The wait being measured: the request sits in the kernel meanwhile.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let response = client.receive::<ApiVersionsRequest>(3);
+    assert_eq!(response.error_code, 0);
+
+    let (count_after, within_after) = waits("0.25");
+    assert!(
+        count_after - within_after >= 1.0,
+        "the request that waited 400 ms counted over 250 ms: {count_after} counted, {within_after} under 250 ms"
+    );
+    let (_, within_10s) = waits("10.0");
+    assert_eq!(within_10s, count_after, "and under 10 s");
+}

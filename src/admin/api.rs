@@ -388,6 +388,7 @@ pub async fn stats(State(api): ApiState) -> Json<serde_json::Value> {
         "latency_bucket_bounds_us": LATENCY_BUCKET_BOUNDS_US,
         "produce_latency": histogram_json(&DETAIL.produce_latency),
         "fetch_latency": histogram_json(&DETAIL.fetch_latency),
+        "request_socket_wait": histogram_json(&DETAIL.request_socket_wait),
         "fdatasync_latency": histogram_json(&DETAIL.fdatasync_latency),
         "segment_write_latency": histogram_json(&DETAIL.segment_write_latency),
         "segment_write_wait": histogram_json(&DETAIL.segment_write_wait),

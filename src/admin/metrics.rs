@@ -287,6 +287,11 @@ impl Collector for Snapshot {
         }
         for (name, help, histogram) in [
             (
+                "broker_request_socket_wait_seconds",
+                "How long each request's last bytes waited in its socket before its shard read them (the shard busy with other work), as Kafka's RequestQueueTimeMs.",
+                &DETAIL.request_socket_wait,
+            ),
+            (
                 "kafka_log_logflushstats_logflush_seconds",
                 "fdatasync of a partition's active segment (one per group commit).",
                 &DETAIL.fdatasync_latency,

@@ -18,6 +18,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 
+use super::rx_stamp::{self, ReceivedAt};
 use super::sendfile;
 use crate::handlers::{self, Dispatched, PendingResponse};
 use crate::metrics::{self, BrokerStats, DETAIL};
@@ -58,6 +59,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     }
     // SAFETY: write_fd is a fresh fd of this socket, owned by nobody else.
     let writer_stream = unsafe { TcpStream::from_raw_fd(write_fd) };
+    // For the socket-wait metric; without it the connection is served the same.
+    if !rx_stamp::enable(fd) {
+        tracing::debug!(%peer, error = %std::io::Error::last_os_error(), "no receive timestamps (SO_TIMESTAMPING)");
+    }
     let (tx, rx) = local_channel::new_bounded(shard.config.max_inflight_requests_per_connection);
     let writer = glommio::spawn_local(write_loop(shard.clone(), writer_stream, rx));
     tracing::debug!(%peer, shard = shard.id, "connection opened");
@@ -77,7 +82,7 @@ async fn read_loop(
 ) -> Result<(), String> {
     let max_frame = shard.config.socket_request_max_bytes;
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut wake_at = WakeAt::default();
+    let mut socket = SocketState::default();
     // After a large frame the next is probably large too (a producer's requests are alike):
     // its length prefix is then read alone, so that the frame itself is read into a buffer of
     // its size. Read greedily, its first bytes would land in a smaller buffer and be copied
@@ -85,7 +90,7 @@ async fn read_loop(
     // CPU under W3, 0.5 % left after this). The price is one more recv(2) per large frame.
     let mut large_frames = false;
     loop {
-        if !fill(&mut stream, &mut buf, 4, large_frames, &mut wake_at).await? {
+        if !fill(&mut stream, &mut buf, 4, large_frames, &mut socket).await? {
             return Ok(());
         }
         let len = i32::from_be_bytes(buf[0..4].try_into().expect("4 bytes"));
@@ -97,8 +102,11 @@ async fn read_loop(
         }
         let frame_end = 4 + len as usize;
         large_frames = frame_end > READ_CHUNK_BYTES;
-        if !fill(&mut stream, &mut buf, frame_end, large_frames, &mut wake_at).await? {
+        if !fill(&mut stream, &mut buf, frame_end, large_frames, &mut socket).await? {
             return Err("connection closed inside a request frame".into());
+        }
+        if let Some(received_at) = socket.received_at {
+            DETAIL.request_socket_wait.observe(received_at.elapsed());
         }
         let frame = buf.split_to(frame_end).freeze().slice(4..);
         BrokerStats::add(&shard.stats.requests, 1);
@@ -140,6 +148,15 @@ async fn read_loop(
 /// memory pressure or when the window closes, but a frame of many megabytes need not wait
 /// for all of it in one piece).
 const WAKE_AT_MAX_BYTES: usize = 256 * 1024;
+
+/// What the reader keeps about its socket between reads.
+#[derive(Default)]
+struct SocketState {
+    wake_at: WakeAt,
+    /// When the kernel received the last bytes read: the last frame completed waited since
+    /// then. `None` when not known (no stamping, or those bytes came by the parked read).
+    received_at: Option<ReceivedAt>,
+}
 
 /// The socket's `SO_RCVLOWAT` as last set: how many queued bytes make it readable.
 struct WakeAt(usize);
@@ -195,7 +212,7 @@ async fn fill(
     buf: &mut BytesMut,
     want: usize,
     exactly: bool,
-    wake_at: &mut WakeAt,
+    socket: &mut SocketState,
 ) -> Result<bool, String> {
     let fd = stream.as_raw_fd();
     while buf.len() < want {
@@ -216,8 +233,9 @@ async fn fill(
         };
         // SAFETY: recv writes at most read_max <= spare.len() bytes into memory we own;
         // nothing reads it before set_len marks exactly the written bytes initialised.
-        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), read_max, libc::MSG_DONTWAIT) };
+        let (n, received_at) = unsafe { rx_stamp::recv(fd, spare.as_mut_ptr().cast(), read_max) };
         if n > 0 {
+            socket.received_at = received_at;
             unsafe { buf.set_len(buf.len() + n as usize) };
             continue;
         }
@@ -232,11 +250,14 @@ async fn fill(
                 // client's large request arrives in several pieces, and each wake-up of a
                 // parked shard costs more than reading the piece (docs/benchmarks.md,
                 // "Per-event costs"). EOF and errors wake the read whatever the mark.
-                wake_at.set(fd, want - buf.len());
+                socket.wake_at.set(fd, want - buf.len());
                 let mut first = [0u8; 1];
                 match stream.read(&mut first).await.map_err(|e| e.to_string())? {
                     0 => return end_of_stream(buf),
-                    _ => buf.extend_from_slice(&first),
+                    _ => {
+                        socket.received_at = None;
+                        buf.extend_from_slice(&first)
+                    }
                 }
             }
             _ => return Err(error.to_string()),

@@ -4,4 +4,5 @@
 pub mod balance;
 pub mod connection;
 pub mod listener;
+pub mod rx_stamp;
 pub mod sendfile;
