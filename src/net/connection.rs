@@ -60,8 +60,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     // SAFETY: write_fd is a fresh fd of this socket, owned by nobody else.
     let writer_stream = unsafe { TcpStream::from_raw_fd(write_fd) };
     // For the socket-wait metric; without it the connection is served the same.
-    if !rx_stamp::enable(fd) {
-        tracing::debug!(%peer, error = %std::io::Error::last_os_error(), "no receive timestamps (SO_TIMESTAMPING)");
+    if let Err(error) = rx_stamp::enable(fd) {
+        tracing::debug!(%peer, %error, "no receive timestamps (SO_TIMESTAMPING)");
     }
     let (tx, rx) = local_channel::new_bounded(shard.config.max_inflight_requests_per_connection);
     let writer = glommio::spawn_local(write_loop(shard.clone(), writer_stream, rx));
@@ -176,22 +176,12 @@ impl WakeAt {
         if bytes == self.0 || self.0 == 0 {
             return;
         }
-        let value = bytes as libc::c_int;
-        // SAFETY: a valid option value of the right size for a socket we own.
-        let set = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if set == 0 {
-            self.0 = bytes;
-        } else {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "SO_RCVLOWAT refused");
-            self.0 = 0;
+        match super::set_socket_option(fd, libc::SO_RCVLOWAT, bytes as libc::c_int) {
+            Ok(()) => self.0 = bytes,
+            Err(error) => {
+                tracing::debug!(%error, "SO_RCVLOWAT refused");
+                self.0 = 0;
+            }
         }
     }
 }

@@ -42,22 +42,11 @@ fn realtime_ns() -> i64 {
     now.tv_sec * 1_000_000_000 + now.tv_nsec
 }
 
-/// Asks the kernel to stamp what `fd` receives. False if it refused (then reads return no
-/// stamp, and nothing else changes).
-pub fn enable(fd: RawFd) -> bool {
-    let flags =
-        (libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE) as libc::c_int;
-    // SAFETY: a valid option value of the right size for a socket the caller owns.
-    let set = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPING,
-            (&flags as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    set == 0
+/// Asks the kernel to stamp what `fd` receives. If it refuses, reads return no stamp and
+/// nothing else changes.
+pub fn enable(fd: RawFd) -> std::io::Result<()> {
+    let flags = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
+    super::set_socket_option(fd, libc::SO_TIMESTAMPING, flags as libc::c_int)
 }
 
 /// Control-message room for one `SCM_TIMESTAMPING` (three timespecs) and its header, in `u64`s
@@ -127,7 +116,7 @@ mod tests {
         let mut plain_client =
             std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (plain, _) = listener.accept().unwrap();
-        assert!(enable(stamped.as_raw_fd()));
+        enable(stamped.as_raw_fd()).expect("stamping");
 
         client.write_all(b"x").unwrap();
         plain_client.write_all(b"y").unwrap();
