@@ -118,8 +118,8 @@ pub const MALLOC_TOP_PAD_BYTES: usize = 64 << 20;
 /// Produce frames, larger writes), and its arena grows new heaps. glibc unmaps a heap as soon
 /// as it is empty again, whatever the trim threshold, so each backlog faulted its memory in
 /// afresh: 40,000-110,000 page faults in a fraction of a second on the shard that is already
-/// behind, at several microseconds each (W3 at 1.3 M msgs/s, docs/benchmarks.md, "A backlog's
-/// memory faulted in again"). glibc unmaps an emptied heap only when the free space it would
+/// behind, a fifth of its time while it catches up (W3 at 1.3 M msgs/s, docs/benchmarks.md,
+/// "What fills the shard in a spike"). glibc unmaps an emptied heap only when the free space it would
 /// leave behind exceeds the top pad, so a pad of a whole heap keeps them.
 ///
 /// Cost: a thread's arena keeps the heaps of its largest backlog, and up to
