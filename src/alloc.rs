@@ -119,8 +119,8 @@ pub const MALLOC_TOP_PAD_BYTES: usize = 64 << 20;
 /// as it is empty again, whatever the trim threshold, so each backlog faulted its memory in
 /// afresh: 40,000-110,000 page faults in a fraction of a second on the shard that is already
 /// behind, a fifth of its time while it catches up (W3 at 1.3 M msgs/s, docs/benchmarks.md,
-/// "What fills the shard in a spike"). glibc unmaps an emptied heap only when the free space it would
-/// leave behind exceeds the top pad, so a pad of a whole heap keeps them.
+/// "What fills the shard in a spike"). glibc unmaps an emptied heap only when the free space
+/// it would leave behind exceeds the top pad, so a pad of a whole heap keeps them.
 ///
 /// Cost: a thread's arena keeps the heaps of its largest backlog, and up to
 /// [`MALLOC_TRIM_THRESHOLD_BYTES`] free at the main heap's top, resident (glibc has one arena
