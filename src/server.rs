@@ -264,6 +264,8 @@ async fn run_shard(
     ready: mpsc::Sender<Result<usize, String>>,
     admin_endpoint: Option<admin::ShardEndpoint>,
 ) {
+    // Before anything this shard waits on another thread for (the mesh join first).
+    crate::shard::wake_floor::start();
     let _cpu_time_registration = crate::shard::cpu_time::register(id);
     let _stall_registration = crate::shard::stall::enter_shard(
         id,

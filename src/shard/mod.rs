@@ -13,6 +13,7 @@ pub mod producer_state;
 pub mod router;
 pub mod stall;
 pub mod stall_stack;
+pub mod wake_floor;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
