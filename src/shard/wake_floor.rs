@@ -6,9 +6,9 @@
 //! eventfd, and checks for that work on every pass of its loop. In this project's test suite
 //! (session 33) a shard three times slept for minutes with cross-shard work queued for it and
 //! no timer pending, while the other shard waited on it: a broker that accepted a topic and
-//! never created its partitions. Each time, writing 1 to that shard's eventfd from outside
-//! (through `pidfd_getfd`: no signal, no ptrace) released it at once: the notification had been
-//! lost, not the work. A timer that is always pending bounds such a loss to one interval,
+//! never created its partitions. Twice, writing 1 to the sleeping shard's eventfd from outside
+//! (through `pidfd_getfd`: no signal, no ptrace) released it at once (the first time, attaching a
+//! debugger did): the notification had been lost, not the work. A timer that is always pending bounds such a loss to one interval,
 //! whatever its cause (not found yet; glommio 0.9's wake path).
 //!
 //! Cost: one pass of the event loop per interval on an idle shard (an idle shard already wakes
