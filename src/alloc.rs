@@ -156,6 +156,16 @@ mod tests {
         }
     }
 
+    /// A fresh buffer of `size` bytes with every page touched, as a received frame's.
+    #[cfg(target_env = "gnu")]
+    fn touched(size: usize) -> Vec<u8> {
+        let mut buffer = vec![0u8; size];
+        for page in (0..size).step_by(4096) {
+            buffer[page] = 1;
+        }
+        buffer
+    }
+
     /// The broker's pattern of request frames: buffers of 200-704 KiB, each touched whole and
     /// freed a few buffers later, on a thread of its own (its own malloc arena, like a shard).
     /// With glibc's defaults the steady state takes about six page faults per buffer (12,000
@@ -171,12 +181,7 @@ mod tests {
                 if i == 2000 {
                     before = thread_minor_faults();
                 }
-                let size = (200 << 10) + (i * 37 % 64) * (8 << 10);
-                let mut buffer = vec![0u8; size];
-                for page in (0..size).step_by(4096) {
-                    buffer[page] = 1;
-                }
-                live.push_back(buffer);
+                live.push_back(touched((200 << 10) + (i * 37 % 64) * (8 << 10)));
                 if live.len() > 8 {
                     live.pop_front();
                 }
@@ -190,20 +195,6 @@ mod tests {
             faults < 500,
             "{faults} page faults for 2,000 recycled buffers"
         );
-    }
-
-    /// Touches every page of a fresh buffer of `size` bytes.
-    #[cfg(target_env = "gnu")]
-    fn touched(size: usize) -> Vec<u8> {
-        let mut buffer = Vec::<u8>::with_capacity(size);
-        // SAFETY: bytes are written before they are marked initialised.
-        unsafe {
-            for page in (0..size).step_by(4096) {
-                buffer.as_mut_ptr().add(page).write(1);
-            }
-            buffer.set_len(size);
-        }
-        buffer
     }
 
     /// A shard catching up after a device hold: besides its usual small buffers, 30 buffers of
