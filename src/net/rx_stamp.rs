@@ -117,6 +117,18 @@ mod tests {
             std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (plain, _) = listener.accept().unwrap();
         enable(stamped.as_raw_fd()).expect("stamping");
+        // Until the kernel has turned stamping on (from a work queue: see the module's doc).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            client.write_all(b"w").unwrap();
+            if read_when_queued(stamped.as_raw_fd()).is_some() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kernel never stamped a packet"
+            );
+        }
 
         client.write_all(b"x").unwrap();
         plain_client.write_all(b"y").unwrap();
