@@ -88,6 +88,10 @@ pub struct ShardCells {
     pub mesh_jobs: AtomicU64,
     /// Client connections this shard serves now (a gauge; `net::balance` places them).
     pub connections: AtomicU64,
+    /// Batch bytes this shard copied into its journal (`storage::journal`).
+    pub journaled_bytes: AtomicU64,
+    /// Appends the journal had no room for: they waited for their segment write.
+    pub journal_full: AtomicU64,
 }
 
 impl ShardCells {
@@ -105,6 +109,8 @@ impl ShardCells {
             stalls: AtomicU64::new(0),
             mesh_jobs: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            journaled_bytes: AtomicU64::new(0),
+            journal_full: AtomicU64::new(0),
         }
     }
 }

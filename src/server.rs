@@ -58,6 +58,9 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot resolve data dir {}: {e}", config.data_dir.display()))?;
     // Held until `run` returns (the process exits right after).
     let _data_dir_lock = crate::startup::lock_data_dir(&config.data_dir)?;
+    inject_held_segment_writes();
+    // Before any shard opens a log: the logs replay what the previous run journaled.
+    let journal = Arc::new(crate::startup::prepare_journal(&config)?);
     let open_files_limit = crate::startup::raise_open_files_limit();
     if open_files_limit < MIN_OPEN_FILES_ADVISED {
         tracing::warn!(
@@ -118,6 +121,7 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
         };
         // Shard 0 serves the console's jobs (it holds the coordinator and the metadata).
         let admin_endpoint = if id == 0 { admin_endpoint.take() } else { None };
+        let journal = journal.clone();
         let (config, broker, stats, balance, mesh, shutdown, ready_tx) = (
             config.clone(),
             broker.clone(),
@@ -148,6 +152,7 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
                     id,
                     shards,
                     config,
+                    &journal,
                     broker,
                     stats,
                     mesh,
@@ -171,6 +176,8 @@ pub fn run(config: BrokerConfig) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     started_flag.store(true, Ordering::SeqCst);
+    // Every log has opened, replayed the previous run's journaled batches and synced them.
+    crate::storage::journal::finish_recovery();
     let console = match http_listener {
         Some(listener) => Some(admin::http::start(
             listener,
@@ -250,11 +257,25 @@ fn inject_start_up_panic(id: usize) {
     }
 }
 
+/// Fault injection for tests (debug builds only): `BROKER_FAULT_HOLD_SEGMENT_WRITES=1` makes
+/// every partition's writer wait forever before its first segment write, as a device that
+/// never completes one: what an acks=1 produce is answered from, and what survives a
+/// `kill -9`, is then the journal's alone.
+fn inject_held_segment_writes() {
+    if cfg!(debug_assertions)
+        && std::env::var("BROKER_FAULT_HOLD_SEGMENT_WRITES").is_ok_and(|v| v == "1")
+    {
+        tracing::warn!("BROKER_FAULT_HOLD_SEGMENT_WRITES=1: no segment write will complete");
+        crate::storage::writer::HOLD_WRITES.store(true, Ordering::Relaxed);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_shard(
     id: usize,
     shards: usize,
     config: Arc<BrokerConfig>,
+    journal: &crate::startup::JournalSetup,
     broker: BrokerInfo,
     stats: Arc<BrokerStats>,
     mesh: MeshBuilder<Job, glommio::channels::channel_mesh::Full>,
@@ -276,6 +297,21 @@ async fn run_shard(
     crate::storage::tail_cache::set_shard_budget(
         usize::try_from(config.tail_cache_bytes_per_shard).unwrap_or(usize::MAX),
     );
+    // Before any log opens here: logs use the journal if the shard has one when they open.
+    if let Some(dir) = &journal.dir {
+        if let Err(e) =
+            crate::storage::journal::open_on_this_shard(dir, id, config.journal_bytes_per_shard)
+        {
+            if journal.required {
+                let _ = ready.send(Err(format!(
+                    "cannot create shard {id}'s journal in {}: {e}",
+                    dir.display()
+                )));
+                return;
+            }
+            tracing::warn!(shard = id, dir = %dir.display(), error = %e, "no journal on this shard: acks=1 waits for segment writes (log.journal.bytes, log.journal.dir)");
+        }
+    }
     let (senders, receivers) = if shards > 1 {
         let (s, r) = mesh.join().await.expect("joining the shard mesh");
         (Some(s), Some(r))
@@ -403,6 +439,7 @@ async fn run_shard(
         coordinator.unregister().await;
     }
     shard.close_partitions().await;
+    crate::storage::journal::close_on_this_shard();
     shard.groups.close().await;
     if id == 0 {
         crate::transactions::coordinator::close().await;

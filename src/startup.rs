@@ -116,3 +116,56 @@ mod tests {
         assert!(raise_open_files_limit() >= before.rlim_cur);
     }
 }
+
+/// The journal directory this run's shards use (`log.journal.dir`), claimed, with the previous
+/// runs' journal files read ([`crate::storage::journal::recover_previous`]).
+#[derive(Debug)]
+pub struct JournalSetup {
+    /// Where the shards create their journals; `None`: no journal this run.
+    pub dir: Option<std::path::PathBuf>,
+    /// Whether a failure to create a shard's journal fails start-up (a directory the
+    /// operator named) or only turns the journal off (the default's `/dev/shm` may be small,
+    /// as a container's 64 MiB).
+    pub required: bool,
+    _claim: Option<crate::storage::journal::DirClaim>,
+}
+
+/// Resolves and claims the journal directory and reads what the previous run left in it.
+/// With the journal off, a default directory from an earlier run is still read: batches a
+/// run with the journal on acknowledged and never wrote are replayed either way.
+pub fn prepare_journal(config: &crate::config::BrokerConfig) -> Result<JournalSetup, String> {
+    use crate::config::JournalDir;
+    use crate::storage::journal;
+    journal::remove_abandoned_default_dirs();
+    let default = journal::default_dir(&config.data_dir);
+    let (dir, used, required) = match &config.journal_dir {
+        JournalDir::At(dir) => (Some(dir.clone()), true, true),
+        JournalDir::Default => (default.clone(), true, false),
+        JournalDir::Off => (default.filter(|d| d.exists()), false, false),
+    };
+    let Some(dir) = dir else {
+        if config.journal_dir == JournalDir::Default {
+            tracing::warn!(
+                "no {} for the journal: acks=1 waits for segment writes (set log.journal.dir)",
+                journal::DEFAULT_PARENT
+            );
+        }
+        return Ok(JournalSetup {
+            dir: None,
+            required: false,
+            _claim: None,
+        });
+    };
+    let claim = journal::claim_dir(&dir, &config.data_dir)
+        .map_err(|e| format!("journal directory {}: {e}", dir.display()))?;
+    let found = journal::recover_previous(&dir, config.socket_request_max_bytes)
+        .map_err(|e| format!("reading journal directory {}: {e}", dir.display()))?;
+    if found > 0 {
+        tracing::info!(dir = %dir.display(), batches = found, "journaled batches from the previous run");
+    }
+    Ok(JournalSetup {
+        dir: used.then_some(dir),
+        required,
+        _claim: Some(claim),
+    })
+}

@@ -116,6 +116,125 @@ async fn acks_all_data_survives_kill_9() {
     }
 }
 
+/// acks=1 with the journal: a produce is answered once its batch is in the shard's journal
+/// (tmpfs), before its segment write. With every segment write held (as a device that never
+/// completes one) the broker still answers, and after `kill -9` the restarted broker replays
+/// every acknowledged batch from the journal into the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_1_data_only_in_the_journal_survives_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let journal_dir = tmp.path().join("journal");
+    let journal_flag = format!("log.journal.dir={}", journal_dir.display());
+    let extra = [
+        "--override",
+        &journal_flag,
+        "--override",
+        "log.journal.bytes=16777216",
+        "--http",
+        "127.0.0.1:0",
+    ];
+    let mut broker = Broker::start_in_with_env(
+        tmp.path(),
+        2,
+        &extra,
+        &[("BROKER_FAULT_HOLD_SEGMENT_WRITES", "1")],
+    );
+    let mut admin = RawClient::connect(&broker.addr);
+    assert_eq!(admin.create_topic("journaled", 4), 0);
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("acks", "1")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "5000")
+        .create()
+        .unwrap();
+    let values: Vec<String> = (0..2000).map(|i| format!("m-{i}")).collect();
+    let deliveries = futures::future::join_all(values.iter().map(|value| {
+        producer.send(
+            FutureRecord::to("journaled").key(value).payload(value),
+            Duration::from_secs(5),
+        )
+    }))
+    .await;
+    let acked: Vec<(i32, i64, String)> = deliveries
+        .into_iter()
+        .zip(&values)
+        .map(|(delivery, value)| {
+            let delivery = delivery
+                .unwrap_or_else(|(e, _)| panic!("acks=1 produce of {value} with held writes: {e}"));
+            (delivery.partition, delivery.offset, value.clone())
+        })
+        .collect();
+    let metrics = common::http_get(broker.console.as_ref().expect("console"), "/metrics");
+    assert_eq!(common::metric(&metrics, "broker_journal_full_total"), 0.0);
+    assert!(common::metric(&metrics, "broker_journaled_bytes_total") > 0.0);
+    broker.kill9();
+    drop(producer);
+    // Nothing reached the segment files.
+    let segment_bytes: u64 = std::fs::read_dir(tmp.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("journaled-")
+        })
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert_eq!(segment_bytes, 0, "segment writes were held");
+
+    let broker = Broker::start_in(tmp.path(), 2, &extra);
+    assert!(
+        broker.log().contains("replayed journaled batches"),
+        "the restart replayed the journal"
+    );
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..4 {
+        assignment
+            .add_partition_offset("journaled", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut found = std::collections::HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while found.len() < acked.len() && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            found.insert(
+                (m.partition(), m.offset()),
+                String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
+            );
+        }
+    }
+    for (partition, offset, value) in &acked {
+        assert_eq!(
+            found.get(&(*partition, *offset)),
+            Some(value),
+            "acknowledged message lost at {partition}:{offset}"
+        );
+    }
+    // The old journal files are gone once every log replayed them; the new run has its own.
+    let files: Vec<_> = std::fs::read_dir(&journal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".journal"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "one journal per shard of the new run: {files:?}"
+    );
+}
+
 /// Walks the batches of a segment file: returns (start, length) of each.
 fn batches_in(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();

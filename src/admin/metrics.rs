@@ -484,6 +484,18 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut encoder,
+            "broker_journaled_bytes",
+            "Batch bytes copied into the shards' journals (acks=1 answered before the segment write).",
+            sum_shards(|c| &c.journaled_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "broker_journal_full",
+            "Appends a shard's journal had no room for (answered after their segment write).",
+            sum_shards(|c| &c.journal_full),
+        )?;
+        counter(
+            &mut encoder,
             "broker_incremental_fetch_requests",
             "Fetch requests served from a fetch session (listing only changed partitions).",
             sum_shards(|c| &c.incremental_fetches),

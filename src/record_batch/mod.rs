@@ -294,11 +294,12 @@ fn validate_counted(
     Ok(header)
 }
 
-/// Rewrites the two header fields the leader owns. Neither is covered by the CRC.
+/// Rewrites the two header fields the leader owns. Neither is covered by the CRC. `batch` may
+/// be the batch or just its first 16 bytes, which hold both.
 pub fn assign(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     assert!(
-        batch.len() >= HEADER_LEN,
-        "assign on a buffer shorter than a batch header"
+        batch.len() >= LEADER_EPOCH + 4,
+        "assign on a buffer shorter than the batch's first 16 bytes"
     );
     batch[BASE_OFFSET..BASE_OFFSET + 8].copy_from_slice(&base_offset.to_be_bytes());
     batch[LEADER_EPOCH..LEADER_EPOCH + 4].copy_from_slice(&leader_epoch.to_be_bytes());

@@ -264,6 +264,9 @@ impl Shard {
             );
         }
         let mut log = self.config.log.clone();
+        // Client topics' acks=1 appends are answered once in the shard's journal (if it has
+        // one); the internal logs above wait for fdatasync anyway.
+        log.journal = true;
         if let Some(v) = self.dynamic_config::<i64>("log.retention.ms") {
             log.retention_ms = v;
         }

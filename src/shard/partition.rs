@@ -650,8 +650,8 @@ impl Partition {
         Ok(())
     }
 
-    /// Waits until offsets below `end_offset` may be acknowledged: written on this leader
-    /// (acks=1), or fdatasync'd here and on every ISR member, i.e. below the high watermark
+    /// Waits until offsets below `end_offset` may be acknowledged: safe on this leader
+    /// (acks=1: written, or in the shard's journal, which outlives the process), or fdatasync'd here and on every ISR member, i.e. below the high watermark
     /// (acks=all). Fails if leadership is lost meanwhile (a fenced leader acknowledges
     /// nothing), at `timeout` (REQUEST_TIMED_OUT), or with NOT_ENOUGH_REPLICAS_AFTER_APPEND if
     /// the ISR shrank below `min.insync.replicas` before the write was replicated.
@@ -676,7 +676,7 @@ impl Partition {
         let epoch_at_start = self.leader_epoch.get();
         let moved = || !self.is_leader() || self.leader_epoch.get() != epoch_at_start;
         if !acks_all {
-            let written = self.log.wait_written(end_offset, false).await;
+            let written = self.log.wait_journaled(end_offset).await;
             if moved() {
                 return Err(leadership_moved());
             }

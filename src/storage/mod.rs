@@ -32,6 +32,8 @@
 //!   a bounded rate per shard (freeing blocks all at once stalled the shard's writes).
 //! - [`tail_cache`]: the newest batches in memory (the producer's `Bytes`), so tailing
 //!   consumers never wait for the device: O_DIRECT appends leave the page cache empty.
+//! - [`journal`]: the shard's ring of appended batches in a shared tmpfs mapping: what makes an
+//!   acks=1 append safe from the process's death before its segment write; replayed at open.
 //! - [`warm`]: a fetch below the tail cache whose bytes are not in the page cache has them
 //!   read on a blocking-pool thread first, so its reads on the shard do not wait for the device.
 //!
@@ -54,12 +56,15 @@
 //! # Watermarks
 //! - written: every offset below it is in the segment file (replica fetches read up to here);
 //! - durable: also fdatasync'd (acks=all on an unreplicated log waits for this);
-//! - high watermark: visible to consumers. It follows `written` unless the replication layer
-//!   bounds it ([`PartitionLog::set_high_watermark_bound`]).
+//! - journaled: written or in the shard's [`journal`] (acks=1 waits for this); `written`
+//!   without a journal;
+//! - high watermark: visible to consumers. It follows `journaled` unless the replication
+//!   layer bounds it ([`PartitionLog::set_high_watermark_bound`]) to what followers wrote.
 //!
 //! # Invariants
-//! - `log_start_offset <= high_watermark <= written <= log_end_offset`, and
-//!   `durable <= written`.
+//! - `log_start_offset <= high_watermark <= journaled <= log_end_offset`,
+//!   `durable <= written <= journaled`. Consumers read `[written, high watermark)` from the
+//!   tail cache only, never from a file.
 //! - Bytes below the written offset change only by truncation ([`PartitionLog::truncate_to`],
 //!   a follower removing a divergent suffix): a sendfile racing it finds a short file and fails
 //!   that one response (Kafka has the same race). Retention and deletion only unlink files;
@@ -78,6 +83,7 @@ pub mod cleaner;
 pub mod epoch_cache;
 mod extents;
 pub mod index;
+pub mod journal;
 pub mod log;
 pub mod notify;
 pub mod preallocate;
@@ -136,6 +142,11 @@ pub struct LogConfig {
     /// `log.preallocate.ahead.bytes`: how far ahead of its writes the active segment's file is
     /// allocated ([`preallocate`]); 0 turns preallocation off.
     pub preallocate_ahead_bytes: u64,
+    /// Leader appends go to the shard's journal too, if it has one ([`journal`]): acks=1 is
+    /// answered, and consumers see the batch, once it is there, before its segment write.
+    /// Set for client topics by the shard (`Shard::log_config_for`); internal logs wait for
+    /// their writes (their appends wait for fdatasync anyway).
+    pub journal: bool,
 }
 
 impl Default for LogConfig {
@@ -152,6 +163,7 @@ impl Default for LogConfig {
             tail_cache_bytes: 8 << 20,
             file_delete_delay_ms: 60_000,
             preallocate_ahead_bytes: preallocate::DEFAULT_AHEAD_BYTES,
+            journal: false,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Cancel-safe waits on a partition's three watermarks: written (in the segment file), durable
-//! (written and fdatasync'd) and the high watermark (consumer-visible).
+//! Cancel-safe waits on a partition's four watermarks: written (in the segment file), durable
+//! (written and fdatasync'd), journaled (in the segment file or the shard's journal: safe from
+//! the process's death, `storage::journal`) and the high watermark (consumer-visible).
 //!
 //! Owned by the partition's shard; shared as `Rc<Notifier>` between the log, its writer task and
 //! every pending wait, so a wait future is `'static` and outlives no lock. A wait registers its
@@ -8,10 +9,18 @@
 //! registration per abandoned poll would grow without bound.
 //!
 //! # The high watermark
-//! An unreplicated log (no bound, the default) shows consumers everything written: the high
-//! watermark follows `Written`. A replicated log gets a bound from the replication layer (the
-//! leader's ISR minimum, or the leader's high watermark on a follower) and the high watermark
-//! becomes `max(current, min(Written, bound))`: it never moves backwards except by truncation.
+//! An unreplicated log (no bound, the default) shows consumers everything journaled (without a
+//! journal that is what is written): the high watermark follows `Journaled`. A replicated log
+//! gets a bound from the replication layer (the leader's ISR minimum, or the leader's high
+//! watermark on a follower) and the high watermark becomes `max(current, min(Journaled,
+//! bound))`: it never moves backwards except by truncation. Followers fetch only written
+//! bytes, so on a replicated log the bound keeps the high watermark at or below `Written`.
+//!
+//! # Journaled
+//! `Written <= Journaled`: moving `Written` raises `Journaled` with it, and an append the
+//! journal took raises it over the batch ([`Notifier::advance_journaled`]) only if every
+//! offset below the batch is already journaled, so the mark never claims a batch that is
+//! neither written nor journaled.
 //!
 //! # Truncation
 //! A follower that removes a divergent suffix moves `Written` (and the others) backwards. A wait
@@ -39,11 +48,14 @@ pub enum Mark {
     Written = 0,
     /// Every offset below it is also fdatasync'd. `Durable <= Written`.
     Durable = 1,
-    /// Every offset below it is visible to consumers. `HighWatermark <= Written`.
+    /// Every offset below it is visible to consumers. `HighWatermark <= Journaled`.
     HighWatermark = 2,
+    /// Every offset below it is written or in the shard's journal: it survives the process.
+    /// `Written <= Journaled`; what acks=1 waits for.
+    Journaled = 3,
 }
 
-const MARKS: usize = 3;
+const MARKS: usize = 4;
 
 /// Truncations remembered for waits that were created before them; older ones are merged,
 /// which can only make a wait fail spuriously (never succeed wrongly). Truncations happen once
@@ -87,10 +99,16 @@ impl Notifier {
             "durable offset {durable} above written {written}"
         );
         Rc::new(Notifier {
-            marks: [Cell::new(written), Cell::new(durable), Cell::new(written)],
+            marks: [
+                Cell::new(written),
+                Cell::new(durable),
+                Cell::new(written),
+                Cell::new(written),
+            ],
             high_watermark_bound: Cell::new(None),
             status: RefCell::new(Status::Open),
             waiters: [
+                RefCell::new(BTreeMap::new()),
                 RefCell::new(BTreeMap::new()),
                 RefCell::new(BTreeMap::new()),
                 RefCell::new(BTreeMap::new()),
@@ -110,12 +128,11 @@ impl Notifier {
     }
 
     /// Moves `Written` or `Durable` forward and wakes every wait it satisfies; moving `Written`
-    /// also moves the high watermark as far as its bound allows.
+    /// also moves `Journaled` (if behind) and the high watermark as far as its bound allows.
     pub fn advance(&self, mark: Mark, offset: i64) {
-        assert_ne!(
-            mark,
-            Mark::HighWatermark,
-            "the high watermark moves through its bound"
+        assert!(
+            mark == Mark::Written || mark == Mark::Durable,
+            "{mark:?} does not move through advance"
         );
         if mark == Mark::Durable {
             assert!(
@@ -126,6 +143,20 @@ impl Notifier {
         }
         self.raise(mark, offset);
         if mark == Mark::Written {
+            if self.get(Mark::Journaled) < offset {
+                self.raise(Mark::Journaled, offset);
+            }
+            self.raise_high_watermark();
+        }
+    }
+
+    /// The batch `[from, to)` is in the shard's journal: `Journaled` moves to `to` if it stood
+    /// at `from` (every offset below the batch is journaled or written), else stays (an earlier
+    /// batch the journal had no room for is covered only by its write).
+    pub fn advance_journaled(&self, from: i64, to: i64) {
+        assert!(from < to, "an empty batch [{from}, {to})");
+        if self.get(Mark::Journaled) == from {
+            self.raise(Mark::Journaled, to);
             self.raise_high_watermark();
         }
     }
@@ -136,11 +167,11 @@ impl Notifier {
         self.raise_high_watermark();
     }
 
-    /// Lowers (or raises) the high watermark to `offset` clamped to `[floor, Written]`, waking
-    /// nothing that is not satisfied: for a log reopened as a replica, whose high watermark
-    /// starts at `Written` only because that is the unreplicated default.
+    /// Lowers (or raises) the high watermark to `offset` clamped to `[floor, Journaled]`,
+    /// waking nothing that is not satisfied: for a log reopened as a replica, whose high
+    /// watermark starts at `Journaled` only because that is the unreplicated default.
     pub fn reset_high_watermark(&self, offset: i64, floor: i64) {
-        let written = self.get(Mark::Written);
+        let written = self.get(Mark::Journaled);
         let high_watermark = offset.clamp(floor.min(written), written);
         if high_watermark >= self.get(Mark::HighWatermark) {
             self.raise(Mark::HighWatermark, high_watermark);
@@ -150,7 +181,7 @@ impl Notifier {
     }
 
     fn raise_high_watermark(&self) {
-        let written = self.get(Mark::Written);
+        let written = self.get(Mark::Journaled);
         let candidate = match self.high_watermark_bound.get() {
             None => written,
             Some(bound) => written.min(bound),
@@ -202,6 +233,7 @@ impl Notifier {
             }
         }
         self.marks[Mark::Written as usize].set(written);
+        self.marks[Mark::Journaled as usize].set(written);
         self.marks[Mark::Durable as usize].set(durable);
         self.marks[Mark::HighWatermark as usize].set(high_watermark);
         let mut woken = Vec::new();

@@ -318,10 +318,7 @@ impl CacheData {
         {
             self.clear();
         }
-        let patch = |head: &mut [u8]| {
-            head[0..8].copy_from_slice(&base_offset.to_be_bytes());
-            head[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
-        };
+        let patch = |head: &mut [u8]| crate::record_batch::assign(head, base_offset, leader_epoch);
         let entry = if batch.len() < COPY_BELOW_BYTES {
             let mut whole = BytesMut::from(&batch[..]);
             patch(&mut whole[..HEAD_BYTES]);

@@ -53,6 +53,10 @@ pub const MAX_WRITE_BYTES: u64 = 4 << 20;
 /// long enough to hold every Produce request waiting on that partition past any latency goal.
 const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Fault injection (set by the server from `BROKER_FAULT_HOLD_SEGMENT_WRITES` in debug
+/// builds): every writer waits before its next segment write for as long as this is set.
+pub static HOLD_WRITES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A batch whose offsets are assigned but which the writer has not written yet.
 #[derive(Debug)]
 pub(crate) struct QueuedBatch {
@@ -144,6 +148,10 @@ pub(crate) trait WriterHost: 'static {
     /// Test hook: cut writes at every multiple of this many bytes of the file.
     #[cfg(test)]
     fn injected_cuts_every_bytes(&self) -> Option<u64>;
+    /// Fault injection: the next segment write waits while this says so ([`HOLD_WRITES`]).
+    fn writes_held(&self) -> bool {
+        HOLD_WRITES.load(std::sync::atomic::Ordering::Relaxed)
+    }
 
     fn written_offset(&self) -> i64 {
         self.notifier().get(Mark::Written)
@@ -412,6 +420,9 @@ impl<Log: WriterHost> Writer<Log> {
     }
 
     async fn write_queued(&mut self, log: &Log) -> Result<(), StorageError> {
+        while log.writes_held() {
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let Some(front) = log.front_batch() else {
             return Ok(());
         };

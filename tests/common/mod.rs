@@ -50,7 +50,17 @@ impl Broker {
     /// Starts a broker process without waiting for its ready line: brokers of a cluster only
     /// become ready once a quorum of them runs, so a cluster launches all, then waits.
     pub fn launch(cwd: &Path, data_arg: &Path, cores: usize, extra: &[&str]) -> Launched {
-        Broker::launch_to(cwd, data_arg, cores, extra, None)
+        Broker::launch_to(cwd, data_arg, cores, extra, None, &[])
+    }
+
+    /// [`Broker::start_in`] with environment variables set for the broker (fault injection).
+    pub fn start_in_with_env(
+        data_dir: &Path,
+        cores: usize,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Broker {
+        Broker::launch_to(data_dir, &data_dir.join("data"), cores, extra, None, env).wait_ready()
     }
 
     /// Starts a broker whose stderr (its log) goes to a pipe this test holds and never reads,
@@ -62,6 +72,7 @@ impl Broker {
             cores,
             extra,
             Some(Stdio::piped()),
+            &[],
         )
         .wait_ready()
     }
@@ -73,6 +84,7 @@ impl Broker {
         cores: usize,
         extra: &[&str],
         stderr: Option<Stdio>,
+        env: &[(&str, &str)],
     ) -> Launched {
         let log_path = cwd.join(format!(
             "broker-{}-{}.log",
@@ -107,6 +119,7 @@ impl Broker {
                 "RUST_LOG",
                 std::env::var("BROKER_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr.unwrap_or_else(|| log.into()))
             .spawn()

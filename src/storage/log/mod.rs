@@ -17,6 +17,7 @@ use glommio::task::JoinHandle;
 
 use super::clean_close;
 use super::epoch_cache::LeaderEpochCache;
+use super::journal;
 use super::notify::{Mark, Notifier};
 use super::producer_snapshot::{self, ProducerTracker};
 use super::reaper;
@@ -29,6 +30,7 @@ use super::{AppendInfo, LogConfig, StorageError};
 use crate::record_batch::BatchHeader;
 
 pub mod compact;
+mod journal_replay;
 mod log_start;
 mod read;
 mod retention;
@@ -135,6 +137,11 @@ pub struct PartitionLog {
     opened_after_clean_close: bool,
     /// Log compaction's progress ([`compact`]).
     compaction: compact::CompactionState,
+    /// This log's id in the shard's journal when its appends go there (`config.journal` and a
+    /// journal on this shard): acks=1 and consumers then wait for the copy, not the write.
+    journal_log_id: Option<u64>,
+    /// The directory's name: what the journal files this log's batches under.
+    dir_name: String,
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
     pub(crate) fail_next_write: Cell<bool>,
@@ -142,6 +149,9 @@ pub struct PartitionLog {
     /// as it cuts them where extents start.
     #[cfg(test)]
     pub(crate) cut_writes_every_bytes: Cell<Option<u64>>,
+    /// Test hook: the writer waits before its next write while this is set.
+    #[cfg(test)]
+    pub(crate) hold_writes: Cell<bool>,
 }
 
 impl PartitionLog {
@@ -201,6 +211,11 @@ impl PartitionLog {
             "opened partition log"
         );
         let config_tail_cache_bytes = config.tail_cache_bytes;
+        let journal_log_id = (config.journal && journal::installed()).then(journal::next_log_id);
+        let dir_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let log = Rc::new_cyclic(|me| PartitionLog {
             me: me.clone(),
             dir,
@@ -229,12 +244,19 @@ impl PartitionLog {
             writer_release_requested: Cell::new(false),
             opened_after_clean_close,
             compaction: compact::CompactionState::default(),
+            journal_log_id,
+            dir_name,
             #[cfg(test)]
             fail_next_write: Cell::new(false),
             #[cfg(test)]
             cut_writes_every_bytes: Cell::new(None),
+            #[cfg(test)]
+            hold_writes: Cell::new(false),
         });
         log.start_writer(active);
+        // What the previous run journaled past the segments' end (it died before writing it).
+        log.replay_journaled(journal::take_recovered(&log.dir_name))
+            .await?;
         Ok(log)
     }
 
@@ -381,7 +403,7 @@ impl PartitionLog {
             epochs.before_append()?;
             epochs.assign(leader_epoch, base_offset)?;
         }
-        Ok(self.enqueue(batch, header, base_offset, leader_epoch))
+        Ok(self.enqueue(batch, header, base_offset, leader_epoch, true))
     }
 
     /// Appends a batch fetched from the leader as it is: its base offset and partition leader
@@ -434,7 +456,7 @@ impl PartitionLog {
             epochs.assign(epoch, header.base_offset)?;
         }
         self.log_end_offset.set(header.base_offset);
-        Ok(self.enqueue(batch, header, header.base_offset, epoch))
+        Ok(self.enqueue(batch, header, header.base_offset, epoch, false))
     }
 
     /// Length and record-count checks shared by both appends; `compacted_ok` accepts fewer
@@ -474,13 +496,18 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Queues a checked batch at `base_offset` (the log end offset) and wakes the writer.
+    /// Queues a checked batch at `base_offset` (the log end offset) and wakes the writer;
+    /// with `journal` (a leader's append) also copies it into the shard's journal, if this log
+    /// uses one, which makes it safe (and visible, as far as the high watermark's bound
+    /// allows) before its write. A follower's appends are not journaled: it acknowledges
+    /// nothing to clients, and the leader counts only what the follower wrote.
     fn enqueue(
         &self,
         batch: Bytes,
         header: &BatchHeader,
         base_offset: i64,
         leader_epoch: i32,
+        journal: bool,
     ) -> AppendInfo {
         assert_eq!(
             base_offset,
@@ -500,6 +527,9 @@ impl PartitionLog {
         self.tail_cache
             .borrow_mut()
             .push(&batch, base_offset, last_offset, leader_epoch);
+        if journal {
+            self.journal_batch(&batch, base_offset, last_offset, leader_epoch);
+        }
         self.queue.borrow_mut().push_back(QueuedBatch {
             bytes: batch,
             leader_epoch,
@@ -581,6 +611,21 @@ impl PartitionLog {
                 self.wake_writer();
             }
             Ok(self.notifier.wait(mark, end_offset))
+        };
+        async move { wait?.await }
+    }
+
+    /// Resolves once every offset below `end_offset` is written or in the shard's journal
+    /// (safe from the process's death): what acks=1 waits for. Fails like
+    /// [`Self::wait_written`].
+    pub fn wait_journaled(
+        &self,
+        end_offset: i64,
+    ) -> impl Future<Output = Result<(), StorageError>> + 'static {
+        let wait = if end_offset > self.log_end_offset() {
+            Err(self.out_of_range(end_offset))
+        } else {
+            Ok(self.notifier.wait(Mark::Journaled, end_offset))
         };
         async move { wait?.await }
     }
@@ -735,6 +780,8 @@ impl PartitionLog {
         if self.lifecycle.get() != Lifecycle::Closed {
             self.lifecycle.set(Lifecycle::Deleting);
         }
+        // A topic created again under this name must not get these batches at its next start.
+        self.forget_journaled();
         // A failed writer does not prevent deletion.
         let _ = self.stop_writer().await;
         self.lifecycle.set(Lifecycle::Closed);
@@ -993,6 +1040,12 @@ impl WriterHost for PartitionLog {
     #[cfg(test)]
     fn injected_cuts_every_bytes(&self) -> Option<u64> {
         self.cut_writes_every_bytes.get()
+    }
+
+    #[cfg(test)]
+    fn writes_held(&self) -> bool {
+        self.hold_writes.get()
+            || super::writer::HOLD_WRITES.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn notifier(&self) -> &Rc<Notifier> {

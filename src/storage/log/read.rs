@@ -51,8 +51,12 @@ impl PartitionLog {
                 len: read.len,
             }));
         }
+        // Journaled batches are visible before they are written: the files serve only what is
+        // written, the tail cache the rest (a batch it gave up waits for its write:
+        // `wait_for_data`).
+        let file_limit = limit_offset.min(self.written_offset());
         Ok(self
-            .read_file(offset, max_bytes, min_one_batch, limit_offset)?
+            .read_file(offset, max_bytes, min_one_batch, file_limit)?
             .map(Records::File))
     }
 
@@ -232,12 +236,26 @@ impl PartitionLog {
         offset: i64,
         limit: ReadLimit,
     ) -> impl Future<Output = ()> + 'static {
-        let mark = match limit {
+        let mut mark = match limit {
             // A wait below the last stable offset also needs the partition's transaction
             // events (`Partition::stable_change`); the data part is the high watermark's.
             ReadLimit::HighWatermark | ReadLimit::Below(_) => Mark::HighWatermark,
             ReadLimit::Written => Mark::Written,
         };
+        // Visible but neither written nor in the tail cache (it gave the batch up: the shard's
+        // budget): readable once written, so waiting on the high watermark would return at once
+        // and again on every poll.
+        if mark == Mark::HighWatermark
+            && offset >= self.written_offset()
+            && offset < self.high_watermark()
+            && self
+                .tail_cache
+                .borrow()
+                .start_offset()
+                .is_none_or(|start| start > offset)
+        {
+            mark = Mark::Written;
+        }
         let wait = self.notifier.wait(mark, offset.saturating_add(1));
         async move {
             // A failure, close or truncation also ends the wait; the caller's next read

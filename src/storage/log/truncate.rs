@@ -42,6 +42,8 @@ impl PartitionLog {
             return Ok(offset);
         }
         self.suspend_writer().await?;
+        // Everything queued is written now; what the journal holds of it must not come back.
+        self.forget_journaled();
         let cut = self.cut_suffix(offset).await;
         self.resume_writer(cut)
     }
@@ -56,6 +58,7 @@ impl PartitionLog {
             return Err(self.out_of_range(offset));
         }
         self.suspend_writer().await?;
+        self.forget_journaled();
         let restarted = self.restart_at(offset).await;
         self.resume_writer(restarted).map(|_| ())
     }

@@ -1,0 +1,465 @@
+//! The shard's journal: where an acks=1 append becomes safe before its segment write.
+//!
+//! # Why
+//! Segment appends are O_DIRECT: a batch is in no page cache until the device has it. If an
+//! acks=1 produce waited for that write, and consumers only saw written bytes, every hold of the
+//! device (this project's VMs hold all writes for 50-300 ms a few times an hour, with or without
+//! the broker: docs/benchmarks.md) would hold every producer and consumer of the shard for its
+//! whole length. Kafka answers acks=1 once the batch is in the page cache, which survives the
+//! process but not the machine; the device's holds never reach its clients.
+//!
+//! The journal gives this broker the same guarantee without giving up O_DIRECT: each shard
+//! copies every appended batch (offsets assigned) into a ring in a file on a memory file system
+//! (tmpfs, `/dev/shm` by default), mapped shared. Memory of a shared tmpfs mapping belongs to
+//! the kernel, so the copy survives the process (`kill -9`, a panic, an abort) the moment the
+//! copy is done; not the machine (a reboot empties tmpfs, as it empties Kafka's page cache).
+//! The partition's *journaled* mark ([`super::notify::Mark::Journaled`]) then moves at once:
+//! acks=1 is answered and consumers may read the batch (from the tail cache, in memory). The
+//! segment write goes on as before; once it completes, the entry's space is the ring's again.
+//! acks=all is unchanged: it waits for fdatasync on every in-sync replica.
+//!
+//! On start-up the previous run's journal files are read before any log opens
+//! ([`recover_previous`]); each log, once its segment files are recovered, appends the
+//! journaled batches that follow its end ([`take_recovered`]) and syncs them; then the old
+//! files go ([`finish_recovery`]).
+//!
+//! # The file
+//! `<dir>/shard-<id>-<pid>-<ns>.journal`: a [`FILE_HEADER_BYTES`] header, then the ring. The
+//! whole file is allocated with `fallocate` when created, so a store into the mapping can never
+//! meet a full tmpfs (which would be `SIGBUS`). The header holds two slots, each the ring
+//! position and sequence number of the oldest live entry with a check word; an update writes
+//! the older slot, so a process dying in the middle of one leaves the other valid.
+//!
+//! An entry is [`ENTRY_HEADER_BYTES`] of header (kind, CRC-32C, length, batch length, sequence
+//! number, directory name length), the partition's directory name, and the batch as it goes to
+//! the segment, padded to 8 bytes. Entries never cross the end of the ring: a `WRAP` entry (or
+//! less room than a header) sends the reader back to its start. The entry CRC covers its header
+//! after the CRC field, the name and the batch up to and including the batch's own CRC field;
+//! the batch's CRC covers the rest. Recovery walks from the oldest live entry while the
+//! sequence numbers follow and both checksums hold: whatever comes after (an entry being
+//! copied when the process died, an older lap) is not taken. An entry whose partition was
+//! deleted or truncated while it was live is marked `DEAD` (its kind word only) and skipped.
+//!
+//! # Ownership
+//! One journal per shard, in a thread-local ([`open_on_this_shard`]); only the shard's thread
+//! touches it, like the logs whose batches it holds. Entries are freed in ring order, so a
+//! partition whose write is slow holds the space of the entries behind it: a full ring makes
+//! appends wait for their segment write again (counted in `broker_journal_full_total`), never
+//! blocks them.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::rc::{Rc, Weak};
+
+use super::notify::{Mark, Notifier};
+use crate::checksum::crc32c;
+
+/// The file's first bytes: what it is and its layout's version.
+const FILE_MAGIC: [u8; 8] = *b"BRKJRNL1";
+/// Bytes before the ring: the magic, the ring's length, the two slots.
+pub const FILE_HEADER_BYTES: u64 = 4096;
+const SLOT_OFFSETS: [usize; 2] = [64, 128];
+/// XORed into a slot's check word, so a zeroed slot is not valid.
+const SLOT_CHECK_KEY: u64 = 0x6a72_6e6c_5f73_6c74;
+
+const ENTRY_LIVE: u32 = 0x4c4e_524a;
+const ENTRY_DEAD: u32 = 0x444e_524a;
+const ENTRY_WRAP: u32 = 0x574e_524a;
+pub const ENTRY_HEADER_BYTES: usize = 32;
+/// Bytes of a batch before its records' CRC coverage starts: base offset, length, leader
+/// epoch, magic, CRC. The entry's own CRC covers them.
+const BATCH_PREFIX_BYTES: usize = 21;
+/// Longest directory name an entry carries (topic names are at most 249 bytes).
+const DIR_NAME_MAX_BYTES: usize = 512;
+
+/// The smallest ring accepted: a few batches of the default maximum size.
+pub const RING_MIN_BYTES: u64 = 4 << 20;
+
+/// A file of the journal's kind in `dir`.
+fn is_journal_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "journal")
+}
+
+/// One entry not yet freed: where it is and what frees it.
+#[derive(Debug)]
+struct LiveEntry {
+    start: u64,
+    end: u64,
+    seq: u64,
+    log_id: u64,
+    /// Freed once its log's written offset reaches `end_offset` (or the log is gone).
+    notifier: Weak<Notifier>,
+    end_offset: i64,
+    dead: bool,
+}
+
+/// The shard's journal: its mapping and the live entries in ring order.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    /// The shard's index, for its metrics cells.
+    shard: usize,
+    map: NonNull<u8>,
+    map_len: usize,
+    ring_bytes: u64,
+    /// Logical positions (the physical one is `% ring_bytes`): next entry, oldest live entry.
+    head: u64,
+    tail: u64,
+    next_seq: u64,
+    /// Which header slot the next update writes.
+    next_slot: usize,
+    live: VecDeque<LiveEntry>,
+    _file: File,
+}
+
+thread_local! {
+    static JOURNAL: RefCell<Option<Journal>> = const { RefCell::new(None) };
+    static NEXT_LOG_ID: Cell<u64> = const { Cell::new(1) };
+}
+
+/// An id for a log's entries on this shard (its `forget_log` names them).
+pub fn next_log_id() -> u64 {
+    NEXT_LOG_ID.with(|id| {
+        let next = id.get();
+        id.set(next + 1);
+        next
+    })
+}
+
+/// Creates this shard's journal file in `dir` (created if missing) and installs it on this
+/// thread. The file is new for every run; the previous run's are read by [`recover_previous`].
+pub fn open_on_this_shard(dir: &Path, shard: usize, ring_bytes: u64) -> io::Result<()> {
+    let journal = Journal::create(dir, shard, ring_bytes)?;
+    JOURNAL.with(|j| *j.borrow_mut() = Some(journal));
+    Ok(())
+}
+
+/// Whether this thread has a journal.
+pub fn installed() -> bool {
+    JOURNAL.with(|j| j.borrow().is_some())
+}
+
+/// Frees what can be freed and, when nothing is live, removes this shard's file (a clean
+/// stop: every log was closed, so everything was written). A file with live entries stays for
+/// the next start to replay.
+pub fn close_on_this_shard() {
+    let Some(mut journal) = JOURNAL.with(|j| j.borrow_mut().take()) else {
+        return;
+    };
+    journal.reclaim();
+    if journal.live.is_empty() {
+        if let Err(error) = std::fs::remove_file(&journal.path) {
+            tracing::warn!(path = %journal.path.display(), %error, "cannot remove the journal file");
+        }
+    } else {
+        tracing::warn!(
+            path = %journal.path.display(),
+            live = journal.live.len(),
+            "journal entries not yet in segment files stay for the next start"
+        );
+    }
+}
+
+/// Copies one batch of the log `log_id` (its directory name `dir_name`) into this shard's
+/// journal: `head` is the batch's first 16 bytes as they go to the segment (offset and epoch
+/// assigned), `batch` the producer's bytes. Returns false (nothing copied) without a journal,
+/// when the ring has no room even after freeing what is written, or for a batch too large for
+/// it; the caller then waits for the segment write as without a journal.
+pub(crate) fn append(
+    log_id: u64,
+    notifier: &Rc<Notifier>,
+    dir_name: &str,
+    head: &[u8; 16],
+    batch: &[u8],
+    end_offset: i64,
+) -> bool {
+    JOURNAL.with(|j| {
+        let mut journal = j.borrow_mut();
+        let Some(journal) = journal.as_mut() else {
+            return false;
+        };
+        let appended = journal.append(log_id, notifier, dir_name, head, batch, end_offset);
+        let cells = crate::metrics::shard_cells(journal.shard);
+        if appended {
+            cells
+                .journaled_bytes
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            cells
+                .journal_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        appended
+    })
+}
+
+/// Marks every live entry of `log_id` dead: the log was deleted or truncated, so its entries
+/// must never be replayed (a topic created again under the same name starts at offset 0).
+pub(crate) fn forget_log(log_id: u64) {
+    JOURNAL.with(|j| {
+        if let Some(journal) = j.borrow_mut().as_mut() {
+            journal.forget_log(log_id);
+        }
+    });
+}
+
+/// Bytes of this shard's ring held by live entries, and the ring's size.
+pub fn usage_on_this_shard() -> Option<(u64, u64)> {
+    JOURNAL.with(|j| {
+        j.borrow_mut().as_mut().map(|journal| {
+            journal.reclaim();
+            (journal.head - journal.tail, journal.ring_bytes)
+        })
+    })
+}
+
+impl Journal {
+    fn create(dir: &Path, shard: usize, ring_bytes: u64) -> io::Result<Journal> {
+        if ring_bytes < RING_MIN_BYTES || !ring_bytes.is_multiple_of(8) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("journal ring of {ring_bytes} bytes: at least {RING_MIN_BYTES}, a multiple of 8"),
+            ));
+        }
+        std::fs::create_dir_all(dir)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = dir.join(format!(
+            "shard-{shard}-{}-{nanos}.journal",
+            std::process::id()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let map_len = (FILE_HEADER_BYTES + ring_bytes) as usize;
+        // Allocated now, so no store into the mapping can fault on a full file system.
+        // SAFETY: plain system call on a descriptor we own.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, map_len as libc::off_t) };
+        if rc != 0 {
+            let error = io::Error::last_os_error();
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
+        let map = map_shared(&file, map_len).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
+        let mut journal = Journal {
+            path,
+            shard,
+            map,
+            map_len,
+            ring_bytes,
+            head: 0,
+            tail: 0,
+            next_seq: 1,
+            next_slot: 0,
+            live: VecDeque::new(),
+            _file: file,
+        };
+        let bytes = journal.bytes_mut();
+        bytes[0..8].copy_from_slice(&FILE_MAGIC);
+        bytes[8..16].copy_from_slice(&ring_bytes.to_le_bytes());
+        journal.write_tail();
+        Ok(journal)
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `map` is a live shared mapping of `map_len` bytes owned by this journal
+        // (unmapped in Drop); only this thread touches it through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.map_len) }
+    }
+
+    /// Records the oldest live entry (or the head when none is) in the next header slot.
+    fn write_tail(&mut self) {
+        let (position, seq) = match self.live.front() {
+            Some(entry) => (entry.start, entry.seq),
+            None => (self.head, self.next_seq),
+        };
+        let slot = SLOT_OFFSETS[self.next_slot];
+        self.next_slot ^= 1;
+        let bytes = self.bytes_mut();
+        bytes[slot..slot + 8].copy_from_slice(&position.to_le_bytes());
+        bytes[slot + 8..slot + 16].copy_from_slice(&seq.to_le_bytes());
+        let check = position ^ seq.rotate_left(17) ^ SLOT_CHECK_KEY;
+        bytes[slot + 16..slot + 24].copy_from_slice(&check.to_le_bytes());
+    }
+
+    /// Frees entries from the oldest while they are written (or dead, or their log is gone).
+    fn reclaim(&mut self) {
+        let before = self.live.len();
+        while let Some(front) = self.live.front() {
+            let freed = front.dead
+                || front
+                    .notifier
+                    .upgrade()
+                    .is_none_or(|n| n.get(Mark::Written) >= front.end_offset);
+            if !freed {
+                break;
+            }
+            self.live.pop_front();
+        }
+        self.tail = self.live.front().map_or(self.head, |e| e.start);
+        if self.live.len() != before {
+            self.write_tail();
+        }
+    }
+
+    fn forget_log(&mut self, log_id: u64) {
+        let mut marked = Vec::new();
+        for entry in self.live.iter_mut().filter(|e| e.log_id == log_id) {
+            entry.dead = true;
+            marked.push(entry.start);
+        }
+        for start in marked {
+            let at = (FILE_HEADER_BYTES + start % self.ring_bytes) as usize;
+            self.bytes_mut()[at..at + 4].copy_from_slice(&ENTRY_DEAD.to_le_bytes());
+        }
+        self.reclaim();
+    }
+
+    fn append(
+        &mut self,
+        log_id: u64,
+        notifier: &Rc<Notifier>,
+        dir_name: &str,
+        head: &[u8; 16],
+        batch: &[u8],
+        end_offset: i64,
+    ) -> bool {
+        if dir_name.len() > DIR_NAME_MAX_BYTES || batch.len() < BATCH_PREFIX_BYTES {
+            return false;
+        }
+        let len = (ENTRY_HEADER_BYTES + dir_name.len() + batch.len()).next_multiple_of(8) as u64;
+        // A batch that would take more than a quarter of the ring is not worth its room.
+        if len > self.ring_bytes / 4 {
+            return false;
+        }
+        let room = |journal: &Journal| {
+            let at = journal.head % journal.ring_bytes;
+            // An entry that does not fit before the ring's end starts at its beginning.
+            let skip = if at + len > journal.ring_bytes {
+                journal.ring_bytes - at
+            } else {
+                0
+            };
+            let used = journal.head - journal.tail;
+            (used + skip + len <= journal.ring_bytes, skip)
+        };
+        let (mut fits, mut skip) = room(self);
+        if !fits {
+            self.reclaim();
+            (fits, skip) = room(self);
+            if !fits {
+                return false;
+            }
+        }
+        if skip > 0 {
+            let at = (FILE_HEADER_BYTES + self.head % self.ring_bytes) as usize;
+            let seq = self.next_seq;
+            if skip >= ENTRY_HEADER_BYTES as u64 {
+                let bytes = self.bytes_mut();
+                bytes[at..at + 4].copy_from_slice(&ENTRY_WRAP.to_le_bytes());
+                bytes[at + 4..at + 8].copy_from_slice(&0u32.to_le_bytes());
+                bytes[at + 8..at + 12].copy_from_slice(&(skip as u32).to_le_bytes());
+                bytes[at + 12..at + 16].copy_from_slice(&0u32.to_le_bytes());
+                bytes[at + 16..at + 24].copy_from_slice(&seq.to_le_bytes());
+                self.next_seq += 1;
+            }
+            self.head += skip;
+        }
+        let start = self.head;
+        let seq = self.next_seq;
+        let at = (FILE_HEADER_BYTES + start % self.ring_bytes) as usize;
+        let name = dir_name.as_bytes();
+        // Header, name and the batch's prefix (with the assigned offset and epoch) are
+        // assembled here, checksummed, then copied; the body goes straight from the request.
+        let mut prefix = [0u8; ENTRY_HEADER_BYTES + DIR_NAME_MAX_BYTES + BATCH_PREFIX_BYTES];
+        let prefix_len = ENTRY_HEADER_BYTES + name.len() + BATCH_PREFIX_BYTES;
+        prefix[0..4].copy_from_slice(&ENTRY_LIVE.to_le_bytes());
+        prefix[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+        prefix[12..16].copy_from_slice(&(batch.len() as u32).to_le_bytes());
+        prefix[16..24].copy_from_slice(&seq.to_le_bytes());
+        prefix[24..26].copy_from_slice(&(name.len() as u16).to_le_bytes());
+        let name_end = ENTRY_HEADER_BYTES + name.len();
+        prefix[ENTRY_HEADER_BYTES..name_end].copy_from_slice(name);
+        prefix[name_end..name_end + 16].copy_from_slice(head);
+        prefix[name_end + 16..prefix_len].copy_from_slice(&batch[16..BATCH_PREFIX_BYTES]);
+        let crc = crc32c(&prefix[8..prefix_len]);
+        prefix[4..8].copy_from_slice(&crc.to_le_bytes());
+        let bytes = self.bytes_mut();
+        let body_at = at + prefix_len;
+        super::stream_copy::copy(
+            &mut bytes[body_at..body_at + batch.len() - BATCH_PREFIX_BYTES],
+            &batch[BATCH_PREFIX_BYTES..],
+        );
+        // The kind word last: until it is written the entry is not LIVE for a reader (the
+        // sequence number and the checksums would stop it anyway).
+        bytes[at + 4..at + prefix_len].copy_from_slice(&prefix[4..prefix_len]);
+        bytes[at..at + 4].copy_from_slice(&prefix[0..4]);
+        self.head += len;
+        self.next_seq += 1;
+        let was_empty = self.live.is_empty();
+        self.live.push_back(LiveEntry {
+            start,
+            end: start + len,
+            seq,
+            log_id,
+            notifier: Rc::downgrade(notifier),
+            end_offset,
+            dead: false,
+        });
+        if was_empty {
+            self.tail = start;
+            self.write_tail();
+        }
+        debug_assert!(self.live.back().is_some_and(|e| e.end == self.head));
+        true
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created by `map_shared` with this length and is not used
+        // after this.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
+    }
+}
+
+fn map_shared(file: &File, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a new shared mapping of a file we opened read-write and sized to `len`.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
+}
+
+pub use dirs::{claim_dir, default_dir, remove_abandoned_default_dirs, DirClaim, DEFAULT_PARENT};
+pub use replay::{finish_recovery, parse, read_file, recover_previous, take_recovered, Recovered};
+
+mod dirs;
+mod replay;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod log_tests;

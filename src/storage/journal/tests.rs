@@ -1,0 +1,240 @@
+use super::*;
+use crate::record_batch;
+use crate::storage::testutil::batch;
+
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// A batch of `count` records of `value_bytes`, with the head the leader would give it.
+fn entry_batch(count: usize, value_bytes: usize, base_offset: i64) -> (Vec<u8>, [u8; 16]) {
+    let bytes = batch(count, value_bytes, 1_700_000_000_000);
+    let mut head = [0u8; 16];
+    head.copy_from_slice(&bytes[..16]);
+    record_batch::assign(&mut head, base_offset, 3);
+    (bytes, head)
+}
+
+/// What a segment would hold: the producer's bytes with the head patched.
+fn as_written(bytes: &[u8], head: &[u8; 16]) -> Vec<u8> {
+    let mut written = bytes.to_vec();
+    written[..16].copy_from_slice(head);
+    written
+}
+
+fn journal_file(dir: &Path) -> PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| is_journal_file(p))
+        .collect();
+    assert_eq!(files.len(), 1, "one journal file in {}", dir.display());
+    files.pop().unwrap()
+}
+
+/// Appends one batch of `count` records to `journal` for `log` at the log's next offset.
+fn append_next(
+    journal: &mut Journal,
+    log: (u64, &Rc<Notifier>, &str),
+    next_offset: &mut i64,
+    count: usize,
+    value_bytes: usize,
+) -> Option<Vec<u8>> {
+    let (bytes, head) = entry_batch(count, value_bytes, *next_offset);
+    let end = *next_offset + count as i64;
+    journal
+        .append(log.0, log.1, log.2, &head, &bytes, end)
+        .then(|| {
+            *next_offset = end;
+            as_written(&bytes, &head)
+        })
+}
+
+#[test]
+fn batches_outlive_the_journal_in_ring_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let logs = [Notifier::new(0, 0), Notifier::new(0, 0)];
+    let mut next = [0, 0];
+    let mut expected = Vec::new();
+    for (i, name) in [(0, "t-0"), (1, "t-1"), (0, "t-0")] {
+        let bytes = append_next(&mut journal, (1, &logs[i], name), &mut next[i], 5, 100).unwrap();
+        expected.push((name.to_string(), bytes));
+    }
+    // The process dies: nothing is freed or closed, the mapping just goes.
+    drop(journal);
+    let read = read_file(&journal_file(dir.path()), MAX_BATCH_BYTES).unwrap();
+    let read: Vec<_> = read.into_iter().map(|(n, b)| (n, b.to_vec())).collect();
+    assert_eq!(read, expected);
+}
+
+#[test]
+fn written_batches_free_their_room_and_the_ring_wraps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let log = Notifier::new(0, 0);
+    let mut next = 0;
+    let mut appended: Vec<(i64, Vec<u8>)> = Vec::new();
+    // About 150 KiB a batch: 27 fill the ring; 200 go around it seven times. Each write
+    // completes two batches after its append, so two are always live.
+    for i in 0..200 {
+        let bytes = append_next(&mut journal, (1, &log, "t-0"), &mut next, 150, 1000)
+            .expect("room: everything but the last two batches is written");
+        appended.push((next, bytes));
+        if i >= 2 {
+            log.advance(Mark::Written, appended[i - 2].0);
+        }
+    }
+    assert!(journal.head > 6 * RING_MIN_BYTES, "went round the ring");
+    drop(journal);
+    let read = read_file(&journal_file(dir.path()), MAX_BATCH_BYTES).unwrap();
+    // Written entries are freed when room is needed, so the walk may start before the two
+    // live ones: it returns the newest entries, in order, at most a ring of them.
+    let appended: Vec<Vec<u8>> = appended.into_iter().map(|(_, b)| b).collect();
+    let read: Vec<Vec<u8>> = read.into_iter().map(|(_, b)| b.to_vec()).collect();
+    assert!((2..=27).contains(&read.len()), "{} entries", read.len());
+    assert_eq!(read[..], appended[appended.len() - read.len()..]);
+}
+
+#[test]
+fn a_full_ring_refuses_and_keeps_what_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let log = Notifier::new(0, 0);
+    let mut next = 0;
+    let mut appended = Vec::new();
+    while let Some(bytes) = append_next(&mut journal, (1, &log, "t-0"), &mut next, 100, 1000) {
+        appended.push(bytes);
+    }
+    assert!(
+        appended.len() >= 30,
+        "{} batches of 100 KB in 4 MiB",
+        appended.len()
+    );
+    // Written now: the room comes back.
+    log.advance(Mark::Written, next);
+    assert!(append_next(&mut journal, (1, &log, "t-0"), &mut next, 100, 1000).is_some());
+    // A batch larger than a quarter of the ring never goes in.
+    assert!(append_next(&mut journal, (1, &log, "t-0"), &mut next, 1100, 1000).is_none());
+}
+
+#[test]
+fn a_forgotten_log_is_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let (deleted, kept) = (Notifier::new(0, 0), Notifier::new(0, 0));
+    let (mut next_deleted, mut next_kept) = (0, 0);
+    append_next(
+        &mut journal,
+        (1, &deleted, "gone-0"),
+        &mut next_deleted,
+        3,
+        10,
+    )
+    .unwrap();
+    let kept_bytes =
+        append_next(&mut journal, (2, &kept, "kept-0"), &mut next_kept, 3, 10).unwrap();
+    append_next(
+        &mut journal,
+        (1, &deleted, "gone-0"),
+        &mut next_deleted,
+        3,
+        10,
+    )
+    .unwrap();
+    journal.forget_log(1);
+    drop(journal);
+    let read = read_file(&journal_file(dir.path()), MAX_BATCH_BYTES).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].0, "kept-0");
+    assert_eq!(read[0].1.to_vec(), kept_bytes);
+}
+
+#[test]
+fn a_torn_entry_ends_the_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let log = Notifier::new(0, 0);
+    let mut next = 0;
+    let first = append_next(&mut journal, (1, &log, "t-0"), &mut next, 10, 100).unwrap();
+    let second_at = FILE_HEADER_BYTES as usize + journal.head as usize;
+    append_next(&mut journal, (1, &log, "t-0"), &mut next, 10, 100).unwrap();
+    append_next(&mut journal, (1, &log, "t-0"), &mut next, 10, 100).unwrap();
+    drop(journal);
+    let path = journal_file(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A record byte of the second batch, as if the process died while copying it.
+    bytes[second_at + ENTRY_HEADER_BYTES + 3 + 200] ^= 0xff;
+    let read = parse(&bytes, MAX_BATCH_BYTES).unwrap();
+    assert_eq!(read.len(), 1, "only the entry before the torn one");
+    assert_eq!(read[0].1.to_vec(), first);
+}
+
+#[test]
+fn damaged_files_give_fewer_entries_or_an_error_never_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let log = Notifier::new(0, 0);
+    let mut next = 0;
+    for _ in 0..20 {
+        append_next(&mut journal, (1, &log, "t-0"), &mut next, 20, 50).unwrap();
+    }
+    let used = FILE_HEADER_BYTES as usize + journal.head as usize;
+    drop(journal);
+    let good = std::fs::read(journal_file(dir.path())).unwrap();
+    assert_eq!(parse(&good, MAX_BATCH_BYTES).unwrap().len(), 20);
+    // xorshift: the same damage on every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..2000 {
+        let mut bytes = good.clone();
+        for _ in 0..1 + random() % 4 {
+            let at = (random() as usize) % used;
+            bytes[at] ^= 1 << (random() % 8);
+        }
+        if let Ok(read) = parse(&bytes, MAX_BATCH_BYTES) {
+            assert!(read.len() <= 20);
+        }
+    }
+    for cut in [0, 8, 100, FILE_HEADER_BYTES as usize, used / 2] {
+        assert!(parse(&good[..cut], MAX_BATCH_BYTES).is_err());
+    }
+}
+
+#[test]
+fn the_thread_local_journal_serves_appends_and_is_removed_when_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    open_on_this_shard(dir.path(), 5, RING_MIN_BYTES).unwrap();
+    assert!(installed());
+    let log = Notifier::new(0, 0);
+    let (bytes, head) = entry_batch(4, 10, 0);
+    assert!(append(next_log_id(), &log, "t-0", &head, &bytes, 4));
+    assert_eq!(usage_on_this_shard().map(|(used, _)| used > 0), Some(true));
+    log.advance(Mark::Written, 4);
+    close_on_this_shard();
+    assert!(!installed());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "file removed"
+    );
+}
+
+#[test]
+fn a_directory_belongs_to_one_data_directory() {
+    let journal_dir = tempfile::tempdir().unwrap();
+    let claim = claim_dir(journal_dir.path(), Path::new("/data/a")).unwrap();
+    assert!(
+        claim_dir(journal_dir.path(), Path::new("/data/a")).is_err(),
+        "held"
+    );
+    drop(claim);
+    assert!(
+        claim_dir(journal_dir.path(), Path::new("/data/b")).is_err(),
+        "another's"
+    );
+    assert!(claim_dir(journal_dir.path(), Path::new("/data/a")).is_ok());
+}
