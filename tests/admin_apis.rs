@@ -114,6 +114,17 @@ fn delete_records_moves_the_log_start_for_consumers_and_survives_a_restart() {
         assert_eq!(client.produce("dr", 0, batch, 1), (0, i));
     }
     let dir = broker.data_dir.join("dr-0");
+    // acks=1 is answered from the journal: wait for the writes (and their rolls).
+    let written_bytes = |dir: &std::path::Path| -> u64 {
+        log_segments(dir)
+            .iter()
+            .map(|n| std::fs::metadata(dir.join(n)).map_or(0, |m| m.len()))
+            .sum()
+    };
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || written_bytes(&dir) >= 60 * 4000
+    ));
     let before = log_segments(&dir);
     assert!(before.len() > 5, "{before:?}");
 

@@ -669,7 +669,12 @@ fn a_changed_segment_size_applies_to_the_running_log_at_once() {
     for i in 5..25 {
         assert_eq!(client.produce("seg", 0, batch(), 1), (0, i));
     }
-    assert!(log_segments(&dir) >= 4, "{} segments", log_segments(&dir));
+    // acks=1 is answered from the journal: the writes (and their rolls) follow.
+    assert!(
+        common::wait_until(Duration::from_secs(10), || log_segments(&dir) >= 4),
+        "{} segments",
+        log_segments(&dir)
+    );
     assert_eq!(client.create_topic("seg2", 1), 0);
     let response = client.call(1, &set_broker_config("0", "log.segment.bytes", "40000"));
     assert_eq!(response.responses[0].error_code, 0, "{response:?}");
@@ -677,7 +682,11 @@ fn a_changed_segment_size_applies_to_the_running_log_at_once() {
         assert_eq!(client.produce("seg2", 0, batch(), 1), (0, i));
     }
     let dir2 = dir.with_file_name("seg2-0");
-    assert!(log_segments(&dir2) >= 2, "{} segments", log_segments(&dir2));
+    assert!(
+        common::wait_until(Duration::from_secs(10), || log_segments(&dir2) >= 2),
+        "{} segments",
+        log_segments(&dir2)
+    );
 }
 
 fn reassign_raw(addr: &str, topic: &str, target: &[i32]) -> (i16, i16) {

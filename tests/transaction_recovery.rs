@@ -128,8 +128,9 @@ fn aborted_transactions_in_closed_segments_stay_hidden_across_restarts() {
         read_all(&broker.addr, topic, "read_committed", "after-39"),
         committed
     );
+    // Visible once journaled: the segment writes (and rolls) follow.
     assert!(
-        segment_files(dir.path(), topic) >= 5,
+        common::wait_until(TIMEOUT, || segment_files(dir.path(), topic) >= 5),
         "the abort marker must sit in a closed segment, several rolls back"
     );
 
@@ -173,7 +174,7 @@ fn a_transaction_open_across_a_roll_is_aborted_whole_after_kill9() {
     // one is decided, so the last stable offset must stay at the open transaction's start.
     committed_transaction(&other, topic, &names("middle", 20));
     assert!(
-        segment_files(dir.path(), topic) >= 4,
+        common::wait_until(TIMEOUT, || segment_files(dir.path(), topic) >= 4),
         "the open transaction spans rolls"
     );
     broker.kill9();
