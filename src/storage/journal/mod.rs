@@ -114,6 +114,10 @@ pub struct Journal {
     /// Which header slot the next update writes.
     next_slot: usize,
     live: VecDeque<LiveEntry>,
+    /// Ring bytes allocated in the file system, from the ring's start: entries stay below.
+    allocated: u64,
+    /// The rest of the ring could not be allocated: no more entries.
+    refusing: bool,
     _file: File,
 }
 
@@ -133,9 +137,54 @@ pub fn next_log_id() -> u64 {
 
 /// Creates this shard's journal file in `dir` (created if missing) and installs it on this
 /// thread. The file is new for every run; the previous run's are read by [`recover_previous`].
+///
+/// Start-up pays for the ring's first [`FIRST_ALLOCATION_BYTES`] only: the rest is allocated
+/// by a blocking-pool thread (zeroing 256 MiB of tmpfs pages takes about 70 ms), and until
+/// then appends use the allocated start of the ring. Must run on the shard's executor.
 pub fn open_on_this_shard(dir: &Path, shard: usize, ring_bytes: u64) -> io::Result<()> {
-    let journal = Journal::create(dir, shard, ring_bytes)?;
+    let journal = Journal::create(dir, shard, ring_bytes, FIRST_ALLOCATION_BYTES)?;
+    let rest =
+        (journal.allocated < ring_bytes).then(|| (journal._file.try_clone(), journal.path.clone()));
     JOURNAL.with(|j| *j.borrow_mut() = Some(journal));
+    let Some((file, path)) = rest else {
+        return Ok(());
+    };
+    let file = file?;
+    glommio::spawn_local(async move {
+        let map_len = FILE_HEADER_BYTES + ring_bytes;
+        let allocated = glommio::executor()
+            .spawn_blocking(move || allocate(&file, map_len))
+            .await;
+        JOURNAL.with(|j| {
+            let mut journal = j.borrow_mut();
+            let Some(journal) = journal.as_mut().filter(|j| j.path == path) else {
+                return;
+            };
+            match allocated {
+                Ok(()) => journal.allocated = journal.ring_bytes,
+                Err(error) => {
+                    // The ring cannot wrap below its end: this shard's journal takes no more.
+                    tracing::warn!(path = %path.display(), %error, "cannot allocate the journal's ring: acks=1 waits for segment writes on this shard");
+                    journal.refusing = true;
+                }
+            }
+        });
+    })
+    .detach();
+    Ok(())
+}
+
+/// Ring bytes a journal allocates while the shard starts; the rest follows off the shard.
+pub const FIRST_ALLOCATION_BYTES: u64 = 8 << 20;
+
+/// Allocates the first `len` bytes of `file` (tmpfs pages, zeroed), so no store into its
+/// mapping below `len` can fault on a full file system (`SIGBUS`).
+fn allocate(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: plain system call on a descriptor we own.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -219,7 +268,14 @@ pub fn usage_on_this_shard() -> Option<(u64, u64)> {
 }
 
 impl Journal {
-    fn create(dir: &Path, shard: usize, ring_bytes: u64) -> io::Result<Journal> {
+    /// A new journal file in `dir` whose first `allocate_bytes` of ring (at least) are
+    /// allocated; the caller raises `allocated` when it allocated the rest.
+    fn create(
+        dir: &Path,
+        shard: usize,
+        ring_bytes: u64,
+        allocate_bytes: u64,
+    ) -> io::Result<Journal> {
         if ring_bytes < RING_MIN_BYTES || !ring_bytes.is_multiple_of(8) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -241,15 +297,14 @@ impl Journal {
             .create_new(true)
             .open(&path)?;
         let map_len = (FILE_HEADER_BYTES + ring_bytes) as usize;
-        // Allocated now, so no store into the mapping can fault on a full file system.
-        // SAFETY: plain system call on a descriptor we own.
-        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, map_len as libc::off_t) };
-        if rc != 0 {
-            let error = io::Error::last_os_error();
-            let _ = std::fs::remove_file(&path);
-            return Err(error);
-        }
-        let map = map_shared(&file, map_len).inspect_err(|_| {
+        let allocated = allocate_bytes.min(ring_bytes);
+        // The whole length for the mapping; blocks only for what is allocated now, and no
+        // entry is stored above `allocated` until the rest is.
+        let prepared = file
+            .set_len(map_len as u64)
+            .and_then(|()| allocate(&file, FILE_HEADER_BYTES + allocated))
+            .and_then(|()| map_shared(&file, map_len));
+        let map = prepared.inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
         })?;
         let mut journal = Journal {
@@ -263,6 +318,8 @@ impl Journal {
             next_seq: 1,
             next_slot: 0,
             live: VecDeque::new(),
+            allocated,
+            refusing: false,
             _file: file,
         };
         let bytes = journal.bytes_mut();
@@ -335,7 +392,8 @@ impl Journal {
         batch: &[u8],
         end_offset: i64,
     ) -> bool {
-        if dir_name.len() > DIR_NAME_MAX_BYTES || batch.len() < BATCH_PREFIX_BYTES {
+        if self.refusing || dir_name.len() > DIR_NAME_MAX_BYTES || batch.len() < BATCH_PREFIX_BYTES
+        {
             return false;
         }
         let len = (ENTRY_HEADER_BYTES + dir_name.len() + batch.len()).next_multiple_of(8) as u64;
@@ -352,7 +410,12 @@ impl Journal {
                 0
             };
             let used = journal.head - journal.tail;
-            (used + skip + len <= journal.ring_bytes, skip)
+            // On the first lap, only into the allocated start of the ring.
+            let end = if skip > 0 { len } else { at + len };
+            (
+                used + skip + len <= journal.ring_bytes && end <= journal.allocated,
+                skip,
+            )
         };
         let (mut fits, mut skip) = room(self);
         if !fits {
@@ -441,7 +504,7 @@ fn map_shared(file: &File, len: usize) -> io::Result<NonNull<u8>> {
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
+            libc::MAP_SHARED,
             file.as_raw_fd(),
             0,
         )

@@ -51,7 +51,7 @@ fn append_next(
 #[test]
 fn batches_outlive_the_journal_in_ring_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
     let logs = [Notifier::new(0, 0), Notifier::new(0, 0)];
     let mut next = [0, 0];
     let mut expected = Vec::new();
@@ -69,7 +69,7 @@ fn batches_outlive_the_journal_in_ring_order() {
 #[test]
 fn written_batches_free_their_room_and_the_ring_wraps() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
     let log = Notifier::new(0, 0);
     let mut next = 0;
     let mut appended: Vec<(i64, Vec<u8>)> = Vec::new();
@@ -97,7 +97,7 @@ fn written_batches_free_their_room_and_the_ring_wraps() {
 #[test]
 fn a_full_ring_refuses_and_keeps_what_it_has() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
     let log = Notifier::new(0, 0);
     let mut next = 0;
     let mut appended = Vec::new();
@@ -119,7 +119,7 @@ fn a_full_ring_refuses_and_keeps_what_it_has() {
 #[test]
 fn a_forgotten_log_is_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
     let (deleted, kept) = (Notifier::new(0, 0), Notifier::new(0, 0));
     let (mut next_deleted, mut next_kept) = (0, 0);
     append_next(
@@ -151,7 +151,7 @@ fn a_forgotten_log_is_not_replayed() {
 #[test]
 fn a_torn_entry_ends_the_walk() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
     let log = Notifier::new(0, 0);
     let mut next = 0;
     let first = append_next(&mut journal, (1, &log, "t-0"), &mut next, 10, 100).unwrap();
@@ -171,7 +171,7 @@ fn a_torn_entry_ends_the_walk() {
 #[test]
 fn damaged_files_give_fewer_entries_or_an_error_never_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES).unwrap();
+    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
     let log = Notifier::new(0, 0);
     let mut next = 0;
     for _ in 0..20 {
@@ -207,20 +207,58 @@ fn damaged_files_give_fewer_entries_or_an_error_never_a_panic() {
 #[test]
 fn the_thread_local_journal_serves_appends_and_is_removed_when_empty() {
     let dir = tempfile::tempdir().unwrap();
-    open_on_this_shard(dir.path(), 5, RING_MIN_BYTES).unwrap();
-    assert!(installed());
+    let path = dir.path().to_path_buf();
+    crate::storage::testutil::run(move || async move {
+        let ring = 4 * FIRST_ALLOCATION_BYTES;
+        open_on_this_shard(&path, 5, ring).unwrap();
+        assert!(installed());
+        let log = Notifier::new(0, 0);
+        let mut next = 0;
+        // The rest of the ring is allocated off the shard; until then entries stay in its start.
+        while JOURNAL.with(|j| j.borrow().as_ref().unwrap().allocated) < ring {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let mut appended = 0;
+        while appended < ring / 2 {
+            let (bytes, head) = entry_batch(100, 1000, next);
+            assert!(append(
+                next_log_id(),
+                &log,
+                "t-0",
+                &head,
+                &bytes,
+                next + 100
+            ));
+            next += 100;
+            appended += bytes.len() as u64;
+        }
+        let used = usage_on_this_shard().map(|(used, _)| used);
+        assert!(used.is_some_and(|u| u > FIRST_ALLOCATION_BYTES), "{used:?}");
+        log.advance(Mark::Written, next);
+        close_on_this_shard();
+        assert!(!installed());
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0, "file removed");
+    });
+}
+
+#[test]
+fn the_first_lap_stays_in_the_allocated_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal =
+        Journal::create(dir.path(), 0, 2 * RING_MIN_BYTES, RING_MIN_BYTES / 2).unwrap();
     let log = Notifier::new(0, 0);
-    let (bytes, head) = entry_batch(4, 10, 0);
-    assert!(append(next_log_id(), &log, "t-0", &head, &bytes, 4));
-    assert_eq!(usage_on_this_shard().map(|(used, _)| used > 0), Some(true));
-    log.advance(Mark::Written, 4);
-    close_on_this_shard();
-    assert!(!installed());
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        0,
-        "file removed"
+    let mut next = 0;
+    let mut appended = 0;
+    while append_next(&mut journal, (1, &log, "t-0"), &mut next, 100, 1000).is_some() {
+        appended += 1;
+    }
+    assert!(
+        (15..=21).contains(&appended),
+        "{appended} batches of 100 KB in 2 MiB"
     );
+    assert!(journal.head <= RING_MIN_BYTES / 2);
+    journal.allocated = journal.ring_bytes;
+    assert!(append_next(&mut journal, (1, &log, "t-0"), &mut next, 100, 1000).is_some());
 }
 
 #[test]
