@@ -89,9 +89,12 @@ pub struct BrokerConfig {
     /// after the data directory; `Off` (`none`): acks=1 waits for the segment write.
     pub journal_dir: JournalDir,
     /// `log.journal.bytes`: each shard's journal ring, allocated in the journal's file system
-    /// at start (memory, on tmpfs). At 1.3 GB/s into one shard, 256 MiB covers 200 ms of
-    /// device hold; a longer hold makes later appends wait for their writes.
-    pub journal_bytes_per_shard: u64,
+    /// (memory, on tmpfs). At 1.3 GB/s into one shard, 512 MiB covers a device hold of about
+    /// 300 ms and the writes that catch up after it; a longer hold makes later appends wait
+    /// for their writes. `None` (the default): an eighth of the machine's memory shared by
+    /// the shards, at most 512 MiB and at least 64 MiB each, within half of the journal file
+    /// system's free space (`startup::prepare_journal`).
+    pub journal_bytes_per_shard: Option<u64>,
     /// `log.idle.release.ms`: a partition not appended to or read for this long gives back its
     /// tail cache, its file descriptors and its partial last page (reopened on the next use).
     /// 0: never.
@@ -203,7 +206,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 300_000,
             tail_cache_bytes_per_shard: 256 << 20,
             journal_dir: JournalDir::Default,
-            journal_bytes_per_shard: 256 << 20,
+            journal_bytes_per_shard: None,
             stall_threshold_ms: DEFAULT_STALL_THRESHOLD_MS,
             stall_stack_interval_ms: 60_000,
             idle_poll_us: 0,
@@ -447,7 +450,7 @@ impl BrokerConfig {
                     dir => JournalDir::At(PathBuf::from(dir)),
                 }
             }
-            "log.journal.bytes" => self.journal_bytes_per_shard = parse(key, value)?,
+            "log.journal.bytes" => self.journal_bytes_per_shard = Some(parse(key, value)?),
             "shard.stall.threshold.ms" => self.stall_threshold_ms = parse(key, value)?,
             "shard.stall.stack.interval.ms" => self.stall_stack_interval_ms = parse(key, value)?,
             "shard.idle.poll.us" => self.idle_poll_us = parse(key, value)?,
@@ -527,10 +530,9 @@ impl BrokerConfig {
         if self.cores == Some(0) {
             return Err(ConfigError("--cores must be at least 1".into()));
         }
-        if self.journal_dir != JournalDir::Off
-            && (self.journal_bytes_per_shard < crate::storage::journal::RING_MIN_BYTES
-                || !self.journal_bytes_per_shard.is_multiple_of(8))
-        {
+        if self.journal_bytes_per_shard.is_some_and(|bytes| {
+            bytes < crate::storage::journal::RING_MIN_BYTES || !bytes.is_multiple_of(8)
+        }) {
             return Err(ConfigError(format!(
                 "log.journal.bytes must be a multiple of 8 and at least {}",
                 crate::storage::journal::RING_MIN_BYTES

@@ -299,9 +299,7 @@ async fn run_shard(
     );
     // Before any log opens here: logs use the journal if the shard has one when they open.
     if let Some(dir) = &journal.dir {
-        if let Err(e) =
-            crate::storage::journal::open_on_this_shard(dir, id, config.journal_bytes_per_shard)
-        {
+        if let Err(e) = crate::storage::journal::open_on_this_shard(dir, id, journal.ring_bytes) {
             if journal.required {
                 let _ = ready.send(Err(format!(
                     "cannot create shard {id}'s journal in {}: {e}",

@@ -123,6 +123,8 @@ mod tests {
 pub struct JournalSetup {
     /// Where the shards create their journals; `None`: no journal this run.
     pub dir: Option<std::path::PathBuf>,
+    /// Each shard's ring (`log.journal.bytes`, or the default for this machine).
+    pub ring_bytes: u64,
     /// Whether a failure to create a shard's journal fails start-up (a directory the
     /// operator named) or only turns the journal off (the default's `/dev/shm` may be small,
     /// as a container's 64 MiB).
@@ -152,6 +154,7 @@ pub fn prepare_journal(config: &crate::config::BrokerConfig) -> Result<JournalSe
         }
         return Ok(JournalSetup {
             dir: None,
+            ring_bytes: 0,
             required: false,
             _claim: None,
         });
@@ -163,9 +166,45 @@ pub fn prepare_journal(config: &crate::config::BrokerConfig) -> Result<JournalSe
     if found > 0 {
         tracing::info!(dir = %dir.display(), batches = found, "journaled batches from the previous run");
     }
+    let ring_bytes = config
+        .journal_bytes_per_shard
+        .unwrap_or_else(|| default_ring_bytes(&dir, config.shards()));
+    if used {
+        tracing::info!(dir = %dir.display(), ring_bytes, "journal");
+    }
     Ok(JournalSetup {
         dir: used.then_some(dir),
+        ring_bytes,
         required,
         _claim: Some(claim),
     })
+}
+
+/// Each shard's journal ring when `log.journal.bytes` is not set: an eighth of the machine's
+/// memory shared by the shards, within [64, 512] MiB each, and within half of the journal file
+/// system's free space (a container's small `/dev/shm`); whole MiB.
+fn default_ring_bytes(dir: &Path, shards: usize) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let shards = shards.max(1) as u64;
+    // SAFETY: sysconf reads system constants.
+    let memory_bytes = unsafe {
+        (libc::sysconf(libc::_SC_PHYS_PAGES).max(0) as u64)
+            .saturating_mul(libc::sysconf(libc::_SC_PAGESIZE).max(0) as u64)
+    };
+    let per_shard = (memory_bytes / 8 / shards).clamp(64 * MIB, 512 * MIB);
+    let free_bytes = free_space_bytes(dir).unwrap_or(u64::MAX);
+    let fits = free_bytes / 2 / shards;
+    (per_shard.min(fits) / MIB * MIB).max(crate::storage::journal::RING_MIN_BYTES)
+}
+
+/// Free bytes of the file system holding `dir` (statvfs), for an unprivileged process.
+fn free_space_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct from a valid C string.
+    unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut stat) == 0)
+            .then(|| (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    }
 }

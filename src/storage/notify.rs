@@ -32,7 +32,7 @@
 //! polled after it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -89,6 +89,11 @@ pub struct Notifier {
     /// entries it dominates), so the lowest floor of the truncations after `n` is the floor of
     /// the first entry numbered above `n`.
     truncation_floors: RefCell<Vec<(u64, i64)>>,
+    /// Journaled batches `[base, end)` above `Journaled`, in offset order: a batch the journal
+    /// had no room for left a gap below them, and once its write closes the gap the mark
+    /// moves over them too (else one full ring would leave the log waiting for its writes
+    /// until its queue ran dry).
+    journaled_above: RefCell<VecDeque<(i64, i64)>>,
 }
 
 impl Notifier {
@@ -116,6 +121,7 @@ impl Notifier {
             next_id: Cell::new(0),
             truncations: Cell::new(0),
             truncation_floors: RefCell::new(Vec::new()),
+            journaled_above: RefCell::new(VecDeque::new()),
         })
     }
 
@@ -144,20 +150,40 @@ impl Notifier {
         self.raise(mark, offset);
         if mark == Mark::Written {
             if self.get(Mark::Journaled) < offset {
-                self.raise(Mark::Journaled, offset);
+                self.raise_journaled(offset);
             }
             self.raise_high_watermark();
         }
     }
 
+    /// Raises `Journaled` to `offset` and on over the journaled batches that follow it.
+    fn raise_journaled(&self, offset: i64) {
+        let mut to = offset;
+        {
+            let mut above = self.journaled_above.borrow_mut();
+            while let Some(&(base, end)) = above.front() {
+                if base > to {
+                    break;
+                }
+                to = to.max(end);
+                above.pop_front();
+            }
+        }
+        self.raise(Mark::Journaled, to);
+    }
+
     /// The batch `[from, to)` is in the shard's journal: `Journaled` moves to `to` if it stood
-    /// at `from` (every offset below the batch is journaled or written), else stays (an earlier
-    /// batch the journal had no room for is covered only by its write).
+    /// at `from` (every offset below the batch is journaled or written); else an earlier batch
+    /// the journal had no room for is below it, and the mark moves over this one when that
+    /// one's write reaches it.
     pub fn advance_journaled(&self, from: i64, to: i64) {
         assert!(from < to, "an empty batch [{from}, {to})");
-        if self.get(Mark::Journaled) == from {
+        let journaled = self.get(Mark::Journaled);
+        if journaled == from {
             self.raise(Mark::Journaled, to);
             self.raise_high_watermark();
+        } else if journaled < from {
+            self.journaled_above.borrow_mut().push_back((from, to));
         }
     }
 
@@ -234,6 +260,7 @@ impl Notifier {
         }
         self.marks[Mark::Written as usize].set(written);
         self.marks[Mark::Journaled as usize].set(written);
+        self.journaled_above.borrow_mut().clear();
         self.marks[Mark::Durable as usize].set(durable);
         self.marks[Mark::HighWatermark as usize].set(high_watermark);
         let mut woken = Vec::new();
@@ -383,6 +410,37 @@ impl Drop for OffsetWait {
 mod tests {
     use super::*;
     use futures_lite::future::{block_on, poll_once};
+
+    /// A batch the journal had no room for holds the journaled mark (and the high watermark)
+    /// until its write, and the journaled batches after it are covered the moment it lands:
+    /// one full ring must not leave the log waiting for every later write.
+    #[test]
+    fn a_batch_the_journal_could_not_take_holds_the_mark_until_its_write() {
+        let n = Notifier::new(0, 0);
+        n.advance_journaled(0, 10);
+        assert_eq!(n.get(Mark::Journaled), 10);
+        // [10, 20) not journaled; [20, 30) and [40, 50) are, [30, 40) not.
+        n.advance_journaled(20, 30);
+        n.advance_journaled(40, 50);
+        assert_eq!(n.get(Mark::Journaled), 10);
+        assert_eq!(n.get(Mark::HighWatermark), 10);
+        n.advance(Mark::Written, 15);
+        assert_eq!(n.get(Mark::Journaled), 15);
+        n.advance(Mark::Written, 20);
+        assert_eq!(
+            n.get(Mark::Journaled),
+            30,
+            "over the journaled batch after the gap"
+        );
+        assert_eq!(n.get(Mark::HighWatermark), 30);
+        n.advance(Mark::Written, 40);
+        assert_eq!(n.get(Mark::Journaled), 50);
+        n.advance_journaled(50, 60);
+        assert_eq!(n.get(Mark::Journaled), 60);
+        n.advance(Mark::Written, 60);
+        assert_eq!(n.get(Mark::Journaled), 60);
+        assert!(n.journaled_above.borrow().is_empty());
+    }
 
     #[test]
     fn waits_complete_in_offset_order_and_dropped_ones_unregister() {

@@ -32,6 +32,13 @@
 //! one busy partition from taking it all. Idle partitions also give their cache back on their
 //! own (`PartitionLog::release_if_idle`).
 //!
+//! # Unwritten batches
+//! A log with a journal (`storage::journal`) shows consumers batches before their segment
+//! write, and until that write this cache is the only place to read them from. So no cap and
+//! no budget evicts a batch the log had not written when it was pushed (`keep_from`): the
+//! shard may go over its budget by what is journaled and not yet written, which the journal's
+//! ring bounds.
+//!
 //! The cache covers a contiguous offset range ending at the log end offset; a batch that does
 //! not fit the cap, or does not follow the last cached one, clears it. Only batches wholly
 //! below the caller's limit (the high watermark for consumers, the written offset for replica
@@ -89,11 +96,28 @@ pub struct TailCache {
     id: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct CacheData {
     cap_bytes: usize,
     batches: VecDeque<CachedBatch>,
     cost_bytes: usize,
+    /// Batches ending at or above this offset are not written yet and may be visible (a
+    /// journaled log's high watermark runs ahead of its written offset): no cap or budget
+    /// evicts them, since a reader could get them from nowhere else until they are written.
+    /// `i64::MAX`: nothing is pinned. As of the last push (it only lags the log's written
+    /// offset, which keeps more than needed, never less).
+    keep_from: i64,
+}
+
+impl Default for CacheData {
+    fn default() -> Self {
+        CacheData {
+            cap_bytes: 0,
+            batches: VecDeque::new(),
+            cost_bytes: 0,
+            keep_from: i64::MAX,
+        }
+    }
 }
 
 /// The tail caches of the shard on this thread: their total, checked against the shard's
@@ -166,10 +190,18 @@ impl ShardCaches {
                 continue;
             }
             let data = self.caches.get(&id).and_then(|(weak, _)| weak.upgrade());
+            let mut pinned_left = false;
             if let Some(data) = data {
                 let mut data = data.borrow_mut();
-                self.used_bytes -= data.cost_bytes;
-                data.clear();
+                let before = data.cost_bytes;
+                data.shed(0);
+                self.used_bytes -= before - data.cost_bytes;
+                pinned_left = !data.batches.is_empty();
+            }
+            if pinned_left {
+                // Still holds unwritten batches: keeps its place for when they are written.
+                skipped.push((last_use, id));
+                continue;
             }
             // Cleared caches re-enter the order at their next push.
             if let Some((_, last)) = self.caches.get_mut(&id) {
@@ -249,10 +281,22 @@ impl TailCache {
     }
 
     /// Caches one batch just assigned `[base_offset, last_offset]`; evicts oldest-first, and
-    /// other partitions' caches (least recently used first) if the shard is over its budget.
-    /// `batch` is the producer's bytes, whole and validated (at least a header long).
-    pub fn push(&mut self, batch: &Bytes, base_offset: i64, last_offset: i64, leader_epoch: i32) {
-        self.change(|data| data.push(batch, base_offset, last_offset, leader_epoch));
+    /// other partitions' caches (least recently used first) if the shard is over its budget,
+    /// but never a batch ending at or above `keep_from` (not written yet, and visible: see
+    /// `CacheData::keep_from`; `i64::MAX` pins nothing). `batch` is the producer's bytes,
+    /// whole and validated (at least a header long).
+    pub fn push(
+        &mut self,
+        batch: &Bytes,
+        base_offset: i64,
+        last_offset: i64,
+        leader_epoch: i32,
+        keep_from: i64,
+    ) {
+        self.change(|data| {
+            data.keep_from = keep_from;
+            data.push(batch, base_offset, last_offset, leader_epoch)
+        });
         let id = self.id;
         let over = SHARD_CACHES.with(|caches| {
             let mut caches = caches.borrow_mut();
@@ -261,12 +305,7 @@ impl TailCache {
         });
         if over > 0 {
             // Only this cache is left to shed.
-            self.change(|data| {
-                let target = data.cost_bytes.saturating_sub(over);
-                while data.cost_bytes > target {
-                    data.pop_front();
-                }
-            });
+            self.change(|data| data.shed(data.cost_bytes.saturating_sub(over)));
         }
     }
 
@@ -346,7 +385,18 @@ impl CacheData {
         }
         self.cost_bytes += entry.cost();
         self.batches.push_back(entry);
-        while self.cost_bytes > self.cap_bytes {
+        self.shed(self.cap_bytes);
+    }
+
+    /// Drops the oldest batches until the cost is at most `target_bytes`, stopping at the
+    /// first pinned one (`keep_from`).
+    fn shed(&mut self, target_bytes: usize) {
+        while self.cost_bytes > target_bytes
+            && self
+                .batches
+                .front()
+                .is_some_and(|b| b.last_offset < self.keep_from)
+        {
             self.pop_front();
         }
     }
@@ -460,7 +510,7 @@ mod tests {
     fn patches_the_head_and_keeps_large_batches_as_slices() {
         let mut cache = TailCache::new(1 << 20);
         let large = fake(COPY_BELOW_BYTES, 7);
-        cache.push(&large, 100, 109, 3);
+        cache.push(&large, 100, 109, 3, i64::MAX);
         let read = cache.read(105, 1 << 20, true, 110).unwrap();
         assert_eq!(read.chunks.len(), 2, "head + the producer's slice");
         assert_eq!(
@@ -475,7 +525,7 @@ mod tests {
         assert_eq!(&bytes[16..], &large[16..]);
 
         let small = fake(100, 9);
-        cache.push(&small, 110, 110, 3);
+        cache.push(&small, 110, 110, 3, i64::MAX);
         let read = cache.read(110, 1 << 20, true, 111).unwrap();
         assert_eq!(read.chunks.len(), 1, "small batches are copied whole");
         assert_ne!(read.chunks[0].as_ptr(), small.as_ptr());
@@ -487,7 +537,7 @@ mod tests {
         let mut cache = TailCache::new(1 << 20);
         assert!(cache.read(0, 100, true, 10).is_none(), "empty");
         for i in 0..10 {
-            cache.push(&fake(100, i as u8), 10 + i * 2, 11 + i * 2, 0);
+            cache.push(&fake(100, i as u8), 10 + i * 2, 11 + i * 2, 0, i64::MAX);
         }
         assert!(cache.read(9, 10_000, true, 30).is_none(), "below the cache");
         assert!(
@@ -509,8 +559,8 @@ mod tests {
     #[test]
     fn kip_74_first_batch_whole_or_cut_without_it() {
         let mut cache = TailCache::new(1 << 20);
-        cache.push(&fake(COPY_BELOW_BYTES + 100, 1), 0, 4, 0);
-        cache.push(&fake(100, 2), 5, 5, 0);
+        cache.push(&fake(COPY_BELOW_BYTES + 100, 1), 0, 4, 0, i64::MAX);
+        cache.push(&fake(100, 2), 5, 5, 0, i64::MAX);
         let read = cache.read(0, 10, true, 6).unwrap();
         assert_eq!(read.len, COPY_BELOW_BYTES + 100, "the first batch whole");
         let read = cache.read(0, 10, false, 6).unwrap();
@@ -525,7 +575,7 @@ mod tests {
         let cost = 1000 + ENTRY_OVERHEAD_BYTES;
         let mut cache = TailCache::new(cost * 5);
         for i in 0..20 {
-            cache.push(&fake(1000, 0), i, i, 0);
+            cache.push(&fake(1000, 0), i, i, 0, i64::MAX);
             assert!(cache.cost_bytes() <= cache.cap_bytes());
         }
         assert_eq!(cache.batch_count(), 5);
@@ -536,29 +586,29 @@ mod tests {
         assert_eq!(cache.start_offset(), Some(17));
         assert_eq!(cache.cost_bytes(), 3 * cost);
         // A batch larger than the cap clears the cache: no hole at the tail.
-        cache.push(&fake(cost * 6, 0), 20, 20, 0);
+        cache.push(&fake(cost * 6, 0), 20, 20, 0, i64::MAX);
         assert_eq!((cache.batch_count(), cache.cost_bytes()), (0, 0));
-        cache.push(&fake(1000, 0), 21, 21, 0);
+        cache.push(&fake(1000, 0), 21, 21, 0, i64::MAX);
         assert_eq!(cache.start_offset(), Some(21));
         // A gap also starts over.
-        cache.push(&fake(1000, 0), 30, 30, 0);
+        cache.push(&fake(1000, 0), 30, 30, 0, i64::MAX);
         assert_eq!(cache.start_offset(), Some(30));
         assert_eq!(cache.batch_count(), 1);
         // A truncation drops the batches at and above its cut.
         for i in 31..35 {
-            cache.push(&fake(1000, 0), i, i, 0);
+            cache.push(&fake(1000, 0), i, i, 0, i64::MAX);
         }
         cache.truncate_from(33);
         assert_eq!((cache.batch_count(), cache.cost_bytes()), (3, 3 * cost));
         assert!(cache.read(32, 1 << 20, true, 40).is_some());
         assert!(cache.read(33, 1 << 20, true, 40).is_none());
-        cache.push(&fake(1000, 0), 33, 34, 0);
+        cache.push(&fake(1000, 0), 33, 34, 0, i64::MAX);
         assert_eq!(cache.read(30, 1 << 20, true, 40).unwrap().len, 4000);
         cache.truncate_from(34);
         assert_eq!(cache.batch_count(), 0, "a cut inside a batch clears");
         // Disabled.
         let mut off = TailCache::new(0);
-        off.push(&fake(1000, 0), 0, 0, 0);
+        off.push(&fake(1000, 0), 0, 0, 0, i64::MAX);
         assert_eq!(off.batch_count(), 0);
     }
 
@@ -574,16 +624,16 @@ mod tests {
             let mut a = TailCache::new(4 * cost);
             let mut b = TailCache::new(4 * cost);
             let mut c = TailCache::new(4 * cost);
-            a.push(&fake(1000, 1), 0, 0, 0);
-            a.push(&fake(1000, 1), 1, 1, 0);
-            b.push(&fake(1000, 2), 0, 0, 0);
-            b.push(&fake(1000, 2), 1, 1, 0);
+            a.push(&fake(1000, 1), 0, 0, 0, i64::MAX);
+            a.push(&fake(1000, 1), 1, 1, 0, i64::MAX);
+            b.push(&fake(1000, 2), 0, 0, 0, i64::MAX);
+            b.push(&fake(1000, 2), 1, 1, 0, i64::MAX);
             assert_eq!(shard_used_bytes(), 4 * cost);
             // `a` is read: now `b` is the least recently used.
             assert!(a.read(0, 1 << 20, true, 2).is_some());
-            c.push(&fake(1000, 3), 0, 0, 0);
+            c.push(&fake(1000, 3), 0, 0, 0, i64::MAX);
             assert_eq!(shard_used_bytes(), 5 * cost, "at the budget, not over");
-            c.push(&fake(1000, 3), 1, 1, 0);
+            c.push(&fake(1000, 3), 1, 1, 0, i64::MAX);
             assert_eq!(b.batch_count(), 0, "the least recently used went");
             assert_eq!((a.batch_count(), c.batch_count()), (2, 2));
             assert_eq!(shard_used_bytes(), 4 * cost);
@@ -593,12 +643,44 @@ mod tests {
             assert_eq!(shard_used_bytes(), 2 * cost);
             set_shard_budget(3 * cost);
             for i in 2..6 {
-                c.push(&fake(1000, 3), i, i, 0);
+                c.push(&fake(1000, 3), i, i, 0, i64::MAX);
                 assert!(shard_used_bytes() <= 3 * cost);
             }
             assert_eq!(c.start_offset(), Some(3));
             c.clear();
             assert_eq!(shard_used_bytes(), 0);
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Batches not written yet (at or above `keep_from`) are never evicted: neither by the
+    /// partition's cap nor by the shard's budget when another cache pushes. Once written
+    /// (a later push with a higher `keep_from`), they go as usual.
+    #[test]
+    fn unwritten_batches_stay_whatever_the_cap_and_the_budget() {
+        std::thread::spawn(|| {
+            let cost = 1000 + ENTRY_OVERHEAD_BYTES;
+            set_shard_budget(4 * cost);
+            let mut a = TailCache::new(2 * cost);
+            let mut b = TailCache::new(4 * cost);
+            // Written below 1 only: batches 1..4 are pinned, over a's cap of two.
+            for i in 0..4 {
+                a.push(&fake(1000, 1), i, i, 0, 1);
+            }
+            assert_eq!(a.start_offset(), Some(1));
+            assert_eq!(a.batch_count(), 3);
+            // b pushes the shard over its budget: a is the least recently used, yet keeps
+            // its unwritten batches; b sheds its own.
+            for i in 0..3 {
+                b.push(&fake(1000, 2), i, i, 0, i64::MAX);
+            }
+            assert_eq!(a.batch_count(), 3);
+            assert!(b.batch_count() <= 1);
+            // Written up to 4: the cap applies again.
+            a.push(&fake(1000, 1), 4, 4, 0, 4);
+            assert_eq!(a.batch_count(), 2);
+            assert_eq!(a.start_offset(), Some(3));
         })
         .join()
         .unwrap();

@@ -118,6 +118,8 @@ pub struct Journal {
     allocated: u64,
     /// The rest of the ring could not be allocated: no more entries.
     refusing: bool,
+    /// When a full ring was last reported.
+    last_full_report: Option<std::time::Instant>,
     _file: File,
 }
 
@@ -242,6 +244,7 @@ pub(crate) fn append(
             cells
                 .journal_full
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            journal.report_full();
         }
         appended
     })
@@ -320,6 +323,7 @@ impl Journal {
             live: VecDeque::new(),
             allocated,
             refusing: false,
+            last_full_report: None,
             _file: file,
         };
         let bytes = journal.bytes_mut();
@@ -368,6 +372,32 @@ impl Journal {
         if self.live.len() != before {
             self.write_tail();
         }
+    }
+
+    /// A warning (at most one a second) saying what holds the ring: how much is live, and the
+    /// oldest entry's log, how far it is from being written.
+    fn report_full(&mut self) {
+        let now = std::time::Instant::now();
+        if self
+            .last_full_report
+            .is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_full_report = Some(now);
+        let front = self.live.front().map(|e| {
+            let written = e.notifier.upgrade().map(|n| n.get(Mark::Written));
+            (e.end_offset, written, e.dead)
+        });
+        tracing::warn!(
+            shard = self.shard,
+            used_bytes = self.head - self.tail,
+            allocated_bytes = self.allocated,
+            ring_bytes = self.ring_bytes,
+            live_entries = self.live.len(),
+            oldest = ?front,
+            "journal full: appends wait for their segment writes until it has room"
+        );
     }
 
     fn forget_log(&mut self, log_id: u64) {

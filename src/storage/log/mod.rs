@@ -523,10 +523,21 @@ impl PartitionLog {
             max_timestamp: header.max_timestamp,
             len_bytes: batch.len() as u64,
         };
-        // Cached now, in offset order; served only once below the reader's limit.
-        self.tail_cache
-            .borrow_mut()
-            .push(&batch, base_offset, last_offset, leader_epoch);
+        // Cached now, in offset order; served only once below the reader's limit. A journaled
+        // log shows consumers batches before they are written, and only this cache has them
+        // until then: no eviction may drop them.
+        let keep_from = if self.journal_log_id.is_some() {
+            self.written_offset()
+        } else {
+            i64::MAX
+        };
+        self.tail_cache.borrow_mut().push(
+            &batch,
+            base_offset,
+            last_offset,
+            leader_epoch,
+            keep_from,
+        );
         if journal {
             self.journal_batch(&batch, base_offset, last_offset, leader_epoch);
         }
