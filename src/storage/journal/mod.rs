@@ -60,10 +60,10 @@ use super::notify::{Mark, Notifier};
 use crate::checksum::crc32c;
 
 /// The file's first bytes: what it is and its layout's version.
-const FILE_MAGIC: [u8; 8] = *b"BRKJRNL1";
+pub const FILE_MAGIC: [u8; 8] = *b"BRKJRNL1";
 /// Bytes before the ring: the magic, the ring's length, the two slots.
 pub const FILE_HEADER_BYTES: u64 = 4096;
-const SLOT_OFFSETS: [usize; 2] = [64, 128];
+pub const SLOT_OFFSETS: [usize; 2] = [64, 128];
 /// XORed into a slot's check word, so a zeroed slot is not valid.
 const SLOT_CHECK_KEY: u64 = 0x6a72_6e6c_5f73_6c74;
 
