@@ -158,7 +158,10 @@ pub fn parse(bytes: &[u8], max_batch_bytes: usize) -> Result<Vec<(String, Bytes)
         let at = (position % ring_bytes) as usize;
         let left = ring.len() - at;
         if left < ENTRY_HEADER_BYTES {
-            position += left as u64;
+            let Some(next) = position.checked_add(left as u64) else {
+                break;
+            };
+            position = next;
             continue;
         }
         let header = &ring[at..at + ENTRY_HEADER_BYTES];
@@ -173,8 +176,11 @@ pub fn parse(bytes: &[u8], max_batch_bytes: usize) -> Result<Vec<(String, Bytes)
             if at + len != ring.len() {
                 break;
             }
-            position += len as u64;
-            seq += 1;
+            let Some(next) = position.checked_add(len as u64) else {
+                break;
+            };
+            position = next;
+            seq = seq.wrapping_add(1);
             continue;
         }
         if kind != ENTRY_LIVE && kind != ENTRY_DEAD {
@@ -207,8 +213,11 @@ pub fn parse(bytes: &[u8], max_batch_bytes: usize) -> Result<Vec<(String, Bytes)
             };
             batches.push((name.to_string(), Bytes::copy_from_slice(batch)));
         }
-        position += len as u64;
-        seq += 1;
+        let Some(next) = position.checked_add(len as u64) else {
+            break;
+        };
+        position = next;
+        seq = seq.wrapping_add(1);
     }
     Ok(batches)
 }

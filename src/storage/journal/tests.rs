@@ -276,3 +276,60 @@ fn a_directory_belongs_to_one_data_directory() {
     );
     assert!(claim_dir(journal_dir.path(), Path::new("/data/a")).is_ok());
 }
+
+/// A default journal directory whose data directory is gone, and which no broker holds, is
+/// removed by the next start; one whose data directory exists, or that a broker holds, stays.
+#[test]
+fn abandoned_default_directories_are_removed_and_others_kept() {
+    let parent = Path::new(DEFAULT_PARENT);
+    if !parent.is_dir() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let gone = data.path().join("gone");
+    let make = |name: &str, owner: &Path| {
+        let dir = parent.join(format!("broker-journal-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("data-dir"), owner.as_os_str().as_encoded_bytes()).unwrap();
+        std::fs::write(dir.join(".lock"), b"").unwrap();
+        std::fs::write(dir.join("shard-0-1-2.journal"), b"old").unwrap();
+        dir
+    };
+    let abandoned = make("abandoned", &gone);
+    let owned = make("owned", data.path());
+    let held_dir = make("held", &gone);
+    let held = claim_dir(&held_dir, &gone).unwrap();
+    remove_abandoned_default_dirs();
+    assert!(!abandoned.exists(), "abandoned: removed");
+    assert!(owned.exists(), "its data directory exists: kept");
+    assert!(held_dir.exists(), "a broker holds it: kept");
+    drop(held);
+    std::fs::remove_dir_all(&owned).unwrap();
+    std::fs::remove_dir_all(&held_dir).unwrap();
+}
+
+/// Header slots at the limits of `u64` (a damaged or crafted file; the fuzzer found the
+/// overflow) end the walk instead of overflowing positions or sequence numbers.
+#[test]
+fn header_slots_at_the_limits_of_u64_end_the_walk() {
+    let ring_bytes = 64u64;
+    for (position, seq) in [(u64::MAX - 8, 1), (0, u64::MAX), (u64::MAX - 63, u64::MAX)] {
+        let mut file = vec![0u8; FILE_HEADER_BYTES as usize + ring_bytes as usize];
+        file[0..8].copy_from_slice(&FILE_MAGIC);
+        file[8..16].copy_from_slice(&ring_bytes.to_le_bytes());
+        let slot = SLOT_OFFSETS[0];
+        let check = position ^ seq.rotate_left(17) ^ SLOT_CHECK_KEY;
+        file[slot..slot + 8].copy_from_slice(&position.to_le_bytes());
+        file[slot + 8..slot + 16].copy_from_slice(&seq.to_le_bytes());
+        file[slot + 16..slot + 24].copy_from_slice(&check.to_le_bytes());
+        // A WRAP entry wherever the walk starts, carrying the slot's sequence number.
+        let at = FILE_HEADER_BYTES as usize + (position % ring_bytes) as usize;
+        if at + ENTRY_HEADER_BYTES <= file.len() {
+            let len = (file.len() - at) as u32;
+            file[at..at + 4].copy_from_slice(&ENTRY_WRAP.to_le_bytes());
+            file[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+            file[at + 16..at + 24].copy_from_slice(&seq.to_le_bytes());
+        }
+        assert_eq!(parse(&file, MAX_BATCH_BYTES).unwrap().len(), 0);
+    }
+}
