@@ -24,9 +24,11 @@
 //! files go ([`finish_recovery`]).
 //!
 //! # The file
-//! `<dir>/shard-<id>-<pid>-<ns>.journal`: a [`FILE_HEADER_BYTES`] header, then the ring. The
-//! whole file is allocated with `fallocate` when created, so a store into the mapping can never
-//! meet a full tmpfs (which would be `SIGBUS`). The header holds two slots, each the ring
+//! `<dir>/shard-<id>-<pid>-<ns>.journal`: a [`FILE_HEADER_BYTES`] header, then the ring. Its
+//! blocks are allocated with `fallocate` before any entry is stored in them (the first 8 MiB
+//! when the file is created, the rest by a blocking-pool thread that also populates the page
+//! tables), so a store into the mapping can never meet a full tmpfs (which would be
+//! `SIGBUS`). The header holds two slots, each the ring
 //! position and sequence number of the oldest live entry with a check word; an update writes
 //! the older slot, so a process dying in the middle of one leaves the other valid.
 //!
@@ -63,6 +65,8 @@ use crate::checksum::crc32c;
 pub const FILE_MAGIC: [u8; 8] = *b"BRKJRNL1";
 /// Bytes before the ring: the magic, the ring's length, the two slots.
 pub const FILE_HEADER_BYTES: u64 = 4096;
+/// Where the header's two slots are (the oldest live entry's position, its sequence number,
+/// a check word: 24 bytes each).
 pub const SLOT_OFFSETS: [usize; 2] = [64, 128];
 /// XORed into a slot's check word, so a zeroed slot is not valid.
 const SLOT_CHECK_KEY: u64 = 0x6a72_6e6c_5f73_6c74;

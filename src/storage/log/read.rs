@@ -52,8 +52,8 @@ impl PartitionLog {
             }));
         }
         // Journaled batches are visible before they are written: the files serve only what is
-        // written, the tail cache the rest (a batch it gave up waits for its write:
-        // `wait_for_data`).
+        // written, the tail cache the rest (it keeps unwritten batches; one it never took, larger
+        // than its cap or with the cache off, is waited for until written: `wait_for_data`).
         let file_limit = limit_offset.min(self.written_offset());
         Ok(self
             .read_file(offset, max_bytes, min_one_batch, file_limit)?
@@ -242,9 +242,9 @@ impl PartitionLog {
             ReadLimit::HighWatermark | ReadLimit::Below(_) => Mark::HighWatermark,
             ReadLimit::Written => Mark::Written,
         };
-        // Visible but neither written nor in the tail cache (it gave the batch up: the shard's
-        // budget): readable once written, so waiting on the high watermark would return at once
-        // and again on every poll.
+        // Visible but neither written nor in the tail cache (a batch larger than its cap, or the
+        // cache off): readable once written, so waiting on the high watermark would return at
+        // once and again on every poll.
         if mark == Mark::HighWatermark
             && offset >= self.written_offset()
             && offset < self.high_watermark()
