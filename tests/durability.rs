@@ -71,20 +71,7 @@ async fn acks_all_data_survives_kill_9() {
     assert!(acked.len() >= 3000);
 
     let broker = Broker::start_in(tmp.path(), 2, &[]);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", "check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..4 {
-        assignment
-            .add_partition_offset("durable", p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut found = std::collections::HashMap::new();
+    let consumer = consumer_from_the_beginning(&broker.addr, "durable", 4);
     let high: i64 = (0..4)
         .map(|p| {
             consumer
@@ -98,8 +85,37 @@ async fn acks_all_data_survives_kill_9() {
         "high watermarks {high} below acknowledged {}",
         acked.len()
     );
+    every_acknowledged_message_is_read(&consumer, &acked, high as usize);
+}
+
+/// A consumer assigned partitions `0..partitions` of `topic` from their beginning.
+fn consumer_from_the_beginning(addr: &str, topic: &str, partitions: i32) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..partitions {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    consumer
+}
+
+/// Reads until `expected` messages came (or 60 s passed), then checks that every acknowledged
+/// `(partition, offset, value)` is among them.
+fn every_acknowledged_message_is_read(
+    consumer: &BaseConsumer,
+    acked: &[(i32, i64, String)],
+    expected: usize,
+) {
+    let mut found = std::collections::HashMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while (found.len() as i64) < high && std::time::Instant::now() < deadline {
+    while found.len() < expected && std::time::Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             found.insert(
                 (m.partition(), m.offset()),
@@ -107,7 +123,7 @@ async fn acks_all_data_survives_kill_9() {
             );
         }
     }
-    for (partition, offset, value) in &acked {
+    for (partition, offset, value) in acked {
         assert_eq!(
             found.get(&(*partition, *offset)),
             Some(value),
@@ -192,36 +208,8 @@ async fn acks_1_data_only_in_the_journal_survives_kill_9() {
         broker.log().contains("replayed journaled batches"),
         "the restart replayed the journal"
     );
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.addr)
-        .set("group.id", "check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..4 {
-        assignment
-            .add_partition_offset("journaled", p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut found = std::collections::HashMap::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while found.len() < acked.len() && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            found.insert(
-                (m.partition(), m.offset()),
-                String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
-            );
-        }
-    }
-    for (partition, offset, value) in &acked {
-        assert_eq!(
-            found.get(&(*partition, *offset)),
-            Some(value),
-            "acknowledged message lost at {partition}:{offset}"
-        );
-    }
+    let consumer = consumer_from_the_beginning(&broker.addr, "journaled", 4);
+    every_acknowledged_message_is_read(&consumer, &acked, acked.len());
     // The old journal files are gone once every log replayed them; the new run has its own.
     let files: Vec<_> = std::fs::read_dir(&journal_dir)
         .unwrap()

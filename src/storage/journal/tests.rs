@@ -20,6 +20,11 @@ fn as_written(bytes: &[u8], head: &[u8; 16]) -> Vec<u8> {
     written
 }
 
+/// A journal of the smallest ring, all of it allocated.
+fn fresh_journal(dir: &Path) -> Journal {
+    Journal::create(dir, 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap()
+}
+
 fn journal_file(dir: &Path) -> PathBuf {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -51,7 +56,7 @@ fn append_next(
 #[test]
 fn batches_outlive_the_journal_in_ring_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
+    let mut journal = fresh_journal(dir.path());
     let logs = [Notifier::new(0, 0), Notifier::new(0, 0)];
     let mut next = [0, 0];
     let mut expected = Vec::new();
@@ -69,7 +74,7 @@ fn batches_outlive_the_journal_in_ring_order() {
 #[test]
 fn written_batches_free_their_room_and_the_ring_wraps() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
+    let mut journal = fresh_journal(dir.path());
     let log = Notifier::new(0, 0);
     let mut next = 0;
     let mut appended: Vec<(i64, Vec<u8>)> = Vec::new();
@@ -97,7 +102,7 @@ fn written_batches_free_their_room_and_the_ring_wraps() {
 #[test]
 fn a_full_ring_refuses_and_keeps_what_it_has() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
+    let mut journal = fresh_journal(dir.path());
     let log = Notifier::new(0, 0);
     let mut next = 0;
     let mut appended = Vec::new();
@@ -119,7 +124,7 @@ fn a_full_ring_refuses_and_keeps_what_it_has() {
 #[test]
 fn a_forgotten_log_is_not_replayed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
+    let mut journal = fresh_journal(dir.path());
     let (deleted, kept) = (Notifier::new(0, 0), Notifier::new(0, 0));
     let (mut next_deleted, mut next_kept) = (0, 0);
     append_next(
@@ -151,7 +156,7 @@ fn a_forgotten_log_is_not_replayed() {
 #[test]
 fn a_torn_entry_ends_the_walk() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
+    let mut journal = fresh_journal(dir.path());
     let log = Notifier::new(0, 0);
     let mut next = 0;
     let first = append_next(&mut journal, (1, &log, "t-0"), &mut next, 10, 100).unwrap();
@@ -171,7 +176,7 @@ fn a_torn_entry_ends_the_walk() {
 #[test]
 fn damaged_files_give_fewer_entries_or_an_error_never_a_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let mut journal = Journal::create(dir.path(), 0, RING_MIN_BYTES, RING_MIN_BYTES).unwrap();
+    let mut journal = fresh_journal(dir.path());
     let log = Notifier::new(0, 0);
     let mut next = 0;
     for _ in 0..20 {

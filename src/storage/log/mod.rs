@@ -633,12 +633,7 @@ impl PartitionLog {
         &self,
         end_offset: i64,
     ) -> impl Future<Output = Result<(), StorageError>> + 'static {
-        let wait = if end_offset > self.log_end_offset() {
-            Err(self.out_of_range(end_offset))
-        } else {
-            Ok(self.notifier.wait(Mark::Journaled, end_offset))
-        };
-        async move { wait?.await }
+        self.wait_mark(Mark::Journaled, end_offset)
     }
 
     /// Resolves when the high watermark reaches `end_offset` (acks=all on a replicated log),
@@ -647,10 +642,19 @@ impl PartitionLog {
         &self,
         end_offset: i64,
     ) -> impl Future<Output = Result<(), StorageError>> + 'static {
+        self.wait_mark(Mark::HighWatermark, end_offset)
+    }
+
+    /// A wait for `mark` to reach `end_offset`, refused at once past the log end.
+    fn wait_mark(
+        &self,
+        mark: Mark,
+        end_offset: i64,
+    ) -> impl Future<Output = Result<(), StorageError>> + 'static {
         let wait = if end_offset > self.log_end_offset() {
             Err(self.out_of_range(end_offset))
         } else {
-            Ok(self.notifier.wait(Mark::HighWatermark, end_offset))
+            Ok(self.notifier.wait(mark, end_offset))
         };
         async move { wait?.await }
     }
