@@ -1,6 +1,8 @@
 //! Crash safety: acknowledged data survives SIGKILL, and recovery keeps exactly the valid prefix
 //! of a damaged segment.
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_all_data_survives_kill_9() {
@@ -96,13 +97,7 @@ fn consumer_from_the_beginning(addr: &str, topic: &str, partitions: i32) -> Base
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    clients::assign_from_beginning(&consumer, topic, partitions);
     consumer
 }
 
