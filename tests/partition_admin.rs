@@ -636,6 +636,22 @@ fn log_segments(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// The base offset of the newest `.log` segment in `dir` (0 when there is none).
+fn newest_segment_base(dir: &std::path::Path) -> i64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".log")?.parse::<i64>().ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn a_changed_segment_size_applies_to_the_running_log_at_once() {
     let tmp = tempfile::tempdir().unwrap();
@@ -669,11 +685,15 @@ fn a_changed_segment_size_applies_to_the_running_log_at_once() {
     for i in 5..25 {
         assert_eq!(client.produce("seg", 0, batch(), 1), (0, i));
     }
-    // acks=1 is answered from the journal: the writes (and their rolls) follow.
+    // acks=1 is answered from the journal: the writes (and their rolls) follow, and retention
+    // may delete the rolled segments as soon as they close (the batches' timestamps are
+    // old), so the newest segment's base offset says how far the rolls went: at 20,000 bytes
+    // a segment holds four of these batches, so 0, 5, 9, 13, ...
     assert!(
-        common::wait_until(Duration::from_secs(10), || log_segments(&dir) >= 4),
-        "{} segments",
-        log_segments(&dir)
+        common::wait_until(Duration::from_secs(10), || newest_segment_base(&dir) >= 13),
+        "newest segment at {}; broker log:\n{}",
+        newest_segment_base(&dir),
+        broker.log()
     );
     assert_eq!(client.create_topic("seg2", 1), 0);
     let response = client.call(1, &set_broker_config("0", "log.segment.bytes", "40000"));
@@ -682,10 +702,12 @@ fn a_changed_segment_size_applies_to_the_running_log_at_once() {
         assert_eq!(client.produce("seg2", 0, batch(), 1), (0, i));
     }
     let dir2 = dir.with_file_name("seg2-0");
+    // 40,000 bytes: nine batches a segment.
     assert!(
-        common::wait_until(Duration::from_secs(10), || log_segments(&dir2) >= 2),
-        "{} segments",
-        log_segments(&dir2)
+        common::wait_until(Duration::from_secs(10), || newest_segment_base(&dir2) >= 9),
+        "newest segment at {}; broker log:\n{}",
+        newest_segment_base(&dir2),
+        broker.log()
     );
 }
 
