@@ -9,8 +9,9 @@
 //! never created its partitions (2 runs in 27 of the `console` test binary). Twice, writing 1
 //! to the sleeping shard's eventfd from outside (through `pidfd_getfd`: no signal, no ptrace)
 //! released it at once (once, attaching a debugger did): the notification had been lost, not
-//! the work. With this floor, 103 runs in a row passed in 6-9 s. A timer that is always pending bounds such a loss to one interval,
-//! whatever its cause (not found yet; glommio 0.9's wake path).
+//! the work. With this floor, 103 runs in a row passed in 6-9 s. A timer that is always
+//! pending bounds such a loss to one interval, whatever its cause (not found yet; glommio
+//! 0.9's wake path).
 //!
 //! Cost: one pass of the event loop per interval on an idle shard (an idle shard already wakes
 //! for other timers 30-80 times a second), nothing on a busy one.

@@ -97,7 +97,7 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// A notifier whose high watermark follows `Written` (no bound).
+    /// A notifier whose high watermark follows `Journaled` (no bound).
     pub fn new(written: i64, durable: i64) -> Rc<Notifier> {
         assert!(
             durable <= written,
@@ -180,7 +180,7 @@ impl Notifier {
         assert!(from < to, "an empty batch [{from}, {to})");
         let journaled = self.get(Mark::Journaled);
         if journaled == from {
-            self.raise(Mark::Journaled, to);
+            self.raise_journaled(to);
             self.raise_high_watermark();
         } else if journaled < from {
             self.journaled_above.borrow_mut().push_back((from, to));

@@ -42,8 +42,7 @@ pub fn claim_dir(dir: &Path, data_dir: &Path) -> io::Result<DirClaim> {
         .truncate(false)
         .write(true)
         .open(dir.join(LOCK_FILE))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !lock_exclusive(&lock) {
         return Err(io::Error::other(format!(
             "journal directory {} is in use by another broker",
             dir.display()
@@ -95,8 +94,7 @@ pub fn remove_abandoned_default_dirs() -> usize {
         let Ok(lock) = File::open(dir.join(LOCK_FILE)) else {
             continue;
         };
-        // SAFETY: flock on a descriptor we own; released when `lock` closes.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !lock_exclusive(&lock) {
             continue;
         }
         match std::fs::remove_dir_all(&dir) {
@@ -110,4 +108,10 @@ pub fn remove_abandoned_default_dirs() -> usize {
         }
     }
     removed
+}
+
+/// Takes an exclusive `flock` on `file` without waiting; held until the file closes.
+fn lock_exclusive(file: &File) -> bool {
+    // SAFETY: flock on a descriptor `file` owns; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }

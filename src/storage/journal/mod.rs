@@ -93,7 +93,6 @@ fn is_journal_file(path: &Path) -> bool {
 #[derive(Debug)]
 struct LiveEntry {
     start: u64,
-    end: u64,
     seq: u64,
     log_id: u64,
     /// Freed once its log's written offset reaches `end_offset` (or the log is gone).
@@ -278,16 +277,6 @@ pub(crate) fn forget_log(log_id: u64) {
             journal.forget_log(log_id);
         }
     });
-}
-
-/// Bytes of this shard's ring held by live entries, and the ring's size.
-pub fn usage_on_this_shard() -> Option<(u64, u64)> {
-    JOURNAL.with(|j| {
-        j.borrow_mut().as_mut().map(|journal| {
-            journal.reclaim();
-            (journal.head - journal.tail, journal.ring_bytes)
-        })
-    })
 }
 
 impl Journal {
@@ -523,7 +512,6 @@ impl Journal {
         let was_empty = self.live.is_empty();
         self.live.push_back(LiveEntry {
             start,
-            end: start + len,
             seq,
             log_id,
             notifier: Rc::downgrade(notifier),
@@ -534,7 +522,6 @@ impl Journal {
             self.tail = start;
             self.write_tail();
         }
-        debug_assert!(self.live.back().is_some_and(|e| e.end == self.head));
         true
     }
 }
