@@ -90,7 +90,7 @@ pub struct ShardCells {
     pub connections: AtomicU64,
     /// Batch bytes this shard copied into its journal (`storage::journal`).
     pub journaled_bytes: AtomicU64,
-    /// Appends the journal had no room for: they waited for their segment write.
+    /// Appends the journal had no room for: they waited for room (or their own write).
     pub journal_full: AtomicU64,
 }
 

@@ -491,7 +491,7 @@ impl Collector for Snapshot {
         counter(
             &mut encoder,
             "broker_journal_full",
-            "Appends a shard's journal had no room for (answered after their segment write).",
+            "Appends that found no room in their shard's journal: acks=1 waited for the oldest entries' writes to free it (or, for a batch over a quarter of the ring, for its own write).",
             sum_shards(|c| &c.journal_full),
         )?;
         counter(

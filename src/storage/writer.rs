@@ -571,6 +571,8 @@ impl<Log: WriterHost> Writer<Log> {
             "written offset above the log end"
         );
         log.notifier().advance(Mark::Written, written);
+        // Room in the shard's journal for batches waiting for it, if any.
+        crate::storage::journal::on_written();
         self.prepare_next_file(log);
         Ok(())
     }

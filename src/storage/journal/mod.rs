@@ -45,9 +45,18 @@
 //! # Ownership
 //! One journal per shard, in a thread-local ([`open_on_this_shard`]); only the shard's thread
 //! touches it, like the logs whose batches it holds. Entries are freed in ring order, so a
-//! partition whose write is slow holds the space of the entries behind it: a full ring makes
-//! appends wait for their segment write again (counted in `broker_journal_full_total`), never
-//! blocks them.
+//! partition whose write is slow holds the space of the entries behind it.
+//!
+//! # A full ring
+//! A batch the ring has no room for waits, in arrival order behind any batch already waiting,
+//! and is copied in as the oldest entries' writes free room ([`on_written`]), or left out once
+//! its own write lands first. Its log's journaled mark (so its acks=1 and its consumers) waits
+//! meanwhile: the ring's back-pressure is the time the oldest writes take to free one batch's
+//! room, as a page cache's dirty limit throttles Kafka's writers. (Before, such a batch went
+//! without the journal and waited for its own write, behind every unwritten byte of its
+//! partition: a cliff of up to the ring's size at the device's rate.) Counted in
+//! `broker_journal_full_total`. A batch that can never go in (larger than a quarter of the
+//! ring, or a ring that could not be allocated) is refused at once and waits for its write.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -57,6 +66,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
+
+use bytes::Bytes;
 
 use super::notify::{Mark, Notifier};
 use crate::checksum::crc32c;
@@ -101,6 +112,34 @@ struct LiveEntry {
     dead: bool,
 }
 
+/// A leader's batch the ring had no room for when it was appended: copied in, in arrival
+/// order, once the oldest entries' writes free room, unless its own write lands first.
+#[derive(Debug)]
+struct WaitingBatch {
+    log_id: u64,
+    notifier: Weak<Notifier>,
+    dir_name: Rc<str>,
+    /// The batch's first 16 bytes as they go to the segment (offset and epoch assigned).
+    head: [u8; 16],
+    /// The producer's bytes (a slice of its request: held, not copied, while it waits).
+    batch: Bytes,
+    base_offset: i64,
+    end_offset: i64,
+}
+
+/// What became of a batch offered to the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journaling {
+    /// In the ring; its log's journaled mark moved over it if every offset below was
+    /// journaled (or written).
+    Stored,
+    /// No room yet: it goes in as writes free room, and its journaled mark moves then.
+    Waiting,
+    /// Never goes in (no journal, a batch too large for the ring, a ring that could not be
+    /// allocated): its segment write makes it safe.
+    Refused,
+}
+
 /// The shard's journal: its mapping and the live entries in ring order.
 #[derive(Debug)]
 pub struct Journal {
@@ -117,6 +156,10 @@ pub struct Journal {
     /// Which header slot the next update writes.
     next_slot: usize,
     live: VecDeque<LiveEntry>,
+    /// Batches waiting for room, oldest first; while any waits, new batches queue behind it
+    /// (so a log's entries stay in offset order, and a large batch is not starved by small
+    /// ones).
+    waiting: VecDeque<WaitingBatch>,
     /// Ring bytes allocated in the file system, from the ring's start: entries stay below.
     allocated: u64,
     /// The rest of the ring could not be allocated: no more entries.
@@ -190,6 +233,8 @@ pub fn open_on_this_shard(dir: &Path, shard: usize, ring_bytes: u64) -> io::Resu
                 }
             }
         });
+        // Batches waiting for room may fit in the rest now.
+        on_written();
     })
     .detach();
     Ok(())
@@ -235,38 +280,83 @@ pub fn close_on_this_shard() {
     }
 }
 
-/// Copies one batch of the log `log_id` (its directory name `dir_name`) into this shard's
+/// Offers one batch of the log `log_id` (its directory name `dir_name`) to this shard's
 /// journal: `head` is the batch's first 16 bytes as they go to the segment (offset and epoch
-/// assigned), `batch` the producer's bytes. Returns false (nothing copied) without a journal,
-/// when the ring has no room even after freeing what is written, or for a batch too large for
-/// it; the caller then waits for the segment write as without a journal.
+/// assigned), `batch` the producer's bytes, `[base_offset, end_offset)` its offsets. A batch
+/// stored now moves the log's journaled mark at once; one that waits for room moves it when
+/// it goes in ([`on_written`]); a refused one (or any without a journal) is safe once written.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn append(
     log_id: u64,
     notifier: &Rc<Notifier>,
-    dir_name: &str,
+    dir_name: &Rc<str>,
     head: &[u8; 16],
-    batch: &[u8],
+    batch: &Bytes,
+    base_offset: i64,
     end_offset: i64,
-) -> bool {
-    JOURNAL.with(|j| {
+) -> Journaling {
+    let offered = JOURNAL.with(|j| {
         let mut journal = j.borrow_mut();
         let Some(journal) = journal.as_mut() else {
-            return false;
+            return Journaling::Refused;
         };
-        let appended = journal.append(log_id, notifier, dir_name, head, batch, end_offset);
+        let offered = journal.offer(
+            log_id,
+            notifier,
+            dir_name,
+            head,
+            batch,
+            base_offset,
+            end_offset,
+        );
         let cells = crate::metrics::shard_cells(journal.shard);
-        if appended {
-            cells
-                .journaled_bytes
-                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            cells
-                .journal_full
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            journal.report_full();
+        match offered {
+            Journaling::Stored => {
+                cells
+                    .journaled_bytes
+                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Journaling::Waiting | Journaling::Refused => {
+                cells
+                    .journal_full
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                journal.report_full();
+            }
         }
-        appended
-    })
+        offered
+    });
+    if offered == Journaling::Stored {
+        notifier.advance_journaled(base_offset, end_offset);
+    }
+    offered
+}
+
+/// Some log of this shard wrote batches (or the ring grew): batches waiting for room go in
+/// while it lasts, and their logs' journaled marks move. Cheap when nothing waits, which is
+/// nearly always: the writer calls it after every segment write.
+pub(crate) fn on_written() {
+    let stored = JOURNAL.with(|j| {
+        // A write completing inside a journal call cannot happen (the journal never awaits),
+        // but a failed borrow must not panic the shard: the next write retries.
+        let Ok(mut journal) = j.try_borrow_mut() else {
+            return Vec::new();
+        };
+        match journal.as_mut() {
+            Some(journal) if !journal.waiting.is_empty() => {
+                let stored = journal.store_waiting();
+                let bytes: u64 = stored.iter().map(|s| s.3).sum();
+                crate::metrics::shard_cells(journal.shard)
+                    .journaled_bytes
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                stored
+            }
+            _ => Vec::new(),
+        }
+    });
+    // Outside the journal's borrow: raising a mark wakes tasks, which may append again.
+    for (notifier, base_offset, end_offset, _) in stored {
+        notifier.advance_journaled(base_offset, end_offset);
+    }
 }
 
 /// Marks every live entry of `log_id` dead: the log was deleted or truncated, so its entries
@@ -330,6 +420,7 @@ impl Journal {
             next_seq: 1,
             next_slot: 0,
             live: VecDeque::new(),
+            waiting: VecDeque::new(),
             allocated,
             refusing: false,
             last_full_report: None,
@@ -404,12 +495,14 @@ impl Journal {
             allocated_bytes = self.allocated,
             ring_bytes = self.ring_bytes,
             live_entries = self.live.len(),
+            waiting_batches = self.waiting.len(),
             oldest = ?front,
-            "journal full: appends wait for their segment writes until it has room"
+            "journal full: acks=1 waits until the oldest entries are written and free room"
         );
     }
 
     fn forget_log(&mut self, log_id: u64) {
+        self.waiting.retain(|w| w.log_id != log_id);
         let mut marked = Vec::new();
         for entry in self.live.iter_mut().filter(|e| e.log_id == log_id) {
             entry.dead = true;
@@ -422,6 +515,92 @@ impl Journal {
         self.reclaim();
     }
 
+    /// The ring's bytes an entry of this batch takes.
+    fn entry_len(dir_name: &str, batch: &[u8]) -> u64 {
+        (ENTRY_HEADER_BYTES + dir_name.len() + batch.len()).next_multiple_of(8) as u64
+    }
+
+    /// Whether such a batch can ever go in (given room).
+    fn admits(&self, dir_name: &str, batch: &[u8]) -> bool {
+        // A batch that would take more than a quarter of the ring is not worth its room.
+        !self.refusing
+            && dir_name.len() <= DIR_NAME_MAX_BYTES
+            && batch.len() >= BATCH_PREFIX_BYTES
+            && Self::entry_len(dir_name, batch) <= self.ring_bytes / 4
+    }
+
+    /// Stores the batch if it has room now and nothing waits before it; else queues it to
+    /// wait for room, unless it can never go in.
+    #[allow(clippy::too_many_arguments)]
+    fn offer(
+        &mut self,
+        log_id: u64,
+        notifier: &Rc<Notifier>,
+        dir_name: &Rc<str>,
+        head: &[u8; 16],
+        batch: &Bytes,
+        base_offset: i64,
+        end_offset: i64,
+    ) -> Journaling {
+        if !self.admits(dir_name, batch) {
+            return Journaling::Refused;
+        }
+        if self.waiting.is_empty()
+            && self.append(log_id, notifier, dir_name, head, batch, end_offset)
+        {
+            return Journaling::Stored;
+        }
+        self.waiting.push_back(WaitingBatch {
+            log_id,
+            notifier: Rc::downgrade(notifier),
+            dir_name: dir_name.clone(),
+            head: *head,
+            batch: batch.clone(),
+            base_offset,
+            end_offset,
+        });
+        Journaling::Waiting
+    }
+
+    /// Copies in waiting batches, oldest first, while they fit; drops those their own write
+    /// (or their log's end) overtook. Returns the stored ones, `(log, base, end, bytes)`, for
+    /// the caller to move their journaled marks once the journal is released.
+    fn store_waiting(&mut self) -> Vec<(Rc<Notifier>, i64, i64, u64)> {
+        let mut stored = Vec::new();
+        while let Some(waiting) = self.waiting.pop_front() {
+            let Some(notifier) = waiting
+                .notifier
+                .upgrade()
+                .filter(|n| n.get(Mark::Written) < waiting.end_offset)
+            else {
+                continue; // written (so journaled) already, or its log is gone
+            };
+            if self.refusing {
+                continue; // never goes in now: its write makes it safe
+            }
+            if !self.append(
+                waiting.log_id,
+                &notifier,
+                &waiting.dir_name,
+                &waiting.head,
+                &waiting.batch,
+                waiting.end_offset,
+            ) {
+                self.waiting.push_front(waiting);
+                break;
+            }
+            stored.push((
+                notifier,
+                waiting.base_offset,
+                waiting.end_offset,
+                waiting.batch.len() as u64,
+            ));
+        }
+        stored
+    }
+
+    /// Copies the batch into the ring if it has room (freeing written entries first when it
+    /// has not); false leaves the ring as it was.
     fn append(
         &mut self,
         log_id: u64,
@@ -431,15 +610,10 @@ impl Journal {
         batch: &[u8],
         end_offset: i64,
     ) -> bool {
-        if self.refusing || dir_name.len() > DIR_NAME_MAX_BYTES || batch.len() < BATCH_PREFIX_BYTES
-        {
+        if !self.admits(dir_name, batch) {
             return false;
         }
-        let len = (ENTRY_HEADER_BYTES + dir_name.len() + batch.len()).next_multiple_of(8) as u64;
-        // A batch that would take more than a quarter of the ring is not worth its room.
-        if len > self.ring_bytes / 4 {
-            return false;
-        }
+        let len = Self::entry_len(dir_name, batch);
         let room = |journal: &Journal| {
             let at = journal.head % journal.ring_bytes;
             // An entry that does not fit before the ring's end starts at its beginning.

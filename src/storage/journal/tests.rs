@@ -226,14 +226,16 @@ fn the_thread_local_journal_serves_appends_and_is_removed_when_empty() {
         let mut appended = 0;
         while appended < ring / 2 {
             let (bytes, head) = entry_batch(100, 1000, next);
-            assert!(append(
+            let stored = append(
                 next_log_id(),
                 &log,
-                "t-0",
+                &Rc::from("t-0"),
                 &head,
-                &bytes,
-                next + 100
-            ));
+                &Bytes::from(bytes.clone()),
+                next,
+                next + 100,
+            );
+            assert_eq!(stored, Journaling::Stored);
             next += 100;
             appended += bytes.len() as u64;
         }
@@ -243,6 +245,124 @@ fn the_thread_local_journal_serves_appends_and_is_removed_when_empty() {
         close_on_this_shard();
         assert!(!installed());
         assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0, "file removed");
+    });
+}
+
+/// Offers the next batch of `count` records of 1 KB of the log `(id, notifier, name)` to the
+/// thread's journal; returns what became of it and its end offset.
+fn offer_next(
+    log: (u64, &Rc<Notifier>, &Rc<str>),
+    next_offset: &mut i64,
+    count: usize,
+) -> (Journaling, i64) {
+    let (bytes, head) = entry_batch(count, 1000, *next_offset);
+    let base = *next_offset;
+    *next_offset += count as i64;
+    let offered = append(
+        log.0,
+        log.1,
+        log.2,
+        &head,
+        &Bytes::from(bytes),
+        base,
+        *next_offset,
+    );
+    (offered, *next_offset)
+}
+
+#[test]
+fn a_full_ring_queues_batches_and_stores_them_as_writes_free_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    crate::storage::testutil::run(move || async move {
+        // All of an 8 MiB ring allocated at once.
+        open_on_this_shard(&path, 0, FIRST_ALLOCATION_BYTES).unwrap();
+        let (a, b) = (Notifier::new(0, 0), Notifier::new(0, 0));
+        let (a_name, b_name): (Rc<str>, Rc<str>) = (Rc::from("t-0"), Rc::from("t-1"));
+        let (a_id, b_id) = (next_log_id(), next_log_id());
+        let (mut a_next, mut b_next) = (0, 0);
+        // Fill the ring with A's 100 KB batches, none written.
+        let mut stored_ends = Vec::new();
+        let (first_waiting, first_waiting_end) = loop {
+            match offer_next((a_id, &a, &a_name), &mut a_next, 100) {
+                (Journaling::Stored, end) => stored_ends.push(end),
+                other => break other,
+            }
+        };
+        assert_eq!(first_waiting, Journaling::Waiting);
+        assert!(
+            stored_ends.len() >= 60,
+            "{} batches in 8 MiB",
+            stored_ends.len()
+        );
+        let full_at = *stored_ends.last().unwrap();
+        assert_eq!(a.get(Mark::Journaled), full_at);
+        // Behind a waiting batch even one that would fit waits, and so does another log's.
+        let (small, small_end) = offer_next((a_id, &a, &a_name), &mut a_next, 1);
+        assert_eq!(small, Journaling::Waiting);
+        let (other_log, b_end) = offer_next((b_id, &b, &b_name), &mut b_next, 100);
+        assert_eq!(other_log, Journaling::Waiting);
+        assert_eq!(
+            a.get(Mark::Journaled),
+            full_at,
+            "nothing claimed without room"
+        );
+        assert_eq!(b.get(Mark::Journaled), 0);
+
+        // A's first batch is written: its room takes the first waiting batch, not the
+        // second (the ring had room for about one batch more), so no mark claims them yet...
+        a.advance(Mark::Written, stored_ends[0]);
+        on_written();
+        assert_eq!(
+            a.get(Mark::Journaled),
+            first_waiting_end,
+            "stored before its write"
+        );
+        assert_eq!(b.get(Mark::Journaled), 0);
+        // ... and three more free room for the rest, in order.
+        a.advance(Mark::Written, stored_ends[3]);
+        on_written();
+        assert_eq!(a.get(Mark::Journaled), small_end);
+        assert_eq!(b.get(Mark::Journaled), b_end);
+        assert!(JOURNAL.with(|j| j.borrow().as_ref().unwrap().waiting.is_empty()));
+
+        // A batch whose own write lands while it waits is left out; a deleted log's too.
+        let (waiting, written_end) = loop {
+            match offer_next((a_id, &a, &a_name), &mut a_next, 100) {
+                (Journaling::Stored, _) => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(waiting, Journaling::Waiting);
+        let (deleted, _) = offer_next((b_id, &b, &b_name), &mut b_next, 100);
+        assert_eq!(deleted, Journaling::Waiting);
+        forget_log(b_id);
+        let head = || JOURNAL.with(|j| j.borrow().as_ref().unwrap().head);
+        let head_before = head();
+        a.advance(Mark::Written, written_end);
+        on_written();
+        let waiting_after = JOURNAL.with(|j| j.borrow().as_ref().unwrap().waiting.len());
+        assert_eq!(waiting_after, 0);
+        assert_eq!(head(), head_before, "nothing stored");
+
+        // The process dies: what the ring holds is each log's batches in offset order.
+        let journal = JOURNAL.with(|j| j.borrow_mut().take()).unwrap();
+        drop(journal);
+        let read = read_file(&journal_file(&path), MAX_BATCH_BYTES).unwrap();
+        for name in ["t-0", "t-1"] {
+            let offsets: Vec<(i64, i64)> = read
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, b)| {
+                    let h = record_batch::BatchHeader::parse(b, MAX_BATCH_BYTES).unwrap();
+                    (h.base_offset, h.last_offset() + 1)
+                })
+                .collect();
+            assert!(
+                offsets.windows(2).all(|w| w[0].1 == w[1].0),
+                "{name}: {offsets:?}"
+            );
+        }
     });
 }
 

@@ -10,9 +10,9 @@ use crate::storage::journal;
 use crate::storage::StorageError;
 
 impl PartitionLog {
-    /// Copies a just-queued batch into the shard's journal and, if it took it, moves the
-    /// journaled mark over it. The copy carries the assigned offset and epoch, as the segment
-    /// will.
+    /// Offers a just-queued batch to the shard's journal, which moves the journaled mark over
+    /// it once it holds it (at once, or when a full ring has room again). The copy carries the
+    /// assigned offset and epoch, as the segment will.
     pub(super) fn journal_batch(
         &self,
         batch: &Bytes,
@@ -26,17 +26,15 @@ impl PartitionLog {
         let mut head = [0u8; 16];
         head.copy_from_slice(&batch[..16]);
         record_batch::assign(&mut head, base_offset, leader_epoch);
-        if journal::append(
+        journal::append(
             log_id,
             &self.notifier,
             &self.dir_name,
             &head,
             batch,
+            base_offset,
             last_offset + 1,
-        ) {
-            self.notifier
-                .advance_journaled(base_offset, last_offset + 1);
-        }
+        );
     }
 
     /// The journal's entries of this log are never to be replayed: it is being deleted, or a

@@ -141,7 +141,7 @@ pub struct PartitionLog {
     /// journal on this shard): acks=1 and consumers then wait for the copy, not the write.
     journal_log_id: Option<u64>,
     /// The directory's name: what the journal files this log's batches under.
-    dir_name: String,
+    dir_name: Rc<str>,
     /// Fault injection: the writer's next write fails.
     #[cfg(test)]
     pub(crate) fail_next_write: Cell<bool>,
@@ -214,8 +214,8 @@ impl PartitionLog {
         let journal_log_id = (config.journal && journal::installed()).then(journal::next_log_id);
         let dir_name = dir
             .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+            .map(|n| Rc::from(n.to_string_lossy()))
+            .unwrap_or_else(|| Rc::from(""));
         let log = Rc::new_cyclic(|me| PartitionLog {
             me: me.clone(),
             dir,
