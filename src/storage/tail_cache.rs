@@ -35,9 +35,13 @@
 //! # Unwritten batches
 //! A log with a journal (`storage::journal`) shows consumers batches before their segment
 //! write, and until that write this cache is the only place to read them from. So no cap and
-//! no budget evicts a batch the log had not written when it was pushed (`keep_from`): the
-//! shard may go over its budget by what is journaled and not yet written, which the journal's
-//! ring bounds.
+//! no budget evicts a batch the log has not written (`keep_from`, raised by the writer as
+//! writes land: [`TailCache::unpin_below`]): the shard may go over its budget by what is
+//! journaled and not yet written, which the journal's ring bounds. Such *pinned* bytes are
+//! counted apart, and only the rest is held to the budget, so a push never walks caches it
+//! cannot shed (while a device hold left more unwritten than the budget, every push used to
+//! walk all of the shard's caches). A cache holding only pinned batches leaves the eviction
+//! order until it is used or written again.
 //!
 //! The cache covers a contiguous offset range ending at the log end offset; a batch that does
 //! not fit the cap, or does not follow the last cached one, clears it. Only batches wholly
@@ -104,9 +108,13 @@ struct CacheData {
     /// Batches ending at or above this offset are not written yet and may be visible (a
     /// journaled log's high watermark runs ahead of its written offset): no cap or budget
     /// evicts them, since a reader could get them from nowhere else until they are written.
-    /// `i64::MAX`: nothing is pinned. As of the last push (it only lags the log's written
-    /// offset, which keeps more than needed, never less).
+    /// `i64::MAX`: nothing is pinned. The log's written offset as of its last push or write
+    /// (it may lag the mark, which keeps more than needed, never less).
     keep_from: i64,
+    /// The pinned batches: always the newest `pinned_count` (offsets only grow), costing
+    /// `pinned_bytes` of `cost_bytes`.
+    pinned_count: usize,
+    pinned_bytes: usize,
 }
 
 impl Default for CacheData {
@@ -116,6 +124,8 @@ impl Default for CacheData {
             batches: VecDeque::new(),
             cost_bytes: 0,
             keep_from: i64::MAX,
+            pinned_count: 0,
+            pinned_bytes: 0,
         }
     }
 }
@@ -126,6 +136,8 @@ impl Default for CacheData {
 struct ShardCaches {
     budget_bytes: usize,
     used_bytes: usize,
+    /// Of `used_bytes`, what is pinned (not written yet): outside the budget's reach.
+    pinned_bytes: usize,
     next_id: u64,
     /// Use counter: each push or read of a cache takes the next value.
     clock: u64,
@@ -139,6 +151,7 @@ impl Default for ShardCaches {
         ShardCaches {
             budget_bytes: usize::MAX,
             used_bytes: 0,
+            pinned_bytes: 0,
             next_id: 0,
             clock: 0,
             caches: HashMap::new(),
@@ -171,60 +184,68 @@ impl ShardCaches {
         self.clock += 1;
         let clock = self.clock;
         if let Some((_, last_use)) = self.caches.get_mut(&id) {
-            self.by_last_use.remove(last_use);
+            // 0: out of the order (cleared, or only pinned batches left); no key is 0.
+            if *last_use != 0 {
+                self.by_last_use.remove(last_use);
+            }
             *last_use = clock;
             self.by_last_use.insert(clock, id);
         }
     }
 
-    /// Clears the least recently used caches other than `keep` while over the budget; returns
-    /// the bytes still over it (what `keep` must shed itself).
+    /// Bytes over the budget that eviction could free: pinned bytes do not count.
+    fn evictable_excess(&self) -> usize {
+        (self.used_bytes - self.pinned_bytes).saturating_sub(self.budget_bytes)
+    }
+
+    /// Clears the least recently used caches other than `keep` (all but their pinned batches)
+    /// while the unpinned bytes are over the budget; returns the bytes still over it (what
+    /// `keep` must shed itself).
     fn evict_over_budget(&mut self, keep: Option<u64>) -> usize {
-        let mut skipped = Vec::new();
-        while self.used_bytes > self.budget_bytes {
+        let mut kept = None;
+        while self.evictable_excess() > 0 {
             let Some((last_use, id)) = self.by_last_use.pop_first() else {
                 break;
             };
             if Some(id) == keep {
-                skipped.push((last_use, id));
+                kept = Some(last_use);
                 continue;
             }
-            let data = self.caches.get(&id).and_then(|(weak, _)| weak.upgrade());
-            let mut pinned_left = false;
-            if let Some(data) = data {
+            if let Some(data) = self.caches.get(&id).and_then(|(weak, _)| weak.upgrade()) {
                 let mut data = data.borrow_mut();
                 let before = data.cost_bytes;
                 data.shed(0);
                 self.used_bytes -= before - data.cost_bytes;
-                pinned_left = !data.batches.is_empty();
             }
-            if pinned_left {
-                // Still holds unwritten batches: keeps its place for when they are written.
-                skipped.push((last_use, id));
-                continue;
-            }
-            // Cleared caches re-enter the order at their next push.
+            // Cleared, or holding only pinned batches: out of the order until the cache is
+            // used or written again (`touch`), so no push walks it meanwhile.
             if let Some((_, last)) = self.caches.get_mut(&id) {
                 *last = 0;
             }
         }
-        for (last_use, id) in skipped {
+        if let (Some(last_use), Some(id)) = (kept, keep) {
             self.by_last_use.insert(last_use, id);
         }
-        self.used_bytes.saturating_sub(self.budget_bytes)
+        self.evictable_excess()
     }
 }
 
 impl Drop for TailCache {
     fn drop(&mut self) {
-        let cost = self.data.borrow().cost_bytes;
+        let (cost, pinned) = {
+            let data = self.data.borrow();
+            (data.cost_bytes, data.pinned_bytes)
+        };
         let id = self.id;
         // The thread's registry may be gone already at thread exit.
         let _ = SHARD_CACHES.try_with(|caches| {
             let mut caches = caches.borrow_mut();
             caches.used_bytes -= cost;
+            caches.pinned_bytes -= pinned;
             if let Some((_, last_use)) = caches.caches.remove(&id) {
-                caches.by_last_use.remove(&last_use);
+                if last_use != 0 {
+                    caches.by_last_use.remove(&last_use);
+                }
             }
         });
     }
@@ -267,14 +288,15 @@ impl TailCache {
     /// Runs `change` on the data and accounts its size change to the shard.
     fn change<R>(&mut self, change: impl FnOnce(&mut CacheData) -> R) -> R {
         let mut data = self.data.borrow_mut();
-        let before = data.cost_bytes;
+        let before = (data.cost_bytes, data.pinned_bytes);
         let result = change(&mut data);
-        let after = data.cost_bytes;
+        let after = (data.cost_bytes, data.pinned_bytes);
         drop(data);
         if before != after {
             SHARD_CACHES.with(|caches| {
                 let mut caches = caches.borrow_mut();
-                caches.used_bytes = caches.used_bytes + after - before;
+                caches.used_bytes = caches.used_bytes + after.0 - before.0;
+                caches.pinned_bytes = caches.pinned_bytes + after.1 - before.1;
             });
         }
         result
@@ -294,7 +316,7 @@ impl TailCache {
         keep_from: i64,
     ) {
         self.change(|data| {
-            data.keep_from = keep_from;
+            data.set_keep_from(keep_from);
             data.push(batch, base_offset, last_offset, leader_epoch)
         });
         let id = self.id;
@@ -307,6 +329,31 @@ impl TailCache {
             // Only this cache is left to shed.
             self.change(|data| data.shed(data.cost_bytes.saturating_sub(over)));
         }
+    }
+
+    /// The log wrote every offset below `written`: batches below it are no longer pinned
+    /// (a journaled log's writer calls this after each write). A cache that had left the
+    /// eviction order holding only pinned batches re-enters it.
+    pub fn unpin_below(&mut self, written: i64) {
+        let unpinned = self.change(|data| {
+            let before = data.pinned_count;
+            data.set_keep_from(written);
+            data.pinned_count < before
+        });
+        if unpinned {
+            let id = self.id;
+            SHARD_CACHES.with(|caches| {
+                let mut caches = caches.borrow_mut();
+                if caches.caches.get(&id).is_some_and(|(_, last)| *last == 0) {
+                    caches.touch(id);
+                }
+            });
+        }
+    }
+
+    /// Bytes of this cache not written yet (pinned; tests, diagnostics).
+    pub fn pinned_bytes(&self) -> usize {
+        self.data.borrow().pinned_bytes
     }
 
     /// Drops batches wholly below `offset` (the log start moved past them).
@@ -384,8 +431,35 @@ impl CacheData {
             return;
         }
         self.cost_bytes += entry.cost();
+        if entry.last_offset >= self.keep_from {
+            self.pinned_count += 1;
+            self.pinned_bytes += entry.cost();
+        }
         self.batches.push_back(entry);
         self.shed(self.cap_bytes);
+    }
+
+    /// Moves the pin to `keep_from`, recounting the pinned batches (the newest ones).
+    fn set_keep_from(&mut self, keep_from: i64) {
+        self.keep_from = keep_from;
+        // Raised: the oldest pinned batches may be written now.
+        while self.pinned_count > 0 {
+            let oldest_pinned = &self.batches[self.batches.len() - self.pinned_count];
+            if oldest_pinned.last_offset >= keep_from {
+                break;
+            }
+            self.pinned_bytes -= oldest_pinned.cost();
+            self.pinned_count -= 1;
+        }
+        // Lowered (a truncation moved the written offset back): more are pinned.
+        while self.pinned_count < self.batches.len() {
+            let newest_unpinned = &self.batches[self.batches.len() - self.pinned_count - 1];
+            if newest_unpinned.last_offset < keep_from {
+                break;
+            }
+            self.pinned_bytes += newest_unpinned.cost();
+            self.pinned_count += 1;
+        }
     }
 
     /// Drops the oldest batches until the cost is at most `target_bytes`, stopping at the
@@ -425,17 +499,28 @@ impl CacheData {
     fn pop_back(&mut self) {
         if let Some(b) = self.batches.pop_back() {
             self.cost_bytes -= b.cost();
+            if self.pinned_count > 0 {
+                self.pinned_count -= 1;
+                self.pinned_bytes -= b.cost();
+            }
         }
     }
 
     fn clear(&mut self) {
         self.batches = VecDeque::new();
         self.cost_bytes = 0;
+        self.pinned_count = 0;
+        self.pinned_bytes = 0;
     }
 
     fn pop_front(&mut self) {
+        let all_pinned = self.pinned_count == self.batches.len();
         if let Some(b) = self.batches.pop_front() {
             self.cost_bytes -= b.cost();
+            if all_pinned {
+                self.pinned_count -= 1;
+                self.pinned_bytes -= b.cost();
+            }
         }
     }
 
@@ -655,8 +740,9 @@ mod tests {
     }
 
     /// Batches not written yet (at or above `keep_from`) are never evicted: neither by the
-    /// partition's cap nor by the shard's budget when another cache pushes. Once written
-    /// (a later push with a higher `keep_from`), they go as usual.
+    /// partition's cap nor by the shard's budget when another cache pushes; and they do not
+    /// count against the budget, so they take nothing from the other caches. Once written
+    /// (`unpin_below`, or a later push with a higher `keep_from`), they go as usual.
     #[test]
     fn unwritten_batches_stay_whatever_the_cap_and_the_budget() {
         std::thread::spawn(|| {
@@ -670,17 +756,57 @@ mod tests {
             }
             assert_eq!(a.start_offset(), Some(1));
             assert_eq!(a.batch_count(), 3);
-            // b pushes the shard over its budget: a is the least recently used, yet keeps
-            // its unwritten batches; b sheds its own.
+            assert_eq!(a.pinned_bytes(), 3 * cost);
+            // b fills the budget beside them: a keeps its unwritten batches, b all of its own.
             for i in 0..3 {
                 b.push(&fake(1000, 2), i, i, 0, i64::MAX);
             }
-            assert_eq!(a.batch_count(), 3);
-            assert!(b.batch_count() <= 1);
-            // Written up to 4: the cap applies again.
+            assert_eq!((a.batch_count(), b.batch_count()), (3, 3));
+            assert_eq!(shard_used_bytes(), 6 * cost);
+            // Written up to 3: a's first two go out of the budget's shelter, and b's next push
+            // evicts a (the least recently used) rather than its own.
+            a.unpin_below(3);
+            assert_eq!(a.pinned_bytes(), cost);
+            b.push(&fake(1000, 2), 3, 3, 0, i64::MAX);
+            assert_eq!((a.batch_count(), a.start_offset()), (1, Some(3)));
+            assert_eq!(b.batch_count(), 4);
+            // Written up to 5: the cap applies again.
             a.push(&fake(1000, 1), 4, 4, 0, 4);
+            a.push(&fake(1000, 1), 5, 5, 0, 5);
             assert_eq!(a.batch_count(), 2);
-            assert_eq!(a.start_offset(), Some(3));
+            assert_eq!(a.start_offset(), Some(4));
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A cache left holding only unwritten batches leaves the eviction order, so later pushes
+    /// over the budget do not walk it again; once written, it is back in the order.
+    #[test]
+    fn a_cache_of_only_pinned_batches_leaves_the_eviction_order_until_written() {
+        std::thread::spawn(|| {
+            let cost = 1000 + ENTRY_OVERHEAD_BYTES;
+            set_shard_budget(2 * cost);
+            let mut pinned = TailCache::new(10 * cost);
+            let mut busy = TailCache::new(10 * cost);
+            for i in 0..3 {
+                pinned.push(&fake(1000, 1), i, i, 0, 0);
+            }
+            let in_order = |cache: &TailCache| {
+                SHARD_CACHES.with(|c| c.borrow().by_last_use.values().any(|&id| id == cache.id))
+            };
+            for i in 0..3 {
+                busy.push(&fake(1000, 2), i, i, 0, i64::MAX);
+            }
+            // The third push went over the budget: the walk found nothing to shed in `pinned`
+            // and took it out of the order; `busy` shed its own oldest.
+            assert!(!in_order(&pinned));
+            assert_eq!((pinned.batch_count(), busy.batch_count()), (3, 2));
+            pinned.unpin_below(3);
+            assert!(in_order(&pinned));
+            busy.push(&fake(1000, 2), 3, 3, 0, i64::MAX);
+            assert_eq!((pinned.batch_count(), busy.batch_count()), (0, 2));
+            assert_eq!(shard_used_bytes(), 2 * cost);
         })
         .join()
         .unwrap();

@@ -128,6 +128,9 @@ pub(crate) trait WriterHost: 'static {
     fn segment_closed(&self);
     /// Puts the log in the failed state: later appends and unsatisfied waits get the error.
     fn fail(&self, error: &StorageError);
+    /// Every offset below `offset` is in the segment files now: raises the written mark (and
+    /// whatever follows it in the log).
+    fn written(&self, offset: i64);
     fn count_write(&self, bytes: u64);
     fn count_sync(&self);
     /// The log asks the writer to close its file and drop its tail page (the partition is
@@ -570,9 +573,7 @@ impl<Log: WriterHost> Writer<Log> {
             written <= log.log_end_offset(),
             "written offset above the log end"
         );
-        log.notifier().advance(Mark::Written, written);
-        // Room in the shard's journal for batches waiting for it, if any.
-        crate::storage::journal::on_written();
+        log.written(written);
         self.prepare_next_file(log);
         Ok(())
     }

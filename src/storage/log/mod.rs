@@ -987,6 +987,16 @@ impl PartitionLog {
 
 /// The writer task's side of the log.
 impl WriterHost for PartitionLog {
+    fn written(&self, offset: i64) {
+        self.notifier.advance(Mark::Written, offset);
+        if self.journal_log_id.is_some() {
+            // What consumers could read only from the cache is in the files now.
+            self.tail_cache.borrow_mut().unpin_below(offset);
+            // Room in the shard's journal for batches waiting for it, if any.
+            journal::on_written();
+        }
+    }
+
     fn segment_bytes(&self) -> u64 {
         PartitionLog::segment_bytes(self)
     }
