@@ -312,6 +312,11 @@ impl Notifier {
         }
     }
 
+    /// Whether the log has neither failed nor closed.
+    pub fn is_open(&self) -> bool {
+        *self.status.borrow() == Status::Open
+    }
+
     /// `Some(error)` once the log failed or closed.
     pub fn status_error(&self) -> Option<StorageError> {
         match &*self.status.borrow() {

@@ -562,22 +562,28 @@ impl Journal {
         Journaling::Waiting
     }
 
-    /// Copies in waiting batches, oldest first, while they fit; drops those their own write
-    /// (or their log's end) overtook. Returns the stored ones, `(log, base, end, bytes)`, for
-    /// the caller to move their journaled marks once the journal is released.
+    /// Drops the waiting batches that no longer need the ring (their own write landed, their
+    /// log failed, closed or is gone), then copies in the rest, oldest first, while they fit.
+    /// Returns the stored ones, `(log, base, end, bytes)`, for the caller to move their
+    /// journaled marks once the journal is released.
+    ///
+    /// The whole queue is checked, not only its front: while the ring stays full (its oldest
+    /// entry is a log whose writes stopped), batches behind the front are still written and
+    /// answered by their writes, and must not stay held here.
     fn store_waiting(&mut self) -> Vec<(Rc<Notifier>, i64, i64, u64)> {
+        let refusing = self.refusing;
+        self.waiting.retain(|waiting| {
+            !refusing
+                && waiting
+                    .notifier
+                    .upgrade()
+                    .is_some_and(|n| n.get(Mark::Written) < waiting.end_offset && n.is_open())
+        });
         let mut stored = Vec::new();
         while let Some(waiting) = self.waiting.pop_front() {
-            let Some(notifier) = waiting
-                .notifier
-                .upgrade()
-                .filter(|n| n.get(Mark::Written) < waiting.end_offset)
-            else {
-                continue; // written (so journaled) already, or its log is gone
+            let Some(notifier) = waiting.notifier.upgrade() else {
+                continue;
             };
-            if self.refusing {
-                continue; // never goes in now: its write makes it safe
-            }
             if !self.append(
                 waiting.log_id,
                 &notifier,

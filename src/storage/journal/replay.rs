@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -107,20 +110,94 @@ pub fn finish_recovery() {
     }
 }
 
-/// The live batches of one journal file, in ring order: `(directory name, batch)`.
+/// The live batches of one journal file, in ring order: `(directory name, batch)`. The file
+/// is mapped, not read: each batch is a slice of the mapping (which lives until the last of
+/// them is dropped), so recovering a ring of hundreds of MiB copies nothing into the heap.
 pub fn read_file(path: &Path, max_batch_bytes: usize) -> io::Result<Vec<(String, Bytes)>> {
-    let bytes = std::fs::read(path)?;
-    parse(&bytes, max_batch_bytes).map_err(|why| {
+    let invalid = |why: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: {why}", path.display()),
         )
-    })
+    };
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len < FILE_HEADER_BYTES {
+        return Err(invalid("not a journal file".into()));
+    }
+    let mapped = Bytes::from_owner(MappedFile::map(&file, len)?);
+    let entries = parse_ranges(&mapped, max_batch_bytes).map_err(invalid)?;
+    Ok(entries
+        .into_iter()
+        .map(|(name, range)| (name, mapped.slice(range)))
+        .collect())
 }
 
-/// Reads the entries of a journal file's bytes. Every length is checked against the file
-/// before it is used: a damaged file yields fewer entries or an error, never a panic.
+/// A previous run's journal file mapped read-only. Nothing else writes or truncates it while
+/// it is mapped: the directory is claimed by this broker (`claim_dir`) and its writer is dead.
+struct MappedFile {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a read-only mapping no one writes through; reading it from any thread is sound.
+unsafe impl Send for MappedFile {}
+// SAFETY: as above.
+unsafe impl Sync for MappedFile {}
+
+impl MappedFile {
+    fn map(file: &std::fs::File, len: u64) -> io::Result<MappedFile> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        // SAFETY: a new private read-only mapping of a file we opened, `len` its size.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(MappedFile { ptr, len })
+    }
+}
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live mapping of `len` readable bytes until Drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `map` created, with its length; no slice of it outlives the
+        // owner (`Bytes::from_owner` drops it after the last one).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Reads the entries of a journal file's bytes, copying each batch out (tests, the fuzz
+/// target; start-up uses [`read_file`], which does not copy). Every length is checked against
+/// the file before it is used: a damaged file yields fewer entries or an error, never a panic.
 pub fn parse(bytes: &[u8], max_batch_bytes: usize) -> Result<Vec<(String, Bytes)>, String> {
+    Ok(parse_ranges(bytes, max_batch_bytes)?
+        .into_iter()
+        .map(|(name, range)| (name, Bytes::copy_from_slice(&bytes[range])))
+        .collect())
+}
+
+/// The live entries of a journal file's bytes, in ring order: `(directory name, where the
+/// batch is in `bytes`)`.
+fn parse_ranges(
+    bytes: &[u8],
+    max_batch_bytes: usize,
+) -> Result<Vec<(String, Range<usize>)>, String> {
     if bytes.len() < FILE_HEADER_BYTES as usize || bytes[0..8] != FILE_MAGIC {
         return Err("not a journal file".into());
     }
@@ -211,7 +288,9 @@ pub fn parse(bytes: &[u8], max_batch_bytes: usize) -> Result<Vec<(String, Bytes)
             else {
                 break;
             };
-            batches.push((name.to_string(), Bytes::copy_from_slice(batch)));
+            let batch_at = FILE_HEADER_BYTES as usize + at + ENTRY_HEADER_BYTES + name_len;
+            debug_assert_eq!(&bytes[batch_at..batch_at + batch_len], batch);
+            batches.push((name.to_string(), batch_at..batch_at + batch_len));
         }
         let Some(next) = position.checked_add(len as u64) else {
             break;

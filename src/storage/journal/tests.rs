@@ -345,6 +345,30 @@ fn a_full_ring_queues_batches_and_stores_them_as_writes_free_room() {
         assert_eq!(waiting_after, 0);
         assert_eq!(head(), head_before, "nothing stored");
 
+        // The ring full again, its oldest entry's log stuck: a batch behind the waiting front
+        // whose own write lands leaves the queue, and so do a failed log's.
+        let (c, c_name, c_id) = (Notifier::new(0, 0), Rc::<str>::from("t-2"), next_log_id());
+        let mut c_next = 0;
+        let (front, _) = loop {
+            match offer_next((a_id, &a, &a_name), &mut a_next, 100) {
+                (Journaling::Stored, _) => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(front, Journaling::Waiting);
+        let (behind, c_end) = offer_next((c_id, &c, &c_name), &mut c_next, 100);
+        assert_eq!(behind, Journaling::Waiting);
+        let (failed, _) = offer_next((b_id, &b, &b_name), &mut b_next, 100);
+        assert_eq!(failed, Journaling::Waiting);
+        b.fail(&io::Error::other("device gone"));
+        c.advance(Mark::Written, c_end);
+        on_written();
+        let waiting = JOURNAL.with(|j| j.borrow().as_ref().unwrap().waiting.len());
+        assert_eq!(
+            waiting, 1,
+            "only the front (its write not done, no room) still waits"
+        );
+
         // The process dies: what the ring holds is each log's batches in offset order.
         let journal = JOURNAL.with(|j| j.borrow_mut().take()).unwrap();
         drop(journal);
