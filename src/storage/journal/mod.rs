@@ -280,41 +280,37 @@ pub fn close_on_this_shard() {
     }
 }
 
-/// Offers one batch of the log `log_id` (its directory name `dir_name`) to this shard's
-/// journal: `head` is the batch's first 16 bytes as they go to the segment (offset and epoch
-/// assigned), `batch` the producer's bytes, `[base_offset, end_offset)` its offsets. A batch
-/// stored now moves the log's journaled mark at once; one that waits for room moves it when
-/// it goes in ([`on_written`]); a refused one (or any without a journal) is safe once written.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn append(
-    log_id: u64,
-    notifier: &Rc<Notifier>,
-    dir_name: &Rc<str>,
-    head: &[u8; 16],
-    batch: &Bytes,
-    base_offset: i64,
-    end_offset: i64,
-) -> Journaling {
-    let offered = JOURNAL.with(|j| {
+/// A leader's batch offered to the journal: its log (`log_id`, marks, directory name), its
+/// first 16 bytes as they go to the segment (offset and epoch assigned), the producer's bytes,
+/// and its offsets `[base_offset, end_offset)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaderBatch<'a> {
+    pub log_id: u64,
+    pub notifier: &'a Rc<Notifier>,
+    pub dir_name: &'a Rc<str>,
+    pub head: [u8; 16],
+    pub batch: &'a Bytes,
+    pub base_offset: i64,
+    pub end_offset: i64,
+}
+
+/// Offers one batch to this shard's journal. A batch stored now moves its log's journaled
+/// mark at once; one that waits for room moves it when it goes in ([`on_written`]); a refused
+/// one (or any without a journal) is safe once written.
+pub(crate) fn append(offered: LeaderBatch<'_>) -> Journaling {
+    let outcome = JOURNAL.with(|j| {
         let mut journal = j.borrow_mut();
         let Some(journal) = journal.as_mut() else {
             return Journaling::Refused;
         };
-        let offered = journal.offer(
-            log_id,
-            notifier,
-            dir_name,
-            head,
-            batch,
-            base_offset,
-            end_offset,
-        );
+        let outcome = journal.offer(&offered);
         let cells = crate::metrics::shard_cells(journal.shard);
-        match offered {
+        match outcome {
             Journaling::Stored => {
-                cells
-                    .journaled_bytes
-                    .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                cells.journaled_bytes.fetch_add(
+                    offered.batch.len() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             Journaling::Waiting | Journaling::Refused => {
                 cells
@@ -323,12 +319,14 @@ pub(crate) fn append(
                 journal.report_full();
             }
         }
-        offered
+        outcome
     });
-    if offered == Journaling::Stored {
-        notifier.advance_journaled(base_offset, end_offset);
+    if outcome == Journaling::Stored {
+        offered
+            .notifier
+            .advance_journaled(offered.base_offset, offered.end_offset);
     }
-    offered
+    outcome
 }
 
 /// Some log of this shard wrote batches (or the ring grew): batches waiting for room go in
@@ -531,22 +529,21 @@ impl Journal {
 
     /// Stores the batch if it has room now and nothing waits before it; else queues it to
     /// wait for room, unless it can never go in.
-    #[allow(clippy::too_many_arguments)]
-    fn offer(
-        &mut self,
-        log_id: u64,
-        notifier: &Rc<Notifier>,
-        dir_name: &Rc<str>,
-        head: &[u8; 16],
-        batch: &Bytes,
-        base_offset: i64,
-        end_offset: i64,
-    ) -> Journaling {
+    fn offer(&mut self, offered: &LeaderBatch<'_>) -> Journaling {
+        let LeaderBatch {
+            log_id,
+            notifier,
+            dir_name,
+            head,
+            batch,
+            base_offset,
+            end_offset,
+        } = *offered;
         if !self.admits(dir_name, batch) {
             return Journaling::Refused;
         }
         if self.waiting.is_empty()
-            && self.append(log_id, notifier, dir_name, head, batch, end_offset)
+            && self.append(log_id, notifier, dir_name, &head, batch, end_offset)
         {
             return Journaling::Stored;
         }
@@ -554,7 +551,7 @@ impl Journal {
             log_id,
             notifier: Rc::downgrade(notifier),
             dir_name: dir_name.clone(),
-            head: *head,
+            head,
             batch: batch.clone(),
             base_offset,
             end_offset,

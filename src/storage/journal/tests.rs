@@ -226,15 +226,15 @@ fn the_thread_local_journal_serves_appends_and_is_removed_when_empty() {
         let mut appended = 0;
         while appended < ring / 2 {
             let (bytes, head) = entry_batch(100, 1000, next);
-            let stored = append(
-                next_log_id(),
-                &log,
-                &Rc::from("t-0"),
-                &head,
-                &Bytes::from(bytes.clone()),
-                next,
-                next + 100,
-            );
+            let stored = append(LeaderBatch {
+                log_id: next_log_id(),
+                notifier: &log,
+                dir_name: &Rc::from("t-0"),
+                head,
+                batch: &Bytes::from(bytes.clone()),
+                base_offset: next,
+                end_offset: next + 100,
+            });
             assert_eq!(stored, Journaling::Stored);
             next += 100;
             appended += bytes.len() as u64;
@@ -258,15 +258,15 @@ fn offer_next(
     let (bytes, head) = entry_batch(count, 1000, *next_offset);
     let base = *next_offset;
     *next_offset += count as i64;
-    let offered = append(
-        log.0,
-        log.1,
-        log.2,
-        &head,
-        &Bytes::from(bytes),
-        base,
-        *next_offset,
-    );
+    let offered = append(LeaderBatch {
+        log_id: log.0,
+        notifier: log.1,
+        dir_name: log.2,
+        head,
+        batch: &Bytes::from(bytes),
+        base_offset: base,
+        end_offset: *next_offset,
+    });
     (offered, *next_offset)
 }
 
@@ -309,8 +309,8 @@ fn a_full_ring_queues_batches_and_stores_them_as_writes_free_room() {
         );
         assert_eq!(b.get(Mark::Journaled), 0);
 
-        // A's first batch is written: its room takes the first waiting batch, not the
-        // second (the ring had room for about one batch more), so no mark claims them yet...
+        // A's first batch is written: its room takes the first waiting batch (A's mark moves
+        // over it before its write), not the ones behind it...
         a.advance(Mark::Written, stored_ends[0]);
         on_written();
         assert_eq!(

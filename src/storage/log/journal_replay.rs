@@ -26,15 +26,15 @@ impl PartitionLog {
         let mut head = [0u8; 16];
         head.copy_from_slice(&batch[..16]);
         record_batch::assign(&mut head, base_offset, leader_epoch);
-        journal::append(
+        journal::append(journal::LeaderBatch {
             log_id,
-            &self.notifier,
-            &self.dir_name,
-            &head,
+            notifier: &self.notifier,
+            dir_name: &self.dir_name,
+            head,
             batch,
             base_offset,
-            last_offset + 1,
-        );
+            end_offset: last_offset + 1,
+        });
     }
 
     /// The journal's entries of this log are never to be replayed: it is being deleted, or a
