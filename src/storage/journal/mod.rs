@@ -26,8 +26,8 @@
 //! # The file
 //! `<dir>/shard-<id>-<pid>-<ns>.journal`: a [`FILE_HEADER_BYTES`] header, then the ring. Its
 //! blocks are allocated with `fallocate` before any entry is stored in them (the first 8 MiB
-//! when the file is created, the rest by a blocking-pool thread that also populates the page
-//! tables), so a store into the mapping can never meet a full tmpfs (which would be
+//! when the file is created, the rest by a blocking-pool thread, 32 MiB at a time, that also
+//! populates the page tables), so a store into the mapping can never meet a full tmpfs (which would be
 //! `SIGBUS`). The header holds two slots, each the ring
 //! position and sequence number of the oldest live entry with a check word; an update writes
 //! the older slot, so a process dying in the middle of one leaves the other valid.
@@ -66,6 +66,8 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -162,6 +164,9 @@ pub struct Journal {
     waiting: VecDeque<WaitingBatch>,
     /// Ring bytes allocated in the file system, from the ring's start: entries stay below.
     allocated: u64,
+    /// How far the blocking-pool thread has allocated the rest ([`open_on_this_shard`]):
+    /// `allocated` catches up with it when the ring needs room.
+    allocation_progress: Option<Arc<AtomicU64>>,
     /// The rest of the ring could not be allocated: no more entries.
     refusing: bool,
     /// When a full ring was last reported.
@@ -187,35 +192,46 @@ pub fn next_log_id() -> u64 {
 /// thread. The file is new for every run; the previous run's are read by [`recover_previous`].
 ///
 /// Start-up pays for the ring's first [`FIRST_ALLOCATION_BYTES`] only: the rest is allocated
-/// by a blocking-pool thread (zeroing 256 MiB of tmpfs pages takes about 70 ms), and until
-/// then appends use the allocated start of the ring. Must run on the shard's executor.
+/// by a blocking-pool thread (zeroing 256 MiB of tmpfs pages takes about 70 ms) in
+/// [`ALLOCATION_STEP_BYTES`] steps, and appends use the ring as far as it is allocated. Must
+/// run on the shard's executor.
 pub fn open_on_this_shard(dir: &Path, shard: usize, ring_bytes: u64) -> io::Result<()> {
-    let journal = Journal::create(dir, shard, ring_bytes, FIRST_ALLOCATION_BYTES)?;
+    let mut journal = Journal::create(dir, shard, ring_bytes, FIRST_ALLOCATION_BYTES)?;
     // The mapping's address for the thread that populates it (see below).
     let ring_at = journal.map.as_ptr() as usize + FILE_HEADER_BYTES as usize;
-    let rest =
-        (journal.allocated < ring_bytes).then(|| (journal._file.try_clone(), journal.path.clone()));
+    let first = journal.allocated;
+    let rest = (first < ring_bytes).then(|| {
+        let progress = Arc::new(AtomicU64::new(first));
+        journal.allocation_progress = Some(progress.clone());
+        (journal._file.try_clone(), journal.path.clone(), progress)
+    });
     JOURNAL.with(|j| *j.borrow_mut() = Some(journal));
-    let Some((file, path)) = rest else {
+    let Some((file, path, progress)) = rest else {
         return Ok(());
     };
     let file = file?;
     glommio::spawn_local(async move {
-        let map_len = FILE_HEADER_BYTES + ring_bytes;
         let allocated = glommio::executor()
             .spawn_blocking(move || {
-                allocate(&file, map_len)?;
-                // And the page tables, so the first lap does not fault on the shard (128 k
-                // faults for 512 MiB). Best effort: kernels before 5.14 refuse it.
-                // SAFETY: the range is inside the journal's mapping, which lives as long as
-                // the shard (unmapped at its thread's exit); populating changes no content.
-                unsafe {
-                    libc::madvise(
-                        ring_at as *mut libc::c_void,
-                        ring_bytes as usize,
-                        libc::MADV_POPULATE_WRITE,
-                    )
-                };
+                let mut done = first;
+                while done < ring_bytes {
+                    let step = ALLOCATION_STEP_BYTES.min(ring_bytes - done);
+                    allocate(&file, FILE_HEADER_BYTES + done, step)?;
+                    // And the page tables, so the first lap does not fault on the shard (128 k
+                    // faults for 512 MiB). Best effort: kernels before 5.14 refuse it.
+                    // SAFETY: the range is inside the journal's mapping, which lives as long as
+                    // the shard (unmapped at its thread's exit); populating changes no content.
+                    unsafe {
+                        libc::madvise(
+                            (ring_at + done as usize) as *mut libc::c_void,
+                            step as usize,
+                            libc::MADV_POPULATE_WRITE,
+                        )
+                    };
+                    done += step;
+                    // Release: the shard stores into these pages only after it saw this.
+                    progress.store(done, Ordering::Release);
+                }
                 Ok::<(), io::Error>(())
             })
             .await;
@@ -243,11 +259,23 @@ pub fn open_on_this_shard(dir: &Path, shard: usize, ring_bytes: u64) -> io::Resu
 /// Ring bytes a journal allocates while the shard starts; the rest follows off the shard.
 pub const FIRST_ALLOCATION_BYTES: u64 = 8 << 20;
 
-/// Allocates the first `len` bytes of `file` (tmpfs pages, zeroed), so no store into its
-/// mapping below `len` can fault on a full file system (`SIGBUS`).
-fn allocate(file: &File, len: u64) -> io::Result<()> {
+/// How much of the ring the blocking-pool thread allocates before the shard may use it: at
+/// 1.5 GB/s into a shard, the first 8 MiB last 5 ms, and the whole ring took up to 250 ms to
+/// allocate on a busy CPU, so appends waited for room at every start (session 35).
+pub const ALLOCATION_STEP_BYTES: u64 = 32 << 20;
+
+/// Allocates `len` bytes of `file` from `offset` (tmpfs pages, zeroed), so no store into its
+/// mapping there can fault on a full file system (`SIGBUS`).
+fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain system call on a descriptor we own.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            0,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -307,15 +335,12 @@ pub(crate) fn append(offered: LeaderBatch<'_>) -> Journaling {
         let cells = crate::metrics::shard_cells(journal.shard);
         match outcome {
             Journaling::Stored => {
-                cells.journaled_bytes.fetch_add(
-                    offered.batch.len() as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                cells
+                    .journaled_bytes
+                    .fetch_add(offered.batch.len() as u64, Ordering::Relaxed);
             }
             Journaling::Waiting | Journaling::Refused => {
-                cells
-                    .journal_full
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cells.journal_full.fetch_add(1, Ordering::Relaxed);
                 journal.report_full();
             }
         }
@@ -345,7 +370,7 @@ pub(crate) fn on_written() {
                 let bytes: u64 = stored.iter().map(|s| s.3).sum();
                 crate::metrics::shard_cells(journal.shard)
                     .journaled_bytes
-                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(bytes, Ordering::Relaxed);
                 stored
             }
             _ => Vec::new(),
@@ -402,7 +427,7 @@ impl Journal {
         // entry is stored above `allocated` until the rest is.
         let prepared = file
             .set_len(map_len as u64)
-            .and_then(|()| allocate(&file, FILE_HEADER_BYTES + allocated))
+            .and_then(|()| allocate(&file, 0, FILE_HEADER_BYTES + allocated))
             .and_then(|()| map_shared(&file, map_len));
         let map = prepared.inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
@@ -420,6 +445,7 @@ impl Journal {
             live: VecDeque::new(),
             waiting: VecDeque::new(),
             allocated,
+            allocation_progress: None,
             refusing: false,
             last_full_report: None,
             _file: file,
@@ -617,6 +643,9 @@ impl Journal {
             return false;
         }
         let len = Self::entry_len(dir_name, batch);
+        if let Some(progress) = &self.allocation_progress {
+            self.allocated = self.allocated.max(progress.load(Ordering::Acquire));
+        }
         let room = |journal: &Journal| {
             let at = journal.head % journal.ring_bytes;
             // An entry that does not fit before the ring's end starts at its beginning.
@@ -626,10 +655,15 @@ impl Journal {
                 0
             };
             let used = journal.head - journal.tail;
-            // On the first lap, only into the allocated start of the ring.
+            // On the first lap, only into the allocated start of the ring (a wrap entry's
+            // header included, which goes at `at`).
             let end = if skip > 0 { len } else { at + len };
+            let wrap_header_fits = skip < ENTRY_HEADER_BYTES as u64
+                || at + ENTRY_HEADER_BYTES as u64 <= journal.allocated;
             (
-                used + skip + len <= journal.ring_bytes && end <= journal.allocated,
+                used + skip + len <= journal.ring_bytes
+                    && end <= journal.allocated
+                    && wrap_header_fits,
                 skip,
             )
         };

@@ -410,6 +410,50 @@ fn the_first_lap_stays_in_the_allocated_start() {
     assert!(append_next(&mut journal, (1, &log, "t-0"), &mut next, 100, 1000).is_some());
 }
 
+/// The ring grows as the blocking-pool thread publishes what it allocated; an entry that
+/// would wrap stays out until its wrap header's place is allocated too.
+#[test]
+fn the_ring_grows_with_the_published_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = 4 * RING_MIN_BYTES;
+    let mut journal = Journal::create(dir.path(), 0, ring, RING_MIN_BYTES).unwrap();
+    let progress = Arc::new(AtomicU64::new(RING_MIN_BYTES));
+    journal.allocation_progress = Some(progress.clone());
+    let log = Notifier::new(0, 0);
+    let mut next = 0;
+    while append_next(&mut journal, (1, &log, "t-0"), &mut next, 100, 1000).is_some() {}
+    assert!(journal.head <= RING_MIN_BYTES);
+    // Another 4 MiB allocated (as the thread does) and published: room again.
+    allocate(
+        &journal._file,
+        FILE_HEADER_BYTES + RING_MIN_BYTES,
+        RING_MIN_BYTES,
+    )
+    .unwrap();
+    progress.store(2 * RING_MIN_BYTES, Ordering::Release);
+    assert!(append_next(&mut journal, (1, &log, "t-0"), &mut next, 100, 1000).is_some());
+    assert!(journal.head > RING_MIN_BYTES);
+
+    // Written: the ring is empty, its head just below the allocated end, and a 3.5 MiB entry
+    // does not fit before the ring's end. It would wrap, but its wrap header's place is not
+    // allocated yet.
+    log.advance(Mark::Written, next);
+    journal.reclaim();
+    let allocated = ring - RING_MIN_BYTES / 2;
+    allocate(&journal._file, 0, FILE_HEADER_BYTES + allocated).unwrap();
+    progress.store(allocated, Ordering::Release);
+    journal.head = allocated - 16;
+    journal.tail = journal.head;
+    assert!(append_next(&mut journal, (1, &log, "t-0"), &mut next, 3500, 1000).is_none());
+    allocate(&journal._file, 0, FILE_HEADER_BYTES + ring).unwrap();
+    progress.store(ring, Ordering::Release);
+    assert!(append_next(&mut journal, (1, &log, "t-0"), &mut next, 3500, 1000).is_some());
+    assert!(
+        journal.head % ring < RING_MIN_BYTES,
+        "wrapped to the ring's start"
+    );
+}
+
 #[test]
 fn a_directory_belongs_to_one_data_directory() {
     let journal_dir = tempfile::tempdir().unwrap();
