@@ -936,6 +936,23 @@ fn shards_are_pinned_unless_overprovisioned() {
     assert!(free.log().contains("overprovisioned"), "{}", free.log());
 }
 
+/// Whether every thread of `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+fn every_thread_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// A request that arrives while the broker cannot read it (the process stopped, as a shard busy
 /// with other work would leave it) is counted in `broker_request_socket_wait_seconds` with the
 /// time it waited in its socket; one read at once is counted as a short wait.
@@ -973,6 +990,12 @@ fn the_time_a_request_waited_in_its_socket_is_measured() {
     let pid = broker.pid().expect("pid") as i32;
     // SAFETY: signals to the broker's own process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // kill returns once the signal is queued; a thread running on another CPU stops a moment
+    // later, and could read the request first (a short wait, then this test failed).
+    assert!(
+        common::wait_until(Duration::from_secs(10), || every_thread_stopped(pid)),
+        "the broker's threads did not all stop"
+    );
     client.send(3, &ApiVersionsRequest::default());
     // The wait being measured: the request sits in the kernel meanwhile.
     std::thread::sleep(Duration::from_millis(400));

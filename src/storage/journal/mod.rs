@@ -27,10 +27,10 @@
 //! `<dir>/shard-<id>-<pid>-<ns>.journal`: a [`FILE_HEADER_BYTES`] header, then the ring. Its
 //! blocks are allocated with `fallocate` before any entry is stored in them (the first 8 MiB
 //! when the file is created, the rest by a blocking-pool thread, 32 MiB at a time, that also
-//! populates the page tables), so a store into the mapping can never meet a full tmpfs (which would be
-//! `SIGBUS`). The header holds two slots, each the ring
-//! position and sequence number of the oldest live entry with a check word; an update writes
-//! the older slot, so a process dying in the middle of one leaves the other valid.
+//! populates the page tables), so a store into the mapping can never meet a full tmpfs (which
+//! would be `SIGBUS`). The header holds two slots, each the ring position and sequence number
+//! of the oldest live entry with a check word; an update writes the older slot, so a process
+//! dying in the middle of one leaves the other valid.
 //!
 //! An entry is [`ENTRY_HEADER_BYTES`] of header (kind, CRC-32C, length, batch length, sequence
 //! number, directory name length), the partition's directory name, and the batch as it goes to
