@@ -437,7 +437,7 @@ async fn run_shard(
         coordinator.unregister().await;
     }
     shard.close_partitions().await;
-    crate::storage::journal::close_on_this_shard();
+    crate::storage::journal::close_on_this_shard().await;
     shard.groups.close().await;
     if id == 0 {
         crate::transactions::coordinator::close().await;

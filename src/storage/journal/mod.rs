@@ -64,7 +64,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -148,8 +147,7 @@ pub struct Journal {
     path: PathBuf,
     /// The shard's index, for its metrics cells.
     shard: usize,
-    map: NonNull<u8>,
-    map_len: usize,
+    map: Mapping,
     ring_bytes: u64,
     /// Logical positions (the physical one is `% ring_bytes`): next entry, oldest live entry.
     head: u64,
@@ -289,22 +287,38 @@ pub fn installed() -> bool {
 
 /// Frees what can be freed and, when nothing is live, removes this shard's file (a clean
 /// stop: every log was closed, so everything was written). A file with live entries stays for
-/// the next start to replay.
-pub fn close_on_this_shard() {
+/// the next start to replay. The ring is unmapped and the file removed on a blocking-pool
+/// thread: freeing a populated 512 MiB ring held the shard for 90-130 ms at every stop.
+pub async fn close_on_this_shard() {
     let Some(mut journal) = JOURNAL.with(|j| j.borrow_mut().take()) else {
         return;
     };
     journal.reclaim();
-    if journal.live.is_empty() {
-        if let Err(error) = std::fs::remove_file(&journal.path) {
-            tracing::warn!(path = %journal.path.display(), %error, "cannot remove the journal file");
-        }
-    } else {
+    let remove = journal.live.is_empty();
+    if !remove {
         tracing::warn!(
             path = %journal.path.display(),
             live = journal.live.len(),
             "journal entries not yet in segment files stay for the next start"
         );
+    }
+    // The entries (which hold the logs' marks) go here; the memory and the file off the shard.
+    let Journal {
+        map, path, _file, ..
+    } = journal;
+    let freed = glommio::executor()
+        .spawn_blocking(move || {
+            drop(map);
+            drop(_file);
+            if remove {
+                std::fs::remove_file(&path).map_err(|error| (path, error))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+    if let Err((path, error)) = freed {
+        tracing::warn!(path = %path.display(), %error, "cannot remove the journal file");
     }
 }
 
@@ -428,7 +442,7 @@ impl Journal {
         let prepared = file
             .set_len(map_len as u64)
             .and_then(|()| allocate(&file, 0, FILE_HEADER_BYTES + allocated))
-            .and_then(|()| map_shared(&file, map_len));
+            .and_then(|()| Mapping::shared_writable(&file, map_len));
         let map = prepared.inspect_err(|_| {
             let _ = std::fs::remove_file(&path);
         })?;
@@ -436,7 +450,6 @@ impl Journal {
             path,
             shard,
             map,
-            map_len,
             ring_bytes,
             head: 0,
             tail: 0,
@@ -458,9 +471,7 @@ impl Journal {
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: `map` is a live shared mapping of `map_len` bytes owned by this journal
-        // (unmapped in Drop); only this thread touches it through `&mut self`.
-        unsafe { std::slice::from_raw_parts_mut(self.map.as_ptr(), self.map_len) }
+        self.map.bytes_mut()
     }
 
     /// Records the oldest live entry (or the head when none is) in the next header slot.
@@ -737,37 +748,14 @@ impl Journal {
     }
 }
 
-impl Drop for Journal {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was created by `map_shared` with this length and is not used
-        // after this.
-        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
-    }
-}
-
-fn map_shared(file: &File, len: usize) -> io::Result<NonNull<u8>> {
-    // SAFETY: a new shared mapping of a file we opened read-write and sized to `len`.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
-}
-
 pub use dirs::{claim_dir, default_dir, remove_abandoned_default_dirs, DirClaim, DEFAULT_PARENT};
 pub use replay::{finish_recovery, parse, read_file, recover_previous, take_recovered, Recovered};
 
 mod dirs;
+mod mapping;
 mod replay;
+
+use mapping::Mapping;
 
 #[cfg(test)]
 mod tests;

@@ -4,16 +4,15 @@
 use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
 use super::{
-    is_journal_file, BATCH_PREFIX_BYTES, DIR_NAME_MAX_BYTES, ENTRY_DEAD, ENTRY_HEADER_BYTES,
-    ENTRY_LIVE, ENTRY_WRAP, FILE_HEADER_BYTES, FILE_MAGIC, SLOT_CHECK_KEY, SLOT_OFFSETS,
+    is_journal_file, Mapping, BATCH_PREFIX_BYTES, DIR_NAME_MAX_BYTES, ENTRY_DEAD,
+    ENTRY_HEADER_BYTES, ENTRY_LIVE, ENTRY_WRAP, FILE_HEADER_BYTES, FILE_MAGIC, SLOT_CHECK_KEY,
+    SLOT_OFFSETS,
 };
 use crate::checksum::crc32c;
 use crate::record_batch;
@@ -125,61 +124,15 @@ pub fn read_file(path: &Path, max_batch_bytes: usize) -> io::Result<Vec<(String,
     if len < FILE_HEADER_BYTES {
         return Err(invalid("not a journal file".into()));
     }
-    let mapped = Bytes::from_owner(MappedFile::map(&file, len)?);
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    // Nothing else writes or truncates the file while it is mapped: the directory is claimed
+    // by this broker (`claim_dir`) and the file's writer is dead.
+    let mapped = Bytes::from_owner(Mapping::read_only(&file, len)?);
     let entries = parse_ranges(&mapped, max_batch_bytes).map_err(invalid)?;
     Ok(entries
         .into_iter()
         .map(|(name, range)| (name, mapped.slice(range)))
         .collect())
-}
-
-/// A previous run's journal file mapped read-only. Nothing else writes or truncates it while
-/// it is mapped: the directory is claimed by this broker (`claim_dir`) and its writer is dead.
-struct MappedFile {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: a read-only mapping no one writes through; reading it from any thread is sound.
-unsafe impl Send for MappedFile {}
-// SAFETY: as above.
-unsafe impl Sync for MappedFile {}
-
-impl MappedFile {
-    fn map(file: &std::fs::File, len: u64) -> io::Result<MappedFile> {
-        let len = usize::try_from(len).map_err(io::Error::other)?;
-        // SAFETY: a new private read-only mapping of a file we opened, `len` its size.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(MappedFile { ptr, len })
-    }
-}
-
-impl AsRef<[u8]> for MappedFile {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `ptr` is a live mapping of `len` readable bytes until Drop.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for MappedFile {
-    fn drop(&mut self) {
-        // SAFETY: the mapping `map` created, with its length; no slice of it outlives the
-        // owner (`Bytes::from_owner` drops it after the last one).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
 }
 
 /// Reads the entries of a journal file's bytes, copying each batch out (tests, the fuzz

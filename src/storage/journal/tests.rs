@@ -242,7 +242,7 @@ fn the_thread_local_journal_serves_appends_and_is_removed_when_empty() {
         let used = JOURNAL.with(|j| j.borrow().as_ref().map(|j| j.head - j.tail));
         assert!(used.is_some_and(|u| u > FIRST_ALLOCATION_BYTES), "{used:?}");
         log.advance(Mark::Written, next);
-        close_on_this_shard();
+        close_on_this_shard().await;
         assert!(!installed());
         assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0, "file removed");
     });
