@@ -652,9 +652,10 @@ impl Partition {
 
     /// Waits until offsets below `end_offset` may be acknowledged: safe on this leader
     /// (acks=1: written, or in the shard's journal, which outlives the process), or
-    /// fdatasync'd here and on every ISR member, i.e. below the high watermark (acks=all). Fails if leadership is lost meanwhile (a fenced leader acknowledges
-    /// nothing), at `timeout` (REQUEST_TIMED_OUT), or with NOT_ENOUGH_REPLICAS_AFTER_APPEND if
-    /// the ISR shrank below `min.insync.replicas` before the write was replicated.
+    /// fdatasync'd here and on every ISR member, i.e. below the high watermark (acks=all).
+    /// Fails if leadership is lost meanwhile (a fenced leader acknowledges nothing), at
+    /// `timeout` (REQUEST_TIMED_OUT), or with NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR
+    /// shrank below `min.insync.replicas` before the write was replicated.
     pub async fn wait_acknowledged(
         &self,
         end_offset: i64,

@@ -141,6 +141,14 @@ pub enum Journaling {
     Refused,
 }
 
+/// The log behind `notifier` if it still exists and has not written up to `end_offset`: an
+/// entry or a waiting batch of it still needs the ring.
+fn unwritten_log(notifier: &Weak<Notifier>, end_offset: i64) -> Option<Rc<Notifier>> {
+    notifier
+        .upgrade()
+        .filter(|n| n.get(Mark::Written) < end_offset)
+}
+
 /// The shard's journal: its mapping and the live entries in ring order.
 #[derive(Debug)]
 pub struct Journal {
@@ -379,19 +387,12 @@ pub(crate) fn on_written() {
             return Vec::new();
         };
         match journal.as_mut() {
-            Some(journal) if !journal.waiting.is_empty() => {
-                let stored = journal.store_waiting();
-                let bytes: u64 = stored.iter().map(|s| s.3).sum();
-                crate::metrics::shard_cells(journal.shard)
-                    .journaled_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
-                stored
-            }
+            Some(journal) if !journal.waiting.is_empty() => journal.store_waiting(),
             _ => Vec::new(),
         }
     });
     // Outside the journal's borrow: raising a mark wakes tasks, which may append again.
-    for (notifier, base_offset, end_offset, _) in stored {
+    for (notifier, base_offset, end_offset) in stored {
         notifier.advance_journaled(base_offset, end_offset);
     }
 }
@@ -493,11 +494,7 @@ impl Journal {
     fn reclaim(&mut self) {
         let before = self.live.len();
         while let Some(front) = self.live.front() {
-            let freed = front.dead
-                || front
-                    .notifier
-                    .upgrade()
-                    .is_none_or(|n| n.get(Mark::Written) >= front.end_offset);
+            let freed = front.dead || unwritten_log(&front.notifier, front.end_offset).is_none();
             if !freed {
                 break;
             }
@@ -598,20 +595,17 @@ impl Journal {
 
     /// Drops the waiting batches that no longer need the ring (their own write landed, their
     /// log failed, closed or is gone), then copies in the rest, oldest first, while they fit.
-    /// Returns the stored ones, `(log, base, end, bytes)`, for the caller to move their
-    /// journaled marks once the journal is released.
+    /// Returns the stored ones, `(log, base, end)`, for the caller to move their journaled
+    /// marks once the journal is released.
     ///
     /// The whole queue is checked, not only its front: while the ring stays full (its oldest
     /// entry is a log whose writes stopped), batches behind the front are still written and
     /// answered by their writes, and must not stay held here.
-    fn store_waiting(&mut self) -> Vec<(Rc<Notifier>, i64, i64, u64)> {
+    fn store_waiting(&mut self) -> Vec<(Rc<Notifier>, i64, i64)> {
         let refusing = self.refusing;
         self.waiting.retain(|waiting| {
             !refusing
-                && waiting
-                    .notifier
-                    .upgrade()
-                    .is_some_and(|n| n.get(Mark::Written) < waiting.end_offset && n.is_open())
+                && unwritten_log(&waiting.notifier, waiting.end_offset).is_some_and(|n| n.is_open())
         });
         let mut stored = Vec::new();
         while let Some(waiting) = self.waiting.pop_front() {
@@ -629,12 +623,10 @@ impl Journal {
                 self.waiting.push_front(waiting);
                 break;
             }
-            stored.push((
-                notifier,
-                waiting.base_offset,
-                waiting.end_offset,
-                waiting.batch.len() as u64,
-            ));
+            crate::metrics::shard_cells(self.shard)
+                .journaled_bytes
+                .fetch_add(waiting.batch.len() as u64, Ordering::Relaxed);
+            stored.push((notifier, waiting.base_offset, waiting.end_offset));
         }
         stored
     }
