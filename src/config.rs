@@ -106,6 +106,10 @@ pub struct BrokerConfig {
     /// `shard.stall.stack.interval.ms`: at most one stall stack per shard this often (taken by
     /// a signal, symbolized on a watchdog thread: `shard::stall_stack`); 0: none.
     pub stall_stack_interval_ms: u64,
+    /// `request.slow.log.ms`: a request that spends longer in the broker (from the kernel
+    /// receiving it to its response written; a Fetch's long poll not counted) is logged with
+    /// where its time went (`net::slow_request`) and counted. 0: off.
+    pub request_slow_log_ms: u64,
     /// `shard.idle.poll.us`: a shard with nothing to run keeps polling for events this long
     /// before it sleeps (glommio's `spin_before_park`), so an event that comes soon finds it
     /// on its CPU instead of waiting to be scheduled again. 0 (the default): sleep at once.
@@ -210,6 +214,7 @@ impl Default for BrokerConfig {
             stall_threshold_ms: DEFAULT_STALL_THRESHOLD_MS,
             stall_stack_interval_ms: 60_000,
             idle_poll_us: 0,
+            request_slow_log_ms: DEFAULT_REQUEST_SLOW_LOG_MS,
             idle_release_ms: 30_000,
             quorum_voters: Vec::new(),
             controller_listen: None,
@@ -287,6 +292,11 @@ pub fn parse_voters(value: &str) -> Result<Vec<Voter>, ConfigError> {
 /// of the shard by as much (12x W3's 2 ms p99 target), and it is above the OS scheduler's time
 /// slice, so a busy machine descheduling the thread for a slice is not reported as a stall.
 pub const DEFAULT_STALL_THRESHOLD_MS: u64 = 25;
+
+/// `request.slow.log.ms` unless set: a second in the broker is far outside what any request
+/// should take on a healthy broker (W3's p99 target is 5 ms end to end), and rare enough that
+/// the warning never floods a log.
+pub const DEFAULT_REQUEST_SLOW_LOG_MS: u64 = 1000;
 
 /// Shards when neither `--cores` nor `num.cores` says: the CPUs this process may run on.
 /// `available_parallelism` counts the affinity mask (`taskset`, a cpuset) and a cgroup CPU
@@ -454,6 +464,7 @@ impl BrokerConfig {
             "shard.stall.threshold.ms" => self.stall_threshold_ms = parse(key, value)?,
             "shard.stall.stack.interval.ms" => self.stall_stack_interval_ms = parse(key, value)?,
             "shard.idle.poll.us" => self.idle_poll_us = parse(key, value)?,
+            "request.slow.log.ms" => self.request_slow_log_ms = parse(key, value)?,
             "log.idle.release.ms" => self.idle_release_ms = parse(key, value)?,
             "log.index.interval.bytes" => self.log.index_interval_bytes = parse(key, value)?,
             "log.retention.check.interval.ms" => {

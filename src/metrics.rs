@@ -82,6 +82,9 @@ pub struct ShardCells {
     /// Times this shard's event loop did not come back within `shard.stall.threshold.ms`
     /// (`shard::stall`).
     pub stalls: AtomicU64,
+    /// Requests that spent longer than `request.slow.log.ms` in the broker, by connection
+    /// shard (`net::slow_request`).
+    pub slow_requests: AtomicU64,
     /// Jobs other shards sent this shard over the mesh: one per cross-shard hop (a request's
     /// share for the partitions this shard owns, a fetch's read or long-poll wait, ...). Each
     /// can wake the shard, which is most of what a small request costs.
@@ -107,6 +110,7 @@ impl ShardCells {
             fetch_session_evictions: AtomicU64::new(0),
             incremental_fetches: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
+            slow_requests: AtomicU64::new(0),
             mesh_jobs: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             journaled_bytes: AtomicU64::new(0),

@@ -957,9 +957,18 @@ fn every_thread_stopped(pid: i32) -> bool {
 /// with other work would leave it) is counted in `broker_request_socket_wait_seconds` with the
 /// time it waited in its socket; one read at once is counted as a short wait.
 #[test]
-fn the_time_a_request_waited_in_its_socket_is_measured() {
+fn a_request_that_waited_in_its_socket_is_measured_and_logged_as_slow() {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Broker::start_in(tmp.path(), 1, &["--http", "127.0.0.1:0"]);
+    let broker = Broker::start_in(
+        tmp.path(),
+        1,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--override",
+            "request.slow.log.ms=250",
+        ],
+    );
     let console = broker.console.clone().expect("console");
     let waits = |bound: &str| {
         let text = common::http_get(&console, "/metrics");
@@ -986,6 +995,13 @@ fn the_time_a_request_waited_in_its_socket_is_measured() {
     );
     let (count, within) = waits("0.25");
     assert_eq!(count, within, "requests read at once waited under 250 ms");
+    let slow = || {
+        common::metric(
+            &common::http_get(&console, "/metrics"),
+            "broker_slow_requests_total",
+        )
+    };
+    assert_eq!(slow(), 0.0, "no request was slow yet");
 
     let pid = broker.pid().expect("pid") as i32;
     // SAFETY: signals to the broker's own process.
@@ -1010,4 +1026,28 @@ fn the_time_a_request_waited_in_its_socket_is_measured() {
     );
     let (_, within_10s) = waits("10.0");
     assert_eq!(within_10s, count_after, "and under 10 s");
+
+    // The slow-request log says where its time went: in the socket, not in the broker's work.
+    assert_eq!(slow(), 1.0, "the one slow request is counted");
+    let log = broker.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("slow request"))
+        .unwrap_or_else(|| panic!("no slow-request line in the log:\n{log}"));
+    assert!(
+        line.contains("api=ApiVersions") && line.contains("correlation_id=3"),
+        "{line}"
+    );
+    let field = |name: &str| -> f64 {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.trim_matches('"').parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    assert!(field("socket_ms") >= 250.0, "{line}");
+    assert!(field("in_broker_ms") >= field("socket_ms"), "{line}");
+    assert!(
+        field("dispatch_ms") < 250.0 && field("send_ms") < 250.0,
+        "{line}"
+    );
 }

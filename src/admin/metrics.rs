@@ -244,6 +244,12 @@ impl Collector for Snapshot {
         )?;
         self.shard_counter(
             &mut encoder,
+            "broker_slow_requests",
+            "Requests that spent longer than request.slow.log.ms in the broker (a Fetch's long poll not counted), by connection shard.",
+            |s| get(&shards[s].slow_requests),
+        )?;
+        self.shard_counter(
+            &mut encoder,
             "broker_mesh_jobs",
             "Jobs received from other shards (cross-shard hops), by receiving shard.",
             |s| get(&shards[s].mesh_jobs),

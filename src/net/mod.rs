@@ -6,6 +6,7 @@ pub mod connection;
 pub mod listener;
 pub mod rx_stamp;
 pub mod sendfile;
+pub mod slow_request;
 
 /// Sets an integer socket option (`SOL_SOCKET` level) on `fd`.
 pub(crate) fn set_socket_option(

@@ -49,6 +49,20 @@ pub const ARMED_FOR: Duration = Duration::from_secs(60);
 /// Frames logged with a stall: enough to see the caller chain of the blocking call.
 pub(crate) const FRAMES_LOGGED: usize = 12;
 
+/// Task-queue runs at least this long are remembered (the last [`RECENT_RUNS`]), for the
+/// slow-request log to say which of them fell inside a slow request's life.
+const REMEMBERED_RUN: Duration = Duration::from_millis(1);
+const RECENT_RUNS: usize = 32;
+
+/// A task-queue run of [`REMEMBERED_RUN`] or more.
+#[derive(Debug, Clone, Copy)]
+struct LongRun {
+    /// When the run ended (noticed at the start of the next one: within a reactor poll).
+    ended: Instant,
+    ran: Duration,
+    queue: usize,
+}
+
 /// One stall as reported.
 #[derive(Debug, Clone)]
 pub struct Stall {
@@ -99,6 +113,10 @@ struct ThisShard {
     /// Stalls since the last warning and the longest of them.
     unlogged: u64,
     unlogged_max: Duration,
+    /// The time spent running tasks since the shard started (up to the last run measured).
+    busy: Duration,
+    /// The last runs of [`REMEMBERED_RUN`] or more, oldest first.
+    recent_long_runs: std::collections::VecDeque<LongRun>,
 }
 
 thread_local! {
@@ -120,10 +138,21 @@ impl ThisShard {
         let previous = self.queue.replace(queue);
         let ran = glommio::executor().executor_stats().executor_runtime();
         crate::metrics::DETAIL.task_queue_run.observe(ran);
+        self.busy += ran;
+        // No previous queue: the run that called `enter_shard`, the shard's main task, on the
+        // default queue.
+        let previous = previous.unwrap_or_default();
+        if ran >= REMEMBERED_RUN {
+            if self.recent_long_runs.len() == RECENT_RUNS {
+                self.recent_long_runs.pop_front();
+            }
+            self.recent_long_runs.push_back(LongRun {
+                ended: Instant::now(),
+                ran,
+                queue: previous.index(),
+            });
+        }
         if ran > self.threshold {
-            // No previous queue: the run that called `enter_shard`, the shard's main task, on
-            // the default queue.
-            let previous = previous.unwrap_or_default();
             self.stalled(stall_stack::queue_name(self.id, previous.index()), ran);
         }
     }
@@ -190,6 +219,29 @@ pub fn name_queue(queue: TaskQueueHandle, name: &'static str) {
     }
 }
 
+/// How long this shard has run tasks since it started, up to the end of the last task-queue
+/// run measured (zero on a thread that is not a shard, or without stall detection). The
+/// difference between two readings over the wall time between them is how busy the shard was.
+pub fn busy_time() -> Duration {
+    THIS_SHARD.with(|this| this.borrow().as_ref().map_or(Duration::ZERO, |t| t.busy))
+}
+
+/// This shard's task-queue runs of a millisecond or more that ended after `since` (of the last
+/// 32), oldest first: how long each ran and in which queue.
+pub fn long_runs_since(since: Instant) -> Vec<(Duration, String)> {
+    THIS_SHARD.with(|this| {
+        let this = this.borrow();
+        let Some(this) = this.as_ref() else {
+            return Vec::new();
+        };
+        this.recent_long_runs
+            .iter()
+            .filter(|run| run.ended > since)
+            .map(|run| (run.ran, stall_stack::queue_name(this.id, run.queue)))
+            .collect()
+    })
+}
+
 /// Makes this thread's stalls count for shard `id` (called first thing on each shard's
 /// executor), with a stack at most once per `stack_interval` (zero: none). Without it the
 /// handler measures nothing. Keep the guard as long as the shard runs: dropping it (the thread
@@ -212,6 +264,8 @@ pub fn enter_shard(id: usize, threshold: Duration, stack_interval: Duration) -> 
             last_logged: None,
             unlogged: 0,
             unlogged_max: Duration::ZERO,
+            busy: Duration::ZERO,
+            recent_long_runs: std::collections::VecDeque::with_capacity(RECENT_RUNS),
         })
     });
     stall_stack::forget_queue_names(id);
@@ -492,6 +546,46 @@ mod tests {
     }
 
     /// Threshold 0: no detector (and glommio's preempt timer stays).
+    #[test]
+    fn long_runs_and_busy_time_are_kept_for_the_slow_request_log() {
+        const SHARD: usize = 63;
+        // High: nothing here is a stall, and no stack is wanted.
+        let threshold = Duration::from_secs(10);
+        configure(
+            LocalExecutorBuilder::default().name("long-run-test"),
+            threshold,
+        )
+        .spawn(move || async move {
+            let _shard = enter_shard(SHARD, threshold, Duration::ZERO);
+            let executor = glommio::executor();
+            let start = Instant::now();
+            let busy_at_start = busy_time();
+            spin_without_yielding(Duration::from_millis(30));
+            executor.yield_task_queue_now().await;
+            let after_first = Instant::now();
+            spin_without_yielding(Duration::from_millis(5));
+            executor.yield_task_queue_now().await;
+            let runs = long_runs_since(start);
+            assert_eq!(runs.len(), 2, "{runs:?}");
+            assert!(runs[0].0 >= Duration::from_millis(30), "{runs:?}");
+            assert!(runs[1].0 >= Duration::from_millis(5), "{runs:?}");
+            assert!(runs.iter().all(|(_, queue)| queue == "default"), "{runs:?}");
+            assert_eq!(long_runs_since(after_first).len(), 1, "only the later run");
+            assert!(busy_time() - busy_at_start >= Duration::from_millis(35));
+            // Only the last 32 are kept.
+            for _ in 0..40 {
+                spin_without_yielding(Duration::from_millis(1));
+                executor.yield_task_queue_now().await;
+            }
+            assert_eq!(long_runs_since(start).len(), RECENT_RUNS);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+        assert!(observed(SHARD).is_empty(), "no stall under a 10 s threshold");
+        assert_eq!(busy_time(), Duration::ZERO, "not a shard's thread");
+    }
+
     #[test]
     fn a_zero_threshold_installs_nothing() {
         const SHARD: usize = 62;
