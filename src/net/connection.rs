@@ -20,6 +20,7 @@ use glommio::net::TcpStream;
 
 use super::rx_stamp::{self, ReceivedAt};
 use super::sendfile;
+use super::slow_request;
 use crate::handlers::{self, Dispatched, PendingResponse};
 use crate::metrics::{self, BrokerStats, DETAIL};
 use crate::protocol::{Chunk, ResponseFrame};
@@ -32,13 +33,11 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 const PRODUCE_API_KEY: i16 = 0;
 const FETCH_API_KEY: i16 = 1;
 
-/// A response on its way to the writer, with what its metrics need (read from the frame
-/// header without decoding: no allocation).
+/// A response on its way to the writer, with what its metrics and the slow-request log need
+/// (read from the frame header without decoding: no allocation).
 struct InFlight {
     pending: PendingResponse,
-    api_key: i16,
-    api_version: i16,
-    read_at: Instant,
+    read: slow_request::Read,
 }
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
@@ -105,28 +104,38 @@ async fn read_loop(
         if !fill(&mut stream, &mut buf, frame_end, large_frames, &mut socket).await? {
             return Err("connection closed inside a request frame".into());
         }
-        if let Some(received_at) = socket.received_at {
-            DETAIL.request_socket_wait.observe(received_at.elapsed());
+        let socket_wait = socket.received_at.map(ReceivedAt::elapsed);
+        if let Some(waited) = socket_wait {
+            DETAIL.request_socket_wait.observe(waited);
         }
         let frame = buf.split_to(frame_end).freeze().slice(4..);
         BrokerStats::add(&shard.stats.requests, 1);
         let read_at = Instant::now();
-        let (api_key, api_version) = match frame.get(0..4) {
+        let (api_key, api_version, correlation_id) = match frame.get(0..8) {
             Some(h) => (
                 i16::from_be_bytes([h[0], h[1]]),
                 i16::from_be_bytes([h[2], h[3]]),
+                i32::from_be_bytes([h[4], h[5], h[6], h[7]]),
             ),
-            None => (-1, -1),
+            None => (-1, -1, -1),
         };
+        let busy_at_read = crate::shard::stall::busy_time();
         DETAIL.requests.add(api_key, api_version);
         BrokerStats::add(&metrics::shard_cells(shard.id).request_bytes, len as u64);
         match handlers::dispatch(shard, frame, client_host).await {
             Dispatched::Respond(pending) => {
                 let in_flight = InFlight {
                     pending,
-                    api_key,
-                    api_version,
-                    read_at,
+                    read: slow_request::Read {
+                        api_key,
+                        api_version,
+                        correlation_id,
+                        frame_bytes: frame_end,
+                        socket_wait,
+                        read_at,
+                        dispatched_at: Instant::now(),
+                        busy_at_read,
+                    },
                 };
                 // Waits here when the in-flight limit is reached: backpressure.
                 if tx.send(in_flight).await.is_err() {
@@ -139,6 +148,13 @@ async fn read_loop(
                 DETAIL.request_errors.add(api_key, api_version);
                 return Err(error.to_string());
             }
+        }
+        if large_frames {
+            // A large frame was a millisecond or more of work (its read, its appends). With
+            // more queued in the socket this loop would go on to the next without yielding,
+            // up to the preempt timer, while this and other connections' responses (acks a
+            // producer's window waits for, Fetch answers) wait behind it.
+            futures_lite::future::yield_now().await;
         }
     }
 }
@@ -284,12 +300,16 @@ fn end_of_stream(buf: &BytesMut) -> Result<bool, String> {
 /// Sends responses in request order until the reader is gone and every response is out.
 async fn write_loop(shard: Rc<Shard>, mut stream: TcpStream, rx: LocalReceiver<InFlight>) {
     let cells = metrics::shard_cells(shard.id);
-    while let Some(in_flight) = rx.recv().await {
-        let frame = in_flight.pending.await;
+    let slow_threshold = std::time::Duration::from_millis(shard.config.request_slow_log_ms);
+    while let Some(InFlight { pending, read }) = rx.recv().await {
+        let picked_at = Instant::now();
+        let frame = pending.await;
+        let ready_at = Instant::now();
         // Latency up to "response ready", before the socket write: what the broker controls.
-        match in_flight.api_key {
-            PRODUCE_API_KEY => DETAIL.produce_latency.observe(in_flight.read_at.elapsed()),
-            FETCH_API_KEY => DETAIL.fetch_latency.observe(in_flight.read_at.elapsed()),
+        let latency = ready_at.saturating_duration_since(read.read_at);
+        match read.api_key {
+            PRODUCE_API_KEY => DETAIL.produce_latency.observe(latency),
+            FETCH_API_KEY => DETAIL.fetch_latency.observe(latency),
             _ => {}
         }
         let result = match frame {
@@ -303,12 +323,16 @@ async fn write_loop(shard: Rc<Shard>, mut stream: TcpStream, rx: LocalReceiver<I
                 write_chunks(&shard, &mut stream, chunks).await
             }
             ResponseFrame::Failed => {
-                DETAIL
-                    .request_errors
-                    .add(in_flight.api_key, in_flight.api_version);
+                DETAIL.request_errors.add(read.api_key, read.api_version);
                 Err(std::io::Error::other("response could not be encoded"))
             }
         };
+        let written = slow_request::Written {
+            picked_at,
+            ready_at,
+            written_at: Instant::now(),
+        };
+        slow_request::finished(shard.id, slow_threshold, &read, &written);
         if let Err(e) = result {
             tracing::debug!(error = %e, "write failed; closing connection");
             // Wake the reader: it sees EOF and stops.
