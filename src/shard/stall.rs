@@ -582,7 +582,10 @@ mod tests {
         .unwrap()
         .join()
         .unwrap();
-        assert!(observed(SHARD).is_empty(), "no stall under a 10 s threshold");
+        assert!(
+            observed(SHARD).is_empty(),
+            "no stall under a 10 s threshold"
+        );
         assert_eq!(busy_time(), Duration::ZERO, "not a shard's thread");
     }
 

@@ -296,8 +296,9 @@ impl PartitionLog {
         self.notifier.get(Mark::Written)
     }
 
-    /// Every offset below it is visible to consumers: the written offset for an unreplicated
-    /// log, or as far as [`Self::set_high_watermark_bound`] allows.
+    /// Every offset below it is visible to consumers: the journaled offset (written, or in
+    /// the shard's journal) for an unreplicated log, or as far as
+    /// [`Self::set_high_watermark_bound`] allows.
     pub fn high_watermark(&self) -> i64 {
         self.notifier.get(Mark::HighWatermark)
     }
@@ -308,17 +309,17 @@ impl PartitionLog {
     }
 
     /// Bounds the high watermark. `None` (the default when a log opens): it follows the
-    /// written offset. `Some(bound)`: it becomes `max(high watermark, min(written, bound))`,
-    /// now and whenever the written offset advances (the leader's ISR minimum, or on a follower
+    /// journaled offset. `Some(bound)`: it becomes `max(high watermark, min(journaled,
+    /// bound))`, now and whenever the journaled offset advances (the leader's ISR minimum, or on a follower
     /// the leader's high watermark). It never moves backwards except by truncation. Waits on
     /// the high watermark wake as it advances.
     pub fn set_high_watermark_bound(&self, bound: Option<i64>) {
         self.notifier.set_high_watermark_bound(bound);
     }
 
-    /// Sets the high watermark to `offset`, clamped to `[log start, written]`, even below its
-    /// current value: for a log just (re)opened as a replica, whose high watermark starts at
-    /// the written offset only because that is the unreplicated default, and which restores
+    /// Sets the high watermark to `offset`, clamped to `[log start, journaled]`, even below
+    /// its current value: for a log just (re)opened as a replica, whose high watermark starts
+    /// at the journaled offset only because that is the unreplicated default, and which restores
     /// the value it had (Kafka's `replication-offset-checkpoint`). Call it before consumers
     /// read the log: lowering it hides data they may have seen.
     pub fn restore_high_watermark(&self, offset: i64) {
