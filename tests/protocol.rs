@@ -1034,10 +1034,7 @@ fn a_request_that_waited_in_its_socket_is_measured_and_logged_as_slow() {
         .lines()
         .find(|l| l.contains("slow request"))
         .unwrap_or_else(|| panic!("no slow-request line in the log:\n{log}"));
-    assert!(
-        line.contains("api=ApiVersions") && line.contains("correlation_id=3"),
-        "{line}"
-    );
+    assert!(line.contains("api=ApiVersions"), "{line}");
     let field = |name: &str| -> f64 {
         line.split_whitespace()
             .find_map(|f| f.strip_prefix(&format!("{name}=")))
