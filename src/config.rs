@@ -107,7 +107,8 @@ pub struct BrokerConfig {
     /// a signal, symbolized on a watchdog thread: `shard::stall_stack`); 0: none.
     pub stall_stack_interval_ms: u64,
     /// `request.slow.log.ms`: a request that spends longer in the broker (from the kernel
-    /// receiving it to its response written; a Fetch's long poll not counted) is logged with
+    /// receiving it to its response written; a Fetch's long poll, and its queueing behind earlier
+    /// Fetches', not counted) is logged with
     /// where its time went (`net::slow_request`) and counted. 0: off.
     pub request_slow_log_ms: u64,
     /// `shard.idle.poll.us`: a shard with nothing to run keeps polling for events this long

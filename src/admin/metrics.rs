@@ -245,7 +245,7 @@ impl Collector for Snapshot {
         self.shard_counter(
             &mut encoder,
             "broker_slow_requests",
-            "Requests that spent longer than request.slow.log.ms in the broker (a Fetch's long poll not counted), by connection shard.",
+            "Requests that spent longer than request.slow.log.ms in the broker (a Fetch's long polls not counted), by connection shard.",
             |s| get(&shards[s].slow_requests),
         )?;
         self.shard_counter(

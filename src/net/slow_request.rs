@@ -11,8 +11,8 @@
 //! - `wait`: the response's own wait (a write, replicas, a Fetch's long poll);
 //! - `send`: writing the response to the socket (a client that does not read holds it).
 //!
-//! A Fetch's `wait` is its long poll, asked for by the client, so it does not count toward the
-//! threshold. With each line come the shard's share of busy time from the read to the response
+//! A Fetch's `wait` is its long poll, asked for by the client, and so is its `queued` behind
+//! earlier Fetches' long polls on the same connection: neither counts toward the threshold. With each line come the shard's share of busy time from the read to the response
 //! written (`shard_busy_percent`), and its task-queue runs of a millisecond or more since the
 //! request was received (`long_runs`, `12.5ms@default`): a saturated shard, one long task, or
 //! neither (then the time went to a wait outside the shard). That is how the spikes of
@@ -93,14 +93,18 @@ impl Phases {
         }
     }
 
-    /// The time that counts against the threshold: all but a Fetch's long poll.
+    /// The time that counts against the threshold. For a Fetch, neither its long poll nor its
+    /// time queued behind the connection's earlier responses: a consumer that pipelines
+    /// fetches for different partitions on one connection queues each behind the long polls
+    /// before it, up to its `fetch.max.wait.ms`, by its own choice. (A slow send of an earlier
+    /// response shows as that response's `send_ms`.)
     pub fn in_broker_ms(&self, api_key: i16) -> f64 {
-        let waited = if api_key == FETCH_API_KEY {
-            0.0
+        let own = self.socket_ms + self.dispatch_ms + self.send_ms;
+        if api_key == FETCH_API_KEY {
+            own
         } else {
-            self.wait_ms
-        };
-        self.socket_ms + self.dispatch_ms + self.queued_ms + waited + self.send_ms
+            own + self.queued_ms + self.wait_ms
+        }
     }
 }
 
@@ -185,7 +189,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn phases_split_a_requests_life_and_a_fetchs_long_poll_does_not_count() {
+    fn phases_split_a_requests_life_and_a_fetchs_long_polls_do_not_count() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let read = Read {
@@ -210,7 +214,10 @@ mod tests {
         assert!(close(phases.queued_ms, 8.0));
         assert!(close(phases.wait_ms, 500.0));
         assert!(close(phases.send_ms, 5.0));
-        assert!(close(phases.in_broker_ms(FETCH_API_KEY), 18.0));
+        assert!(
+            close(phases.in_broker_ms(FETCH_API_KEY), 10.0),
+            "a Fetch's long poll and its queueing behind others' do not count"
+        );
         assert!(
             close(phases.in_broker_ms(0), 518.0),
             "a Produce's wait counts"
