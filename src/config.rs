@@ -53,6 +53,10 @@ pub struct BrokerConfig {
     pub message_max_bytes: usize,
     /// `socket.request.max.bytes`: largest request frame; larger ones close the connection.
     pub socket_request_max_bytes: usize,
+    /// `fetch.max.bytes`: the most a consumer's Fetch response carries, whatever its
+    /// `max_bytes` asks (Kafka's broker setting; the first batch still goes whole, KIP-74).
+    /// Not applied to followers' fetches (`replica.fetch.max.bytes` is theirs).
+    pub fetch_max_bytes: usize,
     /// `max.connections`: per broker; connections above it are closed at accept.
     pub max_connections: usize,
     /// `max.inflight.requests.per.connection`: requests read ahead of their responses.
@@ -203,6 +207,7 @@ impl Default for BrokerConfig {
             auto_create_topics_enable: true,
             message_max_bytes: 1_048_588,
             socket_request_max_bytes: 104_857_600,
+            fetch_max_bytes: DEFAULT_FETCH_MAX_BYTES,
             max_connections: 10_000,
             max_inflight_requests_per_connection: 64,
             max_partitions: 100_000,
@@ -293,6 +298,12 @@ pub fn parse_voters(value: &str) -> Result<Vec<Voter>, ConfigError> {
 /// of the shard by as much (12x W3's 2 ms p99 target), and it is above the OS scheduler's time
 /// slice, so a busy machine descheduling the thread for a slice is not reported as a stall.
 pub const DEFAULT_STALL_THRESHOLD_MS: u64 = 25;
+
+/// `fetch.max.bytes` unless set: Kafka's default (55 MiB).
+pub const DEFAULT_FETCH_MAX_BYTES: usize = 57_671_680;
+
+/// Kafka's lower bound for `fetch.max.bytes`.
+pub const MIN_FETCH_MAX_BYTES: usize = 1024;
 
 /// `request.slow.log.ms` unless set: a second in the broker is far outside what any request
 /// should take on a healthy broker (W3's p99 target is 5 ms end to end), and rare enough that
@@ -431,6 +442,7 @@ impl BrokerConfig {
             "auto.create.topics.enable" => self.auto_create_topics_enable = parse(key, value)?,
             "message.max.bytes" => self.message_max_bytes = parse(key, value)?,
             "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value)?,
+            "fetch.max.bytes" => self.fetch_max_bytes = parse(key, value)?,
             "max.connections" => self.max_connections = parse(key, value)?,
             "max.inflight.requests.per.connection" => {
                 self.max_inflight_requests_per_connection = parse(key, value)?
@@ -555,6 +567,11 @@ impl BrokerConfig {
                 "message.max.bytes must not exceed socket.request.max.bytes".into(),
             ));
         }
+        if self.fetch_max_bytes < MIN_FETCH_MAX_BYTES {
+            return Err(ConfigError(format!(
+                "fetch.max.bytes must be at least {MIN_FETCH_MAX_BYTES}"
+            )));
+        }
         if self.max_inflight_requests_per_connection == 0 || self.max_connections == 0 {
             return Err(ConfigError("connection limits must be at least 1".into()));
         }
@@ -663,6 +680,22 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/broker/d2"));
         assert_eq!(config.log.retention_ms, 1000, "ms wins over hours");
         assert_eq!(config.num_partitions, 3);
+    }
+
+    #[test]
+    fn fetch_max_bytes_is_kafkas_and_bounded_below() {
+        let mut config = BrokerConfig::default();
+        assert_eq!(config.fetch_max_bytes, 57_671_680, "Kafka's default");
+        let props = |value: &str| -> HashMap<String, String> {
+            [("fetch.max.bytes".to_string(), value.to_string())]
+                .into_iter()
+                .collect()
+        };
+        config.apply_properties(&props("1048576")).unwrap();
+        assert_eq!(config.fetch_max_bytes, 1 << 20);
+        assert!(config.validate().is_ok());
+        config.apply_properties(&props("1023")).unwrap();
+        assert!(config.validate().is_err(), "below Kafka's 1024");
     }
 
     #[test]

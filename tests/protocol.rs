@@ -885,6 +885,55 @@ fn a_partition_cut_inside_its_first_batch_is_sent_empty() {
     assert_eq!(raw::values(records[1].clone()).len(), 20);
 }
 
+/// The broker's `fetch.max.bytes` caps a consumer's Fetch response whatever its `max_bytes`
+/// asks, as Kafka's does; either limit cuts the first partition too, past its first batch,
+/// which goes whole however small the limit (KIP-74).
+#[test]
+fn the_brokers_fetch_max_bytes_caps_a_consumers_response() {
+    let value = [b'x'; 50];
+    let values: Vec<&[u8]> = (0..20).map(|_| &value[..]).collect();
+    let batch = raw::batch(&values, None, Compression::None);
+    let batch_len = batch.len();
+    // Room for two produce requests' batches and 10 bytes of a third's.
+    let cap = (2 * batch_len + 10).max(1024);
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Broker::start_in(
+        tmp.path(),
+        1,
+        &["--override", &format!("fetch.max.bytes={cap}")],
+    );
+    let mut client = RawClient::connect(&broker.addr);
+    assert_eq!(client.create_topic("capped", 1), 0);
+    for _ in 0..4 {
+        assert_eq!(client.produce("capped", 0, batch.clone(), -1).0, 0);
+    }
+    let mut fetch = |max_bytes: i32| {
+        let mut request = raw::fetch_request("capped", &[(0, 0)], 0);
+        request.max_bytes = max_bytes;
+        let response = client.call(11, &request);
+        response.responses[0].partitions[0]
+            .records
+            .clone()
+            .unwrap_or_default()
+    };
+    let records = fetch(50 << 20);
+    assert_eq!(records.len(), cap, "cut at fetch.max.bytes, not at 50 MiB");
+    assert_eq!(
+        raw::values(records).len(),
+        20 * (cap / batch_len),
+        "the whole batches under the cap"
+    );
+    // The client's own smaller limit cuts the first partition as well...
+    let records = fetch(batch_len as i32 + 10);
+    assert_eq!(records.len(), batch_len + 10);
+    assert_eq!(raw::values(records).len(), 20);
+    // ...but never inside its first batch (the encoder made one batch per record here).
+    let first_batch_len = 12 + i32::from_be_bytes(batch[8..12].try_into().unwrap()) as usize;
+    let records = fetch(10);
+    assert_eq!(records.len(), first_batch_len, "the first batch whole");
+    assert_eq!(raw::values(records).len(), 1);
+}
+
 /// The CPUs the threads of each shard (named `shard-<id>-...`: the executor and its helper
 /// threads) may run on, from /proc.
 fn shard_cpu_lists(pid: u32) -> Vec<(String, String)> {

@@ -182,13 +182,22 @@ async fn serve(
         FetchContext::Sessionless
     };
     let max_wait = Duration::from_millis(body.max_wait_ms.max(0) as u64).min(MAX_WAIT_CAP);
+    let (replica, refused) = replica_of(&shard, version, &body);
+    let asked_bytes = body.max_bytes.max(0) as usize;
+    // A consumer's response is capped by the broker's `fetch.max.bytes`, as Kafka's is; a
+    // follower's only by what it asks (`replica.fetch.max.bytes` on its side).
+    let max_bytes = if replica.is_none() {
+        asked_bytes.min(shard.config.fetch_max_bytes)
+    } else {
+        asked_bytes
+    };
     let limits = Limits {
-        min_bytes: body.min_bytes.max(0) as usize,
-        max_bytes: body.max_bytes.max(0) as usize,
+        // Kafka: min_bytes never above the cap, or the wait could never be satisfied early.
+        min_bytes: (body.min_bytes.max(0) as usize).min(max_bytes),
+        max_bytes,
         deadline: Instant::now() + max_wait,
         read_committed: body.isolation_level == 1,
     };
-    let (replica, refused) = replica_of(&shard, version, &body);
     match context {
         FetchContext::Error(code) => {
             tracing::debug!(
@@ -465,8 +474,9 @@ async fn read_topics(
         results = wait_then_read(shard, &per_shard, limits.deadline).await;
     }
 
-    // Apply the response-wide max_bytes: the first non-empty partition is always whole
-    // (KIP-74), later ones are cut to what is left (clients drop a partial trailing batch).
+    // Apply the response-wide max_bytes: the first non-empty partition's first batch always
+    // goes whole (KIP-74), then everything is cut to what is left (clients drop a partial
+    // trailing batch), as Kafka's broker does.
     let mut budget = limits.max_bytes;
     let mut first = true;
     let mut memory_bytes = 0u64;
@@ -493,6 +503,11 @@ async fn read_topics(
                     if let Some(records) = result.records.as_mut() {
                         if first {
                             first = false;
+                            if records.len() > budget {
+                                if let Some(first_batch) = first_batch_len(records) {
+                                    records.truncate(budget.max(first_batch));
+                                }
+                            }
                             budget = budget.saturating_sub(records.len());
                         } else {
                             cut(records, budget);
