@@ -55,7 +55,7 @@ pub struct BrokerConfig {
     pub socket_request_max_bytes: usize,
     /// `fetch.max.bytes`: the most a consumer's Fetch response carries, whatever its
     /// `max_bytes` asks (Kafka's broker setting; the first batch still goes whole, KIP-74).
-    /// Not applied to followers' fetches (`replica.fetch.max.bytes` is theirs).
+    /// Not applied to followers' fetches (theirs is `replica.fetch.response.max.bytes`).
     pub fetch_max_bytes: usize,
     /// `max.connections`: per broker; connections above it are closed at accept.
     pub max_connections: usize,

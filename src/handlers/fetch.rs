@@ -185,7 +185,7 @@ async fn serve(
     let (replica, refused) = replica_of(&shard, version, &body);
     let asked_bytes = body.max_bytes.max(0) as usize;
     // A consumer's response is capped by the broker's `fetch.max.bytes`, as Kafka's is; a
-    // follower's only by what it asks (`replica.fetch.max.bytes` on its side).
+    // follower's only by what it asks (its `replica.fetch.response.max.bytes`).
     let max_bytes = if replica.is_none() {
         asked_bytes.min(shard.config.fetch_max_bytes)
     } else {
