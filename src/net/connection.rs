@@ -31,7 +31,7 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Kafka API keys whose latency `/metrics` records.
 const PRODUCE_API_KEY: i16 = 0;
-const FETCH_API_KEY: i16 = 1;
+pub(super) const FETCH_API_KEY: i16 = 1;
 
 /// A response on its way to the writer, with what its metrics and the slow-request log need
 /// (read from the frame header without decoding: no allocation).

@@ -21,13 +21,12 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use super::connection::FETCH_API_KEY;
 use crate::metrics;
 use crate::shard::stall;
 
 /// At most one slow-request warning per shard this often; the rest are counted in the next.
 const LOG_INTERVAL: Duration = Duration::from_secs(1);
-
-const FETCH_API_KEY: i16 = 1;
 
 /// What the reader knows of a request when it hands the response to the writer.
 #[derive(Debug, Clone, Copy)]

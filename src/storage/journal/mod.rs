@@ -312,12 +312,15 @@ pub async fn close_on_this_shard() {
     }
     // The entries (which hold the logs' marks) go here; the memory and the file off the shard.
     let Journal {
-        map, path, _file, ..
+        map,
+        path,
+        _file: file,
+        ..
     } = journal;
     let freed = glommio::executor()
         .spawn_blocking(move || {
             drop(map);
-            drop(_file);
+            drop(file);
             if remove {
                 std::fs::remove_file(&path).map_err(|error| (path, error))
             } else {

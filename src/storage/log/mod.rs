@@ -310,18 +310,18 @@ impl PartitionLog {
 
     /// Bounds the high watermark. `None` (the default when a log opens): it follows the
     /// journaled offset. `Some(bound)`: it becomes `max(high watermark, min(journaled,
-    /// bound))`, now and whenever the journaled offset advances (the leader's ISR minimum, or on a follower
-    /// the leader's high watermark). It never moves backwards except by truncation. Waits on
-    /// the high watermark wake as it advances.
+    /// bound))`, now and whenever the journaled offset advances (the leader's ISR minimum, or
+    /// on a follower the leader's high watermark). It never moves backwards except by
+    /// truncation. Waits on the high watermark wake as it advances.
     pub fn set_high_watermark_bound(&self, bound: Option<i64>) {
         self.notifier.set_high_watermark_bound(bound);
     }
 
     /// Sets the high watermark to `offset`, clamped to `[log start, journaled]`, even below
     /// its current value: for a log just (re)opened as a replica, whose high watermark starts
-    /// at the journaled offset only because that is the unreplicated default, and which restores
-    /// the value it had (Kafka's `replication-offset-checkpoint`). Call it before consumers
-    /// read the log: lowering it hides data they may have seen.
+    /// at the journaled offset only because that is the unreplicated default, and which
+    /// restores the value it had (Kafka's `replication-offset-checkpoint`). Call it before
+    /// consumers read the log: lowering it hides data they may have seen.
     pub fn restore_high_watermark(&self, offset: i64) {
         self.notifier
             .reset_high_watermark(offset, self.log_start_offset());
