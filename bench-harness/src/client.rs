@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,13 +70,69 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut) -> 
 pub struct FrameReader<R> {
     rd: R,
     buf: BytesMut,
+    /// The socket whose SO_RCVLOWAT the reader sets while a large frame arrives, and the value
+    /// it has now (`1`, the kernel's default, between frames).
+    wake_at: Option<(RawFd, usize)>,
 }
+
+/// While at least this much of a frame is still to come, the reader asks the kernel not to
+/// wake it before this much is queued (SO_RCVLOWAT). A multi-megabyte Fetch response otherwise
+/// wakes the consumer for every 64 KiB segment loopback delivers, and each wake-up costs the
+/// *sender* too: on one machine the broker's writev runs the receiver's TCP input and its
+/// wake-up (an inter-processor interrupt, a VM exit here). A client on another machine would
+/// not cost the broker that at all. The broker's own reads do the same (`WAKE_AT_MAX_BYTES`).
+const WAKE_AT_BYTES: usize = 256 << 10;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(rd: R, capacity: usize) -> Self {
         FrameReader {
             rd,
             buf: BytesMut::with_capacity(capacity),
+            wake_at: None,
+        }
+    }
+
+    /// As [`Self::new`], for a socket that carries large frames: the reader is woken once per
+    /// [`WAKE_AT_BYTES`] of a frame rather than per segment that arrives.
+    pub fn with_batched_wakeups(rd: R, capacity: usize, socket: RawFd) -> Self {
+        FrameReader {
+            wake_at: Some((socket, 1)),
+            ..Self::new(rd, capacity)
+        }
+    }
+
+    /// Sets the socket's wake-up threshold for `want` more bytes of the current frame: all of
+    /// them are on their way, so the kernel can wait for [`WAKE_AT_BYTES`] of them (it wakes
+    /// the reader anyway when its receive window or memory runs short). Only two changes per
+    /// large frame: up at its start, back to 1 for its last part and the next frame's size.
+    fn set_wake_at(&mut self, want: usize) {
+        let Some((socket, current)) = self.wake_at.as_mut() else {
+            return;
+        };
+        let wanted = if want >= WAKE_AT_BYTES {
+            WAKE_AT_BYTES
+        } else {
+            1
+        };
+        if wanted == *current {
+            return;
+        }
+        let value = wanted as libc::c_int;
+        // SAFETY: setsockopt on the socket this reader reads, with a c_int of the right size.
+        let result = unsafe {
+            libc::setsockopt(
+                *socket,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if result == 0 {
+            *current = wanted;
+        } else {
+            // Not fatal: the reader is woken per segment, as without it.
+            self.wake_at = None;
         }
     }
 
@@ -96,6 +153,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             } else {
                 0
             };
+            self.set_wake_at(want);
             self.buf.reserve(want + READ_AHEAD);
             let mut limited = (&mut self.buf).limit(want + READ_AHEAD);
             if self.rd.read_buf(&mut limited).await? == 0 {
@@ -719,4 +777,69 @@ pub async fn max_message_bytes(router: &Router) -> Option<(usize, String)> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn wake_at_of(socket: RawFd) -> libc::c_int {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a c_int of the stated size.
+        let result = unsafe {
+            libc::getsockopt(
+                socket,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(result, 0);
+        value
+    }
+
+    /// A large frame raises the wake-up threshold while it arrives; the small frame after it
+    /// must still be read at once (a threshold left up would leave its reader asleep), and the
+    /// threshold is back at the kernel's default between frames.
+    #[tokio::test]
+    async fn batched_wakeups_read_a_large_frame_then_a_small_one_without_waiting() {
+        const LARGE: usize = 3 * WAKE_AT_BYTES + 17;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (go_on, mut told) = tokio::sync::mpsc::channel::<()>(1);
+        let writer = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut large = (LARGE as i32).to_be_bytes().to_vec();
+            large.extend((0..LARGE).map(|i| i as u8));
+            // In pieces, so that the reader waits mid-frame.
+            for piece in large.chunks(100_000) {
+                socket.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            told.recv().await.unwrap();
+            socket.write_all(&4i32.to_be_bytes()).await.unwrap();
+            socket.write_all(b"end!").await.unwrap();
+            // The connection stays open: the small frame alone must wake the reader.
+            told.recv().await;
+        });
+        let stream = TcpStream::connect(address).await.unwrap();
+        let socket = stream.as_raw_fd();
+        let (rd, _wr) = stream.into_split();
+        let mut reader = FrameReader::with_batched_wakeups(rd, 64 << 10, socket);
+        let frame = reader.next().await.unwrap();
+        assert_eq!(frame.len(), LARGE);
+        assert!(frame.iter().enumerate().all(|(i, &b)| b == i as u8));
+        assert_eq!(wake_at_of(socket), 1, "back to the default after the frame");
+        go_on.send(()).await.unwrap();
+        let small = tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .expect("the small frame woke the reader")
+            .unwrap();
+        assert_eq!(&small[..], b"end!");
+        drop(go_on);
+        writer.await.unwrap();
+    }
 }

@@ -39,6 +39,8 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
+use std::os::fd::AsRawFd;
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
@@ -485,10 +487,12 @@ impl Task {
                 let version =
                     conn.versions
                         .pick(ApiKey::Fetch, FETCH_MIN_VERSION, FETCH_MAX_VERSION)?;
+                let socket = conn.stream.as_raw_fd();
                 let (rd, writer) = conn.stream.into_split();
                 self.sessions = self.plan.opts.fetch_sessions == OnOff::On && version >= 7;
                 self.io = Some(Io {
-                    reader: FrameReader::new(rd, 1 << 20),
+                    // The descriptor lives as long as `rd`, which the reader owns.
+                    reader: FrameReader::with_batched_wakeups(rd, 1 << 20, socket),
                     writer,
                     version,
                 });
