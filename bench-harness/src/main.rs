@@ -6,7 +6,8 @@
 //! ## Layout
 //!
 //! - `cli`: the command line (clap).
-//! - `client`: connections, framing, ApiVersions negotiation, Metadata, CreateTopics, ListOffsets,
+//! - `client`: connections, framing (a consumer's large frames wake it per 256 KiB, not per
+//!   segment: `SO_RCVLOWAT`), ApiVersions negotiation, Metadata, CreateTopics, ListOffsets,
 //!   DescribeConfigs; the `Router` that refreshes a topic's leaders when a request says they moved.
 //! - `retry`: which errors are retried, backoff, and the per-error retry counts a run reports.
 //! - `wire`: hand-written RecordBatch v2 and Produce request encoders for the hot path; batch
