@@ -501,18 +501,9 @@ async fn read_topics(
                         }
                     };
                     if let Some(records) = result.records.as_mut() {
-                        if first {
-                            first = false;
-                            if records.len() > budget {
-                                if let Some(first_batch) = first_batch_len(records) {
-                                    records.truncate(budget.max(first_batch));
-                                }
-                            }
-                            budget = budget.saturating_sub(records.len());
-                        } else {
-                            cut(records, budget);
-                            budget -= records.len();
-                        }
+                        cut(records, budget, first);
+                        first = false;
+                        budget = budget.saturating_sub(records.len());
                         if let Records::Memory { len, .. } = records {
                             memory_bytes += *len as u64;
                         }
@@ -540,13 +531,21 @@ async fn read_topics(
 /// Cuts a partition's records to the `budget` left of the response. A cut inside the first
 /// batch sends nothing: a partition whose records hold no whole batch makes clients fail
 /// ("no complete records were found"; kafka-python and the Java client raise), so Kafka sends
-/// such a partition empty too.
-fn cut(records: &mut Records, budget: usize) {
+/// such a partition empty too. Except for the response's first partition
+/// (`first_goes_whole`), whose first batch goes whole however small the budget (KIP-74), so
+/// that a consumer always makes progress.
+fn cut(records: &mut Records, budget: usize, first_goes_whole: bool) {
     if records.len() <= budget {
         return;
     }
-    let whole_first_batch = first_batch_len(records).is_some_and(|len| len <= budget);
-    records.truncate(if whole_first_batch { budget } else { 0 });
+    let keep = match first_batch_len(records) {
+        Some(first_batch) if first_goes_whole => budget.max(first_batch),
+        Some(first_batch) if first_batch <= budget => budget,
+        // A first batch whose length cannot be read is left as it is.
+        None if first_goes_whole => return,
+        _ => 0,
+    };
+    records.truncate(keep);
 }
 
 /// The length of the first batch of `records`, from its header (`batch_length` at bytes 8..12,
