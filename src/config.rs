@@ -57,6 +57,11 @@ pub struct BrokerConfig {
     /// `max_bytes` asks (Kafka's broker setting; the first batch still goes whole, KIP-74).
     /// Not applied to followers' fetches (theirs is `replica.fetch.response.max.bytes`).
     pub fetch_max_bytes: usize,
+    /// `fetch.cold.read.buffer.bytes`: per shard, the memory fetches may hold of cold segment
+    /// bytes (neither in the tail cache nor the page cache) read with O_DIRECT and sent from
+    /// memory (`storage::direct_read`); past it, and with 0, they go through the page cache
+    /// and sendfile.
+    pub fetch_cold_read_buffer_bytes: usize,
     /// `max.connections`: per broker; connections above it are closed at accept.
     pub max_connections: usize,
     /// `max.inflight.requests.per.connection`: requests read ahead of their responses.
@@ -208,6 +213,7 @@ impl Default for BrokerConfig {
             message_max_bytes: 1_048_588,
             socket_request_max_bytes: 104_857_600,
             fetch_max_bytes: DEFAULT_FETCH_MAX_BYTES,
+            fetch_cold_read_buffer_bytes: crate::storage::direct_read::DEFAULT_BUFFER_BYTES,
             max_connections: 10_000,
             max_inflight_requests_per_connection: 64,
             max_partitions: 100_000,
@@ -443,6 +449,9 @@ impl BrokerConfig {
             "message.max.bytes" => self.message_max_bytes = parse(key, value)?,
             "socket.request.max.bytes" => self.socket_request_max_bytes = parse(key, value)?,
             "fetch.max.bytes" => self.fetch_max_bytes = parse(key, value)?,
+            "fetch.cold.read.buffer.bytes" => {
+                self.fetch_cold_read_buffer_bytes = parse(key, value)?
+            }
             "max.connections" => self.max_connections = parse(key, value)?,
             "max.inflight.requests.per.connection" => {
                 self.max_inflight_requests_per_connection = parse(key, value)?

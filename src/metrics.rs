@@ -14,9 +14,12 @@ pub struct BrokerStats {
     pub copied_fetch_bytes: AtomicU64,
     /// Fetch record bytes served from the partitions' tail caches (memory, not the files).
     pub memory_fetch_bytes: AtomicU64,
-    /// Segment bytes read into the page cache on a blocking thread before a fetch read them
-    /// (`storage::warm`): cold bytes that would otherwise have been waited for on the shard.
+    /// Segment bytes read on a blocking thread before a fetch read them (`storage::direct_read`,
+    /// `storage::warm`): cold bytes that would otherwise have been waited for on the shard.
     pub warmed_fetch_bytes: AtomicU64,
+    /// Of those, the bytes read with O_DIRECT into memory and sent from there
+    /// (`storage::direct_read`); the rest went through the page cache.
+    pub direct_read_bytes: AtomicU64,
     pub produced_bytes: AtomicU64,
     pub requests: AtomicU64,
     pub malformed_requests: AtomicU64,

@@ -340,21 +340,69 @@ fn connections_are_spread_evenly_over_the_shards() {
 
 /// A fetch below the tail cache whose bytes are not in the page cache (the broker's O_DIRECT
 /// appends leave none there) has them read on a blocking thread before the shard reads them,
-/// counted in `broker_fetch_warmed_bytes_total`; the records come back whole and in order.
+/// counted in `broker_fetch_warmed_bytes_total`: by default with O_DIRECT into memory, which
+/// the response is written from (`broker_fetch_direct_read_bytes_total`, and the `memory` path
+/// of `broker_fetch_bytes_total`); the records come back whole and in order.
 #[test]
-fn cold_fetches_are_warmed_off_the_shard_and_read_back_whole() {
+fn cold_fetches_are_read_into_memory_off_the_shard_and_read_back_whole() {
+    let metrics = fetch_a_cold_backlog(&[]);
+    let warmed = sum_of(&metrics, "broker_fetch_warmed_bytes_total");
+    assert!(warmed >= (1 << 20) as f64, "warmed {warmed} bytes");
+    let direct = sum_of(&metrics, "broker_fetch_direct_read_bytes_total");
+    assert!(
+        direct >= (1 << 20) as f64,
+        "read into memory {direct} bytes"
+    );
+    assert_eq!(
+        fetched_by_path(&metrics, "zero_copy"),
+        0.0,
+        "nothing by sendfile"
+    );
+    assert!(fetched_by_path(&metrics, "memory") >= (1 << 20) as f64);
+}
+
+/// With `fetch.cold.read.buffer.bytes=0` the same cold bytes are warmed into the page cache
+/// and sent with sendfile, as before cold reads into memory existed.
+#[test]
+fn cold_fetches_go_through_the_page_cache_without_a_cold_read_buffer() {
+    let metrics = fetch_a_cold_backlog(&["--override", "fetch.cold.read.buffer.bytes=0"]);
+    let warmed = sum_of(&metrics, "broker_fetch_warmed_bytes_total");
+    assert!(warmed >= (1 << 20) as f64, "warmed {warmed} bytes");
+    assert_eq!(
+        sum_of(&metrics, "broker_fetch_direct_read_bytes_total"),
+        0.0
+    );
+    assert!(
+        fetched_by_path(&metrics, "zero_copy") > 0.0,
+        "sent by sendfile"
+    );
+}
+
+/// Fetched record bytes that reached the socket by `path` (`broker_fetch_bytes_total`).
+fn fetched_by_path(metrics: &HashMap<String, f64>, path: &str) -> f64 {
+    metrics
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with("broker_fetch_bytes_total{") && name.contains(&format!("\"{path}\""))
+        })
+        .map(|(_, value)| value)
+        .sum()
+}
+
+/// Produces 4 MiB to a one-partition topic of a broker whose tail cache keeps next to
+/// nothing, fetches all of it back from offset 0 checking every record, and returns the
+/// broker's metrics after.
+fn fetch_a_cold_backlog(flags: &[&str]) -> HashMap<String, f64> {
     let tmp = tempfile::tempdir().expect("temp dir");
     // A shard budget of one byte: the tail cache keeps next to nothing, fetches read the file.
-    let broker = Broker::start_in(
-        tmp.path(),
-        1,
-        &[
-            "--http",
-            "127.0.0.1:0",
-            "--override",
-            "log.tail.cache.bytes=1",
-        ],
-    );
+    let mut args = vec![
+        "--http",
+        "127.0.0.1:0",
+        "--override",
+        "log.tail.cache.bytes=1",
+    ];
+    args.extend_from_slice(flags);
+    let broker = Broker::start_in(tmp.path(), 1, &args);
     let console = broker.console.clone().expect("console");
     let mut client = RawClient::connect(&broker.addr);
     assert_eq!(client.create_topic("cold", 1), 0);
@@ -365,13 +413,11 @@ fn cold_fetches_are_warmed_off_the_shard_and_read_back_whole() {
             client.produce("cold", 0, raw::batch(&values, None, Compression::None), -1);
         assert_eq!(error, 0);
     }
-    let warmed = || {
-        sum_of(
-            &parse_metrics(&get(&console, "/metrics").1),
-            "broker_fetch_warmed_bytes_total",
-        )
-    };
-    assert_eq!(warmed(), 0.0, "nothing fetched yet");
+    let warmed = sum_of(
+        &parse_metrics(&get(&console, "/metrics").1),
+        "broker_fetch_warmed_bytes_total",
+    );
+    assert_eq!(warmed, 0.0, "nothing fetched yet");
     let mut offset = 0;
     while offset < 64 {
         let (error, high_watermark, records) = client.fetch("cold", 0, offset, 0);
@@ -384,7 +430,7 @@ fn cold_fetches_are_warmed_off_the_shard_and_read_back_whole() {
             offset += 1;
         }
     }
-    assert!(warmed() >= (1 << 20) as f64, "warmed {} bytes", warmed());
+    parse_metrics(&get(&console, "/metrics").1)
 }
 
 #[test]

@@ -331,8 +331,14 @@ impl Collector for Snapshot {
         counter(
             &mut encoder,
             "broker_fetch_warmed_bytes",
-            "Segment bytes a fetch found outside the page cache and had read on a blocking thread first (instead of waiting for the device on the shard).",
+            "Segment bytes a fetch found outside the page cache and had read on a blocking thread first (instead of waiting for the device on the shard): into memory with O_DIRECT, or into the page cache.",
             get(&self.stats.warmed_fetch_bytes),
+        )?;
+        counter(
+            &mut encoder,
+            "broker_fetch_direct_read_bytes",
+            "Of the cold segment bytes fetches read off the shard, those read with O_DIRECT into memory and sent from there (the rest went through the page cache).",
+            get(&self.stats.direct_read_bytes),
         )?;
         {
             let mut metric = encoder.encode_descriptor(

@@ -38,6 +38,7 @@ use crate::protocol::{RequestFrame, ResponseFrame};
 use crate::shard::partition::storage_error;
 use crate::shard::producer_state::AbortedTxn;
 use crate::shard::{now_ms, Shard};
+use crate::storage::direct_read::Prefetched;
 use crate::storage::warm::ColdRange;
 use crate::storage::{ReadLimit, Records};
 
@@ -642,33 +643,56 @@ async fn read_shards(
 }
 
 /// Reads this shard's partitions of a fetch. Segment bytes the reads will need that neither
-/// the tail cache nor the page cache holds are first read in on a blocking-pool thread
-/// (`storage::warm`), so the header scans and the response's sendfile do not wait for the
-/// device on the shard, holding up every other partition it owns.
+/// the tail cache nor the page cache holds are first read on a blocking-pool thread, so the
+/// header scans and the response do not wait for the device on the shard, holding up every
+/// other partition it owns: with O_DIRECT into memory (`storage::direct_read`), which the
+/// response is then written from, or, past the shard's budget for such memory, into the page
+/// cache for sendfile (`storage::warm`).
 async fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<ReadResult> {
-    let cold: Vec<ColdRange> = requests
+    let cold: Vec<(usize, ColdRange)> = requests
         .iter()
-        .filter_map(|r| {
+        .enumerate()
+        .filter_map(|(i, r)| {
             let partition = owner.partition(&r.topic, r.partition)?;
-            partition.log.cold_range(r.offset, r.max_bytes)
+            Some((i, partition.log.cold_range(r.offset, r.max_bytes)?))
         })
         .collect();
+    let mut prefetched: Vec<Option<Prefetched>> = vec![None; requests.len()];
     if !cold.is_empty() {
-        let bytes: usize = cold.iter().map(ColdRange::bytes).sum();
+        let bytes: usize = cold.iter().map(|(_, range)| range.bytes()).sum();
         BrokerStats::add(&owner.stats.warmed_fetch_bytes, bytes as u64);
-        glommio::executor()
-            .spawn_blocking(move || ColdRange::warm_all(&cold))
+        let budget = owner.direct_reads.clone();
+        let read = glommio::executor()
+            .spawn_blocking(move || {
+                cold.iter()
+                    .map(|(i, range)| (*i, range.read_direct(&budget)))
+                    .collect::<Vec<_>>()
+            })
             .await;
+        for (i, read) in read {
+            if let Some(read) = &read {
+                BrokerStats::add(&owner.stats.direct_read_bytes, read.bytes.len() as u64);
+            }
+            prefetched[i] = read;
+        }
     }
-    read_now(owner, requests, first)
+    read_now(owner, requests, first, &prefetched)
 }
 
-fn read_now(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<ReadResult> {
+/// `prefetched`: per request, its cold segment bytes read into memory, if they were.
+fn read_now(
+    owner: &Rc<Shard>,
+    requests: &[ReadRequest],
+    first: bool,
+    prefetched: &[Option<Prefetched>],
+) -> Vec<ReadResult> {
+    debug_assert_eq!(requests.len(), prefetched.len());
     let metadata = owner.metadata();
     let lag_time_max_ms = owner.config.replication.lag_time_max_ms as i64;
     requests
         .iter()
-        .map(|r| {
+        .zip(prefetched)
+        .map(|(r, prefetched)| {
             let Some(partition) = owner.partition(&r.topic, r.partition) else {
                 return ReadResult::error(ResponseError::NotLeaderOrFollower);
             };
@@ -700,20 +724,21 @@ fn read_now(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) -> Vec<Rea
                 None => ReadLimit::HighWatermark,
             };
             let last_stable_offset = partition.last_stable_offset();
-            let records = match log.read(r.offset, r.max_bytes, true, limit) {
-                Ok(records) => records,
-                Err(e) => {
-                    let code = storage_error(e).code;
-                    return ReadResult {
-                        error_code: code.code(),
-                        high_watermark: log.high_watermark(),
-                        last_stable_offset,
-                        log_start_offset: log.log_start_offset(),
-                        records: None,
-                        aborted: Vec::new(),
-                    };
-                }
-            };
+            let records =
+                match log.read_with(r.offset, r.max_bytes, true, limit, prefetched.as_ref()) {
+                    Ok(records) => records,
+                    Err(e) => {
+                        let code = storage_error(e).code;
+                        return ReadResult {
+                            error_code: code.code(),
+                            high_watermark: log.high_watermark(),
+                            last_stable_offset,
+                            log_start_offset: log.log_start_offset(),
+                            records: None,
+                            aborted: Vec::new(),
+                        };
+                    }
+                };
             let aborted = if r.read_committed && records.is_some() {
                 partition.aborted_transactions(r.offset, last_stable_offset)
             } else {

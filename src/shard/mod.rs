@@ -33,6 +33,7 @@ use crate::coordination::{BrokerInfo, ClusterMetadata, Coordinator, TopicMetadat
 use crate::groups::GroupCoordinator;
 use crate::handlers::fetch_session::{self, FetchSessionCache};
 use crate::metrics::BrokerStats;
+use crate::storage::direct_read::DirectReadBudget;
 use crate::storage::{LogConfig, PartitionLog};
 use partition::{Partition, RoleChange};
 
@@ -80,6 +81,9 @@ pub struct Shard {
     /// The incremental fetch sessions whose ids fall in this shard's range
     /// (`handlers::fetch_session`); created for connections of this shard.
     pub fetch_sessions: RefCell<FetchSessionCache>,
+    /// What this shard's fetches may hold of cold segment bytes read into memory
+    /// (`storage::direct_read`).
+    pub direct_reads: Arc<DirectReadBudget>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -122,10 +126,12 @@ impl Shard {
             config.max_partitions,
             fetch_session::EVICTION_IDLE,
         );
+        let direct_reads = DirectReadBudget::new(config.fetch_cold_read_buffer_bytes);
         Rc::new(Shard {
             id,
             nr_shards,
             groups,
+            direct_reads,
             config,
             broker,
             stats,
@@ -639,8 +645,10 @@ impl Shard {
         }
         if released > 0 {
             tracing::debug!(shard = self.id, released, "released idle partitions");
-            // The caches' buffers went back to malloc, which keeps them: hand the free pages
+            // The caches' buffers and the cold reads' kept buffers go back to malloc, which
+            // keeps them: hand the free pages
             // to the kernel, or the released memory still counts in the process's RSS.
+            self.direct_reads.release_free();
             // SAFETY: malloc_trim only returns free heap pages to the kernel.
             unsafe { libc::malloc_trim(0) };
         }

@@ -80,6 +80,7 @@ use std::io;
 
 pub mod clean_close;
 pub mod cleaner;
+pub mod direct_read;
 pub mod epoch_cache;
 mod extents;
 pub mod index;

@@ -22,6 +22,7 @@ use std::sync::{Arc, Weak};
 
 use glommio::io::{DmaFile, OpenOptions};
 
+use super::direct_read::Prefetched;
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::txn_index::{self, TxnIndexEntry};
 use super::{StorageError, PAGE_BYTES};
@@ -566,9 +567,23 @@ impl Segment {
     /// by this broker, so anything that does not parse is reported as corruption, not a panic.
     pub fn scan_headers<T>(
         &self,
+        position: u64,
+        end_bytes: u64,
+        max_batch_bytes: usize,
+        visit: impl FnMut(u64, &BatchHeader) -> ControlFlow<T>,
+    ) -> Result<Option<T>, StorageError> {
+        self.scan_headers_in(position, end_bytes, max_batch_bytes, None, visit)
+    }
+
+    /// [`Self::scan_headers`], taking the headers that fall in `memory` (this file's bytes,
+    /// read into memory from the position given, as by a cold fetch's O_DIRECT read) from
+    /// there instead of the file.
+    pub fn scan_headers_in<T>(
+        &self,
         mut position: u64,
         end_bytes: u64,
         max_batch_bytes: usize,
+        memory: Option<&Prefetched>,
         mut visit: impl FnMut(u64, &BatchHeader) -> ControlFlow<T>,
     ) -> Result<Option<T>, StorageError> {
         let mut buf = [0u8; HEADER_SCAN_BYTES];
@@ -581,16 +596,26 @@ impl Segment {
             if header_end > end_bytes {
                 return Err(self.corrupt(position, "truncated batch header below the end"));
             }
-            if position < buf_start || header_end > buf_start + buf_len as u64 {
-                let want = (end_bytes - position).min(HEADER_SCAN_BYTES as u64) as usize;
-                buf_len = read_at_most(&*self.read_file()?, &mut buf[..want], position)?;
-                buf_start = position;
-                if buf_len < HEADER_LEN {
-                    return Err(self.corrupt(position, "file shorter than its logical size"));
+            let in_memory = memory
+                .and_then(|m| m.from(position))
+                .filter(|bytes| bytes.len() >= HEADER_LEN);
+            let header_bytes = match in_memory {
+                Some(bytes) => bytes,
+                None => {
+                    if position < buf_start || header_end > buf_start + buf_len as u64 {
+                        let want = (end_bytes - position).min(HEADER_SCAN_BYTES as u64) as usize;
+                        buf_len = read_at_most(&*self.read_file()?, &mut buf[..want], position)?;
+                        buf_start = position;
+                        if buf_len < HEADER_LEN {
+                            return Err(
+                                self.corrupt(position, "file shorter than its logical size")
+                            );
+                        }
+                    }
+                    &buf[(position - buf_start) as usize..buf_len]
                 }
-            }
-            let at = (position - buf_start) as usize;
-            let header = BatchHeader::parse(&buf[at..buf_len], max_batch_bytes)
+            };
+            let header = BatchHeader::parse(header_bytes, max_batch_bytes)
                 .map_err(|e| self.corrupt(position, &e.to_string()))?;
             let next = position + header.total_len() as u64;
             if next > end_bytes {
@@ -615,14 +640,32 @@ impl Segment {
         end_bytes: u64,
         max_batch_bytes: usize,
     ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        self.find_batch_in(offset, end_bytes, max_batch_bytes, None)
+    }
+
+    /// [`Self::find_batch`], with the headers in `memory` taken from there
+    /// ([`Self::scan_headers_in`]).
+    pub fn find_batch_in(
+        &self,
+        offset: i64,
+        end_bytes: u64,
+        max_batch_bytes: usize,
+        memory: Option<&Prefetched>,
+    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
         let start = self.lookup_position(offset);
-        self.scan_headers(start, end_bytes, max_batch_bytes, |position, header| {
-            if header.last_offset() >= offset {
-                ControlFlow::Break((position, *header))
-            } else {
-                ControlFlow::Continue(())
-            }
-        })
+        self.scan_headers_in(
+            start,
+            end_bytes,
+            max_batch_bytes,
+            memory,
+            |position, header| {
+                if header.last_offset() >= offset {
+                    ControlFlow::Break((position, *header))
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
     }
 
     /// Reads one whole batch (its length was bounded by `max_batch_bytes` when parsed).

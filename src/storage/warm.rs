@@ -95,6 +95,11 @@ impl ColdRange {
         }
     }
 
+    /// The file, the range's first byte's position and its length.
+    pub(super) fn parts(&self) -> (&Arc<File>, u64, usize) {
+        (&self.file, self.position, self.len)
+    }
+
     /// The range's length in bytes.
     pub fn bytes(&self) -> usize {
         self.len

@@ -3,8 +3,10 @@
 
 use std::future::Future;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use super::PartitionLog;
+use crate::storage::direct_read::Prefetched;
 use crate::storage::notify::Mark;
 use crate::storage::segment::NO_TIMESTAMP;
 use crate::storage::timestamp;
@@ -32,6 +34,20 @@ impl PartitionLog {
         min_one_batch: bool,
         limit: ReadLimit,
     ) -> Result<Option<Records>, StorageError> {
+        self.read_with(offset, max_bytes, min_one_batch, limit, None)
+    }
+
+    /// [`Self::read`], given the segment bytes [`Self::cold_range`] named, read into memory
+    /// (`storage::direct_read`): when they are still this log's and hold the whole answer, it
+    /// is served from them as memory chunks instead of as a file range for sendfile.
+    pub fn read_with(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one_batch: bool,
+        limit: ReadLimit,
+        prefetched: Option<&Prefetched>,
+    ) -> Result<Option<Records>, StorageError> {
         self.check_readable()?;
         if offset < self.log_start_offset() || offset > self.log_end_offset() {
             return Err(self.out_of_range(offset));
@@ -55,9 +71,7 @@ impl PartitionLog {
         // written, the tail cache the rest (it keeps unwritten batches; one it never took, larger
         // than its cap or with the cache off, is waited for until written: `wait_for_data`).
         let file_limit = limit_offset.min(self.written_offset());
-        Ok(self
-            .read_file(offset, max_bytes, min_one_batch, file_limit)?
-            .map(Records::File))
+        self.read_file(offset, max_bytes, min_one_batch, file_limit, prefetched)
     }
 
     /// The segment bytes a [`Self::read`] of `offset` will touch when the tail cache does not
@@ -91,14 +105,17 @@ impl PartitionLog {
         }
     }
 
-    /// [`Self::read`] from the segment files only.
+    /// [`Self::read`] from the segment files only: a file range, or memory chunks when
+    /// `prefetched` holds the range and is of the segment read (the same read descriptor: a
+    /// segment deleted or replaced since has another, and is read from its file).
     pub(super) fn read_file(
         &self,
         offset: i64,
         max_bytes: usize,
         min_one_batch: bool,
         limit_offset: i64,
-    ) -> Result<Option<ReadSlice>, StorageError> {
+        prefetched: Option<&Prefetched>,
+    ) -> Result<Option<Records>, StorageError> {
         let segments = self.segments.borrow();
         let Some(mut i) = segments
             .partition_point(|s| s.base_offset() <= offset)
@@ -114,8 +131,10 @@ impl PartitionLog {
             }
             if target < segment.next_offset() {
                 let end_bytes = segment.size_bytes();
+                let file = segment.read_file()?;
+                let memory = prefetched.filter(|p| Arc::ptr_eq(&p.file, &file));
                 let Some((position, header)) =
-                    segment.find_batch(target, end_bytes, max_batch_bytes)?
+                    segment.find_batch_in(target, end_bytes, max_batch_bytes, memory)?
                 else {
                     return Err(segment.corrupt(
                         end_bytes,
@@ -135,7 +154,7 @@ impl PartitionLog {
                     // reaches it. Walks the headers of the range about to be sent anyway.
                     let stop = position + len_bytes;
                     let below_limit = segment
-                        .scan_headers(position, end_bytes, max_batch_bytes, |p, h| {
+                        .scan_headers_in(position, end_bytes, max_batch_bytes, memory, |p, h| {
                             if p >= stop || h.last_offset() >= limit_offset {
                                 ControlFlow::Break(p)
                             } else {
@@ -145,17 +164,25 @@ impl PartitionLog {
                         .unwrap_or(end_bytes);
                     len_bytes = len_bytes.min(below_limit - position);
                 }
+                // Bytes below `end_bytes` never change while the segment is this log's, so
+                // what was read of them is what the file holds now.
+                if let Some(bytes) = memory.and_then(|m| m.slice(position, len_bytes)) {
+                    return Ok(Some(Records::Memory {
+                        len: bytes.len(),
+                        chunks: vec![bytes],
+                    }));
+                }
                 let hinted = segment.hint_read_ahead(position, len_bytes);
                 if hinted > 0 {
                     let mut stats = self.stats.get();
                     stats.read_ahead_bytes += hinted;
                     self.stats.set(stats);
                 }
-                return Ok(Some(ReadSlice {
-                    file: segment.read_file()?,
+                return Ok(Some(Records::File(ReadSlice {
+                    file,
                     position,
                     len: len_bytes as usize,
-                }));
+                })));
             }
             // `target` falls in a gap after this segment's batches: serve the next segment.
             i += 1;

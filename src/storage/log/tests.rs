@@ -301,11 +301,11 @@ fn tail_reads_come_from_memory_and_match_the_file() {
                 "whole batches only"
             );
             assert!(memory.len() <= 5_000 || batches.len() == 1);
-            let file = slice_bytes(&Records::File(
-                log.read_file(last, memory.len(), true, log.high_watermark())
+            let file = slice_bytes(
+                &log.read_file(last, memory.len(), true, log.high_watermark(), None)
                     .unwrap()
                     .unwrap(),
-            ));
+            );
             assert!(file.starts_with(&memory[..memory.len().min(file.len())]));
         }
         // KIP-74 from memory: a first batch larger than max_bytes comes whole.
@@ -836,7 +836,7 @@ fn an_idle_log_releases_its_cache_and_descriptors() {
         let first = append(&log, batch(3, 100, 1_000));
         log.wait_written(log.log_end_offset(), false).await.unwrap();
         // Read from the file once so its read descriptor is open.
-        let from_file = log.read_file(0, 1 << 20, true, log.high_watermark());
+        let from_file = log.read_file(0, 1 << 20, true, log.high_watermark(), None);
         assert!(from_file.unwrap().is_some());
         assert!(log.tail_cache_usage().0 > 0);
         assert_eq!(log.open_read_files(), 1);
