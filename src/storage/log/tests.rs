@@ -5,6 +5,7 @@ use futures_lite::future::poll_once;
 
 use super::*;
 use crate::record_batch::{validate, Batches};
+use crate::storage::direct_read::Prefetched;
 use crate::storage::testutil::{batch, batch_with_timestamps, build_batch, run};
 use crate::storage::{ReadLimit, ReadSlice, Records};
 
@@ -882,5 +883,63 @@ fn an_idle_log_releases_its_cache_and_descriptors() {
             .unwrap();
         assert_eq!(reopened.log_end_offset(), second.last_offset + 1);
         reopened.close().await.unwrap();
+    });
+}
+
+/// Cold bytes read into memory (`storage::direct_read`) answer a read only while their segment
+/// is still the log's: after a truncation replaced the segment and other batches took the same
+/// offsets and positions, the same prefetched bytes are ignored and the file's new batches are
+/// served.
+#[test]
+fn prefetched_bytes_serve_only_the_segment_they_were_read_from() {
+    run(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = PartitionLog::open(dir.path().join("t-0"), uncached_config())
+            .await
+            .unwrap();
+        append(&log, batch(5, 10, 1));
+        append(&log, batch(5, 10, 1));
+        log.wait_written(10, false).await.unwrap();
+        let file = log.segments.borrow()[0].read_file().unwrap();
+        let size = log.segments.borrow()[0].size_bytes();
+        let mut bytes = vec![0u8; size as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        let prefetched = Prefetched {
+            file,
+            position: 0,
+            bytes: Bytes::from(bytes.clone()),
+        };
+        let second_batch_at = whole_batches(&bytes)[0].total_len();
+
+        let served = log
+            .read_with(5, 1 << 20, true, ReadLimit::Written, Some(&prefetched))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(served, Records::Memory { .. }), "from memory");
+        assert_eq!(slice_bytes(&served), &bytes[second_batch_at..]);
+
+        assert_eq!(log.truncate_to(5).await.unwrap(), 5);
+        // The same length at the same position, other bytes (timestamps, CRC).
+        append(&log, batch(5, 10, 2));
+        log.wait_written(10, false).await.unwrap();
+        let served = log
+            .read_with(5, 1 << 20, true, ReadLimit::Written, Some(&prefetched))
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(served, Records::File(_)),
+            "the replaced segment's file"
+        );
+        let now = slice_bytes(&served);
+        let headers = whole_batches(&now);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers[0].base_offset, 5);
+        assert_eq!(now.len(), bytes.len() - second_batch_at);
+        assert_ne!(
+            now,
+            bytes[second_batch_at..],
+            "the new batch, not the old one"
+        );
+        log.close().await.unwrap();
     });
 }
