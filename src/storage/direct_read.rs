@@ -421,4 +421,34 @@ mod tests {
             "warmed instead"
         );
     }
+
+    /// A freed buffer is kept for the next read of the same size step and handed out again
+    /// (not allocated anew); the pool never holds more than half the budget, and
+    /// `release_free` empties it.
+    #[test]
+    fn freed_buffers_are_reused_within_the_pool_bound() {
+        let (_dir, file) = cold_file(8 << 20);
+        let budget = DirectReadBudget::new(8 << 20);
+        let read_at = |position: u64, len: usize| {
+            ColdRange::of(file.clone(), position, len)
+                .expect("cold")
+                .read_direct(&budget)
+                .expect("an O_DIRECT read")
+        };
+        let first = read_at(0, 1_500_000); // a 2 MiB buffer
+        let address = first.bytes.as_ptr() as usize;
+        drop(first);
+        assert_eq!(budget.pooled_bytes(), 2 << 20, "kept");
+        let again = read_at(4096, 1_500_000); // the same step: the same buffer
+        assert_eq!(again.bytes.as_ptr() as usize, address);
+        assert_eq!(budget.pooled_bytes(), 0, "handed out");
+        assert_eq!(&again.bytes[..], &expected(4096, 1_500_000)[..]);
+        let larger = read_at(2 << 20, 3_000_000); // 3 MiB: with 2 held, 5 of 8
+        drop(again);
+        drop(larger);
+        assert!(budget.pooled_bytes() <= 4 << 20, "at most half the budget");
+        assert_eq!(budget.held_bytes(), 0);
+        budget.release_free();
+        assert_eq!(budget.pooled_bytes(), 0);
+    }
 }
