@@ -7,14 +7,18 @@
 //! reporting, as on the benchmark machines) that is a host-side fault per page: the consumer's
 //! `recv` copy out of those pages ran at 1.1 GB/s, 89 % of the client's CPU, and bounded a 2 GiB
 //! catch-up read at 0.6 GB/s; the same bytes read a second time went at 7.8 GB/s
-//! (docs/benchmarks.md, "W4 cold"). An O_DIRECT read instead lands in a buffer of this process's
+//! (docs/benchmarks.md, "What bounds W4 cold"). An O_DIRECT read instead lands in a buffer of this process's
 //! heap whose pages stay mapped from one read to the next, so nobody pays that fault, and the
 //! page cache is left to what it serves well.
 //!
 //! What it costs: the bytes are sent with a copy into the socket (writev of memory chunks, as
 //! the tail cache's are) instead of sendfile's page references, and they are held in memory
-//! until the response is written. [`DirectReadBudget`] bounds the latter per shard; a read that
-//! would exceed it warms the page cache instead, as before.
+//! until the response is written. [`DirectReadBudget`] bounds the latter per shard
+//! (`fetch.cold.read.buffer.bytes`); a read that would exceed it warms the page cache instead,
+//! as before. And the page cache keeps nothing of what was read: a second consumer of the same
+//! backlog reads the device again, where through the page cache it found the bytes in memory
+//! while free memory held them (7.8 GB/s against 1.3 here). Bytes already in the page cache
+//! are still sent from there with sendfile.
 
 use std::alloc::Layout;
 use std::fs::File;
