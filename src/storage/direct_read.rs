@@ -79,7 +79,9 @@ struct Allocation {
     layout: Layout,
 }
 
-// SAFETY: exclusively owned heap memory, not referenced by anything else while it is free.
+// SAFETY: exclusively owned heap memory. Free, nothing else refers to it; in a `DirectBuffer`,
+// after the read it is only read, through shared `Bytes` slices, from whichever thread holds
+// them.
 unsafe impl Send for Allocation {}
 
 impl Allocation {
@@ -152,7 +154,8 @@ impl DirectReadBudget {
             let mut free = self.lock_free();
             if let Some(i) = free.buffers.iter().position(|a| a.layout.size() == size) {
                 free.bytes -= size;
-                return Some(free.buffers.swap_remove(i));
+                // `remove`, not `swap_remove`: the list stays oldest first for `recycle`.
+                return Some(free.buffers.remove(i));
             }
         }
         Allocation::new(size)
@@ -226,10 +229,6 @@ impl DirectBuffer {
         self.allocation().ptr.as_ptr()
     }
 }
-
-// SAFETY: the buffer is exclusively owned heap memory; after the read it is only read, through
-// shared `Bytes` slices, from whichever thread holds them.
-unsafe impl Send for DirectBuffer {}
 
 impl AsRef<[u8]> for DirectBuffer {
     fn as_ref(&self) -> &[u8] {
