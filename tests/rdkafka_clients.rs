@@ -148,6 +148,91 @@ async fn keyed_messages_round_trip_in_order_over_partitions_and_shards() {
     assert_eq!(used.len(), 6, "all partitions (on all shards) carry data");
 }
 
+/// A consumer catching up on a backlog no cache holds: with the tail cache at one byte every
+/// fetch reads segment bytes the O_DIRECT appends left out of the page cache, so the broker
+/// reads them with O_DIRECT into memory and answers from there (`storage::direct_read`),
+/// librdkafka's 1 MiB per partition cutting the last batch of most answers. Every message
+/// comes back once, in order, with its bytes, from partitions on both shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_consumer_reads_a_cold_backlog_whole() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let broker = Broker::start_in(
+        tmp.path(),
+        2,
+        &[
+            "--override",
+            "log.tail.cache.bytes=1",
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
+    create_topic(&broker, "backlog", 4).await;
+    let producer = producer(&broker, &[("batch.size", "262144"), ("linger.ms", "20")]);
+    let messages = 800; // 8 MiB of 10 KiB values over 4 partitions
+    let value_of = |i: usize| -> Vec<u8> {
+        let mut value = format!("{i:08}:").into_bytes();
+        value.resize(10 << 10, b'a' + (i % 26) as u8);
+        value
+    };
+    let sends = (0..messages).map(|i| {
+        let producer = producer.clone();
+        let value = value_of(i);
+        async move {
+            producer
+                .send(
+                    FutureRecord::to("backlog")
+                        .partition((i % 4) as i32)
+                        .key(&i.to_string())
+                        .payload(&value),
+                    TIMEOUT,
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("acked")
+        }
+    });
+    futures::future::join_all(sends).await;
+
+    let consumed = consume_all(&broker, "backlog", 4, messages);
+    assert_eq!(consumed.len(), messages, "no loss");
+    let mut next_offset = [0i64; 4];
+    let mut seen = HashSet::new();
+    for (partition, offset, key, value) in &consumed {
+        let i: usize = String::from_utf8(key.clone()).unwrap().parse().unwrap();
+        assert_eq!(*partition, (i % 4) as i32);
+        assert_eq!(
+            *offset, next_offset[*partition as usize],
+            "in order, none skipped"
+        );
+        next_offset[*partition as usize] += 1;
+        assert!(value == &value_of(i), "message {i}'s bytes");
+        assert!(seen.insert(i), "message {i} twice");
+    }
+    let read_into_memory = direct_read_bytes(broker.console.as_deref().expect("console"));
+    assert!(
+        read_into_memory >= 4 << 20,
+        "{read_into_memory} bytes read with O_DIRECT"
+    );
+}
+
+/// `broker_fetch_direct_read_bytes_total` from the console's `/metrics`.
+fn direct_read_bytes(console: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(console).expect("console");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {console}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix("broker_fetch_direct_read_bytes_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .expect("the counter") as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_compression_codecs_round_trip() {
     let broker = Broker::start(2);
