@@ -273,6 +273,7 @@ impl Shard {
         // Client topics' acks=1 appends are answered once in the shard's journal (if it has
         // one); the internal logs above wait for fdatasync anyway.
         log.journal = true;
+        log.cold_reads_in_memory = self.config.fetch_cold_read_buffer_bytes > 0;
         if let Some(v) = self.dynamic_config::<i64>("log.retention.ms") {
             log.retention_ms = v;
         }

@@ -249,12 +249,12 @@ impl Drop for DirectBuffer {
     }
 }
 
-/// Segment bytes read into memory for one partition's fetch: `bytes` are the file's bytes from
-/// `position`, as they were when read, of the descriptor `file` (the segment's read
-/// descriptor, which tells whether the segment a fetch reads is still the one read).
+/// Segment bytes read into memory for one partition's fetch: `bytes` are the bytes from
+/// `position` of the segment whose [`super::segment::Segment::id`] is `segment`, as they were
+/// when read (which tells whether the segment a fetch reads is still the one read).
 #[derive(Clone, Debug)]
 pub struct Prefetched {
-    pub file: Arc<File>,
+    pub segment: u64,
     pub position: u64,
     pub bytes: Bytes,
 }
@@ -288,7 +288,7 @@ impl ColdRange {
     }
 
     fn try_read_direct(&self, budget: &Arc<DirectReadBudget>) -> Option<Prefetched> {
-        let (file, position, len) = self.parts();
+        let (file, position, len, segment) = self.parts();
         let start = position - position % ALIGN as u64;
         let end = (position + len as u64).next_multiple_of(ALIGN as u64);
         let size = usize::try_from(end - start).ok()?;
@@ -330,7 +330,7 @@ impl ColdRange {
         }
         let bytes = Bytes::from_owner(buffer).slice(skip..filled.min(skip + len));
         Some(Prefetched {
-            file: file.clone(),
+            segment,
             position,
             bytes,
         })

@@ -148,6 +148,16 @@ pub struct LogConfig {
     /// Set for client topics by the shard (`Shard::log_config_for`); internal logs wait for
     /// their writes (their appends wait for fdatasync anyway).
     pub journal: bool,
+    /// Fetches read cold segment bytes into memory with O_DIRECT (`storage::direct_read`; set
+    /// for client topics while `fetch.cold.read.buffer.bytes` is not 0, by
+    /// `Shard::log_config_for`). Then nothing here brings segment bytes into the page cache
+    /// ahead of a consumer, where the next fetch would find them "warm" and send them with
+    /// sendfile, the path cold reads into memory replace: no read-ahead hints
+    /// ([`segment::Segment::hint_read_ahead`]; after one hinted fallback a test consumer's
+    /// backlog went two thirds through the page cache), and the cold check counts cached pages
+    /// only ([`warm::ColdRange::of_counted`]), since its one-byte probes start the kernel's
+    /// read-ahead on a miss and the device read each cold range twice.
+    pub cold_reads_in_memory: bool,
 }
 
 impl Default for LogConfig {
@@ -165,6 +175,7 @@ impl Default for LogConfig {
             file_delete_delay_ms: 60_000,
             preallocate_ahead_bytes: preallocate::DEFAULT_AHEAD_BYTES,
             journal: false,
+            cold_reads_in_memory: false,
         }
     }
 }

@@ -46,6 +46,9 @@ const READ_AHEAD_STEP_BYTES: u64 = 4 << 20;
 /// A gap in the window smaller than this is not worth a syscall (unless it reaches the end).
 const READ_AHEAD_MIN_STEP_BYTES: u64 = 1 << 20;
 
+/// The next [`Segment::id`] (from 1: 0 names no segment).
+static NEXT_SEGMENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// A kernel read-ahead window at least this large needs no help (see `read_ahead_piece_bytes`).
 const KERNEL_READ_AHEAD_ENOUGH_BYTES: u64 = 8 << 20;
 
@@ -217,6 +220,8 @@ impl EncodedIndexes {
 
 #[derive(Debug)]
 pub struct Segment {
+    /// Unique to this `Segment` in the process ([`Segment::id`]).
+    id: u64,
     base_offset: i64,
     log_path: PathBuf,
     /// Page-cache handle for preads and sendfile, opened on first use; never used for writes.
@@ -272,6 +277,7 @@ impl Segment {
         };
         let max_timestamp = time_index.last().map_or(NO_TIMESTAMP, |e| e.timestamp);
         let segment = Segment {
+            id: NEXT_SEGMENT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             base_offset,
             log_path: dir.join(file_name(base_offset, "log")),
             read_file: RefCell::new(None),
@@ -463,6 +469,14 @@ impl Segment {
 
     pub fn base_offset(&self) -> i64 {
         self.base_offset
+    }
+
+    /// Which `Segment` this is, unique in the process: a segment replaced by a truncation or a
+    /// compaction (new objects, whatever their base offsets and files) has another. Its read
+    /// descriptor may be closed and opened again meanwhile (a roll's close, an idle release);
+    /// its bytes below its size never change while it is the log's.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn size_bytes(&self) -> u64 {

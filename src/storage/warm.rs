@@ -41,6 +41,8 @@ pub struct ColdRange {
     file: Arc<File>,
     position: u64,
     len: usize,
+    /// The [`super::segment::Segment::id`] of the segment the range is of (0: not said).
+    segment: u64,
 }
 
 impl ColdRange {
@@ -66,7 +68,33 @@ impl ColdRange {
             file,
             position,
             len,
+            segment: 0,
         })
+    }
+
+    /// [`Self::of`] asking only `cachestat(2)`, where the kernel has it: no probe that could
+    /// start a read. A buffered read that misses, even with `RWF_NOWAIT`, starts the kernel's
+    /// read-ahead (up to twice the device's `read_ahead_kb` on a sequential descriptor) before
+    /// it returns EAGAIN; for a range about to be read with O_DIRECT that is a second read of
+    /// it from the device, into pages nobody asked for. What `cachestat` cannot tell (a
+    /// read-ahead in flight counts as cached) only matters where something starts one, which
+    /// with cold reads into memory nothing on the fetch path does.
+    pub fn of_counted(file: Arc<File>, position: u64, len: usize) -> Option<ColdRange> {
+        if len == 0 {
+            return None;
+        }
+        let last = position + len as u64 - 1;
+        let pages_spanned = last / PAGE_BYTES - position / PAGE_BYTES + 1;
+        match cached_pages(&file, position, len as u64) {
+            Some(cached) if cached == pages_spanned => None,
+            Some(_) => Some(ColdRange {
+                file,
+                position,
+                len,
+                segment: 0,
+            }),
+            None => ColdRange::of(file, position, len),
+        }
     }
 
     /// Reads the ranges into the page cache, through one buffer. Blocking: run it on a
@@ -95,9 +123,16 @@ impl ColdRange {
         }
     }
 
-    /// The file, the range's first byte's position and its length.
-    pub(super) fn parts(&self) -> (&Arc<File>, u64, usize) {
-        (&self.file, self.position, self.len)
+    /// The range as of the segment `id` ([`super::segment::Segment::id`]): what is read of it
+    /// into memory says so, and serves only that segment.
+    pub fn of_segment(mut self, id: u64) -> ColdRange {
+        self.segment = id;
+        self
+    }
+
+    /// The file, the range's first byte's position, its length and its segment's id.
+    pub(super) fn parts(&self) -> (&Arc<File>, u64, usize, u64) {
+        (&self.file, self.position, self.len, self.segment)
     }
 
     /// The range's length in bytes.

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::ops::ControlFlow;
-use std::sync::Arc;
 
 use super::PartitionLog;
 use crate::storage::direct_read::Prefetched;
@@ -94,7 +93,13 @@ impl PartitionLog {
         let position = segment.lookup_position(offset);
         let len = (max_bytes.saturating_add(SCAN_SLACK_BYTES) as u64)
             .min(segment.size_bytes().saturating_sub(position));
-        ColdRange::of(segment.read_file().ok()?, position, len as usize)
+        let file = segment.read_file().ok()?;
+        let cold = if self.config.cold_reads_in_memory {
+            ColdRange::of_counted(file, position, len as usize)
+        } else {
+            ColdRange::of(file, position, len as usize)
+        };
+        cold.map(|range| range.of_segment(segment.id()))
     }
 
     fn limit_offset(&self, limit: ReadLimit) -> i64 {
@@ -106,8 +111,9 @@ impl PartitionLog {
     }
 
     /// [`Self::read`] from the segment files only: a file range, or memory chunks when
-    /// `prefetched` holds the range and is of the segment read (the same read descriptor: a
-    /// segment deleted or replaced since has another, and is read from its file).
+    /// `prefetched` holds the range and is of the segment read (the same `Segment::id`: a
+    /// segment replaced since, by a truncation or a compaction, has another, and is read from
+    /// its file).
     pub(super) fn read_file(
         &self,
         offset: i64,
@@ -132,7 +138,7 @@ impl PartitionLog {
             if target < segment.next_offset() {
                 let end_bytes = segment.size_bytes();
                 let file = segment.read_file()?;
-                let memory = prefetched.filter(|p| Arc::ptr_eq(&p.file, &file));
+                let memory = prefetched.filter(|p| p.segment == segment.id());
                 let Some((position, header)) =
                     segment.find_batch_in(target, end_bytes, max_batch_bytes, memory)?
                 else {
@@ -172,7 +178,11 @@ impl PartitionLog {
                         chunks: vec![bytes],
                     }));
                 }
-                let hinted = segment.hint_read_ahead(position, len_bytes);
+                let hinted = if self.config.cold_reads_in_memory {
+                    0
+                } else {
+                    segment.hint_read_ahead(position, len_bytes)
+                };
                 if hinted > 0 {
                     let mut stats = self.stats.get();
                     stats.read_ahead_bytes += hinted;

@@ -887,9 +887,9 @@ fn an_idle_log_releases_its_cache_and_descriptors() {
 }
 
 /// Cold bytes read into memory (`storage::direct_read`) answer a read only while their segment
-/// is still the log's: after a truncation replaced the segment and other batches took the same
-/// offsets and positions, the same prefetched bytes are ignored and the file's new batches are
-/// served.
+/// is still the log's, whatever happened to its read descriptor: after a truncation replaced
+/// the segment and other batches took the same offsets and positions, the same prefetched bytes
+/// are ignored and the file's new batches are served.
 #[test]
 fn prefetched_bytes_serve_only_the_segment_they_were_read_from() {
     run(|| async {
@@ -905,10 +905,13 @@ fn prefetched_bytes_serve_only_the_segment_they_were_read_from() {
         let mut bytes = vec![0u8; size as usize];
         file.read_exact_at(&mut bytes, 0).unwrap();
         let prefetched = Prefetched {
-            file,
+            segment: log.segments.borrow()[0].id(),
             position: 0,
             bytes: Bytes::from(bytes.clone()),
         };
+        // Its read descriptor closed and opened again (a roll's close, an idle release): the
+        // same segment, still served from memory.
+        log.segments.borrow()[0].release_read_file();
         let second_batch_at = whole_batches(&bytes)[0].total_len();
 
         let served = log
