@@ -331,7 +331,7 @@ mod tests {
             Some(0),
             "the check read nothing"
         );
-        // (`ColdRange::of` here would leave pages behind: on Linux 6.18 its probe's miss
-        // starts a read-ahead, what this test saw while it checked that too.)
+        // `ColdRange::of` would fail this: on Linux 6.18 its probe's miss starts a
+        // read-ahead (seen by an earlier version of this test, left out as kernel-specific).
     }
 }
