@@ -657,8 +657,11 @@ async fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) ->
             Some((i, partition.log.cold_range(r.offset, r.max_bytes)?))
         })
         .collect();
-    let mut prefetched: Vec<Option<Prefetched>> = vec![None; requests.len()];
+    // Per request, its cold bytes read into memory; left empty (no allocation) when a fetch
+    // has no cold range, as a tailing consumer's has not.
+    let mut prefetched: Vec<Option<Prefetched>> = Vec::new();
     if !cold.is_empty() {
+        prefetched.resize(requests.len(), None);
         let bytes: usize = cold.iter().map(|(_, range)| range.bytes()).sum();
         BrokerStats::add(&owner.stats.warmed_fetch_bytes, bytes as u64);
         let budget = owner.direct_reads.clone();
@@ -679,20 +682,22 @@ async fn read_local(owner: &Rc<Shard>, requests: &[ReadRequest], first: bool) ->
     read_now(owner, requests, first, &prefetched)
 }
 
-/// `prefetched`: per request, its cold segment bytes read into memory, if they were.
+/// `prefetched`: per request, its cold segment bytes read into memory, if they were (empty
+/// when none were).
 fn read_now(
     owner: &Rc<Shard>,
     requests: &[ReadRequest],
     first: bool,
     prefetched: &[Option<Prefetched>],
 ) -> Vec<ReadResult> {
-    debug_assert_eq!(requests.len(), prefetched.len());
+    debug_assert!(prefetched.is_empty() || prefetched.len() == requests.len());
     let metadata = owner.metadata();
     let lag_time_max_ms = owner.config.replication.lag_time_max_ms as i64;
     requests
         .iter()
-        .zip(prefetched)
-        .map(|(r, prefetched)| {
+        .enumerate()
+        .map(|(i, r)| {
+            let prefetched = prefetched.get(i).and_then(Option::as_ref);
             let Some(partition) = owner.partition(&r.topic, r.partition) else {
                 return ReadResult::error(ResponseError::NotLeaderOrFollower);
             };
@@ -724,21 +729,20 @@ fn read_now(
                 None => ReadLimit::HighWatermark,
             };
             let last_stable_offset = partition.last_stable_offset();
-            let records =
-                match log.read_with(r.offset, r.max_bytes, true, limit, prefetched.as_ref()) {
-                    Ok(records) => records,
-                    Err(e) => {
-                        let code = storage_error(e).code;
-                        return ReadResult {
-                            error_code: code.code(),
-                            high_watermark: log.high_watermark(),
-                            last_stable_offset,
-                            log_start_offset: log.log_start_offset(),
-                            records: None,
-                            aborted: Vec::new(),
-                        };
-                    }
-                };
+            let records = match log.read_with(r.offset, r.max_bytes, true, limit, prefetched) {
+                Ok(records) => records,
+                Err(e) => {
+                    let code = storage_error(e).code;
+                    return ReadResult {
+                        error_code: code.code(),
+                        high_watermark: log.high_watermark(),
+                        last_stable_offset,
+                        log_start_offset: log.log_start_offset(),
+                        records: None,
+                        aborted: Vec::new(),
+                    };
+                }
+            };
             let aborted = if r.read_committed && records.is_some() {
                 partition.aborted_transactions(r.offset, last_stable_offset)
             } else {
