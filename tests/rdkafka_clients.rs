@@ -208,29 +208,12 @@ async fn a_catch_up_consumer_reads_a_cold_backlog_whole() {
         assert!(value == &value_of(i), "message {i}'s bytes");
         assert!(seen.insert(i), "message {i} twice");
     }
-    let read_into_memory = direct_read_bytes(broker.console.as_deref().expect("console"));
+    let metrics = common::http_get(broker.console.as_deref().expect("console"), "/metrics");
+    let read_into_memory = common::metric(&metrics, "broker_fetch_direct_read_bytes_total");
     assert!(
-        read_into_memory >= 4 << 20,
+        read_into_memory >= (4 << 20) as f64,
         "{read_into_memory} bytes read with O_DIRECT"
     );
-}
-
-/// `broker_fetch_direct_read_bytes_total` from the console's `/metrics`.
-fn direct_read_bytes(console: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(console).expect("console");
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {console}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix("broker_fetch_direct_read_bytes_total "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .expect("the counter") as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -647,8 +647,8 @@ impl Shard {
         if released > 0 {
             tracing::debug!(shard = self.id, released, "released idle partitions");
             // The caches' buffers and the cold reads' kept buffers go back to malloc, which
-            // keeps them: hand the free pages
-            // to the kernel, or the released memory still counts in the process's RSS.
+            // keeps them: hand the free pages to the kernel, or the released memory still
+            // counts in the process's RSS.
             self.direct_reads.release_free();
             // SAFETY: malloc_trim only returns free heap pages to the kernel.
             unsafe { libc::malloc_trim(0) };

@@ -268,7 +268,7 @@ impl Prefetched {
     }
 
     /// The bytes from `position` to the end of what was read, if `position` is within it.
-    pub fn from(&self, position: u64) -> Option<&[u8]> {
+    pub fn bytes_from(&self, position: u64) -> Option<&[u8]> {
         let start = usize::try_from(position.checked_sub(self.position)?).ok()?;
         self.bytes.get(start..)
     }

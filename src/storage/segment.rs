@@ -611,7 +611,7 @@ impl Segment {
                 return Err(self.corrupt(position, "truncated batch header below the end"));
             }
             let in_memory = memory
-                .and_then(|m| m.from(position))
+                .and_then(|m| m.bytes_from(position))
                 .filter(|bytes| bytes.len() >= HEADER_LEN);
             let header_bytes = match in_memory {
                 Some(bytes) => bytes,

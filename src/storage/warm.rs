@@ -50,26 +50,7 @@ impl ColdRange {
     /// cache, or its first or last byte is not readable without waiting. Never waits for the
     /// device.
     pub fn of(file: Arc<File>, position: u64, len: usize) -> Option<ColdRange> {
-        if len == 0 {
-            return None;
-        }
-        let last = position + len as u64 - 1;
-        let pages_spanned = last / PAGE_BYTES - position / PAGE_BYTES + 1;
-        // The ends first: cachestat counts pages whose read is still in flight (readahead puts
-        // them in the cache before reading them), which a read would wait for; a readahead in
-        // flight is at the end of what a sequential reader has cached, where the probe sees it.
-        if is_cached(&file, position)
-            && is_cached(&file, last)
-            && cached_pages(&file, position, len as u64).is_none_or(|n| n == pages_spanned)
-        {
-            return None;
-        }
-        Some(ColdRange {
-            file,
-            position,
-            len,
-            segment: 0,
-        })
+        ColdRange::check(file, position, len, true)
     }
 
     /// [`Self::of`] asking only `cachestat(2)`, where the kernel has it: no probe that could
@@ -80,21 +61,34 @@ impl ColdRange {
     /// read-ahead in flight counts as cached) only matters where something starts one, which
     /// with cold reads into memory nothing on the fetch path does.
     pub fn of_counted(file: Arc<File>, position: u64, len: usize) -> Option<ColdRange> {
+        ColdRange::check(file, position, len, false)
+    }
+
+    /// [`Self::of`] (`probe_ends`) or [`Self::of_counted`]; without `cachestat` the ends'
+    /// probes are all there is to ask.
+    fn check(file: Arc<File>, position: u64, len: usize, probe_ends: bool) -> Option<ColdRange> {
         if len == 0 {
             return None;
         }
         let last = position + len as u64 - 1;
         let pages_spanned = last / PAGE_BYTES - position / PAGE_BYTES + 1;
-        match cached_pages(&file, position, len as u64) {
-            Some(cached) if cached == pages_spanned => None,
-            Some(_) => Some(ColdRange {
-                file,
-                position,
-                len,
-                segment: 0,
-            }),
-            None => ColdRange::of(file, position, len),
-        }
+        let ends_cached = || is_cached(&file, position) && is_cached(&file, last);
+        let counted = || cached_pages(&file, position, len as u64);
+        let cached = if probe_ends {
+            // The ends first: cachestat counts pages whose read is still in flight (readahead
+            // puts them in the cache before reading them), which a read would wait for; a
+            // readahead in flight is at the end of what a sequential reader has cached, where
+            // the probe sees it.
+            ends_cached() && counted().is_none_or(|n| n == pages_spanned)
+        } else {
+            counted().map_or_else(ends_cached, |n| n == pages_spanned)
+        };
+        (!cached).then_some(ColdRange {
+            file,
+            position,
+            len,
+            segment: 0,
+        })
     }
 
     /// Reads the ranges into the page cache, through one buffer. Blocking: run it on a
