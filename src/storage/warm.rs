@@ -241,6 +241,16 @@ mod tests {
         (dir, Arc::new(File::open(&path).expect("open")), len)
     }
 
+    /// Asks the kernel to drop `[offset, offset + len)` of `file` from the page cache (`len`
+    /// 0: to the end); clean pages go where the filesystem honours it, as ext4 does.
+    fn drop_from_page_cache(file: &File, offset: i64, len: i64) {
+        // SAFETY: fadvise on an open fd.
+        let dropped = unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED)
+        };
+        assert_eq!(dropped, 0);
+    }
+
     /// A file just written through the page cache is cached; after POSIX_FADV_DONTNEED it is
     /// not (where the filesystem drops clean pages on request, as ext4 does), and warming
     /// brings it back.
@@ -250,10 +260,7 @@ mod tests {
         // Written through the page cache: every byte still there.
         assert!(ColdRange::of(file.clone(), 0, len).is_none());
         assert!(ColdRange::of(file.clone(), 0, 0).is_none());
-        // SAFETY: fadvise on an open fd.
-        let dropped =
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(dropped, 0);
+        drop_from_page_cache(&file, 0, 0);
         let Some(cold) = ColdRange::of(file.clone(), 4096, len - 4096) else {
             eprintln!("!!! SKIPPED: this filesystem keeps clean pages after DONTNEED");
             return;
@@ -279,16 +286,7 @@ mod tests {
         assert_eq!(cached_pages(&file, 100, 3996), Some(1), "one page spanned");
         assert_eq!(cached_pages(&file, 4000, 200), Some(2), "two pages spanned");
         assert!(ColdRange::of(file.clone(), 0, len).is_none());
-        // SAFETY: fadvise on an open fd.
-        let dropped = unsafe {
-            libc::posix_fadvise(
-                file.as_raw_fd(),
-                1 << 20,
-                1 << 20,
-                libc::POSIX_FADV_DONTNEED,
-            )
-        };
-        assert_eq!(dropped, 0);
+        drop_from_page_cache(&file, 1 << 20, 1 << 20);
         if cached_pages(&file, 1 << 20, 1 << 20) == Some(256) {
             eprintln!("!!! SKIPPED: this filesystem keeps clean pages after DONTNEED");
             return;
@@ -313,10 +311,7 @@ mod tests {
             ColdRange::of_counted(file.clone(), 0, len).is_none(),
             "all cached"
         );
-        // SAFETY: fadvise on an open fd.
-        let dropped =
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(dropped, 0);
+        drop_from_page_cache(&file, 0, 0);
         assert_eq!(cached_pages(&file, 0, len as u64), Some(0), "dropped");
         let cold = ColdRange::of_counted(file.clone(), 4096, 1 << 20).expect("cold");
         assert_eq!(cold.bytes(), 1 << 20);
